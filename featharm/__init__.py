@@ -1,0 +1,25 @@
+"""featharm: statistical harmonization of multi-site MRI regional features.
+
+>>> import featharm as fh
+>>> hm = fh.ComBat(batch="site", formula="age + sex")          # doctest: +SKIP
+>>> Xh = hm.fit_transform(X, covariates)                        # doctest: +SKIP
+>>> hm.save("combat.fhm"); fh.load_model("combat.fhm").transform(Xnew, cov_new)  # doctest: +SKIP
+"""
+
+from . import datasets, exceptions, io
+from ._version import __version__
+from .design import CovariateDesign
+from .models import BaseHarmonizer, ComBat
+from .persistence import load_model, save_model
+
+__all__ = [
+    "__version__",
+    "ComBat",
+    "BaseHarmonizer",
+    "CovariateDesign",
+    "load_model",
+    "save_model",
+    "datasets",
+    "exceptions",
+    "io",
+]

@@ -1,0 +1,65 @@
+"""A minimal progress bar for long steps, shown on stderr only when enabled (the CLI) and only after
+about two seconds, so short runs stay silent. The library is silent unless :func:`enable` was called."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import time
+
+_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("featharm_progress", default=False)
+DELAY = 2.0
+
+
+@contextlib.contextmanager
+def enable(flag: bool = True):
+    """Show progress bars for the steps run inside this block."""
+    token = _enabled.set(flag)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
+class Progress:
+    """``with Progress(total, "fitting") as bar: ... bar.update(k)``."""
+
+    def __init__(self, total: int, desc: str, stream=None, delay: float = DELAY):
+        self.total = max(1, int(total))
+        self.desc = desc
+        self.stream = stream if stream is not None else sys.stderr
+        self.delay = delay
+        self.done = 0
+        self.active = _enabled.get()
+        self.t0 = time.perf_counter()
+        self.shown = False
+
+    def __enter__(self):
+        return self
+
+    def update(self, k: int = 1) -> None:
+        self.done += k
+        if not self.active:
+            return
+        elapsed = time.perf_counter() - self.t0
+        if elapsed < self.delay and self.done < self.total:
+            return
+        if elapsed < self.delay and not self.shown:
+            return
+        self._draw(elapsed)
+
+    def _draw(self, elapsed: float) -> None:
+        frac = min(1.0, self.done / self.total)
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        self.stream.write(f"\r{self.desc}: [{bar}] {frac:6.1%} {elapsed:6.1f}s")
+        self.stream.flush()
+        self.shown = True
+
+    def __exit__(self, *exc):
+        if self.shown:
+            self._draw(time.perf_counter() - self.t0)
+            self.stream.write("\n")
+            self.stream.flush()
+        return False

@@ -1,0 +1,176 @@
+"""Input checks shared by every model: tables, ids, columns, batches, parameters.
+
+Each check raises a named featharm error (a subclass of a builtin) whose message names the column, value
+or site and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .eb import iter_blocks
+from .exceptions import (
+    AlignmentError,
+    BatchError,
+    ColumnNotFoundError,
+    DuplicateIndexError,
+    InputError,
+    MissingValueError,
+    NonNumericFeatureError,
+    SmallBatchWarning,
+    UnseenBatchError,
+)
+
+SMALL_BATCH = 10
+
+
+def _show(values, k: int = 5) -> str:
+    values = list(values)
+    head = ", ".join(map(repr, values[:k]))
+    return head + (f" and {len(values) - k} more" if len(values) > k else "")
+
+
+def check_option(name: str, value, allowed, owner: str) -> None:
+    if value not in allowed:
+        raise InputError(
+            f"The {name!r} parameter of {owner} must be one of {list(allowed)}. Got {value!r} instead."
+        )
+
+
+def check_features(X, owner: str = "featharm") -> tuple[np.ndarray, pd.Index, pd.Index]:
+    """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric."""
+    if isinstance(X, pd.DataFrame):
+        df = X
+    elif isinstance(X, np.ndarray) and X.ndim == 2:
+        df = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+    else:
+        raise InputError(
+            f"{owner} needs the features as a pandas DataFrame (rows = subjects, columns = features); "
+            f"got {type(X).__name__}."
+        )
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise InputError(f"the feature table is empty (shape {df.shape}).")
+    if df.columns.duplicated().any():
+        raise InputError(f"feature columns are repeated: {_show(df.columns[df.columns.duplicated()])}.")
+    bad_dtypes = {dt for dt in set(df.dtypes) if not (pd.api.types.is_numeric_dtype(dt)
+                                                        and not pd.api.types.is_bool_dtype(dt))}
+    nonnum = [c for c, dt in df.dtypes.items() if dt in bad_dtypes] if bad_dtypes else []
+    if nonnum:
+        raise NonNumericFeatureError(
+            f"feature column(s) {_show(nonnum)} are not numeric; pass only the feature columns as X and "
+            "the batch and covariates in the covariate table."
+        )
+    Y = df.to_numpy(dtype=np.float64, copy=False)
+    bad_cols = np.zeros(Y.shape[1], dtype=bool)
+    for blk in iter_blocks(Y.shape[1], Y.shape[0], 16 * 2**20):  # no n × p temporary
+        bad_cols[blk] = ~np.isfinite(Y[:, blk]).all(axis=0)
+    if bad_cols.any():
+        j = int(np.flatnonzero(bad_cols)[0])
+        rows = df.index[~np.isfinite(Y[:, j])]
+        raise MissingValueError(
+            f"features have NaN or infinite values in {int(bad_cols.sum())} column(s), e.g. "
+            f"{df.columns[j]!r} at rows {_show(rows)}; featharm does not impute: drop or fill those "
+            "rows (or features) first."
+        )
+    return Y, df.index, df.columns
+
+
+def align_covariates(index: pd.Index, covariates, owner: str = "featharm") -> pd.DataFrame:
+    """Covariates reordered to ``index``; both must hold the same unique ids."""
+    if not isinstance(covariates, pd.DataFrame):
+        raise InputError(
+            f"{owner} needs the covariates as a pandas DataFrame holding the batch column and the "
+            f"formula's columns; got {type(covariates).__name__}."
+        )
+    if index.has_duplicates:
+        raise DuplicateIndexError(
+            f"the feature table has repeated row ids: {_show(index[index.duplicated()].unique())}; "
+            "ids must be unique (use a subject/session index)."
+        )
+    if covariates.index.has_duplicates:
+        raise DuplicateIndexError(
+            f"the covariate table has repeated row ids: "
+            f"{_show(covariates.index[covariates.index.duplicated()].unique())}; ids must be unique."
+        )
+    if len(index) == len(covariates) and index.equals(covariates.index):
+        return covariates
+    missing = index.difference(covariates.index, sort=False)
+    extra = covariates.index.difference(index, sort=False)
+    if len(missing) or len(extra):
+        parts = []
+        if len(missing):
+            parts.append(f"{len(missing)} id(s) in the features but not in the covariates ({_show(missing)})")
+        if len(extra):
+            parts.append(f"{len(extra)} id(s) in the covariates but not in the features ({_show(extra)})")
+        raise AlignmentError(
+            "features and covariates must describe the same rows (matched by index): "
+            + "; ".join(parts) + ". Subset both tables to the same ids."
+        )
+    return covariates.loc[index]
+
+
+def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
+    if not isinstance(batch, str) and not isinstance(batch, (int, np.integer)):
+        raise InputError(f"The 'batch' parameter must be a column name. Got {batch!r} instead.")
+    if batch not in covariates.columns:
+        raise ColumnNotFoundError(
+            f"covariates have no batch column {batch!r}; columns present: "
+            f"{list(map(str, covariates.columns))}. Pass batch=<name of the site/scanner column>."
+        )
+    s = covariates[batch]
+    if s.isna().any():
+        raise MissingValueError(
+            f"batch column {batch!r} has missing values at rows {_show(s.index[s.isna().to_numpy()])}; "
+            "every row needs a batch."
+        )
+    return s
+
+
+def batch_levels(s: pd.Series) -> list:
+    """Sorted batch levels as plain Python values (numbers stay numbers, everything else becomes str)."""
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        vals = [v.item() if hasattr(v, "item") else v for v in pd.unique(s)]
+        return sorted(vals)
+    return sorted(pd.unique(s.astype(str)).tolist())
+
+
+def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
+    """Index of each row's batch in ``levels``; unseen batches raise :class:`UnseenBatchError`."""
+    numeric = bool(levels) and not isinstance(levels[0], str)
+    vals = s.to_numpy() if numeric else s.astype(str).to_numpy()
+    lut = {v: i for i, v in enumerate(levels)}
+    codes = np.fromiter((lut.get(v.item() if hasattr(v, "item") else v, -1) for v in vals),
+                        dtype=np.intp, count=len(vals))
+    if (codes < 0).any():
+        unseen = pd.Series(vals[codes < 0]).value_counts()
+        desc = ", ".join(f"{k!r} ({v} row{'s' if v > 1 else ''})" for k, v in unseen.items())
+        raise UnseenBatchError(
+            f"{batch!r} has value(s) not seen when the model was fitted: {desc}. Known: {levels}. "
+            "Fit the model with these sites included, or estimate them with new_sites='estimate' "
+            "where the model supports it."
+        )
+    return codes
+
+
+def check_batch_sizes(levels: list, counts: np.ndarray, batch: str, *, allow_single: bool) -> None:
+    if len(levels) < 2:
+        raise BatchError(
+            f"harmonization needs at least 2 batches in {batch!r}; found only {levels}. With one site "
+            "there is nothing to harmonize (and ComBat would still change the data)."
+        )
+    single = [lv for lv, c in zip(levels, counts) if c < 2]
+    if single and not allow_single:
+        raise BatchError(
+            f"batch(es) {single} of {batch!r} have a single subject, so their scale cannot be estimated. "
+            "Use mean_only=True (location-only adjustment, as sva does), or merge or drop them."
+        )
+    small = [f"{lv!r} (n={c})" for lv, c in zip(levels, counts) if c < SMALL_BATCH]
+    if small:
+        warnings.warn(
+            f"batch(es) of {batch!r} with fewer than {SMALL_BATCH} subjects: {', '.join(small)}; their "
+            "site-effect estimates are unstable (empirical Bayes shrinks them, but check the results).",
+            SmallBatchWarning, stacklevel=4,
+        )

@@ -1,0 +1,354 @@
+"""Design matrices: covariate formulas frozen at fit time and batch indicators.
+
+The covariates to preserve are given as the right-hand side of a formula over columns of the covariate
+table (``"age + sex"``, ``"age * sex + C(scanner_field)"``, ``"np.log(age) + I(age**2)"``, stateful
+transforms such as ``center(age)``). :class:`CovariateDesign` evaluates it with ``formulaic`` and freezes
+everything needed to encode new rows identically:
+
+* string, categorical and boolean columns (and numeric columns used inside ``C()``) are categorical; their
+  levels are the sorted unique values seen at fit, the first one being the baseline of the treatment
+  coding (pick another with ``C(sex, contr.treatment("M"))``); a level unseen at fit is an error;
+* numeric columns are continuous;
+* the state of stateful transforms (centres, scales, spline knots) and the column names and order.
+
+The frozen state is plain JSON (see :meth:`CovariateDesign.to_dict`), so saved models never pickle.
+There is no intercept column: the batch indicators span it (``../methods.md`` §0).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import (
+    ColumnNotFoundError,
+    ConfoundingError,
+    FormulaError,
+    MissingValueError,
+    UnseenLevelError,
+)
+
+__all__ = ["CovariateDesign", "batch_indicators", "check_full_rank"]
+
+_IDENT = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
+_C_CALL = re.compile(r"\bC\(\s*(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _clean_formula(formula: str | None) -> str:
+    if formula is None:
+        return ""
+    if not isinstance(formula, str):
+        raise FormulaError(
+            f"The 'formula' parameter must be a string such as 'age + sex' or None. Got {formula!r} instead."
+        )
+    f = formula.strip()
+    if f.startswith("~"):
+        f = f[1:].strip()
+    if "~" in f:
+        raise FormulaError(
+            f"formula {formula!r} has a left-hand side; give only the covariates to preserve, "
+            "e.g. 'age + sex' (the features are the response)."
+        )
+    if f in ("", "1"):
+        return ""
+    return f
+
+
+def _formula_variables(formula: str, columns) -> tuple[list[str], set[str]]:
+    """Covariate columns a formula uses, and those used inside ``C()``."""
+    cols = set(map(str, columns))
+    used: list[str] = []
+    for m in _IDENT.finditer(formula):
+        name = m.group(1) or m.group(2)
+        if name in cols and name not in used:
+            used.append(name)
+    in_c = {m.group(1) or m.group(2) for m in _C_CALL.finditer(formula)}
+    return used, in_c & cols
+
+
+def _is_categorical_dtype(s: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+
+
+# -- tagged JSON for formulaic's transform state -------------------------------------------------------
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {"__dict__": [[_to_json(k), _to_json(v)] for k, v in obj.items()]}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_json(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise FormulaError(
+        f"featharm cannot store the state of a formula term of type {type(obj).__name__}; "
+        "use plain columns, C(), I(), numpy functions, center(), scale(), poly() or bs()."
+    )
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__dict__" in obj:
+            return {_from_json(k): _from_json(v) for k, v in obj["__dict__"]}
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        if "__tuple__" in obj:
+            return tuple(_from_json(v) for v in obj["__tuple__"])
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
+
+
+def _first_ids(index, mask, k: int = 5) -> str:
+    ids = list(index[np.asarray(mask)][:k])
+    more = int(np.sum(mask)) - len(ids)
+    return ", ".join(map(repr, ids)) + (f" and {more} more" if more > 0 else "")
+
+
+class CovariateDesign:
+    """A covariate formula frozen at fit time; builds the covariate block X (no intercept) for any rows.
+
+    Use :meth:`fit` on the training covariates, then :meth:`transform` on any covariate table; the
+    columns (names, order, categorical levels, transform state) are the same every time.
+
+    Attributes
+    ----------
+    formula : str
+        The right-hand side, without ``~`` (``""`` for no covariates).
+    variables : list of str
+        Covariate columns the formula uses.
+    levels : dict
+        For each categorical variable, its sorted levels (the first is the baseline).
+    columns : list of str
+        Names of the design columns, in order.
+    ranges : dict
+        For each continuous variable, its ``[min, max]`` at fit time.
+    """
+
+    def __init__(self, formula: str = "", variables=(), levels=None, columns=(), transform_state=None,
+                 ranges=None, float32: bool = False):
+        self.formula = formula
+        self.variables = list(variables)
+        self.levels = dict(levels or {})
+        self.columns = list(columns)
+        self.transform_state = transform_state  # JSON-tagged form
+        self.ranges = dict(ranges or {})
+        self.float32 = bool(float32)
+
+    # ------------------------------------------------------------------ fit / transform
+    @classmethod
+    def fit(cls, formula: str | None, covariates: pd.DataFrame, *, float32: bool = False,
+            exclude=()) -> tuple["CovariateDesign", np.ndarray]:
+        """Freeze ``formula`` on ``covariates``; return the design and the training block X (n × q)."""
+        f = _clean_formula(formula)
+        if not f:
+            return cls(formula="", float32=float32), np.zeros((len(covariates), 0))
+        variables, in_c = _formula_variables(f, covariates.columns)
+        bad = [v for v in variables if v in set(exclude)]
+        if bad:
+            raise FormulaError(
+                f"formula {formula!r} uses the batch column {bad[0]!r} as a covariate; the batch is added "
+                "by the model itself. Remove it from the formula."
+            )
+        levels: dict[str, list] = {}
+        ranges: dict[str, list[float]] = {}
+        for v in variables:
+            s = covariates[v]
+            _check_no_missing(s, v)
+            if _is_categorical_dtype(s) or v in in_c:
+                if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                    lev = sorted(float(x) for x in pd.unique(s))
+                else:
+                    lev = sorted(pd.unique(s.astype(str)).tolist())
+                levels[v] = lev
+            else:
+                vals = s.to_numpy(dtype=float)
+                if not np.isfinite(vals).all():
+                    raise MissingValueError(
+                        f"covariate column {v!r} has infinite values at rows "
+                        f"{_first_ids(covariates.index, ~np.isfinite(vals))}; fix or drop those rows."
+                    )
+                ranges[v] = [float(vals.min()), float(vals.max())]
+        design = cls(formula=f, variables=variables, levels=levels, ranges=ranges, float32=float32)
+        frame = design._prepare(covariates)
+        import formulaic
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mm = formulaic.model_matrix(f, frame, ensure_full_rank=True, na_action="raise")
+        except Exception as exc:  # formulaic's own errors: re-raise with the user's terms
+            raise _formula_error(formula, exc, covariates.columns) from None
+        if "Intercept" not in mm.columns:
+            raise FormulaError(
+                f"formula {formula!r} removes the intercept ('- 1' or '0 +'); featharm adds the batch "
+                "indicators in place of the intercept, so leave it in (write e.g. 'age + sex')."
+            )
+        design.transform_state = _to_json(dict(mm.model_spec.transform_state))
+        design.columns = [c for c in mm.columns if c != "Intercept"]
+        X = design.transform(covariates)
+        return design, X
+
+    def _prepare(self, covariates: pd.DataFrame) -> pd.DataFrame:
+        """The used covariate columns, checked, with categorical levels frozen."""
+        missing = [v for v in self.variables if v not in covariates.columns]
+        if missing:
+            raise ColumnNotFoundError(
+                f"covariates lack the column(s) {missing} used by formula {self.formula!r}; "
+                f"columns present: {list(map(str, covariates.columns))}."
+            )
+        out = {}
+        for v in self.variables:
+            s = covariates[v]
+            _check_no_missing(s, v)
+            if v in self.levels:
+                lev = self.levels[v]
+                numeric_levels = bool(lev) and isinstance(lev[0], float)
+                vals = s.astype(float) if numeric_levels else s.astype(str)
+                unseen = ~vals.isin(lev).to_numpy()
+                if unseen.any():
+                    new = sorted(pd.unique(vals[unseen]).tolist(), key=str)
+                    raise UnseenLevelError(
+                        f"covariate {v!r} has level(s) {new} that were not seen at fit time "
+                        f"(known levels: {lev}), at rows {_first_ids(covariates.index, unseen)}. "
+                        "Recode them to a known level or refit the model with them."
+                    )
+                out[v] = pd.Categorical(vals.to_numpy(), categories=lev)
+            else:
+                vals = s.to_numpy(dtype=float)
+                if not np.isfinite(vals).all():
+                    raise MissingValueError(
+                        f"covariate column {v!r} has infinite values at rows "
+                        f"{_first_ids(covariates.index, ~np.isfinite(vals))}; fix or drop those rows."
+                    )
+                if self.float32:
+                    vals = vals.astype(np.float32).astype(np.float64)
+                out[v] = vals
+        return pd.DataFrame(out, index=pd.RangeIndex(len(covariates)))
+
+    def transform(self, covariates: pd.DataFrame) -> np.ndarray:
+        """The covariate block X (n × q, float64) for ``covariates``, encoded as at fit time."""
+        n = len(covariates)
+        if not self.formula:
+            return np.zeros((n, 0))
+        frame = self._prepare(covariates)
+        from formulaic import ModelSpec
+
+        spec = ModelSpec(formula=self.formula, ensure_full_rank=True, na_action="raise",
+                         transform_state=_from_json(self.transform_state))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mm = spec.get_model_matrix(frame)
+        except Exception as exc:
+            raise _formula_error(self.formula, exc, covariates.columns) from None
+        cols = [c for c in mm.columns if c != "Intercept"]
+        if cols != self.columns:
+            raise FormulaError(
+                f"the formula {self.formula!r} produced columns {cols} on these covariates but "
+                f"{self.columns} at fit time."
+            )
+        X = np.asarray(mm[cols].to_numpy(dtype=np.float64))
+        if not np.isfinite(X).all():
+            bad = ~np.isfinite(X).all(axis=1)
+            raise MissingValueError(
+                f"formula {self.formula!r} gives non-finite values (e.g. log of a non-positive number) "
+                f"at rows {_first_ids(covariates.index, bad)}."
+            )
+        return X
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return {
+            "formula": self.formula,
+            "variables": self.variables,
+            "levels": self.levels,
+            "columns": self.columns,
+            "transform_state": self.transform_state,
+            "ranges": self.ranges,
+            "float32": self.float32,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CovariateDesign":
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        return f"CovariateDesign(formula={self.formula!r}, columns={self.columns})"
+
+
+def _check_no_missing(s: pd.Series, name: str) -> None:
+    na = s.isna().to_numpy()
+    if na.any():
+        raise MissingValueError(
+            f"covariate column {name!r} has missing values at rows {_first_ids(s.index, na)}; "
+            "fill them or drop those rows before harmonizing."
+        )
+
+
+def _formula_error(formula, exc: Exception, columns) -> Exception:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    m = re.search(r"`([^`]+)` is not present", str(exc))
+    if m:
+        return ColumnNotFoundError(
+            f"formula {formula!r} names {m.group(1)!r}, which is not a covariate column; "
+            f"columns present: {list(map(str, columns))}."
+        )
+    return FormulaError(f"cannot evaluate formula {formula!r}: {msg}")
+
+
+def batch_indicators(codes: np.ndarray, n_batches: int, ref: int | None = None) -> np.ndarray:
+    """The n × m batch indicator block; with a reference batch its column is all ones (§1.5)."""
+    B = np.zeros((codes.shape[0], n_batches))
+    B[np.arange(codes.shape[0]), codes] = 1.0
+    if ref is not None:
+        B[:, ref] = 1.0
+    return B
+
+
+def _rank(M: np.ndarray, rtol: float = 1e-10) -> int:
+    if M.shape[1] == 0:
+        return 0
+    norms = np.linalg.norm(M, axis=0)
+    norms[norms == 0] = 1.0
+    s = np.linalg.svd(M / norms, compute_uv=False)
+    return int(np.sum(s > s[0] * rtol)) if s.size and s[0] > 0 else 0
+
+
+def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "batch") -> None:
+    """Raise :class:`ConfoundingError` naming the first covariate column that adds no rank to ``[B | X]``.
+
+    A column in the span of the batch indicators alone is reported as confounded with batch (e.g. a
+    diagnosis present in one site only); otherwise it is collinear with the batch and earlier covariates.
+    """
+    k = B.shape[1]
+    if _rank(np.hstack([B, X])) == k + X.shape[1]:
+        return
+    current = B
+    r = _rank(B)
+    for j, name in enumerate(columns):
+        col = X[:, [j]]
+        cand = np.hstack([current, col])
+        r_new = _rank(cand)
+        if r_new == r:
+            if _rank(np.hstack([B, col])) == _rank(B):
+                raise ConfoundingError(
+                    f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
+                    f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot "
+                    f"be told apart from the {batch_name} effect. Drop it from the formula, or merge the "
+                    f"{batch_name}s it separates."
+                )
+            raise ConfoundingError(
+                f"covariate column {name!r} is a linear combination of {batch_name!r} and the covariate "
+                f"columns before it ({list(columns[:j])}); the design is rank deficient. Remove it or "
+                "the redundant term from the formula."
+            )
+        current, r = cand, r_new

@@ -1,0 +1,104 @@
+"""Exceptions and warnings raised by featharm.
+
+Every error subclasses a builtin exception (mostly :class:`ValueError`), so code that already catches
+``ValueError`` keeps working; the class name says what went wrong and the message names the column,
+value or site, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FeatharmError",
+    "InputError",
+    "ColumnNotFoundError",
+    "NonNumericFeatureError",
+    "MissingValueError",
+    "DuplicateIndexError",
+    "AlignmentError",
+    "BatchError",
+    "UnseenBatchError",
+    "UnseenLevelError",
+    "ConfoundingError",
+    "FormulaError",
+    "NotFittedError",
+    "ModelFileError",
+    "FeatharmWarning",
+    "ConvergenceWarning",
+    "SmallBatchWarning",
+    "ConstantFeatureWarning",
+]
+
+
+class FeatharmError(Exception):
+    """Base class of every error featharm raises on purpose."""
+
+
+class InputError(FeatharmError, ValueError):
+    """The data or the covariates given to featharm cannot be used as they are."""
+
+
+class ColumnNotFoundError(InputError, KeyError):
+    """A column named in the call (batch, covariate, id) is not in the table."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NonNumericFeatureError(InputError, TypeError):
+    """A feature column does not hold numbers."""
+
+
+class MissingValueError(InputError):
+    """NaN or infinite values where featharm needs finite numbers."""
+
+
+class DuplicateIndexError(InputError):
+    """Row ids (the index) repeat, so rows cannot be matched unambiguously."""
+
+
+class AlignmentError(InputError):
+    """Features and covariates do not describe the same rows, or new data do not match the fitted features."""
+
+
+class BatchError(InputError):
+    """Too few batches, or a batch too small for the requested model."""
+
+
+class UnseenBatchError(BatchError):
+    """A batch (site) at transform time was not seen when the model was fitted."""
+
+
+class UnseenLevelError(InputError):
+    """A categorical covariate has a level at transform time that was not seen at fit time."""
+
+
+class ConfoundingError(InputError):
+    """The design is rank deficient: a covariate is confounded with batch or with other covariates."""
+
+
+class FormulaError(InputError):
+    """The covariate formula cannot be parsed or evaluated on the covariate table."""
+
+
+class NotFittedError(FeatharmError, ValueError, AttributeError):
+    """The model is used before :meth:`fit` was called (same bases as scikit-learn's)."""
+
+
+class ModelFileError(FeatharmError, ValueError):
+    """A saved model file is not a featharm model, is damaged, or has a newer schema."""
+
+
+class FeatharmWarning(UserWarning):
+    """Base class of featharm's warnings (filter them all with this category)."""
+
+
+class ConvergenceWarning(FeatharmWarning):
+    """An iterative estimate stopped at ``max_iter`` before meeting ``tol``."""
+
+
+class SmallBatchWarning(FeatharmWarning):
+    """A batch has few subjects, so its scale estimate is unstable."""
+
+
+class ConstantFeatureWarning(FeatharmWarning):
+    """Features with no residual variance are passed through unchanged."""

@@ -1,0 +1,77 @@
+"""Plain tables: CSV, TSV and Parquet by file extension; atomic writes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
+from ..persistence import atomic_write_bytes
+
+__all__ = ["read_table", "write_table", "table_format"]
+
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path) -> str:
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
+        suffixes = suffixes[:-1]
+    fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the format of {str(path)!r} from its extension; use .csv, .tsv or .parquet."
+        )
+    return fmt
+
+
+def _parquet_hint(exc: Exception) -> InputError:
+    return InputError(f"reading or writing Parquet needs pyarrow: pip install 'featharm[parquet]' ({exc}).")
+
+
+def read_table(path, index_col: str | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet table; with ``index_col`` that column becomes the (unique) index."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"table {str(path)!r} does not exist.")
+    fmt = table_format(path)
+    if fmt == "parquet":
+        try:
+            df = pd.read_parquet(path)
+        except ImportError as exc:
+            raise _parquet_hint(exc) from None
+    else:
+        try:
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t")
+        except pd.errors.EmptyDataError:
+            raise InputError(f"table {str(path)!r} is empty.") from None
+        except pd.errors.ParserError as exc:
+            raise InputError(f"cannot parse {str(path)!r}: {str(exc).strip()}") from None
+    if index_col is not None:
+        if index_col not in df.columns:
+            raise ColumnNotFoundError(
+                f"{str(path)!r} has no id column {index_col!r}; columns present: {list(df.columns)}."
+            )
+        if df[index_col].duplicated().any():
+            dup = df.loc[df[index_col].duplicated(), index_col].unique()[:5]
+            raise DuplicateIndexError(f"id column {index_col!r} of {str(path)!r} repeats ids {list(dup)}.")
+        df = df.set_index(index_col, drop=False)
+        df.index.name = None
+    return df
+
+
+def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
+    """Write ``df`` atomically in the format given by the extension of ``path``."""
+    fmt = table_format(path)
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        try:
+            df.to_parquet(buf, index=index)
+        except ImportError as exc:
+            raise _parquet_hint(exc) from None
+        data = buf.getvalue()
+    else:
+        data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
+    atomic_write_bytes(path, data)

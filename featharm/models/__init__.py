@@ -1,0 +1,6 @@
+"""Harmonization models: one module per family, all built on :mod:`featharm.eb` and ``_base``."""
+
+from ._base import BaseHarmonizer
+from .combat import ComBat
+
+__all__ = ["BaseHarmonizer", "ComBat"]

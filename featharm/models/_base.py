@@ -1,0 +1,400 @@
+"""The estimator life cycle shared by every harmonizer: validate, fit, transform, save.
+
+A model family subclasses :class:`BaseHarmonizer` and overrides the few hooks that differ (how the
+location and scale of each feature are modelled); the input checks, the batch encoding, the design, the
+empirical-Bayes step, the adjustment and persistence are written here once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+
+from .. import eb
+from .._progress import Progress
+from .._validation import (
+    align_covariates,
+    batch_levels,
+    check_batch_sizes,
+    check_features,
+    check_option,
+    encode_batches,
+    get_batch,
+)
+from ..design import CovariateDesign, batch_indicators, check_full_rank
+from ..exceptions import (
+    AlignmentError,
+    BatchError,
+    ConstantFeatureWarning,
+    ConvergenceWarning,
+    InputError,
+    NotFittedError,
+)
+
+# Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
+_ARRAY_AXES = {
+    "alpha": ("feature",),
+    "sigma": ("feature",),
+    "beta": ("column", "feature"),
+    "batch_coef": ("batch", "feature"),
+    "gamma_hat": ("batch", "feature"),
+    "delta_hat": ("batch", "feature"),
+    "gamma_star": ("batch", "feature"),
+    "delta_star": ("batch", "feature"),
+    "gamma_bar": ("batch",),
+    "tau2": ("batch",),
+    "a_prior": ("batch",),
+    "b_prior": ("batch",),
+    "n_iter": ("batch",),
+    "batch_sizes": ("batch",),
+    "constant": ("feature",),
+}
+
+
+class _Prepared:
+    """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
+
+    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X")
+
+    def __init__(self, Y, index, columns, order, covariates, codes, X):
+        self.Y, self.index, self.columns, self.order = Y, index, columns, order
+        self.covariates, self.codes, self.X = covariates, codes, X
+
+
+class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Common machinery of featharm's harmonizers (not used directly).
+
+    Subclasses define ``__init__`` (keyword-only, storing parameters only) and may override
+    :meth:`_fit_location` and :meth:`_preserved` for other mean/scale models.
+    """
+
+    _schema_name: ClassVar[str] = "base"
+    _registry: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ and not cls.__name__.startswith("_"):
+            BaseHarmonizer._registry[cls.__name__] = cls
+
+    # ------------------------------------------------------------------------------ input handling
+    def _owner(self) -> str:
+        return type(self).__name__
+
+    def _check_params(self) -> None:
+        if not isinstance(getattr(self, "max_iter", 1), (int, np.integer)) or getattr(self, "max_iter", 1) < 1:
+            raise InputError(f"The 'max_iter' parameter of {self._owner()} must be a positive integer. "
+                             f"Got {self.max_iter!r} instead.")
+        tol = getattr(self, "tol", 1e-4)
+        if not (isinstance(tol, (int, float)) and tol > 0):
+            raise InputError(f"The 'tol' parameter of {self._owner()} must be a positive number. Got {tol!r} instead.")
+
+    def _prepare(self, X, covariates, *, fitting: bool) -> _Prepared:
+        owner = self._owner()
+        if covariates is None:
+            raise InputError(
+                f"{owner} needs `covariates`: a DataFrame with the batch column {self.batch!r} (and the "
+                "formula's columns), aligned with the features by index."
+            )
+        is_array = isinstance(X, np.ndarray)
+        if is_array and isinstance(covariates, pd.DataFrame) and X.ndim == 2 and X.shape[0] == len(covariates):
+            cols = list(self.feature_names_in_) if (not fitting and hasattr(self, "feature_names_in_")) \
+                else [f"x{j}" for j in range(X.shape[1])]
+            if len(cols) != X.shape[1]:
+                raise AlignmentError(f"X has {X.shape[1]} features but {owner} was fitted with {len(cols)}.")
+            X = pd.DataFrame(X, index=covariates.index, columns=cols)
+        Y, index, columns = check_features(X, owner)
+        cov = align_covariates(index, covariates, owner)
+        order = None
+        if not fitting:
+            fitted = list(self.feature_names_in_)
+            if list(columns) != fitted:
+                cols = [str(c) for c in columns]
+                missing = [c for c in fitted if c not in set(cols)]
+                extra = [c for c in cols if c not in set(fitted)]
+                if missing or extra:
+                    raise AlignmentError(
+                        f"the features differ from those {owner} was fitted on: missing {missing[:5]}"
+                        f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                        f"{' ...' if len(extra) > 5 else ''}. Pass the same feature columns."
+                    )
+                pos = {c: i for i, c in enumerate(cols)}
+                order = np.array([pos[c] for c in fitted])
+                Y = np.asfortranarray(Y[:, order])
+        bser = get_batch(cov, self.batch)
+        if fitting:
+            levels = batch_levels(bser)
+            codes = encode_batches(bser, levels, self.batch)
+            self._fit_levels = levels
+        else:
+            codes = encode_batches(bser, list(self.batches_), self.batch)
+        return _Prepared(Y, index, columns, order, cov, codes, None)
+
+    # ------------------------------------------------------------------------------ public API
+    def fit(self, X, covariates=None):
+        """Estimate the site effects of ``X`` given ``covariates``; returns ``self``."""
+        self._fit(X, covariates)
+        return self
+
+    def fit_transform(self, X, covariates=None, **fit_params):
+        """Fit, then harmonize the same rows (identical to ``fit(X, cov).transform(X, cov)``)."""
+        prep = self._fit(X, covariates)
+        return self._output(self._harmonize(prep), prep)
+
+    def transform(self, X, covariates=None):
+        """Harmonize ``X`` (subjects from batches seen at fit) using each row's own covariates."""
+        self._check_fitted()
+        prep = self._prepare(X, covariates, fitting=False)
+        prep.X = self.design_.transform(prep.covariates)
+        return self._output(self._harmonize(prep), prep)
+
+    def save(self, path) -> None:
+        """Write the fitted model to one file (JSON manifest + arrays, no pickle); see :func:`featharm.load_model`."""
+        from ..persistence import save_model
+
+        save_model(self, path)
+
+    # ------------------------------------------------------------------------------ fitting
+    def _fit(self, X, covariates) -> _Prepared:
+        self._check_params()
+        prep = self._prepare(X, covariates, fitting=True)
+        levels = self._fit_levels
+        del self._fit_levels
+        m = len(levels)
+        counts = np.bincount(prep.codes, minlength=m).astype(np.float64)
+        check_batch_sizes(levels, counts.astype(int), self.batch, allow_single=self._allow_single_subject())
+        ref = self._ref_index(levels)
+        design, Xc = CovariateDesign.fit(self.formula, prep.covariates,
+                                         float32=getattr(self, "compat", None) == "neuroCombat",
+                                         exclude=(self.batch,))
+        prep.X = Xc
+        B = batch_indicators(prep.codes, m, ref)
+        check_full_rank(B, Xc, design.columns, batch_name=str(self.batch))
+        p = prep.Y.shape[1]
+        if getattr(self, "eb", False) and p < 2:
+            raise InputError(
+                f"empirical Bayes pools the site effects across features, so it needs at least 2 features; "
+                f"got {p}. Pass eb=False to adjust a single feature."
+            )
+        # forget any previous fit before storing the new one
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        self.batches_ = np.asarray(levels, dtype=object)
+        self.n_features_in_ = p
+        self.feature_names_in_ = np.asarray([str(c) for c in prep.columns], dtype=object)
+        self.design_ = design
+        self.ref_index_ = ref
+        self._arr: dict[str, np.ndarray] = {"batch_sizes": counts}
+        self._fit_location(prep, B, counts, ref)
+        self._fit_eb(counts, ref)
+        self._publish()
+        return prep
+
+    def _allow_single_subject(self) -> bool:
+        return bool(getattr(self, "mean_only", False))
+
+    def _ref_index(self, levels) -> int | None:
+        ref = getattr(self, "ref_batch", None)
+        if ref is None:
+            return None
+        for i, lv in enumerate(levels):
+            if lv == ref or str(lv) == str(ref):
+                return i
+        raise BatchError(
+            f"ref_batch={ref!r} is not a level of {self.batch!r}; levels: {levels}. Pass one of them."
+        )
+
+    def _fit_location(self, prep: _Prepared, B: np.ndarray, counts: np.ndarray, ref) -> None:
+        """S1–S5: OLS on ``[B | X]``, pooled variance, standardized moments. Fills ``self._arr``."""
+        Y = prep.Y
+        n, p = Y.shape
+        m = B.shape[1]
+        W = np.hstack([B, prep.X])
+        qr = eb.QRDesign(W)
+        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
+        coef = eb.location_fit(qr, Y)  # one GEMM for all features (a long inner dimension wants it whole)
+        ss = np.empty((m, p))
+        blocks = list(eb.iter_blocks(p, n))
+        with Progress(len(blocks), "fitting location/scale") as bar:
+            for blk in blocks:
+                ss[:, blk] = eb.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+                bar.update()
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref,
+                                     mean_only=bool(getattr(self, "mean_only", False)))
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
+                         gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
+        self._delta_raw = st.delta_raw
+        self._mark_constant(np.abs(st.alpha))
+
+    def _mark_constant(self, scale: np.ndarray) -> None:
+        sigma = self._arr["sigma"]
+        const = (sigma == 0) | (sigma <= 1e-11 * scale) | ~np.isfinite(sigma)
+        self._arr["constant"] = const
+        if const.any():
+            names = self.feature_names_in_[const]
+            warnings.warn(
+                f"{int(const.sum())} feature(s) have no variance left after the batch and covariate "
+                f"effects (e.g. constant columns): {list(names[:5])}{' ...' if len(names) > 5 else ''}. "
+                "They are passed through unchanged and left out of the empirical-Bayes priors.",
+                ConstantFeatureWarning, stacklevel=4,
+            )
+            a = self._arr
+            a["gamma_hat"][:, const] = 0.0
+            a["delta_hat"][:, const] = 1.0
+            self._delta_raw[:, const] = 1.0
+
+    def _fit_eb(self, counts: np.ndarray, ref) -> None:
+        """S6–S7: priors and the EB posterior (or the raw estimates when eb=False)."""
+        a = self._arr
+        keep = ~a["constant"]
+        g_hat, d_hat, d_raw = a["gamma_hat"], a["delta_hat"], self._delta_raw
+        m, p = g_hat.shape
+        g_star = g_hat.copy()
+        d_star = d_hat.copy()
+        n_iter = np.zeros(m)
+        mean_only = bool(getattr(self, "mean_only", False))
+        use_eb = bool(getattr(self, "eb", True))
+        pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep], mean_only=mean_only)
+        if use_eb and keep.sum() < 2:
+            raise InputError(
+                "empirical Bayes needs at least 2 features with variance; pass eb=False."
+            )
+        if use_eb:
+            not_converged = []
+            for i in range(m):
+                if ref is not None and i == ref:
+                    continue
+                gi, di, ri = g_hat[i, keep], d_hat[i, keep], d_raw[i, keep]
+                if not getattr(self, "parametric", True):
+                    gs, ds = eb.eb_nonparametric(gi, di, ri, counts[i])
+                elif mean_only:
+                    gs, ds = eb.eb_mean_only(gi, counts[i], pri.gamma_bar[i], pri.tau2[i],
+                                             form=getattr(self, "mean_only_form", "sva"))
+                else:
+                    gs, ds, it, ok = eb.eb_parametric(gi, di, ri, counts[i], pri.gamma_bar[i], pri.tau2[i],
+                                                      pri.a_prior[i], pri.b_prior[i], tol=self.tol,
+                                                      max_iter=self.max_iter)
+                    n_iter[i] = it
+                    if not ok:
+                        not_converged.append(self.batches_[i])
+                g_star[i, keep], d_star[i, keep] = gs, ds
+            if not_converged:
+                warnings.warn(
+                    f"parametric EB did not converge within max_iter={self.max_iter} iterations for "
+                    f"batch(es) {not_converged}; the last iterate is used. Raise max_iter or check those sites.",
+                    ConvergenceWarning, stacklevel=4,
+                )
+        if ref is not None:
+            g_star[ref] = 0.0
+            d_star[ref] = 1.0
+            for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
+                arr[ref] = np.nan  # the reference batch is not adjusted; its priors are meaningless
+        a.update(gamma_star=g_star, delta_star=d_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
+                 a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=n_iter)
+        del self._delta_raw
+
+    # ------------------------------------------------------------------------------ applying
+    def _preserved_design(self, prep: _Prepared) -> np.ndarray:
+        """Design ``D`` of the part harmonization keeps (``[1 | X]`` for ComBat): ``M = D @ coef``."""
+        return np.asfortranarray(np.hstack([np.ones((prep.Y.shape[0], 1)), prep.X]))
+
+    def _preserved_coef(self, blk: slice) -> np.ndarray:
+        """Coefficients matching :meth:`_preserved_design` for a block of features."""
+        a = self._arr
+        return np.vstack([a["alpha"][None, blk], a["beta"][:, blk]])
+
+    def _harmonize(self, prep: _Prepared) -> np.ndarray:
+        a = self._arr
+        Y = prep.Y
+        n, p = Y.shape
+        m = len(self.batches_)
+        out = np.empty((n, p), order="F")
+        D = self._preserved_design(prep)
+        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
+        blocks = list(eb.iter_blocks(p, n))
+        with Progress(len(blocks), "harmonizing") as bar:
+            for blk in blocks:
+                eb.adjust(Y[:, blk], D, self._preserved_coef(blk), onehot, prep.codes, a["sigma"][blk],
+                          a["gamma_star"][:, blk], a["delta_star"][:, blk], out=out[:, blk])
+                bar.update()
+        const = a["constant"]
+        if const.any():
+            out[:, const] = Y[:, const]
+        if self.ref_index_ is not None:
+            rows = prep.codes == self.ref_index_
+            out[rows] = Y[rows]  # §1.5(g): reference rows unchanged, bit for bit
+        return out
+
+    def _output(self, out: np.ndarray, prep: _Prepared):
+        if prep.order is not None:
+            inv = np.empty_like(prep.order)
+            inv[prep.order] = np.arange(prep.order.size)
+            out = out[:, inv]
+        return pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)
+
+    # ------------------------------------------------------------------------------ learned attributes
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "_arr") or not hasattr(self, "batches_"):
+            raise NotFittedError(
+                f"This {self._owner()} instance is not fitted yet. Call 'fit' with the training features "
+                "and covariates first (or load a saved model with featharm.load_model)."
+            )
+
+    def _axis(self, name: str):
+        if name == "batch":
+            return pd.Index(self.batches_, name=str(self.batch))
+        if name == "feature":
+            return pd.Index(self.feature_names_in_, name="feature")
+        return pd.Index(self.design_.columns, name="covariate")
+
+    def _publish(self) -> None:
+        """Expose the learned arrays as labelled pandas objects (attributes ending in ``_``)."""
+        a = self._arr
+        for name, arr in a.items():
+            axes = _ARRAY_AXES.get(name) or self._extra_axes().get(name)
+            if axes is None:
+                continue
+            if len(axes) == 1:
+                obj = pd.Series(arr, index=self._axis(axes[0]), name=name)
+            else:
+                obj = pd.DataFrame(arr, index=self._axis(axes[0]), columns=self._axis(axes[1]))
+            setattr(self, name + "_", obj)
+        self.priors_ = pd.DataFrame({k: a[k] for k in ("gamma_bar", "tau2", "a_prior", "b_prior")},
+                                    index=self._axis("batch"))
+        self.constant_features_ = list(self.feature_names_in_[a["constant"]])
+        self.n_iter_ = pd.Series(a["n_iter"].astype(int), index=self._axis("batch"), name="n_iter")
+
+    def _extra_axes(self) -> dict[str, tuple[str, ...]]:
+        """Axes of learned arrays a subclass adds."""
+        return {}
+
+    # ------------------------------------------------------------------------------ persistence hooks
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._check_fitted()
+        state = {
+            "batches": [b.item() if hasattr(b, "item") else b for b in self.batches_],
+            "feature_names": [str(f) for f in self.feature_names_in_],
+            "design": self.design_.to_dict(),
+            "ref_index": self.ref_index_,
+        }
+        return state, dict(self._arr)
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.batches_ = np.asarray(state["batches"], dtype=object)
+        self.feature_names_in_ = np.asarray(state["feature_names"], dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.design_ = CovariateDesign.from_dict(state["design"])
+        self.ref_index_ = state["ref_index"]
+        self._arr = {k: np.asarray(v) for k, v in arrays.items()}
+        self._arr["constant"] = self._arr["constant"].astype(bool)
+        self._publish()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.requires_fit = True
+        return tags
