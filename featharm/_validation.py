@@ -6,7 +6,6 @@ or site and says how to fix it.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from .exceptions import (
     NonNumericFeatureError,
     SmallBatchWarning,
     UnseenBatchError,
+    warn,
 )
 
 SMALL_BATCH = 10
@@ -31,6 +31,12 @@ def _show(values, k: int = 5) -> str:
     values = list(values)
     head = ", ".join(map(repr, values[:k]))
     return head + (f" and {len(values) - k} more" if len(values) > k else "")
+
+
+def show_columns(columns, k: int = 12) -> str:
+    """A column list for an error message, cut after ``k`` names."""
+    cols = [str(c) for c in columns]
+    return str(cols[:k])[:-1] + (f", ... ({len(cols) - k} more)]" if len(cols) > k else "]")
 
 
 def check_option(name: str, value, allowed, owner: str) -> None:
@@ -118,7 +124,7 @@ def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
     if batch not in covariates.columns:
         raise ColumnNotFoundError(
             f"covariates have no batch column {batch!r}; columns present: "
-            f"{list(map(str, covariates.columns))}. Pass batch=<name of the site/scanner column>."
+            f"{show_columns(covariates.columns)}. Pass batch=<name of the site/scanner column>."
         )
     s = covariates[batch]
     if s.isna().any():
@@ -169,8 +175,8 @@ def check_batch_sizes(levels: list, counts: np.ndarray, batch: str, *, allow_sin
         )
     small = [f"{lv!r} (n={c})" for lv, c in zip(levels, counts) if c < SMALL_BATCH]
     if small:
-        warnings.warn(
+        warn(
             f"batch(es) of {batch!r} with fewer than {SMALL_BATCH} subjects: {', '.join(small)}; their "
             "site-effect estimates are unstable (empirical Bayes shrinks them, but check the results).",
-            SmallBatchWarning, stacklevel=4,
+            SmallBatchWarning,
         )

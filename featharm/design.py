@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._validation import show_columns
 from .exceptions import (
     ColumnNotFoundError,
     ConfoundingError,
@@ -203,7 +204,7 @@ class CovariateDesign:
         if missing:
             raise ColumnNotFoundError(
                 f"covariates lack the column(s) {missing} used by formula {self.formula!r}; "
-                f"columns present: {list(map(str, covariates.columns))}."
+                f"columns present: {show_columns(covariates.columns)}."
             )
         out = {}
         for v in self.variables:
@@ -300,7 +301,7 @@ def _formula_error(formula, exc: Exception, columns) -> Exception:
     if m:
         return ColumnNotFoundError(
             f"formula {formula!r} names {m.group(1)!r}, which is not a covariate column; "
-            f"columns present: {list(map(str, columns))}."
+            f"columns present: {show_columns(columns)}."
         )
     return FormulaError(f"cannot evaluate formula {formula!r}: {msg}")
 

@@ -102,3 +102,21 @@ class SmallBatchWarning(FeatharmWarning):
 
 class ConstantFeatureWarning(FeatharmWarning):
     """Features with no residual variance are passed through unchanged."""
+
+
+def warn(message: str, category: type[Warning] = FeatharmWarning) -> None:
+    """Issue a warning attributed to the first caller outside featharm (the user's line)."""
+    import inspect
+    import os
+    import warnings
+
+    pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    frame = inspect.currentframe()
+    level = 1
+    while frame is not None:
+        fname = os.path.abspath(frame.f_code.co_filename)
+        if not fname.startswith(pkg_dir + os.sep):
+            break
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

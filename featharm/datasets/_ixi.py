@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-IXI_FEATURES_PATTERN = "*h_*_thickness"
 _FILE = "ixi_dk_thickness_tidy.csv"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._validation import show_columns
 from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
 from ..persistence import atomic_write_bytes
 
@@ -52,7 +53,7 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
     if index_col is not None:
         if index_col not in df.columns:
             raise ColumnNotFoundError(
-                f"{str(path)!r} has no id column {index_col!r}; columns present: {list(df.columns)}."
+                f"{str(path)!r} has no id column {index_col!r}; columns present: {show_columns(df.columns)}."
             )
         if df[index_col].duplicated().any():
             dup = df.loc[df[index_col].duplicated(), index_col].unique()[:5]

@@ -7,7 +7,6 @@ empirical-Bayes step, the adjustment and persistence are written here once.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +32,7 @@ from ..exceptions import (
     ConvergenceWarning,
     InputError,
     NotFittedError,
+    warn,
 )
 
 # Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
@@ -236,11 +236,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._arr["constant"] = const
         if const.any():
             names = self.feature_names_in_[const]
-            warnings.warn(
+            warn(
                 f"{int(const.sum())} feature(s) have no variance left after the batch and covariate "
                 f"effects (e.g. constant columns): {list(names[:5])}{' ...' if len(names) > 5 else ''}. "
                 "They are passed through unchanged and left out of the empirical-Bayes priors.",
-                ConstantFeatureWarning, stacklevel=4,
+                ConstantFeatureWarning,
             )
             a = self._arr
             a["gamma_hat"][:, const] = 0.0
@@ -252,45 +252,39 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         a = self._arr
         keep = ~a["constant"]
         g_hat, d_hat, d_raw = a["gamma_hat"], a["delta_hat"], self._delta_raw
-        m, p = g_hat.shape
-        g_star = g_hat.copy()
-        d_star = d_hat.copy()
+        m = g_hat.shape[0]
+        g_star, d_star = g_hat.copy(), d_hat.copy()
         n_iter = np.zeros(m)
         mean_only = bool(getattr(self, "mean_only", False))
-        use_eb = bool(getattr(self, "eb", True))
         pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep], mean_only=mean_only)
-        if use_eb and keep.sum() < 2:
-            raise InputError(
-                "empirical Bayes needs at least 2 features with variance; pass eb=False."
-            )
-        if use_eb:
+        if getattr(self, "eb", True):
+            if keep.sum() < 2:
+                raise InputError("empirical Bayes needs at least 2 features with variance; pass eb=False.")
             not_converged = []
-            for i in range(m):
-                if ref is not None and i == ref:
-                    continue
-                gi, di, ri = g_hat[i, keep], d_hat[i, keep], d_raw[i, keep]
-                if not getattr(self, "parametric", True):
-                    gs, ds = eb.eb_nonparametric(gi, di, ri, counts[i])
-                elif mean_only:
-                    gs, ds = eb.eb_mean_only(gi, counts[i], pri.gamma_bar[i], pri.tau2[i],
-                                             form=getattr(self, "mean_only_form", "sva"))
-                else:
-                    gs, ds, it, ok = eb.eb_parametric(gi, di, ri, counts[i], pri.gamma_bar[i], pri.tau2[i],
-                                                      pri.a_prior[i], pri.b_prior[i], tol=self.tol,
-                                                      max_iter=self.max_iter)
-                    n_iter[i] = it
-                    if not ok:
-                        not_converged.append(self.batches_[i])
-                g_star[i, keep], d_star[i, keep] = gs, ds
+            with Progress(m, "empirical Bayes") as bar:
+                for i in (i for i in range(m) if i != ref):
+                    gi, di, ri = g_hat[i, keep], d_hat[i, keep], d_raw[i, keep]
+                    if not getattr(self, "parametric", True):
+                        gs, ds = eb.eb_nonparametric(gi, di, ri, counts[i])
+                    elif mean_only:
+                        gs, ds = eb.eb_mean_only(gi, counts[i], pri.gamma_bar[i], pri.tau2[i],
+                                                 form=getattr(self, "mean_only_form", "sva"))
+                    else:
+                        gs, ds, n_iter[i], ok = eb.eb_parametric(
+                            gi, di, ri, counts[i], pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
+                            pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
+                        if not ok:
+                            not_converged.append(self.batches_[i])
+                    g_star[i, keep], d_star[i, keep] = gs, ds
+                    bar.update()
             if not_converged:
-                warnings.warn(
+                warn(
                     f"parametric EB did not converge within max_iter={self.max_iter} iterations for "
                     f"batch(es) {not_converged}; the last iterate is used. Raise max_iter or check those sites.",
-                    ConvergenceWarning, stacklevel=4,
+                    ConvergenceWarning,
                 )
         if ref is not None:
-            g_star[ref] = 0.0
-            d_star[ref] = 1.0
+            g_star[ref], d_star[ref] = 0.0, 1.0
             for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
                 arr[ref] = np.nan  # the reference batch is not adjusted; its priors are meaningless
         a.update(gamma_star=g_star, delta_star=d_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
