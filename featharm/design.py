@@ -171,12 +171,7 @@ class CovariateDesign:
                     lev = sorted(pd.unique(s.astype(str)).tolist())
                 levels[v] = lev
             else:
-                vals = s.to_numpy(dtype=float)
-                if not np.isfinite(vals).all():
-                    raise MissingValueError(
-                        f"covariate column {v!r} has infinite values at rows "
-                        f"{_first_ids(covariates.index, ~np.isfinite(vals))}; fix or drop those rows."
-                    )
+                vals = _finite_values(s, v)
                 ranges[v] = [float(vals.min()), float(vals.max())]
         design = cls(formula=f, variables=variables, levels=levels, ranges=ranges, float32=float32)
         frame = design._prepare(covariates)
@@ -224,12 +219,7 @@ class CovariateDesign:
                     )
                 out[v] = pd.Categorical(vals.to_numpy(), categories=lev)
             else:
-                vals = s.to_numpy(dtype=float)
-                if not np.isfinite(vals).all():
-                    raise MissingValueError(
-                        f"covariate column {v!r} has infinite values at rows "
-                        f"{_first_ids(covariates.index, ~np.isfinite(vals))}; fix or drop those rows."
-                    )
+                vals = _finite_values(s, v)
                 if self.float32:
                     vals = vals.astype(np.float32).astype(np.float64)
                 out[v] = vals
@@ -293,6 +283,16 @@ def _check_no_missing(s: pd.Series, name: str) -> None:
             f"covariate column {name!r} has missing values at rows {_first_ids(s.index, na)}; "
             "fill them or drop those rows before harmonizing."
         )
+
+
+def _finite_values(s: pd.Series, name: str) -> np.ndarray:
+    vals = s.to_numpy(dtype=float)
+    if not np.isfinite(vals).all():
+        raise MissingValueError(
+            f"covariate column {name!r} has infinite values at rows "
+            f"{_first_ids(s.index, ~np.isfinite(vals))}; fix or drop those rows."
+        )
+    return vals
 
 
 def _formula_error(formula, exc: Exception, columns) -> Exception:
