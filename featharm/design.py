@@ -30,7 +30,9 @@ from .exceptions import (
     ConfoundingError,
     FormulaError,
     MissingValueError,
+    CollinearityWarning,
     UnseenLevelError,
+    warn,
 )
 
 __all__ = ["CovariateDesign", "batch_indicators", "check_full_rank"]
@@ -315,32 +317,28 @@ def batch_indicators(codes: np.ndarray, n_batches: int, ref: int | None = None) 
     return B
 
 
-def _rank(M: np.ndarray, rtol: float = 1e-10) -> int:
-    if M.shape[1] == 0:
-        return 0
-    norms = np.linalg.norm(M, axis=0)
-    norms[norms == 0] = 1.0
-    s = np.linalg.svd(M / norms, compute_uv=False)
-    return int(np.sum(s > s[0] * rtol)) if s.size and s[0] > 0 else 0
+def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "batch",
+                    rtol: float = 1e-6, warn_rtol: float = 1e-3) -> None:
+    """Refuse a rank-deficient or nearly rank-deficient design ``[B | X]``, naming the covariate column.
 
-
-def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "batch") -> None:
-    """Raise :class:`ConfoundingError` naming the first covariate column that adds no rank to ``[B | X]``.
-
-    A column in the span of the batch indicators alone is reported as confounded with batch (e.g. a
-    diagnosis present in one site only); otherwise it is collinear with the batch and earlier covariates.
+    Each covariate column is projected out of the span of the batch indicators and the columns before it;
+    what is left, relative to the column's own variation about its mean, measures how much information the
+    column adds. Below ``rtol`` the column is confounded (:class:`ConfoundingError`): with the batch alone
+    (e.g. a diagnosis present in one site only) or with the batch and earlier covariates. Below
+    ``warn_rtol`` a :class:`CollinearityWarning` says the column's effect is barely identifiable, since its
+    coefficient (and so the preserved part) is amplified by about the inverse of that ratio.
     """
-    k = B.shape[1]
-    if _rank(np.hstack([B, X])) == k + X.shape[1]:
-        return
-    current = B
-    r = _rank(B)
+    Qb, _ = np.linalg.qr(B, mode="reduced")
+    basis = Qb
     for j, name in enumerate(columns):
-        col = X[:, [j]]
-        cand = np.hstack([current, col])
-        r_new = _rank(cand)
-        if r_new == r:
-            if _rank(np.hstack([B, col])) == _rank(B):
+        col = X[:, j]
+        spread = np.linalg.norm(col - col.mean())
+        r = col - basis @ (basis.T @ col)
+        r -= basis @ (basis.T @ r)  # re-orthogonalize (classical Gram-Schmidt twice is enough)
+        rel = np.linalg.norm(r) / spread if spread > 0 else 0.0
+        if rel <= rtol:
+            rb = col - Qb @ (Qb.T @ col)
+            if spread == 0 or np.linalg.norm(rb) / spread <= rtol:
                 raise ConfoundingError(
                     f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
                     f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot "
@@ -352,4 +350,12 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
                 f"columns before it ({list(columns[:j])}); the design is rank deficient. Remove it or "
                 "the redundant term from the formula."
             )
-        current, r = cand, r_new
+        if rel <= warn_rtol:
+            warn(
+                f"covariate column {name!r} is nearly confounded with {batch_name!r} and the covariates "
+                f"before it: only a fraction {rel:.1e} of its variation is not explained by them, so its "
+                "effect is poorly identified and the preserved part may be far off. Check its balance across "
+                f"{batch_name}s, or drop it.",
+                CollinearityWarning,
+            )
+        basis = np.column_stack([basis, r / np.linalg.norm(r)])

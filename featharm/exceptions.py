@@ -26,6 +26,7 @@ __all__ = [
     "ConvergenceWarning",
     "SmallBatchWarning",
     "ConstantFeatureWarning",
+    "CollinearityWarning",
 ]
 
 
@@ -98,6 +99,10 @@ class ConvergenceWarning(FeatharmWarning):
 
 class SmallBatchWarning(FeatharmWarning):
     """A batch has few subjects, so its scale estimate is unstable."""
+
+
+class CollinearityWarning(FeatharmWarning):
+    """A covariate is nearly confounded with batch or other covariates; its effect is poorly identified."""
 
 
 class ConstantFeatureWarning(FeatharmWarning):
