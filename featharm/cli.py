@@ -217,6 +217,11 @@ def main(argv=None) -> int:
     try:
         with _progress.enable(not getattr(args, "quiet", False)), np.errstate(all="ignore"):
             return args.func(args)
+    except BrokenPipeError:  # output piped into e.g. `head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (FeatharmError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         _err(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return EXIT_USER_ERROR
