@@ -299,7 +299,7 @@ def _finite_values(s: pd.Series, name: str) -> np.ndarray:
 
 def _formula_error(formula, exc: Exception, columns) -> Exception:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    m = re.search(r"`([^`]+)` is not present", str(exc))
+    m = re.search(r"`([^`]+)` is not present", str(exc)) or re.search(r"name '([^']+)' is not defined", str(exc))
     if m:
         return ColumnNotFoundError(
             f"formula {formula!r} names {m.group(1)!r}, which is not a covariate column; "

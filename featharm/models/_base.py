@@ -266,6 +266,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     gi, di, ri = g_hat[i, keep], d_hat[i, keep], d_raw[i, keep]
                     if not getattr(self, "parametric", True):
                         gs, ds = eb.eb_nonparametric(gi, di, ri, counts[i])
+                        if mean_only:
+                            ds = np.ones_like(ds)  # a weighted mean of ones, exactly
                     elif mean_only:
                         gs, ds = eb.eb_mean_only(gi, counts[i], pri.gamma_bar[i], pri.tau2[i],
                                                  form=getattr(self, "mean_only_form", "sva"))
