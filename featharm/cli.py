@@ -80,27 +80,43 @@ def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out) -> None:
 
 
 # --------------------------------------------------------------------------------------------- commands
+# Harmonization methods of `featharm harmonize --method NAME`: name -> (builder, extra columns).
+# A builder turns the parsed arguments into an unfitted model; `columns(args)` lists the covariate
+# columns the method uses besides the batch and the formula (subject, time, smooth terms ...), which are
+# therefore not features. Each model family registers itself here with one entry.
+def _combat_model(args):
+    from .models import ComBat
+
+    return ComBat(batch=args.batch, formula=args.formula, eb=not args.no_eb,
+                  parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
+
+
+METHODS: dict = {
+    "combat": (_combat_model, lambda args: []),
+}
+
+
 def cmd_harmonize(args) -> int:
     from .design import _clean_formula, _formula_variables
-    from .models import ComBat
 
     data, cov = _load_inputs(args, args.batch, args.formula)
     if args.batch not in cov.columns:
         raise ColumnNotFoundError(
             f"no batch column {args.batch!r}; columns present: {show_columns(cov.columns)}."
         )
+    build, method_columns = METHODS[args.method]
     f = _clean_formula(args.formula)
     used = _formula_variables(f, cov.columns)[0] if f else []
-    feats = _feature_columns(data, args.features, [args.batch, args.id, *used])
-    model = ComBat(batch=args.batch, formula=args.formula, eb=not args.no_eb,
-                   parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
+    feats = _feature_columns(data, args.features, [args.batch, args.id, *used, *method_columns(args)])
+    model = build(args)
     Xh = model.fit_transform(data[feats], cov)
     _write_output(data, Xh, args.out)
     if args.save_model:
         model.save(args.save_model)
     if not args.quiet:
         print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
-              f"batches -> {args.out}" + (f"; model -> {args.save_model}" if args.save_model else ""))
+              f"batches with {type(model).__name__} -> {args.out}"
+              + (f"; model -> {args.save_model}" if args.save_model else ""))
     return 0
 
 
@@ -175,10 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featharm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    h = sub.add_parser("harmonize", help="fit ComBat on a table and write the harmonized table",
-                       description="Fit ComBat on DATA and write DATA with its feature columns harmonized.")
+    h = sub.add_parser("harmonize", help="fit a harmonization model on a table and write the harmonized table",
+                       description="Fit a harmonization model (ComBat by default) on DATA and write DATA with its "
+                                   "feature columns harmonized.")
     h.add_argument("data", metavar="DATA", help="table with features (and covariates): CSV, TSV or Parquet")
     h.add_argument("--batch", required=True, metavar="COL", help="batch (site/scanner) column")
+    h.add_argument("--method", default="combat", choices=sorted(METHODS),
+                   help="harmonization model (default: combat)")
     h.add_argument("--formula", metavar="RHS", help='covariates to preserve, e.g. "age + sex"')
     h.add_argument("--features", nargs="+", metavar="PATTERN",
                    help="feature columns (globs such as '*_thickness'); default: every other numeric column")
