@@ -73,6 +73,11 @@ def _formula_variables(formula: str, columns) -> tuple[list[str], set[str]]:
     return used, in_c & cols
 
 
+def _numeric_categories(dtype: pd.CategoricalDtype) -> bool:
+    cats = dtype.categories
+    return pd.api.types.is_numeric_dtype(cats) and not pd.api.types.is_bool_dtype(cats)
+
+
 def _is_categorical_dtype(s: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
 
@@ -167,7 +172,9 @@ class CovariateDesign:
             s = covariates[v]
             _check_no_missing(s, v)
             if _is_categorical_dtype(s) or v in in_c:
-                if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                if isinstance(s.dtype, pd.CategoricalDtype) and _numeric_categories(s.dtype):
+                    lev = sorted(float(x) for x in pd.unique(s.astype(float)))
+                elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
                     lev = sorted(float(x) for x in pd.unique(s))
                 else:
                     lev = sorted(pd.unique(s.astype(str)).tolist())
@@ -182,7 +189,7 @@ class CovariateDesign:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                mm = formulaic.model_matrix(f, frame, ensure_full_rank=True, na_action="raise")
+                mm = formulaic.model_matrix(f, frame, ensure_full_rank=True, na_action="ignore")
         except Exception as exc:  # formulaic's own errors: re-raise with the user's terms
             raise _formula_error(formula, exc, covariates.columns) from None
         if "Intercept" not in mm.columns:
@@ -235,7 +242,7 @@ class CovariateDesign:
         frame = self._prepare(covariates)
         from formulaic import ModelSpec
 
-        spec = ModelSpec(formula=self.formula, ensure_full_rank=True, na_action="raise",
+        spec = ModelSpec(formula=self.formula, ensure_full_rank=True, na_action="ignore",
                          transform_state=_from_json(self.transform_state))
         try:
             with warnings.catch_warnings():
@@ -253,7 +260,7 @@ class CovariateDesign:
         if not np.isfinite(X).all():
             bad = ~np.isfinite(X).all(axis=1)
             raise MissingValueError(
-                f"formula {self.formula!r} gives non-finite values (e.g. log of a non-positive number) "
+                f"formula {self.formula!r} gives non-finite values (e.g. log or sqrt of a non-positive number) "
                 f"at rows {_first_ids(covariates.index, bad)}."
             )
         return X
@@ -318,16 +325,28 @@ def batch_indicators(codes: np.ndarray, n_batches: int, ref: int | None = None) 
 
 
 def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "batch",
-                    rtol: float = 1e-6, warn_rtol: float = 1e-3) -> None:
-    """Refuse a rank-deficient or nearly rank-deficient design ``[B | X]``, naming the covariate column.
+                    rank_rtol: float = 1e-6, rtol: float = 1e-2, warn_rtol: float = 1e-1) -> None:
+    """Refuse a rank-deficient design ``[B | X]`` or covariates (nearly) confounded with the batch.
 
-    Each covariate column is projected out of the span of the batch indicators and the columns before it;
-    what is left, relative to the column's own variation about its mean, measures how much information the
-    column adds. Below ``rtol`` the column is confounded (:class:`ConfoundingError`): with the batch alone
-    (e.g. a diagnosis present in one site only) or with the batch and earlier covariates. Below
-    ``warn_rtol`` a :class:`CollinearityWarning` says the column's effect is barely identifiable, since its
-    coefficient (and so the preserved part) is amplified by about the inverse of that ratio.
+    Two checks, each naming the covariate column:
+
+    1. *Rank.* Each covariate column is projected out of the span of the batch indicators and the columns
+       before it; if less than ``rank_rtol`` of its variation about its mean is left, the design is rank
+       deficient (:class:`ConfoundingError`): the column is a function of the batch (a diagnosis present in
+       one site only) or of the batch and earlier covariates (``age`` and ``2 * age``).
+    2. *Confounding with the batch.* Harmonization removes the batch part of the fit and keeps the
+       covariate part, so what matters is how well the two are told apart. Over every combination of the
+       (centred) covariate columns, the smallest fraction of variation that lies *within* batches,
+       ``rho`` (the smallest singular value of the orthonormalized covariate space projected off the batch
+       indicators), measures it: the preserved part is uncertain by roughly ``1 / rho`` times the noise.
+       ``rho <= rtol`` is an error (the covariate's effect cannot be separated from the site effect:
+       preserving it would add amplified noise); ``rho <= warn_rtol`` is a :class:`CollinearityWarning`.
+       Collinearity among covariates alone (``age`` and ``age**2``) does not move the preserved part and
+       is not flagged.
     """
+    q = X.shape[1]
+    if q == 0:
+        return
     Qb, _ = np.linalg.qr(B, mode="reduced")
     basis = Qb
     for j, name in enumerate(columns):
@@ -336,9 +355,9 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
         r = col - basis @ (basis.T @ col)
         r -= basis @ (basis.T @ r)  # re-orthogonalize (classical Gram-Schmidt twice is enough)
         rel = np.linalg.norm(r) / spread if spread > 0 else 0.0
-        if rel <= rtol:
+        if rel <= rank_rtol:
             rb = col - Qb @ (Qb.T @ col)
-            if spread == 0 or np.linalg.norm(rb) / spread <= rtol:
+            if spread == 0 or np.linalg.norm(rb) / spread <= rank_rtol:
                 raise ConfoundingError(
                     f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
                     f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot "
@@ -350,12 +369,31 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
                 f"columns before it ({list(columns[:j])}); the design is rank deficient. Remove it or "
                 "the redundant term from the formula."
             )
-        if rel <= warn_rtol:
-            warn(
-                f"covariate column {name!r} is nearly confounded with {batch_name!r} and the covariates "
-                f"before it: only a fraction {rel:.1e} of its variation is not explained by them, so its "
-                "effect is poorly identified and the preserved part may be far off. Check its balance across "
-                f"{batch_name}s, or drop it.",
-                CollinearityWarning,
-            )
         basis = np.column_stack([basis, r / np.linalg.norm(r)])
+    Xc = X - X.mean(axis=0)
+    U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    keep = S > 1e-9 * S[0]
+    U, S, Vt = U[:, keep], S[keep], Vt[keep]
+    R = U - Qb @ (Qb.T @ U)
+    _, s, at = np.linalg.svd(R, full_matrices=False)
+    rho = float(s[-1])
+    if rho > warn_rtol:
+        return
+    coef = Vt.T @ (at[-1] / S)  # the covariate combination most aligned with the batch
+    weight = np.abs(coef) * np.linalg.norm(Xc, axis=0)
+    name = columns[int(np.argmax(weight))]
+    what = (f"covariate column {name!r}" if np.sort(weight)[-2:][0] < 0.1 * weight.max() or q == 1
+            else f"covariate column {name!r} (with the other covariates)")
+    if rho <= rtol:
+        raise ConfoundingError(
+            f"{what} is nearly confounded with {batch_name!r}: only a fraction {rho:.1e} of its variation "
+            f"lies within {batch_name}s, so its effect cannot be separated from the {batch_name} effect "
+            f"(preserving it would add noise amplified about {1 / max(rho, 1e-300):.0e} times). Drop it "
+            f"from the formula, or harmonize only {batch_name}s where it varies."
+        )
+    warn(
+        f"{what} is nearly confounded with {batch_name!r}: only a fraction {rho:.2f} of its variation lies "
+        f"within {batch_name}s, so its effect is poorly identified and the preserved part is uncertain "
+        f"(about {1 / rho:.0f} times the noise). Check its balance across {batch_name}s, or drop it.",
+        CollinearityWarning,
+    )

@@ -106,8 +106,9 @@ def load_model(path):
     from .models._base import BaseHarmonizer
 
     manifest = read_manifest(path)
-    if manifest.get("format") != FORMAT:
-        raise ModelFileError(f"{str(path)!r} is not a featharm model file (format {manifest.get('format')!r}).")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelFileError(f"{str(path)!r} is not a featharm model file (format {fmt!r}).")
     version = manifest.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ModelFileError(
@@ -115,6 +116,10 @@ def load_model(path):
             f"(schema {SCHEMA_VERSION}); it was written by featharm {manifest.get('featharm_version')}. "
             "Upgrade featharm to load it."
         )
+    lacking = [k for k in ("model", "params", "state", "arrays") if not isinstance(manifest.get(k), dict)
+               and not (k == "model" and isinstance(manifest.get(k), str))]
+    if lacking:
+        raise ModelFileError(f"{str(path)!r} is damaged: its manifest lacks {lacking} (or they are not objects).")
     name = manifest.get("model")
     cls = BaseHarmonizer._registry.get(name)
     if cls is None:
@@ -139,5 +144,12 @@ def load_model(path):
         model = cls(**manifest["params"])
     except TypeError as exc:
         raise ModelFileError(f"{str(path)!r} has parameters {name} does not take: {exc}.") from None
-    model._set_state(manifest["state"], arrays)
+    try:
+        model._set_state(manifest["state"], arrays)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(
+            f"{str(path)!r} is damaged: the stored {name} state is incomplete or malformed "
+            f"({type(exc).__name__}: {exc}).") from None
     return model

@@ -279,9 +279,6 @@ def test_pickled_array_is_never_loaded(saved, tmp_path):
         fh.load_model(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="load_model does not validate the manifest's structure: a manifest without "
-                                        "'state' (or with missing state keys) raises a bare KeyError, and a "
-                                        "manifest that is a JSON list raises AttributeError")
 @pytest.mark.parametrize("edit", [
     lambda m: {k: v for k, v in m.items() if k != "state"},
     lambda m: {**m, "state": {k: v for k, v in m["state"].items() if k != "design"}},

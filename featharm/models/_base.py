@@ -167,6 +167,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         counts = np.bincount(prep.codes, minlength=m).astype(np.float64)
         check_batch_sizes(levels, counts.astype(int), self.batch, allow_single=self._allow_single_subject())
         ref = self._ref_index(levels)
+        if ref is not None and counts[ref] < 2:
+            raise BatchError(
+                f"the reference batch {levels[ref]!r} of {self.batch!r} has {int(counts[ref])} subject: the "
+                "pooled variance is estimated in the reference batch alone, so it needs at least 2 (in "
+                "practice many more). Choose a larger reference batch."
+            )
         design, Xc = CovariateDesign.fit(self.formula, prep.covariates,
                                          float32=getattr(self, "compat", None) == "neuroCombat",
                                          exclude=(self.batch,))
@@ -256,27 +262,24 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         g_star, d_star = g_hat.copy(), d_hat.copy()
         n_iter = np.zeros(m)
         mean_only = bool(getattr(self, "mean_only", False))
-        pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep], mean_only=mean_only)
+        if getattr(self, "eb", True) and keep.sum() < 2:
+            raise InputError(
+                f"empirical Bayes pools the site effects across features, so it needs at least 2 features "
+                f"with variance; {int(keep.sum())} of {keep.size} have any. Pass eb=False."
+            )
+        if keep.sum() >= 2:
+            pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep], mean_only=mean_only)
+        else:  # priors need a spread across features; with eb=False they are only reported
+            nan = np.full(m, np.nan)
+            pri = eb.Priors(nan, nan.copy(), nan.copy(), nan.copy())
         if getattr(self, "eb", True):
-            if keep.sum() < 2:
-                raise InputError("empirical Bayes needs at least 2 features with variance; pass eb=False.")
             not_converged = []
             with Progress(m, "empirical Bayes") as bar:
                 for i in (i for i in range(m) if i != ref):
-                    gi, di, ri = g_hat[i, keep], d_hat[i, keep], d_raw[i, keep]
-                    if not getattr(self, "parametric", True):
-                        gs, ds = eb.eb_nonparametric(gi, di, ri, counts[i])
-                        if mean_only:
-                            ds = np.ones_like(ds)  # a weighted mean of ones, exactly
-                    elif mean_only:
-                        gs, ds = eb.eb_mean_only(gi, counts[i], pri.gamma_bar[i], pri.tau2[i],
-                                                 form=getattr(self, "mean_only_form", "sva"))
-                    else:
-                        gs, ds, n_iter[i], ok = eb.eb_parametric(
-                            gi, di, ri, counts[i], pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
-                            pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
-                        if not ok:
-                            not_converged.append(self.batches_[i])
+                    gs, ds, n_iter[i], ok = self._eb_site(g_hat[i, keep], d_hat[i, keep], d_raw[i, keep],
+                                                          counts[i], pri, i)
+                    if not ok:
+                        not_converged.append(self.batches_[i])
                     g_star[i, keep], d_star[i, keep] = gs, ds
                     bar.update()
             if not_converged:
@@ -292,6 +295,21 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         a.update(gamma_star=g_star, delta_star=d_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
                  a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=n_iter)
         del self._delta_raw
+
+    def _eb_site(self, gi, di, ri, n, pri, i) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """S7 for one batch (row ``i`` of the priors ``pri``): ``gamma*, delta*, n_iter, converged``."""
+        mean_only = bool(getattr(self, "mean_only", False))
+        if not getattr(self, "parametric", True):
+            gs, ds = eb.eb_nonparametric(gi, di, ri, n)
+            if mean_only:
+                ds = np.ones_like(ds)  # a weighted mean of ones, exactly
+            return gs, ds, 0, True
+        if mean_only:
+            gs, ds = eb.eb_mean_only(gi, n, pri.gamma_bar[i], pri.tau2[i],
+                                     form=getattr(self, "mean_only_form", "sva"))
+            return gs, ds, 0, True
+        return eb.eb_parametric(gi, di, ri, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
+                                pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep: _Prepared) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Residuals for the site-effect tests, as ComBatFamQC defines them (``methods.md`` §6.1).
+
+Per feature the *full* model ``y ~ covariates + site`` is fitted (OLS here; a random-intercept mixed
+model in :mod:`featharm.diagnostics.mixed`). Two residuals come out of it:
+
+* **additive** residuals ``y - b0 - X beta_X`` remove the intercept (of the first site in sorted order,
+  R's treatment coding) and the covariate effects but keep the site effect: the location tests, PCA and
+  PERMANOVA use them;
+* **full** residuals ``y - y_hat`` of the full model, with mean zero in every site: the scale tests use them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from ._common import Prepared, prepare
+
+__all__ = ["Residuals", "site_residuals"]
+
+
+class Residuals(NamedTuple):
+    """``additive`` and ``full`` residual tables (same index and columns as the features)."""
+
+    additive: pd.DataFrame
+    full: pd.DataFrame
+
+
+def ols_residuals(P: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """OLS of every feature on ``[site indicators | Xc]`` and on ``[1 | Xc]`` (one QR each).
+
+    Returns ``(r_add, r_full, rss1, rss0, rank1)``.
+    """
+    n, m = P.n, P.m
+    W1 = np.hstack([P.onehot, P.Xc])
+    Q1, R1 = np.linalg.qr(W1, mode="reduced")
+    QtY = Q1.T @ P.Y
+    coef = np.linalg.solve(R1, QtY)
+    r_full = P.Y - Q1 @ QtY
+    r_add = P.Y - coef[0] - P.Xc @ coef[m:]
+    W0 = np.hstack([np.ones((n, 1)), P.Xc])
+    Q0, _ = np.linalg.qr(W0, mode="reduced")
+    r0 = P.Y - Q0 @ (Q0.T @ P.Y)
+    rss1 = np.einsum("ij,ij->j", r_full, r_full)
+    rss0 = np.einsum("ij,ij->j", r0, r0)
+    return r_add, r_full, rss1, rss0, W1.shape[1]
+
+
+def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
+                   formula: str | None = None, model: str = "ols", random: str | None = None) -> Residuals:
+    """Additive and full residuals of ``y ~ covariates + site`` for every feature (§6.1).
+
+    Parameters
+    ----------
+    X : DataFrame
+        Features (rows = subjects/scans, columns = features).
+    covariates : DataFrame
+        Batch column and the formula's columns, same index as ``X``.
+    batch : str
+        Name of the site/scanner column.
+    formula : str, optional
+        Right-hand side of the covariate model, e.g. ``"age + sex"``.
+    model : {"ols", "lmm"}
+        ``"ols"``: linear model. ``"lmm"``: random intercept per ``random`` (REML fit, as ``lme4::lmer``);
+        the additive residuals then also remove the subject's intercept, as ComBatFamQC does.
+    random : str, optional
+        Grouping column of the random intercept (``model="lmm"`` only).
+
+    Returns
+    -------
+    Residuals
+        ``(additive, full)``, two DataFrames with the index and columns of ``X``.
+    """
+    from .._validation import check_option
+
+    check_option("model", model, ("ols", "lmm"), "site_residuals")
+    P = prepare(X, covariates, batch, formula, "site_residuals")
+    if model == "ols":
+        r_add, r_full = ols_residuals(P)[:2]
+    else:
+        from .mixed import lmm_residuals, subject_codes
+
+        g = subject_codes(P.covariates, random, "site_residuals")
+        r_add, r_full = lmm_residuals(P, g)
+    cols = X.columns if isinstance(X, pd.DataFrame) else P.features
+    return Residuals(pd.DataFrame(r_add, index=P.index, columns=cols),
+                     pd.DataFrame(r_full, index=P.index, columns=cols))
