@@ -35,6 +35,9 @@ from ..exceptions import (
     warn,
 )
 
+# Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
+MIN_NEW_SITE_SIZE = 5
+
 # Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
 _ARRAY_AXES = {
     "alpha": ("feature",),
@@ -58,11 +61,13 @@ _ARRAY_AXES = {
 class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
-    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X")
+    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects")
 
-    def __init__(self, Y, index, columns, order, covariates, codes, X):
+    def __init__(self, Y, index, columns, order, covariates, codes, X, new_levels=()):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
         self.covariates, self.codes, self.X = covariates, codes, X
+        # batches unseen at fit (codes m, m+1, ...) and, once estimated, (gamma*, delta*) of all batches
+        self.new_levels, self.effects = list(new_levels), None
 
 
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -92,7 +97,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if not (isinstance(tol, (int, float)) and tol > 0):
             raise InputError(f"The 'tol' parameter of {self._owner()} must be a positive number. Got {tol!r} instead.")
 
-    def _prepare(self, X, covariates, *, fitting: bool) -> _Prepared:
+    def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
         owner = self._owner()
         if covariates is None:
             raise InputError(
@@ -130,7 +135,14 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             codes = encode_batches(bser, levels, self.batch)
             self._fit_levels = levels
         else:
-            codes = encode_batches(bser, list(self.batches_), self.batch)
+            known = list(self.batches_)
+            new = []
+            if new_sites == "estimate":  # §5.7: unseen batches get codes m, m+1, ... in sorted order
+                vals = batch_levels(bser.astype(str) if known and isinstance(known[0], str) else bser)
+                seen = set(known)
+                new = [v for v in vals if v not in seen]
+            codes = encode_batches(bser, known + new, self.batch)
+            return _Prepared(Y, index, columns, order, cov, codes, None, new)
         return _Prepared(Y, index, columns, order, cov, codes, None)
 
     # ------------------------------------------------------------------------------ public API
@@ -144,11 +156,35 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         prep = self._fit(X, covariates)
         return self._output(self._harmonize(prep), prep)
 
-    def transform(self, X, covariates=None):
-        """Harmonize ``X`` (subjects from batches seen at fit) using each row's own covariates."""
+    def transform(self, X, covariates=None, *, new_sites="error", min_new_site_size=MIN_NEW_SITE_SIZE):
+        """Harmonize ``X`` with the frozen model, using each row's own covariates.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Features (rows = subjects), the columns seen at fit.
+        covariates : DataFrame
+            The batch column and the formula's columns, aligned with ``X`` by index.
+        new_sites : {"error", "estimate"}, default "error"
+            What to do with batches not seen at fit. ``"error"`` raises
+            :class:`~featharm.exceptions.UnseenBatchError`. ``"estimate"`` (``methods.md`` §5.7) estimates
+            each new batch's location, scale and empirical-Bayes posterior from its own rows against the
+            frozen model (standardization, covariate effects and seen batches unchanged), then adjusts it;
+            rows of seen batches come out exactly as with ``"error"``.
+        min_new_site_size : int, default 5
+            Fewest rows a new batch needs for ``"estimate"`` (at least 2: its variance is estimated).
+
+        Returns
+        -------
+        DataFrame
+            Harmonized features, same index and columns as ``X``.
+        """
         self._check_fitted()
-        prep = self._prepare(X, covariates, fitting=False)
+        check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        prep = self._prepare(X, covariates, fitting=False, new_sites=new_sites)
         prep.X = self.design_.transform(prep.covariates)
+        if prep.new_levels:
+            self._estimate_new_sites(prep, min_new_site_size)
         return self._output(self._harmonize(prep), prep)
 
     def save(self, path) -> None:
@@ -173,7 +209,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 "pooled variance is estimated in the reference batch alone, so it needs at least 2 (in "
                 "practice many more). Choose a larger reference batch."
             )
-        design, Xc = CovariateDesign.fit(self.formula, prep.covariates,
+        design, Xc = CovariateDesign.fit(self._design_formula(), prep.covariates,
                                          float32=getattr(self, "compat", None) == "neuroCombat",
                                          exclude=(self.batch,))
         prep.X = Xc
@@ -198,6 +234,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._fit_eb(counts, ref)
         self._publish()
         return prep
+
+    def _design_formula(self):
+        """The formula of the linear covariate block (a subclass may strip terms it models itself)."""
+        return self.formula
 
     def _allow_single_subject(self) -> bool:
         return bool(getattr(self, "mean_only", False))
@@ -321,11 +361,67 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         a = self._arr
         return np.vstack([a["alpha"][None, blk], a["beta"][:, blk]])
 
+    def _site_effects(self, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """``gamma*``, ``delta*`` (batch × feature) for the batches of ``prep``: fitted ones, plus new ones."""
+        if prep.effects is not None:
+            return prep.effects
+        return self._arr["gamma_star"], self._arr["delta_star"]
+
+    def _standardized(self, prep: _Prepared, rows: np.ndarray) -> np.ndarray:
+        """``z`` of the given rows against the frozen model (features with variance only)."""
+        keep = ~self._arr["constant"]
+        D = self._preserved_design(prep)[rows]
+        return (prep.Y[rows][:, keep] - D @ self._preserved_coef(slice(None))[:, keep]) / self._arr["sigma"][keep]
+
+    def _estimate_new_sites(self, prep: _Prepared, min_size) -> None:
+        """§5.7: location, scale and EB posterior of each unseen batch against the frozen model."""
+        if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 2:
+            raise InputError(f"The 'min_new_site_size' parameter of {self._owner()} must be an integer >= 2 "
+                             f"(a new site's variance is estimated from its rows). Got {min_size!r} instead.")
+        a = self._arr
+        m = len(self.batches_)
+        k = len(prep.new_levels)
+        sizes = np.bincount(prep.codes, minlength=m + k)[m:]
+        small = [f"{lv!r} ({c} row{'s' if c != 1 else ''})" for lv, c in zip(prep.new_levels, sizes) if c < min_size]
+        if small:
+            raise BatchError(
+                f"new site(s) of {self.batch!r} not seen at fit have too few subjects to estimate their site "
+                f"effects: {', '.join(small)}; at least min_new_site_size={min_size} are needed. Add subjects "
+                "of that site, or refit the model with the site included."
+            )
+        keep = ~a["constant"]
+        mean_only = bool(getattr(self, "mean_only", False))
+        use_eb = bool(getattr(self, "eb", True))
+        p = keep.size
+        g_new, d_new = np.zeros((k, p)), np.ones((k, p))
+        new_rows = prep.codes >= m
+        Z = self._standardized(prep, new_rows)
+        codes = prep.codes[new_rows] - m
+        not_converged = []
+        for j in range(k):
+            z = Z[codes == j]
+            gh = z.mean(axis=0)
+            d_raw = z.var(axis=0, ddof=1)
+            dh = np.ones_like(gh) if mean_only else np.where(d_raw == 0, 1.0, d_raw)
+            if use_eb:
+                pri = eb.eb_priors(gh[None], dh[None], mean_only=mean_only)
+                gs, ds, _, ok = self._eb_site(gh, dh, d_raw, float(sizes[j]), pri, 0)
+                if not ok:
+                    not_converged.append(prep.new_levels[j])
+            else:
+                gs, ds = gh, dh
+            g_new[j, keep], d_new[j, keep] = gs, ds
+        if not_converged:
+            warn(f"parametric EB did not converge within max_iter={self.max_iter} iterations for new "
+                 f"batch(es) {not_converged}; the last iterate is used.", ConvergenceWarning)
+        prep.effects = (np.vstack([a["gamma_star"], g_new]), np.vstack([a["delta_star"], d_new]))
+
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
         Y = prep.Y
         n, p = Y.shape
-        m = len(self.batches_)
+        g_all, d_all = self._site_effects(prep)
+        m = g_all.shape[0]
         out = np.empty((n, p), order="F")
         D = self._preserved_design(prep)
         onehot = np.asfortranarray(batch_indicators(prep.codes, m))
@@ -333,7 +429,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         with Progress(len(blocks), "harmonizing") as bar:
             for blk in blocks:
                 eb.adjust(Y[:, blk], D, self._preserved_coef(blk), onehot, prep.codes, a["sigma"][blk],
-                          a["gamma_star"][:, blk], a["delta_star"][:, blk], out=out[:, blk])
+                          g_all[:, blk], d_all[:, blk], out=out[:, blk])
                 bar.update()
         const = a["constant"]
         if const.any():
