@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg as sla
 
 from ._validation import show_columns
 from .exceptions import (
@@ -347,16 +348,25 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
     q = X.shape[1]
     if q == 0:
         return
-    Qb, _ = np.linalg.qr(B, mode="reduced")
-    basis = Qb
+    # projection off the batch indicators through their (small, well-conditioned) Gram matrix: no tall
+    # QR, whose LAPACK call is slow for a few columns when BLAS threads compete
+    Bt = np.ascontiguousarray(B.T)
+    Gb = sla.cho_factor(Bt @ B, check_finite=False)
+
+    def off_batch(M: np.ndarray) -> np.ndarray:
+        return M - B @ sla.cho_solve(Gb, Bt @ M, check_finite=False)
+
+    Xb = off_batch(X)
+    Xb = off_batch(Xb)  # a second pass removes what rounding left
+    basis = np.zeros((X.shape[0], 0))
     for j, name in enumerate(columns):
         col = X[:, j]
         spread = np.linalg.norm(col - col.mean())
-        r = col - basis @ (basis.T @ col)
+        r = Xb[:, j] - basis @ (basis.T @ Xb[:, j])
         r -= basis @ (basis.T @ r)  # re-orthogonalize (classical Gram-Schmidt twice is enough)
         rel = np.linalg.norm(r) / spread if spread > 0 else 0.0
         if rel <= rank_rtol:
-            rb = col - Qb @ (Qb.T @ col)
+            rb = Xb[:, j]
             if spread == 0 or np.linalg.norm(rb) / spread <= rank_rtol:
                 raise ConfoundingError(
                     f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
@@ -374,7 +384,7 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
     U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
     keep = S > 1e-9 * S[0]
     U, S, Vt = U[:, keep], S[keep], Vt[keep]
-    R = U - Qb @ (Qb.T @ U)
+    R = off_batch(off_batch(U))
     _, s, at = np.linalg.svd(R, full_matrices=False)
     rho = float(s[-1])
     if rho > warn_rtol:

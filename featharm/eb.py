@@ -26,6 +26,7 @@ __all__ = [
     "standardized_moments",
     "eb_priors",
     "eb_parametric",
+    "eb_jacobi",
     "eb_mean_only",
     "eb_nonparametric",
     "adjust",
@@ -41,13 +42,28 @@ def iter_blocks(p: int, n: int, target_bytes: int = 8 * 2**20):
 
 
 class QRDesign:
-    """The least-squares solver of the design ``W`` (via a thin QR), computed once for all feature blocks."""
+    """The least-squares solver of the design ``W``, computed once for all feature blocks.
+
+    ``coef = (W'W)^-1 W' Y``: the normal equations, solved by a Cholesky factorization of the small
+    ``k × k`` Gram matrix, exactly as sva and neuroCombat compute S1 (``solve(crossprod(design), ...)``).
+    Only BLAS-3 products touch the ``n × k`` design (a tall LAPACK QR is slow for small ``k`` when BLAS
+    threads compete). The caller has checked that ``W`` has full column rank and is not nearly
+    confounded (:func:`featharm.design.check_full_rank`); should the Gram matrix still not be positive
+    definite, a pseudo-inverse (SVD) is used instead. (The name is historical.)
+    """
 
     def __init__(self, W: np.ndarray):
         self.W = np.asfortranarray(W, dtype=np.float64)
-        Q, R = np.linalg.qr(self.W, mode="reduced")
-        # coef = R^-1 Q' Y = P Y: one GEMM per block
-        self.P = np.ascontiguousarray(sla.solve_triangular(R, Q.T, check_finite=False))
+        G = self.W.T @ self.W
+        try:
+            c = sla.cho_factor(G, lower=False, check_finite=False)
+            P = sla.cho_solve(c, self.W.T, check_finite=False)
+            ok = np.isfinite(P).all()
+        except np.linalg.LinAlgError:
+            ok = False
+        if not ok:
+            P = np.linalg.pinv(self.W)
+        self.P = np.ascontiguousarray(P)  # k × n: coef = P Y, one GEMM per block
 
     def solve(self, Y: np.ndarray) -> np.ndarray:
         """Least-squares coefficients (k × b) of every column of ``Y`` (n × b) on ``W``: S1."""
@@ -170,14 +186,38 @@ def eb_parametric(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.nd
         with np.errstate(divide="ignore", invalid="ignore"):
             rg = np.abs(g_new - g_old) / g_old
             rd = np.abs(d_new - d_old) / d_old
-        change = max(np.max(np.nan_to_num(rg, nan=0.0), initial=0.0),
-                     np.max(np.nan_to_num(rd, nan=0.0), initial=0.0))
+        # fmax skips NaN (0/0 counts as no change); inf (a move away from exactly 0) is a change
+        change = max(np.fmax.reduce(rg, initial=0.0), np.fmax.reduce(rd, initial=0.0))
         g_old, d_old = g_new, d_new
         it += 1
         if not change > tol:
             converged = True
             break
     return g_old, d_old, it, converged
+
+
+def eb_jacobi(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n: float,
+              gamma_bar: float, tau2: float, a: float, b: float,
+              n_iter: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Parametric EB with a fixed number of Jacobi updates (longCombat; ``methods.md`` §3 step 6).
+
+    Starts from ``g0 = postmean(gamma_hat, delta_hat)`` and ``d0`` = the posterior scale at ``g0``; then
+    each of the ``n_iter`` iterations updates ``g_k`` from ``d_{k-1}`` and ``d_k`` from ``g_{k-1}`` (both
+    from the previous iterate, unlike :func:`eb_parametric`). There is no convergence test.
+    ``sum_j (z_j - g)^2`` comes from ``(n - 1) delta_raw + n (gamma_hat - g)^2``.
+    Returns ``gamma_star, delta_star`` (variances), vectorized over features.
+    """
+    ss_within = (n - 1.0) * np.nan_to_num(delta_raw, nan=0.0)
+    denom = n / 2.0 + a - 1.0
+
+    def postvar(g):
+        return (b + 0.5 * (ss_within + n * (gamma_hat - g) ** 2)) / denom
+
+    g = _postmean(gamma_hat, gamma_bar, n, delta_hat, tau2)
+    d = postvar(g)
+    for _ in range(int(n_iter)):
+        g, d = _postmean(gamma_hat, gamma_bar, n, d, tau2), postvar(g)
+    return g, d
 
 
 def eb_mean_only(gamma_hat: np.ndarray, n: float, gamma_bar: float, tau2: float,
