@@ -1,6 +1,16 @@
-"""Site-effect diagnostics (tidy DataFrames, one row per feature × test).
+"""Site-effect diagnostics for raw and harmonized data (``methods.md`` §6), as tidy DataFrames.
 
-For now: the per-feature ANOVA partial F test of site (``methods.md`` §6.2), vectorized across features.
+Public API (names and columns are stable; see each docstring for the exact columns):
+
+* :func:`test_site_effects` — per-feature location and scale tests of site, one row per feature × test,
+  with raw, BH-FDR and Bonferroni p-values;
+* :func:`site_effect_sizes` — per-site standardized shifts and log variance ratios;
+* :func:`site_residuals` — the additive and full residuals (ComBatFamQC convention, §6.1);
+* :func:`permanova`, :func:`pc_covariance_tests`, :func:`site_classification` — multivariate checks;
+* :func:`biology_preservation` — covariate effect sizes before/after harmonization and their summary;
+* :func:`covariate_balance` — which covariates differ by site (warns when one is confounded with site);
+* :func:`diagnose` — all of the above in one call (what ``featharm diagnose`` writes);
+* :func:`site_anova` — the partial F test alone (kept for the demo).
 """
 
 from __future__ import annotations
@@ -11,8 +21,19 @@ from scipy import stats
 
 from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch
 from ..design import CovariateDesign, batch_indicators
+from .residuals import Residuals, site_residuals
+from .univariate import COLUMNS, DEFAULT_TESTS, TESTS, site_effect_sizes, test_site_effects
 
-__all__ = ["site_anova"]
+__all__ = [
+    "test_site_effects",
+    "site_effect_sizes",
+    "site_residuals",
+    "Residuals",
+    "TESTS",
+    "DEFAULT_TESTS",
+    "COLUMNS",
+    "site_anova",
+]
 
 
 def _rss(W: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -24,6 +45,8 @@ def _rss(W: np.ndarray, Y: np.ndarray) -> np.ndarray:
 def site_anova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                formula: str | None = None) -> pd.DataFrame:
     """Partial F test of the site effect in ``y ~ covariates + site`` for every feature.
+
+    The same test as ``test_site_effects(..., tests="anova")``, without its input checks on batch sizes.
 
     Returns
     -------
