@@ -1,0 +1,267 @@
+"""CovBat (Chen et al. 2022): ComBat, then harmonization of the residual covariance (``methods.md`` §4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import eb
+from .._validation import check_option
+from ..design import batch_indicators
+from ..exceptions import ConvergenceWarning, InputError, warn
+from ._base import BaseHarmonizer, _Prepared
+from .combat import ComBat
+
+__all__ = ["CovBat"]
+
+# learned arrays of the covariance step: name -> axes ("component" = the K harmonized components)
+_COVBAT_AXES = {
+    "pca_center": ("feature",),
+    "pca_scale": ("feature",),
+    "pca_loadings": ("feature", "component"),
+    "score_alpha": ("component",),
+    "score_sigma": ("component",),
+    "score_gamma_hat": ("batch", "component"),
+    "score_delta_hat": ("batch", "component"),
+    "score_gamma_star": ("batch", "component"),
+    "score_delta_star": ("batch", "component"),
+}
+
+
+class CovBat(ComBat):
+    """ComBat followed by the removal of site effects in the covariance of the residuals.
+
+    Steps (``methods.md`` §4, the defaults of R ``CovBat::covbat``):
+
+    1. ComBat with the covariates and empirical Bayes; keep the **ComBat-adjusted residuals**
+       ``e* = y* - alpha - x'beta`` (the covariate effects are *not* in them, so the PCA cannot remove
+       biology).
+    2. PCA of ``e*`` (centred, and scaled to unit variance with ``std_var``).
+    3. The first ``K`` scores: ``K`` is the first number of components whose cumulative share of the
+       variance is *above* ``percent_var`` (or ``n_components``).
+    4. Each of the ``K`` scores is given the pooled within-site mean and variance of that score (ComBat
+       without covariates and, by default, without empirical Bayes).
+    5. The adjusted scores are projected back, unscaled and uncentred, and ``alpha + x'beta`` is added.
+
+    The PCA (centre, scale, loadings) and the score step are frozen at fit: ``transform`` projects new
+    subjects with the training rotation (as ComBatFamQC's ``predict.covfam``), so on the training rows it
+    reproduces ``fit_transform`` exactly.
+
+    Parameters
+    ----------
+    batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat
+        The ComBat step; see :class:`~featharm.ComBat` (a reference batch is not supported).
+    percent_var : float, default 0.95
+        Harmonize the first components that explain more than this share of the residual variance
+        (strictly greater, as R ``covbat``). Must be in (0, 1).
+    n_components : int or None, default None
+        Harmonize exactly this many components; overrides ``percent_var``.
+    std_var : bool, default True
+        Scale the residuals to unit variance before the PCA (R ``std.var``).
+    score_eb : bool, default False
+        Empirical Bayes in the score step (R ``score.eb``); the priors pool the ``K`` components of a site.
+    score_parametric : bool, default True
+        Parametric (``True``) or non-parametric score EB (R ``score.parametric``); used with ``score_eb``.
+
+    Attributes
+    ----------
+    n_components_ : int
+        Number of harmonized components ``K``.
+    explained_variance_ratio_ : Series
+        Share of the residual variance of every principal component (all of them, not only ``K``).
+    pca_center_, pca_scale_ : Series
+        Mean and SD (ddof = 1) of each feature's ComBat residual, used to standardize before projecting.
+    pca_loadings_ : DataFrame
+        Loadings of the ``K`` components (feature × component). Each component's sign is fixed so that its
+        largest loading is positive (the result does not depend on it unless ``score_eb``).
+    score_alpha_, score_sigma_ : Series
+        Pooled mean and SD (divided by n) of each score.
+    score_gamma_hat_, score_delta_hat_, score_gamma_star_, score_delta_star_ : DataFrame
+        Per-site location and scale (variance) of the standardized scores (batch × component), and those
+        used (equal to the estimates without ``score_eb``).
+    The ComBat attributes (``gamma_star_``, ``sigma_``, ...) describe step 1.
+
+    Notes
+    -----
+    One Python peer runs the PCA on the ComBat output *with* the covariate effects added back; the
+    leading components then carry age or diagnosis, and adjusting them removes most of those effects.
+    Here the PCA sees only the residuals. ``transform(..., new_sites="estimate")`` also estimates the
+    score-step location and scale of an unseen site against the frozen PCA.
+
+    Examples
+    --------
+    >>> import featharm as fh
+    >>> data = fh.datasets.load_ixi()
+    >>> X = data[fh.datasets.ixi_feature_columns(data)]
+    >>> hm = fh.CovBat(batch="site", formula="age + sex")
+    >>> Xh = hm.fit_transform(X, data)
+    >>> Xh.shape == X.shape and 0 < hm.n_components_ <= X.shape[1]
+    True
+    """
+
+    _schema_name = "covbat"
+
+    def __init__(self, *, batch="site", formula=None, percent_var=0.95, n_components=None, std_var=True,
+                 eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
+                 score_parametric=True, tol=1e-4, max_iter=1000, compat=None):
+        self.batch = batch
+        self.formula = formula
+        self.percent_var = percent_var
+        self.n_components = n_components
+        self.std_var = std_var
+        self.eb = eb
+        self.parametric = parametric
+        self.mean_only = mean_only
+        self.mean_only_form = mean_only_form
+        self.score_eb = score_eb
+        self.score_parametric = score_parametric
+        self.tol = tol
+        self.max_iter = max_iter
+        self.compat = compat
+
+    def _check_params(self) -> None:
+        BaseHarmonizer._check_params(self)
+        owner = self._owner()
+        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), owner)
+        check_option("compat", self.compat, (None, "neuroCombat"), owner)
+        for name in ("eb", "parametric", "mean_only", "std_var", "score_eb", "score_parametric"):
+            check_option(name, getattr(self, name), (True, False), owner)
+        pv = self.percent_var
+        if isinstance(pv, bool) or not isinstance(pv, (int, float, np.floating)) or not 0 < pv < 1:
+            raise InputError(f"The 'percent_var' parameter of {owner} must be a number in (0, 1), the share of "
+                             f"variance to harmonize. Got {pv!r} instead.")
+        k = self.n_components
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise InputError(f"The 'n_components' parameter of {owner} must be a positive integer or None. "
+                             f"Got {k!r} instead.")
+
+    # ------------------------------------------------------------------------------ fitting
+    def _fit(self, X, covariates) -> _Prepared:
+        prep = super()._fit(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
+        a = self._arr
+        keep = ~a["constant"]
+        E, _ = self._combat_residuals(prep)
+        Ek = E[:, keep]
+        n, pk = Ek.shape
+        if pk < 2:
+            raise InputError(f"{self._owner()} needs at least 2 features with residual variance for the PCA; "
+                             f"got {pk}.")
+        center = Ek.mean(axis=0)
+        scale = Ek.std(axis=0, ddof=1) if self.std_var else np.ones(pk)
+        _, s, vt = np.linalg.svd((Ek - center) / scale, full_matrices=False)
+        var = s**2
+        ratio = var / var.sum()
+        if self.n_components is not None:
+            K = int(self.n_components)
+            if K > ratio.size:
+                raise InputError(
+                    f"n_components={K} is more than the {ratio.size} principal components of {n} subjects "
+                    f"and {pk} features with variance. Pass at most {ratio.size}, or use percent_var."
+                )
+        else:
+            above = np.flatnonzero(np.cumsum(ratio) > self.percent_var)
+            K = int(above[0]) + 1 if above.size else ratio.size
+        L = vt[:K].T.copy()
+        big = np.argmax(np.abs(L), axis=0)
+        L *= np.where(L[big, np.arange(K)] < 0, -1.0, 1.0)  # deterministic signs
+        p = keep.size
+        full_center, full_scale, loadings = np.zeros(p), np.ones(p), np.zeros((p, K))
+        full_center[keep], full_scale[keep], loadings[keep] = center, scale, L
+        a.update(pca_center=full_center, pca_scale=full_scale, pca_loadings=loadings, explained_variance_ratio=ratio)
+        # step 4: ComBat on the K scores, no covariates
+        S = self._scores(E)
+        m = len(self.batches_)
+        counts = a["batch_sizes"]
+        onehot = batch_indicators(prep.codes, m)
+        means = (onehot.T @ S) / counts[:, None]
+        ss = onehot.T @ (S - means[prep.codes]) ** 2
+        st = eb.standardized_moments(means, ss, counts, np.eye(m))
+        g_star, d_star = st.gamma_hat.copy(), st.delta_hat.copy()
+        if self.score_eb:
+            if K < 2:
+                raise InputError("score_eb pools the K harmonized components of a site, so it needs K >= 2; "
+                                 f"got K = {K}. Raise n_components or percent_var, or pass score_eb=False.")
+            pri = eb.eb_priors(st.gamma_hat, st.delta_hat)
+            for i in range(m):
+                g_star[i], d_star[i] = self._score_eb_site(st.gamma_hat[i], st.delta_hat[i], st.delta_raw[i],
+                                                           counts[i], pri, i, self.batches_[i])
+        a.update(score_alpha=st.alpha, score_sigma=st.sigma, score_gamma_hat=st.gamma_hat,
+                 score_delta_hat=st.delta_hat, score_gamma_star=g_star, score_delta_star=d_star)
+        self._publish()
+        return prep
+
+    def _score_eb_site(self, gh, dh, d_raw, n, pri, i, name):
+        if not self.score_parametric:
+            return eb.eb_nonparametric(gh, dh, d_raw, n)
+        gs, ds, _, ok = eb.eb_parametric(gh, dh, d_raw, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
+                                         pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
+        if not ok:
+            warn(f"score-step EB did not converge within max_iter={self.max_iter} iterations for batch "
+                 f"{name!r}; the last iterate is used.", ConvergenceWarning)
+        return gs, ds
+
+    # ------------------------------------------------------------------------------ applying
+    def _combat_residuals(self, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+        """ComBat-adjusted residuals ``e* = y* - M`` of step 1, and the preserved part ``M``."""
+        combat_out = super()._harmonize(prep)
+        M = self._preserved_design(prep) @ self._preserved_coef(slice(None))
+        return combat_out - M, M
+
+    def _scores(self, E: np.ndarray) -> np.ndarray:
+        a = self._arr
+        return ((E - a["pca_center"]) / a["pca_scale"]) @ a["pca_loadings"]
+
+    def _harmonize(self, prep: _Prepared) -> np.ndarray:
+        a = self._arr
+        E, M = self._combat_residuals(prep)
+        S = self._scores(E)
+        g, d = a["score_gamma_star"], a["score_delta_star"]
+        if prep.new_levels:
+            g, d = self._estimate_new_score_effects(prep, S, g, d)
+        onehot = batch_indicators(prep.codes, g.shape[0])
+        S_adj = eb.adjust(S, np.ones((S.shape[0], 1)), a["score_alpha"][None, :], onehot, prep.codes,
+                          a["score_sigma"], g, d)
+        out = E + ((S_adj - S) @ a["pca_loadings"].T) * a["pca_scale"] + M
+        const = a["constant"]
+        if const.any():
+            out[:, const] = prep.Y[:, const]
+        return np.asfortranarray(out)
+
+    def _estimate_new_score_effects(self, prep, S, g, d):
+        """Score-step location and scale of sites unseen at fit, against the frozen score model."""
+        a = self._arr
+        m = g.shape[0]
+        gs, ds = [], []
+        for j, name in enumerate(prep.new_levels):
+            z = (S[prep.codes == m + j] - a["score_alpha"]) / a["score_sigma"]
+            gh = z.mean(axis=0)
+            d_raw = z.var(axis=0, ddof=1)
+            dh = np.where(d_raw == 0, 1.0, d_raw)
+            if self.score_eb:
+                pri = eb.eb_priors(gh[None], dh[None])
+                gh, dh = self._score_eb_site(gh, dh, d_raw, float(len(z)), pri, 0, name)
+            gs.append(gh)
+            ds.append(dh)
+        return np.vstack([g, *gs]), np.vstack([d, *ds])
+
+    # ------------------------------------------------------------------------------ learned attributes
+    def _publish(self) -> None:
+        super()._publish()
+        a = self._arr
+        if "pca_loadings" not in a:  # inside ComBat's fit, before the covariance step
+            return
+        K = a["pca_loadings"].shape[1]
+        comp = pd.Index([f"PC{k + 1}" for k in range(K)], name="component")
+        axes = {"batch": self._axis("batch"), "feature": self._axis("feature"), "component": comp}
+        for name, ax in _COVBAT_AXES.items():
+            arr = a[name]
+            if len(ax) == 1:
+                obj = pd.Series(arr, index=axes[ax[0]], name=name)
+            else:
+                obj = pd.DataFrame(arr, index=axes[ax[0]], columns=axes[ax[1]])
+            setattr(self, name + "_", obj)
+        r = a["explained_variance_ratio"]
+        self.explained_variance_ratio_ = pd.Series(
+            r, index=pd.Index([f"PC{k + 1}" for k in range(r.size)], name="component"),
+            name="explained_variance_ratio")
+        self.n_components_ = int(K)
