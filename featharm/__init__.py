@@ -6,15 +6,16 @@
 >>> hm.save("combat.fhm"); fh.load_model("combat.fhm").transform(Xnew, cov_new)  # doctest: +SKIP
 """
 
-from . import datasets, exceptions, io
+from . import datasets, exceptions, io, mixed
 from ._version import __version__
 from .design import CovariateDesign
-from .models import BaseHarmonizer, ComBat
+from .models import BaseHarmonizer, ComBat, LongComBat
 from .persistence import load_model, save_model
 
 __all__ = [
     "__version__",
     "ComBat",
+    "LongComBat",
     "BaseHarmonizer",
     "CovariateDesign",
     "load_model",
@@ -22,4 +23,5 @@ __all__ = [
     "datasets",
     "exceptions",
     "io",
+    "mixed",
 ]

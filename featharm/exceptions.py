@@ -27,6 +27,8 @@ __all__ = [
     "SmallBatchWarning",
     "ConstantFeatureWarning",
     "CollinearityWarning",
+    "SingularFitWarning",
+    "SingleScanWarning",
 ]
 
 
@@ -107,6 +109,14 @@ class CollinearityWarning(FeatharmWarning):
 
 class ConstantFeatureWarning(FeatharmWarning):
     """Features with no residual variance are passed through unchanged."""
+
+
+class SingularFitWarning(FeatharmWarning):
+    """A mixed model's random-effect variance is estimated at 0 (lme4's "boundary (singular) fit")."""
+
+
+class SingleScanWarning(FeatharmWarning):
+    """Longitudinal data with subjects scanned once (or repeated subject/time pairs)."""
 
 
 def warn(message: str, category: type[Warning] = FeatharmWarning) -> None:

@@ -2,5 +2,6 @@
 
 from ._base import BaseHarmonizer
 from .combat import ComBat
+from .longitudinal import LongComBat
 
-__all__ = ["BaseHarmonizer", "ComBat"]
+__all__ = ["BaseHarmonizer", "ComBat", "LongComBat"]
