@@ -91,8 +91,18 @@ def _combat_model(args):
                   parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
 
 
+def _longitudinal_model(args):
+    from .models import LongComBat
+
+    if not args.subject:
+        raise InputError("--method longitudinal needs --subject COL: the column identifying each scan's subject.")
+    return LongComBat(batch=args.batch, subject=args.subject, time=args.time, formula=args.formula,
+                      random_slope=args.random_slope, standardize=args.standardize, eb=not args.no_eb)
+
+
 METHODS: dict = {
     "combat": (_combat_model, lambda args: []),
+    "longitudinal": (_longitudinal_model, lambda args: [c for c in (args.subject, args.time) if c]),
 }
 
 
@@ -205,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--no-eb", action="store_true", help="no empirical Bayes shrinkage")
     h.add_argument("--nonparametric", action="store_true", help="non-parametric empirical Bayes")
     h.add_argument("--mean-only", action="store_true", help="adjust location only")
+    h.add_argument("--subject", metavar="COL", help="--method longitudinal: subject id column (random effect)")
+    h.add_argument("--time", metavar="COL", help="--method longitudinal: numeric time column (for --random-slope)")
+    h.add_argument("--random-slope", action="store_true",
+                   help="--method longitudinal: random slope on --time as well as a random intercept")
+    h.add_argument("--standardize", default="reml", choices=["reml", "msr", "marginal"],
+                   help="--method longitudinal: residual standardization (default reml = longCombat)")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     _add_common_data(h)
     h.set_defaults(func=cmd_harmonize)
