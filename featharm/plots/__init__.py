@@ -1,0 +1,46 @@
+"""Plots for looking at site effects before and after harmonization (matplotlib).
+
+Axes-level functions draw on ``ax`` (default: the current pyplot axes) and return it; figure-level
+functions (``*_before_after``, ``*_distributions``, ``eb_diagnostics``) build a
+:class:`matplotlib.figure.Figure` outside pyplot and return it. Nothing calls ``plt.show()``. User
+strings (feature, site and covariate names) are drawn literally (``$`` does not start mathtext).
+
+>>> import featharm as fh
+>>> from matplotlib.figure import Figure
+>>> data = fh.datasets.load_ixi()
+>>> ax = Figure().subplots()
+>>> ax = fh.plots.site_distribution(data, data, feature="lh_insula_thickness", batch="site", ax=ax)
+"""
+
+from ._covariates import covariate_by_site, covariate_distributions
+from ._effects import (
+    lins_ccc,
+    pca_before_after,
+    preservation_scatter,
+    pvalue_heatmap,
+    pvalues_before_after,
+    residual_pca,
+    site_effect_heatmap,
+    site_effects_before_after,
+)
+from ._features import distributions_before_after, site_distribution, trajectories_before_after, trajectory
+from ._model import eb_diagnostics, eb_prior
+
+__all__ = [
+    "site_distribution",
+    "distributions_before_after",
+    "trajectory",
+    "trajectories_before_after",
+    "residual_pca",
+    "pca_before_after",
+    "site_effect_heatmap",
+    "site_effects_before_after",
+    "pvalue_heatmap",
+    "pvalues_before_after",
+    "preservation_scatter",
+    "lins_ccc",
+    "eb_prior",
+    "eb_diagnostics",
+    "covariate_by_site",
+    "covariate_distributions",
+]

@@ -1,0 +1,253 @@
+"""Site effects across all features: residual PCA, standardized-effect and p-value heatmaps, preservation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import ColumnNotFoundError, InputError
+from ._common import (
+    covariate_column,
+    get_ax,
+    new_figure,
+    prepare,
+    residuals,
+    safe_label,
+    site_colors,
+    standardized_site_effects,
+)
+
+
+# ------------------------------------------------------------------------------------------ PCA
+def _pca_scores(R: np.ndarray, k: int = 2):
+    """Scores and explained-variance ratios of the column-standardized residuals (sign fixed)."""
+    Z = R - R.mean(axis=0)
+    sd = Z.std(axis=0, ddof=1)
+    Z = Z[:, sd > 0] / sd[sd > 0]
+    U, S, Vt = np.linalg.svd(Z, full_matrices=False)
+    k = min(k, S.size)
+    signs = np.sign(Vt[np.arange(k), np.abs(Vt[:k]).argmax(axis=1)])  # largest loading positive
+    signs[signs == 0] = 1.0
+    scores = U[:, :k] * S[:k] * signs
+    ratio = S[:k] ** 2 / np.sum(S**2)
+    return scores, ratio
+
+
+def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None, title=None):
+    """First two principal components of the additive residuals, coloured by site or by a covariate.
+
+    The residuals are ``y - X beta`` from ``y ~ site + formula`` (``methods.md`` §6.1): covariate
+    effects removed, site effects kept; each feature is standardized before the PCA.
+
+    Parameters
+    ----------
+    X, covariates : DataFrame
+        Subjects × features, and the covariates (with the ``batch`` column) matched by index.
+    batch : str, default "site"
+    formula : str, optional
+        Covariates whose effects are removed first (``"age + sex"``).
+    hue : str, optional
+        Colour by this covariate instead of the site (numeric: colour scale; otherwise categories).
+    ax : matplotlib Axes, optional
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    inp = prepare(X, covariates, batch, "residual_pca")
+    r_add, _ = residuals(inp, formula)
+    scores, ratio = _pca_scores(r_add)
+    if scores.shape[1] < 2:
+        raise InputError("residual_pca needs at least 2 features with variance.")
+    ax = get_ax(ax)
+    if hue is None or str(hue) == inp.batch:
+        colors = site_colors(inp.levels)
+        for i, lv in enumerate(inp.levels):
+            rows = inp.codes == i
+            ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[lv], linewidths=0,
+                       label=safe_label(lv))
+        ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False, markerscale=2)
+    else:
+        s = covariate_column(inp.covariates, hue, "residual_pca")
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            pc = ax.scatter(scores[:, 0], scores[:, 1], s=8, alpha=0.7, c=s.to_numpy(dtype=float),
+                            cmap="viridis", linewidths=0)
+            ax.figure.colorbar(pc, ax=ax, label=safe_label(hue))
+        else:
+            lv = sorted(pd.unique(s.astype(str)).tolist())
+            colors = site_colors(lv)
+            vals = s.astype(str).to_numpy()
+            for level in lv:
+                rows = vals == level
+                ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[level],
+                           linewidths=0, label=safe_label(level))
+            ax.legend(title=safe_label(hue), fontsize=7, title_fontsize=7, frameon=False, markerscale=2)
+    ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")
+    ax.set_ylabel(f"PC2 ({ratio[1]:.1%})")
+    if title is not None:
+        ax.set_title(safe_label(title), fontsize=9)
+    return ax
+
+
+def pca_before_after(before, after, covariates, *, batch="site", formula=None, hue=None):
+    """Figure: :func:`residual_pca` before and after, coloured by site (top) and by ``hue`` (bottom row)."""
+    cols = [("before", before)] + ([("after", after)] if after is not None else [])
+    hues = [None] + ([hue] if hue is not None and str(hue) != str(batch) else [])
+    fig = new_figure(4.2 * len(cols), 3.6 * len(hues))
+    axes = fig.subplots(len(hues), len(cols), squeeze=False)
+    for r, h in enumerate(hues):
+        for c, (label, data) in enumerate(cols):
+            residual_pca(data, covariates, batch=batch, formula=formula, hue=h, ax=axes[r, c],
+                         title=f"{label} harmonization, colour: {batch if h is None else h}")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ heatmaps
+def _feature_ticks(ax, names, axis="x"):
+    fs = 7 if len(names) <= 40 else (5 if len(names) <= 120 else 0)
+    pos = np.arange(len(names))
+    labels = [safe_label(n) for n in names] if fs else []
+    if axis == "x":
+        ax.set_xticks(pos if fs else [], labels, rotation=90, fontsize=fs or None)
+    else:
+        ax.set_yticks(pos if fs else [], labels, fontsize=fs or None)
+
+
+def _heatmap(ax, values: pd.DataFrame, *, cmap, vmin, vmax, label):
+    im = ax.imshow(values.to_numpy(dtype=float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    _feature_ticks(ax, list(values.columns), "x")
+    ax.set_yticks(np.arange(values.shape[0]), [safe_label(r) for r in values.index], fontsize=7)
+    ax.figure.colorbar(im, ax=ax, label=label, shrink=0.9, pad=0.01)
+    return im
+
+
+def site_effect_heatmap(X, covariates, *, batch="site", formula=None, vmax=None, ax=None, title=None):
+    """Heatmap of standardized site effects (sites × features).
+
+    Each cell is ``(mean_site r_add - mean r_add) / sd(r_full)`` (``methods.md`` §6.2): the site's shift
+    in units of the residual SD after removing the ``formula`` covariates. The colour scale is symmetric
+    around 0 (``vmax`` defaults to the largest absolute value).
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    inp = prepare(X, covariates, batch, "site_effect_heatmap")
+    z = standardized_site_effects(inp, formula)
+    ax = get_ax(ax)
+    vmax = float(np.nanmax(np.abs(z.to_numpy()))) if vmax is None else float(vmax)
+    vmax = vmax if vmax > 0 else 1.0
+    _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label="standardized site effect")
+    if title is not None:
+        ax.set_title(safe_label(title), fontsize=9)
+    return ax
+
+
+def site_effects_before_after(before, after, covariates, *, batch="site", formula=None):
+    """Figure: :func:`site_effect_heatmap` before (top) and after (bottom) on one colour scale."""
+    cols = [("before", before)] + ([("after", after)] if after is not None else [])
+    zs = [standardized_site_effects(prepare(d, covariates, batch, "site_effects_before_after"), formula)
+          for _, d in cols]
+    vmax = max(float(np.nanmax(np.abs(z.to_numpy()))) for z in zs) or 1.0
+    p = zs[0].shape[1]
+    fig = new_figure(min(4 + 0.16 * p, 24), 1.4 + 0.35 * zs[0].shape[0] * len(cols) + 1.0 * len(cols))
+    axes = fig.subplots(len(cols), 1, squeeze=False)[:, 0]
+    for ax, (label, _), z in zip(axes, cols, zs):
+        _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label="standardized\nsite effect")
+        ax.set_title(f"{label} harmonization", fontsize=9)
+    return fig
+
+
+def _neglog10(results: pd.DataFrame, p: str, features=None) -> pd.DataFrame:
+    for col in ("feature", "test", p):
+        if col not in results.columns:
+            raise ColumnNotFoundError(
+                f"the diagnostics table has no column {col!r}; expected a tidy table with 'feature', 'test' "
+                f"and {p!r} (e.g. from featharm.diagnostics.test_site_effects)."
+            )
+    tab = results.pivot_table(index="test", columns="feature", values=p, aggfunc="first", sort=False)
+    order = features if features is not None else list(dict.fromkeys(results["feature"]))
+    tab = tab.reindex(columns=[f for f in order if f in tab.columns])
+    return -np.log10(tab.clip(lower=1e-300))
+
+
+def pvalue_heatmap(results, *, p="p_unc", vmax=None, features=None, ax=None, title=None):
+    """Heatmap of ``-log10 p`` per feature (columns) for each test family (rows) of a tidy table.
+
+    ``results`` has one row per feature × test with columns ``feature``, ``test`` and ``p`` (the tidy
+    output of :func:`featharm.diagnostics.test_site_effects`). Larger is a stronger site effect.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    val = _neglog10(results, p, features)
+    ax = get_ax(ax)
+    vmax = float(np.nanmax(val.to_numpy())) if vmax is None else float(vmax)
+    _heatmap(ax, val, cmap="magma_r", vmin=0.0, vmax=max(vmax, 1.0), label=f"-log10 {p}")
+    if title is not None:
+        ax.set_title(safe_label(title), fontsize=9)
+    return ax
+
+
+def pvalues_before_after(before, after, *, p="p_unc"):
+    """Figure: :func:`pvalue_heatmap` of two diagnostics tables (before/after) on one colour scale."""
+    cols = [("before", before)] + ([("after", after)] if after is not None else [])
+    vals = [_neglog10(t, p, None) for _, t in cols]
+    vmax = max(float(np.nanmax(v.to_numpy())) for v in vals)
+    feats = list(vals[0].columns)
+    fig = new_figure(min(4 + 0.16 * len(feats), 24), 1.6 + (0.3 * vals[0].shape[0] + 1.0) * len(cols))
+    axes = fig.subplots(len(cols), 1, squeeze=False)[:, 0]
+    for ax, (label, t) in zip(axes, cols):
+        pvalue_heatmap(t, p=p, vmax=vmax, features=feats, ax=ax, title=f"{label} harmonization")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ preservation
+def lins_ccc(a, b) -> float:
+    """Lin's concordance correlation coefficient of two vectors."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 2:
+        return float("nan")
+    va, vb = a.var(), b.var()
+    cov = np.mean((a - a.mean()) * (b - b.mean()))
+    den = va + vb + (a.mean() - b.mean()) ** 2
+    return float(2 * cov / den) if den > 0 else float("nan")
+
+
+def preservation_scatter(table, *, term=None, before="effect_before", after="effect_after", ax=None,
+                         title=None):
+    """Effect size of a covariate before against after harmonization, one point per feature.
+
+    ``table`` is tidy: columns ``feature``, ``term`` (the covariate term), ``before`` and ``after`` (by
+    default ``effect_before``/``effect_after``). Points on the identity line mean the biological effect
+    is preserved; the title gives Lin's concordance correlation.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    for col in ("feature", before, after) + (("term",) if term is not None else ()):
+        if col not in table.columns:
+            raise ColumnNotFoundError(f"preservation_scatter: the table has no column {col!r}; columns: "
+                                      f"{list(table.columns)}.")
+    t = table if term is None else table[table["term"].astype(str) == str(term)]
+    if t.empty:
+        raise InputError(f"preservation_scatter: no rows for term {term!r}; terms: "
+                         f"{sorted(table['term'].astype(str).unique())}.")
+    a, b = t[before].to_numpy(dtype=float), t[after].to_numpy(dtype=float)
+    ax = get_ax(ax)
+    ax.scatter(a, b, s=14, alpha=0.8, color="#1f77b4", linewidths=0)
+    finite = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", label="identity")
+    ax.set_xlabel(f"{safe_label(before)} (raw, site as covariate)")
+    ax.set_ylabel(f"{safe_label(after)} (harmonized)")
+    head = safe_label(term if title is None and term is not None else (title or "effect sizes"))
+    ax.set_title(f"{head}: Lin's CCC = {lins_ccc(a, b):.3f}", fontsize=9)
+    return ax

@@ -1,0 +1,87 @@
+"""Plots of a fitted model: empirical-Bayes priors against the per-site estimates."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from ..exceptions import InputError, NotFittedError
+from ._common import get_ax, new_figure, safe_label, site_colors
+
+_PARAMS = ("gamma", "delta")
+
+
+def _check_model(model, owner):
+    for name in ("gamma_hat_", "delta_hat_", "priors_", "batches_"):
+        if not hasattr(model, name):
+            raise NotFittedError(f"{owner} needs a fitted harmonizer (e.g. featharm.ComBat after fit); "
+                                 f"{type(model).__name__} has no {name!r}.")
+
+
+def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
+    """Histogram of one site's estimates over features with the fitted prior density.
+
+    ``parameter="gamma"``: ``gamma_hat`` with the normal prior N(``gamma_bar``, ``tau2``);
+    ``"delta"``: ``delta_hat`` (the variance ratio δ̂²) with the inverse-gamma prior of shape
+    ``a_prior`` and scale ``b_prior``. Features without residual variance are left out, as in the fit.
+    Where the prior does not exist (reference batch; the scale prior with ``mean_only``) only the
+    histogram is drawn and the title says why.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    _check_model(model, "eb_prior")
+    if parameter not in _PARAMS:
+        raise InputError(f"The 'parameter' parameter of eb_prior must be one of {list(_PARAMS)}. "
+                         f"Got {parameter!r} instead.")
+    sites = [str(s) for s in model.batches_]
+    if str(site) not in sites:
+        raise InputError(f"eb_prior: site {site!r} is not a batch of the model; batches: {sites}.")
+    i = sites.index(str(site))
+    keep = ~np.isin(np.asarray(model.feature_names_in_, dtype=object),
+                    list(getattr(model, "constant_features_", [])))
+    table = model.gamma_hat_ if parameter == "gamma" else model.delta_hat_
+    est = table.to_numpy()[i, keep]
+    pri = model.priors_.iloc[i]
+    ax = get_ax(ax)
+    color = site_colors(sites)[sites[i]]
+    flat = est.size == 0 or np.ptp(est) <= 1e-9 * max(1.0, float(np.max(np.abs(est))))
+    ax.hist(est, bins=1 if flat else bins, density=not flat, color=color, alpha=0.5, label="estimates")
+    note = ""
+    if parameter == "gamma":
+        ok = np.isfinite(pri["gamma_bar"]) and np.isfinite(pri["tau2"]) and pri["tau2"] > 0
+        if ok:
+            sd = float(np.sqrt(pri["tau2"]))
+            grid = np.linspace(min(est.min(), pri["gamma_bar"] - 4 * sd), max(est.max(), pri["gamma_bar"] + 4 * sd), 200)
+            ax.plot(grid, stats.norm.pdf(grid, loc=pri["gamma_bar"], scale=sd), color="black", lw=1.5,
+                    label="prior")
+        xlabel = "gamma_hat (location)"
+    else:
+        a, b = pri["a_prior"], pri["b_prior"]
+        ok = np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0
+        if ok:
+            hi = max(float(est.max()), float(stats.invgamma.ppf(0.995, a, scale=b)))
+            grid = np.linspace(max(1e-6, 0.0), hi, 300)
+            ax.plot(grid, stats.invgamma.pdf(grid, a, scale=b), color="black", lw=1.5, label="prior")
+        xlabel = "delta_hat² (scale)"
+    if not ok:
+        ref = getattr(model, "ref_index_", None)
+        note = " (reference batch: no prior)" if ref is not None and ref == i else " (no prior)"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(safe_label(f"{sites[i]}{note}" if title is None else title), fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def eb_diagnostics(model, *, bins=25):
+    """Figure: :func:`eb_prior` for every site (rows), location (left) and scale (right)."""
+    _check_model(model, "eb_diagnostics")
+    sites = [str(s) for s in model.batches_]
+    fig = new_figure(7.5, 2.4 * len(sites))
+    axes = fig.subplots(len(sites), 2, squeeze=False)
+    for r, s in enumerate(sites):
+        for c, par in enumerate(_PARAMS):
+            eb_prior(model, site=s, parameter=par, bins=bins, ax=axes[r, c])
+    return fig
