@@ -9,12 +9,13 @@
 from . import datasets, exceptions, io, mixed
 from ._version import __version__
 from .design import CovariateDesign
-from .models import BaseHarmonizer, ComBat, LongComBat
+from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat
 from .persistence import load_model, save_model
 
 __all__ = [
     "__version__",
     "ComBat",
+    "ComBatGAM",
     "LongComBat",
     "BaseHarmonizer",
     "CovariateDesign",

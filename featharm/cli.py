@@ -100,8 +100,17 @@ def _longitudinal_model(args):
                       random_slope=args.random_slope, standardize=args.standardize, eb=not args.no_eb)
 
 
+def _gam_model(args):
+    from .models import ComBatGAM
+
+    return ComBatGAM(batch=args.batch, formula=args.formula, smooth=args.smooth, method=args.smooth_method,
+                     shared_smoothing=args.shared_smoothing, eb=not args.no_eb,
+                     parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
+
+
 METHODS: dict = {
     "combat": (_combat_model, lambda args: []),
+    "gam": (_gam_model, lambda args: list(args.smooth or [])),
     "longitudinal": (_longitudinal_model, lambda args: [c for c in (args.subject, args.time) if c]),
 }
 
@@ -134,6 +143,11 @@ def cmd_apply(args) -> int:
     from .persistence import load_model
 
     model = load_model(args.model)
+    if getattr(args, "extrapolate", None):
+        if "extrapolate" not in model.get_params():
+            raise InputError(f"--extrapolate applies to models with smooth terms; {args.model} holds a "
+                             f"{type(model).__name__}.")
+        model.set_params(extrapolate=args.extrapolate)
     data, cov = _load_inputs(args, model.batch, None)
     feats = list(model.feature_names_in_)
     missing = [c for c in feats if c not in data.columns]
@@ -221,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--method longitudinal: random slope on --time as well as a random intercept")
     h.add_argument("--standardize", default="reml", choices=["reml", "msr", "marginal"],
                    help="--method longitudinal: residual standardization (default reml = longCombat)")
+    h.add_argument("--smooth", nargs="+", metavar="COL",
+                   help="--method gam: covariate column(s) with smooth (spline) effects, e.g. age")
+    h.add_argument("--smooth-method", default="REML", choices=["REML", "GCV"],
+                   help="--method gam: criterion for the smoothing parameter (default REML)")
+    h.add_argument("--shared-smoothing", action="store_true",
+                   help="--method gam: one smoothing parameter for all features")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     _add_common_data(h)
     h.set_defaults(func=cmd_harmonize)
@@ -229,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Harmonize DATA with a model saved by 'featharm harmonize --save-model'.")
     a.add_argument("model", metavar="MODEL", help="model file")
     a.add_argument("data", metavar="DATA", help="table with the model's features and covariates")
+    a.add_argument("--extrapolate", choices=["linear"],
+                   help="GAM models: continue smooth curves linearly beyond the fitted covariate range "
+                        "(default: such rows are an error)")
     _add_common_data(a)
     a.set_defaults(func=cmd_apply)
 

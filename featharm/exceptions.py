@@ -27,6 +27,7 @@ __all__ = [
     "SmallBatchWarning",
     "ConstantFeatureWarning",
     "CollinearityWarning",
+    "OutOfRangeError",
     "SingularFitWarning",
     "SingleScanWarning",
 ]
@@ -89,6 +90,10 @@ class NotFittedError(FeatharmError, ValueError, AttributeError):
 
 class ModelFileError(FeatharmError, ValueError):
     """A saved model file is not a featharm model, is damaged, or has a newer schema."""
+
+
+class OutOfRangeError(InputError):
+    """A covariate modelled by a spline has values outside the range the spline was fitted on."""
 
 
 class FeatharmWarning(UserWarning):

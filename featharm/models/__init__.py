@@ -2,6 +2,7 @@
 
 from ._base import BaseHarmonizer
 from .combat import ComBat
+from .gam import ComBatGAM
 from .longitudinal import LongComBat
 
-__all__ = ["BaseHarmonizer", "ComBat", "LongComBat"]
+__all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat"]

@@ -1,0 +1,646 @@
+"""ComBat-GAM (Pomponio et al. 2020): ComBat whose preserved covariate effects include smooth curves.
+
+Only the mean model changes (``methods.md`` §2): each feature is fitted by a penalized regression spline
+in the smooth covariates, jointly with the batch indicators and the linear covariates; standardization,
+empirical Bayes and the adjustment are ComBat's, from :mod:`featharm.eb` through :class:`BaseHarmonizer`.
+
+Default fit (all features at once)
+----------------------------------
+With ``W_u = [B | X | Z N]`` the unpenalized columns (batch indicators, linear covariates, the null space
+of the spline penalty, i.e. the linear trend of each smooth term) and ``Z_p`` the penalized spline
+directions scaled so that the penalty is ``lambda ||b||^2`` (eigen-decomposition of the penalty), the
+problem of every feature is a ridge regression of ``(I - H_u) y`` on ``Z~ = (I - H_u) Z_p``. One thin SVD
+``Z~ = U D V'`` (Demmler–Reinsch) serves all features: with ``c = U' y`` the residual sum of squares, the
+effective degrees of freedom, GCV and the restricted likelihood are closed-form sums over the few spline
+directions, so the smoothing parameter of every feature is chosen by a vectorized grid search over
+``log lambda`` refined by golden-section search, with no loop over features.
+
+``compat="neuroHarmonize"`` reproduces neuroHarmonize 2.5's recipe instead: statsmodels ``BSplines``
+(``df=10, degree=3``), penalty ``2 alpha S`` with ``S`` the integrated squared second derivative, and alpha
+picked per feature from ``logspace(0, 7, 11)`` by 5-fold cross-validation whose folds come from one
+``numpy.random.default_rng(random_state)`` shared across features (11 shuffles per feature), exactly as
+``harmonizationLearn(..., seed=random_state)`` draws them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.linalg as sla
+
+from .. import eb
+from .._progress import Progress
+from .._validation import check_option, show_columns
+from ..design import CovariateDesign, _clean_formula, batch_indicators
+from ..exceptions import (
+    ColumnNotFoundError,
+    ConfoundingError,
+    FormulaError,
+    InputError,
+    MissingValueError,
+)
+from ..splines import SplineBasis
+from ._base import BaseHarmonizer
+
+__all__ = ["ComBatGAM", "from_neuroharmonize"]
+
+_S_TERM = re.compile(r"^s\(\s*(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_.]*))\s*\)$")
+_NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
+_N_GRID = 121  # log-lambda grid points of the default criterion search
+_GOLDEN_ITERS = 40
+
+
+def _split_terms(formula: str) -> list[str]:
+    """Top-level ``+`` terms of a formula right-hand side (parentheses and backticks respected)."""
+    terms, depth, tick, cur = [], 0, False, []
+    for ch in formula:
+        if ch == "`":
+            tick = not tick
+        elif not tick and ch in "([":
+            depth += 1
+        elif not tick and ch in ")]":
+            depth -= 1
+        if ch == "+" and depth == 0 and not tick:
+            terms.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    terms.append("".join(cur).strip())
+    return [t for t in terms if t]
+
+
+def _quote(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else f"`{name}`"
+
+
+class ComBatGAM(BaseHarmonizer):
+    """ComBat with smooth (penalized spline) covariate effects: ComBat-GAM.
+
+    The model (``methods.md`` §2) is ``y = alpha + f(age) + x'beta + gamma_site + delta_site * eps`` for
+    every feature, where each ``f`` is a cubic penalized regression spline shared by all sites. The
+    spline, the linear covariates and the site indicators are fitted jointly; the smoothing parameter is
+    chosen per feature by REML or GCV for all features at once (one decomposition shared by all of
+    them). Site effects are then removed exactly as by :class:`~featharm.ComBat`.
+
+    Parameters
+    ----------
+    batch : str, default "site"
+        Column of ``covariates`` holding the batch (site or scanner). Levels are sorted.
+    formula : str or None, default None
+        Linear covariates to preserve, as in :class:`~featharm.ComBat` (``"sex + C(diagnosis)"``). Smooth
+        terms may also be written here as ``s(age)`` (top-level terms only).
+    smooth : str, list of str or None, default None
+        Numeric covariate column(s) whose effects are smooth curves, e.g. ``["age"]``. At least one smooth
+        term is needed (from ``smooth`` or ``s()`` in the formula). A column cannot be both smooth and linear.
+    df : int, default 10
+        B-spline basis size per smooth term including the constant (cubic: ``df - 4`` interior knots at
+        quantiles of the training values); the constant is dropped, so each term has ``df - 1`` columns.
+    method : {"REML", "GCV"}, default "REML"
+        Criterion for the smoothing parameter (restricted maximum likelihood or generalized
+        cross-validation). Ignored with ``compat="neuroHarmonize"`` (k-fold cross-validation).
+    shared_smoothing : bool, default False
+        One smoothing parameter for all features (minimizing the criterion summed over features, each on
+        its own scale) instead of one per feature.
+    smooth_bounds : dict or None, default None
+        ``{column: (lower, upper)}``: boundary knots wider than the training range, so later values in
+        ``[lower, upper]`` need no extrapolation (neuroHarmonize's ``smooth_term_bounds``).
+    extrapolate : {None, "linear"}, default None
+        At transform time, a smooth covariate outside the fitted range is an
+        :class:`~featharm.exceptions.OutOfRangeError` (naming the column, the value and the range); with
+        ``"linear"`` the curve continues along its tangent at the boundary. May be changed after fitting
+        with ``set_params``.
+    eb, parametric, mean_only, mean_only_form, ref_batch, tol, max_iter
+        As in :class:`~featharm.ComBat`.
+    compat : {None, "neuroHarmonize"}, default None
+        ``"neuroHarmonize"`` reproduces neuroHarmonize 2.5's ``harmonizationLearn(..., smooth_terms=...,
+        seed=random_state)`` (statsmodels B-splines ``df=10, degree=3``, alpha from its seeded 5-fold search).
+    random_state : int, default 0
+        Seed of the k-fold search with ``compat="neuroHarmonize"`` (neuroHarmonize's ``seed``); recorded in
+        the model. The default fit is deterministic and does not use it.
+
+    Attributes
+    ----------
+    smooth_terms_ : list of str
+        The smooth covariate columns.
+    smooth_bases_ : list of SplineBasis
+        The frozen spline bases (knots, degree, boundary and training range), one per smooth term.
+    spline_coef_ : DataFrame
+        Spline coefficients (basis column × feature).
+    lambda_ : Series
+        Smoothing parameter of each feature (alpha of the k-fold search under neuroHarmonize compat,
+        in statsmodels' scale ``2 alpha``: the penalty added to ``W'W`` is ``lambda_ * S``).
+    edf_ : Series
+        Effective degrees of freedom of the smooth part of each feature (NaN under compat).
+    batches_, batch_sizes_, feature_names_in_, design_, alpha_, beta_, batch_coef_, sigma_, gamma_hat_, \
+delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_
+        As in :class:`~featharm.ComBat`; ``beta_`` holds the linear covariates only.
+
+    Notes
+    -----
+    With several smooth terms, one smoothing parameter per feature is shared by the terms; each term's
+    penalty is first scaled to the size of its basis cross-product, so that the terms are penalized on a
+    comparable scale. (mgcv estimates one parameter per term.)
+
+    Examples
+    --------
+    >>> import featharm as fh
+    >>> data = fh.datasets.load_ixi()
+    >>> X = data[fh.datasets.ixi_feature_columns(data)]
+    >>> hm = fh.ComBatGAM(batch="site", formula="sex", smooth=["age"])
+    >>> Xh = hm.fit_transform(X, data)
+    >>> hm.smooth_terms_
+    ['age']
+    """
+
+    _schema_name = "combat_gam"
+
+    def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
+                 shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
+                 mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
+                 compat=None, random_state=0):
+        self.batch = batch
+        self.formula = formula
+        self.smooth = smooth
+        self.df = df
+        self.method = method
+        self.shared_smoothing = shared_smoothing
+        self.smooth_bounds = smooth_bounds
+        self.extrapolate = extrapolate
+        self.eb = eb
+        self.parametric = parametric
+        self.mean_only = mean_only
+        self.mean_only_form = mean_only_form
+        self.ref_batch = ref_batch
+        self.tol = tol
+        self.max_iter = max_iter
+        self.compat = compat
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------------------ parameters
+    def _check_params(self) -> None:
+        super()._check_params()
+        owner = "ComBatGAM"
+        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), owner)
+        check_option("compat", self.compat, (None, "neuroHarmonize"), owner)
+        check_option("method", self.method, ("REML", "GCV"), owner)
+        check_option("extrapolate", self.extrapolate, (None, "linear"), owner)
+        for name in ("eb", "parametric", "mean_only", "shared_smoothing"):
+            check_option(name, getattr(self, name), (True, False), owner)
+        if not isinstance(self.df, (int, np.integer)) or isinstance(self.df, bool) or self.df < 5:
+            raise InputError(f"The 'df' parameter of {owner} must be an integer >= 5 (a cubic spline with at "
+                             f"least one interior knot). Got {self.df!r} instead.")
+        if self.compat == "neuroHarmonize":
+            if self.df != 10:
+                raise InputError("compat='neuroHarmonize' uses neuroHarmonize's basis (df=10); leave df at 10.")
+            rs = self.random_state
+            if not isinstance(rs, (int, np.integer)) or isinstance(rs, bool):
+                raise InputError(
+                    f"compat='neuroHarmonize' needs an integer random_state (neuroHarmonize's seed); got {rs!r}."
+                )
+        if self.smooth_bounds is not None and not isinstance(self.smooth_bounds, dict):
+            raise InputError(f"The 'smooth_bounds' parameter of {owner} must be a dict "
+                             f"{{column: (lower, upper)}} or None. Got {self.smooth_bounds!r} instead.")
+        terms, _ = self._terms()
+        if not terms:
+            raise InputError(
+                "ComBatGAM needs at least one smooth term: pass smooth=['age'] (or write s(age) in the "
+                "formula). Without one, use featharm.ComBat."
+            )
+        extra = sorted(set(self.smooth_bounds or {}) - set(terms))
+        if extra:
+            raise InputError(f"smooth_bounds names {extra}, which are not smooth terms {terms}.")
+
+    def _terms(self) -> tuple[list[str], str | None]:
+        """The smooth terms (``smooth`` plus ``s()`` terms of the formula) and the linear formula."""
+        smooth = self.smooth
+        if smooth is None:
+            terms: list[str] = []
+        elif isinstance(smooth, str):
+            terms = [smooth]
+        elif isinstance(smooth, (list, tuple)) and all(isinstance(s, str) for s in smooth):
+            terms = list(smooth)
+        else:
+            raise InputError(f"The 'smooth' parameter of ComBatGAM must be a column name or a list of column "
+                             f"names, e.g. ['age']. Got {smooth!r} instead.")
+        f = _clean_formula(self.formula)
+        linear = []
+        for t in _split_terms(f) if f else []:
+            mt = _S_TERM.match(t)
+            if mt:
+                terms.append(mt.group(1) or mt.group(2))
+            elif re.search(r"\bs\(", t):
+                raise FormulaError(
+                    f"term {t!r} of formula {self.formula!r}: smooth terms must be top-level s(column) terms "
+                    "(no interactions or options); write e.g. 'sex + s(age)', or pass smooth=['age']."
+                )
+            else:
+                linear.append(t)
+        dup = sorted({t for t in terms if terms.count(t) > 1})
+        if dup:
+            raise InputError(f"smooth term(s) {dup} are given more than once (in `smooth` and/or as s() in the formula).")
+        return terms, (" + ".join(linear) if linear else None)
+
+    def _design_formula(self):
+        return self._terms()[1]
+
+    def _allow_single_subject(self) -> bool:
+        return bool(self.mean_only)
+
+    # ------------------------------------------------------------------------------ smooth covariates
+    def _smooth_values(self, cov: pd.DataFrame, name: str) -> np.ndarray:
+        if name not in cov.columns:
+            raise ColumnNotFoundError(
+                f"covariates lack the smooth term column {name!r}; columns present: {show_columns(cov.columns)}."
+            )
+        s = cov[name]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            raise InputError(f"smooth term {name!r} must be a numeric column (a spline of a number); "
+                             f"it has dtype {s.dtype}. Model it linearly in `formula` instead.")
+        x = s.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            ids = list(cov.index[bad][:5])
+            raise MissingValueError(f"smooth term {name!r} has missing or infinite values at rows {ids}; "
+                                    "fill or drop them first.")
+        return x
+
+    def _smooth_design(self, cov: pd.DataFrame) -> np.ndarray:
+        """The spline block ``Z`` (n × sum of basis sizes) for these covariates, with the frozen bases."""
+        ext = self.extrapolate == "linear"
+        blocks = [b.transform(self._smooth_values(cov, b.name), extrapolate=ext, index=cov.index)
+                  for b in self._bases]
+        return np.hstack(blocks) if blocks else np.zeros((len(cov), 0))
+
+    # ------------------------------------------------------------------------------ fitting
+    def _fit_location(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
+        terms, _ = self._terms()
+        both = [t for t in terms if t in self.design_.variables]
+        if both:
+            raise FormulaError(
+                f"covariate(s) {both} appear both as smooth terms and in the linear formula "
+                f"{self.design_.formula!r}; the spline already contains the linear trend. Remove them from one."
+            )
+        if self.batch in terms:
+            raise FormulaError(f"the batch column {self.batch!r} cannot be a smooth term.")
+        bounds = self.smooth_bounds or {}
+        xs = [self._smooth_values(prep.covariates, t) for t in terms]
+        self._bases = [SplineBasis.from_data(x, t, df=self.df, degree=3, bounds=bounds.get(t))
+                       for x, t in zip(xs, terms)]
+        Z = np.hstack([b.transform(x) for b, x in zip(self._bases, xs)])
+        penalties = [b.penalty() for b in self._bases]
+        Y = prep.Y
+        n, p = Y.shape
+        m = B.shape[1]
+        X = prep.X
+        q = X.shape[1]
+        if self.compat == "neuroHarmonize":
+            coef, lam = _fit_kfold_neuroharmonize(Y, np.hstack([B, X]), Z, penalties, int(self.random_state))
+            edf = np.full(p, np.nan)
+        else:
+            coef, lam, edf = _fit_penalized(Y, np.hstack([B, X]), Z, penalties, self._bases, terms,
+                                            method=self.method, shared=bool(self.shared_smoothing),
+                                            batch_name=str(self.batch))
+        W = np.asfortranarray(np.hstack([B, X, Z]))
+        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
+        ss = np.empty((m, p))
+        blocks = list(eb.iter_blocks(p, n))
+        with Progress(len(blocks), "fitting location/scale") as bar:
+            for blk in blocks:
+                ss[:, blk] = eb.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
+                bar.update()
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:m + q], batch_coef=coef[:m],
+                         spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
+                         smoothing=lam, edf=edf)
+        self._delta_raw = st.delta_raw
+        self._mark_constant(np.abs(st.alpha))
+
+    # ------------------------------------------------------------------------------ applying
+    def _preserved_design(self, prep) -> np.ndarray:
+        Z = self._smooth_design(prep.covariates)
+        return np.asfortranarray(np.hstack([np.ones((prep.Y.shape[0], 1)), prep.X, Z]))
+
+    def _preserved_coef(self, blk: slice) -> np.ndarray:
+        a = self._arr
+        return np.vstack([a["alpha"][None, blk], a["beta"][:, blk], a["spline_coef"][:, blk]])
+
+    def smooth_effect(self, term: str, values) -> pd.DataFrame:
+        """The fitted curve ``f(values)`` of one smooth term for every feature (values × feature).
+
+        The curves are identified up to a constant (absorbed by the site intercepts): ``f`` is zero at
+        the lower boundary knot.
+        """
+        self._check_fitted()
+        names = [b.name for b in self._bases]
+        if term not in names:
+            raise InputError(f"{term!r} is not a smooth term of this model; smooth terms: {names}.")
+        j = names.index(term)
+        start = sum(b.n_columns for b in self._bases[:j])
+        b = self._bases[j]
+        vals = np.asarray(values, dtype=np.float64).ravel()
+        Zj = b.transform(vals, extrapolate=self.extrapolate == "linear")
+        curve = Zj @ self._arr["spline_coef"][start:start + b.n_columns]
+        return pd.DataFrame(curve, index=pd.Index(vals, name=term), columns=self._axis("feature"))
+
+    # ------------------------------------------------------------------------------ attributes / state
+    def _extra_axes(self) -> dict[str, tuple[str, ...]]:
+        return {"spline_coef": ("basis", "feature"), "smoothing": ("feature",), "edf": ("feature",)}
+
+    def _axis(self, name: str):
+        if name == "basis":
+            return pd.Index([c for b in self._bases for c in b.column_names()], name="basis")
+        return super()._axis(name)
+
+    def _publish(self) -> None:
+        super()._publish()
+        self.smooth_terms_ = [b.name for b in self._bases]
+        self.smooth_bases_ = list(self._bases)
+        self.lambda_ = self.smoothing_.rename("lambda")
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        state, arrays = super()._get_state()
+        state["smooth_bases"] = [b.to_dict() for b in self._bases]
+        return state, arrays
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self._bases = [SplineBasis.from_dict(d) for d in state["smooth_bases"]]
+        super()._set_state(state, arrays)
+
+    # ------------------------------------------------------------------------------ conversion
+    @classmethod
+    def from_neuroharmonize(cls, model: dict, *, feature_names=None, batch: str = "SITE") -> "ComBatGAM":
+        """A fitted :class:`ComBatGAM` from a neuroHarmonize GAM model; see :func:`from_neuroharmonize`."""
+        return from_neuroharmonize(model, feature_names=feature_names, batch=batch)
+
+
+# ================================================================================== default fit
+def _penalty_reparam(Z: np.ndarray, penalties, bases, terms):
+    """Split the spline block into unpenalized (null-space) and unit-penalty directions.
+
+    Returns ``Z_null`` (n × k0), ``Z_pen`` (n × r) and the map ``T`` (K × (k0 + r)) with
+    ``theta_spline = T @ [theta_null; b]``.
+    """
+    K = Z.shape[1]
+    sizes = [P.shape[0] for P in penalties]
+    starts = np.cumsum([0] + sizes)
+    null_cols, pen_cols = [], []
+    for j, P in enumerate(penalties):
+        Zj = Z[:, starts[j]:starts[j + 1]]
+        # put the terms on a comparable scale (only matters with several smooth terms)
+        scale = np.linalg.norm(Zj.T @ Zj) / np.linalg.norm(P) if len(penalties) > 1 else 1.0
+        s, U = np.linalg.eigh(P * scale)
+        tol = 1e-9 * s.max()
+        for col, sv in zip(U.T, s):
+            full = np.zeros(K)
+            full[starts[j]:starts[j + 1]] = col
+            if sv <= tol:
+                null_cols.append(full)
+            else:
+                pen_cols.append(full / np.sqrt(sv))
+    T0 = np.array(null_cols).T.reshape(K, -1)
+    Tp = np.array(pen_cols).T.reshape(K, -1)
+    return Z @ T0, Z @ Tp, T0, Tp
+
+
+def _criterion(lam, d2, c2, r_perp, n, ku, method):
+    """REML or GCV at smoothing ``lam`` (broadcast: lam (..., p), d2 (r, 1), c2 (r, p), r_perp (p,))."""
+    w = lam / (d2 + lam)  # shrinkage of each direction, (r, p) or (g, r, p)
+    if method == "GCV":
+        rss = r_perp + np.sum(w * w * c2, axis=-2)
+        edf = ku + np.sum(1.0 - w, axis=-2)
+        return np.log(rss) - 2.0 * np.log(np.maximum(n - edf, 1e-12))  # log GCV (up to log n)
+    quad = r_perp + np.sum(w * c2, axis=-2)
+    logdet = np.sum(np.log1p(d2 / lam), axis=-2)
+    return logdet + (n - ku) * np.log(quad)  # -2 restricted log-likelihood, sigma^2 profiled out
+
+
+def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
+    """Minimize the criterion over log lambda for every feature (vectorized grid + golden section)."""
+    lo = np.log(max(d2.min(), 1e-300)) - 12.0
+    hi = np.log(d2.max()) + 12.0
+    grid = np.linspace(lo, hi, _N_GRID)
+    d2c = d2[:, None]
+    step = grid[1] - grid[0]
+    crit = np.stack([_criterion(np.exp(g), d2c, c2, r_perp, n, ku, method) for g in grid])  # (G, p)
+    if shared:
+        crit = crit.sum(axis=1, keepdims=True)
+    best = np.argmin(crit, axis=0)
+    a = grid[best] - step
+    b = grid[best] + step
+    invphi = (np.sqrt(5.0) - 1.0) / 2.0
+
+    def f(rho):  # rho: (p,), or (1,) when shared
+        val = _criterion(np.exp(rho)[None, :], d2c, c2, r_perp, n, ku, method)
+        return val.sum(keepdims=True) if shared else val
+
+    x1 = b - invphi * (b - a)
+    x2 = a + invphi * (b - a)
+    f1, f2 = f(x1), f(x2)
+    for _ in range(_GOLDEN_ITERS):
+        left = f1 < f2
+        b = np.where(left, x2, b)
+        a = np.where(left, a, x1)
+        x2n = np.where(left, x1, a + invphi * (b - a))
+        x1n = np.where(left, b - invphi * (b - a), x2)
+        x1, x2 = x1n, x2n
+        f1, f2 = f(x1), f(x2)
+    rho = (a + b) / 2.0
+    rho = np.clip(rho, lo, hi)
+    lam = np.exp(rho)
+    return np.broadcast_to(lam, (c2.shape[1],)).copy()
+
+
+def _fit_penalized(Y, Wfix, Z, penalties, bases, terms, *, method, shared, batch_name):
+    """Penalized least squares of every feature with its own smoothing parameter (see module docstring).
+
+    Returns the coefficients on ``[Wfix | Z]`` ((k + K) × p), the smoothing parameters and the effective
+    degrees of freedom of the smooth part.
+    """
+    n, p = Y.shape
+    Z0, Zp, T0, Tp = _penalty_reparam(Z, penalties, bases, terms)
+    Wu = np.hstack([Wfix, Z0])
+    Q, R = np.linalg.qr(Wu, mode="reduced")
+    diag = np.abs(np.diag(R))
+    if diag.size and diag.min() <= 1e-9 * diag.max():
+        raise ConfoundingError(
+            f"the linear trend of smooth term(s) {terms} is confounded with {batch_name!r} and the linear "
+            f"covariates (e.g. the covariate is constant within each {batch_name}); its effect cannot be told "
+            "apart from the site effects. Drop it or model it differently."
+        )
+    ku = Wu.shape[1]
+    Zt = Zp - Q @ (Q.T @ Zp)
+    U, d, Vt = np.linalg.svd(Zt, full_matrices=False)
+    keep = d > 1e-10 * max(d.max(), 1e-300)
+    U, d, Vt = U[:, keep], d[keep], Vt[keep]
+    d2 = d * d
+    # c = U' (I - H_u) y = U' y (U is orthogonal to the span of W_u); r_perp = ||(I - H_u) y||^2 - ||c||^2
+    QtY = Q.T @ Y
+    c = U.T @ Y
+    r_perp = np.empty(p)
+    for blk in eb.iter_blocks(p, n):
+        Rb = Y[:, blk] - Q @ QtY[:, blk]
+        r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
+    r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
+    c2 = c * c
+    lam = _select_lambda(d2, c2, r_perp, n, ku, method, shared)
+    shrink = d[:, None] / (d2[:, None] + lam[None, :])  # (r, p)
+    b = Vt.T @ (shrink * c)  # coefficients on Zp
+    theta_u = sla.solve_triangular(R, QtY - (Q.T @ Zp) @ b, check_finite=False)
+    k = Wfix.shape[1]
+    spline = T0 @ theta_u[k:] + Tp @ b
+    edf = Z0.shape[1] + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
+    return np.vstack([theta_u[:k], spline]), lam, edf
+
+
+# ================================================================================== neuroHarmonize
+def _fit_kfold_neuroharmonize(Y, Wlin, Z, penalties, seed):
+    """neuroHarmonize 2.5's per-feature fit: alpha by seeded 5-fold CV, then the penalized fit.
+
+    statsmodels' GLMGam (Gaussian, identity) solves ``(W'W + 2 S_alpha) theta = W'y`` with
+    ``S_alpha = blockdiag(0, alpha_j S_j)``; ``select_penweight_kfold`` evaluates every grid point with
+    a fresh shuffle of the rows from the shared generator, cost ``||y - y_hat|| / n_test`` averaged over
+    folds, and the first minimum wins. Returns the coefficients and ``2 alpha`` (the penalty weight).
+    """
+    n, p = Y.shape
+    W = np.hstack([Wlin, Z])
+    k = W.shape[1]
+    kl = Wlin.shape[1]
+    sizes = [P.shape[0] for P in penalties]
+    starts = np.cumsum([kl] + sizes)
+    grid = list(itertools.product(*[_NH_ALPHAS] * len(penalties)))
+    S_grid = []
+    for alphas in grid:
+        S = np.zeros((k, k))
+        for j, (a, P) in enumerate(zip(alphas, penalties)):
+            S[starts[j]:starts[j + 1], starts[j]:starts[j + 1]] = 2.0 * a * P
+        S_grid.append(S)
+    G = W.T @ W
+    WY = W.T @ Y
+    rng = np.random.default_rng(seed)
+    coef = np.empty((k, p))
+    lam = np.empty(p)
+    with Progress(p, "k-fold penalty search (neuroHarmonize)") as bar:
+        for v in range(p):
+            y = Y[:, v]
+            errs = np.empty(len(grid))
+            for g, S in enumerate(S_grid):
+                index = np.arange(n)
+                rng.shuffle(index)
+                fold_err = []
+                for fold in np.array_split(index, 5):
+                    Wf = W[fold]
+                    Gt = G - Wf.T @ Wf
+                    rhs = WY[:, v] - Wf.T @ y[fold]
+                    theta = np.linalg.solve(Gt + S, rhs)
+                    fold_err.append(np.linalg.norm(y[fold] - Wf @ theta) / len(fold))
+                errs[g] = np.array(fold_err).mean()
+            best = int(np.argmin(errs))
+            coef[:, v] = np.linalg.solve(G + S_grid[best], WY[:, v])
+            lam[v] = 2.0 * grid[best][0]
+            bar.update()
+    return coef, lam
+
+
+def from_neuroharmonize(model: dict, *, feature_names=None, batch: str = "SITE") -> ComBatGAM:
+    """Convert a neuroHarmonize 2.5 GAM model (the dict ``harmonizationLearn`` returns, or its loader
+    ``loadHarmonizationModel`` reads) into a fitted :class:`ComBatGAM` with ``compat="neuroHarmonize"``.
+
+    Parameters
+    ----------
+    model : dict
+        neuroHarmonize's model dict, fitted with ``smooth_terms``.
+    feature_names : list of str, optional
+        Names of the features, in neuroHarmonize's column order (default ``x0, x1, ...``).
+    batch : str, default "SITE"
+        Name of the batch column in the covariates given to ``transform`` (neuroHarmonize uses ``SITE``).
+
+    Returns
+    -------
+    ComBatGAM
+        Ready to ``transform`` and ``save``. The linear covariates are every covariate column other than
+        ``SITE`` and the smooth terms, used as numbers (as neuroHarmonize does).
+    """
+    if not isinstance(model, dict):
+        raise InputError(f"from_neuroharmonize needs neuroHarmonize's model dict; got {type(model).__name__}.")
+    need = ["B_hat", "var_pooled", "stand_mean", "gamma_star", "delta_star", "gamma_hat", "delta_hat",
+            "info_dict", "smooth_model", "SITE_labels", "Covariates", "eb"]
+    missing = [k for k in need if k not in model]
+    if missing:
+        raise InputError(f"the neuroHarmonize model lacks the key(s) {missing}; pass the dict returned by "
+                         "harmonizationLearn (neuroHarmonize 2.5).")
+    sm = model["smooth_model"]
+    if not sm.get("perform_smoothing"):
+        raise InputError("this neuroHarmonize model has no smooth terms (a linear ComBat model); "
+                         "ComBatGAM converts GAM models only.")
+    terms = [str(t) for t in sm["smooth_terms"]]
+    bsp = sm["bsplines_constructor"]
+    bases = []
+    for t, sm_j in zip(terms, bsp.smoothers):
+        x = np.asarray(sm_j.x, dtype=np.float64)
+        if int(sm_j.degree) != 3 or sm_j.include_intercept:
+            raise InputError("only neuroHarmonize's cubic B-splines without intercept can be converted.")
+        bases.append(SplineBasis(t, np.asarray(sm_j.knots, dtype=np.float64), 3, (x.min(), x.max())))
+    covs = [str(c) for c in model["Covariates"]]
+    if "SITE" not in covs:
+        raise InputError("the neuroHarmonize model's covariates have no 'SITE' column.")
+    linear = [c for c in covs if c != "SITE" and c not in terms]
+    B_hat = np.asarray(model["B_hat"], dtype=np.float64)
+    levels = list(np.asarray(model["SITE_labels"]).tolist())
+    m = len(levels)
+    q = len(linear)
+    K = sum(b.n_columns for b in bases)
+    if B_hat.shape[0] != m + q + K:
+        raise InputError(f"B_hat has {B_hat.shape[0]} rows but {m} sites + {q} linear covariates + {K} spline "
+                         "columns were expected; is this a neuroHarmonize 2.5 GAM model?")
+    p = B_hat.shape[1]
+    names = [f"x{j}" for j in range(p)] if feature_names is None else [str(f) for f in feature_names]
+    if len(names) != p:
+        raise InputError(f"feature_names has {len(names)} names but the model has {p} features.")
+    info = model["info_dict"]
+    ref_level = info.get("ref_level")
+    formula = " + ".join(_quote(c) for c in linear) if linear else None
+    est = ComBatGAM(batch=batch, formula=formula, smooth=terms, eb=bool(model["eb"]), compat="neuroHarmonize",
+                    ref_batch=None if ref_level is None else levels[int(ref_level)])
+    if linear:
+        design, _ = CovariateDesign.fit(formula, pd.DataFrame({c: [0.0, 1.0] for c in linear}))
+        design.ranges = {}
+    else:
+        design = CovariateDesign(formula="")
+
+    def _nan_or(v, size):
+        return np.full(size, np.nan) if v is None else np.asarray(v, dtype=np.float64).ravel()
+
+    arrays = {
+        "alpha": np.asarray(model["stand_mean"], dtype=np.float64)[:, 0],
+        "sigma": np.sqrt(np.asarray(model["var_pooled"], dtype=np.float64).ravel()),
+        "beta": B_hat[m:m + q],
+        "batch_coef": B_hat[:m],
+        "spline_coef": B_hat[m + q:],
+        "gamma_hat": np.asarray(model["gamma_hat"], dtype=np.float64),
+        "delta_hat": np.asarray(model["delta_hat"], dtype=np.float64),
+        "gamma_star": np.asarray(model["gamma_star"], dtype=np.float64),
+        "delta_star": np.asarray(model["delta_star"], dtype=np.float64),
+        "gamma_bar": _nan_or(model.get("gamma_bar"), m),
+        "tau2": _nan_or(model.get("t2"), m),
+        "a_prior": _nan_or(model.get("a_prior"), m),
+        "b_prior": _nan_or(model.get("b_prior"), m),
+        "n_iter": np.zeros(m),
+        "batch_sizes": np.asarray(info["sample_per_batch"], dtype=np.float64),
+        "constant": np.zeros(p, dtype=bool),
+        "smoothing": np.full(p, np.nan),
+        "edf": np.full(p, np.nan),
+    }
+    state = {
+        "batches": [b.item() if hasattr(b, "item") else b for b in levels],
+        "feature_names": names,
+        "design": design.to_dict(),
+        "ref_index": None if ref_level is None else int(ref_level),
+        "smooth_bases": [b.to_dict() for b in bases],
+    }
+    est._set_state(state, arrays)
+    return est
