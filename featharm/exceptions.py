@@ -30,6 +30,10 @@ __all__ = [
     "OutOfRangeError",
     "SingularFitWarning",
     "SingleScanWarning",
+    "StatsFileError",
+    "MissingStatsError",
+    "FreeSurferWarning",
+    "UnmatchedIdWarning",
 ]
 
 
@@ -96,6 +100,14 @@ class OutOfRangeError(InputError):
     """A covariate modelled by a spline has values outside the range the spline was fitted on."""
 
 
+class StatsFileError(InputError):
+    """A FreeSurfer stats file or group table is empty, truncated or malformed (the message names file and line)."""
+
+
+class MissingStatsError(InputError):
+    """Subjects lack stats files (or structures) that were asked for; the message lists subjects and files."""
+
+
 class FeatharmWarning(UserWarning):
     """Base class of featharm's warnings (filter them all with this category)."""
 
@@ -114,6 +126,14 @@ class CollinearityWarning(FeatharmWarning):
 
 class ConstantFeatureWarning(FeatharmWarning):
     """Features with no residual variance are passed through unchanged."""
+
+
+class FreeSurferWarning(FeatharmWarning):
+    """FreeSurfer outputs that can be read but deserve attention (mixed versions, missing data kept, ...)."""
+
+
+class UnmatchedIdWarning(FeatharmWarning):
+    """Ids present in one table (features or covariates) and missing from the other."""
 
 
 class SingularFitWarning(FeatharmWarning):

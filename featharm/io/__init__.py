@@ -1,5 +1,48 @@
-"""Readers and writers for feature and covariate tables (FreeSurfer readers come in ``freesurfer``)."""
+"""Readers and writers for feature and covariate tables, and FreeSurfer outputs.
 
+* :mod:`featharm.io.tables`: plain CSV/TSV/Parquet tables, atomic writes.
+* :mod:`featharm.io.freesurfer`: ``*.stats`` files, asegstats2table/aparcstats2table/ENIGMA group tables and
+  whole SUBJECTS_DIRs (units: volumes mm^3, areas mm^2, thickness mm, read exactly as written).
+* :mod:`featharm.io.covariates`: covariate tables (CSV/TSV/Parquet/Excel, BIDS) joined on ids.
+"""
+
+from .covariates import (
+    IdMatch,
+    join_covariates,
+    match_ids,
+    read_bids_participants,
+    read_bids_sessions,
+    read_covariates,
+)
+from .freesurfer import (
+    STRUCTURE_RENAMES,
+    StatsFile,
+    collect_subjects,
+    normalize_structure_names,
+    parse_fsid,
+    read_enigma_table,
+    read_fs_table,
+    read_stats,
+    scan_subjects_dir,
+)
 from .tables import read_table, write_table
 
-__all__ = ["read_table", "write_table"]
+__all__ = [
+    "read_table",
+    "write_table",
+    "read_stats",
+    "StatsFile",
+    "read_fs_table",
+    "read_enigma_table",
+    "collect_subjects",
+    "scan_subjects_dir",
+    "parse_fsid",
+    "normalize_structure_names",
+    "STRUCTURE_RENAMES",
+    "read_covariates",
+    "read_bids_participants",
+    "read_bids_sessions",
+    "join_covariates",
+    "match_ids",
+    "IdMatch",
+]
