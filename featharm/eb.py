@@ -23,6 +23,7 @@ __all__ = [
     "QRDesign",
     "location_fit",
     "residual_ss",
+    "batch_residual_ss",
     "standardized_moments",
     "eb_priors",
     "eb_parametric",
@@ -88,6 +89,22 @@ def residual_ss(Y: np.ndarray, W: np.ndarray, coef: np.ndarray, onehot: np.ndarr
     """Sum of squared residuals of ``Y - W @ coef`` within each batch (m × b); ``onehot`` is n × m."""
     R = np.array(Y, dtype=np.float64, order="F", copy=True)
     _sub_gemm(W, coef, R, -1.0)
+    np.square(R, out=R)
+    return dgemm(1.0, onehot, R, trans_a=1)
+
+
+def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_x: np.ndarray,
+                      codes: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """:func:`residual_ss` for a design ``[B | X]`` whose batch part is gathered, not multiplied.
+
+    ``batch_fit`` (m × b) is the fitted value of the batch columns for a row of each batch
+    (``batch_rows @ coef[:m]``), ``X`` (n × q) the covariate block and ``coef_x`` (q × b) its coefficients.
+    The fitted values are ``batch_fit[codes] + X @ coef_x``: a gather and a thin GEMM instead of a GEMM
+    with all ``m + q`` columns.
+    """
+    R = np.take(np.ascontiguousarray(batch_fit.T), codes, axis=1).T  # n × b, Fortran order like Y
+    np.subtract(Y, R, out=R)
+    _sub_gemm(np.asfortranarray(X), coef_x, R, -1.0)
     np.square(R, out=R)
     return dgemm(1.0, onehot, R, trans_a=1)
 
@@ -263,16 +280,22 @@ def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, onehot: np.ndarray, c
 
     The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM) is
     given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
-    ``onehot`` the n × m batch indicators. Computed as ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M``
-    (equal up to rounding) in place in ``out`` (Fortran-ordered), with no other n × b temporary than the
-    per-row scale.
+    ``codes`` the batch of every row (``onehot``, the n × m indicators, is accepted for compatibility and
+    not needed: the per-batch terms are gathered by ``codes``, not multiplied). Computed as
+    ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in place in ``out``, with one
+    GEMM (for ``M``) and block-sized temporaries.
     """
     if out is None:
         out = np.empty(Y.shape, dtype=np.float64, order="F")
-    out[...] = Y
-    A = np.hstack([D, onehot]) if D.shape[1] else onehot
-    _sub_gemm(A, np.vstack([coef, sigma[None, :] * gamma_star]), out, -1.0)
-    scale_t = 1.0 / np.sqrt(delta_star.T)  # b × m
-    out *= np.take(scale_t, codes, axis=1).T
-    _sub_gemm(D, coef, out, 1.0)
+    np.copyto(out, Y)
+    # every temporary is Fortran-ordered like ``out``: mixed layouts make the element-wise passes strided
+    M = dgemm(1.0, D, coef) if D.shape[1] else None
+    if M is not None:
+        out -= M
+    tmp_t = np.take(np.ascontiguousarray((sigma[None, :] * gamma_star).T), codes, axis=1)  # b × n, C order
+    out -= tmp_t.T
+    np.take(np.ascontiguousarray((1.0 / np.sqrt(delta_star)).T), codes, axis=1, out=tmp_t)
+    out *= tmp_t.T
+    if M is not None:
+        out += M
     return out

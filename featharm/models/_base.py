@@ -193,8 +193,28 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         save_model(self, path)
 
+    def report(self, X, covariates, *, X_harmonized=None, **kwargs):
+        """One-file HTML report of this fitted model on ``X`` (see :func:`featharm.report.make_report`).
+
+        ``X`` are the raw features and ``covariates`` the covariates the model was fitted with;
+        ``X_harmonized`` defaults to ``self.transform(X, covariates)``. Other keyword arguments go to
+        ``make_report`` (``features``, ``inputs``, ``title``, ``figure_format`` ...). Returns an
+        :class:`~featharm.report.HTMLReport`; write it with ``.save_as_html(path)``.
+        """
+        from ..report import make_report
+
+        return make_report(X, covariates, model=self, X_harmonized=X_harmonized, **kwargs)
+
     # ------------------------------------------------------------------------------ fitting
     def _fit(self, X, covariates) -> _Prepared:
+        from ..exceptions import record_warnings
+
+        with record_warnings() as log:  # kept as fit_warnings_ (listed by the report)
+            prep = self._fit_model(X, covariates)
+        self.fit_warnings_ = list(log)
+        return prep
+
+    def _fit_model(self, X, covariates) -> _Prepared:
         self._check_params()
         prep = self._prepare(X, covariates, fitting=True)
         levels = self._fit_levels
@@ -263,12 +283,15 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         onehot = np.asfortranarray(batch_indicators(prep.codes, m))
         coef = eb.location_fit(qr, Y)  # one GEMM for all features (a long inner dimension wants it whole)
         ss = np.empty((m, p))
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        batch_fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
+        Xf = np.asfortranarray(prep.X)
         blocks = list(eb.iter_blocks(p, n))
         with Progress(len(blocks), "fitting location/scale") as bar:
             for blk in blocks:
-                ss[:, blk] = eb.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+                ss[:, blk] = eb.batch_residual_ss(Y[:, blk], batch_fit[:, blk], Xf, coef[m:, blk],
+                                                  prep.codes, onehot)
                 bar.update()
-        batch_rows = batch_indicators(np.arange(m), m, ref)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref,
                                      mean_only=bool(getattr(self, "mean_only", False)))
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
@@ -490,6 +513,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             "feature_names": [str(f) for f in self.feature_names_in_],
             "design": self.design_.to_dict(),
             "ref_index": self.ref_index_,
+            "fit_warnings": list(getattr(self, "fit_warnings_", [])),
         }
         return state, dict(self._arr)
 
@@ -499,6 +523,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = len(self.feature_names_in_)
         self.design_ = CovariateDesign.from_dict(state["design"])
         self.ref_index_ = state["ref_index"]
+        self.fit_warnings_ = list(state.get("fit_warnings", []))
         self._arr = {k: np.asarray(v) for k, v in arrays.items()}
         self._arr["constant"] = self._arr["constant"].astype(bool)
         self._publish()
