@@ -159,4 +159,29 @@ def warn(message: str, category: type[Warning] = FeatharmWarning) -> None:
             break
         frame = frame.f_back
         level += 1
+    for log in _WARNING_LOGS:  # record_warnings(): kept for the model's fit_warnings_ and the report
+        log.append({"category": category.__name__, "message": str(message)})
     warnings.warn(message, category, stacklevel=level)
+
+
+_WARNING_LOGS: list[list] = []
+
+
+class record_warnings:  # noqa: N801 (used as a context manager)
+    """Context manager collecting the warnings featharm issues through :func:`warn` inside it.
+
+    The warnings are still issued as usual (filters apply); the context value is a list of
+    ``{"category": class name, "message": text}`` dicts, in order. Used to keep a model's
+    ``fit_warnings_`` for its report.
+    """
+
+    def __enter__(self) -> list:
+        self.log: list = []
+        _WARNING_LOGS.append(self.log)
+        return self.log
+
+    def __exit__(self, *exc) -> None:
+        for i in range(len(_WARNING_LOGS) - 1, -1, -1):  # by identity (equal lists may be nested)
+            if _WARNING_LOGS[i] is self.log:
+                del _WARNING_LOGS[i]
+                break

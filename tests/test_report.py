@@ -1,0 +1,236 @@
+"""featharm.report: the IXI report holds its sections, numbers and warnings; user strings stay text."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import xml.etree.ElementTree as ET
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import markupsafe  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import featharm as fh  # noqa: E402
+from featharm.exceptions import ColumnNotFoundError, InputError, NotFittedError, SmallBatchWarning  # noqa: E402
+from featharm.report import HTMLReport, make_report  # noqa: E402
+from featharm.report._build import fmt  # noqa: E402
+from featharm.report._stats import preservation, sha256_file  # noqa: E402
+
+SECTIONS = ["Data summary", "Covariate balance", "Site effects before and after harmonization",
+            "Preservation of biology", "Model parameters", "Warnings", "Provenance"]
+DATE = "2026-01-02T03:04:05+00:00"
+
+
+def _images(text: str) -> list[tuple[str, bytes]]:
+    out = []
+    for mime, payload in re.findall(r'<img src="data:([^;"]+);base64,([^"]+)"', text):
+        out.append((mime, base64.b64decode(payload, validate=True)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ixi():
+    data = fh.datasets.load_ixi()
+    X = data[fh.datasets.ixi_feature_columns(data)]
+    hm = fh.ComBat(batch="site", formula="age + sex")
+    Xh = hm.fit_transform(X, data)
+    rep = hm.report(X, data, X_harmonized=Xh, inputs={"IXI table": fh.datasets.ixi_path()}, date=DATE)
+    return data, X, Xh, hm, rep
+
+
+@pytest.fixture(scope="module")
+def small():
+    sim = fh.datasets.make_multisite(n_subjects=120, n_sites=3, n_features=6, random_state=0)
+    return sim.X, sim.covariates
+
+
+# ------------------------------------------------------------------------------------------ IXI report
+@pytest.mark.slow
+def test_ixi_report_sections_in_order(ixi):
+    rep = ixi[-1]
+    assert isinstance(rep, HTMLReport)
+    assert rep.sections == SECTIONS
+    positions = [rep.html.index(f"<h2>{html.escape(s)}</h2>") for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert rep.html.startswith("<!DOCTYPE html>") and rep.html.rstrip().endswith("</html>")
+
+
+@pytest.mark.slow
+def test_ixi_report_data_summary_numbers(ixi):
+    data, X, _, _, rep = ixi
+    text = rep.html
+    assert "<dt>subjects</dt><dd>556</dd>" in text
+    assert "<dt>sites</dt><dd>3</dd>" in text and "<dt>features</dt><dd>68</dd>" in text
+    for site, n in data["site"].value_counts().items():
+        assert f"<td>{site}</td><td>{n}</td>" in text
+    mean_age = data.groupby("site")["age"].mean()
+    assert f"{mean_age['IOP']:.3g} (" in text
+
+
+@pytest.mark.slow
+def test_ixi_report_site_effect_numbers(ixi):
+    data, X, Xh, _, rep = ixi
+    before = fh.diagnostics.test_site_effects(X, data, batch="site", formula="age + sex")
+    after = fh.diagnostics.test_site_effects(Xh, data, batch="site", formula="age + sex")
+    a_b, a_a = before[before.test == "anova"], after[after.test == "anova"]
+    nb, na = int((a_b.p_fdr < 0.05).sum()), int((a_a.p_fdr < 0.05).sum())
+    assert nb > 50 and na == 0  # IXI has a strong site effect that ComBat removes
+    assert f"site effect before</dt><dd>{nb}/68</dd>" in rep.html
+    assert f"site effect after</dt><dd>{na}/68</dd>" in rep.html
+    assert f"<dd>{fmt(float(np.median(a_b.effect_size)))}</dd>" in rep.html
+    assert f"<dd>{fmt(float(np.median(a_a.effect_size)))}</dd>" in rep.html
+    top = a_b.sort_values("effect_size", ascending=False).iloc[0]
+    assert f"<td>{top.feature}</td><td>{fmt(top.effect_size)}</td>" in rep.html
+    for test in before.test.unique():
+        assert f"<td>{test}</td>" in rep.html
+
+
+@pytest.mark.slow
+def test_ixi_report_model_balance_and_provenance(ixi):
+    data, _, _, hm, rep = ixi
+    text = rep.html
+    for site in hm.batches_:
+        assert f"<td>{fmt(hm.priors_.loc[site, 'gamma_bar'])}</td>" in text
+    assert "Kruskal-Wallis" in text and "chi-square" in text
+    assert DATE in text and f"<td>numpy</td><td>{np.__version__}</td>" in text
+    assert f"<dd>{fh.__version__}</dd>" in text
+    assert sha256_file(fh.datasets.ixi_path()) in text
+    assert "Lin&#39;s CCC" in text and "<td>age</td>" in text and "<td>sex[T.M]</td>" in text
+    assert "No warnings were raised" in text and rep.warnings == []
+
+
+@pytest.mark.slow
+def test_ixi_report_is_self_contained(ixi):
+    text = ixi[-1].html
+    imgs = _images(text)
+    assert len(imgs) >= 7
+    assert text.count("<img ") == len(imgs)
+    for mime, raw in imgs:
+        assert mime == "image/svg+xml"
+        assert ET.fromstring(raw).tag.endswith("svg")
+    # nothing is fetched: every src/href is an embedded image or an in-page anchor
+    refs = re.findall(r'(?:src|href)="([^"]*)"', text)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+
+
+# ------------------------------------------------------------------------------------------ warnings
+def test_fit_warnings_reach_the_report_and_survive_save(small, tmp_path):
+    X, cov = small
+    cov = cov.copy()
+    cov.loc[cov.index[:6], "site"] = "tiny"  # a site with 6 subjects
+    hm = fh.ComBat(batch="site", formula="age")
+    with pytest.warns(SmallBatchWarning, match="'tiny'"):
+        hm.fit(X, cov)
+    assert [w["category"] for w in hm.fit_warnings_] == ["SmallBatchWarning"]
+    msg = hm.fit_warnings_[0]["message"]
+    rep = hm.report(X, cov, date=DATE, extra_warnings=["checked by hand <b>"])
+    assert str(markupsafe.escape(msg)) in rep.html and "<td>SmallBatchWarning</td>" in rep.html
+    assert "checked by hand &lt;b&gt;" in rep.html
+    assert [w["category"] for w in rep.warnings] == ["SmallBatchWarning", "warning"]
+    hm.save(tmp_path / "m.fhm")
+    loaded = fh.load_model(tmp_path / "m.fhm")
+    assert loaded.fit_warnings_ == hm.fit_warnings_
+    assert str(markupsafe.escape(msg)) in loaded.report(X, cov, date=DATE).html
+
+
+def test_refit_forgets_old_warnings(small):
+    X, cov = small
+    hm = fh.ComBat(batch="site")
+    tiny = cov.copy()
+    tiny.loc[tiny.index[:6], "site"] = "tiny"
+    with pytest.warns(SmallBatchWarning):
+        hm.fit(X, tiny)
+    hm.fit(X, cov)
+    assert hm.fit_warnings_ == []
+
+
+# ------------------------------------------------------------------------------------------ escaping
+def test_feature_and_site_names_are_escaped(small):
+    X, cov = small
+    X = X.rename(columns={X.columns[0]: "<script>alert(1)</script>", X.columns[1]: "a&b\"c"})
+    cov = cov.assign(site=cov["site"].replace({"site01": "<img src=x onerror=alert(2)>"}))
+    hm = fh.ComBat(batch="site", formula="age + sex").fit(X, cov)
+    rep = hm.report(X, cov, features=["<script>alert(1)</script>"], date=DATE,
+                    title="<i>title</i>")
+    text = rep.html
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "a&amp;b&#34;c" in text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "<i>title</i>" not in text and "&lt;i&gt;title&lt;/i&gt;" in text
+    for _, raw in _images(text):  # figure text is XML-escaped inside the SVGs
+        ET.fromstring(raw)
+        assert b"<script" not in raw
+
+
+# ------------------------------------------------------------------------------------------ variants
+def test_raw_only_report(small):
+    X, cov = small
+    rep = make_report(X, cov, batch="site", formula="age + sex", date=DATE)
+    assert rep.sections == SECTIONS
+    assert "No harmonized data: nothing to compare." in rep.html
+    assert "No model was given" in rep.html
+    assert "featharm site-effect report" in rep.html
+
+
+def test_png_figures(small, tmp_path):
+    X, cov = small
+    hm = fh.ComBat(batch="site", formula="age + sex").fit(X, cov)
+    a = hm.report(X, cov, date=DATE, figure_format="png")
+    imgs = _images(a.html)
+    assert imgs and all(m == "image/png" and raw.startswith(b"\x89PNG\r\n\x1a\n") for m, raw in imgs)
+    a.save_as_html(tmp_path / "r.html")
+    assert (tmp_path / "r.html").read_text(encoding="utf-8") == a.html
+    assert a._repr_html_().startswith("<iframe srcdoc=") and "<script" not in a._repr_html_()
+
+
+@pytest.mark.slow
+def test_report_is_reproducible(small):
+    X, cov = small
+    hm = fh.ComBat(batch="site", formula="age + sex").fit(X, cov)
+    assert hm.report(X, cov, date=DATE).html == hm.report(X, cov, date=DATE).html  # byte for byte
+
+
+def test_make_report_errors(small):
+    X, cov = small
+    with pytest.raises(NotFittedError, match="not fitted"):
+        make_report(X, cov, model=fh.ComBat())
+    with pytest.raises(InputError, match="figure_format"):
+        make_report(X, cov, figure_format="jpg")
+    with pytest.raises(InputError, match="same index and columns"):
+        make_report(X, cov, X_harmonized=X.iloc[:, ::-1])
+    with pytest.raises(ColumnNotFoundError, match="not columns of X"):
+        make_report(X, cov, X_harmonized=X, features=["nope"])
+    with pytest.raises(ColumnNotFoundError, match="'diagnosis'"):
+        make_report(X, cov, covariate_columns=["diagnosis"])
+    with pytest.raises(ColumnNotFoundError, match="batch column 'scanner'"):
+        make_report(X, cov, batch="scanner")
+
+
+# ------------------------------------------------------------------------------------------ preservation numbers
+def test_preservation_matches_statsmodels(small):
+    import statsmodels.formula.api as smf
+
+    X, cov = small
+    Xh = fh.ComBat(batch="site", formula="age + sex").fit_transform(X, cov)
+    tab, summary = preservation(X, Xh, cov, batch="site", formula="age + sex")
+    f = X.columns[3]
+    d = cov.assign(y=X[f], yh=Xh[f])
+    raw = smf.ols("y ~ age + sex + site", d).fit()
+    har = smf.ols("yh ~ age + sex", d).fit()
+    row = tab[(tab.feature == f) & (tab.term == "age")].iloc[0]
+    assert row.t_before == pytest.approx(raw.tvalues["age"], rel=1e-9)
+    assert row.t_after == pytest.approx(har.tvalues["age"], rel=1e-9)
+    assert row.p_after == pytest.approx(har.pvalues["age"], rel=1e-7)
+    t = raw.tvalues["sex[T.M]"]
+    row = tab[(tab.feature == f) & (tab.term == "sex[T.M]")].iloc[0]
+    assert row.effect_before == pytest.approx(t**2 / (t**2 + raw.df_resid), rel=1e-9)
+    assert list(summary.term) == ["age", "sex[T.M]"]
+    assert summary["Lin's CCC"].between(0.5, 1.0).all()  # ComBat keeps the simulated effects
