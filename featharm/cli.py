@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_data(a)
     a.set_defaults(func=cmd_apply)
 
+    from .io._cli_collect import add_collect_parser
+
+    add_collect_parser(sub)
+
     d = sub.add_parser("demo", help="harmonize the bundled IXI data",
                        description="Harmonize the bundled IXI data (3 sites, 556 subjects, 68 thickness ROIs) "
                                    "with ComBat (age + sex preserved) and write the results.")

@@ -959,7 +959,9 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
                             raise
                 parsed = cache[fname]
                 if parsed is None:
-                    missing_files.setdefault(fsid, []).append(f"stats/{fname}")
+                    lst = missing_files.setdefault(fsid, [])
+                    if f"stats/{fname}" not in lst:
+                        lst.append(f"stats/{fname}")
                     continue
                 if fsid not in versions:
                     versions[fsid] = _version_from_cvs(parsed[0].get("cvs_version"))
@@ -984,6 +986,15 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
                         file_of_col[c] = f"stats/{fname}"
         records.append(rec)
 
+    if len(chosen) > 1 or not colorder:
+        everyone = set.intersection(*(set(missing_files.get(f, ())) for f in chosen.index))
+        if everyone:
+            found = sorted({p.name[3:-6] for d in chosen["path"][:20] for p in (Path(d) / "stats").glob("?h.*.stats")})
+            raise MissingStatsError(
+                f"none of the {len(chosen)} subjects has {_fmt_list(sorted(everyone), 4)}: check the measures "
+                f"{[s.token for s in sources]} (parcellations found: {found or 'none'}; other files: aseg, wmparc, "
+                "brainvol)."
+            )
     cols = list(colorder)
     values = np.full((len(records), len(cols)), np.nan)
     pos = {c: i for i, c in enumerate(cols)}

@@ -1,0 +1,75 @@
+"""``featharm collect``: SUBJECTS_DIR -> table that ``featharm harmonize`` reads directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from featharm.cli import main
+from featharm.io import read_stats
+from featharm.io._fs_synth import write_subject
+
+FILES = ["aseg.stats", "lh.aparc.stats", "rh.aparc.stats"]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    sd = tmp_path / "subjects"
+    rows = []
+    for i in range(12):
+        write_subject(sd / f"sub-{i:02d}", "7.4", seed=100 + i, files=FILES)
+        rows.append({"participant_id": f"sub-{i:02d}", "site": "AB"[i % 2], "age": 20.0 + 3 * i})
+    rows.append({"participant_id": "sub-99", "site": "A", "age": 70.0})  # no MRI
+    (sd / "fsaverage" / "surf").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "participants.csv", index=False)
+    return tmp_path
+
+
+@pytest.mark.filterwarnings("default")  # the CLI prints warnings (small batches, empty aseg labels) as lines
+def test_collect_then_harmonize(tree, capsys):
+    out = tree / "features.csv"
+    rc = main(["collect", str(tree / "subjects"), "--measures", "aseg", "aparc.thickness", "--out", str(out),
+               "--covariates", str(tree / "participants.csv")])
+    assert rc == 0
+    msg = capsys.readouterr().out
+    assert "collected 12 runs" in msg and "1 covariate rows without a run" in msg and "template: fsaverage" in msg
+    df = pd.read_csv(out)
+    assert list(df.columns[:2]) == ["fsid", "fs_kind"] and "site" in df.columns
+    assert "subject" not in df.columns and "timepoint" not in df.columns  # would read back as numeric/empty
+    # a value traced to its file
+    s = read_stats(tree / "subjects" / "sub-05" / "stats" / "lh.aparc.stats")
+    assert df.set_index("fsid").at["sub-05", "lh_insula_thickness"] == s.table.at["insula", "ThickAvg"]
+    harmonized = tree / "harmonized.csv"
+    rc = main(["harmonize", str(out), "--id", "fsid", "--batch", "site", "--formula", "age",
+               "--out", str(harmonized), "--quiet"])
+    assert rc == 0
+    h = pd.read_csv(harmonized)
+    assert list(h["fsid"]) == list(df["fsid"]) and h.shape == df.shape
+    assert not np.allclose(h["lh_insula_thickness"], df["lh_insula_thickness"])
+
+
+def test_collect_longitudinal_keeps_ids(tmp_path):
+    sd = tmp_path / "sd"
+    write_subject(sd / "P1_t1.long.P1", "7.4", seed=1, files=FILES)
+    write_subject(sd / "P1_t2.long.P1", "7.4", seed=2, files=FILES)
+    (sd / "P1" / "mri").mkdir(parents=True)
+    out = tmp_path / "long.tsv"
+    assert main(["collect", str(sd), "--measures", "aparc.area", "--out", str(out), "--quiet"]) == 0
+    df = pd.read_csv(out, sep="\t")
+    assert list(df["fsid"]) == ["P1_t1.long.P1", "P1_t2.long.P1"]
+    assert list(df["subject"]) == ["P1", "P1"] and list(df["timepoint"]) == ["P1_t1", "P1_t2"]
+
+
+@pytest.mark.filterwarnings("default::featharm.exceptions.FreeSurferWarning")
+def test_collect_user_errors_are_one_line(tree, capsys):
+    (tree / "subjects" / "sub-03" / "stats" / "rh.aparc.stats").unlink()
+    rc = main(["collect", str(tree / "subjects"), "--measures", "aparc", "--out", str(tree / "x.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("featharm: error: 1 of 12 subjects lack stats files: sub-03")
+    assert not (tree / "x.csv").exists()
+    rc = main(["collect", str(tree / "subjects"), "--measures", "aparc", "--out", str(tree / "x.csv"),
+               "--on-missing", "warn", "--quiet"])
+    assert rc == 0 and "FreeSurferWarning: kept 1 subject" in capsys.readouterr().err
+    rc = main(["collect", str(tree / "subjects"), "--measures", "aseg", "--out", str(tree / "x.json")])
+    assert rc == 2 and "cannot tell the format" in capsys.readouterr().err
