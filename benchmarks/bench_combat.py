@@ -6,8 +6,9 @@ Cases (30 sites with unbalanced Dirichlet sizes, covariates age + sex, site loca
 * ``small``: n = 1,000 subjects, p = 150 features
 * ``large``: n = 10,000 subjects, p = 20,000 features (the input is n * p * 8 B = 1.6 GB)
 
-Every (implementation, case) runs in its own child process (this script re-invoked with ``--child``)
-that builds the data deterministically, then measures each call:
+All implementations run side by side in this one process (``--isolate`` runs each (implementation,
+case) in its own child process instead, this script re-invoked with ``--child``); each builds the data
+deterministically, then measures each call:
 
 * wall time: ``time.perf_counter`` around the call only (data creation and imports excluded);
 * peak memory: the process's resident-set high-water mark during the call minus the resident set just
@@ -409,6 +410,9 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run (wall, CPU and system time, "
                                                                   "load average)")
     ap.add_argument("--no-check", action="store_true", help="skip the cross-implementation parity check")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run every (implementation, case) in its own child process instead of side by side in "
+                         "this one (memory high-water marks then cannot carry over between implementations)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -471,11 +475,16 @@ def main(argv=None) -> int:
                     cmd.append("--no-check")
                 print(f"[{case}] {impl}: running (x{k}) ...", flush=True)
                 t0 = time.perf_counter()
-                proc = subprocess.run(cmd)
-                if proc.returncode != 0:
-                    print(f"[{case}] {impl}: FAILED (exit code {proc.returncode})", flush=True)
-                    continue
-                res = json.loads(result_file.read_text())
+                if args.isolate:
+                    proc = subprocess.run(cmd)
+                    if proc.returncode != 0:
+                        print(f"[{case}] {impl}: FAILED (exit code {proc.returncode})", flush=True)
+                        continue
+                    res = json.loads(result_file.read_text())
+                else:  # side by side in this process (the default)
+                    res = child(impl, case, k, workdir, args.seed, save=not args.no_check,
+                                prefault_x=args.prefault)
+                    gc.collect()
                 res["summary"] = summarize(res)
                 res["child_seconds"] = time.perf_counter() - t0
                 for note in res["notes"]:
