@@ -9,7 +9,7 @@
 from . import datasets, exceptions, io, mixed
 from ._version import __version__
 from .design import CovariateDesign
-from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat
+from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS
 from .persistence import load_model, save_model
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "ComBat",
     "ComBatGAM",
     "LongComBat",
+    "CovBat",
+    "ComBatLS",
     "BaseHarmonizer",
     "CovariateDesign",
     "load_model",
