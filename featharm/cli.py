@@ -132,10 +132,14 @@ def cmd_harmonize(args) -> int:
     _write_output(data, Xh, args.out)
     if args.save_model:
         model.save(args.save_model)
+    if args.report:
+        model.report(data[feats], cov, X_harmonized=Xh, inputs=_report_inputs(args),
+                     parameters=_report_parameters(args)).save_as_html(args.report)
     if not args.quiet:
         print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
-              + (f"; model -> {args.save_model}" if args.save_model else ""))
+              + (f"; model -> {args.save_model}" if args.save_model else "")
+              + (f"; report -> {args.report}" if args.report else ""))
     return 0
 
 
@@ -179,6 +183,9 @@ def cmd_demo(args) -> int:
     harmonized[feats] = Xh
     write_table(harmonized, out / "ixi_harmonized.csv")
     model.save(out / "combat_model.fhm")
+    from .datasets import ixi_path
+
+    model.report(X, data, X_harmonized=Xh, inputs={"IXI table": ixi_path()}).save_as_html(out / "report.html")
     before = site_anova(X, data, batch="site", formula="age + sex")
     after = site_anova(Xh, data, batch="site", formula="age + sex")
     alpha = 0.05 / len(feats)
@@ -193,9 +200,71 @@ def cmd_demo(args) -> int:
         f"{1 - after.effect_size.sum() / before.effect_size.sum():.1%}",
         f"  features with a significant site effect (F test, Bonferroni 0.05): "
         f"{int((before.p_unc < alpha).sum())}/{len(feats)} before -> {int((after.p_unc < alpha).sum())}/{len(feats)} after",
-        f"  wrote {out / 'ixi_harmonized.csv'} and {out / 'combat_model.fhm'}",
+        f"  wrote {out / 'ixi_harmonized.csv'}, {out / 'combat_model.fhm'} and {out / 'report.html'}",
     ]
     print("\n".join(lines))
+    return 0
+
+
+def _report_inputs(args) -> dict:
+    names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
+    return {label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}
+
+
+def _report_parameters(args) -> dict:
+    return {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
+            if k not in ("func", "command") and v not in (None, False)}
+
+
+def cmd_report(args) -> int:
+    from .design import _clean_formula, _formula_variables
+    from .io import read_table
+    from .persistence import load_model
+    from .report import make_report
+
+    model = load_model(args.model) if args.model else None
+    batch = args.batch or (model.batch if model is not None else None)
+    if batch is None:
+        raise InputError("featharm report needs --batch COL (or --model MODEL, whose batch column is used).")
+    data, cov = _load_inputs(args, batch, args.formula)
+    if batch not in cov.columns:
+        raise ColumnNotFoundError(f"no batch column {batch!r}; columns present: {show_columns(cov.columns)}.")
+    if model is not None:
+        feats = list(model.feature_names_in_)
+        missing = [c for c in feats if c not in data.columns]
+        if missing:
+            raise ColumnNotFoundError(
+                f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}."
+            )
+    else:
+        f = _clean_formula(args.formula)
+        used = _formula_variables(f, cov.columns)[0] if f else []
+        feats = _feature_columns(data, args.features, [batch, args.id, *used])
+    Xh = None
+    if args.harmonized:
+        hdata = read_table(args.harmonized, index_col=args.id)
+        missing = [c for c in feats if c not in hdata.columns]
+        if missing:
+            raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {missing[:5]}"
+                                      f"{' ...' if len(missing) > 5 else ''}.")
+        if args.id:
+            absent = data.index.difference(hdata.index, sort=False)
+            if len(absent):
+                raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+                                 f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+            Xh = hdata.loc[data.index, feats]
+        else:
+            if len(hdata) != len(data):
+                raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+                                 "pass --id COL to match them by id.")
+            Xh = hdata[feats].set_axis(data.index, axis=0)
+    rep = make_report(data[feats], cov, model=model, X_harmonized=Xh, batch=batch, formula=args.formula,
+                      features=args.plot_features, inputs=_report_inputs(args),
+                      parameters=_report_parameters(args), figure_format=args.figure_format)
+    rep.save_as_html(args.out)
+    if not args.quiet:
+        print(f"report on {len(feats)} features of {len(data)} subjects ({len(rep.warnings)} warning(s)) -> {args.out}")
     return 0
 
 
@@ -242,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--shared-smoothing", action="store_true",
                    help="--method gam: one smoothing parameter for all features")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
+    h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     _add_common_data(h)
     h.set_defaults(func=cmd_harmonize)
 
@@ -258,6 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     from .io._cli_collect import add_collect_parser
 
     add_collect_parser(sub)
+
+    r = sub.add_parser("report", help="write a one-file HTML report on site effects before/after harmonization",
+                       description="Write a self-contained HTML report: data summary, covariate balance, site "
+                                   "effects before and after harmonization, preservation of biology, model "
+                                   "parameters, warnings and provenance. DATA holds the raw features; the "
+                                   "harmonized ones come from --harmonized FILE or from applying --model MODEL.")
+    r.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    r.add_argument("--model", metavar="MODEL", help="fitted model (its batch, formula and features are used)")
+    r.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
+    r.add_argument("--batch", metavar="COL", help="batch (site/scanner) column (default: the model's)")
+    r.add_argument("--formula", metavar="RHS", help='covariates of the diagnostic models (default: the model\'s)')
+    r.add_argument("--features", nargs="+", metavar="PATTERN",
+                   help="feature columns without --model (globs); default: every other numeric column")
+    r.add_argument("--plot-features", nargs="+", metavar="NAME",
+                   help="features drawn one by one (default: the 3 with the largest site effect)")
+    r.add_argument("--figure-format", choices=["svg", "png"], default="svg", help="embedded figure format")
+    r.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
+    r.add_argument("--id", metavar="COL", help="id column (joins DATA, --covariates and --harmonized)")
+    r.add_argument("--out", required=True, metavar="HTML", help="report file to write")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="harmonize the bundled IXI data",
                        description="Harmonize the bundled IXI data (3 sites, 556 subjects, 68 thickness ROIs) "
