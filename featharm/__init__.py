@@ -6,7 +6,7 @@
 >>> hm.save("combat.fhm"); fh.load_model("combat.fhm").transform(Xnew, cov_new)  # doctest: +SKIP
 """
 
-from . import datasets, exceptions, io, mixed
+from . import datasets, exceptions, io, mixed, plots, report
 from ._version import __version__
 from .design import CovariateDesign
 from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS
@@ -26,5 +26,7 @@ __all__ = [
     "datasets",
     "exceptions",
     "io",
+    "plots",
+    "report",
     "mixed",
 ]
