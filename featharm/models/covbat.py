@@ -136,8 +136,8 @@ class CovBat(ComBat):
                              f"Got {k!r} instead.")
 
     # ------------------------------------------------------------------------------ fitting
-    def _fit(self, X, covariates) -> _Prepared:
-        prep = super()._fit(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
+    def _fit_model(self, X, covariates) -> _Prepared:
+        prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
         a = self._arr
         keep = ~a["constant"]
         E, _ = self._combat_residuals(prep)
@@ -148,7 +148,10 @@ class CovBat(ComBat):
                              f"got {pk}.")
         center = Ek.mean(axis=0)
         scale = Ek.std(axis=0, ddof=1) if self.std_var else np.ones(pk)
-        _, s, vt = np.linalg.svd((Ek - center) / scale, full_matrices=False)
+        A = (Ek - center) / scale
+        if n > pk:  # tall: the SVD of the p × p triangular factor has the same s and V (cheaper than A's)
+            A = np.linalg.qr(A, mode="r")
+        _, s, vt = np.linalg.svd(A, full_matrices=False)
         var = s**2
         ratio = var / var.sum()
         if self.n_components is not None:
