@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from scipy.linalg import solve_triangular
 
 from .exceptions import ConvergenceWarning, InputError, warn
 
@@ -95,10 +96,12 @@ def _codes(groups) -> tuple[np.ndarray, int]:
 
 
 def _group_sums(A: np.ndarray, g: np.ndarray, S: int) -> np.ndarray:
-    """Per-subject column sums (S × c) of ``A`` (n × c)."""
-    order = np.argsort(g, kind="stable")
-    starts = np.searchsorted(g[order], np.arange(S))
-    return np.add.reduceat(A[order], starts, axis=0)
+    """Per-subject column sums (S × c) of ``A`` (n × c): one sparse product, no copy of ``A``."""
+    from scipy import sparse
+
+    n = g.shape[0]
+    ind = sparse.csr_matrix((np.ones(n), (g, np.arange(n))), shape=(S, n))
+    return np.asarray(ind @ A)
 
 
 class _Standardized:
@@ -110,16 +113,28 @@ class _Standardized:
         sd = Y.std(axis=0)
         self.sd = np.where(sd > 0, sd, 1.0)
         self.Yc = (Y - self.mu) / self.sd
-        Q, R = np.linalg.qr(X, mode="reduced")
-        d = np.abs(np.diag(R))
-        if k and (d.min() <= 1e-10 * max(d.max(), 1.0)):
+        # Q = X R^-1 with R the Cholesky factor of the column-scaled X'X: orthonormal columns, O(n k^2)
+        scale = np.sqrt(np.einsum("nk,nk->k", X, X))
+        scale = np.where(scale > 0, scale, 1.0)
+        Xs = X / scale
+        G = Xs.T @ Xs
+        try:
+            Rs = np.linalg.cholesky(G).T
+            d = np.abs(np.diag(Rs))
+            singular = d.min() <= 1e-7 * d.max() if k else False
+        except np.linalg.LinAlgError:
+            singular = True
+        if singular:
             raise InputError(
                 "the fixed-effects design of the mixed model is rank deficient (a covariate is confounded "
                 "with batch or with another covariate); remove or merge the confounded columns."
             )
+        Q = solve_triangular(Rs, Xs.T, trans=1, check_finite=False).T
+        R = Rs * scale[None, :]  # X = Q R
         self.Q, self.R = Q, R
+        d = np.abs(np.diag(R))
         # X c = 1: the intercept is in the span of X (checked), so centring only moves it
-        c, *_ = np.linalg.lstsq(X, np.ones(n), rcond=None)
+        c = solve_triangular(R, Q.T @ np.ones(n), check_finite=False)
         if np.abs(X @ c - 1.0).max() > 1e-8:
             raise InputError("the fixed-effects design must contain an intercept (or batch indicators).")
         self.c = c
@@ -127,8 +142,6 @@ class _Standardized:
 
     def beta(self, beta_q: np.ndarray) -> np.ndarray:
         """Coefficients on the original design and responses from those on (Q, Yc)."""
-        from scipy.linalg import solve_triangular
-
         b = solve_triangular(self.R, beta_q, check_finite=False) * self.sd
         return b + np.outer(self.c, self.mu)
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from featharm.exceptions import (
+    AlignmentError,
     DuplicateIndexError,
     FreeSurferWarning,
     InputError,
@@ -28,6 +29,7 @@ from featharm.io import (
     parse_fsid,
     read_enigma_table,
     read_fs_table,
+    read_fs_tables,
     read_stats,
     scan_subjects_dir,
 )
@@ -306,6 +308,52 @@ def test_enigma_tables():
     assert "Left-Hippocampus" in v.columns and "Right-Lateral-Ventricle" in v.columns
 
 
+def test_fs7_aparc_tables_combined():
+    """FS 7 aparcstats2table adds BrainSegVolNotVent and eTIV to every table: kept once when combining."""
+    lh, rh, aseg = (DATA / "tables" / n for n in ("lh.aparc.thickness_fs7_long.txt", "rh.aparc.thickness_fs7_long.txt",
+                                                 "aseg_fs7_long.tsv"))
+    with pytest.warns(FreeSurferWarning, match=r"1 cell\(s\) are 0 \(rh_insula_thickness; ids P02_t1\.long\.P02_base\)"):
+        both = read_fs_tables([aseg, lh, rh])
+    assert list(both.columns[:3]) == ["subject", "timepoint", "fs_kind"]
+    assert list(both.columns).count("eTIV") == 1 and "rh_insula_thickness" in both.columns
+    assert both.at["P01_t2.long.P01_base", "lh_insula_thickness"] == 2.939
+    assert both.at["P01_t2.long.P01_base", "Left-Hippocampus"] == 4097.1
+    assert [t["hemi"] for t in both.attrs["featharm"]["tables"]] == [None, "lh", "rh"]
+
+
+def test_combining_tables_with_different_subjects(tmp_path):
+    lh = DATA / "tables" / "lh.aparc.thickness_fs7_long.txt"
+    short = tmp_path / "rh.txt"
+    lines = (DATA / "tables" / "rh.aparc.thickness_fs7_long.txt").read_text().splitlines()
+    short.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(AlignmentError, match=r"1 only in the first \(P02_t1\.long\.P02_base\), 0 only in the second"):
+        read_fs_tables([lh, short])
+    changed = tmp_path / "rh2.txt"
+    changed.write_text("\n".join(lines[:-1] + [lines[-1].replace("990127.0", "990128.0")]) + "\n")
+    with pytest.warns(FreeSurferWarning, match="are 0"):
+        with pytest.raises(InputError, match="BrainSegVolNotVent.*different values"):
+            read_fs_tables([lh, changed])
+
+
+def test_mixed_versions_in_one_table():
+    path = DATA / "tables" / "aseg_mixed_versions.tsv"
+    with pytest.warns(FreeSurferWarning, match="both old and new FreeSurfer names .*Left-Thalamus-Proper / Left-Thalamus"):
+        raw = read_fs_table(path)
+    assert {"Left-Thalamus-Proper", "Left-Thalamus"} <= set(raw.columns)
+    with pytest.warns(FreeSurferWarning, match="both old and new"):
+        merged = read_fs_table(path, normalize_names=True)
+    assert "Left-Thalamus-Proper" not in merged.columns
+    assert list(merged["Left-Thalamus"]) == [7394.0, 7101.3]
+    assert merged.attrs["featharm"]["renamed"] == {"Left-Thalamus-Proper": "Left-Thalamus"}
+
+
+def test_foreign_column_in_aparc_table(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("lh.aparc.thickness,lh_bankssts_thickness,rh_bankssts_thickness\na,2.5,2.4\n")
+    with pytest.warns(FreeSurferWarning, match="rh_bankssts_thickness do not belong to a lh thickness table"):
+        read_fs_table(p)
+
+
 @pytest.mark.parametrize("content,match", [
     ("", "is empty"),
     ("subject\tLeft-Hippocampus\nA\t1.0\n", r":1: first header cell 'subject'"),
@@ -416,6 +464,10 @@ def test_collect_runs(sd):
     assert cross.attrs["featharm"]["skipped"]["excluded_runs"] == ["sub-03_ses-01.long.sub-03",
                                                                    "sub-03_ses-02.long.sub-03"]
     assert list(collect_subjects(sd, ["aseg"], subjects=["sub-02"]).index) == ["sub-02"]
+    with pytest.raises(InputError, match=r"sub-03 \(base\), fsaverage \(template\)"):
+        collect_subjects(sd, ["aseg"], subjects=["sub-02", "sub-03", "fsaverage"])
+    with pytest.raises(InputError, match="subjects not found .*: nobody"):
+        collect_subjects(sd, ["aseg"], subjects=["nobody"])
     with pytest.raises(InputError, match="runs must be one of"):
         collect_subjects(sd, ["aseg"], runs="both")
 

@@ -22,6 +22,7 @@ from .freesurfer import (
     parse_fsid,
     read_enigma_table,
     read_fs_table,
+    read_fs_tables,
     read_stats,
     scan_subjects_dir,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "read_stats",
     "StatsFile",
     "read_fs_table",
+    "read_fs_tables",
     "read_enigma_table",
     "collect_subjects",
     "scan_subjects_dir",

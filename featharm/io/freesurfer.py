@@ -29,6 +29,7 @@ __all__ = [
     "StatsFile",
     "read_stats",
     "read_fs_table",
+    "read_fs_tables",
     "read_enigma_table",
     "normalize_structure_names",
     "STRUCTURE_RENAMES",
@@ -625,13 +626,119 @@ def read_fs_table(path, parse_ids: bool = True, normalize_names: bool = False,
         dup = pd.Index(body.columns)[pd.Index(body.columns).duplicated()][0]
         raise StatsFileError(f"{path}:1: column {dup!r} appears twice in the header.")
     out = _to_numeric_frame(body, path)
+    _check_group_table(out, info, path)
     renamed: dict = {}
     if normalize_names:
-        out, renamed = normalize_structure_names(out)
+        out, renamed = _normalize_mixed_table(out, path)
     if parse_ids:
         out = pd.concat([_id_columns(out.index, id_pattern), out], axis=1)
     info.update({"source": str(path), "delimiter": delim, "renamed": renamed})
     out.attrs["featharm"] = info
+    return out
+
+
+_FS7_APARC_EXTRAS = {"BrainSegVolNotVent", "eTIV"}
+
+
+def _check_group_table(df: pd.DataFrame, info: dict, path: Path) -> None:
+    """Warn about what asegstats2table/aparcstats2table hide: zero-filled structures, foreign columns,
+    old and new FreeSurfer names side by side (subjects from different versions)."""
+    pairs = [(o, n) for o, n in STRUCTURE_RENAMES.items() if o in df.columns and n in df.columns]
+    if pairs:
+        warn(f"{path}: the table has both old and new FreeSurfer names ({'; '.join(f'{o} / {n}' for o, n in pairs)}"
+             "): its subjects come from different FreeSurfer versions (a batch effect); normalize_names=True "
+             "merges each pair when every row has one of the two filled and the other 0 or empty.",
+             FreeSurferWarning)
+    if info["tool"] != "aparcstats2table":
+        return
+    hemi, meas = info["hemi"], info["measure"]
+    foreign = [c for c in df.columns
+               if c not in _FS7_APARC_EXTRAS and not (c.startswith(f"{hemi}_") and c.endswith(f"_{meas}"))]
+    if foreign:
+        warn(f"{path}: column(s) {_fmt_list(foreign, 4)} do not belong to a {hemi} {meas} table (first header cell "
+             f"{hemi}.{info['parcellation']}.{meas}): was the table edited or merged?", FreeSurferWarning)
+    if meas in ("thickness", "area", "volume"):
+        zero = (df == 0).to_numpy()
+        if zero.any():
+            cols = [c for c, z in zip(df.columns, zero.any(axis=0)) if z]
+            rows = [r for r, z in zip(df.index, zero.any(axis=1)) if z]
+            warn(f"{path}: {int(zero.sum())} cell(s) are 0 ({_fmt_list(cols, 3)}; ids {_fmt_list(rows, 3)}): "
+                 f"aparcstats2table writes 0 for a structure missing from a subject's file; treat them as "
+                 f"missing, not as a {meas} of 0.", FreeSurferWarning)
+
+
+def _normalize_mixed_table(df: pd.DataFrame, path: Path):
+    pairs = [(o, n) for o, n in STRUCTURE_RENAMES.items() if o in df.columns and n in df.columns]
+    df = df.copy()
+    for old, new in pairs:
+        a, b = df[old].to_numpy(), df[new].to_numpy()
+        a_off, b_off = (a == 0) | np.isnan(a), (b == 0) | np.isnan(b)
+        both = ~a_off & ~b_off
+        if both.any():
+            ids = list(df.index[both][:5])
+            raise InputError(
+                f"{path}: {old!r} and {new!r} both hold values for {ids}: cannot merge them into {new!r}."
+            )
+        df[new] = np.where(b_off & ~a_off, a, b)
+        df = df.drop(columns=old)
+    merged = {o: n for o, n in pairs}
+    df, renamed = normalize_structure_names(df)
+    return df, {**merged, **renamed}
+
+
+def read_fs_tables(paths, parse_ids: bool = True, normalize_names: bool = False,
+                   id_pattern: str | None = None) -> pd.DataFrame:
+    """Read several group tables (e.g. the aseg table and both hemispheres' aparc tables) into one.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Tables as read by :func:`read_fs_table`.
+    parse_ids, normalize_names, id_pattern
+        As in :func:`read_fs_table`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns of every table side by side, rows in the order of the first table. Columns repeated across
+        tables with identical values (FreeSurfer 7 aparc tables all carry ``BrainSegVolNotVent`` and ``eTIV``)
+        are kept once. ``df.attrs["featharm"]["tables"]`` lists each table's metadata.
+
+    Raises
+    ------
+    AlignmentError
+        The tables do not list the same ids (the message names the ids missing from each table).
+    InputError
+        Two tables have a column of the same name with different values.
+    """
+    from ..exceptions import AlignmentError
+
+    paths = list(paths)
+    if not paths:
+        raise InputError("no group tables given.")
+    tables = [read_fs_table(p, parse_ids=False, normalize_names=normalize_names) for p in paths]
+    ids0 = tables[0].index
+    for p, t in zip(paths[1:], tables[1:]):
+        if set(t.index) != set(ids0):
+            only_first = [i for i in ids0 if i not in set(t.index)]
+            only_this = [i for i in t.index if i not in set(ids0)]
+            raise AlignmentError(
+                f"{paths[0]} and {p} list different subjects: {len(only_first)} only in the first "
+                f"({_fmt_list(only_first, 5)}), {len(only_this)} only in the second ({_fmt_list(only_this, 5)})."
+            )
+    out = tables[0]
+    for p, t in zip(paths[1:], tables[1:]):
+        t = t.loc[ids0]
+        dup = [c for c in t.columns if c in out.columns]
+        differ = [c for c in dup if not np.array_equal(out[c].to_numpy(), t[c].to_numpy(), equal_nan=True)]
+        if differ:
+            raise InputError(f"column(s) {_fmt_list(differ, 4)} appear in {p} and an earlier table with different "
+                             "values; read the tables separately.")
+        out = pd.concat([out, t.drop(columns=dup)], axis=1)
+    if parse_ids:
+        out = pd.concat([_id_columns(out.index, id_pattern), out], axis=1)
+    out.index.name = "fsid"
+    out.attrs["featharm"] = {"tables": [t.attrs["featharm"] for t in tables]}
     return out
 
 
@@ -932,7 +1039,11 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
         unknown = [s for s in subjects if s not in scan.index]
         if unknown:
             raise InputError(f"subjects not found in {_fmt_list(dirs, 3)}: {_fmt_list(unknown)}.")
-        chosen = chosen.loc[[s for s in subjects if s in chosen.index]]
+        not_runs = [f"{s} ({scan.at[s, 'fs_kind']})" for s in subjects if s not in chosen.index]
+        if not_runs:
+            raise InputError(f"not collected with runs={runs!r}: {_fmt_list(not_runs)}; bases, templates and "
+                             "non-subject folders are never collected.")
+        chosen = chosen.loc[subjects]
     if len(chosen) == 0:
         raise InputError(
             f"no {' or '.join(wanted)} FreeSurfer subjects found in {_fmt_list(dirs, 3)} (skipped: "
