@@ -590,3 +590,35 @@ def test_collected_equals_group_table_roundtrip(sd, tmp_path):
     lh.rename_axis("lh.aparc.thickness").to_csv(out, sep="\t", float_format="%.17g")
     back = read_fs_table(out, parse_ids=False)
     pd.testing.assert_frame_equal(back, lh, check_names=False)
+
+
+# ------------------------------------------------------------------------------------------ real files
+# The shared folder of real FreeSurfer outputs (../shared/data/freesurfer_formats, not part of the repository;
+# see its SOURCE.md) is read in place when present: every file parses, every cell equals its text.
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "freesurfer_formats"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared real FreeSurfer examples not available")
+def test_real_freesurfer_files_read_exactly():
+    checked = 0
+    for path in sorted((REAL / "raw_stats").iterdir()):
+        if path.name.endswith(".short"):
+            with pytest.warns(FreeSurferWarning, match="lacks 28 of its 31 structures"):
+                read_stats(path)
+            continue
+        s = read_stats(path)
+        assert len(s.measures) == len(_text_measures(path)), path.name
+        if s.table.empty:
+            continue
+        cols, rows = _text_table(path)
+        for j, c in enumerate(cols):
+            if c != "StructName":
+                np.testing.assert_array_equal(s.table[c].to_numpy(dtype=float), [float(r[j]) for r in rows])
+        checked += 1
+    assert checked >= 20
+    for path in sorted((REAL / "tables").iterdir()):
+        t = read_fs_table(path, parse_ids=False)  # no warning either (filterwarnings = error)
+        lines = path.read_text().splitlines()
+        sep = "\t" if "\t" in lines[0] else ","
+        last = lines[-1].split(sep)
+        np.testing.assert_array_equal(t.iloc[-1].to_numpy(), [float(v) for v in last[1:]])
