@@ -129,3 +129,93 @@ def test_fligner_formula_equals_scipy(small_cs):
     p = dg.univariate.fligner_killeen(A, codes, oh, oh.sum(axis=0))[2]
     sp = [stats.fligner(*[A[codes == g, j] for g in range(4)]).pvalue for j in range(6)]
     np.testing.assert_allclose(p, sp, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ qc_lmer
+QC_LMER = REF / "outputs" / "qc_lmer"
+LMER_TABLES = {
+    "lmm_lrt": "qc_anova",  # ComBatFamQC's "ANOVA" for lmer = anova(reduced, full): ML chi-square LRT
+    "kruskal_wallis": "qc_kruskal_wallis",
+    "fligner_killeen": "qc_fligner_killeen",
+    "brown_forsythe": "qc_levene",
+    "bartlett": "qc_bartlett",
+}
+
+
+@pytest.fixture(scope="module")
+def small_long():
+    X = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
+    C = pd.read_csv(REF / "inputs" / "small_long" / "covars.csv")
+    return X, C
+
+
+@pytest.fixture(scope="module")
+def lmer_table(small_long):
+    X, C = small_long
+    return dg.test_site_effects(X, C, batch="site", formula="age + sex + time", model="lmm",
+                                random="subject_id", tests=list(LMER_TABLES))
+
+
+def test_lmer_residuals(small_long):
+    """REML fits of ``y ~ age + sex + time + site + (1 | subject_id)``: lme4 stops its optimizer at a
+    tolerance, so the residuals agree to ~5e-8 (absolute, features of size ~3), not to rounding."""
+    X, C = small_long
+    res = dg.site_residuals(X, C, batch="site", formula="age + sex + time", model="lmm", random="subject_id")
+    add = pd.read_csv(QC_LMER / "qc_residual_add.csv")[X.columns].to_numpy()
+    full = pd.read_csv(QC_LMER / "qc_residual_ml.csv")[X.columns].to_numpy()
+    np.testing.assert_allclose(res.additive.to_numpy(), add, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(res.full.to_numpy(), full, rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("test", ["lmm_lrt", "kruskal_wallis", "fligner_killeen"])
+def test_lmer_pvalues_match_comBatFamQC(lmer_table, test):
+    """The ML chi-square (stationary at the optimum, so insensitive to the optimizer tolerance) and the rank
+    tests agree with R within 1e-8 relative. Sites have odd sizes (45/101/85/71): no median tie issue."""
+    ref = pd.read_csv(QC_LMER / f"{LMER_TABLES[test]}.csv").set_index("feature")
+    ours = lmer_table[lmer_table.test == test].set_index("feature")
+    ok = ref.p_unadj.notna()
+    assert ok.sum() >= 9
+    np.testing.assert_allclose(ours.p_unc[ref.index[ok]], ref.p_unadj[ok], rtol=RTOL, atol=0)
+    np.testing.assert_allclose(ours.p_bonf[ref.index], ref["p.value.raw"], rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("test", ["brown_forsythe", "bartlett"])
+def test_lmer_scale_tests(small_long, lmer_table, test):
+    """Levene (median) and Bartlett are smooth in the residuals, so lme4's optimizer tolerance (residuals
+    off by ~5e-8) shows: end to end they agree within 2e-5 relative. On R's own residuals the formulas
+    agree within 1e-8."""
+    X, C = small_long
+    ref = pd.read_csv(QC_LMER / f"{LMER_TABLES[test]}.csv").set_index("feature")
+    ok = ref.p_unadj.notna()
+    ours = lmer_table[lmer_table.test == test].set_index("feature")
+    np.testing.assert_allclose(ours.p_unc[ref.index[ok]], ref.p_unadj[ok], rtol=2e-5, atol=0)
+    full = pd.read_csv(QC_LMER / "qc_residual_ml.csv")[X.columns].to_numpy()
+    levels = sorted(C.site.unique())
+    codes = C.site.map({lv: i for i, lv in enumerate(levels)}).to_numpy()
+    oh = batch_indicators(codes, len(levels))
+    counts = oh.sum(axis=0)
+    if test == "bartlett":
+        p = dg.univariate.bartlett(full, oh, counts)[2]
+    else:
+        p = dg.univariate.levene(full, codes, oh, counts, "median")[3]
+    p = pd.Series(p, index=X.columns)
+    np.testing.assert_allclose(p[ref.index[ok]], ref.p_unadj[ok], rtol=RTOL, atol=0)
+
+
+def test_mdmr_matches_comBatFamQC(small_cs):
+    """qc_mdmr.csv (rounded to 2 decimals by ComBatFamQC): Statistic 0.24, Pseudo.R2 0.2, Numer.DF 4."""
+    X, C = small_cs
+    t = dg.permanova(X, C, batch="site", formula="age + sex", n_permutations=0)
+    ref = pd.read_csv(QC_LM / "qc_mdmr.csv").iloc[0]
+    assert round(float(t.mdmr_statistic[0]), 2) == ref.Statistic
+    assert round(float(t.effect_size[0]), 2) == ref["Pseudo.R2"]
+    assert t.df1[0] == ref["Numer.DF"]
+    lmer = pd.read_csv(QC_LMER / "qc_mdmr.csv").iloc[0]
+    Xl = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
+    res = dg.site_residuals(Xl, pd.read_csv(REF / "inputs" / "small_long" / "covars.csv"), batch="site",
+                            formula="age + sex + time", model="lmm", random="subject_id")
+    codes = pd.factorize(pd.read_csv(REF / "inputs" / "small_long" / "covars.csv").site, sort=True)[0]
+    from featharm.diagnostics.multivariate import _standardize, permanova_arrays
+
+    r = permanova_arrays(_standardize(res.additive.to_numpy()), codes, np.bincount(codes), 0, None)
+    assert round(r["mdmr_statistic"], 2) == lmer.Statistic and round(r["pseudo_R2"], 2) == lmer["Pseudo.R2"]

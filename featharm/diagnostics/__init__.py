@@ -21,7 +21,12 @@ from scipy import stats
 
 from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch
 from ..design import CovariateDesign, batch_indicators
+from .balance import BALANCE_COLUMNS, covariate_balance
+from .multivariate import (CLASSIFICATION_COLUMNS, MULTIVARIATE_COLUMNS, pc_covariance_tests, permanova,
+                           site_classification)
+from .preservation import PRESERVATION_COLUMNS, PRESERVATION_SUMMARY_COLUMNS, Preservation, biology_preservation
 from .residuals import Residuals, site_residuals
+from .suite import TABLES, diagnose
 from .univariate import COLUMNS, DEFAULT_TESTS, TESTS, site_effect_sizes, test_site_effects
 
 __all__ = [
@@ -29,9 +34,22 @@ __all__ = [
     "site_effect_sizes",
     "site_residuals",
     "Residuals",
+    "permanova",
+    "pc_covariance_tests",
+    "site_classification",
+    "biology_preservation",
+    "Preservation",
+    "covariate_balance",
+    "diagnose",
     "TESTS",
     "DEFAULT_TESTS",
     "COLUMNS",
+    "MULTIVARIATE_COLUMNS",
+    "CLASSIFICATION_COLUMNS",
+    "PRESERVATION_COLUMNS",
+    "PRESERVATION_SUMMARY_COLUMNS",
+    "BALANCE_COLUMNS",
+    "TABLES",
     "site_anova",
 ]
 

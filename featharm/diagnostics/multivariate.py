@@ -1,0 +1,340 @@
+"""Multivariate checks of a site effect (``methods.md`` §6.5): PERMANOVA/MDMR, MANOVA and Box's M on the
+top principal components, and cross-validated site classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._progress import Progress
+from ..exceptions import InputError
+from ._common import Prepared, group_sums, prepare
+from .residuals import ols_residuals
+
+__all__ = ["permanova", "pc_covariance_tests", "site_classification", "MULTIVARIATE_COLUMNS",
+           "CLASSIFICATION_COLUMNS"]
+
+#: Columns of :func:`permanova` and :func:`pc_covariance_tests` tables.
+MULTIVARIATE_COLUMNS = ["test", "variant", "statistic", "df1", "df2", "p_unc", "p_method", "effect_size",
+                        "effect_size_name", "n_components", "n_permutations"]
+#: Columns of :func:`site_classification` tables.
+CLASSIFICATION_COLUMNS = ["metric", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
+                          "n_splits", "n_repeats"]
+
+
+def _standardize(A: np.ndarray) -> np.ndarray:
+    Z = A - A.mean(axis=0)
+    sd = Z.std(axis=0, ddof=1)
+    sd[sd == 0] = 1.0
+    return Z / sd
+
+
+def _ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> float:
+    oh = np.zeros((Z.shape[0], counts.size))
+    oh[np.arange(Z.shape[0]), codes] = 1.0
+    sums = oh.T @ Z
+    return float(((sums ** 2).sum(axis=1) / counts).sum())
+
+
+def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng) -> dict:
+    """PERMANOVA with Euclidean distances on the (centred) rows of ``Z``.
+
+    For Euclidean distances the Gower-centred matrix is ``G = Z Zᵀ``, so ``tr(HGH)`` is the between-site
+    sum of squares of ``Z`` and ``tr(G)`` its total sum of squares: no n × n matrix is formed.
+    """
+    n, m = Z.shape[0], counts.size
+    Z = Z - Z.mean(axis=0)
+    if Z.shape[1] > n:  # same inner products, fewer columns
+        U, S, _ = np.linalg.svd(Z, full_matrices=False)
+        Z = U * S
+    sst = float((Z ** 2).sum())
+    ssb = _ssb(Z, codes, counts)
+    ssw = sst - ssb
+    F = (ssb / (m - 1)) / (ssw / (n - m))
+    exceed = 0
+    with Progress(n_permutations, "PERMANOVA permutations") as bar:
+        for _ in range(n_permutations):
+            pb = _ssb(Z, codes[rng.permutation(n)], counts)
+            exceed += pb >= ssb * (1 - 1e-12)
+            bar.update()
+    p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
+    return {"pseudo_F": F, "pseudo_R2": ssb / sst, "mdmr_statistic": ssb / ssw, "df1": float(m - 1),
+            "df2": float(n - m), "p": p}
+
+
+def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> tuple[Prepared, np.ndarray]:
+    P = prepare(X, covariates, batch, formula, owner)
+    r_add = residuals if residuals is not None else ols_residuals(P)[0]
+    return P, r_add
+
+
+def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
+              n_permutations: int = 999, random_state=None) -> pd.DataFrame:
+    """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
+
+    ComBatFamQC's MDMR (``MDMR::mdmr`` on ``dist(scale(R_add))``): its ``Statistic`` is our
+    ``mdmr_statistic`` = tr(HGH)/tr((I-H)G(I-H)) and its ``Pseudo.R2`` our pseudo-R². The p-value here
+    comes from ``n_permutations`` seeded label permutations, ``(1 + #exceed)/(1 + n_permutations)``
+    (NaN with 0 permutations), not from Davies' analytic null.
+
+    Returns
+    -------
+    DataFrame
+        One row, columns :data:`MULTIVARIATE_COLUMNS`: ``test`` = ``"permanova"``, ``statistic`` =
+        pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``df1`` = m-1, ``df2`` = n-m, ``p_unc``,
+        ``effect_size`` = pseudo-R² = tr(HGH)/tr(G); plus ``mdmr_statistic``.
+    """
+    P, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
+    return permanova_table(P, r_add, n_permutations, random_state)
+
+
+def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state) -> pd.DataFrame:
+    res = permanova_arrays(_standardize(r_add), P.codes, P.counts, int(n_permutations),
+                           np.random.default_rng(random_state))
+    return pd.DataFrame([{
+        "test": "permanova", "variant": "Euclidean distance of standardized additive residuals",
+        "statistic": res["pseudo_F"], "df1": res["df1"], "df2": res["df2"], "p_unc": res["p"],
+        "p_method": "permutation", "effect_size": res["pseudo_R2"], "effect_size_name": "pseudo_R2",
+        "n_components": np.nan, "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"],
+    }])
+
+
+def _pc_scores(r_add: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    Z = _standardize(r_add)
+    U, S, _ = np.linalg.svd(Z, full_matrices=False)
+    explained = float((S[:k] ** 2).sum() / (S ** 2).sum())
+    return U[:, :k] * S[:k], explained
+
+
+def box_m(T: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> tuple[float, float, float]:
+    """Box's M test of equal covariance matrices of the rows of ``T`` by site: ``(chi2, df, p)``."""
+    n, k = T.shape
+    m = counts.size
+    logdets, Sp = [], np.zeros((k, k))
+    for g in range(m):
+        Tg = T[codes == g]
+        Sg = np.cov(Tg, rowvar=False, ddof=1).reshape(k, k)
+        Sp += (counts[g] - 1) * Sg
+        logdets.append(np.linalg.slogdet(Sg)[1])
+    Sp /= n - m
+    M = (n - m) * np.linalg.slogdet(Sp)[1] - float(np.sum((counts - 1) * np.array(logdets)))
+    c = (2 * k ** 2 + 3 * k - 1) / (6.0 * (k + 1) * (m - 1)) * (np.sum(1.0 / (counts - 1)) - 1.0 / (n - m))
+    stat = (1 - c) * M
+    df = k * (k + 1) * (m - 1) / 2.0
+    return stat, df, float(stats.chi2.sf(stat, df))
+
+
+def pillai(T: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> tuple[float, float, float, float, float]:
+    """One-way MANOVA of the rows of ``T`` on site, Pillai's trace: ``(V, F, df1, df2, p)``."""
+    n, p = T.shape
+    m = counts.size
+    oh = np.zeros((n, m))
+    oh[np.arange(n), codes] = 1.0
+    means = group_sums(oh, T) / counts[:, None]
+    grand = T.mean(axis=0)
+    W = T - means[codes]
+    E = W.T @ W
+    D = (means - grand) * np.sqrt(counts)[:, None]
+    H = D.T @ D
+    V = float(np.trace(np.linalg.solve(H + E, H)))
+    s = min(p, m - 1)
+    mm = (abs(p - (m - 1)) - 1) / 2.0
+    nn = (n - m - p - 1) / 2.0
+    df1 = s * (2 * mm + s + 1)
+    df2 = s * (2 * nn + s + 1)
+    F = (2 * nn + s + 1) / (2 * mm + s + 1) * V / (s - V)
+    return V, F, df1, df2, float(stats.f.sf(F, df1, df2))
+
+
+def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
+                        formula: str | None = None, n_components: int | None = None) -> pd.DataFrame:
+    """MANOVA (Pillai's trace) and Box's M of site on the top principal components of the additive residuals.
+
+    The additive residuals are column-standardized (as ComBatFamQC's PCA) and their first
+    ``n_components`` principal component scores tested: MANOVA for a site difference in their means,
+    Box's M (chi-square approximation) for a difference in their covariance matrices.
+
+    Parameters
+    ----------
+    n_components : int, optional
+        Default ``min(10, V, smallest site size - 2)`` (Box's M needs more rows than components per site).
+
+    Returns
+    -------
+    DataFrame
+        Two rows (``test`` = ``"manova_pillai"``, ``"box_m"``), columns :data:`MULTIVARIATE_COLUMNS`:
+        MANOVA: ``statistic`` = the F approximation of Pillai's trace with ``df1``, ``df2``;
+        ``effect_size`` = Pillai's V / min(k, m - 1) (``pillai_v_over_s``). Box's M: ``statistic`` =
+        (1 - c) M, chi-square with ``df1`` = k(k+1)(m-1)/2; ``effect_size`` NaN.
+        ``n_components`` = k; ``explained_variance`` = share of the total variance in the k components.
+    """
+    P, r_add = _prepared_additive(X, covariates, batch, formula, "pc_covariance_tests")
+    return pc_tests_table(P, r_add, n_components)
+
+
+def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> pd.DataFrame:
+    V = r_add.shape[1]
+    kmax = min(V, int(P.counts.min()) - 2, P.n - P.m - 1)
+    k = min(10, kmax) if n_components is None else int(n_components)
+    if k < 1 or k > kmax:
+        raise InputError(
+            f"pc_covariance_tests: n_components must be between 1 and {max(kmax, 0)} (features, and the "
+            f"smallest site's size {int(P.counts.min())} minus 2); got {k}."
+        )
+    T, explained = _pc_scores(r_add, k)
+    Vp, F, df1, df2, p = pillai(T, P.codes, P.counts)
+    bm, bdf, bp = box_m(T, P.codes, P.counts)
+    base = {"p_method": None, "n_components": k, "n_permutations": 0, "explained_variance": explained}
+    return pd.DataFrame([
+        {**base, "test": "manova_pillai", "variant": f"Pillai's trace, F approximation, top {k} PCs",
+         "statistic": F, "df1": df1, "df2": df2, "p_unc": p, "p_method": "F",
+         "effect_size": Vp / min(k, P.m - 1), "effect_size_name": "pillai_v_over_s"},
+        {**base, "test": "box_m", "variant": f"Box's M, chi-square approximation, top {k} PCs",
+         "statistic": bm, "df1": bdf, "df2": np.nan, "p_unc": bp, "p_method": "chi2",
+         "effect_size": np.nan, "effect_size_name": "none"},
+    ])[MULTIVARIATE_COLUMNS + ["explained_variance"]]
+
+
+# ------------------------------------------------------------------------------------- classification
+def _fold_harmonize(harmonizer, P: Prepared, codes, train, test):
+    """Fit a clone of ``harmonizer`` on the training rows (with ``codes`` as the site) and apply it to both."""
+    from sklearn.base import clone
+
+    X = pd.DataFrame(P.Y, index=P.index, columns=P.features)
+    cov = P.covariates.copy()
+    cov[P.batch] = np.array([str(lv) for lv in P.levels], dtype=object)[codes]
+    h = clone(harmonizer)
+    tr = h.fit_transform(X.iloc[train], cov.iloc[train]).to_numpy()
+    te = h.transform(X.iloc[test], cov.iloc[test]).to_numpy()
+    return tr, te
+
+
+def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    bacc, auc = [], []
+    for i, (train, test) in enumerate(splits):
+        if fold_data is not None:
+            Ytr, Yte = fold_data[i]
+        else:
+            Ytr, Yte = Y[train], Y[test]
+        W = np.hstack([np.ones((len(train), 1)), Xc[train]])
+        coef = np.linalg.lstsq(W, Ytr, rcond=None)[0]  # covariates residualized inside the fold
+        Rtr = Ytr - W @ coef
+        Rte = Yte - np.hstack([np.ones((len(test), 1)), Xc[test]]) @ coef
+        mu, sd = Rtr.mean(axis=0), Rtr.std(axis=0)
+        sd[sd == 0] = 1.0
+        # Newton-Cholesky converges in a few steps while the Hessian ((V+1)(m-1))² stays small
+        solver = "newton-cholesky" if (Y.shape[1] + 1) * (m - 1) <= 1500 else "lbfgs"
+        clf = LogisticRegression(C=C, max_iter=2000, solver=solver)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkConvergenceWarning)
+            clf.fit((Rtr - mu) / sd, codes[train])
+        proba = clf.predict_proba((Rte - mu) / sd)
+        pred = clf.classes_[np.argmax(proba, axis=1)]
+        yt = codes[test]
+        present = np.unique(yt)
+        # balanced accuracy = mean recall over the sites present in the test fold; macro one-vs-rest AUC
+        # over those sites (a permuted fold may miss a small site)
+        bacc.append(float(np.mean([np.mean(pred[yt == c] == c) for c in present])))
+        col = {c: j for j, c in enumerate(clf.classes_)}
+        per = [roc_auc_score(yt == c, proba[:, col[c]]) for c in present if c in col and 0 < np.sum(yt == c) < yt.size]
+        auc.append(float(np.mean(per)) if per else np.nan)
+    return np.mean(bacc), np.std(bacc), np.mean(auc), np.std(auc)
+
+
+def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
+                        formula: str | None = None, n_splits: int = 5, n_repeats: int = 2,
+                        n_permutations: int = 100, C: float = 1.0, harmonizer=None,
+                        random_state=None) -> pd.DataFrame:
+    """Can the site be predicted from the features? Cross-validated multinomial logistic regression.
+
+    Repeated stratified k-fold CV. Inside every training fold the features are regressed on the
+    covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows),
+    standardized with the training moments, and an L2 multinomial logistic regression (``C``) predicts the
+    site. Residualizing the covariates keeps site from being predicted through biology that differs by
+    site (§6.5). The null distribution comes from ``n_permutations`` seeded permutations of the site
+    labels, run through the same folds and features (the labels the classifier sees are permuted).
+
+    **Harmonized data.** Data harmonized on *all* rows carry information from the test rows: their site
+    means were equalized using them, so a training fold's site means mirror the held-out rows' and the
+    classifier scores *below* chance (a balanced accuracy of 0.12 for 4 sites is typical). For an unbiased
+    check pass the raw ``X`` and the (unfitted) model as ``harmonizer``: a clone is fitted on every
+    training fold and applied to its test fold (``methods.md`` §6.5, §6.8 pitfall 1).
+
+    Parameters
+    ----------
+    X, covariates, batch, formula
+        As in :func:`test_site_effects`.
+    n_splits, n_repeats : int
+        Stratified k-fold CV, repeated (different shuffles).
+    n_permutations : int, default 100
+        Label permutations for the null distribution (0: none).
+    C : float, default 1.0
+        Inverse L2 penalty of the logistic regression.
+    harmonizer : featharm harmonizer, optional
+        E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold.
+    random_state : int or Generator, optional
+        Seeds the CV shuffles and the permutations.
+
+    Returns
+    -------
+    DataFrame
+        Two rows (``metric`` = ``"balanced_accuracy"``, ``"auc_macro_ovr"``), columns
+        :data:`CLASSIFICATION_COLUMNS`: ``value`` (mean over folds × repeats), ``sd`` (over folds),
+        ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
+        permutation null, ``p_perm`` = (1 + #null >= value)/(1 + n_permutations) (NaN without
+        permutations), ``n_permutations``, ``n_splits``, ``n_repeats``.
+    """
+    P = prepare(X, covariates, batch, formula, "site_classification")
+    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer)
+
+
+def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutations: int, C: float,
+                         random_state, harmonizer=None) -> pd.DataFrame:
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    if int(P.counts.min()) < n_splits:
+        small = [f"{lv!r} (n={c})" for lv, c in zip(P.levels, P.counts) if c < n_splits]
+        raise InputError(
+            f"site_classification: every site needs at least n_splits={n_splits} rows for stratified CV; "
+            f"too small: {', '.join(small)}. Lower n_splits or merge those sites."
+        )
+    rng = np.random.default_rng(random_state)
+    seed = int(rng.integers(2**31 - 1))
+
+    cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    splits = list(cv.split(P.Y, P.codes))
+    fold_data = None
+    if harmonizer is not None:
+        fold_data = [_fold_harmonize(harmonizer, P, P.codes, tr, te) for tr, te in splits]
+
+    def run(codes):
+        # the null keeps the folds and their (harmonized) features and permutes the labels the classifier
+        # sees: it asks whether the features carry site information
+        return _cv_scores(P.Y, P.Xc, codes, P.m, splits, C, fold_data)
+
+    bacc, bsd, auc, asd = run(P.codes)
+    null = np.empty((int(n_permutations), 2))
+    with Progress(n_permutations, "site classification permutations") as bar:
+        for i in range(int(n_permutations)):
+            r = run(P.codes[rng.permutation(P.n)])
+            null[i] = r[0], r[2]
+            bar.update()
+    rows = []
+    for j, (name, val, sd, chance) in enumerate([("balanced_accuracy", bacc, bsd, 1.0 / P.m),
+                                                  ("auc_macro_ovr", auc, asd, 0.5)]):
+        if n_permutations > 0:
+            nm, ns = float(null[:, j].mean()), float(null[:, j].std(ddof=1)) if n_permutations > 1 else np.nan
+            p = (1.0 + np.sum(null[:, j] >= val - 1e-12)) / (1.0 + n_permutations)
+        else:
+            nm = ns = p = np.nan
+        rows.append({"metric": name, "value": val, "sd": sd, "chance": chance, "null_mean": nm, "null_sd": ns,
+                     "p_perm": p, "n_permutations": int(n_permutations), "n_splits": n_splits,
+                     "n_repeats": n_repeats})
+    return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]

@@ -1,0 +1,114 @@
+"""All diagnostics in one call, for raw (and harmonized) data: what ``featharm diagnose`` writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._validation import check_features, check_option
+from ..exceptions import AlignmentError
+from ._common import prepare
+from .balance import covariate_balance
+from .multivariate import classification_table, pc_tests_table, permanova_table
+from .preservation import preservation_tables
+from .residuals import ols_residuals
+from .univariate import per_site_table, run_tests
+
+__all__ = ["diagnose", "TABLES"]
+
+#: Tables :func:`diagnose` returns (and ``featharm diagnose`` writes as ``<name>.csv``).
+TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classification", "covariate_balance",
+          "preservation", "preservation_summary")
+
+
+def _one(X, covariates, batch, formula, tests, model, random, n_permutations, classification_permutations,
+         n_splits, n_repeats, n_components, multivariate, classification, seeds):
+    P = prepare(X, covariates, batch, formula, "diagnose")
+    if model == "ols":
+        r_add, r_full = ols_residuals(P)[:2]
+    else:
+        from .mixed import lmm_residuals, subject_codes
+
+        r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
+    out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
+                                     random_state=seeds[0]),
+           "site_effect_sizes": per_site_table(P, r_add, r_full)}
+    if multivariate:
+        perm = permanova_table(P, r_add, n_permutations, seeds[1])
+        out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
+    if classification:
+        out["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
+                                                          1.0, seeds[2])
+    return P, out
+
+
+def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
+             X_harmonized: pd.DataFrame | None = None, tests=None, model: str = "ols", random: str | None = None,
+             n_permutations: int = 999, classification_permutations: int = 100, n_splits: int = 5,
+             n_repeats: int = 2, n_components: int | None = None, multivariate: bool = True,
+             classification: bool = True, harmonizer=None, random_state=None) -> dict[str, pd.DataFrame]:
+    """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
+
+    Parameters
+    ----------
+    X, covariates, batch, formula, tests, model, random
+        As in :func:`test_site_effects`.
+    X_harmonized : DataFrame, optional
+        The harmonized features (same rows and columns as ``X``): every table is computed for it too,
+        and the preservation-of-biology tables compare the two.
+    n_permutations : int, default 999
+        Permutations of PERMANOVA and Anderson–Darling (0: no permutation p-values).
+    classification_permutations : int, default 100
+        Label permutations of the site-classification null (0: none).
+    n_splits, n_repeats : int
+        Stratified k-fold CV of the site classification.
+    n_components : int, optional
+        Principal components for MANOVA and Box's M (:func:`pc_covariance_tests`).
+    multivariate, classification : bool
+        Skip the multivariate tests or the classification (the slowest part) when False.
+    harmonizer : featharm harmonizer, optional
+        The (unfitted) model that produced ``X_harmonized``. When given, the site classification of the
+        harmonized data refits it inside every training fold on the raw data; without it the harmonized
+        table is classified as it is, which is biased *below* chance (see :func:`site_classification`).
+    random_state : int or Generator, optional
+        Seeds every permutation and CV split (reproducible output).
+
+    Returns
+    -------
+    dict of str to DataFrame
+        Keys from :data:`TABLES` (those computed): ``site_effects`` (:data:`COLUMNS` with a leading
+        ``data`` column, ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``,
+        ``site_classification`` (each with ``data``), ``covariate_balance``, and with ``X_harmonized``,
+        ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`).
+    """
+    check_option("model", model, ("ols", "lmm"), "diagnose")
+    rng = np.random.default_rng(random_state)
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
+    kw = dict(batch=batch, formula=formula, tests=tests, model=model, random=random, n_permutations=n_permutations,
+              classification_permutations=classification_permutations, n_splits=n_splits, n_repeats=n_repeats,
+              n_components=n_components, multivariate=multivariate, classification=classification, seeds=seeds)
+    P, raw = _one(X, covariates, **kw)
+    runs = [("raw", raw)]
+    if X_harmonized is not None:
+        Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose")
+        if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
+            raise AlignmentError(
+                "X_harmonized must have the same rows (index, same order) and feature columns as X; "
+                "reorder it with X_harmonized.loc[X.index, X.columns]."
+            )
+        _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None})
+        if classification and harmonizer is not None:
+            harm["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
+                                                               1.0, seeds[2], harmonizer)
+        runs.append(("harmonized", harm))
+    out: dict[str, pd.DataFrame] = {}
+    for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
+        parts = [r[key].assign(data=label) for label, r in runs if key in r]
+        if parts:
+            t = pd.concat(parts, ignore_index=True)
+            out[key] = t[["data"] + [c for c in t.columns if c != "data"]]
+    out["covariate_balance"] = covariate_balance(P.covariates, batch=batch, formula=formula)
+    if X_harmonized is not None and P.Xc.shape[1] > 0:
+        pres = preservation_tables(P, Yh)
+        out["preservation"], out["preservation_summary"] = pres.table, pres.summary
+    return out
