@@ -158,11 +158,65 @@ def preservation(X: pd.DataFrame, Xh: pd.DataFrame, covariates: pd.DataFrame, *,
         rows.append(pd.DataFrame({"feature": feats, "term": term, "coef_before": c0[k], "coef_after": c1[k],
                                   "t_before": t0[k], "t_after": t1[k], "p_before": p0, "p_after": p1,
                                   "effect_before": r0, "effect_after": r1}))
-        summary.append({"term": term, "effect size": "partial R²",
-                        "median before": float(np.median(r0)), "median after": float(np.median(r1)),
-                        "Lin's CCC": lins_ccc(r0, r1), "Pearson r": float(np.corrcoef(r0, r1)[0, 1]),
+        summary.append({"term": term, "median partial R² before": float(np.median(r0)),
+                        "median partial R² after": float(np.median(r1)), "Lin's CCC (partial R²)": lins_ccc(r0, r1),
+                        "Lin's CCC (t)": lins_ccc(t0[k], t1[k]), "Pearson r (t)": float(np.corrcoef(t0[k], t1[k])[0, 1]),
                         "significant before": int((fdr0 < 0.05).sum()), "significant after": int((fdr1 < 0.05).sum())})
     return pd.concat(rows, ignore_index=True), pd.DataFrame(summary)
+
+
+def preservation_any(X, Xh, covariates, *, batch, formula):
+    """:func:`featharm.diagnostics.biology_preservation` when available (else :func:`preservation`), in the
+    report's layout: ``(table with feature, term, t_before, t_after, effect_before, effect_after; summary)``."""
+    from .. import diagnostics
+
+    fn = getattr(diagnostics, "biology_preservation", None)
+    if fn is None:
+        return preservation(X, Xh, covariates, batch=batch, formula=formula)
+    if not CovariateDesign.fit(formula, covariates, exclude=(batch,))[0].columns:
+        return None, None
+    res = fn(X, Xh, covariates, batch=batch, formula=formula)
+    t = res.table.rename(columns={"covariate": "term", "partial_r2_before": "effect_before",
+                                  "partial_r2_after": "effect_after"})
+    s = res.summary
+    summary = pd.DataFrame({
+        "term": s["covariate"], "median partial R² before": s["median_partial_r2_before"],
+        "median partial R² after": s["median_partial_r2_after"], "Lin's CCC (partial R²)": s["ccc_partial_r2"],
+        "Lin's CCC (t)": s["ccc_t"], "Pearson r (t)": s["pearson_t"],
+        "significant before": s["n_sig_fdr_before"], "significant after": s["n_sig_fdr_after"]})
+    return t, summary
+
+
+def covariate_balance_any(covariates: pd.DataFrame, columns, batch: str) -> pd.DataFrame:
+    """:func:`featharm.diagnostics.covariate_balance` when available (else :func:`covariate_balance`)."""
+    from .. import diagnostics
+
+    fn = getattr(diagnostics, "covariate_balance", None)
+    if fn is None:
+        return covariate_balance(covariates, columns, batch)
+    t = fn(covariates, batch=batch, columns=list(columns))
+    return pd.DataFrame({"covariate": t["covariate"], "test": t["test"], "statistic": t["statistic"], "df": t["df"],
+                         "p": t["p_unc"], "effect size": [f"{n} {v:.3g}" for n, v in zip(t["effect_size_name"],
+                                                                                          t["effect_size"])],
+                         "confounded": t["confounded"], "by site": t["detail"]})
+
+
+def multivariate(X, covariates, *, batch, formula, n_permutations=199, random_state=0):
+    """PERMANOVA and the PC MANOVA/Box's M tests of :mod:`featharm.diagnostics` (None when unavailable)."""
+    from .. import diagnostics
+
+    parts = []
+    if hasattr(diagnostics, "permanova"):
+        parts.append(diagnostics.permanova(X, covariates, batch=batch, formula=formula,
+                                           n_permutations=n_permutations, random_state=random_state))
+    if hasattr(diagnostics, "pc_covariance_tests"):
+        parts.append(diagnostics.pc_covariance_tests(X, covariates, batch=batch, formula=formula))
+    if not parts:
+        return None
+    out = pd.concat(parts, ignore_index=True)
+    keep = [c for c in ("test", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
+                        "n_components", "n_permutations") if c in out.columns]
+    return out[keep]
 
 
 # ------------------------------------------------------------------------------------------ provenance
