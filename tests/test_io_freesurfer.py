@@ -472,6 +472,25 @@ def test_collect_runs(sd):
         collect_subjects(sd, ["aseg"], runs="both")
 
 
+def test_index_by_subject(sd):
+    with pytest.raises(DuplicateIndexError, match=r"sub-03_ses-01, sub-03_ses-01\.long\.sub-03 share a subject and time"):
+        collect_subjects(sd, ["aseg"], index="subject")
+    df = collect_subjects(sd, ["aseg"], runs="long", index="subject")
+    assert df.index.names == ["subject", "timepoint"]
+    assert list(df.index) == [("sub-03", "ses-01"), ("sub-03", "ses-02")]
+    assert list(df["fsid"]) == ["sub-03_ses-01.long.sub-03", "sub-03_ses-02.long.sub-03"]
+    cross = collect_subjects(sd, ["aseg"], runs="cross", subjects=["sub-01", "sub-02"], index="subject")
+    assert cross.index.name == "subject" and list(cross.index) == ["sub-01", "sub-02"]
+    assert cross.attrs["featharm"]["measures"] == ["aseg"]
+
+
+def test_same_subject_and_timepoint_twice_warns(sd):
+    write_subject(sd / "sub-03_ses-01.long.sub-03b", "7.4", seed=5, files=SMALL)
+    write_subject(sd / "sub-03_ses-02_rerun", "7.4", seed=6, files=SMALL)
+    with pytest.warns(FreeSurferWarning, match=r"sub-03_ses-01\.long\.sub-03 & sub-03_ses-01\.long\.sub-03b"):
+        collect_subjects(sd, ["aseg"], runs="long")
+
+
 def test_missing_file_reported_not_dropped(sd):
     (sd / "sub-02" / "stats" / "rh.aparc.stats").unlink()
     with pytest.raises(MissingStatsError, match=r"1 of 5 subjects lack stats files: sub-02 \(stats/rh\.aparc\.stats\)"):

@@ -948,7 +948,8 @@ def _fmt_list(items, n=5) -> str:
 
 def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "rh"), runs: str = "all",
                      on_missing: str = "raise", normalize_names: bool = False, subjects=None,
-                     templates=DEFAULT_TEMPLATES, id_pattern: str | None = None) -> pd.DataFrame:
+                     templates=DEFAULT_TEMPLATES, id_pattern: str | None = None,
+                     index: str = "fsid") -> pd.DataFrame:
     """Collect FreeSurfer measures of every subject in one or more SUBJECTS_DIRs into one table.
 
     Parameters
@@ -989,6 +990,9 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
     id_pattern : str, optional
         Regular expression with named groups ``subject`` (and ``timepoint``) to parse ids (see
         :func:`parse_fsid`).
+    index : {"fsid", "subject"}, default "fsid"
+        Index the rows by FreeSurfer id, or by ``subject`` (a (``subject``, ``timepoint``) MultiIndex when
+        any run has a time point; ``fsid`` then becomes a column). ``"subject"`` requires those to be unique.
 
     Returns
     -------
@@ -1010,6 +1014,8 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
     """
     if on_missing not in ("raise", "warn", "drop"):
         raise InputError(f"on_missing must be one of ['raise', 'warn', 'drop'], not {on_missing!r}.")
+    if index not in ("fsid", "subject"):
+        raise InputError(f"index must be 'fsid' or 'subject', not {index!r}.")
     if runs not in ("all", "cross", "long"):
         raise InputError(f"runs must be one of ['all', 'cross', 'long'], not {runs!r}.")
     hemis = tuple(hemis)
@@ -1162,10 +1168,36 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
             warn(f"kept {len(missing)} subject(s) with NaN for missing data: {msg}", FreeSurferWarning)
 
     ids = chosen.loc[feats.index, ["subject", "timepoint", "fs_kind"]]
+    key = pd.Series([f"{a}\0{b}\0{c}" for a, b, c in zip(ids["subject"], ids["timepoint"], ids["fs_kind"])],
+                    index=ids.index)
+    if key.duplicated().any():
+        dups = key[key.duplicated(keep=False)]
+        groups = [list(g.index) for _k, g in dups.groupby(dups, sort=False)]
+        warn("runs parse to the same subject and time point: "
+             + "; ".join(" & ".join(g) for g in groups[:5]) + (" ..." if len(groups) > 5 else "")
+             + ". Check for duplicated or re-run subjects (or pass id_pattern).", FreeSurferWarning)
     out = pd.concat([ids, feats], axis=1)
     out.index.name = "fsid"
     out.attrs["featharm"] = {
         "subjects_dir": [str(d) for d in dirs], "measures": [s.token for s in sources],
         "versions": versions, "missing": missing, "skipped": skipped, "renamed": renamed,
     }
+    if index == "subject":
+        out = _index_by_subject(out)
+    return out
+
+
+def _index_by_subject(df: pd.DataFrame) -> pd.DataFrame:
+    """Index a collected table by subject (and time point), keeping ``fsid`` as a column."""
+    df = df.reset_index()
+    keys = ["subject", "timepoint"] if df["timepoint"].notna().any() else ["subject"]
+    dup = df.duplicated(keys, keep=False)
+    if dup.any():
+        raise DuplicateIndexError(
+            f"index='subject': {_fmt_list(list(df.loc[dup, 'fsid']), 6)} share a subject"
+            f"{' and time point' if len(keys) == 2 else ''}; collect with runs='cross' or runs='long' (a time "
+            "point often has both a cross-sectional and a longitudinal run), or keep index='fsid'."
+        )
+    out = df.set_index(keys)
+    out.attrs = df.attrs
     return out
