@@ -177,6 +177,15 @@ def test_truncated_mid_row(tmp_path):
         read_stats(p)
 
 
+def test_truncated_inside_last_value_warns(tmp_path):
+    p = _copy(tmp_path, fname="lh.aparc.stats")
+    text = p.read_text()
+    p.write_text(text[:-3])  # "... 9.2\n" -> "... 9": the field count is still right
+    nlines = len(text.splitlines())
+    with pytest.warns(FreeSurferWarning, match=rf"lh\.aparc\.stats:{nlines}: the file does not end with a newline"):
+        read_stats(p)
+
+
 def test_truncated_at_row_boundary_caught_by_nrows(tmp_path):
     p = _copy(tmp_path)
     lines = p.read_text().splitlines()
@@ -224,6 +233,10 @@ def test_bad_measure_line(tmp_path):
     lines[k] = "# Measure EstimatedTotalIntraCranialVol, 1500000"
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(StatsFileError, match=rf"aseg\.stats:{k + 1}: malformed '# Measure' line"):
+        read_stats(p)
+    lines[k] = "# Measure EstimatedTotalIntraCranialVol, eTIV, Estimated Total Intracranial Volume, 1500000, 1"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StatsFileError, match=rf"aseg\.stats:{k + 1}: '# Measure' line without units"):
         read_stats(p)
 
 

@@ -248,6 +248,8 @@ def _parse(path: Path, text: str | None = None):
                     raise StatsFileError(
                         f"{path}:{i}: the value {value_txt!r} of measure {short!r} is not a number."
                     ) from None
+                if not unit or unit[0].isdigit() or unit[0] in "+-.":
+                    raise StatsFileError(f"{path}:{i}: '# Measure' line without units (truncated?): {line.strip()!r}.")
                 measures.append((_measure_column(structure, short), structure, short, desc.strip(), value,
                                  unit, i))
             elif body.startswith("ColHeaders"):
@@ -308,6 +310,9 @@ def _parse(path: Path, text: str | None = None):
                 f"{path}: '# NRows {nrows}' (line {nrows_line}) but the table has {len(rows)} rows (last at line "
                 f"{row_lines[-1]}): the file is truncated or was edited."
             )
+    if not text.endswith(("\n", "\r")):
+        warn(f"{path}:{len(lines)}: the file does not end with a newline as FreeSurfer's files do: it may be "
+             "truncated inside its last line; check that line's last value.", FreeSurferWarning)
     col_units = {}
     for spec in units.values():
         if "ColHeader" in spec and "Units" in spec:
