@@ -252,6 +252,10 @@ def test_preservation_scatter_and_ccc():
     assert plots.lins_ccc(a, a + 1) < 1.0
     with pytest.raises(InputError, match="no rows for term 'sex'"):
         plots.preservation_scatter(t, term="sex", ax=_ax())
+    alt = t.rename(columns={"term": "covariate", "effect_before": "partial_r2_before",
+                            "effect_after": "partial_r2_after"})  # the diagnostics' layout
+    ax = plots.preservation_scatter(alt, term="age", ax=_ax())
+    assert np.allclose(ax.collections[0].get_offsets(), t[["effect_before", "effect_after"]].to_numpy())
 
 
 # ------------------------------------------------------------------------------------------ user strings

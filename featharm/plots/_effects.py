@@ -223,22 +223,28 @@ def preservation_scatter(table, *, term=None, before="effect_before", after="eff
                          title=None):
     """Effect size of a covariate before against after harmonization, one point per feature.
 
-    ``table`` is tidy: columns ``feature``, ``term`` (the covariate term), ``before`` and ``after`` (by
-    default ``effect_before``/``effect_after``). Points on the identity line mean the biological effect
-    is preserved; the title gives Lin's concordance correlation.
+    ``table`` is tidy: columns ``feature``, ``term`` (the covariate term; or ``covariate``), ``before``
+    and ``after`` (by default ``effect_before``/``effect_after``, or ``partial_r2_before``/``_after`` as
+    in the table of :func:`featharm.diagnostics.biology_preservation`). Points on the identity line mean
+    the biological effect is preserved; the title gives Lin's concordance correlation.
 
     Returns
     -------
     matplotlib Axes
     """
-    for col in ("feature", before, after) + (("term",) if term is not None else ()):
-        if col not in table.columns:
+    cols = set(table.columns)
+    term_col = "term" if "term" in cols or "covariate" not in cols else "covariate"
+    if before == "effect_before" and after == "effect_after" and not {before, after} <= cols \
+            and {"partial_r2_before", "partial_r2_after"} <= cols:  # featharm.diagnostics.biology_preservation
+        before, after = "partial_r2_before", "partial_r2_after"
+    for col in ("feature", before, after) + ((term_col,) if term is not None else ()):
+        if col not in cols:
             raise ColumnNotFoundError(f"preservation_scatter: the table has no column {col!r}; columns: "
                                       f"{list(table.columns)}.")
-    t = table if term is None else table[table["term"].astype(str) == str(term)]
+    t = table if term is None else table[table[term_col].astype(str) == str(term)]
     if t.empty:
         raise InputError(f"preservation_scatter: no rows for term {term!r}; terms: "
-                         f"{sorted(table['term'].astype(str).unique())}.")
+                         f"{sorted(table[term_col].astype(str).unique())}.")
     a, b = t[before].to_numpy(dtype=float), t[after].to_numpy(dtype=float)
     ax = get_ax(ax)
     ax.scatter(a, b, s=14, alpha=0.8, color="#1f77b4", linewidths=0)
