@@ -268,6 +268,54 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from .design import _clean_formula, _formula_variables
+    from .diagnostics import diagnose
+    from .io import read_table, write_table
+
+    data, cov = _load_inputs(args, args.batch, args.formula)
+    if args.batch not in cov.columns:
+        raise ColumnNotFoundError(f"no batch column {args.batch!r}; columns present: {show_columns(cov.columns)}.")
+    f = _clean_formula(args.formula)
+    used = _formula_variables(f, cov.columns)[0] if f else []
+    feats = _feature_columns(data, args.features, [args.batch, args.id, args.random, *used])
+    Xh = None
+    if args.harmonized:
+        hdata = read_table(args.harmonized, index_col=args.id)
+        lacking = [c for c in feats if c not in hdata.columns]
+        if lacking:
+            raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {lacking[:5]}"
+                                      f"{' ...' if len(lacking) > 5 else ''}.")
+        if args.id:
+            absent = data.index.difference(hdata.index, sort=False)
+            if len(absent):
+                raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+                                 f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+            Xh = hdata.loc[data.index, feats]
+        else:
+            if len(hdata) != len(data):
+                raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+                                 "pass --id COL to match them by id.")
+            Xh = hdata[feats].set_axis(data.index, axis=0)
+    tables = diagnose(data[feats], cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
+                      tests=args.tests, model="lmm" if args.random else "ols", random=args.random,
+                      n_permutations=args.n_permutations,
+                      classification_permutations=args.classification_permutations,
+                      classification=not args.no_classification, random_state=args.seed)
+    out = Path(args.out)
+    for name, table in tables.items():
+        write_table(table, out / f"{name}.csv", index=False)
+    if not args.quiet:
+        se = tables["site_effects"]
+        lines = [f"diagnosed {len(feats)} features of {len(data)} rows; tables -> {out}/"]
+        for label, grp in se.groupby("data", sort=False):
+            counts = grp.assign(sig=grp.p_fdr < 0.05).groupby("test", sort=False).sig.sum()
+            lines.append(f"  {label}: features with a site effect (BH-FDR 0.05): "
+                         + ", ".join(f"{t} {int(k)}/{len(feats)}" for t, k in counts.items()))
+        print("\n".join(lines))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- parser
 def _add_common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
@@ -349,6 +397,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, metavar="HTML", help="report file to write")
     r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     r.set_defaults(func=cmd_report)
+
+    g = sub.add_parser("diagnose", help="test for site effects (and preservation of biology) and write tables",
+                       description="Per-feature location and scale tests of site, multivariate tests, site "
+                                   "classification and covariate balance on DATA (and on --harmonized FILE, with "
+                                   "preservation-of-biology tables); writes site_effects.csv and the other tables "
+                                   "into --out DIR.")
+    g.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    g.add_argument("--batch", required=True, metavar="COL", help="batch (site/scanner) column")
+    g.add_argument("--formula", metavar="RHS", help='covariates of the diagnostic models, e.g. "age + sex"')
+    g.add_argument("--features", nargs="+", metavar="PATTERN",
+                   help="feature columns (globs); default: every other numeric column")
+    g.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
+    g.add_argument("--random", metavar="COL",
+                   help="subject column: random-intercept mixed models (longitudinal data) instead of OLS")
+    g.add_argument("--tests", nargs="+", metavar="TEST",
+                   help="per-feature tests (default: all without permutations; 'all' adds anderson_darling)")
+    g.add_argument("--n-permutations", type=int, default=999, metavar="N",
+                   help="permutations of PERMANOVA and Anderson-Darling (default 999; 0 = none)")
+    g.add_argument("--classification-permutations", type=int, default=100, metavar="N",
+                   help="label permutations of the site-classification null (default 100; 0 = none)")
+    g.add_argument("--no-classification", action="store_true", help="skip the site classification")
+    g.add_argument("--seed", type=int, default=0, help="seed of permutations and CV splits (default 0)")
+    g.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
+    g.add_argument("--id", metavar="COL", help="id column (joins DATA, --covariates and --harmonized)")
+    g.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    g.set_defaults(func=cmd_diagnose)
 
     d = sub.add_parser("demo", help="harmonize the bundled IXI data",
                        description="Harmonize the bundled IXI data (3 sites, 556 subjects, 68 thickness ROIs) "

@@ -1,0 +1,50 @@
+"""``featharm diagnose``: tables written, columns, errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import featharm as fh
+from featharm import diagnostics as dg
+from featharm.cli import main
+from featharm.datasets._simulate import make_multisite
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diag")
+    s = make_multisite(n_subjects=200, n_sites=3, n_features=8, unbalanced=False, random_state=9)
+    data = s.covariates.join(s.X).rename_axis("subject").reset_index()
+    data.to_csv(d / "data.csv", index=False)
+    Xh = fh.ComBat(batch="site", formula="age + sex").fit_transform(s.X, s.covariates)
+    s.covariates.join(Xh).rename_axis("subject").reset_index().iloc[::-1].to_csv(d / "harm.csv", index=False)
+    return d, s
+
+
+def test_diagnose_writes_tables(files, capsys):
+    d, s = files
+    rc = main(["diagnose", str(d / "data.csv"), "--batch", "site", "--formula", "age + sex", "--id", "subject",
+               "--harmonized", str(d / "harm.csv"), "--out", str(d / "out"), "--n-permutations", "19",
+               "--classification-permutations", "2"])
+    assert rc == 0
+    assert "features with a site effect" in capsys.readouterr().out
+    for name in dg.TABLES:
+        assert (d / "out" / f"{name}.csv").exists(), name
+    se = pd.read_csv(d / "out" / "site_effects.csv")
+    assert list(se.columns) == ["data"] + dg.COLUMNS
+    assert set(se.data) == {"raw", "harmonized"} and set(se.feature) == set(s.X.columns)
+    # the harmonized file's rows were reversed: matched by --id, so the table equals the API's
+    api = dg.test_site_effects(fh.ComBat(batch="site", formula="age + sex").fit_transform(s.X, s.covariates),
+                               s.covariates, batch="site", formula="age + sex")
+    ours = se[se.data == "harmonized"].drop(columns="data").reset_index(drop=True)
+    pd.testing.assert_series_equal(ours.p_unc, api.p_unc, rtol=1e-9, check_names=False)
+
+
+def test_diagnose_user_errors(files, capsys):
+    d, _ = files
+    assert main(["diagnose", str(d / "data.csv"), "--batch", "scanner", "--out", str(d / "o2")]) == 2
+    assert "no batch column 'scanner'" in capsys.readouterr().err
+    assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--tests", "levenne", "--out",
+                 str(d / "o3"), "--no-classification", "--n-permutations", "0"]) == 2
+    assert "levenne" in capsys.readouterr().err
