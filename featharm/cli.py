@@ -91,6 +91,14 @@ def _combat_model(args):
                   parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
 
 
+def _gam_model(args):
+    from .models import ComBatGAM
+
+    return ComBatGAM(batch=args.batch, formula=args.formula, smooth=args.smooth, method=args.smooth_method,
+                     shared_smoothing=args.shared_smoothing, eb=not args.no_eb,
+                     parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
+
+
 def _longitudinal_model(args):
     from .models import LongComBat
 
@@ -100,18 +108,37 @@ def _longitudinal_model(args):
                       random_slope=args.random_slope, standardize=args.standardize, eb=not args.no_eb)
 
 
-def _gam_model(args):
-    from .models import ComBatGAM
+def _covbat_model(args):
+    from .models import CovBat
 
-    return ComBatGAM(batch=args.batch, formula=args.formula, smooth=args.smooth, method=args.smooth_method,
-                     shared_smoothing=args.shared_smoothing, eb=not args.no_eb,
-                     parametric=not args.nonparametric, mean_only=args.mean_only, ref_batch=args.ref_batch)
+    if args.ref_batch:
+        raise InputError("--method covbat has no reference batch; drop --ref-batch.")
+    return CovBat(batch=args.batch, formula=args.formula, percent_var=args.percent_var,
+                  n_components=args.n_components, eb=not args.no_eb, parametric=not args.nonparametric,
+                  mean_only=args.mean_only)
+
+
+def _combatls_model(args):
+    from .models import ComBatLS
+
+    return ComBatLS(batch=args.batch, formula=args.formula, scale_formula=args.scale_formula,
+                    eb=not args.no_eb, parametric=not args.nonparametric, mean_only=args.mean_only,
+                    ref_batch=args.ref_batch)
+
+
+def _scale_formula_columns(args) -> list:
+    from .design import _IDENT, _clean_formula
+
+    f = _clean_formula(args.scale_formula)
+    return [m.group(1) or m.group(2) for m in _IDENT.finditer(f)] if f else []
 
 
 METHODS: dict = {
     "combat": (_combat_model, lambda args: []),
-    "gam": (_gam_model, lambda args: list(args.smooth or [])),
+    "covbat": (_covbat_model, lambda args: []),
+    "combatls": (_combatls_model, _scale_formula_columns),
     "longitudinal": (_longitudinal_model, lambda args: [c for c in (args.subject, args.time) if c]),
+    "gam": (_gam_model, lambda args: list(args.smooth or [])),
 }
 
 
@@ -160,7 +187,14 @@ def cmd_apply(args) -> int:
             f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}."
         )
-    Xh = model.transform(data[feats], cov)
+    kw = {}
+    if args.new_sites == "estimate":
+        import inspect
+
+        if "new_sites" not in inspect.signature(model.transform).parameters:
+            raise InputError(f"--new-sites estimate is not available for {type(model).__name__} models.")
+        kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
+    Xh = model.transform(data[feats], cov, **kw)
     _write_output(data, Xh, args.out)
     if not args.quiet:
         print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
@@ -358,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--method gam: criterion for the smoothing parameter (default REML)")
     h.add_argument("--shared-smoothing", action="store_true",
                    help="--method gam: one smoothing parameter for all features")
+    h.add_argument("--percent-var", type=float, default=0.95, metavar="P",
+                   help="--method covbat: harmonize the principal components explaining more than this share "
+                        "of the residual variance (default 0.95)")
+    h.add_argument("--n-components", type=int, metavar="K",
+                   help="--method covbat: harmonize exactly K principal components (overrides --percent-var)")
+    h.add_argument("--scale-formula", metavar="RHS",
+                   help='--method combatls: covariates of the log-SD, e.g. "age + sex" (default: constant SD)')
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     _add_common_data(h)
@@ -367,15 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Harmonize DATA with a model saved by 'featharm harmonize --save-model'.")
     a.add_argument("model", metavar="MODEL", help="model file")
     a.add_argument("data", metavar="DATA", help="table with the model's features and covariates")
+    a.add_argument("--new-sites", choices=["error", "estimate"], default="error",
+                   help="sites not seen at fit: 'error' (default) or 'estimate' their effects against the "
+                        "frozen model (each needs --min-new-site-size subjects)")
+    a.add_argument("--min-new-site-size", type=int, default=5, metavar="N",
+                   help="with --new-sites estimate: fewest subjects of a new site (default 5)")
     a.add_argument("--extrapolate", choices=["linear"],
                    help="GAM models: continue smooth curves linearly beyond the fitted covariate range "
                         "(default: such rows are an error)")
     _add_common_data(a)
     a.set_defaults(func=cmd_apply)
-
-    from .io._cli_collect import add_collect_parser
-
-    add_collect_parser(sub)
 
     r = sub.add_parser("report", help="write a one-file HTML report on site effects before/after harmonization",
                        description="Write a self-contained HTML report: data summary, covariate balance, site "
@@ -424,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     g.set_defaults(func=cmd_diagnose)
+
+    from .io._cli_collect import add_collect_parser
+
+    add_collect_parser(sub)
 
     d = sub.add_parser("demo", help="harmonize the bundled IXI data",
                        description="Harmonize the bundled IXI data (3 sites, 556 subjects, 68 thickness ROIs) "

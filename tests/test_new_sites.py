@@ -132,3 +132,17 @@ def test_new_sites_after_save_and_load(data, tmp_path):
     loaded = featharm.load_model(tmp_path / "m.fhm")
     np.testing.assert_array_equal(loaded.transform(X, cov, new_sites="estimate").to_numpy(),
                                   model.transform(X, cov, new_sites="estimate").to_numpy())
+
+
+def test_gam_new_site(data):
+    """ComBat-GAM inherits the estimation (its spline part is the preserved design of the base class)."""
+    X, cov = data
+    tr = _split(cov, "siteC")
+    model = featharm.ComBatGAM(batch="site", formula="sex", smooth=["age"], extrapolate="linear").fit(X[tr], cov[tr])
+    out = model.transform(X, cov, new_sites="estimate")
+    assert np.array_equal(out[tr].to_numpy(), model.transform(X[tr], cov[tr]).to_numpy())
+    full = featharm.ComBatGAM(batch="site", formula="sex", smooth=["age"]).fit(X, cov).transform(X, cov)
+    sd = full.std().to_numpy()
+    d_new = np.mean(np.abs(out[~tr].to_numpy() - full[~tr].to_numpy()) / sd)
+    d_seen = np.mean(np.abs(out[tr].to_numpy() - full[tr].to_numpy()) / sd)
+    assert d_new < 1.6 * d_seen + 0.02, (d_new, d_seen)
