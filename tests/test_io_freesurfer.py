@@ -406,13 +406,15 @@ def test_parse_fsid_pattern():
 SMALL = ["aseg.stats", "lh.aparc.stats", "rh.aparc.stats"]
 
 
-def _tree(root: Path, files=SMALL):
-    """cross-sectional 7.4 subjects, a 6.0 subject, a longitudinal subject (2 time points + base), templates."""
+def _tree(root: Path, files=SMALL, cross_tp=False):
+    """Cross-sectional 7.4 subjects, a longitudinal subject (2 time points + base), a template, a non-subject
+    folder; with ``cross_tp`` also the cross-sectional run of the first time point (as recon-all -long needs)."""
     write_subject(root / "sub-01", "7.4", seed=1, files=files)
     write_subject(root / "sub-02", "7.4", seed=2, files=files)
     write_subject(root / "sub-03_ses-01.long.sub-03", "7.4", seed=31, files=files)
     write_subject(root / "sub-03_ses-02.long.sub-03", "7.4", seed=32, files=files)
-    write_subject(root / "sub-03_ses-01", "7.4", seed=33, files=files)  # cross-sectional run of a time point
+    if cross_tp:
+        write_subject(root / "sub-03_ses-01", "7.4", seed=33, files=files)
     (root / "sub-03" / "mri").mkdir(parents=True)
     (root / "sub-03" / "base-tps").write_text("sub-03_ses-01\nsub-03_ses-02\n")
     (root / "fsaverage" / "surf").mkdir(parents=True)
@@ -426,15 +428,24 @@ def sd(tmp_path):
     return _tree(tmp_path / "subjects")
 
 
-def test_scan_tells_kinds_apart(sd):
-    scan = scan_subjects_dir(sd)
+@pytest.fixture
+def sd_both(tmp_path):
+    return _tree(tmp_path / "subjects", cross_tp=True)
+
+
+BOTH_RUNS = "1 time point.* both a cross-sectional and a longitudinal run.*sub-03_ses-01 & sub-03_ses-01.long.sub-03"
+
+
+def test_scan_tells_kinds_apart(sd_both):
+    scan = scan_subjects_dir(sd_both)
     assert scan["fs_kind"].to_dict() == {
         "fsaverage": "template", "notes": "other", "sub-01": "cross", "sub-02": "cross", "sub-03": "base",
         "sub-03_ses-01": "cross", "sub-03_ses-01.long.sub-03": "long", "sub-03_ses-02.long.sub-03": "long"}
 
 
-def test_collect_tree(sd):
-    df = collect_subjects(sd, ["aseg", "aparc.thickness", "aparc.area"])
+def test_collect_tree(sd_both):
+    with pytest.warns(FreeSurferWarning, match=BOTH_RUNS):
+        df = collect_subjects(sd_both, ["aseg", "aparc.thickness", "aparc.area"])
     assert list(df.index) == ["sub-01", "sub-02", "sub-03_ses-01", "sub-03_ses-01.long.sub-03",
                               "sub-03_ses-02.long.sub-03"]
     assert df.index.name == "fsid"
@@ -470,7 +481,8 @@ def test_collected_value_traced_to_file(sd):
     assert df.at["sub-01", "Right-Amygdala"] == float(row[3])
 
 
-def test_collect_runs(sd):
+def test_collect_runs(sd_both):
+    sd = sd_both
     assert list(collect_subjects(sd, ["aseg"], runs="long")["fs_kind"]) == ["long", "long"]
     cross = collect_subjects(sd, ["aseg"], runs="cross")
     assert list(cross.index) == ["sub-01", "sub-02", "sub-03_ses-01"]
@@ -485,9 +497,11 @@ def test_collect_runs(sd):
         collect_subjects(sd, ["aseg"], runs="both")
 
 
-def test_index_by_subject(sd):
-    with pytest.raises(DuplicateIndexError, match=r"sub-03_ses-01, sub-03_ses-01\.long\.sub-03 share a subject and time"):
-        collect_subjects(sd, ["aseg"], index="subject")
+def test_index_by_subject(sd_both):
+    sd = sd_both
+    with pytest.warns(FreeSurferWarning, match=BOTH_RUNS):
+        with pytest.raises(DuplicateIndexError, match=r"sub-03_ses-01, sub-03_ses-01\.long\.sub-03 share a subject and"):
+            collect_subjects(sd, ["aseg"], index="subject")
     df = collect_subjects(sd, ["aseg"], runs="long", index="subject")
     assert df.index.names == ["subject", "timepoint"]
     assert list(df.index) == [("sub-03", "ses-01"), ("sub-03", "ses-02")]
@@ -506,7 +520,7 @@ def test_same_subject_and_timepoint_twice_warns(sd):
 
 def test_missing_file_reported_not_dropped(sd):
     (sd / "sub-02" / "stats" / "rh.aparc.stats").unlink()
-    with pytest.raises(MissingStatsError, match=r"1 of 5 subjects lack stats files: sub-02 \(stats/rh\.aparc\.stats\)"):
+    with pytest.raises(MissingStatsError, match=r"1 of 4 subjects lack stats files: sub-02 \(stats/rh\.aparc\.stats\)"):
         collect_subjects(sd, ["aseg", "aparc.thickness"])
     with pytest.warns(FreeSurferWarning, match=r"kept 1 subject.*sub-02 \(stats/rh\.aparc\.stats\)"):
         kept = collect_subjects(sd, ["aseg", "aparc.thickness"], on_missing="warn")
@@ -516,7 +530,7 @@ def test_missing_file_reported_not_dropped(sd):
     assert kept.attrs["featharm"]["missing"] == [{"fsid": "sub-02", "files": ["stats/rh.aparc.stats"], "columns": []}]
     with pytest.warns(FreeSurferWarning, match="left out 1 subject"):
         dropped = collect_subjects(sd, ["aseg", "aparc.thickness"], on_missing="drop")
-    assert "sub-02" not in dropped.index and len(dropped) == 4
+    assert "sub-02" not in dropped.index and len(dropped) == 3
 
 
 def test_subject_without_stats_dir_reported(sd):
@@ -537,7 +551,7 @@ def test_mixed_versions_warn_and_names_normalized(sd):
     with pytest.warns(FreeSurferWarning, match="different FreeSurfer versions"):
         with pytest.raises(MissingStatsError, match="normalize_names=True"):
             collect_subjects(sd, ["aseg"])
-    with pytest.warns(FreeSurferWarning, match=r"6\.x: 1 e\.g\. old-01; 7\.x: 5"):
+    with pytest.warns(FreeSurferWarning, match=r"6\.x: 1 e\.g\. old-01; 7\.x: 4"):
         df = collect_subjects(sd, ["aseg"], normalize_names=True)
     assert "Left-Thalamus-Proper" not in df.columns
     assert df.attrs["featharm"]["renamed"] == {"Left-Thalamus-Proper": "Left-Thalamus",
@@ -576,7 +590,7 @@ def test_duplicate_subjects_across_dirs(tmp_path, sd):
     with pytest.raises(DuplicateIndexError, match="'sub-01' is in more than one SUBJECTS_DIR"):
         collect_subjects([sd, other], ["aseg"])
     (other / "sub-01").rename(other / "sub-11")
-    assert len(collect_subjects([sd, other], ["aseg"])) == 7
+    assert len(collect_subjects([sd, other], ["aseg"])) == 6
 
 
 def test_all_file_kinds_collected(tmp_path):

@@ -1181,6 +1181,12 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
         warn("runs parse to the same subject and time point: "
              + "; ".join(" & ".join(g) for g in groups[:5]) + (" ..." if len(groups) > 5 else "")
              + ". Check for duplicated or re-run subjects (or pass id_pattern).", FreeSurferWarning)
+    cross_ids = set(ids.index[ids["fs_kind"] == "cross"])
+    both = [f for f in ids.index[ids["fs_kind"] == "long"] if f.split(".long.", 1)[0] in cross_ids]
+    if both:
+        warn(f"{len(both)} time point(s) have both a cross-sectional and a longitudinal run, and both were collected "
+             f"(e.g. {_fmt_list([f.split('.long.', 1)[0] + ' & ' + f for f in both], 2)}): the same scan counts twice; "
+             "pass runs='cross' or runs='long' (--runs) to keep one.", FreeSurferWarning)
     out = pd.concat([ids, feats], axis=1)
     out.index.name = "fsid"
     out.attrs["featharm"] = {
