@@ -583,6 +583,16 @@ def test_malformed_file_in_tree_named(sd):
         collect_subjects(sd, ["aseg"])
 
 
+def test_duplicate_structure_in_tree(sd):
+    f = sd / "sub-02" / "stats" / "aseg.stats"
+    lines = f.read_text().splitlines()
+    k = next(i for i, ln in enumerate(lines) if " CSF " in ln)
+    lines[k + 1] = lines[k]  # CSF twice (NRows still right)
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StatsFileError, match=rf"sub-02/stats/aseg\.stats:{k + 2}: structure 'CSF' appears more than once"):
+        collect_subjects(sd, ["aseg"])
+
+
 def test_duplicate_subjects_across_dirs(tmp_path, sd):
     other = tmp_path / "more"
     write_subject(other / "sub-01", "7.4", seed=9, files=SMALL)

@@ -929,8 +929,11 @@ def _values_from_parsed(parsed, src: _Source, hemi, rename, renamed, path, out: 
             if rename and name in STRUCTURE_RENAMES:
                 renamed[name] = STRUCTURE_RENAMES[name]
                 name = STRUCTURE_RENAMES[name]
+            col = prefix + name + suffix
+            if col in out:
+                raise StatsFileError(f"{path}:{ln}: structure {r[k]!r} appears more than once in the table.")
             try:
-                out[prefix + name + suffix] = float(r[j])
+                out[col] = float(r[j])
             except ValueError:
                 raise StatsFileError(f"{path}:{ln}: column {src.column!r} holds {r[j]!r}, not a number.") from None
     if src.kind == "surface":  # aparcstats2table's whole-hemisphere extras
