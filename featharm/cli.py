@@ -151,6 +151,8 @@ def cmd_harmonize(args) -> int:
             f"no batch column {args.batch!r}; columns present: {show_columns(cov.columns)}."
         )
     build, method_columns = METHODS[args.method]
+    if getattr(args, "smooth", None) and args.method != "gam":
+        raise InputError(f"--smooth needs --method gam (got --method {args.method}).")
     f = _clean_formula(args.formula)
     used = _formula_variables(f, cov.columns)[0] if f else []
     feats = _feature_columns(data, args.features, [args.batch, args.id, *used, *method_columns(args)])

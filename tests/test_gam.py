@@ -338,3 +338,11 @@ def test_cli_out_of_range_and_extrapolate(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'age'" in err and "200" in err and "extrapolate" in err
     assert main(args + ["--extrapolate", "linear"]) == 0
+
+
+def test_cli_smooth_needs_gam(data, tmp_path, capsys):
+    X, cov = data
+    pd.concat([cov, X], axis=1).reset_index().to_csv(tmp_path / "in.csv", index=False)
+    rc = main(["harmonize", str(tmp_path / "in.csv"), "--batch", "site", "--smooth", "age", "--id", "subject_id",
+               "--out", str(tmp_path / "o.csv"), "--quiet"])
+    assert rc == 2 and "--method gam" in capsys.readouterr().err
