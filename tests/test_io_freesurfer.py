@@ -375,6 +375,7 @@ def test_foreign_column_in_aparc_table(tmp_path):
     ("Measure:volume\tLeft-Hippocampus\tCSF\nA\t1.0\t2\nB\t1.0\tabc\n", r"\.tsv:3: column 'CSF' holds 'abc'"),
     ("Measure:volume\tLeft-Hippocampus\tCSF\nA\t1.0\t2\nB\t1.0\t\n", r"\.tsv:3: column 'CSF' is empty for 'B'"),
     ("Measure:volume\tLeft-Hippocampus\nA\t1.0\nB\t1.0\t5\t6\n", r"\.tsv:3: rows do not have as many cells"),
+    ("Measure:volume\tCSF\tCSF\nA\t1.0\t2.0\n", r"\.tsv:1: column 'CSF' appears twice"),
 ])
 def test_bad_group_tables(tmp_path, content, match):
     p = tmp_path / "t.tsv"

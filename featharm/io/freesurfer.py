@@ -532,6 +532,12 @@ def _read_delimited(path: Path, what: str):
     if not first.strip():
         raise StatsFileError(f"{what} {str(path)!r} is empty.")
     delim = _sniff_delimiter(first.rstrip("\r\n"))
+    cells = [c.strip() for c in (first.split() if delim == " " else first.rstrip("\r\n").split(delim))]
+    seen: set = set()
+    for c in cells:
+        if c in seen:
+            raise StatsFileError(f"{path}:1: column {c!r} appears twice in the header.")
+        seen.add(c)
     try:
         df = pd.read_csv(path, sep=delim if delim != " " else r"\s+", dtype=str, keep_default_na=False,
                          engine="python" if delim == " " else "c")
