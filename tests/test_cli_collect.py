@@ -73,3 +73,21 @@ def test_collect_user_errors_are_one_line(tree, capsys):
     assert rc == 0 and "FreeSurferWarning: kept 1 subject" in capsys.readouterr().err
     rc = main(["collect", str(tree / "subjects"), "--measures", "aseg", "--out", str(tree / "x.json")])
     assert rc == 2 and "cannot tell the format" in capsys.readouterr().err
+
+
+def test_collect_with_bids_sessions(tmp_path, capsys):
+    sd = tmp_path / "sd"
+    for sub, ses, seed in (("01", "1", 1), ("01", "2", 2), ("02", "1", 3)):
+        write_subject(sd / f"sub-{sub}_ses-{ses}", "7.4", seed=seed, files=FILES)
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "participants.tsv").write_text("participant_id\tsex\tsite\nsub-01\tF\tA\nsub-02\tM\tB\n")
+    for sub, rows in (("sub-01", "ses-1\t30.5\nses-2\t32.0\n"), ("sub-02", "ses-1\t61.2\n")):
+        (bids / sub).mkdir()
+        (bids / sub / f"{sub}_sessions.tsv").write_text("session_id\tage\n" + rows)
+    out = tmp_path / "f.csv"
+    assert main(["collect", str(sd), "--measures", "aseg", "--out", str(out), "--bids", str(bids)]) == 0
+    assert "3 matched on ['subject', 'timepoint']" in capsys.readouterr().out
+    df = pd.read_csv(out).set_index("fsid")
+    assert list(df["age"]) == [30.5, 32.0, 61.2] and list(df["site"]) == ["A", "A", "B"]
+    assert list(df["subject"]) == ["sub-01", "sub-01", "sub-02"] and list(df["timepoint"]) == ["ses-1", "ses-2", "ses-1"]
