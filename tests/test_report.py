@@ -172,6 +172,22 @@ def test_feature_and_site_names_are_escaped(small):
 
 
 # ------------------------------------------------------------------------------------------ variants
+def test_gam_report_models_the_smooth_covariate(small):
+    X, cov = small
+    hm = fh.ComBatGAM(batch="site", formula="sex", smooth=["age"]).fit(X, cov)
+    rep = hm.report(X, cov, date=DATE)
+    assert "<dt>covariates in the model</dt><dd>sex + age</dd>" in rep.html  # age enters the diagnostics
+    assert "<dd>ComBatGAM</dd>" in rep.html and rep.sections == SECTIONS
+
+
+def test_missing_covariate_values_are_counted(small):
+    X, cov = small
+    cov = cov.assign(note=np.where(np.arange(len(cov)) % 10 == 0, None, "x"))
+    rep = make_report(X, cov, formula="age", date=DATE)
+    assert "<tr><td>note</td><td>12</td></tr>" in rep.html
+    assert "No missing values" not in rep.html
+
+
 def test_raw_only_report(small):
     X, cov = small
     rep = make_report(X, cov, batch="site", formula="age + sex", date=DATE)

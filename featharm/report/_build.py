@@ -113,9 +113,16 @@ class HTMLReport:
 
 # ------------------------------------------------------------------------------------------ inputs
 def _model_formula(model):
+    """The model's covariates as a linear formula for the diagnostics (smooth terms enter linearly)."""
+    import re
+
     design = getattr(model, "design_", None)
     f = getattr(model, "formula", None)
-    return f if f is not None else (design.formula if design is not None else None)
+    f = f if f is not None else (design.formula if design is not None else None)
+    terms = [re.sub(r"\bs\(\s*([A-Za-z_]\w*)[^()]*\)", r"\1", f)] if f else []
+    smooth = getattr(model, "smooth", None)
+    terms += [smooth] if isinstance(smooth, str) else list(smooth or [])
+    return " + ".join(t for t in terms if t.strip()) or None
 
 
 def _formula_columns(formula, covariates) -> list[str]:
@@ -284,8 +291,10 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
     n_missing_features = int(X.isna().sum().sum())
     s.stats.append(("missing values in the features", str(n_missing_features)))
     s.stats.append(("covariate columns with missing values", str(int((miss["missing values"] > 0).sum()))))
-    s.tables.append(table(miss[miss["missing values"] > 0] if (miss["missing values"] > 0).any() else miss.head(0),
-                          "Covariate columns with missing values (none listed: no missing values)"))
+    if (miss["missing values"] > 0).any():
+        s.tables.append(table(miss[miss["missing values"] > 0], "Covariate columns with missing values"))
+    else:
+        s.notes.append("No missing values in the features or the covariate table.")
     s.tables.append(table(pd.DataFrame({"feature": [str(c) for c in X.columns],
                                         "mean": X.mean().to_numpy(), "sd": X.std().to_numpy(),
                                         "min": X.min().to_numpy(), "max": X.max().to_numpy()}),
