@@ -218,6 +218,12 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
         if list(map(str, X_harmonized.columns)) != list(map(str, columns)) or not X_harmonized.index.equals(index):
             raise InputError("X_harmonized must have the same index and columns as X (the raw features), "
                              "in the same order.")
+    if features is not None:
+        features = [features] if isinstance(features, str) else list(features)
+        absent = [f for f in features if str(f) not in set(map(str, columns))]
+        if absent:
+            raise ColumnNotFoundError(f"make_report: features {absent} are not columns of X; columns: "
+                                      f"{show_columns(columns)}.")
     cov_cols = list(covariate_columns) if covariate_columns is not None else _formula_columns(formula, cov)
     missing = [c for c in cov_cols if c not in cov.columns]
     if missing:
@@ -360,11 +366,7 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
     s.figures.append(fig(f, "PCA of the additive residuals", "Covariate effects removed, site effects kept, "
                          "features standardized; coloured by site" + (f" and by {hue}" if hue else "") + ".",
                          "principal component scatter plots"))
-    feats = list(features) if features is not None else _pick_features(before)
-    missing = [f_ for f_ in feats if f_ not in set(map(str, X.columns))]
-    if missing:
-        raise ColumnNotFoundError(f"make_report: features {missing} are not columns of X; columns: "
-                                  f"{show_columns(X.columns)}.")
+    feats = [str(f_) for f_ in features] if features is not None else _pick_features(before)
     f = plots.distributions_before_after(X, Xh, cov, features=feats, batch=batch)
     s.figures.append(fig(f, "Distributions by site", "Selected features" + (" (largest site effect before "
                          "harmonization)" if features is None else "") + ".", "box plots by site"))
