@@ -219,48 +219,64 @@ class ComBatLS(BaseHarmonizer):
                     "constant or a combination of the other columns. Remove them from scale_formula."
                 )
         W = np.hstack([B, prep.X])
-        coef_ols = np.linalg.lstsq(W, Y, rcond=None)[0]
-        R = Y - W @ coef_ols
+        qr = eb.QRDesign(W)
+        onehot = batch_indicators(prep.codes, m)
         batch_rows = batch_indicators(np.arange(m), m, ref)
-        alpha = (counts / counts.sum()) @ (batch_rows @ coef_ols[:m]) if ref is None else coef_ols[ref].copy()
-        self._arr.update(alpha=alpha, sigma=np.sqrt(np.mean(R * R, axis=0)))
+        blocks = list(eb.iter_blocks(p, n))  # features are independent: bounded temporaries per block
+
+        def pooled_alpha(coef):
+            return (counts / counts.sum()) @ (batch_rows @ coef[:m]) if ref is None else coef[ref].copy()
+
+        # OLS start (and the constant-feature check, on the OLS residual SD as ComBat)
+        coef = np.empty((W.shape[1], p))
+        ss_ols = np.empty((m, p))
+        for blk in blocks:
+            coef[:, blk] = qr.solve(Y[:, blk])
+            ss_ols[:, blk] = eb.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+        alpha = pooled_alpha(coef)
+        self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
         self._mark_constant(np.abs(alpha))
-        keep = ~self._arr["constant"]
-        coef = coef_ols.copy()
+        const = self._arr["constant"]
         scale_coef = np.zeros((S.shape[1], p))
         dev = np.full(p, np.nan)
-        with Progress(1, "fitting location-scale models") as bar:
-            b, c, dev_k, it = fit_location_scale(Y[:, keep], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
-                                                 coef=coef_ols[:, keep])
-            bar.update()
-        if it < 0:
+        n_iter, failed = 0, False
+        kept = np.flatnonzero(~const)
+        kept_blocks = list(eb.iter_blocks(kept.size, n))
+        with Progress(len(kept_blocks), "fitting location-scale models") as bar:
+            for blk in kept_blocks:
+                cols = kept[blk]
+                b, c, d, it = fit_location_scale(Y[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
+                                                 coef=coef[:, cols])
+                coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
+                n_iter, failed = max(n_iter, abs(it)), failed or it < 0
+                bar.update()
+        if failed:
             warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
                  f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
                  "fit_max_iter, or simplify scale_formula.", ConvergenceWarning)
-        coef[:, keep], scale_coef[:, keep], dev[keep] = b, c, dev_k
-        alpha = (counts / counts.sum()) @ (batch_rows @ coef[:m]) if ref is None else coef[ref].copy()
-        lin = S @ scale_coef
-        # z of the training rows, standardized by each subject's pooled-batch prediction
-        M = alpha + prep.X @ coef[m:]
-        Z = (Y - M) / np.exp(lin)
-        onehot = batch_indicators(prep.codes, m)
-        g_hat = (onehot.T @ Z) / counts[:, None]
+        alpha = pooled_alpha(coef)
+        # z of the training rows, standardized by each subject's pooled-batch prediction: site moments
+        g_hat, ss = np.zeros((m, p)), np.zeros((m, p))
+        sigma = self._arr["sigma"].copy()
+        for blk in blocks:
+            lin = S @ scale_coef[:, blk]
+            Z = (Y[:, blk] - alpha[blk] - prep.X @ coef[m:, blk]) / np.exp(lin)
+            g_hat[:, blk] = (onehot.T @ Z) / counts[:, None]
+            Z -= g_hat[prep.codes, blk]
+            ss[:, blk] = onehot.T @ (Z * Z)
+            sigma[blk] = np.where(const[blk], sigma[blk], np.exp(lin.mean(axis=0)))
         with np.errstate(divide="ignore", invalid="ignore"):
-            ss = onehot.T @ (Z - g_hat[prep.codes]) ** 2
             d_raw = np.where(counts[:, None] > 1, ss / (counts - 1.0)[:, None], np.nan)
         if getattr(self, "mean_only", False):
             d_hat = np.ones_like(g_hat)
         else:
             d_hat = np.where(d_raw == 0, 1.0, d_raw)
-        const = self._arr["constant"]
         g_hat[:, const], d_hat[:, const], d_raw[:, const] = 0.0, 1.0, 1.0
-        sigma = np.exp(lin.mean(axis=0))
-        sigma[const] = self._arr["sigma"][const]
         self._arr.update(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=g_hat,
                          delta_hat=d_hat, scale_coef=scale_coef, deviance=dev,
-                         fit_n_iter=np.array([abs(it)], dtype=float))
+                         fit_n_iter=np.array([n_iter], dtype=float))
         self._delta_raw = d_raw
 
     # ------------------------------------------------------------------------------ applying
@@ -280,21 +296,29 @@ class ComBatLS(BaseHarmonizer):
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
         Y = prep.Y
+        n, p = Y.shape
         g_all, d_all = self._site_effects(prep)
-        M = self._preserved_design(prep) @ self._preserved_coef(slice(None))
-        sd = self._row_sd(prep)
-        out = (Y - M) / sd
-        out -= g_all[prep.codes]
-        out /= np.sqrt(d_all[prep.codes])
-        out *= sd
-        out += M
+        D = self._preserved_design(prep)
+        S = self._scale_matrix(prep.covariates)
+        out = np.empty((n, p), order="F")
+        blocks = list(eb.iter_blocks(p, n))
+        with Progress(len(blocks), "harmonizing") as bar:
+            for blk in blocks:  # y* = sd (z - gamma*) / sqrt(delta*) + M, z = (y - M) / sd
+                M = D @ self._preserved_coef(blk)
+                sd = np.exp(S @ a["scale_coef"][:, blk])
+                o = out[:, blk]
+                np.subtract(Y[:, blk], M, out=o)
+                o -= sd * g_all[prep.codes, blk]
+                o /= np.sqrt(d_all[prep.codes, blk])
+                o += M
+                bar.update()
         const = a["constant"]
         if const.any():
             out[:, const] = Y[:, const]
         if self.ref_index_ is not None:
             rows = prep.codes == self.ref_index_
             out[rows] = Y[rows]
-        return np.asfortranarray(out)
+        return out
 
     # ------------------------------------------------------------------------------ learned attributes
     def _publish(self) -> None:

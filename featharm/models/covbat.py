@@ -140,18 +140,20 @@ class CovBat(ComBat):
         prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
         a = self._arr
         keep = ~a["constant"]
-        E, _ = self._combat_residuals(prep)
-        Ek = E[:, keep]
-        n, pk = Ek.shape
+        E, M = self._combat_residuals(prep)
+        del M
+        A = E[:, keep] if not keep.all() else E  # standardized in place below (E is not needed after)
+        del E
+        n, pk = A.shape
         if pk < 2:
             raise InputError(f"{self._owner()} needs at least 2 features with residual variance for the PCA; "
                              f"got {pk}.")
-        center = Ek.mean(axis=0)
-        scale = Ek.std(axis=0, ddof=1) if self.std_var else np.ones(pk)
-        A = (Ek - center) / scale
-        if n > pk:  # tall: the SVD of the p × p triangular factor has the same s and V (cheaper than A's)
-            A = np.linalg.qr(A, mode="r")
-        _, s, vt = np.linalg.svd(A, full_matrices=False)
+        center = A.mean(axis=0)
+        scale = A.std(axis=0, ddof=1) if self.std_var else np.ones(pk)
+        A -= center
+        A /= scale
+        # tall: the SVD of the p × p triangular factor of A has the same s and V (cheaper than A's)
+        _, s, vt = np.linalg.svd(np.linalg.qr(A, mode="r") if n > pk else A, full_matrices=False)
         var = s**2
         ratio = var / var.sum()
         if self.n_components is not None:
@@ -172,7 +174,8 @@ class CovBat(ComBat):
         full_center[keep], full_scale[keep], loadings[keep] = center, scale, L
         a.update(pca_center=full_center, pca_scale=full_scale, pca_loadings=loadings, explained_variance_ratio=ratio)
         # step 4: ComBat on the K scores, no covariates
-        S = self._scores(E)
+        S = A @ L  # the K scores of the training rows
+        del A
         m = len(self.batches_)
         counts = a["batch_sizes"]
         onehot = batch_indicators(prep.codes, m)
@@ -206,29 +209,33 @@ class CovBat(ComBat):
     # ------------------------------------------------------------------------------ applying
     def _combat_residuals(self, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
         """ComBat-adjusted residuals ``e* = y* - M`` of step 1, and the preserved part ``M``."""
-        combat_out = super()._harmonize(prep)
+        E = super()._harmonize(prep)
         M = self._preserved_design(prep) @ self._preserved_coef(slice(None))
-        return combat_out - M, M
-
-    def _scores(self, E: np.ndarray) -> np.ndarray:
-        a = self._arr
-        return ((E - a["pca_center"]) / a["pca_scale"]) @ a["pca_loadings"]
+        E -= M  # in place: no other n × p temporary
+        return E, M
 
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
-        E, M = self._combat_residuals(prep)
-        S = self._scores(E)
+        out = super()._harmonize(prep)  # ComBat output y* = e* + M, adjusted in place below
+        # scores ((y* - M - center) / scale) L without forming e*: M = D coef is low rank
+        L = a["pca_loadings"] / a["pca_scale"][:, None]
+        D = self._preserved_design(prep)
+        S = out @ L
+        S -= D @ (self._preserved_coef(slice(None)) @ L) + a["pca_center"] @ L
         g, d = a["score_gamma_star"], a["score_delta_star"]
         if prep.new_levels:
             g, d = self._estimate_new_score_effects(prep, S, g, d)
         onehot = batch_indicators(prep.codes, g.shape[0])
         S_adj = eb.adjust(S, np.ones((S.shape[0], 1)), a["score_alpha"][None, :], onehot, prep.codes,
                           a["score_sigma"], g, d)
-        out = E + ((S_adj - S) @ a["pca_loadings"].T) * a["pca_scale"] + M
+        S_adj -= S
+        n, p = out.shape
+        for blk in eb.iter_blocks(p, n):  # back-project the score change, feature block by block
+            out[:, blk] += (S_adj @ a["pca_loadings"][blk].T) * a["pca_scale"][blk]
         const = a["constant"]
         if const.any():
             out[:, const] = prep.Y[:, const]
-        return np.asfortranarray(out)
+        return out
 
     def _estimate_new_score_effects(self, prep, S, g, d):
         """Score-step location and scale of sites unseen at fit, against the frozen score model."""
