@@ -398,3 +398,26 @@ def test_batch_lrt_random_slope_matches_mixedlm():
             red = smf.mixedlm("y ~ age + C(sex) + time", df, groups=df["subject_id"],
                               re_formula="~time").fit(reml=False)
         assert stat == pytest.approx(2.0 * (full.llf - red.llf), abs=1e-3)  # measured 2e-5
+
+
+def test_constant_feature_numeric_ids_and_slope_model_roundtrip(tmp_path):
+    """A constant feature passes through; integer subject ids survive save/load; slope models reload."""
+    from featharm.exceptions import ConstantFeatureWarning
+
+    X, cov = load_small_long()
+    X = X.assign(const=5.0)
+    cov = cov.assign(subject_id=cov["subject_id"].str[3:].astype(int))
+    with pytest.warns(ConstantFeatureWarning, match="const"):
+        hm = LongComBat(batch="site", subject="subject_id", formula=FORMULA)
+        Xh = hm.fit_transform(X, cov)
+    assert (Xh["const"] == 5.0).all() and np.isfinite(Xh.to_numpy()).all()
+    hm.save(tmp_path / "m.fhm")
+    loaded = featharm.load_model(tmp_path / "m.fhm")
+    assert isinstance(loaded.subjects_[0], int)
+    pd.testing.assert_frame_equal(loaded.transform(X, cov), Xh)
+    slope = LongComBat(batch="site", subject="subject_id", time="time", formula=FORMULA, random_slope=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)
+        Xs = slope.fit_transform(X.iloc[:, :3], cov)
+    slope.save(tmp_path / "s.fhm")
+    pd.testing.assert_frame_equal(featharm.load_model(tmp_path / "s.fhm").transform(X.iloc[:, :3], cov), Xs)
