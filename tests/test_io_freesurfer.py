@@ -247,6 +247,17 @@ def test_not_a_stats_file(tmp_path):
         read_stats(p)
 
 
+def test_hemisphere_mismatch(tmp_path, sd):
+    p = _copy(tmp_path, fname="rh.aparc.stats")
+    p.rename(tmp_path / "lh.aparc.stats")
+    with pytest.raises(StatsFileError, match="file name says lh but its header says 'hemi rh'"):
+        read_stats(tmp_path / "lh.aparc.stats")
+    st = sd / "sub-02" / "stats"
+    (st / "lh.aparc.stats").write_text((st / "rh.aparc.stats").read_text())
+    with pytest.raises(StatsFileError, match=r"sub-02/stats/lh\.aparc\.stats: the file name says lh"):
+        collect_subjects(sd, ["aparc.thickness"])
+
+
 def test_duplicate_structure(tmp_path):
     p = _copy(tmp_path, fname="lh.aparc.stats")
     text = p.read_text()

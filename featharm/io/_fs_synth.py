@@ -322,7 +322,7 @@ def write_surface(path, subject: str, version: str, hemi: str, parc: str, rng, g
     meanthick = float(f"{rng.normal(2.45, 0.1):.5f}")
     ctab = "aparc.annot.ctab" if annot == "aparc" else f"{annot}.ctab" if annot.startswith("BA") \
         else f"aparc.annot.{annot.split('.', 1)[1]}.ctab" if "." in annot else f"{annot}.annot.ctab"
-    cmd = (f"mris_anatomical_stats -th3 -mgz -cortex ../label/{hemi}.cortex.label -f ../stats/{hemi}.{parc}.stats "
+    cmd = (f"mris_anatomical_stats {'' if version == '5.3' else '-th3 '}-mgz -cortex ../label/{hemi}.cortex.label -f ../stats/{hemi}.{parc}.stats "
            f"-b -a ../label/{hemi}.{annot}.annot -c ../label/{ctab} {subject} {hemi} {surf} ")
     lines = [
         "# Table of FreeSurfer cortical parcellation anatomical statistics ", "# ",

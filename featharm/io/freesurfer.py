@@ -191,6 +191,15 @@ def _kind_from_name(path: Path) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
+def _check_hemi(path, hemi, header) -> None:
+    said = header.get("hemi")
+    if hemi and said and said != hemi:
+        raise StatsFileError(
+            f"{path}: the file name says {hemi} but its header says 'hemi {said}': the file was renamed or copied "
+            "from the other hemisphere."
+        )
+
+
 def _measure_column(structure: str, short: str) -> str:
     """The column asegstats2table/aparcstats2table give a ``# Measure`` line."""
     if short in ("eTIV", "ICV"):  # both tools keep the long name for intracranial volume
@@ -392,6 +401,7 @@ def read_stats(path, normalize_names: bool = False) -> StatsFile:
         else:
             kind = "segmentation"
     if kind == "surface":
+        _check_hemi(path, hemi, header)
         hemi = hemi or header.get("hemi")
         if parc is None and header.get("AnnotationFile"):
             m = re.search(r"[lr]h\.(.+)\.annot$", header["AnnotationFile"])
@@ -918,6 +928,8 @@ _SURF_GLOBAL = {"thickness": ("MeanThickness",), "area": ("WhiteSurfArea", "Pial
 
 def _values_from_parsed(parsed, src: _Source, hemi, rename, renamed, path, out: dict) -> None:
     header, measures, _units, colnames, rows, row_lines = parsed
+    if src.kind == "surface":
+        _check_hemi(path, hemi, header)
     if src.kind != "globals":
         if colnames is None:
             raise StatsFileError(f"{path} has no '# ColHeaders' table, so it has no {src.column!r} column.")
