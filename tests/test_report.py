@@ -121,24 +121,33 @@ def test_ixi_report_is_self_contained(ixi):
     assert "<script" not in text.lower() and "<link" not in text.lower()
 
 
-# ------------------------------------------------------------------------------------------ warnings
-def test_fit_warnings_reach_the_report_and_survive_save(small, tmp_path):
+# ------------------------------------------------------------------------------------------ warnings, escaping
+@pytest.fixture(scope="module")
+def odd(small):
+    """A fit with a 6-subject site (a SmallBatchWarning) and hostile feature, site and title strings."""
     X, cov = small
-    cov = cov.copy()
-    cov.loc[cov.index[:6], "site"] = "tiny"  # a site with 6 subjects
-    hm = fh.ComBat(batch="site", formula="age")
+    X = X.rename(columns={X.columns[0]: "<script>alert(1)</script>", X.columns[1]: "a&b\"c"})
+    cov = cov.assign(site=cov["site"].replace({"site01": "<img src=x onerror=alert(2)>"}))
+    cov.loc[cov.index[:6], "site"] = "tiny"
+    hm = fh.ComBat(batch="site", formula="age + sex")
     with pytest.warns(SmallBatchWarning, match="'tiny'"):
         hm.fit(X, cov)
+    rep = hm.report(X, cov, features=["<script>alert(1)</script>"], date=DATE, title="<i>title</i>",
+                    extra_warnings=["checked by hand <b>"])
+    return X, cov, hm, rep
+
+
+def test_fit_warnings_reach_the_report_and_survive_save(odd, tmp_path):
+    _, _, hm, rep = odd
     assert [w["category"] for w in hm.fit_warnings_] == ["SmallBatchWarning"]
     msg = hm.fit_warnings_[0]["message"]
-    rep = hm.report(X, cov, date=DATE, extra_warnings=["checked by hand <b>"])
+    assert "'tiny' (n=6)" in msg
     assert str(markupsafe.escape(msg)) in rep.html and "<td>SmallBatchWarning</td>" in rep.html
     assert "checked by hand &lt;b&gt;" in rep.html
     assert [w["category"] for w in rep.warnings] == ["SmallBatchWarning", "warning"]
+    assert "<dt>warnings</dt><dd>2</dd>" in rep.html
     hm.save(tmp_path / "m.fhm")
-    loaded = fh.load_model(tmp_path / "m.fhm")
-    assert loaded.fit_warnings_ == hm.fit_warnings_
-    assert str(markupsafe.escape(msg)) in loaded.report(X, cov, date=DATE).html
+    assert fh.load_model(tmp_path / "m.fhm").fit_warnings_ == hm.fit_warnings_  # what a later report lists
 
 
 def test_refit_forgets_old_warnings(small):
@@ -152,15 +161,8 @@ def test_refit_forgets_old_warnings(small):
     assert hm.fit_warnings_ == []
 
 
-# ------------------------------------------------------------------------------------------ escaping
-def test_feature_and_site_names_are_escaped(small):
-    X, cov = small
-    X = X.rename(columns={X.columns[0]: "<script>alert(1)</script>", X.columns[1]: "a&b\"c"})
-    cov = cov.assign(site=cov["site"].replace({"site01": "<img src=x onerror=alert(2)>"}))
-    hm = fh.ComBat(batch="site", formula="age + sex").fit(X, cov)
-    rep = hm.report(X, cov, features=["<script>alert(1)</script>"], date=DATE,
-                    title="<i>title</i>")
-    text = rep.html
+def test_feature_and_site_names_are_escaped(odd):
+    text = odd[-1].html
     assert "<script" not in text.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "a&amp;b&#34;c" in text
@@ -180,23 +182,18 @@ def test_gam_report_models_the_smooth_covariate(small):
     assert "<dd>ComBatGAM</dd>" in rep.html and rep.sections == SECTIONS
 
 
-def test_missing_covariate_values_are_counted(small):
+def test_raw_only_report_counts_missing_values(small):
     X, cov = small
     cov = cov.assign(note=np.where(np.arange(len(cov)) % 10 == 0, None, "x"))
-    rep = make_report(X, cov, formula="age", date=DATE)
-    assert "<tr><td>note</td><td>12</td></tr>" in rep.html
-    assert "No missing values" not in rep.html
-
-
-def test_raw_only_report(small):
-    X, cov = small
     rep = make_report(X, cov, batch="site", formula="age + sex", date=DATE)
     assert rep.sections == SECTIONS
     assert "No harmonized data: nothing to compare." in rep.html
     assert "No model was given" in rep.html
     assert "featharm site-effect report" in rep.html
+    assert "<tr><td>note</td><td>12</td></tr>" in rep.html and "No missing values" not in rep.html
 
 
+@pytest.mark.slow
 def test_png_figures(small, tmp_path):
     X, cov = small
     hm = fh.ComBat(batch="site", formula="age + sex").fit(X, cov)
