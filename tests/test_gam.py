@@ -346,3 +346,21 @@ def test_cli_smooth_needs_gam(data, tmp_path, capsys):
     rc = main(["harmonize", str(tmp_path / "in.csv"), "--batch", "site", "--smooth", "age", "--id", "subject_id",
                "--out", str(tmp_path / "o.csv"), "--quiet"])
     assert rc == 2 and "--method gam" in capsys.readouterr().err
+
+
+def test_new_sites_estimate(data):
+    """§5.7 through the base class: the spline part is part of the frozen model for a new site too."""
+    X, cov = data
+    seen = (cov.site != "site05").to_numpy()
+    hm = fh.ComBatGAM(formula="sex", smooth="age", extrapolate="linear").fit(X[seen], cov[seen])
+    with pytest.raises(fh.exceptions.UnseenBatchError):
+        hm.transform(X, cov)
+    out = hm.transform(X, cov, new_sites="estimate")
+    pd.testing.assert_frame_equal(out[seen], hm.transform(X[seen], cov[seen]), check_exact=True)
+    # the new site's standardized mean is removed: its harmonized residuals average ~0 per feature
+    new = ~seen
+    D = hm._preserved_design(type("P", (), {"covariates": cov[new], "Y": X[new].to_numpy(), "X":
+                                            hm.design_.transform(cov[new])})())
+    resid = (out[new].to_numpy() - D @ hm._preserved_coef(slice(None))) / hm.sigma_.to_numpy()
+    raw = (X[new].to_numpy() - D @ hm._preserved_coef(slice(None))) / hm.sigma_.to_numpy()
+    assert np.abs(resid.mean(axis=0)).mean() < np.abs(raw.mean(axis=0)).mean() / 3

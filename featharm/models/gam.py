@@ -131,8 +131,10 @@ class ComBatGAM(BaseHarmonizer):
     spline_coef_ : DataFrame
         Spline coefficients (basis column × feature).
     lambda_ : Series
-        Smoothing parameter of each feature (alpha of the k-fold search under neuroHarmonize compat,
-        in statsmodels' scale ``2 alpha``: the penalty added to ``W'W`` is ``lambda_ * S``).
+        Smoothing parameter of each feature: the penalty added to ``W'W`` is ``lambda_ * S`` on the spline
+        block (``S`` the integrated squared second derivative; each term's ``S`` rescaled when there are
+        several). Under neuroHarmonize compat it is ``2 alpha`` of the k-fold search (of the first smooth
+        term when there are several).
     edf_ : Series
         Effective degrees of freedom of the smooth part of each feature (NaN under compat).
     batches_, batch_sizes_, feature_names_in_, design_, alpha_, beta_, batch_coef_, sigma_, gamma_hat_, \
