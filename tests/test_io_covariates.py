@@ -165,6 +165,9 @@ def test_join_errors():
         join_covariates(f, dup, on={"subject": "participant_id"})
     with pytest.raises(InputError, match="missing must be one of"):
         join_covariates(f, dup, on="subject", missing="ignore")
+    f2 = pd.concat([f, f.iloc[[0]]])
+    with pytest.raises(DuplicateIndexError, match=r"index repeats \['0050642'\]"):
+        join_covariates(f2, dup, on="subject")
 
 
 def test_match_ids_report_text():

@@ -282,6 +282,9 @@ def join_covariates(features: pd.DataFrame, covariates: pd.DataFrame, on=None, *
     """
     if missing not in ("raise", "drop", "keep"):
         raise InputError(f"missing must be one of ['raise', 'drop', 'keep'], not {missing!r}.")
+    if features.index.has_duplicates:
+        dup = list(features.index[features.index.duplicated()].unique()[:5])
+        raise DuplicateIndexError(f"the feature table's index repeats {dup}; rows must have unique ids.")
     fcols, ccols = _normalize_on(on)
     fk = _keys(features, fcols, "features", strip_bids)
     ck = _keys(covariates, ccols, "covariates", strip_bids)
