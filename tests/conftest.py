@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-_REFERENCE_WORDS = ("neurocombat", "neuroharmonize", "chromium", "pyarrow", "statsmodels")
+_REFERENCE_WORDS = ("neurocombat", "neuroharmonize", "chromium", "pyarrow", "openpyxl", "statsmodels")
 
 
 @pytest.hookimpl(hookwrapper=True)
