@@ -89,6 +89,10 @@ def test_ixi_report_site_effect_numbers(ixi):
     assert f"<td>{top.feature}</td><td>{fmt(top.effect_size)}</td>" in rep.html
     for test in before.test.unique():
         assert f"<td>{test}</td>" in rep.html
+    z = fh.plots._common.standardized_site_effects(fh.plots._common.prepare(X, data, "site", "t"), "age + sex")
+    assert f"site effect before</dt><dd>{fmt(float(z.abs().to_numpy().mean()))}</dd>" in rep.html
+    iop = z.loc["IOP"].abs()
+    assert f"<td>IOP</td><td>{fmt(iop.mean())}</td><td>{fmt(iop.max())}</td>" in rep.html
 
 
 @pytest.mark.slow

@@ -342,6 +342,21 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
     if has_after:
         s.stats.append((f"median {b0['effect size']} ({first}) after", fmt(b0["median effect after"])))
     s.tables.append(table(summ, "Test families: features with p_fdr < 0.05 and median effect size"))
+    from ..plots._common import prepare as _prep
+    from ..plots._common import standardized_site_effects
+
+    z_before = standardized_site_effects(_prep(X, cov, batch, "make_report"), formula)
+    per_site = pd.DataFrame({str(batch): [str(v) for v in z_before.index],
+                             "mean |effect| before": z_before.abs().mean(axis=1).to_numpy(),
+                             "max |effect| before": z_before.abs().max(axis=1).to_numpy()})
+    s.stats.append(("mean absolute standardized site effect before", fmt(float(z_before.abs().to_numpy().mean()))))
+    if has_after:
+        z_after = standardized_site_effects(_prep(Xh, cov, batch, "make_report"), formula)
+        per_site["mean |effect| after"] = z_after.abs().mean(axis=1).to_numpy()
+        per_site["max |effect| after"] = z_after.abs().max(axis=1).to_numpy()
+        s.stats.append(("mean absolute standardized site effect after", fmt(float(z_after.abs().to_numpy().mean()))))
+    s.tables.append(table(per_site, "Standardized site effects per site (site mean of the additive residuals "
+                                    "minus the grand mean, in SDs of the full residuals), over features"))
     s.tables.append(table(_stats.top_features(before, after, first), f"Features with the largest site effect "
                                                                       f"before harmonization ({first})"))
     mv_before = _stats.multivariate(X, cov, batch=batch, formula=formula)
