@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pandas as pd
@@ -50,11 +51,11 @@ def test_read_parquet(tmp_path):
     assert df.at["b", "age"] == 41.0
 
 
-@pytest.mark.skipif(HAVE_OPENPYXL, reason="openpyxl installed: the missing-dependency message is not reachable")
-def test_excel_without_openpyxl_clear_error(tmp_path):
+def test_excel_without_openpyxl_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # import openpyxl -> ImportError, installed or not
     p = tmp_path / "cov.xlsx"
     p.write_bytes(b"PK\x03\x04")
-    with pytest.raises(InputError, match="needs openpyxl: pip install openpyxl"):
+    with pytest.raises(InputError, match=r"needs openpyxl: pip install 'featharm\[excel\]'"):
         read_covariates(p, id_col="id")
 
 

@@ -61,8 +61,8 @@ def read_covariates(path, id_col: str | None = None, sheet=0) -> pd.DataFrame:
             import openpyxl  # noqa: F401
         except ImportError:
             raise InputError(
-                f"reading the Excel file {str(path)!r} needs openpyxl: pip install openpyxl, or save the sheet as "
-                "CSV and pass that."
+                f"reading the Excel file {str(path)!r} needs openpyxl: pip install 'featharm[excel]' (or "
+                "openpyxl), or save the sheet as CSV and pass that."
             ) from None
         df = pd.read_excel(path, sheet_name=sheet, dtype=dtype, na_values=_NA, keep_default_na=False)
     else:
