@@ -85,3 +85,15 @@ def test_apply_new_sites(table, tmp_path, capsys, method):
     assert main(["apply", str(model), str(path), "--id", "subject_id", "--out", str(out), "--quiet",
                  "--new-sites", "estimate", "--min-new-site-size", "100"]) == 2
     assert "'site03' (82 rows)" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line(table, tmp_path, capsys):
+    path, _, _ = table
+    out = str(tmp_path / "h.csv")
+    base = ["harmonize", str(path), "--batch", "site", "--formula", "age + sex", "--out", out, "--quiet"]
+    assert main([*base, "--method", "covbat", "--ref-batch", "site01"]) == 2
+    assert "no reference batch" in capsys.readouterr().err
+    assert main([*base, "--method", "covbat", "--percent-var", "1.5"]) == 2
+    assert "'percent_var' parameter of CovBat must be a number in (0, 1)" in capsys.readouterr().err
+    assert main([*base, "--method", "combatls", "--scale-formula", "site"]) == 2
+    assert "scale_formula" in capsys.readouterr().err
