@@ -81,6 +81,8 @@ def distributions_before_after(before, after, covariates, *, features, batch="si
         for c, (label, data) in enumerate(cols):
             site_distribution(data, covariates, feature=f, batch=batch, kind=kind, ax=axes[r, c],
                               title=f"{f} ({label})")
+            if c:
+                axes[r, c].set_ylabel("")  # shared with the left panel
     return fig
 
 
@@ -132,4 +134,6 @@ def trajectories_before_after(before, after, covariates, *, features, x="age", b
         for c, (label, data) in enumerate(cols):
             trajectory(data, covariates, feature=f, x=x, batch=batch, degree=degree, ax=axes[r, c],
                        title=f"{f} ({label})")
+            if c:
+                axes[r, c].set_ylabel("")
     return fig
