@@ -13,7 +13,6 @@ matplotlib.use("Agg")
 
 import markupsafe  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import featharm as fh  # noqa: E402

@@ -368,7 +368,6 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
         s.tables.append(table(mv[["data"] + [c for c in mv.columns if c != "data"]],
                               "Multivariate tests of site (additive residuals; PERMANOVA with 199 seeded "
                               "permutations; MANOVA and Box's M on the top principal components)"))
-    after_pass = [("before", X)] + ([("after", Xh)] if has_after else [])
     f = plots.site_effects_before_after(X, Xh, cov, batch=batch, formula=formula)
     s.figures.append(fig(f, "Standardized site effects", "Each cell: (site mean of the additive residuals − "
                          "grand mean) / SD of the full residuals; one colour scale for both panels.",
@@ -389,7 +388,6 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
         f = plots.trajectories_before_after(X, Xh, cov, features=feats, x=hue, batch=batch)
         s.figures.append(fig(f, f"Trajectories against {hue}", "Points and a quadratic fit per site.",
                              f"feature against {hue} by site"))
-    del after_pass
     sections.append(s)
 
     # -------------------------------------------------------------- preservation
