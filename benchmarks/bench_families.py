@@ -17,6 +17,10 @@ timed alone. R timings of both methods on data of the same shape (one core, pack
 Cases (10 sites, covariates age + sex, SD growing with age, site shifts and scales):
 ``small``: n = 1,000, p = 150; ``large``: n = 5,000, p = 400 (the sizes of the R timings).
 
+``--r-parity`` instead runs ComBatFamily's ``combatls`` recipe with the gamlss port on the reference data
+``tests/reference/inputs/small_cs`` and prints its distance to the R output and to featharm, with gamlss's
+default ``c_crit = 0.001`` and with ``1e-12``.
+
 Usage::
 
     python benchmarks/bench_families.py                       # both cases
@@ -82,13 +86,63 @@ def peer_gamlss(X: pd.DataFrame, cov: pd.DataFrame, k: int):
     return mu, np.array(sig).T
 
 
+def r_parity(c_crit: float) -> None:
+    """ComBatFamily's combatls recipe with the gamlss port on tests/reference small_cs, against R and featharm."""
+    from pathlib import Path
+
+    import gamlss as gl
+
+    from featharm import eb
+
+    ref = Path(__file__).resolve().parents[1] / "tests" / "reference"
+    cov = pd.read_csv(ref / "inputs" / "small_cs" / "covars.csv").set_index("subject_id")
+    X = pd.read_csv(ref / "inputs" / "small_cs" / "features.csv").set_index(cov.index)
+    R = pd.read_csv(ref / "outputs" / "combatls__comfamily" / "harmonized.csv").to_numpy()
+    levels = sorted(cov["site"].unique())
+    codes = np.searchsorted(levels, cov["site"].to_numpy())
+    counts = np.bincount(codes).astype(float)
+    df = cov.reset_index()
+    male = (df["sex"] == "M").to_numpy()
+    MU, SD = np.empty(X.shape), np.empty(X.shape)
+    control = gl.gamlss_control(trace=False, c_crit=c_crit, n_cyc=500)
+    for j, col in enumerate(X.columns):
+        df["y"] = X[col].to_numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = gl.gamlss("y ~ C(site) - 1 + age + sex", sigma_formula="~ age + sex", family=gl.NO(), data=df,
+                            control=control)
+        b, c = fit.mu_coefficients, fit.sigma_coefficients
+        site_b = np.array([b[f"site{lv}"] for lv in levels])
+        MU[:, j] = counts / counts.sum() @ site_b + b["age"] * df["age"] + b["sexM"] * male
+        SD[:, j] = np.exp(c["(Intercept)"] + c["age"] * df["age"] + c["sexM"] * male)
+    Z = (X.to_numpy() - MU) / SD
+    g = np.array([Z[codes == i].mean(axis=0) for i in range(len(levels))])
+    d = np.array([Z[codes == i].var(axis=0, ddof=1) for i in range(len(levels))])
+    pri = eb.eb_priors(g, d)
+    gs, ds = np.empty_like(g), np.empty_like(d)
+    for i in range(len(levels)):
+        gs[i], ds[i], _, _ = eb.eb_parametric(g[i], d[i], d[i], counts[i], pri.gamma_bar[i], pri.tau2[i],
+                                              pri.a_prior[i], pri.b_prior[i])
+    H = SD * (Z - gs[codes]) / np.sqrt(ds[codes]) + MU
+    F = featharm.ComBatLS(batch="site", formula="age + sex", scale_formula="age + sex").fit_transform(X, cov)
+    print(f"combatls recipe with the gamlss port, c_crit = {c_crit:g}: max |recipe - R| = "
+          f"{np.abs(H - R).max():.1e}, max |recipe - featharm| = {np.abs(H - F.to_numpy()).max():.1e} "
+          f"(featharm - R: {np.abs(F.to_numpy() - R).max():.1e})")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="small,large")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--peer-features", type=int, default=40, help="features the peer fits on the large case")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--r-parity", action="store_true",
+                    help="only check the gamlss-port recipe against R and featharm on tests/reference small_cs")
     args = ap.parse_args(argv)
+    if args.r_parity:
+        for c_crit in (1e-3, 1e-12):
+            r_parity(c_crit)
+        return
     for case in args.cases.split(","):
         n, p = CASES[case]
         X, cov = make_data(n, p)
