@@ -106,6 +106,10 @@ def test_ixi_report_model_balance_and_provenance(ixi):
     assert f"<dd>{fh.__version__}</dd>" in text
     assert sha256_file(fh.datasets.ixi_path()) in text
     assert "Lin&#39;s CCC (partial R²)" in text and "<td>age</td>" in text and "<td>sex[T.M]</td>" in text
+    pres = fh.diagnostics.biology_preservation(ixi[1], ixi[2], data, batch="site", formula="age + sex").summary
+    for _, row in pres.iterrows():
+        assert (f"<td>{row.covariate}</td><td>{fmt(row.median_partial_r2_before)}</td>"
+                f"<td>{fmt(row.median_partial_r2_after)}</td><td>{fmt(row.ccc_partial_r2)}</td>") in text
     assert "No warnings were raised" in text and rep.warnings == []
 
 

@@ -313,7 +313,7 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
                       "their effect is estimated from fewer comparable subjects, and leaving them out of the "
                       "model would remove biology with the site effect.")
     if cov_cols:
-        bal = _stats.covariate_balance_any(cov, cov_cols, batch)
+        bal = _stats.covariate_balance(cov, cov_cols, batch)
         s.tables.append(table(bal, "Covariates by site (Kruskal–Wallis for continuous, chi-square for categorical)"))
         f = plots.covariate_distributions(cov, columns=cov_cols, batch=batch)
         s.figures.append(fig(f, "Covariate distributions by site", "Continuous covariates: density histograms "
@@ -359,15 +359,13 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
                                     "minus the grand mean, in SDs of the full residuals), over features"))
     s.tables.append(table(_stats.top_features(before, after, first), f"Features with the largest site effect "
                                                                       f"before harmonization ({first})"))
-    mv_before = _stats.multivariate(X, cov, batch=batch, formula=formula)
-    if mv_before is not None:
-        mv = mv_before.assign(data="before")
-        if has_after:
-            mv = pd.concat([mv, _stats.multivariate(Xh, cov, batch=batch, formula=formula).assign(data="after")],
-                           ignore_index=True)
-        s.tables.append(table(mv[["data"] + [c for c in mv.columns if c != "data"]],
-                              "Multivariate tests of site (additive residuals; PERMANOVA with 199 seeded "
-                              "permutations; MANOVA and Box's M on the top principal components)"))
+    mv = _stats.multivariate(X, cov, batch=batch, formula=formula).assign(data="before")
+    if has_after:
+        mv = pd.concat([mv, _stats.multivariate(Xh, cov, batch=batch, formula=formula).assign(data="after")],
+                       ignore_index=True)
+    s.tables.append(table(mv[["data"] + [c for c in mv.columns if c != "data"]],
+                          "Multivariate tests of site (additive residuals; PERMANOVA with 199 seeded "
+                          "permutations; MANOVA and Box's M on the top principal components)"))
     f = plots.site_effects_before_after(X, Xh, cov, batch=batch, formula=formula)
     s.figures.append(fig(f, "Standardized site effects", "Each cell: (site mean of the additive residuals − "
                          "grand mean) / SD of the full residuals; one colour scale for both panels.",
@@ -396,7 +394,7 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
                       "site) against the same effects on the harmonized data (y ~ covariates). Harmonization "
                       "should keep them: points near the identity line, concordance near 1.")
     if has_after and formula:
-        tab, summary = _stats.preservation_any(X, Xh, cov, batch=batch, formula=formula)
+        tab, summary = _stats.preservation(X, Xh, cov, batch=batch, formula=formula)
         if tab is not None:
             s.tables.append(table(summary, "Per covariate term: partial R² and t before and after (BH-FDR "
                                            "significance counts at 0.05)"))
