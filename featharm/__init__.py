@@ -6,7 +6,7 @@
 >>> hm.save("combat.fhm"); fh.load_model("combat.fhm").transform(Xnew, cov_new)  # doctest: +SKIP
 """
 
-from . import datasets, exceptions, io, mixed, plots, report
+from . import datasets, diagnostics, exceptions, io, mixed, plots, report
 from ._version import __version__
 from .design import CovariateDesign
 from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS
@@ -24,6 +24,7 @@ __all__ = [
     "load_model",
     "save_model",
     "datasets",
+    "diagnostics",
     "exceptions",
     "io",
     "plots",

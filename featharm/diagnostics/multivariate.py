@@ -101,7 +101,13 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
 
 
 def _pc_scores(r_add: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Scores on the first ``k`` principal components of the standardized columns, and their variance share."""
     Z = _standardize(r_add)
+    if Z.shape[0] >= Z.shape[1]:  # eigen-decomposition of the small V × V cross-product
+        w, Vec = np.linalg.eigh(Z.T @ Z)
+        w, Vec = w[::-1], Vec[:, ::-1]
+        explained = float(w[:k].sum() / w.sum())
+        return Z @ Vec[:, :k], explained
     U, S, _ = np.linalg.svd(Z, full_matrices=False)
     explained = float((S[:k] ** 2).sum() / (S ** 2).sum())
     return U[:, :k] * S[:k], explained
@@ -225,17 +231,23 @@ def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
             Ytr, Yte = Y[train], Y[test]
         W = np.hstack([np.ones((len(train), 1)), Xc[train]])
         coef = np.linalg.lstsq(W, Ytr, rcond=None)[0]  # covariates residualized inside the fold
-        Rtr = Ytr - W @ coef
-        Rte = Yte - np.hstack([np.ones((len(test), 1)), Xc[test]]) @ coef
+        Rtr = W @ coef
+        np.subtract(Ytr, Rtr, out=Rtr)
+        Rte = np.hstack([np.ones((len(test), 1)), Xc[test]]) @ coef
+        np.subtract(Yte, Rte, out=Rte)
         mu, sd = Rtr.mean(axis=0), Rtr.std(axis=0)
         sd[sd == 0] = 1.0
+        Rtr -= mu
+        Rtr /= sd
+        Rte -= mu
+        Rte /= sd
         # Newton-Cholesky converges in a few steps while the Hessian ((V+1)(m-1))² stays small
         solver = "newton-cholesky" if (Y.shape[1] + 1) * (m - 1) <= 1500 else "lbfgs"
         clf = LogisticRegression(C=C, max_iter=2000, solver=solver)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SkConvergenceWarning)
-            clf.fit((Rtr - mu) / sd, codes[train])
-        proba = clf.predict_proba((Rte - mu) / sd)
+            clf.fit(Rtr, codes[train])
+        proba = clf.predict_proba(Rte)
         pred = clf.classes_[np.argmax(proba, axis=1)]
         yt = codes[test]
         present = np.unique(yt)

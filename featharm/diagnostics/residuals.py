@@ -38,13 +38,20 @@ def ols_residuals(P: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     Q1, R1 = np.linalg.qr(W1, mode="reduced")
     QtY = Q1.T @ P.Y
     coef = np.linalg.solve(R1, QtY)
-    r_full = P.Y - Q1 @ QtY
-    r_add = P.Y - coef[0] - P.Xc @ coef[m:]
-    W0 = np.hstack([np.ones((n, 1)), P.Xc])
-    Q0, _ = np.linalg.qr(W0, mode="reduced")
-    r0 = P.Y - Q0 @ (Q0.T @ P.Y)
+    r_full = Q1 @ QtY
+    np.subtract(P.Y, r_full, out=r_full)
+    r_add = P.Xc @ coef[m:]
+    r_add += coef[0]
+    np.subtract(P.Y, r_add, out=r_add)
     rss1 = np.einsum("ij,ij->j", r_full, r_full)
-    rss0 = np.einsum("ij,ij->j", r0, r0)
+    # RSS0 - RSS1 = |Qd' y|² with Qd an orthonormal basis of the site indicators off [1 | Xc]: the site sum
+    # of squares without the cancellation of RSS0 - RSS1 and without a second n × V residual matrix
+    Q0, _ = np.linalg.qr(np.hstack([np.ones((n, 1)), P.Xc]), mode="reduced")
+    Bd = P.onehot[:, 1:] - Q0 @ (Q0.T @ P.onehot[:, 1:])
+    Bd -= Q0 @ (Q0.T @ Bd)
+    Qd, _ = np.linalg.qr(Bd, mode="reduced")
+    QdY = Qd.T @ P.Y
+    rss0 = rss1 + np.einsum("ij,ij->j", QdY, QdY)
     return r_add, r_full, rss1, rss0, W1.shape[1]
 
 

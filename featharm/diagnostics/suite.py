@@ -24,14 +24,16 @@ TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classificat
 def _one(X, covariates, batch, formula, tests, model, random, n_permutations, classification_permutations,
          n_splits, n_repeats, n_components, multivariate, classification, seeds):
     P = prepare(X, covariates, batch, formula, "diagnose")
+    fit = None
     if model == "ols":
-        r_add, r_full = ols_residuals(P)[:2]
+        fit = ols_residuals(P)
+        r_add, r_full = fit[:2]
     else:
         from .mixed import lmm_residuals, subject_codes
 
         r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
     out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
-                                     random_state=seeds[0]),
+                                     random_state=seeds[0], ols_fit=fit),
            "site_effect_sizes": per_site_table(P, r_add, r_full)}
     if multivariate:
         perm = permanova_table(P, r_add, n_permutations, seeds[1])

@@ -143,14 +143,15 @@ def fligner_killeen(A: np.ndarray, codes: np.ndarray, onehot: np.ndarray, counts
 def _ad_untied(order: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """A2akN of Scholz & Stephens (1987) for columns without ties, from each column's sort order."""
     n = order.shape[0]
-    L = codes[order]  # site of the j-th smallest value, per column
     B = np.arange(n) + 0.5
     D = B * (n - B) - n / 4.0
     out = np.zeros(order.shape[1])
-    for g, ng in enumerate(counts):
-        f = (L == g)
-        M = np.cumsum(f, axis=0) - 0.5 * f
-        out += ((n * M - B[:, None] * ng) ** 2 / D[:, None]).sum(axis=0) / ng
+    for blk in _blocks(*order.shape):
+        L = codes[order[:, blk]]  # site of the j-th smallest value, per column
+        for g, ng in enumerate(counts):
+            f = (L == g)
+            M = np.cumsum(f, axis=0) - 0.5 * f
+            out[blk] += ((n * M - B[:, None] * ng) ** 2 / D[:, None]).sum(axis=0) / ng
     return out * (n - 1) / n ** 2
 
 
@@ -237,6 +238,23 @@ def _resolve_tests(tests, model: str) -> list[str]:
     return chosen
 
 
+BLOCK_BYTES = 2 * 2**20  # feature blocks of about 2 MB keep the temporaries of the tests small
+
+
+def _blocks(n: int, V: int):
+    b = max(1, BLOCK_BYTES // (8 * max(n, 1)))
+    return [slice(i, min(i + b, V)) for i in range(0, V, b)]
+
+
+def _by_blocks(fn, A: np.ndarray):
+    """``fn(A)`` computed on column blocks of ``A``: arrays are concatenated, scalars (df) kept."""
+    parts = [fn(A[:, blk]) for blk in _blocks(*A.shape)]
+    if not isinstance(parts[0], tuple):
+        return np.concatenate(parts)
+    return tuple(np.concatenate([q[i] for q in parts]) if np.ndim(parts[0][i]) else parts[0][i]
+                 for i in range(len(parts[0])))
+
+
 def _max_abs_lvr(r_full, P: Prepared) -> np.ndarray:
     s2, sp2 = group_variances(r_full, P.onehot, P.counts)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -244,15 +262,16 @@ def _max_abs_lvr(r_full, P: Prepared) -> np.ndarray:
 
 
 def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = None,
-              n_permutations: int = 999, random_state=None, residuals=None) -> pd.DataFrame:
-    """:func:`test_site_effects` on prepared inputs (used by the CLI and :func:`diagnose`)."""
+              n_permutations: int = 999, random_state=None, residuals=None, ols_fit=None) -> pd.DataFrame:
+    """:func:`test_site_effects` on prepared inputs (used by :func:`diagnose`); ``ols_fit`` is the output
+    of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed."""
     chosen = _resolve_tests(tests, model)
     oh, counts, codes = P.onehot, P.counts, P.codes
     lrt = None
     if residuals is not None:
         r_add, r_full = residuals
     elif model == "ols":
-        r_add, r_full, rss1, rss0, rank1 = ols_residuals(P)
+        r_add, r_full, rss1, rss0, rank1 = ols_fit if ols_fit is not None else ols_residuals(P)
     else:
         from .mixed import lmm_residuals, subject_codes
 
@@ -278,19 +297,20 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
         elif t == "lmm_lrt":
             stat, df1, p = lrt
         elif t == "kruskal_wallis":
-            stat, df1, p, eff = kruskal_wallis(r_add, oh, counts)
+            stat, df1, p, eff = _by_blocks(lambda a: kruskal_wallis(a, oh, counts), r_add)
         elif t in ("levene", "brown_forsythe"):
-            stat, df1, df2, p = levene(r_full, codes, oh, counts, "mean" if t == "levene" else "median")
+            centre = "mean" if t == "levene" else "median"
+            stat, df1, df2, p = _by_blocks(lambda a: levene(a, codes, oh, counts, centre), r_full)
         elif t == "bartlett":
-            stat, df1, p = bartlett(r_full, oh, counts)
+            stat, df1, p = _by_blocks(lambda a: bartlett(a, oh, counts), r_full)
         elif t == "fligner_killeen":
-            stat, df1, p = fligner_killeen(r_full, codes, oh, counts)
+            stat, df1, p = _by_blocks(lambda a: fligner_killeen(a, codes, oh, counts), r_full)
         elif t == "anderson_darling":
             rng = np.random.default_rng(random_state)
             stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng)
             df1 = float(P.m - 1)
         if _EFFECT[t] == "max_abs_log_var_ratio":
-            lvr = _max_abs_lvr(r_full, P) if lvr is None else lvr
+            lvr = _by_blocks(lambda a: _max_abs_lvr(a, P), r_full) if lvr is None else lvr
             eff = lvr
         variant, resid, method = TESTS[t]
         if t == "anova" or t == "lmm_lrt":
