@@ -130,3 +130,15 @@ def test_converter_rejects_linear_model():
         fh.ComBatGAM.from_neuroharmonize(model)
     with pytest.raises(fh.exceptions.InputError, match="lacks the key"):
         fh.ComBatGAM.from_neuroharmonize({"B_hat": 1})
+
+
+def test_two_smooth_terms_match():
+    """Two smooth terms: neuroHarmonize searches the 11 x 11 product grid of penalties (one shuffle each)."""
+    X, cov = _data(p=2)
+    X, cov = X.iloc[:150], cov.iloc[:150].assign(BMI=np.round(np.random.default_rng(0).normal(25, 4, 150), 3))
+    model, Ynh = _nh_learn(X, cov, smooth_terms=["AGE", "BMI"], seed=3)
+    hm = fh.ComBatGAM(batch="SITE", formula="SEX", smooth=["AGE", "BMI"], compat="neuroHarmonize", random_state=3)
+    assert np.abs(hm.fit_transform(X, cov).to_numpy() - Ynh).max() <= ATOL
+    conv = fh.ComBatGAM.from_neuroharmonize(model, feature_names=list(X.columns))
+    assert conv.smooth_terms_ == ["AGE", "BMI"]
+    assert np.abs(conv.transform(X, cov).to_numpy() - Ynh).max() <= ATOL
