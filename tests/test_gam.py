@@ -364,3 +364,15 @@ def test_new_sites_estimate(data):
     resid = (out[new].to_numpy() - D @ hm._preserved_coef(slice(None))) / hm.sigma_.to_numpy()
     raw = (X[new].to_numpy() - D @ hm._preserved_coef(slice(None))) / hm.sigma_.to_numpy()
     assert np.abs(resid.mean(axis=0)).mean() < np.abs(raw.mean(axis=0)).mean() / 3
+
+
+def test_degenerate_features_pass_through(data):
+    """A constant feature and one made of site means only: no numpy warning, passed through unchanged."""
+    X, cov = data
+    X2 = X.assign(const=3.0, site_only=cov["site"].map({s: i for i, s in enumerate(sorted(cov.site.unique()))}) * 1.0)
+    with pytest.warns(fh.exceptions.ConstantFeatureWarning, match="const"):
+        out = fh.ComBatGAM(formula="sex", smooth="age").fit_transform(X2, cov)
+    assert (out["const"] == 3.0).all() and (out["site_only"] == X2["site_only"]).all()
+    np.testing.assert_allclose(out[X.columns].to_numpy(),
+                               fh.ComBatGAM(formula="sex", smooth="age").fit_transform(X, cov).to_numpy(),
+                               atol=1e-9)

@@ -445,7 +445,9 @@ def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
     hi = np.log(d2.max()) + 12.0
     grid = np.linspace(lo, hi, _N_GRID)
     d2c = d2[:, None]
-    crit = np.stack([_criterion(np.exp(g), d2c, c2, r_perp, n, ku, method) for g in grid])  # (G, p)
+    with np.errstate(divide="ignore", invalid="ignore"):  # features with no residual give -inf/nan
+        crit = np.stack([_criterion(np.exp(g), d2c, c2, r_perp, n, ku, method) for g in grid])  # (G, p)
+    crit = np.where(np.isnan(crit), np.inf, crit)
     if shared:
         crit = crit.sum(axis=1, keepdims=True)
     best = np.argmin(crit, axis=0)
@@ -453,7 +455,8 @@ def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
     b = grid[np.minimum(best + 1, _N_GRID - 1)]
 
     def slope(rho):  # rho: (p,), or (1,) when shared
-        val = _criterion_slope(np.exp(rho)[None, :], d2c, c2, r_perp, n, ku, method)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            val = _criterion_slope(np.exp(rho)[None, :], d2c, c2, r_perp, n, ku, method)
         return val.sum(keepdims=True) if shared else val
 
     bracketed = (slope(a) < 0) & (slope(b) > 0)
