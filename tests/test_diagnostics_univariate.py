@@ -139,3 +139,35 @@ def test_bad_input(sim):
     cov.iloc[0, cov.columns.get_loc("site")] = "lonely"
     with pytest.raises(BatchError, match="lonely"):
         dg.test_site_effects(sim.X, cov)
+
+
+def test_constant_feature_is_nan_and_named(sim):
+    from featharm.exceptions import ConstantFeatureWarning
+
+    X = sim.X.copy()
+    X["roi001"] = 2.5
+    with pytest.warns(ConstantFeatureWarning, match="roi001"):
+        t = dg.test_site_effects(X, sim.covariates, batch="site", formula="age + sex", tests="all",
+                                 n_permutations=9, random_state=0)
+    const = t[t.feature == "roi001"]
+    assert const[["statistic", "p_unc", "p_fdr", "p_bonf"]].isna().all().all()
+    ref = dg.test_site_effects(sim.X.drop(columns="roi001"), sim.covariates, batch="site", formula="age + sex",
+                               tests="all", n_permutations=9, random_state=0)
+    ours = t[t.feature != "roi001"].reset_index(drop=True)
+    # the other features: same statistics, and the constant one is not counted in the families
+    pd.testing.assert_series_equal(ours.p_bonf, ref.p_bonf, rtol=1e-12)
+    with pytest.warns(ConstantFeatureWarning):
+        out = dg.diagnose(X, sim.covariates, batch="site", formula="age + sex", n_permutations=0,
+                          classification_permutations=0, n_repeats=1, random_state=0)
+    ref_out = dg.diagnose(X.drop(columns="roi001"), sim.covariates, batch="site", formula="age + sex",
+                          n_permutations=0, classification_permutations=0, n_repeats=1, random_state=0)
+    # the multivariate checks and the classification leave the constant feature out
+    np.testing.assert_allclose(out["multivariate"].statistic, ref_out["multivariate"].statistic, rtol=1e-9)
+    np.testing.assert_allclose(out["site_classification"].value, ref_out["site_classification"].value, rtol=1e-6)
+
+
+def test_bad_permutation_count(sim):
+    with pytest.raises(InputError, match="permutations"):
+        dg.test_site_effects(sim.X, sim.covariates, tests="anderson_darling", n_permutations=-1)
+    with pytest.raises(InputError, match="permutations"):
+        dg.permanova(sim.X, sim.covariates, n_permutations=2.5)

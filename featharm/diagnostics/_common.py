@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch
+from .._validation import _show, align_covariates, batch_levels, check_features, encode_batches, get_batch
 from ..design import CovariateDesign, batch_indicators, check_full_rank
-from ..exceptions import BatchError, InputError
+from ..exceptions import BatchError, ConstantFeatureWarning, InputError, warn
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Prepared:
     Xc: np.ndarray
     design: CovariateDesign
     batch: str
+    constant: np.ndarray  # bool per feature: the same value in every row (no test is defined)
 
     @property
     def n(self) -> int:
@@ -67,8 +68,16 @@ def prepare(X, covariates, batch: str, formula: str | None, owner: str, *, min_p
             f"{owner}: {len(codes)} rows are too few for a model with {n_par} parameters "
             f"({len(levels)} batches + {Xc.shape[1]} covariate columns)."
         )
+    constant = np.ptp(Y, axis=0) == 0
+    if constant.any():
+        names = [str(c) for c in columns[constant]]
+        warn(
+            f"{owner}: {len(names)} feature(s) are constant ({_show(names)}); their tests are NaN and they are "
+            "left out of the multivariate checks.",
+            ConstantFeatureWarning,
+        )
     return Prepared(Y=Y, index=index, features=[str(c) for c in columns], covariates=cov, codes=codes,
-                    levels=levels, counts=counts, Xc=Xc, design=design, batch=batch)
+                    levels=levels, counts=counts, Xc=Xc, design=design, batch=batch, constant=constant)
 
 
 def group_sums(onehot: np.ndarray, A: np.ndarray) -> np.ndarray:

@@ -3,6 +3,8 @@ top principal components, and cross-validated site classification."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -21,6 +23,11 @@ MULTIVARIATE_COLUMNS = ["test", "variant", "statistic", "df1", "df2", "p_unc", "
 #: Columns of :func:`site_classification` tables.
 CLASSIFICATION_COLUMNS = ["metric", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
                           "n_splits", "n_repeats"]
+
+
+def _check_permutations(n_permutations, owner: str) -> None:
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 0:
+        raise InputError(f"{owner}: the number of permutations must be an integer >= 0; got {n_permutations!r}.")
 
 
 def _standardize(A: np.ndarray) -> np.ndarray:
@@ -90,6 +97,8 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
 
 
 def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state) -> pd.DataFrame:
+    _check_permutations(n_permutations, "permanova")
+    r_add = r_add[:, ~P.constant] if P.constant.any() else r_add
     res = permanova_arrays(_standardize(r_add), P.codes, P.counts, int(n_permutations),
                            np.random.default_rng(random_state))
     return pd.DataFrame([{
@@ -180,6 +189,7 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
 
 
 def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> pd.DataFrame:
+    r_add = r_add[:, ~P.constant] if P.constant.any() else r_add
     V = r_add.shape[1]
     kmax = min(V, int(P.counts.min()) - 2, P.n - P.m - 1)
     k = min(10, kmax) if n_components is None else int(n_components)
@@ -311,6 +321,7 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
                          random_state, harmonizer=None) -> pd.DataFrame:
     from sklearn.model_selection import RepeatedStratifiedKFold
 
+    _check_permutations(n_permutations, "site_classification")
     if int(P.counts.min()) < n_splits:
         small = [f"{lv!r} (n={c})" for lv, c in zip(P.levels, P.counts) if c < n_splits]
         raise InputError(
@@ -325,6 +336,12 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
     fold_data = None
     if harmonizer is not None:
         fold_data = [_fold_harmonize(harmonizer, P, P.codes, tr, te) for tr, te in splits]
+
+    if P.constant.any():
+        const = P.constant
+        P = replace(P, Y=P.Y[:, ~P.constant], features=[f for f, c in zip(P.features, P.constant) if not c],
+                    constant=np.zeros(int((~P.constant).sum()), dtype=bool))
+        fold_data = None if fold_data is None else [(a[:, ~const], b[:, ~const]) for a, b in fold_data]
 
     def run(codes):
         # the null keeps the folds and their (harmonized) features and permutes the labels the classifier

@@ -306,6 +306,9 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
         elif t == "fligner_killeen":
             stat, df1, p = _by_blocks(lambda a: fligner_killeen(a, codes, oh, counts), r_full)
         elif t == "anderson_darling":
+            from .multivariate import _check_permutations
+
+            _check_permutations(n_permutations, "test_site_effects")
             rng = np.random.default_rng(random_state)
             stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng)
             df1 = float(P.m - 1)
@@ -315,6 +318,8 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
         variant, resid, method = TESTS[t]
         if t == "anova" or t == "lmm_lrt":
             resid = "model"
+        if P.constant.any():  # no test of a constant feature: its residuals are rounding noise
+            stat, p, eff = (np.where(P.constant, np.nan, np.asarray(a, dtype=float)) for a in (stat, p, eff))
         rows.append(pd.DataFrame({
             "feature": P.features, "test": t, "variant": variant, "residuals": resid,
             "statistic": np.asarray(stat, dtype=float), "df1": float(df1), "df2": float(df2),
@@ -413,6 +418,8 @@ def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.Dat
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = (means - r_add.mean(axis=0)) / sd_full
         lvr = np.log(s2 / sp2)
+    shift[:, P.constant] = np.nan
+    lvr[:, P.constant] = np.nan
     V, m = len(P.features), P.m
     return pd.DataFrame({
         "feature": np.tile(P.features, m),
