@@ -252,6 +252,8 @@ def test_smooth_bounds(data):
     ({"smooth": "age", "df": 3}, InputError, "'df' parameter"),
     ({"smooth": "age", "extrapolate": "yes"}, InputError, "'extrapolate' parameter"),
     ({"smooth": "age", "compat": "neuroHarmonize", "random_state": None}, InputError, "integer random_state"),
+    ({"smooth": "age", "compat": "neuroHarmonize", "shared_smoothing": True}, InputError, "one or the other"),
+    ({"smooth": "age", "compat": "neuroHarmonize", "df": 12}, InputError, "df=10"),
     ({"smooth": "age", "formula": "age + sex"}, FormulaError, "both as smooth terms"),
     ({"smooth": "age", "formula": "s(age) + sex"}, InputError, "more than once"),
     ({"formula": "s(age):sex"}, FormulaError, "top-level s\\(column\\)"),

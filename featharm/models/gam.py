@@ -137,9 +137,12 @@ class ComBatGAM(BaseHarmonizer):
         term when there are several).
     edf_ : Series
         Effective degrees of freedom of the smooth part of each feature (NaN under compat).
-    batches_, batch_sizes_, feature_names_in_, design_, alpha_, beta_, batch_coef_, sigma_, gamma_hat_, \
-delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_
-        As in :class:`~featharm.ComBat`; ``beta_`` holds the linear covariates only.
+    batches_, batch_sizes_, feature_names_in_, design_, alpha_, sigma_ : various
+        As in :class:`~featharm.ComBat`.
+    beta_, batch_coef_ : DataFrame
+        Linear covariate coefficients (linear design column × feature) and site intercepts.
+    gamma_hat_, delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_ : various
+        As in :class:`~featharm.ComBat`.
 
     Notes
     -----
@@ -198,6 +201,9 @@ delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_
         if self.compat == "neuroHarmonize":
             if self.df != 10:
                 raise InputError("compat='neuroHarmonize' uses neuroHarmonize's basis (df=10); leave df at 10.")
+            if self.shared_smoothing:
+                raise InputError("shared_smoothing applies to the default fit; compat='neuroHarmonize' picks "
+                                 "each feature's penalty by its own k-fold search. Use one or the other.")
             rs = self.random_state
             if not isinstance(rs, (int, np.integer)) or isinstance(rs, bool):
                 raise InputError(
@@ -209,8 +215,8 @@ delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_
         terms, _ = self._terms()
         if not terms:
             raise InputError(
-                "ComBatGAM needs at least one smooth term: pass smooth=['age'] (or write s(age) in the "
-                "formula). Without one, use featharm.ComBat."
+                "ComBatGAM needs at least one smooth term: pass smooth=['age'] (command line: --smooth age), "
+                "or write s(age) in the formula. Without one, use featharm.ComBat."
             )
         extra = sorted(set(self.smooth_bounds or {}) - set(terms))
         if extra:
