@@ -378,3 +378,25 @@ def test_degenerate_features_pass_through(data):
     np.testing.assert_allclose(out[X.columns].to_numpy(),
                                fh.ComBatGAM(formula="sex", smooth="age").fit_transform(X, cov).to_numpy(),
                                atol=1e-9)
+
+
+def test_reference_batch_rows_unchanged(data):
+    X, cov = data
+    hm = fh.ComBatGAM(formula="sex", smooth="age", ref_batch="site02")
+    out = hm.fit_transform(X, cov)
+    rows = (cov.site == "site02").to_numpy()
+    pd.testing.assert_frame_equal(out[rows], X[rows], check_exact=True)
+    assert (hm.gamma_star_.loc["site02"] == 0).all() and not np.allclose(out[~rows], X[~rows])
+
+
+def test_no_eb_moments(data):
+    """eb=False: re-standardized with the stored fit, every site has mean 0 and variance 1 (§1.7)."""
+    X, cov = data
+    hm = fh.ComBatGAM(formula="sex", smooth="age", eb=False)
+    out = hm.fit_transform(X, cov)
+    P = type("P", (), {"covariates": cov, "Y": X.to_numpy(), "X": hm.design_.transform(cov)})()
+    z = (out.to_numpy() - hm._preserved_design(P) @ hm._preserved_coef(slice(None))) / hm.sigma_.to_numpy()
+    for s in cov.site.unique():
+        zs = z[(cov.site == s).to_numpy()]
+        np.testing.assert_allclose(zs.mean(axis=0), 0, atol=1e-10)
+        np.testing.assert_allclose(zs.var(axis=0, ddof=1), 1, rtol=1e-10)
