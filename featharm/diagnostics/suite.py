@@ -33,7 +33,8 @@ def _one(X, covariates, batch, formula, tests, model, random, n_permutations, cl
 
         r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
     out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
-                                     random_state=seeds[0], ols_fit=fit),
+                                     random_state=seeds[0], ols_fit=fit,
+                                     residuals=None if model == "ols" else (r_add, r_full)),
            "site_effect_sizes": per_site_table(P, r_add, r_full)}
     if multivariate:
         perm = permanova_table(P, r_add, n_permutations, seeds[1])

@@ -270,6 +270,10 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
     lrt = None
     if residuals is not None:
         r_add, r_full = residuals
+        if model == "lmm" and "lmm_lrt" in chosen:
+            from .mixed import lmm_site_lrt, subject_codes
+
+            lrt = lmm_site_lrt(P, subject_codes(P.covariates, random, "test_site_effects"))
     elif model == "ols":
         r_add, r_full, rss1, rss0, rank1 = ols_fit if ols_fit is not None else ols_residuals(P)
     else:
