@@ -229,3 +229,33 @@ def test_diagnose_lmm():
     assert "lmm_lrt" in set(out["site_effects"].test) and "anova" not in set(out["site_effects"].test)
     with pytest.raises(InputError, match="random"):
         dg.diagnose(X, C, batch="site", formula="age + sex + time", model="lmm", classification=False)
+
+
+def test_classification_groups_keep_subjects_together(monkeypatch):
+    """Longitudinal data: scans of one subject never sit on both sides of a split; the null permutes whole
+    subjects when each subject stays at one site."""
+    X = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
+    C = pd.read_csv(REF / "inputs" / "small_long" / "covars.csv")
+    seen = []
+    original = mv._cv_scores
+
+    def spy(Y, Xc, codes, m, splits, *args):
+        seen.append((codes.copy(), splits))
+        return original(Y, Xc, codes, m, splits, *args)
+
+    monkeypatch.setattr(mv, "_cv_scores", spy)
+    t = dg.site_classification(X, C, batch="site", formula="age + sex + time", groups="subject_id",
+                               n_repeats=2, n_permutations=5, random_state=0).set_index("metric")
+    assert t.loc["balanced_accuracy", "value"] > 0.5  # planted site effects
+    assert 0.1 < t.loc["balanced_accuracy", "null_mean"] < 0.4  # chance 1/4
+    g = pd.factorize(C.subject_id)[0]
+    splits = seen[0][1]
+    assert len(splits) == 10
+    for tr, te in splits:
+        assert not set(g[tr]) & set(g[te])
+    one_site = C.groupby("subject_id").site.nunique().max() == 1
+    for codes, _ in seen[1:]:  # permuted labels: constant within subject when the data are
+        per_subject = pd.Series(codes).groupby(g).nunique().max()
+        assert (per_subject == 1) == one_site
+    with pytest.raises(InputError, match="subjects"):
+        dg.site_classification(X, C, batch="site", groups="subject_id", n_splits=40, n_permutations=0)

@@ -272,7 +272,7 @@ def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
 
 def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                         formula: str | None = None, n_splits: int = 5, n_repeats: int = 2,
-                        n_permutations: int = 100, C: float = 1.0, harmonizer=None,
+                        n_permutations: int = 100, C: float = 1.0, harmonizer=None, groups: str | None = None,
                         random_state=None) -> pd.DataFrame:
     """Can the site be predicted from the features? Cross-validated multinomial logistic regression.
 
@@ -301,6 +301,9 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         Inverse L2 penalty of the logistic regression.
     harmonizer : featharm harmonizer, optional
         E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold.
+    groups : str, optional
+        Subject column for repeated scans: folds keep all scans of a subject together (stratified group
+        k-fold), and when every subject stays at one site the null permutes the sites of whole subjects.
     random_state : int or Generator, optional
         Seeds the CV shuffles and the permutations.
 
@@ -314,25 +317,45 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         permutations), ``n_permutations``, ``n_splits``, ``n_repeats``.
     """
     P = prepare(X, covariates, batch, formula, "site_classification")
-    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer)
+    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups)
 
 
 def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutations: int, C: float,
-                         random_state, harmonizer=None) -> pd.DataFrame:
-    from sklearn.model_selection import RepeatedStratifiedKFold
+                         random_state, harmonizer=None, groups: str | None = None) -> pd.DataFrame:
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
     _check_permutations(n_permutations, "site_classification")
-    if int(P.counts.min()) < n_splits:
-        small = [f"{lv!r} (n={c})" for lv, c in zip(P.levels, P.counts) if c < n_splits]
+    g = None
+    if groups is not None:
+        from .mixed import subject_codes
+
+        g = subject_codes(P.covariates, groups, "site_classification")
+        units = np.array([len(np.unique(g[P.codes == k])) for k in range(P.m)])
+        what = "subjects"
+    else:
+        units, what = P.counts, "rows"
+    if int(units.min()) < n_splits:
+        small = [f"{lv!r} ({what}={c})" for lv, c in zip(P.levels, units) if c < n_splits]
         raise InputError(
-            f"site_classification: every site needs at least n_splits={n_splits} rows for stratified CV; "
+            f"site_classification: every site needs at least n_splits={n_splits} {what} for stratified CV; "
             f"too small: {', '.join(small)}. Lower n_splits or merge those sites."
         )
     rng = np.random.default_rng(random_state)
     seed = int(rng.integers(2**31 - 1))
 
-    cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
-    splits = list(cv.split(P.Y, P.codes))
+    if g is None:
+        cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+        splits = list(cv.split(P.Y, P.codes))
+    else:
+        splits = [sp for r in range(n_repeats) for sp in
+                  StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + r).split(P.Y, P.codes, g)]
+    # under the null whole subjects change site when each subject has one site; otherwise rows are permuted
+    subject_site = None
+    if g is not None:
+        first = np.full(int(g.max()) + 1, -1)
+        first[g] = P.codes
+        if np.array_equal(first[g], P.codes):
+            subject_site = first
     fold_data = None
     if harmonizer is not None:
         fold_data = [_fold_harmonize(harmonizer, P, P.codes, tr, te) for tr, te in splits]
@@ -352,7 +375,10 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
     null = np.empty((int(n_permutations), 2))
     with Progress(n_permutations, "site classification permutations") as bar:
         for i in range(int(n_permutations)):
-            r = run(P.codes[rng.permutation(P.n)])
+            if subject_site is not None:
+                r = run(subject_site[rng.permutation(subject_site.size)][g])
+            else:
+                r = run(P.codes[rng.permutation(P.n)])
             null[i] = r[0], r[2]
             bar.update()
     rows = []

@@ -41,7 +41,7 @@ def _one(X, covariates, batch, formula, tests, model, random, n_permutations, cl
         out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
     if classification:
         out["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
-                                                          1.0, seeds[2])
+                                                          1.0, seeds[2], None, random if model == "lmm" else None)
     return P, out
 
 
@@ -64,7 +64,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     classification_permutations : int, default 100
         Label permutations of the site-classification null (0: none).
     n_splits, n_repeats : int
-        Stratified k-fold CV of the site classification.
+        Stratified k-fold CV of the site classification (grouped by ``random``, the subject, with
+        ``model="lmm"``).
     n_components : int, optional
         Principal components for MANOVA and Box's M (:func:`pc_covariance_tests`).
     multivariate, classification : bool
@@ -102,7 +103,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None})
         if classification and harmonizer is not None:
             harm["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
-                                                               1.0, seeds[2], harmonizer)
+                                                               1.0, seeds[2], harmonizer,
+                                                               random if model == "lmm" else None)
         runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
     for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
