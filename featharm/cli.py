@@ -333,11 +333,25 @@ def cmd_diagnose(args) -> int:
                 raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
                                  "pass --id COL to match them by id.")
             Xh = hdata[feats].set_axis(data.index, axis=0)
+    harmonizer = None
+    if args.model:
+        from sklearn.base import clone
+
+        from .persistence import load_model
+
+        fitted = load_model(args.model)
+        lacking = [c for c in feats if c not in list(fitted.feature_names_in_)]
+        if lacking:
+            raise ColumnNotFoundError(f"the model {args.model} was not fitted on the feature column(s) "
+                                      f"{lacking[:5]}{' ...' if len(lacking) > 5 else ''}; pick them with --features.")
+        if Xh is None:
+            Xh = fitted.transform(data[list(fitted.feature_names_in_)], cov)[feats]
+        harmonizer = clone(fitted)  # unfitted copy, refitted inside every CV training fold
     tables = diagnose(data[feats], cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
                       tests=args.tests, model="lmm" if args.random else "ols", random=args.random,
                       n_permutations=args.n_permutations,
                       classification_permutations=args.classification_permutations,
-                      classification=not args.no_classification, random_state=args.seed)
+                      classification=not args.no_classification, harmonizer=harmonizer, random_state=args.seed)
     out = Path(args.out)
     for name, table in tables.items():
         write_table(table, out / f"{name}.csv", index=False)
@@ -453,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--features", nargs="+", metavar="PATTERN",
                    help="feature columns (globs); default: every other numeric column")
     g.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
+    g.add_argument("--model", metavar="MODEL",
+                   help="saved model (featharm harmonize --save-model): harmonizes DATA when --harmonized is not "
+                        "given, and is refitted inside the CV folds for the site classification of the "
+                        "harmonized data (without it that classification is biased below chance)")
     g.add_argument("--random", metavar="COL",
                    help="subject column: random-intercept mixed models (longitudinal data) instead of OLS")
     g.add_argument("--tests", nargs="+", metavar="TEST",

@@ -48,3 +48,24 @@ def test_diagnose_user_errors(files, capsys):
     assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--tests", "levenne", "--out",
                  str(d / "o3"), "--no-classification", "--n-permutations", "0"]) == 2
     assert "levenne" in capsys.readouterr().err
+
+
+def test_diagnose_with_model_refits_in_folds(files, tmp_path):
+    d, s = files
+    model = tmp_path / "m.fhm"
+    assert main(["harmonize", str(d / "data.csv"), "--batch", "site", "--formula", "age + sex", "--id", "subject",
+                 "--out", str(tmp_path / "h.csv"), "--save-model", str(model), "--quiet"]) == 0
+    assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--formula", "age + sex", "--id", "subject",
+                 "--model", str(model), "--out", str(tmp_path / "out"), "--n-permutations", "0",
+                 "--classification-permutations", "0", "--quiet"]) == 0
+    se = pd.read_csv(tmp_path / "out" / "site_effects.csv")
+    assert set(se.data) == {"raw", "harmonized"}
+    clf = pd.read_csv(tmp_path / "out" / "site_classification.csv").set_index(["data", "metric"])
+    # the same as the API with the harmonizer refitted inside the folds (seed 0 = the CLI's default)
+    api = dg.diagnose(s.X, s.covariates, batch="site", formula="age + sex", n_permutations=0,
+                      classification_permutations=0, X_harmonized=pd.read_csv(tmp_path / "h.csv", index_col="subject")
+                      [list(s.X.columns)].set_axis(s.X.index, axis=0),
+                      harmonizer=fh.ComBat(batch="site", formula="age + sex"), random_state=0)
+    ref = api["site_classification"].set_index(["data", "metric"])
+    assert clf.loc[("harmonized", "balanced_accuracy"), "value"] == pytest.approx(
+        ref.loc[("harmonized", "balanced_accuracy"), "value"], rel=1e-9)
