@@ -329,3 +329,23 @@ def test_combat_compat_neurocombat_uses_float32():
     hm = fh.ComBat(formula="age + sex", compat="neuroCombat").fit(sim.X, sim.covariates)
     assert hm.design_.float32 is True
     assert fh.ComBat(formula="age + sex").fit(sim.X, sim.covariates).design_.float32 is False
+
+
+@pytest.mark.parametrize("formula", ["age + sex", "sex + age", "dx + age + flag", "flag", "iq + sex + dx",
+                                     "g + age", "one + age", "C(g) + age", "age * sex", "age + np.log(age)"])
+def test_additive_fast_path_equals_formulaic(formula):
+    # plain additive formulas are built without formulaic; the result must be formulaic's, bit for bit
+    import formulaic
+
+    rng = np.random.default_rng(0)
+    n = 40
+    df = pd.DataFrame({"age": rng.uniform(20, 80, n), "sex": rng.choice(["F", "M"], n),
+                       "dx": pd.Categorical(rng.choice(["CN", "AD", "MCI"], n)),
+                       "flag": rng.choice([True, False], n), "g": rng.choice([5, 10, 20], n),
+                       "iq": rng.normal(100, 15, n).astype(np.float32), "one": ["x"] * n})
+    d, X = CovariateDesign.fit(formula, df)
+    mm = formulaic.model_matrix(d.formula, d._prepare(df), ensure_full_rank=True)
+    cols = [c for c in mm.columns if c != "Intercept"]
+    assert d.columns == cols
+    np.testing.assert_array_equal(X, mm[cols].to_numpy(dtype=float))
+    np.testing.assert_array_equal(d.transform(df.iloc[::-1]), X[::-1])

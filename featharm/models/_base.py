@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from .. import eb
 from .._progress import Progress
+from .._threads import sized_by_first_argument
 from .._validation import (
     align_covariates,
     batch_levels,
@@ -146,16 +147,19 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return _Prepared(Y, index, columns, order, cov, codes, None)
 
     # ------------------------------------------------------------------------------ public API
+    @sized_by_first_argument
     def fit(self, X, covariates=None):
         """Estimate the site effects of ``X`` given ``covariates``; returns ``self``."""
         self._fit(X, covariates)
         return self
 
+    @sized_by_first_argument
     def fit_transform(self, X, covariates=None, **fit_params):
         """Fit, then harmonize the same rows (identical to ``fit(X, cov).transform(X, cov)``)."""
         prep = self._fit(X, covariates)
         return self._output(self._harmonize(prep), prep)
 
+    @sized_by_first_argument
     def transform(self, X, covariates=None, *, new_sites="error", min_new_site_size=MIN_NEW_SITE_SIZE):
         """Harmonize ``X`` with the frozen model, using each row's own covariates.
 
@@ -487,19 +491,27 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _publish(self) -> None:
         """Expose the learned arrays as labelled pandas objects (attributes ending in ``_``)."""
         a = self._arr
+        built: dict[str, pd.Index] = {}
+
+        def axis(name: str) -> pd.Index:  # each axis is built once, then shallow-copied (cheap)
+            if name not in built:
+                built[name] = self._axis(name)
+            return built[name].copy()
+
+        extra = self._extra_axes()
         for name, arr in a.items():
-            axes = _ARRAY_AXES.get(name) or self._extra_axes().get(name)
+            axes = _ARRAY_AXES.get(name) or extra.get(name)
             if axes is None:
                 continue
             if len(axes) == 1:
-                obj = pd.Series(arr, index=self._axis(axes[0]), name=name)
+                obj = pd.Series(arr, index=axis(axes[0]), name=name)
             else:
-                obj = pd.DataFrame(arr, index=self._axis(axes[0]), columns=self._axis(axes[1]))
+                obj = pd.DataFrame(arr, index=axis(axes[0]), columns=axis(axes[1]))
             setattr(self, name + "_", obj)
         self.priors_ = pd.DataFrame({k: a[k] for k in ("gamma_bar", "tau2", "a_prior", "b_prior")},
-                                    index=self._axis("batch"))
+                                    index=axis("batch"))
         self.constant_features_ = list(self.feature_names_in_[a["constant"]])
-        self.n_iter_ = pd.Series(a["n_iter"].astype(int), index=self._axis("batch"), name="n_iter")
+        self.n_iter_ = pd.Series(a["n_iter"].astype(int), index=axis("batch"), name="n_iter")
 
     def _extra_axes(self) -> dict[str, tuple[str, ...]]:
         """Axes of learned arrays a subclass adds."""

@@ -1,0 +1,59 @@
+"""BLAS threading for small problems.
+
+On a small table (say 1,000 subjects × 150 features) every matrix product takes well under a
+millisecond, and waking a multi-threaded BLAS for each one costs more than the product itself: on a
+2-core machine a ComBat fit runs about 3 times faster with one BLAS thread. featharm therefore runs
+problems below :data:`SMALL_PROBLEM` elements (rows × features) with one BLAS thread and leaves larger
+ones to the BLAS's own threading. Only the BLAS libraries that are loaded are limited, only for the
+duration of the call, and the setting is restored afterwards. Set the environment variable
+``FEATHARM_BLAS_THREADS=default`` to never limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import numpy as np
+
+SMALL_PROBLEM = 4_000_000  # rows × features (32 MB of float64)
+
+_controller = None
+
+
+def _get_controller():
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller
+
+
+@contextlib.contextmanager
+def blas_threads_for(n_elements: int):
+    """Run the block with one BLAS thread when the problem is small (see the module docstring)."""
+    if n_elements >= SMALL_PROBLEM or os.environ.get("FEATHARM_BLAS_THREADS", "").lower() == "default":
+        yield
+        return
+    try:
+        ctl = _get_controller()
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
+
+
+def sized_by_first_argument(method):
+    """Decorator: run ``method(self, X, ...)`` under :func:`blas_threads_for` sized by ``X``."""
+
+    @functools.wraps(method)
+    def wrapper(self, X, *args, **kwargs):
+        shape = np.shape(X) if hasattr(X, "shape") else ()
+        size = int(np.prod(shape)) if len(shape) == 2 else SMALL_PROBLEM
+        with blas_threads_for(size):
+            return method(self, X, *args, **kwargs)
+
+    return wrapper
