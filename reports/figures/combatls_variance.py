@@ -1,7 +1,7 @@
 """Figure: ComBatLS keeps a covariate-dependent variance that ComBat flattens (simulated data, known truth).
 
-Run from the repository root: ``python docs/figures/combatls_variance.py`` writes
-``docs/figures/combatls_variance.png`` and prints the numbers quoted in README.md. The simulation is the one
+Run from the repository root: ``python reports/figures/combatls_variance.py`` writes
+``reports/figures/combatls_variance.png`` and prints the numbers quoted in README.md. The simulation is the one
 of ``tests/test_combatls.py::simulate_age_dependent_variance``: 4 sites of 150 subjects with different age
 ranges (20-45, 30-60, 45-75, 55-85), 20 features whose SD grows by 1-2.5 % per year of age, and site
 shifts and scales.
