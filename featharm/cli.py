@@ -70,6 +70,29 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
     return cols
 
 
+def _read_harmonized(args, data: pd.DataFrame, feats: list):
+    """The ``--harmonized`` table's feature columns, rows matched to DATA (by ``--id`` or by position)."""
+    if not args.harmonized:
+        return None
+    from .io import read_table
+
+    hdata = read_table(args.harmonized, index_col=args.id)
+    lacking = [c for c in feats if c not in hdata.columns]
+    if lacking:
+        raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {lacking[:5]}"
+                                  f"{' ...' if len(lacking) > 5 else ''}.")
+    if args.id:
+        absent = data.index.difference(hdata.index, sort=False)
+        if len(absent):
+            raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+                             f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+        return hdata.loc[data.index, feats]
+    if len(hdata) != len(data):
+        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+                         "pass --id COL to match them by id.")
+    return hdata[feats].set_axis(data.index, axis=0)
+
+
 def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out) -> None:
     from .io import write_table
 
@@ -254,7 +277,6 @@ def _report_parameters(args) -> dict:
 
 def cmd_report(args) -> int:
     from .design import _clean_formula, _formula_variables
-    from .io import read_table
     from .persistence import load_model
     from .report import make_report
 
@@ -277,24 +299,7 @@ def cmd_report(args) -> int:
         f = _clean_formula(args.formula)
         used = _formula_variables(f, cov.columns)[0] if f else []
         feats = _feature_columns(data, args.features, [batch, args.id, *used])
-    Xh = None
-    if args.harmonized:
-        hdata = read_table(args.harmonized, index_col=args.id)
-        missing = [c for c in feats if c not in hdata.columns]
-        if missing:
-            raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {missing[:5]}"
-                                      f"{' ...' if len(missing) > 5 else ''}.")
-        if args.id:
-            absent = data.index.difference(hdata.index, sort=False)
-            if len(absent):
-                raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
-                                 f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
-            Xh = hdata.loc[data.index, feats]
-        else:
-            if len(hdata) != len(data):
-                raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
-                                 "pass --id COL to match them by id.")
-            Xh = hdata[feats].set_axis(data.index, axis=0)
+    Xh = _read_harmonized(args, data, feats)
     rep = make_report(data[feats], cov, model=model, X_harmonized=Xh, batch=batch, formula=args.formula,
                       features=args.plot_features, inputs=_report_inputs(args),
                       parameters=_report_parameters(args), figure_format=args.figure_format)
@@ -307,7 +312,7 @@ def cmd_report(args) -> int:
 def cmd_diagnose(args) -> int:
     from .design import _clean_formula, _formula_variables
     from .diagnostics import diagnose
-    from .io import read_table, write_table
+    from .io import write_table
 
     data, cov = _load_inputs(args, args.batch, args.formula)
     if args.batch not in cov.columns:
@@ -315,24 +320,7 @@ def cmd_diagnose(args) -> int:
     f = _clean_formula(args.formula)
     used = _formula_variables(f, cov.columns)[0] if f else []
     feats = _feature_columns(data, args.features, [args.batch, args.id, args.random, *used])
-    Xh = None
-    if args.harmonized:
-        hdata = read_table(args.harmonized, index_col=args.id)
-        lacking = [c for c in feats if c not in hdata.columns]
-        if lacking:
-            raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {lacking[:5]}"
-                                      f"{' ...' if len(lacking) > 5 else ''}.")
-        if args.id:
-            absent = data.index.difference(hdata.index, sort=False)
-            if len(absent):
-                raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
-                                 f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
-            Xh = hdata.loc[data.index, feats]
-        else:
-            if len(hdata) != len(data):
-                raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
-                                 "pass --id COL to match them by id.")
-            Xh = hdata[feats].set_axis(data.index, axis=0)
+    Xh = _read_harmonized(args, data, feats)
     harmonizer = None
     if args.model:
         from sklearn.base import clone
@@ -487,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     g.set_defaults(func=cmd_diagnose)
 
-    from .io._cli_collect import add_collect_parser
+    from .cli_collect import add_collect_parser
 
     add_collect_parser(sub)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..exceptions import InputError
+from .exceptions import InputError
 
 
 def add_collect_parser(sub) -> argparse.ArgumentParser:
@@ -52,9 +52,9 @@ def add_collect_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_collect(args) -> int:
-    from .covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
-    from .freesurfer import collect_subjects
-    from .tables import table_format, write_table
+    from .io.covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
+    from .io.freesurfer import collect_subjects
+    from .io.tables import table_format, write_table
 
     table_format(args.out)  # refuse an unknown extension before the work
     if args.covariates and args.bids:
