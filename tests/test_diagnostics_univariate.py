@@ -171,3 +171,27 @@ def test_bad_permutation_count(sim):
         dg.test_site_effects(sim.X, sim.covariates, tests="anderson_darling", n_permutations=-1)
     with pytest.raises(InputError, match="permutations"):
         dg.permanova(sim.X, sim.covariates, n_permutations=2.5)
+
+
+def test_linpack_lm_fit_solves_least_squares():
+    """R's-arithmetic QR (featharm/diagnostics/_linpack.py) is a correct least-squares solver (1e-10 against
+    numpy's lstsq), for one or many features, and its row sums are sequential (bit-equal to a Python loop)."""
+    from featharm.diagnostics._linpack import _seqsum, lm_fit
+
+    rng = np.random.default_rng(11)
+    W = np.hstack([np.ones((120, 1)), rng.normal(size=(120, 3)) * [1, 50, 1e-3]])
+    for V in (1, 2, 7):
+        Y = rng.normal(size=(120, V)) * 10 + 3
+        coef, resid = lm_fit(W, Y)
+        ref = np.linalg.lstsq(W, Y, rcond=None)[0]
+        np.testing.assert_allclose(coef, ref, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(resid, Y - W @ ref, rtol=0, atol=1e-10)
+    T = rng.normal(size=(333, 5)) * 10.0 ** rng.uniform(-8, 8, size=(333, 1))
+    loop = np.zeros(5)
+    for row in T:
+        loop = loop + row
+    assert np.array_equal(_seqsum(T), loop)
+    one = 0.0
+    for v in T[:, 0]:
+        one += v
+    assert _seqsum(T[:, :1])[0] == one

@@ -28,21 +28,42 @@ class Residuals(NamedTuple):
     full: pd.DataFrame
 
 
-def ols_residuals(P: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """OLS of every feature on ``[site indicators | Xc]`` and on ``[1 | Xc]`` (one QR each).
+def ols_residuals(P: Prepared, method: str = "lm") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """OLS of every feature on ``y ~ 1 + covariates + site`` (one QR for all features).
+
+    ``method="lm"`` (default) computes the fit with the arithmetic of R's ``lm`` (Householder QR in
+    LINPACK's operation order, :mod:`._linpack`), so the residuals are ComBatFamQC's to the last bit:
+    the rank-based scale test depends on that bit (see :func:`~.univariate.fligner_killeen`). The design
+    is R's ``model.matrix``: intercept, covariate columns, then the site indicators of all sites but the
+    first; the additive residuals are ``y - (Xc b_X + b_0)`` evaluated in that order, as ComBatFamQC does.
+    ``method="lapack"`` uses numpy's blocked QR (a few ulps from R, a little faster).
 
     Returns ``(r_add, r_full, rss1, rss0, rank1)``.
     """
     n, m = P.n, P.m
-    W1 = np.hstack([P.onehot, P.Xc])
-    Q1, R1 = np.linalg.qr(W1, mode="reduced")
-    QtY = Q1.T @ P.Y
-    coef = np.linalg.solve(R1, QtY)
-    r_full = Q1 @ QtY
-    np.subtract(P.Y, r_full, out=r_full)
-    r_add = P.Xc @ coef[m:]
-    r_add += coef[0]
-    np.subtract(P.Y, r_add, out=r_add)
+    q = P.Xc.shape[1]
+    W1 = np.hstack([np.ones((n, 1)), P.Xc, P.onehot[:, 1:]])
+    if method == "lm":
+        from ._linpack import lm_fit
+
+        coef, r_full = lm_fit(W1, P.Y)
+        r_add = np.zeros_like(r_full)
+        for blk in _col_blocks(n, r_add.shape[1]):  # y - ((0 + x_1 b_1 + ... + x_q b_q) + b_0), R's order
+            sub = r_add[:, blk]
+            for c in range(q):
+                sub += P.Xc[:, c][:, None] * coef[1 + c, blk][None, :]
+            sub += coef[0, blk]
+            np.subtract(P.Y[:, blk], sub, out=sub)
+    else:
+        W = np.hstack([P.onehot, P.Xc])
+        Q1, R1 = np.linalg.qr(W, mode="reduced")
+        QtY = Q1.T @ P.Y
+        coef = np.linalg.solve(R1, QtY)
+        r_full = Q1 @ QtY
+        np.subtract(P.Y, r_full, out=r_full)
+        r_add = P.Xc @ coef[m:]
+        r_add += coef[0]
+        np.subtract(P.Y, r_add, out=r_add)
     rss1 = np.einsum("ij,ij->j", r_full, r_full)
     # RSS0 - RSS1 = |Qd' y|² with Qd an orthonormal basis of the site indicators off [1 | Xc]: the site sum
     # of squares without the cancellation of RSS0 - RSS1 and without a second n × V residual matrix
@@ -53,6 +74,11 @@ def ols_residuals(P: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     QdY = Qd.T @ P.Y
     rss0 = rss1 + np.einsum("ij,ij->j", QdY, QdY)
     return r_add, r_full, rss1, rss0, W1.shape[1]
+
+
+def _col_blocks(n: int, V: int, nbytes: int = 2 * 2**20):
+    b = max(1, nbytes // (8 * max(n, 1)))
+    return [slice(i, min(i + b, V)) for i in range(0, V, b)]
 
 
 def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",

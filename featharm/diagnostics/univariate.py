@@ -97,13 +97,20 @@ def bartlett(A: np.ndarray, onehot: np.ndarray, counts: np.ndarray):
     return T, float(m - 1), stats.chi2.sf(T, m - 1)
 
 
-def _median_deviations(A: np.ndarray, codes: np.ndarray, m: int) -> np.ndarray:
-    """``|x - median of its site|`` for every column, with exact ties where exact arithmetic has them.
+def _median_deviations(A: np.ndarray, codes: np.ndarray, m: int, ties: str = "r") -> np.ndarray:
+    """``|x - median of its site|`` for every column.
 
-    In a site with an even count the two middle values lie at the same distance ``(b - a)/2`` from the
-    median, but floating point makes ``|a - med|`` and ``|b - med|`` differ by an ulp about half of the
-    time, which changes the ranks (R's ``fligner.test`` depends on that noise: about 1e-5 relative in
-    the p-value). Both are set to ``(b - a)/2`` so the ranks are those of the exact deviations.
+    ``ties="r"`` (default) computes them as R's ``fligner.test`` does: the median of an even count is the
+    mean of the two middle values (``fl((a + b)/2)``; R's long-double ``mean`` rounds to the same double),
+    then ``abs(x - median)`` in double precision, ranked without tolerance. The two middle values ``a, b`` of
+    an even site are at the same distance from the median in exact arithmetic, but in floating point
+    ``|a - med|`` and ``|b - med|`` are equal only when ``a + b`` is representable, so whether they tie
+    depends on the last bit of the residuals (R's p-value moves by ~1e-5 relative with it). With residuals
+    computed in R's arithmetic (:func:`~.residuals.ols_residuals`) this reproduces R to rounding.
+
+    ``ties="exact"`` sets both middle deviations to ``(b - a)/2`` so they always tie, as in exact
+    arithmetic: the statistic then no longer depends on rounding noise (the same for any QR, BLAS or row
+    order), at the price of differing from R by up to ~1e-5 relative.
     """
     dev = np.empty_like(A)
     cols = np.arange(A.shape[1])
@@ -112,7 +119,7 @@ def _median_deviations(A: np.ndarray, codes: np.ndarray, m: int) -> np.ndarray:
         sub = A[idx]
         k = idx.size
         h = k // 2
-        if k % 2 == 1:
+        if k % 2 == 1 or ties == "r":
             dev[idx] = np.abs(sub - np.median(sub, axis=0))
             continue
         part = np.argpartition(sub, [h - 1, h], axis=0)
@@ -126,12 +133,16 @@ def _median_deviations(A: np.ndarray, codes: np.ndarray, m: int) -> np.ndarray:
     return dev
 
 
-def fligner_killeen(A: np.ndarray, codes: np.ndarray, onehot: np.ndarray, counts: np.ndarray):
-    """Fligner–Killeen test (median-centred, normal scores; R ``fligner.test``): ``(X2, df, p)``."""
+def fligner_killeen(A: np.ndarray, codes: np.ndarray, onehot: np.ndarray, counts: np.ndarray, ties: str = "r"):
+    """Fligner–Killeen test (median-centred, normal scores; R ``fligner.test``): ``(X2, df, p)``.
+
+    ``ties`` decides whether the two middle deviations of an even site tie as R computes them (``"r"``)
+    or always (``"exact"``); see :func:`_median_deviations`.
+    """
     n, m = A.shape[0], onehot.shape[1]
-    dev = _median_deviations(A, codes, m)
+    dev = _median_deviations(A, codes, m, ties)
     R, _ = rank_columns(dev)
-    a = stats.norm.ppf(0.5 + R / (2.0 * (n + 1)))
+    a = stats.norm.ppf((1.0 + R / (n + 1)) / 2.0)
     abar = a.mean(axis=0)
     var = ((a - abar) ** 2).sum(axis=0) / (n - 1)
     gs = group_sums(onehot, a)
@@ -262,10 +273,12 @@ def _max_abs_lvr(r_full, P: Prepared) -> np.ndarray:
 
 
 def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = None,
-              n_permutations: int = 999, random_state=None, residuals=None, ols_fit=None) -> pd.DataFrame:
+              n_permutations: int = 999, random_state=None, residuals=None, ols_fit=None,
+              fligner_ties: str = "r") -> pd.DataFrame:
     """:func:`test_site_effects` on prepared inputs (used by :func:`diagnose`); ``ols_fit`` is the output
     of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed."""
     chosen = _resolve_tests(tests, model)
+    check_option("fligner_ties", fligner_ties, ("r", "exact"), "test_site_effects")
     oh, counts, codes = P.onehot, P.counts, P.codes
     lrt = None
     if residuals is not None:
@@ -308,7 +321,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
         elif t == "bartlett":
             stat, df1, p = _by_blocks(lambda a: bartlett(a, oh, counts), r_full)
         elif t == "fligner_killeen":
-            stat, df1, p = _by_blocks(lambda a: fligner_killeen(a, codes, oh, counts), r_full)
+            stat, df1, p = _by_blocks(lambda a: fligner_killeen(a, codes, oh, counts, fligner_ties), r_full)
         elif t == "anderson_darling":
             from .multivariate import _check_permutations
 
@@ -335,7 +348,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
 
 def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, tests=None, model: str = "ols", random: str | None = None,
-                      n_permutations: int = 999, random_state=None) -> pd.DataFrame:
+                      n_permutations: int = 999, random_state=None, fligner_ties: str = "r") -> pd.DataFrame:
     """Per-feature tests of the site effect, one row per feature × test (``methods.md`` §6.1–6.4, 6.7).
 
     The model ``y ~ covariates + site`` is fitted to every feature (one QR for all). Location tests use
@@ -365,6 +378,12 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
         Label permutations of the Anderson–Darling test.
     random_state : int or Generator, optional
         Seed of the permutations (the result is reproducible for a given seed).
+    fligner_ties : {"r", "exact"}, default "r"
+        Fligner–Killeen in a site with an even count: ``"r"`` ranks ``|r - median|`` as R's
+        ``fligner.test`` computes them, so the two middle values tie only when floating point makes their
+        distances equal (reproduces R/ComBatFamQC to rounding, with residuals in R's arithmetic);
+        ``"exact"`` always ties them, as exact arithmetic does (independent of rounding noise; differs
+        from R by up to ~1e-5 relative in the p-value).
 
     Returns
     -------
@@ -408,7 +427,7 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
     check_option("model", model, ("ols", "lmm"), "test_site_effects")
     P = prepare(X, covariates, batch, formula, "test_site_effects")
     return run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
-                     random_state=random_state)
+                     random_state=random_state, fligner_ties=fligner_ties)
 
 
 test_site_effects.__test__ = False  # not a pytest test, despite its name
