@@ -7,6 +7,8 @@ value or site, and how to fix it.
 
 from __future__ import annotations
 
+from sklearn.exceptions import NotFittedError as _SkNotFittedError
+
 __all__ = [
     "FeatharmError",
     "InputError",
@@ -88,8 +90,9 @@ class FormulaError(InputError):
     """The covariate formula cannot be parsed or evaluated on the covariate table."""
 
 
-class NotFittedError(FeatharmError, ValueError, AttributeError):
-    """The model is used before :meth:`fit` was called (same bases as scikit-learn's)."""
+class NotFittedError(FeatharmError, _SkNotFittedError):
+    """The model is used before :meth:`fit` was called (a scikit-learn ``NotFittedError``, so also a
+    ``ValueError`` and an ``AttributeError``)."""
 
 
 class ModelFileError(FeatharmError, ValueError):

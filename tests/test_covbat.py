@@ -216,3 +216,23 @@ def test_new_sites():
     d_new = np.abs(out[~tr].to_numpy() - full[~tr].to_numpy()).mean()
     d_seen = np.abs(out[tr].to_numpy() - full[tr].to_numpy()).mean()
     assert d_new < 2 * d_seen + 0.02, (d_new, d_seen)
+
+
+def test_fit_warnings_of_both_steps_are_recorded(tmp_path):
+    """Warnings of the ComBat step and of the score step land in fit_warnings_ (listed by the report)."""
+    X, cov, *_ = _site_covariance_data(7)
+    X = X.assign(const=7.0)
+    m = featharm.CovBat(batch="site", formula="age + sex", n_components=6, score_eb=True, max_iter=1,
+                        tol=1e-12)
+    with pytest.warns(Warning) as rec:
+        m.fit(X, cov)
+    cats = [w["category"] for w in m.fit_warnings_]
+    msgs = [w["message"] for w in m.fit_warnings_]
+    assert "ConstantFeatureWarning" in cats
+    assert any(s.startswith("parametric EB did not converge") for s in msgs)  # ComBat step
+    assert any(s.startswith("score-step EB did not converge") for s in msgs)  # covariance step
+    assert len(m.fit_warnings_) == len(rec)  # each warning issued is recorded once
+    m.save(tmp_path / "m.fhm")
+    assert featharm.load_model(tmp_path / "m.fhm").fit_warnings_ == m.fit_warnings_
+    m.set_params(score_eb=False, max_iter=1000, tol=1e-4).fit(X.drop(columns="const"), cov)
+    assert m.fit_warnings_ == []  # a refit forgets the previous fit's warnings

@@ -35,6 +35,7 @@ from featharm.exceptions import (
     SingleScanWarning,
     SingularFitWarning,
     SmallBatchWarning,
+    UnseenBatchError,
 )
 from featharm.mixed import batch_lrt, fit_random_intercept, fit_random_slope
 
@@ -374,10 +375,14 @@ def test_singular_fit_warns():
     assert hm.singular_features_ == ["x0"] and hm.ranef_var_["x0"] == 0.0
 
 
-def test_new_sites_rejected(ref_fit):
+def test_new_sites_default_is_an_error(ref_fit):
+    """Unseen sites are an error unless new_sites="estimate" (tests/test_longitudinal_new_sites.py)."""
     hm, X, cov, _ = ref_fit
-    with pytest.raises(InputError, match="batches seen at fit only"):
-        hm.transform(X, cov, new_sites="estimate")
+    cov2 = cov.assign(site=cov["site"].replace({"site01": "site_new"}))
+    with pytest.raises(UnseenBatchError, match="site_new"):
+        hm.transform(X, cov2)
+    with pytest.raises(InputError, match="new_sites"):
+        hm.transform(X, cov2, new_sites="guess")
 
 
 @pytest.mark.reference

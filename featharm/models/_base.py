@@ -31,6 +31,7 @@ from ..exceptions import (
     BatchError,
     ConstantFeatureWarning,
     ConvergenceWarning,
+    FormulaError,
     InputError,
     NotFittedError,
     warn,
@@ -62,16 +63,17 @@ _ARRAY_AXES = {
 class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
-    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects")
+    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects", "extra")
 
     def __init__(self, Y, index, columns, order, covariates, codes, X, new_levels=()):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
         self.covariates, self.codes, self.X = covariates, codes, X
         # batches unseen at fit (codes m, m+1, ...) and, once estimated, (gamma*, delta*) of all batches
         self.new_levels, self.effects = list(new_levels), None
+        self.extra = {}  # per-call state a subclass computes while estimating new batches
 
 
-class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Common machinery of featharm's harmonizers (not used directly).
 
     Subclasses define ``__init__`` (keyword-only, storing parameters only) and may override
@@ -81,7 +83,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     _schema_name: ClassVar[str] = "base"
     _registry: ClassVar[dict[str, type]] = {}
 
+    # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
+    _compat_options: ClassVar[tuple] = (None,)
+
     def __init_subclass__(cls, **kwargs):
+        # featharm builds its own output (see ``set_output``): scikit-learn's wrapper would relabel the
+        # columns in fit-time order even when ``X`` came with its columns in another order.
+        kwargs.setdefault("auto_wrap_output_keys", None)
         super().__init_subclass__(**kwargs)
         if cls.__name__ and not cls.__name__.startswith("_"):
             BaseHarmonizer._registry[cls.__name__] = cls
@@ -91,12 +99,39 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return type(self).__name__
 
     def _check_params(self) -> None:
-        if not isinstance(getattr(self, "max_iter", 1), (int, np.integer)) or getattr(self, "max_iter", 1) < 1:
-            raise InputError(f"The 'max_iter' parameter of {self._owner()} must be a positive integer. "
-                             f"Got {self.max_iter!r} instead.")
-        tol = getattr(self, "tol", 1e-4)
-        if not (isinstance(tol, (int, float)) and tol > 0):
-            raise InputError(f"The 'tol' parameter of {self._owner()} must be a positive number. Got {tol!r} instead.")
+        """Validate the parameters the families share (each one only where the family has it).
+
+        A family validates its own parameters in an override that calls this first.
+        """
+        owner = self._owner()
+        params = self.get_params(deep=False)
+
+        def bad(name, what):
+            return InputError(f"The {name!r} parameter of {owner} must be {what}. Got {params[name]!r} instead.")
+
+        b = params.get("batch", "site")
+        if isinstance(b, bool) or not isinstance(b, (str, int, np.integer)):
+            raise bad("batch", "the name of the batch (site/scanner) column of the covariates")
+        f = params.get("formula")
+        if f is not None and not isinstance(f, str):
+            raise FormulaError(f"The 'formula' parameter of {owner} must be a string such as 'age + sex' or "
+                               f"None. Got {f!r} instead.")
+        for name in ("eb", "parametric", "mean_only"):
+            if name in params:
+                check_option(name, params[name], (True, False), owner)
+        if "mean_only_form" in params:
+            check_option("mean_only_form", params["mean_only_form"], ("sva", "n"), owner)
+        if "compat" in params:
+            check_option("compat", params["compat"], self._compat_options, owner)
+        ref = params.get("ref_batch")
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, np.integer))):
+            raise bad("ref_batch", "None or a level of the batch column")
+        it = params.get("max_iter", 1)
+        if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or it < 1:
+            raise bad("max_iter", "a positive integer")
+        tol = params.get("tol", 1e-4)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
+            raise bad("tol", "a positive number")
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
         owner = self._owner()
@@ -471,7 +506,40 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             inv = np.empty_like(prep.order)
             inv[prep.order] = np.arange(prep.order.size)
             out = out[:, inv]
-        return pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)
+        df = pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)
+        if self._output_container() == "polars":
+            try:
+                import polars
+            except ImportError:
+                raise ImportError(f"set_output(transform='polars') on {self._owner()} needs polars: "
+                                  "pip install polars (or use transform='pandas').") from None
+            return polars.from_pandas(df)
+        return df
+
+    def _output_container(self) -> str:
+        from sklearn import get_config
+
+        return getattr(self, "_sklearn_output_config", {}).get("transform") or get_config()["transform_output"]
+
+    def set_output(self, *, transform=None):
+        """Choose the container ``transform`` and ``fit_transform`` return.
+
+        Parameters
+        ----------
+        transform : {"default", "pandas", "polars"} or None, default None
+            ``"default"`` and ``"pandas"`` both give a pandas DataFrame with the input's index and
+            columns (featharm always returns one); ``"polars"`` a polars DataFrame (row ids are dropped;
+            needs polars). ``None`` keeps the current choice. Without a call, scikit-learn's global
+            ``set_config(transform_output=...)`` applies.
+
+        Returns
+        -------
+        self
+        """
+        check_option("transform", transform, (None, "default", "pandas", "polars"), f"{self._owner()}.set_output")
+        if transform is not None:
+            self._sklearn_output_config = {"transform": transform}  # the attribute sklearn's clone copies
+        return self
 
     # ------------------------------------------------------------------------------ learned attributes
     def _check_fitted(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .._validation import check_option
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBat"]
@@ -105,6 +104,7 @@ class ComBat(BaseHarmonizer):
     """
 
     _schema_name = "combat"
+    _compat_options = (None, "neuroCombat")
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
                  mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None):
@@ -118,10 +118,3 @@ class ComBat(BaseHarmonizer):
         self.tol = tol
         self.max_iter = max_iter
         self.compat = compat
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), "ComBat")
-        check_option("compat", self.compat, (None, "neuroCombat"), "ComBat")
-        for name in ("eb", "parametric", "mean_only"):
-            check_option(name, getattr(self, name), (True, False), "ComBat")

@@ -9,7 +9,6 @@ import pandas as pd
 
 from .. import eb
 from .._progress import Progress
-from .._validation import check_option
 from ..design import CovariateDesign, batch_indicators
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, InputError, warn
 from ._base import BaseHarmonizer, _Prepared
@@ -176,11 +175,8 @@ class ComBatLS(BaseHarmonizer):
         self.fit_max_iter = fit_max_iter
 
     def _check_params(self) -> None:
-        super()._check_params()
+        super()._check_params()  # batch, formula, eb, parametric, mean_only(_form), ref_batch, tol, max_iter
         owner = self._owner()
-        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), owner)
-        for name in ("eb", "parametric", "mean_only"):
-            check_option(name, getattr(self, name), (True, False), owner)
         if self.scale_formula is not None and not isinstance(self.scale_formula, str):
             raise FormulaError(f"The 'scale_formula' parameter of {owner} must be a string such as 'age + sex' "
                                f"or None. Got {self.scale_formula!r} instead.")

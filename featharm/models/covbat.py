@@ -9,7 +9,7 @@ from .. import eb
 from .._validation import check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, warn
-from ._base import BaseHarmonizer, _Prepared
+from ._base import _Prepared
 from .combat import ComBat
 
 __all__ = ["CovBat"]
@@ -120,11 +120,9 @@ class CovBat(ComBat):
         self.compat = compat
 
     def _check_params(self) -> None:
-        BaseHarmonizer._check_params(self)
+        super()._check_params()  # the ComBat step's parameters
         owner = self._owner()
-        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), owner)
-        check_option("compat", self.compat, (None, "neuroCombat"), owner)
-        for name in ("eb", "parametric", "mean_only", "std_var", "score_eb", "score_parametric"):
+        for name in ("std_var", "score_eb", "score_parametric"):
             check_option(name, getattr(self, name), (True, False), owner)
         pv = self.percent_var
         if isinstance(pv, bool) or not isinstance(pv, (int, float, np.floating)) or not 0 < pv < 1:

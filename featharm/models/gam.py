@@ -162,6 +162,7 @@ class ComBatGAM(BaseHarmonizer):
     """
 
     _schema_name = "combat_gam"
+    _compat_options = (None, "neuroHarmonize")
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
@@ -187,14 +188,15 @@ class ComBatGAM(BaseHarmonizer):
 
     # ------------------------------------------------------------------------------ parameters
     def _check_params(self) -> None:
-        super()._check_params()
+        super()._check_params()  # batch, formula, eb, parametric, mean_only(_form), ref_batch, tol, max_iter, compat
         owner = "ComBatGAM"
-        check_option("mean_only_form", self.mean_only_form, ("sva", "n"), owner)
-        check_option("compat", self.compat, (None, "neuroHarmonize"), owner)
         check_option("method", self.method, ("REML", "GCV"), owner)
         check_option("extrapolate", self.extrapolate, (None, "linear"), owner)
-        for name in ("eb", "parametric", "mean_only", "shared_smoothing"):
-            check_option(name, getattr(self, name), (True, False), owner)
+        check_option("shared_smoothing", self.shared_smoothing, (True, False), owner)
+        rs = self.random_state
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, (int, np.integer))):
+            raise InputError(f"The 'random_state' parameter of {owner} must be an integer or None. "
+                             f"Got {rs!r} instead.")
         if not isinstance(self.df, (int, np.integer)) or isinstance(self.df, bool) or self.df < 5:
             raise InputError(f"The 'df' parameter of {owner} must be an integer >= 5 (a cubic spline with at "
                              f"least one interior knot). Got {self.df!r} instead.")

@@ -19,7 +19,7 @@ from ..exceptions import (
     warn,
 )
 from ..mixed import fit_random_intercept, fit_random_slope
-from ._base import BaseHarmonizer
+from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
 
 __all__ = ["LongComBat"]
 
@@ -106,8 +106,18 @@ class LongComBat(BaseHarmonizer):
     effect ``u_s`` (and slope × time), so re-applying the model to the training rows reproduces
     ``fit_transform`` exactly; a new scan of a known subject is harmonized like its earlier scans. A
     scan of a subject not seen at fit is harmonized at the population level (``u = 0``): its whole
-    deviation from the fixed effects is standardized and rescaled, as cross-sectional ComBat does. Every
-    batch must have been seen at fit.
+    deviation from the fixed effects is standardized and rescaled, as cross-sectional ComBat does.
+
+    *New sites* (``transform(..., new_sites="estimate")``, ``methods.md`` §5.7): the scans of a batch not
+    seen at fit are standardized against the frozen fixed effects and ``sigma`` after removing each
+    subject's random effect: the fitted BLUP for a subject seen at fit, and for a subject not seen at fit a
+    BLUP predicted from its scans at the new batch(es) under the frozen variance components (jointly with
+    one intercept per new batch; the mixed-model equations of the fit with ``beta`` fixed). The new batch's
+    ``gamma_hat``, ``delta_hat``, priors and 30 Jacobi EB iterations follow as at fit, and its scans keep
+    their (fitted or predicted) random effect in the output. A new subject's scans at *seen* batches stay
+    at population level (they must come out as without the new batch). Relabelling a fitted batch as new
+    reproduces ``fit_transform`` (to rounding) when its subjects are known, or when they are new and were
+    scanned at that batch only.
 
     References
     ----------
@@ -135,15 +145,17 @@ class LongComBat(BaseHarmonizer):
 
     # ------------------------------------------------------------------------------ checks
     def _check_params(self) -> None:
+        super()._check_params()  # batch, formula, eb
         owner = self._owner()
         check_option("standardize", self.standardize, _STANDARDIZE, owner)
-        for name in ("eb", "random_slope"):
-            check_option(name, getattr(self, name), (True, False), owner)
+        check_option("random_slope", self.random_slope, (True, False), owner)
         if not isinstance(self.n_iter, (int, np.integer)) or isinstance(self.n_iter, bool) or self.n_iter < 0:
             raise InputError(f"The 'n_iter' parameter of {owner} must be a non-negative integer. "
                              f"Got {self.n_iter!r} instead.")
         if not isinstance(self.subject, str):
             raise InputError(f"The 'subject' parameter of {owner} must be a column name. Got {self.subject!r}.")
+        if self.time is not None and not isinstance(self.time, str):
+            raise InputError(f"The 'time' parameter of {owner} must be a column name or None. Got {self.time!r}.")
         if self.random_slope and self.time is None:
             raise InputError(f"random_slope=True needs the time column: pass time=<column> to {owner}.")
         f = _clean_formula(self.formula)
@@ -311,19 +323,67 @@ class LongComBat(BaseHarmonizer):
         del self._delta_raw
 
     # ------------------------------------------------------------------------------ applying
-    def _random_part(self, prep) -> np.ndarray:
-        """Each row's subject random effect (0 for subjects not seen at fit, or with "marginal")."""
-        n, p = prep.Y.shape
+    def _random_part(self, prep, rows=None) -> np.ndarray:
+        """Each row's subject random effect (0 for subjects not seen at fit, or with "marginal").
+
+        ``rows`` (a boolean mask) restricts it to those rows. Rows of batches unseen at fit whose random
+        effects were predicted by :meth:`_standardized` (``prep.extra``) get those predictions.
+        """
+        cov = prep.covariates if rows is None else prep.covariates.iloc[np.flatnonzero(rows)]
+        n, p = len(cov), prep.Y.shape[1]
         if self.standardize == "marginal":
             return np.zeros((n, p))
-        g = self._encode_subjects(self._subject_series(prep.covariates))
+        g = self._encode_subjects(self._subject_series(cov))
         known = g >= 0
         u = np.zeros((n, self._arr["blup"].shape[1], p))
         u[known] = self._arr["blup"][g[known]]
         if self.random_slope:
-            t = self._time_values(prep.covariates)
-            return u[:, 0, :] + t[:, None] * u[:, 1, :]
-        return u[:, 0, :]
+            t = self._time_values(cov)
+            U = u[:, 0, :] + t[:, None] * u[:, 1, :]
+        else:
+            U = u[:, 0, :]
+        if rows is None and "new_site_random" in prep.extra:
+            new_rows, U_new = prep.extra["new_site_random"]
+            U[new_rows] = U_new
+        return U
+
+    def _standardized(self, prep, rows) -> np.ndarray:
+        """``z`` of the rows of batches unseen at fit (``methods.md`` §5.7 with the mixed model).
+
+        ``z = (y - alpha - x'beta - u_s) / sigma`` with the frozen fixed effects and ``sigma``. A subject
+        seen at fit keeps its BLUP ``u_s``. The random effects of subjects not seen at fit are predicted
+        from their scans at the new batches, jointly with one intercept per new batch, by generalized
+        least squares / BLUP under the frozen variance components (residual variance, random-effect
+        covariance): the mixed-model equations of the fit, restricted to the new rows with ``beta`` fixed.
+        They are kept in ``prep.extra`` so that :meth:`_harmonize` adds them back.
+        """
+        a = self._arr
+        keep = ~a["constant"]
+        D = self._preserved_design(prep)[rows]
+        R = prep.Y[rows] - D @ self._preserved_coef(slice(None))
+        U = self._random_part(prep, rows)  # known subjects' BLUPs; 0 for the others (and with "marginal")
+        R -= U
+        if self.standardize != "marginal":
+            cov = prep.covariates.iloc[np.flatnonzero(rows)]
+            subj = self._subject_series(cov)
+            unknown = self._encode_subjects(subj) < 0
+            if unknown.any():
+                t = self._time_values(cov)[unknown] if self.random_slope else None
+                U_new = np.zeros((int(unknown.sum()), R.shape[1]))
+                U_new[:, keep] = _predict_new_subjects(
+                    R[:, keep], prep.codes[rows] - len(self.batches_), len(prep.new_levels), unknown,
+                    pd.factorize(subj[unknown])[0], t, a["residual_var"][keep], a["ranef_cov"][keep])
+                U[unknown] = U_new
+                R[unknown] -= U_new
+        U[:, ~keep] = 0.0
+        prep.extra["new_site_random"] = (rows, U)
+        return R[:, keep] / a["sigma"][keep]
+
+    def _eb_site(self, gi, di, ri, n, pri, i):
+        """New batches (§5.7) get longCombat's fixed-iteration Jacobi EB, as the fitted batches."""
+        gs, ds = eb.eb_jacobi(gi, di, ri, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i], pri.b_prior[i],
+                              n_iter=self.n_iter)
+        return gs, ds, int(self.n_iter), True
 
     def _harmonize(self, prep) -> np.ndarray:
         U = self._random_part(prep)
@@ -338,7 +398,7 @@ class LongComBat(BaseHarmonizer):
         out += U
         return out
 
-    def transform(self, X, covariates=None, **kwargs):
+    def transform(self, X, covariates=None, *, new_sites="error", min_new_site_size=MIN_NEW_SITE_SIZE):
         """Harmonize scans with the frozen model (see Notes: known subjects keep their random effect).
 
         Parameters
@@ -347,15 +407,19 @@ class LongComBat(BaseHarmonizer):
             Features (rows = scans), the columns seen at fit.
         covariates : DataFrame
             The batch, subject (and time) columns and the formula's columns, aligned with ``X``.
+        new_sites : {"error", "estimate"}, default "error"
+            Batches not seen at fit: an :class:`~featharm.exceptions.UnseenBatchError`, or (``"estimate"``)
+            their location, scale and EB posterior (30 Jacobi iterations, as at fit) are estimated from
+            their own scans against the frozen model; see Notes. Rows of seen batches are unchanged.
+        min_new_site_size : int, default 5
+            Fewest scans a new batch needs for ``"estimate"``.
 
         Returns
         -------
         DataFrame
             Harmonized features, same index and columns as ``X``.
         """
-        if kwargs.get("new_sites", "error") != "error":
-            raise InputError(f"{self._owner()} harmonizes batches seen at fit only (new_sites='error').")
-        return super().transform(X, covariates, **kwargs)
+        return super().transform(X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
 
     # ------------------------------------------------------------------------------ attributes / state
     def _extra_axes(self):
@@ -384,3 +448,41 @@ class LongComBat(BaseHarmonizer):
     def _set_state(self, state, arrays) -> None:
         self._subject_levels = list(state["subjects"])
         super()._set_state(state, arrays)
+
+
+def _predict_new_subjects(R, site, k, unknown, h, t, sigma2, G) -> np.ndarray:
+    """BLUPs ``Z u`` of subjects not seen at fit, for the rows of batches unseen at fit.
+
+    Mixed-model equations with the fixed effects and the variance components frozen: the residuals ``R``
+    (rows × features; known subjects' BLUPs already removed) are ``A c + Z u + e`` with ``A`` the new-batch
+    indicators (``site`` in 0..k-1), ``c`` one intercept per new batch and feature, ``u_s ~ N(0, G)`` for the
+    unknown subjects (rows ``unknown``, subject codes ``h``), ``e ~ N(0, sigma2)``. The ``u`` are absorbed per
+    subject, ``c`` is solved (k × k per feature), and ``u_s = P_s Z_s'(r_s - A_s c)`` with
+    ``P_s = (G Z_s'Z_s + sigma2 I)^{-1} G`` (defined also when ``G`` is singular). Vectorized over
+    features; returns the random part of each unknown row (unknown rows × features).
+    """
+    from scipy import sparse
+
+    n_u = int(unknown.sum())
+    nu = int(h.max()) + 1
+    q = G.shape[1]
+    Zu = np.ones((n_u, 1)) if q == 1 else np.column_stack([np.ones(n_u), t])
+    su = site[unknown]
+    Ht = sparse.csr_matrix((np.ones(n_u), (h, np.arange(n_u))), shape=(nu, n_u))
+    ZtZ = np.zeros((nu, q, q))
+    ZtA = np.zeros((nu, q, k))
+    for i in range(q):
+        np.add.at(ZtA[:, i, :], (h, su), Zu[:, i])
+        for j in range(q):
+            np.add.at(ZtZ[:, i, j], h, Zu[:, i] * Zu[:, j])
+    Ru = R[unknown]
+    Ztr = np.stack([Ht @ (Zu[:, [i]] * Ru) for i in range(q)], axis=1)  # nu × q × p
+    M = np.einsum("fqr,srt->sfqt", G, ZtZ) + sigma2[None, :, None, None] * np.eye(q)
+    P = np.linalg.solve(M, np.broadcast_to(G, M.shape))  # nu × p × q × q
+    counts = np.bincount(site, minlength=k).astype(np.float64)
+    C = np.diag(counts)[None] - np.einsum("sqk,sfqr,srl->fkl", ZtA, P, ZtA)
+    Atr = np.stack([R[site == j].sum(axis=0) for j in range(k)], axis=1)  # p × k
+    rhs = Atr - np.einsum("sqk,sfqr,srf->fk", ZtA, P, Ztr)
+    c = np.linalg.solve(C, rhs[..., None])[..., 0]  # p × k
+    u = np.einsum("sfqr,srf->sfq", P, Ztr - np.einsum("sqk,fk->sqf", ZtA, c))
+    return np.einsum("nq,nfq->nf", Zu, u[h])
