@@ -268,13 +268,19 @@ def test_lmer_scale_tests(small_long, lmer_table, test):
 
 
 def test_mdmr_matches_comBatFamQC(small_cs):
-    """qc_mdmr.csv (rounded to 2 decimals by ComBatFamQC): Statistic 0.24, Pseudo.R2 0.2, Numer.DF 4."""
+    """qc_mdmr.csv (ComBatFamQC rounds to 2 decimals and prints p as "<0.001"): Statistic 0.24, Pseudo.R2 0.2,
+    Numer.DF 4, analytic p < 0.001. featharm: statistic 0.2423, pseudo-R2 0.1950, analytic p 7.8e-85 (qc_lm);
+    0.4963, 0.3317, 2.3e-94 (qc_lmer). The table gives no more digits to compare; the analytic p-value itself
+    is checked against closed forms and an independent Imhof integration in test_diagnostics_multivariate."""
     X, C = small_cs
-    t = dg.permanova(X, C, batch="site", formula="age + sex", n_permutations=0)
+    t = dg.permanova(X, C, batch="site", formula="age + sex", n_permutations=0).set_index("test")
     ref = pd.read_csv(QC_LM / "qc_mdmr.csv").iloc[0]
-    assert round(float(t.mdmr_statistic[0]), 2) == ref.Statistic
-    assert round(float(t.effect_size[0]), 2) == ref["Pseudo.R2"]
-    assert t.df1[0] == ref["Numer.DF"]
+    assert round(float(t.mdmr_statistic["permanova"]), 2) == ref.Statistic
+    assert round(float(t.statistic["mdmr"]), 2) == ref.Statistic
+    assert round(float(t.effect_size["mdmr"]), 2) == ref["Pseudo.R2"]
+    assert t.df1["mdmr"] == ref["Numer.DF"]
+    assert ref["p.value"] == "<0.001" and 0 < t.p_unc["mdmr"] < 1e-3
+    assert t.p_method["mdmr"] == "analytic"
     lmer = pd.read_csv(QC_LMER / "qc_mdmr.csv").iloc[0]
     Xl = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
     res = dg.site_residuals(Xl, pd.read_csv(REF / "inputs" / "small_long" / "covars.csv"), batch="site",
@@ -284,3 +290,4 @@ def test_mdmr_matches_comBatFamQC(small_cs):
 
     r = permanova_arrays(_standardize(res.additive.to_numpy()), codes, np.bincount(codes), 0, None)
     assert round(r["mdmr_statistic"], 2) == lmer.Statistic and round(r["pseudo_R2"], 2) == lmer["Pseudo.R2"]
+    assert lmer["p.value"] == "<0.001" and 0 < r["p_analytic"] < 1e-3

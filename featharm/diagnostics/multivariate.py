@@ -12,6 +12,7 @@ from scipy import stats
 from .._progress import Progress
 from ..exceptions import InputError
 from ._common import Prepared, group_sums, prepare
+from ._wchisq import mdmr_pvalue
 from .residuals import ols_residuals
 
 __all__ = ["permanova", "pc_covariance_tests", "site_classification", "MULTIVARIATE_COLUMNS",
@@ -66,8 +67,11 @@ def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
             exceed += pb >= ssb * (1 - 1e-12)
             bar.update()
     p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
+    # MDMR's analytic null: the positive eigenvalues of G = Z Zᵀ are those of the small Zᵀ Z
+    lam = np.linalg.eigvalsh(Z.T @ Z) if Z.shape[1] <= n else np.linalg.svd(Z, compute_uv=False) ** 2
+    p_analytic = mdmr_pvalue(lam, ssb / ssw, m - 1, n - m)
     return {"pseudo_F": F, "pseudo_R2": ssb / sst, "mdmr_statistic": ssb / ssw, "df1": float(m - 1),
-            "df2": float(n - m), "p": p}
+            "df2": float(n - m), "p": p, "p_analytic": p_analytic}
 
 
 def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> tuple[Prepared, np.ndarray]:
@@ -81,16 +85,25 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
 
     ComBatFamQC's MDMR (``MDMR::mdmr`` on ``dist(scale(R_add))``): its ``Statistic`` is our
-    ``mdmr_statistic`` = tr(HGH)/tr((I-H)G(I-H)) and its ``Pseudo.R2`` our pseudo-R². The p-value here
-    comes from ``n_permutations`` seeded label permutations, ``(1 + #exceed)/(1 + n_permutations)``
-    (NaN with 0 permutations), not from Davies' analytic null.
+    ``mdmr_statistic`` = tr(HGH)/tr((I-H)G(I-H)) and its ``Pseudo.R2`` our pseudo-R². Two p-values:
+
+    * ``permanova``: ``n_permutations`` seeded label permutations, ``(1 + #exceed)/(1 + n_permutations)``
+      (NaN with 0 permutations);
+    * ``mdmr``: MDMR's analytic null (McArtor, Lubke & Bergeman 2017), ``P(Σ λ_k χ²_{m-1} - F Σ λ_k
+      χ²_{n-m} > 0)`` with ``λ_k`` the eigenvalues of G and F = ``mdmr_statistic``, computed by numerical
+      inversion of the characteristic function (:mod:`featharm.diagnostics._wchisq`; accurate in relative
+      terms far into the tail, where Davies' and Imhof's methods have an absolute error floor). This is the
+      p-value ComBatFamQC reports (``MDMR::mdmr`` uses it for n >= 200 and permutations below; the analytic
+      null is an approximation that its authors recommend from n = 200 on; prefer the permutation p-value
+      for smaller samples).
 
     Returns
     -------
     DataFrame
-        One row, columns :data:`MULTIVARIATE_COLUMNS`: ``test`` = ``"permanova"``, ``statistic`` =
-        pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``df1`` = m-1, ``df2`` = n-m, ``p_unc``,
-        ``effect_size`` = pseudo-R² = tr(HGH)/tr(G); plus ``mdmr_statistic``.
+        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic``: ``test`` = ``"permanova"``
+        (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
+        ``"permutation"``) and ``"mdmr"`` (``statistic`` = tr(HGH)/tr((I-H)G(I-H)), ``p_method`` =
+        ``"analytic"``); both with ``df1`` = m-1, ``df2`` = n-m, ``effect_size`` = pseudo-R² = tr(HGH)/tr(G).
     """
     P, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
     return permanova_table(P, r_add, n_permutations, random_state)
@@ -101,12 +114,16 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
     r_add = r_add[:, ~P.constant] if P.constant.any() else r_add
     res = permanova_arrays(_standardize(r_add), P.codes, P.counts, int(n_permutations),
                            np.random.default_rng(random_state))
-    return pd.DataFrame([{
-        "test": "permanova", "variant": "Euclidean distance of standardized additive residuals",
-        "statistic": res["pseudo_F"], "df1": res["df1"], "df2": res["df2"], "p_unc": res["p"],
-        "p_method": "permutation", "effect_size": res["pseudo_R2"], "effect_size_name": "pseudo_R2",
-        "n_components": np.nan, "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"],
-    }])
+    common = {"df1": res["df1"], "df2": res["df2"], "effect_size": res["pseudo_R2"],
+              "effect_size_name": "pseudo_R2", "n_components": np.nan}
+    return pd.DataFrame([
+        {"test": "permanova", "variant": "Euclidean distance of standardized additive residuals",
+         "statistic": res["pseudo_F"], "p_unc": res["p"], "p_method": "permutation",
+         "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"], **common},
+        {"test": "mdmr", "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
+         "statistic": res["mdmr_statistic"], "p_unc": res["p_analytic"], "p_method": "analytic",
+         "n_permutations": 0, "mdmr_statistic": res["mdmr_statistic"], **common},
+    ])[MULTIVARIATE_COLUMNS + ["mdmr_statistic"]]
 
 
 def _pc_scores(r_add: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -320,11 +337,11 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups)
 
 
-def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutations: int, C: float,
-                         random_state, harmonizer=None, groups: str | None = None) -> pd.DataFrame:
-    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
+def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
+    """Refuse sites too small for stratified ``n_splits``-fold CV; returns the subject codes (or None).
 
-    _check_permutations(n_permutations, "site_classification")
+    Called by :func:`diagnose` before any other work, so a tiny site fails in seconds, not after the tests.
+    """
     g = None
     if groups is not None:
         from .mixed import subject_codes
@@ -338,8 +355,18 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
         small = [f"{lv!r} ({what}={c})" for lv, c in zip(P.levels, units) if c < n_splits]
         raise InputError(
             f"site_classification: every site needs at least n_splits={n_splits} {what} for stratified CV; "
-            f"too small: {', '.join(small)}. Lower n_splits or merge those sites."
+            f"too small: {', '.join(small)}. Lower n_splits (command line: --n-splits), skip the "
+            "classification (classification=False, --no-classification) or merge those sites."
         )
+    return g
+
+
+def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutations: int, C: float,
+                         random_state, harmonizer=None, groups: str | None = None) -> pd.DataFrame:
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
+
+    _check_permutations(n_permutations, "site_classification")
+    g = check_cv_sites(P, n_splits, groups)
     rng = np.random.default_rng(random_state)
     seed = int(rng.integers(2**31 - 1))
 
