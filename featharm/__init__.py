@@ -6,11 +6,27 @@
 >>> hm.save("combat.fhm"); fh.load_model("combat.fhm").transform(Xnew, cov_new)  # doctest: +SKIP
 """
 
-from . import datasets, diagnostics, exceptions, io, mixed, plots, report
+from . import exceptions
 from ._version import __version__
 from .design import CovariateDesign
 from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS
 from .persistence import load_model, save_model
+
+# Subpackages imported on first use (``fh.diagnostics``, ``from featharm import plots``), so that
+# ``import featharm`` stays fast: scipy.stats, matplotlib, jinja2 and the data files load only when needed.
+_LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it on the package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 __all__ = [
     "__version__",

@@ -343,3 +343,29 @@ SKLEARN_CHECKS_NOT_APPLICABLE = {
 @pytest.mark.parametrize("check", SKLEARN_CHECKS)
 def test_sklearn_estimator_checks(name, check):
     getattr(sk_checks, check)(name, make(name))
+
+
+# ------------------------------------------------------------------------------------------ package
+def test_public_api_is_exported():
+    import featharm.models
+
+    for name in fh.__all__:
+        assert getattr(fh, name) is not None, name
+    assert set(featharm.models.__all__) <= set(fh.__all__)
+    for name in FAMILIES:
+        assert getattr(fh, name) is FAMILIES[name][0] and name in fh.BaseHarmonizer._registry
+    ns: dict = {}
+    exec("from featharm import *", ns)
+    assert {"ComBat", "load_model", "diagnostics", "plots"} <= set(ns)
+
+
+def test_import_does_not_load_heavy_optional_modules():
+    """``import featharm`` loads the models, not the diagnostics, plots, report or formula machinery."""
+    import subprocess
+    import sys
+
+    code = ("import sys, featharm; print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+            "('matplotlib', 'seaborn', 'statsmodels', 'formulaic', 'jinja2') or m.startswith(("
+            "'sklearn.model_selection', 'featharm.diagnostics', 'featharm.plots', 'featharm.report'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == []
