@@ -118,21 +118,45 @@ def align_covariates(index: pd.Index, covariates, owner: str = "featharm") -> pd
     return covariates.loc[index]
 
 
+def covariate_column(covariates: pd.DataFrame, name, role: str, *, fix: str, missing_fix: str) -> pd.Series:
+    """The ``role`` column ``name`` of the covariates (batch, subject ...), which must have no missing value.
+
+    ``fix`` ends the message of a missing column, ``missing_fix`` the message of missing values.
+    """
+    if name not in covariates.columns:
+        raise ColumnNotFoundError(
+            f"covariates have no {role} column {name!r}; columns present: {show_columns(covariates.columns)}. {fix}"
+        )
+    s = covariates[name]
+    if s.isna().any():
+        raise MissingValueError(
+            f"{role} column {name!r} has missing values at rows {_show(s.index[s.isna().to_numpy()])}; {missing_fix}"
+        )
+    return s
+
+
+def numeric_covariate(covariates: pd.DataFrame, name, role: str, *, fix: str, dtype_fix: str) -> np.ndarray:
+    """The ``role`` column ``name`` (a smooth term, the time ...) as finite float64 values."""
+    if name not in covariates.columns:
+        raise ColumnNotFoundError(
+            f"covariates have no {role} column {name!r}; columns present: {show_columns(covariates.columns)}. {fix}"
+        )
+    s = covariates[name]
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        raise InputError(f"{role} column {name!r} must be a numeric column ({dtype_fix}); it has dtype {s.dtype}.")
+    x = s.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise MissingValueError(f"{role} column {name!r} has missing or infinite values at rows "
+                                f"{_show(s.index[bad])}; fill or drop them first.")
+    return x
+
+
 def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
     if not isinstance(batch, str) and not isinstance(batch, (int, np.integer)):
         raise InputError(f"The 'batch' parameter must be a column name. Got {batch!r} instead.")
-    if batch not in covariates.columns:
-        raise ColumnNotFoundError(
-            f"covariates have no batch column {batch!r}; columns present: "
-            f"{show_columns(covariates.columns)}. Pass batch=<name of the site/scanner column>."
-        )
-    s = covariates[batch]
-    if s.isna().any():
-        raise MissingValueError(
-            f"batch column {batch!r} has missing values at rows {_show(s.index[s.isna().to_numpy()])}; "
-            "every row needs a batch."
-        )
-    return s
+    return covariate_column(covariates, batch, "batch", fix="Pass batch=<name of the site/scanner column>.",
+                            missing_fix="every row needs a batch.")
 
 
 def batch_levels(s: pd.Series) -> list:

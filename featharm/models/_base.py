@@ -493,12 +493,16 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 eb.adjust(Y[:, blk], D, self._preserved_coef(blk), onehot, prep.codes, a["sigma"][blk],
                           g_all[:, blk], d_all[:, blk], out=out[:, blk])
                 bar.update()
-        const = a["constant"]
+        return self._keep_unadjusted(out, prep)
+
+    def _keep_unadjusted(self, out: np.ndarray, prep: _Prepared) -> np.ndarray:
+        """Copy the input into ``out`` where nothing is adjusted: constant features and reference rows."""
+        const = self._arr["constant"]
         if const.any():
-            out[:, const] = Y[:, const]
+            out[:, const] = prep.Y[:, const]
         if self.ref_index_ is not None:
             rows = prep.codes == self.ref_index_
-            out[rows] = Y[rows]  # §1.5(g): reference rows unchanged, bit for bit
+            out[rows] = prep.Y[rows]  # §1.5(g): reference rows unchanged, bit for bit
         return out
 
     def _output(self, out: np.ndarray, prep: _Prepared):

@@ -308,13 +308,7 @@ class ComBatLS(BaseHarmonizer):
                 o /= np.sqrt(d_all[prep.codes, blk])
                 o += M
                 bar.update()
-        const = a["constant"]
-        if const.any():
-            out[:, const] = Y[:, const]
-        if self.ref_index_ is not None:
-            rows = prep.codes == self.ref_index_
-            out[rows] = Y[rows]
-        return out
+        return self._keep_unadjusted(out, prep)
 
     # ------------------------------------------------------------------------------ learned attributes
     def _publish(self) -> None:

@@ -34,15 +34,9 @@ import scipy.linalg as sla
 
 from .. import eb
 from .._progress import Progress
-from .._validation import check_option, show_columns
+from .._validation import check_option, numeric_covariate
 from ..design import CovariateDesign, _clean_formula, batch_indicators
-from ..exceptions import (
-    ColumnNotFoundError,
-    ConfoundingError,
-    FormulaError,
-    InputError,
-    MissingValueError,
-)
+from ..exceptions import ConfoundingError, FormulaError, InputError
 from ..splines import SplineBasis
 from ._base import BaseHarmonizer
 
@@ -262,21 +256,8 @@ class ComBatGAM(BaseHarmonizer):
 
     # ------------------------------------------------------------------------------ smooth covariates
     def _smooth_values(self, cov: pd.DataFrame, name: str) -> np.ndarray:
-        if name not in cov.columns:
-            raise ColumnNotFoundError(
-                f"covariates lack the smooth term column {name!r}; columns present: {show_columns(cov.columns)}."
-            )
-        s = cov[name]
-        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            raise InputError(f"smooth term {name!r} must be a numeric column (a spline of a number); "
-                             f"it has dtype {s.dtype}. Model it linearly in `formula` instead.")
-        x = s.to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            ids = list(cov.index[bad][:5])
-            raise MissingValueError(f"smooth term {name!r} has missing or infinite values at rows {ids}; "
-                                    "fill or drop them first.")
-        return x
+        return numeric_covariate(cov, name, "smooth term", fix="Pass the smooth terms' columns in the covariates.",
+                                 dtype_fix="a spline of a number; model it linearly in `formula` instead")
 
     def _smooth_design(self, cov: pd.DataFrame) -> np.ndarray:
         """The spline block ``Z`` (n × sum of basis sizes) for these covariates, with the frozen bases."""

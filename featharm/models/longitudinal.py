@@ -6,14 +6,12 @@ import numpy as np
 import pandas as pd
 
 from .. import eb
-from .._validation import _show, batch_levels, check_option, show_columns
+from .._validation import _show, batch_levels, check_option, covariate_column, numeric_covariate
 from ..design import _clean_formula, _formula_variables, batch_indicators
 from ..exceptions import (
     BatchError,
-    ColumnNotFoundError,
     FormulaError,
     InputError,
-    MissingValueError,
     SingleScanWarning,
     SingularFitWarning,
     warn,
@@ -171,36 +169,15 @@ class LongComBat(BaseHarmonizer):
         return True  # batches with < 2 scans get a longitudinal-specific error in _subject_codes
 
     def _subject_series(self, cov: pd.DataFrame) -> pd.Series:
-        if self.subject not in cov.columns:
-            raise ColumnNotFoundError(
-                f"covariates have no subject column {self.subject!r}; columns present: "
-                f"{show_columns(cov.columns)}. Pass subject=<name of the subject id column>."
-            )
-        s = cov[self.subject]
-        if s.isna().any():
-            raise MissingValueError(
-                f"subject column {self.subject!r} has missing values at rows "
-                f"{_show(s.index[s.isna().to_numpy()])}; every scan needs a subject id."
-            )
-        return s
+        return covariate_column(cov, self.subject, "subject", fix="Pass subject=<name of the subject id column>.",
+                                missing_fix="every scan needs a subject id.")
 
     def _time_values(self, cov: pd.DataFrame) -> np.ndarray | None:
         if self.time is None:
             return None
-        if self.time not in cov.columns:
-            raise ColumnNotFoundError(
-                f"covariates have no time column {self.time!r}; columns present: {show_columns(cov.columns)}."
-                " Pass time=<numeric column> (e.g. years since baseline) or time=None."
-            )
-        s = cov[self.time]
-        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            raise InputError(f"time column {self.time!r} must be numeric (e.g. years since baseline); "
-                             f"it has dtype {s.dtype}.")
-        t = s.to_numpy(dtype=np.float64)
-        if not np.isfinite(t).all():
-            raise MissingValueError(f"time column {self.time!r} has missing or infinite values at rows "
-                                    f"{_show(s.index[~np.isfinite(t)])}.")
-        return t
+        return numeric_covariate(cov, self.time, "time",
+                                 fix="Pass time=<numeric column> (e.g. years since baseline) or time=None.",
+                                 dtype_fix="e.g. years since baseline")
 
     def _encode_subjects(self, s: pd.Series) -> np.ndarray:
         """Index of each row's subject in ``subjects_`` (-1 for subjects not seen at fit)."""
