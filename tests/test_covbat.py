@@ -236,3 +236,27 @@ def test_fit_warnings_of_both_steps_are_recorded(tmp_path):
     assert featharm.load_model(tmp_path / "m.fhm").fit_warnings_ == m.fit_warnings_
     m.set_params(score_eb=False, max_iter=1000, tol=1e-4).fit(X.drop(columns="const"), cov)
     assert m.fit_warnings_ == []  # a refit forgets the previous fit's warnings
+
+
+def test_row_blocks_give_the_same_result(monkeypatch):
+    """Scores, their moments and the back-projection run in row (and feature) blocks: tiny blocks (many
+    boundaries, ragged last block) give the same fit and output as one block, to rounding."""
+    X, cov, *_ = _site_covariance_data(8, n_per_site=(70, 60, 50, 40))
+    tr = (cov["site"] != "s3").to_numpy()
+    one = featharm.CovBat(batch="site", formula="age + sex", n_components=8).fit(X[tr], cov[tr])
+    out_one = one.transform(X, cov, new_sites="estimate")
+    orig = featharm.eb.iter_blocks
+    monkeypatch.setattr(featharm.eb, "iter_blocks", lambda p, n, target_bytes=None: orig(p, n, 8 * 7 * n))
+    assert len(list(featharm.eb.iter_blocks(220, 20))) == 32  # blocks of 7 rows / features
+    many = featharm.CovBat(batch="site", formula="age + sex", n_components=8).fit(X[tr], cov[tr])
+    np.testing.assert_allclose(many.score_delta_hat_.to_numpy(), one.score_delta_hat_.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(many.transform(X, cov, new_sites="estimate").to_numpy(), out_one.to_numpy(),
+                               rtol=0, atol=1e-12)
+
+
+def test_pca_needs_two_features_with_variance():
+    X, cov, *_ = _site_covariance_data(9)
+    X1 = X[["f0"]].assign(const=1.0)
+    with pytest.warns(featharm.exceptions.ConstantFeatureWarning), \
+            pytest.raises(InputError, match="at least 2 features with residual variance for the PCA; got 1"):
+        featharm.CovBat(batch="site", formula="age + sex", eb=False).fit(X1, cov)

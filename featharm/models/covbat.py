@@ -138,20 +138,23 @@ class CovBat(ComBat):
         prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
         a = self._arr
         keep = ~a["constant"]
-        E, M = self._combat_residuals(prep)
-        del M
-        A = E[:, keep] if not keep.all() else E  # standardized in place below (E is not needed after)
-        del E
+        A, center, scale = self._pca_input(prep, keep)
         n, pk = A.shape
         if pk < 2:
             raise InputError(f"{self._owner()} needs at least 2 features with residual variance for the PCA; "
                              f"got {pk}.")
-        center = A.mean(axis=0)
-        scale = A.std(axis=0, ddof=1) if self.std_var else np.ones(pk)
-        A -= center
-        A /= scale
-        # tall: the SVD of the p × p triangular factor of A has the same s and V (cheaper than A's)
-        _, s, vt = np.linalg.svd(np.linalg.qr(A, mode="r") if n > pk else A, full_matrices=False)
+        if n > pk:
+            # tall: the SVD of the p × p triangular factor of A has the same s and V (cheaper than A's). The
+            # QR overwrites A in place (no n × p copy); A is rebuilt below for the scores.
+            from scipy.linalg import qr
+
+            r = np.triu(qr(A, mode="raw", overwrite_a=True, check_finite=False)[0][0][:pk])
+            del A
+            s, vt = np.linalg.svd(r, full_matrices=False)[1:]  # U is dropped at once
+            del r
+            A = None
+        else:
+            s, vt = np.linalg.svd(A, full_matrices=False)[1:]
         var = s**2
         ratio = var / var.sum()
         if self.n_components is not None:
@@ -165,20 +168,32 @@ class CovBat(ComBat):
             above = np.flatnonzero(np.cumsum(ratio) > self.percent_var)
             K = int(above[0]) + 1 if above.size else ratio.size
         L = vt[:K].T.copy()
+        del vt
         big = np.argmax(np.abs(L), axis=0)
         L *= np.where(L[big, np.arange(K)] < 0, -1.0, 1.0)  # deterministic signs
         p = keep.size
-        full_center, full_scale, loadings = np.zeros(p), np.ones(p), np.zeros((p, K))
-        full_center[keep], full_scale[keep], loadings[keep] = center, scale, L
+        full_center, full_scale = np.zeros(p), np.ones(p)
+        full_center[keep], full_scale[keep] = center, scale
+        if keep.all():
+            loadings = L
+        else:
+            loadings = np.zeros((p, K))
+            loadings[keep] = L
         a.update(pca_center=full_center, pca_scale=full_scale, pca_loadings=loadings, explained_variance_ratio=ratio)
-        # step 4: ComBat on the K scores, no covariates
-        S = A @ L  # the K scores of the training rows
-        del A
+        # step 4: ComBat on the K scores, no covariates. Scores S = A L of the training rows, in row blocks
+        if A is None:
+            A = self._pca_input(prep, keep, center, scale)[0]
         m = len(self.batches_)
         counts = a["batch_sizes"]
         onehot = batch_indicators(prep.codes, m)
-        means = (onehot.T @ S) / counts[:, None]
-        ss = onehot.T @ (S - means[prep.codes]) ** 2
+        means = ((onehot.T @ A) @ L) / counts[:, None]
+        ss = np.zeros((m, K))
+        for rows in eb.iter_blocks(n, pk + K):
+            S = A[rows] @ L
+            S -= means[prep.codes[rows]]
+            S *= S
+            ss += onehot[rows].T @ S
+        del A, S
         st = eb.standardized_moments(means, ss, counts, np.eye(m))
         g_star, d_star = st.gamma_hat.copy(), st.delta_hat.copy()
         if self.score_eb:
@@ -205,43 +220,75 @@ class CovBat(ComBat):
         return gs, ds
 
     # ------------------------------------------------------------------------------ applying
-    def _combat_residuals(self, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-        """ComBat-adjusted residuals ``e* = y* - M`` of step 1, and the preserved part ``M``."""
+    def _pca_input(self, prep: _Prepared, keep, center=None, scale=None):
+        """The PCA's input: ComBat-adjusted residuals ``e* = y* - M`` of the features with variance, centred
+        and scaled (by their own mean and SD unless ``center``/``scale`` are given), built in place in the
+        ComBat output (feature blocks; no other n × p temporary). Returns ``A, center, scale``."""
         E = super()._harmonize(prep)
-        M = self._preserved_design(prep) @ self._preserved_coef(slice(None))
-        E -= M  # in place: no other n × p temporary
-        return E, M
+        D = self._preserved_design(prep)
+        coef = self._preserved_coef(slice(None))
+        n, p = E.shape
+        for blk in eb.iter_blocks(p, n):
+            E[:, blk] -= D @ coef[:, blk]
+        A = E if keep.all() else np.asfortranarray(E[:, keep])
+        del E
+        pk = A.shape[1]
+        if center is None:
+            center, scale = A.mean(axis=0), np.ones(pk)
+            if self.std_var:
+                for blk in eb.iter_blocks(pk, n):
+                    scale[blk] = A[:, blk].std(axis=0, ddof=1)
+        A -= center
+        A /= scale
+        return A, center, scale
 
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
+        """ComBat, then the score step, in row blocks: scores, their adjustment and the back-projection of
+        the change only ever hold a block of rows (the ComBat output is adjusted in place)."""
         a = self._arr
         out = super()._harmonize(prep)  # ComBat output y* = e* + M, adjusted in place below
         # scores ((y* - M - center) / scale) L without forming e*: M = D coef is low rank
-        L = a["pca_loadings"] / a["pca_scale"][:, None]
+        Lw = a["pca_loadings"] / a["pca_scale"][:, None]
         D = self._preserved_design(prep)
-        S = out @ L
-        S -= D @ (self._preserved_coef(slice(None)) @ L) + a["pca_center"] @ L
+        shift = self._preserved_coef(slice(None)) @ Lw
+        c0 = a["pca_center"] @ Lw
+        back = np.ascontiguousarray((a["pca_loadings"] * a["pca_scale"][:, None]).T)  # K × p
+
+        def scores(rows):
+            S = out[rows] @ Lw
+            S -= D[rows] @ shift
+            S -= c0
+            return S
+
         g, d = a["score_gamma_star"], a["score_delta_star"]
         if prep.new_levels:
-            g, d = self._estimate_new_score_effects(prep, S, g, d)
-        onehot = batch_indicators(prep.codes, g.shape[0])
-        S_adj = eb.adjust(S, np.ones((S.shape[0], 1)), a["score_alpha"][None, :], onehot, prep.codes,
-                          a["score_sigma"], g, d)
-        S_adj -= S
+            new = np.flatnonzero(prep.codes >= g.shape[0])
+            g, d = self._estimate_new_score_effects(prep, scores(new), prep.codes[new], g, d)
+        # adjusted - original score: (S - alpha - sigma g_b) / sqrt(d_b) + alpha - S
+        loc = a["score_alpha"] + a["score_sigma"] * g  # batch × K
+        inv_sd = 1.0 / np.sqrt(d)
         n, p = out.shape
-        for blk in eb.iter_blocks(p, n):  # back-project the score change, feature block by block
-            out[:, blk] += (S_adj @ a["pca_loadings"][blk].T) * a["pca_scale"][blk]
+        for rows in eb.iter_blocks(n, p + back.shape[0]):
+            S = scores(rows)
+            b = prep.codes[rows]
+            dS = (S - loc[b]) * inv_sd[b]
+            dS += a["score_alpha"]
+            dS -= S
+            out[rows] += dS @ back
         const = a["constant"]
         if const.any():
             out[:, const] = prep.Y[:, const]
         return out
 
-    def _estimate_new_score_effects(self, prep, S, g, d):
-        """Score-step location and scale of sites unseen at fit, against the frozen score model."""
+    def _estimate_new_score_effects(self, prep, S_new, codes_new, g, d):
+        """Score-step location and scale of sites unseen at fit, against the frozen score model.
+
+        ``S_new`` are the scores of the rows of new sites (batch codes ``codes_new``: m, m+1, ...)."""
         a = self._arr
         m = g.shape[0]
         gs, ds = [], []
         for j, name in enumerate(prep.new_levels):
-            z = (S[prep.codes == m + j] - a["score_alpha"]) / a["score_sigma"]
+            z = (S_new[codes_new == m + j] - a["score_alpha"]) / a["score_sigma"]
             gh = z.mean(axis=0)
             d_raw = z.var(axis=0, ddof=1)
             dh = np.where(d_raw == 0, 1.0, d_raw)
