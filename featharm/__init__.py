@@ -13,7 +13,8 @@ from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBa
 from .persistence import load_model, save_model
 
 # Subpackages imported on first use (``fh.diagnostics``, ``from featharm import plots``), so that
-# ``import featharm`` stays fast: scipy.stats, matplotlib, jinja2 and the data files load only when needed.
+# ``import featharm`` loads only the models (numpy, pandas, scipy, scikit-learn's base): matplotlib,
+# seaborn, jinja2, statsmodels and formulaic load when a function that needs them runs.
 _LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
 
 

@@ -66,11 +66,18 @@ class ComBat(BaseHarmonizer):
         Their empirical-Bayes posteriors (equal to the estimates when ``eb=False``).
     priors_ : DataFrame
         Per-batch hyperparameters ``gamma_bar``, ``tau2``, ``a_prior`` (lambda), ``b_prior`` (theta); the
-        scale priors are NaN with ``mean_only`` and all are NaN for the reference batch.
+        scale priors are NaN with ``mean_only`` and all are NaN for the reference batch. Each column is also
+        an attribute of its own (``gamma_bar_``, ``tau2_``, ``a_prior_``, ``b_prior_``).
     n_iter_ : Series
         Parametric EB iterations per batch (0 where not iterated).
+    ref_index_ : int or None
+        Position of ``ref_batch`` in ``batches_`` (None without a reference batch).
     constant_features_ : list
-        Features passed through unchanged because they have no residual variance.
+        Features passed through unchanged because they have no residual variance (``constant_``: the same
+        as a boolean Series over the features).
+    fit_warnings_ : list of dict
+        The warnings raised during ``fit`` (``{"category": ..., "message": ...}``; kept in saved models and
+        listed by the report).
 
     Notes
     -----

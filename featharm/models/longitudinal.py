@@ -124,8 +124,14 @@ class LongComBat(BaseHarmonizer):
 
     Examples
     --------
-    >>> hm = LongComBat(batch="site", subject="subject_id", formula="age + sex + time")  # doctest: +SKIP
-    >>> Xh = hm.fit_transform(X, covariates)                                            # doctest: +SKIP
+    Simulated repeated scans (IXI is cross-sectional): 100 subjects with 2-4 visits at 3 sites.
+
+    >>> import featharm as fh
+    >>> sim = fh.datasets.make_longitudinal(n_subjects=100, n_sites=3, n_features=10, random_state=0)
+    >>> hm = fh.LongComBat(batch="site", subject="subject", time="time", formula="age + sex + time")
+    >>> Xh = hm.fit_transform(sim.X, sim.covariates)
+    >>> Xh.shape == sim.X.shape and hm.random_effects_.shape
+    (100, 10)
     """
 
     _schema_name = "longcombat"
