@@ -134,11 +134,9 @@ def _longitudinal_model(args):
 def _covbat_model(args):
     from .models import CovBat
 
-    if args.ref_batch:
-        raise InputError("--method covbat has no reference batch; drop --ref-batch.")
     return CovBat(batch=args.batch, formula=args.formula, percent_var=args.percent_var,
                   n_components=args.n_components, eb=not args.no_eb, parametric=not args.nonparametric,
-                  mean_only=args.mean_only)
+                  mean_only=args.mean_only, ref_batch=args.ref_batch)
 
 
 def _combatls_model(args):

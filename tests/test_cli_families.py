@@ -37,6 +37,14 @@ def test_covbat_cli_matches_r(table, tmp_path):
     assert main(["harmonize", str(path), "--batch", "site", "--method", "covbat", "--formula", "age + sex",
                  "--n-components", "3", "--out", str(out), "--save-model", str(model), "--quiet"]) == 0
     assert featharm.load_model(model).n_components_ == 3
+    # with a reference batch: its rows come out unchanged (test_covbat.py::test_reference_batch)
+    assert main(["harmonize", str(path), "--batch", "site", "--method", "covbat", "--formula", "age + sex",
+                 "--ref-batch", "site01", "--out", str(out), "--save-model", str(model), "--quiet"]) == 0
+    h, raw = pd.read_csv(out), pd.read_csv(path)
+    ref = (raw["site"] == "site01").to_numpy()
+    assert ref.any() and np.array_equal(h.loc[ref, X.columns].to_numpy(), raw.loc[ref, X.columns].to_numpy())
+    assert not np.allclose(h.loc[~ref, X.columns].to_numpy(), raw.loc[~ref, X.columns].to_numpy())
+    assert featharm.load_model(model).ref_batch == "site01"
 
 
 def test_combatls_cli_matches_r(table, tmp_path):
@@ -91,8 +99,8 @@ def test_user_errors_are_one_line(table, tmp_path, capsys):
     path, _, _ = table
     out = str(tmp_path / "h.csv")
     base = ["harmonize", str(path), "--batch", "site", "--formula", "age + sex", "--out", out, "--quiet"]
-    assert main([*base, "--method", "covbat", "--ref-batch", "site01"]) == 2
-    assert "no reference batch" in capsys.readouterr().err
+    assert main([*base, "--method", "covbat", "--ref-batch", "site_x"]) == 2
+    assert "ref_batch='site_x' is not a level of 'site'" in capsys.readouterr().err
     assert main([*base, "--method", "covbat", "--percent-var", "1.5"]) == 2
     assert "'percent_var' parameter of CovBat must be a number in (0, 1)" in capsys.readouterr().err
     assert main([*base, "--method", "combatls", "--scale-formula", "site"]) == 2

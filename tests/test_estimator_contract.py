@@ -51,7 +51,7 @@ BAD_VALUES = {
                       smooth_bounds=[0, 1], extrapolate="cubic", random_state="seed"),
     "LongComBat": dict(batch=3.5, subject=7, time=1.5, formula=12, random_slope="no", standardize="z",
                        eb="yes", n_iter=-1),
-    "CovBat": dict({k: v for k, v in _COMMON_BAD.items() if k != "ref_batch"}, percent_var=1.5,
+    "CovBat": dict(_COMMON_BAD, percent_var=1.5,
                    n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict({k: v for k, v in _COMMON_BAD.items() if k != "compat"}, scale_formula=3,
                      fit_tol=0.0, fit_max_iter=0),

@@ -50,7 +50,13 @@ class CovBat(ComBat):
     Parameters
     ----------
     batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat
-        The ComBat step; see :class:`~featharm.ComBat` (a reference batch is not supported).
+        The ComBat step; see :class:`~featharm.ComBat`.
+    ref_batch : str or None, default None
+        Reference batch (Zhang et al. 2018, as :class:`~featharm.ComBat`): the ComBat step maps every other
+        batch onto the reference's location and scale, the PCA is taken of all the adjusted residuals, and
+        the score step maps each other batch's score mean and variance onto the reference's (the score
+        mean and SD of the reference rows, the variance divided by its size, as ComBat's reference
+        variance). The reference rows come out unchanged, bit for bit.
     percent_var : float, default 0.95
         Harmonize the first components that explain more than this share of the residual variance
         (strictly greater, as R ``covbat``). Must be in (0, 1).
@@ -75,7 +81,7 @@ class CovBat(ComBat):
         Loadings of the ``K`` components (feature × component). Each component's sign is fixed so that its
         largest loading is positive (the result does not depend on it unless ``score_eb``).
     score_alpha_, score_sigma_ : Series
-        Pooled mean and SD (divided by n) of each score.
+        Pooled mean and SD (divided by n) of each score (with ``ref_batch``: those of the reference rows).
     score_gamma_hat_, score_delta_hat_, score_gamma_star_, score_delta_star_ : DataFrame
         Per-site location and scale (variance) of the standardized scores (batch × component), and those
         used (equal to the estimates without ``score_eb``).
@@ -101,11 +107,12 @@ class CovBat(ComBat):
 
     _schema_name = "covbat"
 
-    def __init__(self, *, batch="site", formula=None, percent_var=0.95, n_components=None, std_var=True,
-                 eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
+    def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
+                 std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
                  score_parametric=True, tol=1e-4, max_iter=1000, compat=None):
         self.batch = batch
         self.formula = formula
+        self.ref_batch = ref_batch
         self.percent_var = percent_var
         self.n_components = n_components
         self.std_var = std_var
@@ -194,16 +201,19 @@ class CovBat(ComBat):
             S *= S
             ss += onehot[rows].T @ S
         del A, S
-        st = eb.standardized_moments(means, ss, counts, np.eye(m))
+        ref = self.ref_index_
+        st = eb.standardized_moments(means, ss, counts, np.eye(m), ref=ref)
         g_star, d_star = st.gamma_hat.copy(), st.delta_hat.copy()
         if self.score_eb:
             if K < 2:
                 raise InputError("score_eb pools the K harmonized components of a site, so it needs K >= 2; "
                                  f"got K = {K}. Raise n_components or percent_var, or pass score_eb=False.")
             pri = eb.eb_priors(st.gamma_hat, st.delta_hat)
-            for i in range(m):
+            for i in (i for i in range(m) if i != ref):
                 g_star[i], d_star[i] = self._score_eb_site(st.gamma_hat[i], st.delta_hat[i], st.delta_raw[i],
                                                            counts[i], pri, i, self.batches_[i])
+        if ref is not None:
+            g_star[ref], d_star[ref] = 0.0, 1.0  # the reference's scores are the target: not adjusted
         a.update(score_alpha=st.alpha, score_sigma=st.sigma, score_gamma_hat=st.gamma_hat,
                  score_delta_hat=st.delta_hat, score_gamma_star=g_star, score_delta_star=d_star)
         self._publish()
@@ -278,6 +288,9 @@ class CovBat(ComBat):
         const = a["constant"]
         if const.any():
             out[:, const] = prep.Y[:, const]
+        if self.ref_index_ is not None:
+            rows = prep.codes == self.ref_index_
+            out[rows] = prep.Y[rows]  # reference rows unchanged, bit for bit (their score change is 0)
         return out
 
     def _estimate_new_score_effects(self, prep, S_new, codes_new, g, d):
