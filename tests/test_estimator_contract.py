@@ -39,23 +39,27 @@ FAMILIES = {
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex", scale_formula="age")),
 }
 
-# Per family, one invalid value of EVERY constructor parameter (the test below fails when a parameter is
-# added without an entry here). Fitting with it must raise a ValueError whose message names the parameter.
+# One invalid value of EVERY constructor parameter: the shared ones, then each family's own (the test below
+# fails when a parameter is added without an entry here). Fitting with it must raise a ValueError whose
+# message names the parameter and the family.
 _COMMON_BAD = {
     "batch": 3.5, "formula": 12, "eb": "yes", "parametric": None, "mean_only": 1.5, "mean_only_form": "R",
     "ref_batch": ["a"], "tol": -1.0, "max_iter": 0, "compat": "R",
 }
-BAD_VALUES = {
-    "ComBat": dict(_COMMON_BAD),
-    "ComBatGAM": dict(_COMMON_BAD, smooth=5, df=3, method="ML", shared_smoothing="no",
-                      smooth_bounds=[0, 1], extrapolate="cubic", random_state="seed"),
-    "LongComBat": dict(batch=3.5, subject=7, time=1.5, formula=12, random_slope="no", standardize="z",
-                       eb="yes", n_iter=-1),
-    "CovBat": dict(_COMMON_BAD, percent_var=1.5,
-                   n_components=0, std_var="no", score_eb=2, score_parametric="no"),
-    "ComBatLS": dict({k: v for k, v in _COMMON_BAD.items() if k != "compat"}, scale_formula=3,
-                     fit_tol=0.0, fit_max_iter=0),
+_FAMILY_BAD = {
+    "ComBat": {},
+    "ComBatGAM": dict(smooth=5, df=3, method="ML", shared_smoothing="no", smooth_bounds=[0, 1],
+                      extrapolate="cubic", random_state="seed"),
+    "LongComBat": dict(subject=7, time=1.5, random_slope="no", standardize="z", n_iter=-1),
+    "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
+    "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
 }
+
+
+def bad_values(name):
+    params = FAMILIES[name][0]().get_params()
+    return {**{k: v for k, v in _COMMON_BAD.items() if k in params}, **_FAMILY_BAD[name]}
+
 
 # Learned attributes every family publishes after fit (family-specific ones are tested per family).
 COMMON_ATTRIBUTES = ["batches_", "batch_sizes_", "n_features_in_", "feature_names_in_", "design_", "alpha_",
@@ -99,8 +103,8 @@ def test_init_stores_params_only(name):
 
 @families
 def test_init_does_not_validate(name):
-    est = make(name, **BAD_VALUES[name])  # stored as given; rejected by fit
-    for k, v in BAD_VALUES[name].items():
+    est = make(name, **bad_values(name))  # stored as given; rejected by fit
+    for k, v in bad_values(name).items():
         assert est.get_params()[k] is v
 
 
@@ -138,8 +142,8 @@ def test_clone_get_params_set_params_repr(name, fitted):
 def test_parameter_validation_names_the_parameter(name, data):
     X, cov = data
     est = make(name)
-    bad = BAD_VALUES[name]
-    assert sorted(bad) == sorted(est.get_params()), "every parameter needs an invalid value in BAD_VALUES"
+    bad = bad_values(name)
+    assert sorted(bad) == sorted(est.get_params()), "every parameter needs an invalid value in _FAMILY_BAD"
     for param, value in bad.items():
         est = make(name).set_params(**{param: value})
         with pytest.raises(ValueError, match=rf"'{param}'") as info:
@@ -192,6 +196,15 @@ def test_dataframe_in_out_same_index_and_columns(name, data, fitted):
     # columns in another order come back in that order, each with its own values
     cols = list(X.columns[::-1])
     pd.testing.assert_frame_equal(fitted[name].transform(X[cols], cov), ref[cols], check_exact=True)
+
+
+@families
+def test_fit_transform_refuses_unknown_arguments(name, data):
+    X, cov = data
+    with pytest.raises(TypeError):
+        make(name).fit(X, cov, new_sites="estimate")
+    with pytest.raises(ValueError, match="new_sites"):
+        make(name).fit_transform(X, cov, new_sites="estimate")
 
 
 @families

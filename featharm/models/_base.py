@@ -184,13 +184,41 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # ------------------------------------------------------------------------------ public API
     @sized_by_first_argument
     def fit(self, X, covariates=None):
-        """Estimate the site effects of ``X`` given ``covariates``; returns ``self``."""
+        """Estimate the site effects of ``X`` given ``covariates``.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Features (rows = subjects, numeric columns = features).
+        covariates : DataFrame
+            The batch column and the formula's columns, aligned with ``X`` by index.
+
+        Returns
+        -------
+        self
+            The fitted model (a refit discards the previous fit).
+        """
         self._fit(X, covariates)
         return self
 
     @sized_by_first_argument
     def fit_transform(self, X, covariates=None, **fit_params):
-        """Fit, then harmonize the same rows (identical to ``fit(X, cov).transform(X, cov)``)."""
+        """Fit, then harmonize the same rows (identical to ``fit(X, cov).transform(X, cov)``).
+
+        Parameters
+        ----------
+        X, covariates : DataFrame
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        DataFrame
+            Harmonized features, same index and columns as ``X``.
+        """
+        if fit_params:  # accepted by scikit-learn's signature only; never ignored silently
+            raise InputError(f"{self._owner()}.fit_transform takes X and covariates only; got "
+                             f"{sorted(fit_params)}. Options of transform (new_sites ...) do not apply to "
+                             "the training rows.")
         prep = self._fit(X, covariates)
         return self._output(self._harmonize(prep), prep)
 
