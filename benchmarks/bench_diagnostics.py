@@ -11,7 +11,8 @@ featharm (``featharm.diagnostics.diagnose``, ``n_permutations=0``, ``classificat
 * per-feature tests: ANOVA partial F, Kruskal-Wallis, Levene, Brown-Forsythe, Bartlett, Fligner-Killeen,
   BH-FDR and Bonferroni per test;
 * per-site shifts and log variance ratios;
-* PERMANOVA/MDMR pseudo-F and pseudo-R2 (statistic only), MANOVA (Pillai) and Box's M on 10 PCs;
+* PERMANOVA/MDMR pseudo-F and pseudo-R2 with MDMR's analytic p-value (no permutations), MANOVA (Pillai)
+  and Box's M on 10 PCs;
 * site classification: 5-fold CV, 1 repeat, multinomial logistic regression, covariates residualized in
   the folds;
 * covariate balance.

@@ -32,10 +32,12 @@ def _check_permutations(n_permutations, owner: str) -> None:
 
 
 def _standardize(A: np.ndarray) -> np.ndarray:
+    """Centred columns scaled to unit SD (ddof 1), as R's ``scale``; one new array (``A`` is not modified)."""
     Z = A - A.mean(axis=0)
-    sd = Z.std(axis=0, ddof=1)
+    sd = np.sqrt(np.einsum("ij,ij->j", Z, Z) / (Z.shape[0] - 1))
     sd[sd == 0] = 1.0
-    return Z / sd
+    Z /= sd
+    return Z
 
 
 def _ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> float:
@@ -45,18 +47,23 @@ def _ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> float:
     return float(((sums ** 2).sum(axis=1) / counts).sum())
 
 
-def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng) -> dict:
+def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng,
+                     overwrite: bool = False) -> dict:
     """PERMANOVA with Euclidean distances on the (centred) rows of ``Z``.
 
     For Euclidean distances the Gower-centred matrix is ``G = Z Zᵀ``, so ``tr(HGH)`` is the between-site
     sum of squares of ``Z`` and ``tr(G)`` its total sum of squares: no n × n matrix is formed.
+    ``overwrite=True`` centres ``Z`` in place (no copy; for callers that own ``Z``).
     """
     n, m = Z.shape[0], counts.size
-    Z = Z - Z.mean(axis=0)
+    if overwrite:
+        Z -= Z.mean(axis=0)
+    else:
+        Z = Z - Z.mean(axis=0)
     if Z.shape[1] > n:  # same inner products, fewer columns
         U, S, _ = np.linalg.svd(Z, full_matrices=False)
         Z = U * S
-    sst = float((Z ** 2).sum())
+    sst = float(np.einsum("ij,ij->", Z, Z))
     ssb = _ssb(Z, codes, counts)
     ssw = sst - ssb
     F = (ssb / (m - 1)) / (ssw / (n - m))
@@ -113,7 +120,7 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
     _check_permutations(n_permutations, "permanova")
     r_add = r_add[:, ~P.constant] if P.constant.any() else r_add
     res = permanova_arrays(_standardize(r_add), P.codes, P.counts, int(n_permutations),
-                           np.random.default_rng(random_state))
+                           np.random.default_rng(random_state), overwrite=True)
     common = {"df1": res["df1"], "df2": res["df2"], "effect_size": res["pseudo_R2"],
               "effect_size_name": "pseudo_R2", "n_components": np.nan}
     return pd.DataFrame([
@@ -251,18 +258,28 @@ def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
     from sklearn.metrics import roc_auc_score
 
     bacc, auc = [], []
+    V = Y.shape[1]
+    # one training and one test buffer for all folds (and permutations): the features are copied into them
+    # and residualized, standardized in place, column block by column block (no n × V temporaries)
+    buf_tr = np.empty((max(len(tr) for tr, _ in splits), V))
+    buf_te = np.empty((max(len(te) for _, te in splits), V))
+    step = max(1, (2 * 2**20) // (8 * max(Y.shape[0], 1)))
     for i, (train, test) in enumerate(splits):
-        if fold_data is not None:
-            Ytr, Yte = fold_data[i]
-        else:
-            Ytr, Yte = Y[train], Y[test]
+        Rtr, Rte = buf_tr[:len(train)], buf_te[:len(test)]
+        src_tr, src_te = (fold_data[i] if fold_data is not None else (None, None))
+        for s in range(0, V, step):  # column blocks: Y may be F-ordered (a DataFrame's values)
+            blk = slice(s, min(s + step, V))
+            Rtr[:, blk] = Y[:, blk][train] if src_tr is None else src_tr[:, blk]
+            Rte[:, blk] = Y[:, blk][test] if src_te is None else src_te[:, blk]
         W = np.hstack([np.ones((len(train), 1)), Xc[train]])
-        coef = np.linalg.lstsq(W, Ytr, rcond=None)[0]  # covariates residualized inside the fold
-        Rtr = W @ coef
-        np.subtract(Ytr, Rtr, out=Rtr)
-        Rte = np.hstack([np.ones((len(test), 1)), Xc[test]]) @ coef
-        np.subtract(Yte, Rte, out=Rte)
-        mu, sd = Rtr.mean(axis=0), Rtr.std(axis=0)
+        Wte = np.hstack([np.ones((len(test), 1)), Xc[test]])
+        mu, sd = np.empty(V), np.empty(V)
+        for s in range(0, V, step):  # covariates residualized inside the fold (least squares on training rows)
+            blk = slice(s, min(s + step, V))
+            coef = np.linalg.lstsq(W, Rtr[:, blk], rcond=None)[0]
+            Rtr[:, blk] -= W @ coef
+            Rte[:, blk] -= Wte @ coef
+            mu[blk], sd[blk] = Rtr[:, blk].mean(axis=0), Rtr[:, blk].std(axis=0)
         sd[sd == 0] = 1.0
         Rtr -= mu
         Rtr /= sd

@@ -36,9 +36,11 @@ def _one(X, covariates, batch, formula, tests, model, random, n_permutations, cl
                                      random_state=seeds[0], ols_fit=fit,
                                      residuals=None if model == "ols" else (r_add, r_full)),
            "site_effect_sizes": per_site_table(P, r_add, r_full)}
+    del fit, r_full  # the multivariate checks use the additive residuals only: free the rest (memory)
     if multivariate:
         perm = permanova_table(P, r_add, n_permutations, seeds[1])
         out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
+    del r_add  # the classification works on the features
     if classification:
         out["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
                                                           1.0, seeds[2], None, random if model == "lmm" else None)

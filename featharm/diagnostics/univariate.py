@@ -249,7 +249,7 @@ def _resolve_tests(tests, model: str) -> list[str]:
     return chosen
 
 
-BLOCK_BYTES = 2 * 2**20  # feature blocks of about 2 MB keep the temporaries of the tests small
+BLOCK_BYTES = 2**19  # feature blocks of 0.5 MB: the ~10 temporaries of a rank test stay near 5 MB
 
 
 def _blocks(n: int, V: int):
@@ -435,9 +435,12 @@ test_site_effects.__test__ = False  # not a pytest test, despite its name
 
 def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.DataFrame:
     oh, counts = P.onehot, P.counts
-    s2, sp2 = group_variances(r_full, oh, counts)
+    V = r_full.shape[1]
+    s2, sp2, sd_full = np.empty((P.m, V)), np.empty(V), np.empty(V)
+    for blk in _blocks(*r_full.shape):  # column blocks: no n × V temporaries
+        s2[:, blk], sp2[blk] = group_variances(r_full[:, blk], oh, counts)
+        sd_full[blk] = r_full[:, blk].std(axis=0, ddof=1)
     means = group_sums(oh, r_add) / counts[:, None]
-    sd_full = r_full.std(axis=0, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = (means - r_add.mean(axis=0)) / sd_full
         lvr = np.log(s2 / sp2)
