@@ -10,6 +10,7 @@ import time
 
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("featharm_progress", default=False)
 DELAY = 2.0
+LOG_EVERY = 10.0  # seconds between lines when stderr is not a terminal (a log file, a pipe)
 
 
 @contextlib.contextmanager
@@ -34,6 +35,9 @@ class Progress:
         self.active = _enabled.get()
         self.t0 = time.perf_counter()
         self.shown = False
+        # a terminal redraws one line with "\r"; a log file gets a plain line every LOG_EVERY seconds
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = -LOG_EVERY
 
     def __enter__(self):
         return self
@@ -47,19 +51,23 @@ class Progress:
             return
         if elapsed < self.delay and not self.shown:
             return
+        if not self.tty and (elapsed - self.last < LOG_EVERY or self.done >= self.total):
+            return  # the last line is written by __exit__
         self._draw(elapsed)
 
     def _draw(self, elapsed: float) -> None:
         frac = min(1.0, self.done / self.total)
         width = 30
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        self.stream.write(f"\r{self.desc}: [{bar}] {frac:6.1%} {elapsed:6.1f}s")
+        line = f"{self.desc}: [{bar}] {frac:6.1%} {elapsed:6.1f}s"
+        self.stream.write(f"\r{line}" if self.tty else f"{line}\n")
         self.stream.flush()
-        self.shown = True
+        self.shown, self.last = True, elapsed
 
     def __exit__(self, *exc):
         if self.shown:
             self._draw(time.perf_counter() - self.t0)
-            self.stream.write("\n")
+            if self.tty:
+                self.stream.write("\n")
             self.stream.flush()
         return False

@@ -43,6 +43,7 @@ def _load_inputs(args, batch: str | None, formula: str | None):
         if not args.id:
             raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
         cov = read_table(args.covariates, index_col=args.id)
+        data, cov = _same_id_type(data, cov)
         missing = data.index.difference(cov.index, sort=False)
         if len(missing):
             raise InputError(
@@ -53,6 +54,34 @@ def _load_inputs(args, batch: str | None, formula: str | None):
     else:
         cov = data
     return data, cov
+
+
+def _same_id_type(a: pd.DataFrame, b: pd.DataFrame):
+    """Two tables indexed by id, with ids of one type (a Parquet file's integers match a CSV's text)."""
+    if a.index.dtype != b.index.dtype:
+        a, b = a.set_axis(a.index.astype(str)), b.set_axis(b.index.astype(str))
+    return a, b
+
+
+def _check_outputs(args, *names: str) -> None:
+    """Refuse, before any work, output paths that would fail late or overwrite an input."""
+    from .io.tables import table_format
+
+    inputs = {Path(p).resolve() for p in (getattr(args, "data", None), getattr(args, "covariates", None),
+                                          getattr(args, "model", None), getattr(args, "harmonized", None))
+              if p}
+    for name in names:
+        path = getattr(args, name, None)
+        if not path:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if Path(path).is_dir():
+            raise InputError(f"{flag} {path} is a directory; give a file name.")
+        if Path(path).resolve() in inputs:
+            raise InputError(f"{flag} {path} is also an input; write the result to another file "
+                             "(featharm never overwrites its inputs).")
+        if name == "out" and args.func in (cmd_harmonize, cmd_apply):
+            table_format(path)
 
 
 def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
@@ -77,6 +106,8 @@ def _read_harmonized(args, data: pd.DataFrame, feats: list):
     from .io import read_table
 
     hdata = read_table(args.harmonized, index_col=args.id)
+    if args.id:
+        data, hdata = _same_id_type(data, hdata)
     lacking = [c for c in feats if c not in hdata.columns]
     if lacking:
         raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {lacking[:5]}"
@@ -93,12 +124,23 @@ def _read_harmonized(args, data: pd.DataFrame, feats: list):
     return hdata[feats].set_axis(data.index, axis=0)
 
 
-def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out) -> None:
+def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None) -> None:
+    """Write DATA with the harmonized columns replaced; the other columns of a CSV/TSV ``source`` are
+    copied as text, exactly as written (``007``, ``NA``, ``1`` stay so)."""
     from .io import write_table
+    from .io.tables import read_text_columns
 
-    result = data.copy()
-    for c in harmonized.columns:
-        result[c] = harmonized[c].to_numpy()
+    changed = set(harmonized.columns)
+    keep = [j for j, c in enumerate(data.columns) if c not in changed]
+    text = read_text_columns(source, keep) if source is not None and keep else None
+    if text is not None and text.shape == (len(data), len(keep)):
+        text_cols = iter(text.columns)
+        result = pd.DataFrame({c: harmonized[c].to_numpy() if c in changed else text[next(text_cols)].to_numpy()
+                               for c in data.columns}, columns=data.columns)
+    else:
+        result = data.copy()
+        for c in harmonized.columns:
+            result[c] = harmonized[c].to_numpy()
     write_table(result, out, index=False)
 
 
@@ -166,6 +208,7 @@ METHODS: dict = {
 def cmd_harmonize(args) -> int:
     from .design import _clean_formula, _formula_variables
 
+    _check_outputs(args, "out", "save_model", "report")
     data, cov = _load_inputs(args, args.batch, args.formula)
     if args.batch not in cov.columns:
         raise ColumnNotFoundError(
@@ -179,12 +222,15 @@ def cmd_harmonize(args) -> int:
     feats = _feature_columns(data, args.features, [args.batch, args.id, *used, *method_columns(args)])
     model = build(args)
     Xh = model.fit_transform(data[feats], cov)
-    _write_output(data, Xh, args.out)
+    report = None
+    if args.report:  # built before anything is written: a failure leaves no partial outputs
+        report = model.report(data[feats], cov, X_harmonized=Xh, inputs=_report_inputs(args),
+                              parameters=_report_parameters(args))
+    _write_output(data, Xh, args.out, source=args.data)
     if args.save_model:
         model.save(args.save_model)
-    if args.report:
-        model.report(data[feats], cov, X_harmonized=Xh, inputs=_report_inputs(args),
-                     parameters=_report_parameters(args)).save_as_html(args.report)
+    if report is not None:
+        report.save_as_html(args.report)
     if not args.quiet:
         print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
@@ -196,6 +242,7 @@ def cmd_harmonize(args) -> int:
 def cmd_apply(args) -> int:
     from .persistence import load_model
 
+    _check_outputs(args, "out")
     model = load_model(args.model)
     if getattr(args, "extrapolate", None):
         if "extrapolate" not in model.get_params():
@@ -218,7 +265,7 @@ def cmd_apply(args) -> int:
             raise InputError(f"--new-sites estimate is not available for {type(model).__name__} models.")
         kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
     Xh = model.transform(data[feats], cov, **kw)
-    _write_output(data, Xh, args.out)
+    _write_output(data, Xh, args.out, source=args.data)
     if not args.quiet:
         print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
     return 0
@@ -278,6 +325,7 @@ def cmd_report(args) -> int:
     from .persistence import load_model
     from .report import make_report
 
+    _check_outputs(args, "out")
     model = load_model(args.model) if args.model else None
     batch = args.batch or (model.batch if model is not None else None)
     if batch is None:
@@ -337,7 +385,8 @@ def cmd_diagnose(args) -> int:
                       tests=args.tests, model="lmm" if args.random else "ols", random=args.random,
                       n_permutations=args.n_permutations,
                       classification_permutations=args.classification_permutations,
-                      classification=not args.no_classification, harmonizer=harmonizer, random_state=args.seed)
+                      classification=not args.no_classification, n_splits=args.n_splits, harmonizer=harmonizer,
+                      random_state=args.seed)
     out = Path(args.out)
     for name, table in tables.items():
         write_table(table, out / f"{name}.csv", index=False)
@@ -466,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classification-permutations", type=int, default=100, metavar="N",
                    help="label permutations of the site-classification null (default 100; 0 = none)")
     g.add_argument("--no-classification", action="store_true", help="skip the site classification")
+    g.add_argument("--n-splits", type=int, default=5, metavar="K",
+                   help="folds of the site classification's stratified CV (default 5; every site needs K rows)")
     g.add_argument("--seed", type=int, default=0, help="seed of permutations and CV splits (default 0)")
     g.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
     g.add_argument("--id", metavar="COL", help="id column (joins DATA, --covariates and --harmonized)")
@@ -502,7 +553,7 @@ def main(argv=None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (FeatharmError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (FeatharmError, OSError) as exc:  # OSError: a file that cannot be read or written
         _err(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         return EXIT_USER_ERROR
     finally:

@@ -9,7 +9,7 @@ from .._validation import check_features, check_option
 from ..exceptions import AlignmentError
 from ._common import prepare
 from .balance import covariate_balance
-from .multivariate import classification_table, pc_tests_table, permanova_table
+from .multivariate import check_cv_sites, classification_table, pc_tests_table, permanova_table
 from .preservation import preservation_tables
 from .residuals import ols_residuals
 from .univariate import per_site_table, run_tests
@@ -24,6 +24,8 @@ TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classificat
 def _one(X, covariates, batch, formula, tests, model, random, n_permutations, classification_permutations,
          n_splits, n_repeats, n_components, multivariate, classification, seeds):
     P = prepare(X, covariates, batch, formula, "diagnose")
+    if classification:  # fail before the slow steps, not after them
+        check_cv_sites(P, n_splits, random if model == "lmm" else None)
     fit = None
     if model == "ols":
         fit = ols_residuals(P)

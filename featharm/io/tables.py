@@ -11,7 +11,7 @@ from .._validation import show_columns
 from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
 from ..persistence import atomic_write_bytes
 
-__all__ = ["read_table", "write_table", "table_format"]
+__all__ = ["read_table", "write_table", "table_format", "read_text_columns"]
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -45,7 +45,9 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
             raise _parquet_hint(exc) from None
     else:
         try:
-            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t")
+            # ids are text: "007" stays "007" (and matches the same id in another file)
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t",
+                             dtype={index_col: str} if index_col is not None else None)
         except pd.errors.EmptyDataError:
             raise InputError(f"table {str(path)!r} is empty.") from None
         except pd.errors.ParserError as exc:
@@ -55,6 +57,10 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
             raise ColumnNotFoundError(
                 f"{str(path)!r} has no id column {index_col!r}; columns present: {show_columns(df.columns)}."
             )
+        if df[index_col].isna().any():
+            rows = [int(i) + 2 for i in df.index[df[index_col].isna().to_numpy()][:5]]
+            raise InputError(f"id column {index_col!r} of {str(path)!r} is empty on line(s) {rows}; "
+                             "every row needs an id.")
         if df[index_col].duplicated().any():
             dup = df.loc[df[index_col].duplicated(), index_col].unique()[:5]
             raise DuplicateIndexError(f"id column {index_col!r} of {str(path)!r} repeats ids {list(dup)}.")
@@ -76,3 +82,16 @@ def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
     else:
         data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
     atomic_write_bytes(path, data)
+
+
+def read_text_columns(path, positions) -> pd.DataFrame | None:
+    """The columns at ``positions`` of a CSV/TSV table exactly as written (text, nothing parsed as NaN).
+
+    Used to write a table back with only some columns changed: ``007``, ``NA``, ``1`` or ``TRUE`` in the
+    other columns come out as they went in. Returns ``None`` for Parquet (its types survive a round trip).
+    """
+    fmt = table_format(path)
+    if fmt == "parquet":
+        return None
+    return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
+                       na_values=[], usecols=list(positions))
