@@ -192,3 +192,43 @@ def test_progress_bar_writes_lines_not_carriage_returns_to_a_log():
             bar.update()
     lines = buf.getvalue().splitlines()
     assert "\r" not in buf.getvalue() and 1 <= len(lines) <= 3 and lines[-1].startswith("step: [####")
+
+
+# ------------------------------------------------------------------------------------------ covariates
+def _ixi():
+    data = fh.datasets.load_ixi()
+    return data, data[fh.datasets.ixi_feature_columns(data)]
+
+
+def test_numbers_read_as_text_are_not_silently_a_500_level_factor():
+    data, X = _ixi()
+    d = data.copy()
+    d["age"] = d["age"].astype(str)       # e.g. a Parquet/Excel column typed as text
+    with pytest.raises(fh.exceptions.FormulaError, match=r"'age' holds numbers stored as text.*pd.to_numeric"):
+        fh.ComBat(batch="site", formula="age + sex").fit(X, d)
+    d.loc[d.index[4], "age"] = "n/a?"     # a CSV column spoiled by one typo is read as text
+    with pytest.raises(fh.exceptions.FormulaError, match=r"\['n/a\?'\] at rows 'sub-IXI015'"):
+        fh.ComBat(batch="site", formula="age + sex").fit(X, d)
+    with pytest.raises(fh.exceptions.FormulaError, match="scale_formula: covariate 'age'"):
+        fh.ComBatLS(batch="site", formula="sex", scale_formula="age").fit(X, d)
+
+
+def test_few_coded_levels_as_text_stay_categorical():
+    data, X = _ixi()
+    d = data.copy()
+    d["sex01"] = (d["sex"] == "M").astype(int).astype(str)    # "0"/"1": a factor, as documented
+    a = fh.ComBat(batch="site", formula="age + sex01").fit_transform(X, d)
+    b = fh.ComBat(batch="site", formula="age + sex").fit_transform(X, data)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_cli_numeric_covariate_with_a_typo_is_one_line(tmp_path, capsys):
+    df = _messy_table()
+    df["age"] = df["age"].astype(object)
+    df.iloc[3, df.columns.get_loc("age")] = "unknown"
+    src = tmp_path / "d.csv"
+    df.to_csv(src, index=False)
+    code, cap = _run(["harmonize", src, "--batch", "site", "--formula", "age + sex", "--features", "roi*",
+                      "--out", tmp_path / "o.csv"], capsys)
+    assert code == 2 and cap.err.startswith("featharm: error: covariate 'age' looks numeric but holds text: "
+                                            "['unknown']") and cap.err.count("\n") == 1
