@@ -32,6 +32,27 @@ SCHEMA_VERSION = 1
 FORMAT = "featharm-model"
 
 
+def _encode_params(value):
+    """Parameters as JSON: tuples tagged so that they load as tuples (``smooth_bounds={"age": (0, 100)}``)."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode_params(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode_params(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode_params(v) for k, v in value.items()}
+    return value
+
+
+def _decode_params(value):
+    if isinstance(value, dict):
+        if list(value) == ["__tuple__"] and isinstance(value["__tuple__"], list):
+            return tuple(_decode_params(v) for v in value["__tuple__"])
+        return {k: _decode_params(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_params(v) for v in value]
+    return value
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -74,7 +95,7 @@ def save_model(model, path) -> None:
         "featharm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": type(model).__name__,
-        "params": model.get_params(deep=False),
+        "params": _encode_params(model.get_params(deep=False)),
         "state": state,
         "arrays": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for k, v in arrays.items()},
     }
@@ -148,7 +169,7 @@ def load_model(path):
             raise
         raise ModelFileError(f"{str(path)!r} is damaged: {exc}.") from None
     try:
-        model = cls(**manifest["params"])
+        model = cls(**_decode_params(manifest["params"]))
     except TypeError as exc:
         raise ModelFileError(f"{str(path)!r} has parameters {name} does not take: {exc}.") from None
     try:

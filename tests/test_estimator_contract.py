@@ -293,6 +293,28 @@ def test_save_load_round_trip_is_exact(name, data, fitted, tmp_path):
     pd.testing.assert_frame_equal(loaded.transform(X, cov), est.transform(X, cov), check_exact=True)
 
 
+# A non-default configuration of each family (reference batch, other EB, extra options).
+NON_DEFAULT = {
+    "ComBat": dict(ref_batch="site02", parametric=False, mean_only=True, mean_only_form="n", compat="neuroCombat"),
+    "ComBatGAM": dict(smooth_bounds={"age": (0, 120)}, extrapolate="linear", method="GCV", ref_batch="site01", df=8),
+    "LongComBat": dict(random_slope=True, standardize="marginal", eb=False, n_iter=10),
+    "CovBat": dict(n_components=2, score_eb=True, std_var=False),
+    "ComBatLS": dict(ref_batch="site03", eb=False, fit_tol=1e-6),
+}
+
+
+@families
+def test_save_load_round_trip_non_default_parameters(name, data, tmp_path):
+    X, cov = data
+    est = make(name, **NON_DEFAULT[name])
+    Xh = est.fit_transform(X, cov)
+    pd.testing.assert_frame_equal(est.transform(X, cov), Xh, check_exact=True)
+    est.save(tmp_path / "m.fhm")
+    loaded = fh.load_model(tmp_path / "m.fhm")
+    assert loaded.get_params() == est.get_params()  # tuples stay tuples, lists lists
+    pd.testing.assert_frame_equal(loaded.transform(X, cov), Xh, check_exact=True)
+
+
 @families
 def test_newer_schema_is_refused(name, fitted, tmp_path):
     path, newer = tmp_path / "m.fhm", tmp_path / "newer.fhm"
