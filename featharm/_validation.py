@@ -46,12 +46,25 @@ def check_option(name: str, value, allowed, owner: str) -> None:
         )
 
 
-def check_features(X, owner: str = "featharm") -> tuple[np.ndarray, pd.Index, pd.Index]:
-    """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric."""
+def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> tuple[np.ndarray, pd.Index, pd.Index]:
+    """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric.
+
+    A 2-D NumPy array is taken as rows in the order of ``index`` (e.g. the covariates' index) and
+    columns ``columns`` when their lengths match, else as rows 0..n-1 and columns ``x0, x1, ...``.
+    """
     if isinstance(X, pd.DataFrame):
         df = X
     elif isinstance(X, np.ndarray) and X.ndim == 2:
-        df = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+        n, p = X.shape
+        if index is not None and len(index) != n:
+            raise AlignmentError(
+                f"{owner} got the features as a NumPy array with {n} rows but the covariates have "
+                f"{len(index)}; an array is matched to the covariates row by row, so give both the same "
+                "rows (or pass a DataFrame indexed by subject id)."
+            )
+        df = pd.DataFrame(X, index=index,
+                          columns=list(columns) if columns is not None and len(columns) == p
+                          else [f"x{j}" for j in range(p)])
     else:
         raise InputError(
             f"{owner} needs the features as a pandas DataFrame (rows = subjects, columns = features); "
@@ -82,6 +95,11 @@ def check_features(X, owner: str = "featharm") -> tuple[np.ndarray, pd.Index, pd
             "rows (or features) first."
         )
     return Y, df.index, df.columns
+
+
+def rows_of(covariates):
+    """The index a NumPy feature array is matched to: the covariates' rows, in order."""
+    return covariates.index if isinstance(covariates, pd.DataFrame) else None
 
 
 def align_covariates(index: pd.Index, covariates, owner: str = "featharm") -> pd.DataFrame:

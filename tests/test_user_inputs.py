@@ -232,3 +232,22 @@ def test_cli_numeric_covariate_with_a_typo_is_one_line(tmp_path, capsys):
                       "--out", tmp_path / "o.csv"], capsys)
     assert code == 2 and cap.err.startswith("featharm: error: covariate 'age' looks numeric but holds text: "
                                             "['unknown']") and cap.err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------ NumPy input
+def test_diagnostics_and_plots_take_numpy_features_like_the_models():
+    from featharm import diagnostics as dg
+    from featharm import plots
+
+    data, X = _ixi()
+    Xh = fh.ComBat(batch="site", formula="age + sex").fit_transform(X, data)
+    a = dg.test_site_effects(X.to_numpy(), data, batch="site", formula="age + sex")
+    b = dg.test_site_effects(X, data, batch="site", formula="age + sex")
+    np.testing.assert_allclose(a["statistic"], b["statistic"], rtol=1e-12)
+    pres = dg.biology_preservation(X, Xh.to_numpy(), data, formula="age + sex")
+    ref = dg.biology_preservation(X, Xh, data, formula="age + sex")
+    pd.testing.assert_frame_equal(pres.table, ref.table)
+    fig = plots.site_effects_before_after(X.to_numpy(), Xh.to_numpy(), data, formula="age + sex")
+    assert fig.axes
+    with pytest.raises(fh.exceptions.AlignmentError, match="NumPy array with 555 rows but the covariates have 556"):
+        dg.test_site_effects(X.to_numpy()[:-1], data, batch="site", formula="age + sex")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch
+from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch, rows_of
 from ..design import CovariateDesign, batch_indicators
 from .balance import BALANCE_COLUMNS, covariate_balance
 from .multivariate import (CLASSIFICATION_COLUMNS, MULTIVARIATE_COLUMNS, pc_covariance_tests, permanova,
@@ -74,7 +74,7 @@ def site_anova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site"
         site); ``df1`` (m - 1); ``df2`` (n - p1); ``p_unc`` (upper tail of F); ``effect_size``
         (partial eta² of site, (RSS0 - RSS1)/RSS0).
     """
-    Y, index, columns = check_features(X, "site_anova")
+    Y, index, columns = check_features(X, "site_anova", index=rows_of(covariates))
     cov = align_covariates(index, covariates, "site_anova")
     s = get_batch(cov, batch)
     levels = batch_levels(s)

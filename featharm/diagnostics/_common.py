@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._validation import _show, align_covariates, batch_levels, check_features, encode_batches, get_batch
+from .._validation import _show, align_covariates, batch_levels, check_features, encode_batches, get_batch, rows_of
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import BatchError, ConstantFeatureWarning, InputError, warn
 
@@ -44,7 +44,7 @@ class Prepared:
 
 def prepare(X, covariates, batch: str, formula: str | None, owner: str, *, min_per_site: int = 2) -> Prepared:
     """Check and align the inputs of a diagnostic (named errors for every user mistake)."""
-    Y, index, columns = check_features(X, owner)
+    Y, index, columns = check_features(X, owner, index=rows_of(covariates))
     cov = align_covariates(index, covariates, owner)
     s = get_batch(cov, batch)
     levels = batch_levels(s)

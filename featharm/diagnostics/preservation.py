@@ -128,7 +128,7 @@ def biology_preservation(X_raw: pd.DataFrame, X_harmonized: pd.DataFrame, covari
         partial R², counts of FDR-significant features before, after and in both, median partial R².
     """
     P = prepare(X_raw, covariates, batch, formula, "biology_preservation")
-    Yh, idx_h, cols_h = check_features(X_harmonized, "biology_preservation")
+    Yh, idx_h, cols_h = check_features(X_harmonized, "biology_preservation", index=P.index, columns=P.features)
     if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
         raise AlignmentError(
             "X_raw and X_harmonized must have the same rows (index, in the same order) and the same feature "

@@ -98,7 +98,7 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     P, raw = _one(X, covariates, **kw)
     runs = [("raw", raw)]
     if X_harmonized is not None:
-        Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose")
+        Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features)
         if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
             raise AlignmentError(
                 "X_harmonized must have the same rows (index, same order) and feature columns as X; "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch
+from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch, rows_of
 from ..design import CovariateDesign, batch_indicators
 from ..exceptions import ColumnNotFoundError, InputError
 
@@ -55,7 +55,7 @@ class Inputs:
 
 
 def prepare(X, covariates, batch: str, owner: str, levels=None) -> Inputs:
-    Y, index, columns = check_features(X, owner)
+    Y, index, columns = check_features(X, owner, index=rows_of(covariates))
     cov = align_covariates(index, covariates, owner)
     s = get_batch(cov, batch)
     lv = batch_levels(s) if levels is None else list(levels)
