@@ -149,7 +149,7 @@ def _pick_x(covariates: pd.DataFrame, columns) -> str | None:
 # ------------------------------------------------------------------------------------------ make_report
 def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, formula=None, features=None,
                 covariate_columns=None, x=None, inputs=None, title=None, figure_format="svg",
-                extra_warnings=None, parameters=None, date=None, command=None) -> HTMLReport:
+                extra_warnings=None, parameters=None, date=None, command=None, classification=True) -> HTMLReport:
     """Build the one-file HTML report of a harmonization (or of raw data alone).
 
     Sections: data summary, covariate balance, site effects before and after (summary numbers, tables,
@@ -191,6 +191,11 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
         Report date (default: now, UTC, ISO 8601); fix it for byte-identical reports.
     command : str, optional
         The command line that made the report.
+    classification : bool, default True
+        Add the cross-validated site classification (multinomial logistic regression, covariates
+        residualized inside the folds) to the site-effects section, before and after harmonization; with a
+        model it is refitted inside every training fold. A modest default keeps the report fast: one
+        stratified 5-fold CV and no permutation null (``featharm diagnose`` runs repeats and the null).
 
     Returns
     -------
@@ -238,7 +243,7 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     with warnings.catch_warnings(record=True) as rec, matplotlib.rc_context({"figure.max_open_warning": 0}):
         warnings.simplefilter("always")
         ctx = _build(X, X_harmonized, cov, model, batch, formula, features, cov_cols, x, inputs,
-                     figure_format, plots, parameters, date, command, title)
+                     figure_format, plots, parameters, date, command, title, classification)
         caught = [{"source": "report", "category": w.category.__name__, "message": str(w.message)} for w in rec]
     warn_rows = []
     for w in (getattr(model, "fit_warnings_", None) or []):
@@ -271,8 +276,51 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     return HTMLReport(text, [s.title for s in sections], unique)
 
 
+def _classification(s, X, Xh, cov, model, batch, formula) -> None:
+    """Site classification before/after into section ``s`` (table, summary numbers, or a note why not)."""
+    from ..exceptions import FeatharmError
+
+    groups = getattr(model, "subject", None) if model is not None else None
+    groups = groups if isinstance(groups, str) and groups in cov.columns else None
+    try:
+        parts = [_stats.site_classification(X, cov, batch=batch, formula=formula, groups=groups).assign(data="before")]
+        how = ""
+        if Xh is not None and model is not None:
+            # the in-fold refits repeat the fit's warnings on subsets (e.g. a small site, smaller still):
+            # summarized in one note instead of the Warnings section
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                parts.append(_stats.site_classification(X, cov, batch=batch, formula=formula, groups=groups,
+                                                        harmonizer=model).assign(data="after"))
+            how = " After: the model is refitted on every training fold and applied to its test fold."
+            if rec:
+                kinds = sorted({w.category.__name__ for w in rec})
+                s.notes.append(f"The model's refits inside the classification folds raised {len(rec)} "
+                               f"warning(s) ({', '.join(kinds)}); they concern subsets of the data and are "
+                               "not listed under Warnings.")
+        elif Xh is not None:
+            parts.append(_stats.site_classification(Xh, cov, batch=batch, formula=formula,
+                                                    groups=groups).assign(data="after"))
+            how = (" After: the harmonized table as given; data harmonized on all rows score below chance "
+                   "in cross-validation (the test rows helped equalize the site means), so read 'after' as "
+                   "an upper bound on the remaining site information; pass the model for an unbiased check.")
+    except FeatharmError as exc:  # e.g. a site with fewer rows (subjects) than folds
+        s.notes.append(f"Site classification not computed: {exc}")
+        return
+    tab = pd.concat(parts, ignore_index=True)
+    for data, part in tab.groupby("data", sort=False):
+        bacc = part[part.metric == "balanced_accuracy"].iloc[0]
+        s.stats.append((f"site classification balanced accuracy {data} (chance {fmt(bacc['chance'])})",
+                        fmt(bacc["value"])))
+    s.tables.append(table(tab[["data"] + [c for c in tab.columns if c != "data"]],
+                          f"Site classification: multinomial logistic regression, stratified "
+                          f"{_stats.CLASSIFICATION_SPLITS}-fold CV ({_stats.CLASSIFICATION_REPEATS} repeat), "
+                          "covariates residualized inside the training folds; no permutation null in the report "
+                          "(featharm diagnose runs one). Chance: 1/sites for balanced accuracy, 0.5 for AUC." + how))
+
+
 def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, figure_format, plots, parameters,
-           date, command, title):
+           date, command, title, classification=True):
     levels = batch_levels(cov[batch])
     counts = cov[batch].astype(str).value_counts().reindex([str(v) for v in levels]).astype(int)
     has_after = Xh is not None
@@ -365,7 +413,10 @@ def _build(X, Xh, cov, model, batch, formula, features, cov_cols, x, inputs, fig
                        ignore_index=True)
     s.tables.append(table(mv[["data"] + [c for c in mv.columns if c != "data"]],
                           "Multivariate tests of site (additive residuals; PERMANOVA with 199 seeded "
-                          "permutations; MANOVA and Box's M on the top principal components)"))
+                          "permutations; MDMR with its analytic p-value; MANOVA and Box's M on the top principal "
+                          "components)"))
+    if classification:
+        _classification(s, X, Xh, cov, model, batch, formula)
     f = plots.site_effects_before_after(X, Xh, cov, batch=batch, formula=formula)
     s.figures.append(fig(f, "Standardized site effects", "Each cell: (site mean of the additive residuals − "
                          "grand mean) / SD of the full residuals; one colour scale for both panels.",

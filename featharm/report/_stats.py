@@ -108,6 +108,26 @@ def multivariate(X, covariates, *, batch, formula, n_permutations=199, random_st
     return out[[c for c in keep if c in out.columns]]
 
 
+#: Site classification in the report: a modest default (one 5-fold CV, no permutation null) to keep the
+#: report fast; ``featharm diagnose`` runs the full version (repeats and a permutation null).
+CLASSIFICATION_SPLITS = 5
+CLASSIFICATION_REPEATS = 1
+CLASSIFICATION_PERMUTATIONS = 0
+
+
+def site_classification(X, covariates, *, batch, formula, harmonizer=None, groups=None, n_splits=None,
+                        n_permutations=None, random_state=0) -> pd.DataFrame:
+    """Cross-validated site classification (covariates residualized in the folds), the report's defaults."""
+    from ..diagnostics import site_classification as _sc
+
+    t = _sc(X, covariates, batch=batch, formula=formula,
+            n_splits=CLASSIFICATION_SPLITS if n_splits is None else n_splits, n_repeats=CLASSIFICATION_REPEATS,
+            n_permutations=CLASSIFICATION_PERMUTATIONS if n_permutations is None else n_permutations,
+            harmonizer=harmonizer, groups=groups, random_state=random_state)
+    keep = ["metric", "value", "sd", "chance", "null_mean", "p_perm", "n_splits"]
+    return t[keep]
+
+
 # ------------------------------------------------------------------------------------------ provenance
 def sha256_file(path) -> str:
     h = hashlib.sha256()
