@@ -192,6 +192,11 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
     lut = {v: i for i, v in enumerate(levels)}
     codes = np.fromiter((lut.get(v.item() if hasattr(v, "item") else v, -1) for v in vals),
                         dtype=np.intp, count=len(vals))
+    if (codes < 0).any():  # the same site written as 3 in one file and "3" in another
+        by_text = {str(v): i for i, v in enumerate(levels)}
+        if len(by_text) == len(levels):
+            miss = codes < 0
+            codes[miss] = [by_text.get(str(v.item() if hasattr(v, "item") else v), -1) for v in vals[miss]]
     if (codes < 0).any():
         unseen = pd.Series(vals[codes < 0]).value_counts()
         desc = ", ".join(f"{k!r} ({v} row{'s' if v > 1 else ''})" for k, v in unseen.items())

@@ -251,3 +251,26 @@ def test_diagnostics_and_plots_take_numpy_features_like_the_models():
     assert fig.axes
     with pytest.raises(fh.exceptions.AlignmentError, match="NumPy array with 555 rows but the covariates have 556"):
         dg.test_site_effects(X.to_numpy()[:-1], data, batch="site", formula="age + sex")
+
+
+# ------------------------------------------------------------------------------------------ site codes
+def test_site_codes_as_numbers_or_text_are_the_same_sites():
+    data, X = _ixi()
+    d_int = data.copy()
+    d_int["site"] = d_int["site"].astype("category").cat.codes      # 0, 1, 2 (e.g. from a CSV)
+    d_txt = d_int.copy()
+    d_txt["site"] = d_txt["site"].astype(str)                         # "0", "1", "2" (e.g. from Parquet)
+    m = fh.ComBat(batch="site", formula="age + sex").fit(X, d_int)
+    np.testing.assert_array_equal(m.transform(X, d_txt).to_numpy(), m.transform(X, d_int).to_numpy())
+    m_txt = fh.ComBat(batch="site", formula="age + sex").fit(X, d_txt)
+    np.testing.assert_array_equal(m_txt.transform(X, d_int).to_numpy(), m_txt.transform(X, d_txt).to_numpy())
+    # with a new site estimated, the seen sites given as text are still the seen sites
+    new_int = d_int.copy()
+    new_int.loc[new_int.index[:8], "site"] = 7
+    new_txt = new_int.assign(site=new_int["site"].astype(str))
+    a = m.transform(X, new_int, new_sites="estimate")
+    b = m.transform(X, new_txt, new_sites="estimate")
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    np.testing.assert_array_equal(a.iloc[8:].to_numpy(), m.transform(X.iloc[8:], d_int.iloc[8:]).to_numpy())
+    with pytest.raises(fh.exceptions.UnseenBatchError, match=r"'7' \(8 rows\)"):
+        m.transform(X, new_txt)

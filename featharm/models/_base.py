@@ -175,8 +175,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             new = []
             if new_sites == "estimate":  # §5.7: unseen batches get codes m, m+1, ... in sorted order
                 vals = batch_levels(bser.astype(str) if known and isinstance(known[0], str) else bser)
-                seen = set(known)
-                new = [v for v in vals if v not in seen]
+                seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
+                new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
             return _Prepared(Y, index, columns, order, cov, codes, None, new)
         return _Prepared(Y, index, columns, order, cov, codes, None)
