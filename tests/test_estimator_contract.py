@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -24,6 +25,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError as SkNotFittedError
 from sklearn.utils import estimator_checks as sk_checks
+from sklearn.utils.validation import check_is_fitted
 
 import featharm as fh
 from featharm.datasets._simulate_long import make_longitudinal
@@ -181,6 +183,9 @@ def test_unfitted_model_raises_not_fitted(name, data, tmp_path):
             call()
     with pytest.raises(NotFittedError, match=name):
         est.transform(X, cov)
+    with pytest.raises(SkNotFittedError):
+        check_is_fitted(est)
+    check_is_fitted(est.fit(X, cov))
 
 
 @families
@@ -205,6 +210,24 @@ def test_fit_transform_refuses_unknown_arguments(name, data):
         make(name).fit(X, cov, new_sites="estimate")
     with pytest.raises(ValueError, match="new_sites"):
         make(name).fit_transform(X, cov, new_sites="estimate")
+
+
+@families
+def test_failed_fit_leaves_the_model_unfitted(name, data):
+    """A refit that fails (here: a single feature with variance left for empirical Bayes) must not leave a
+    half-fitted model behind: transform then says 'not fitted', not a KeyError."""
+    X, cov = data
+    est = make(name).fit(X, cov)
+    X1 = X.copy()
+    X1.iloc[:, 1:] = 1.0
+    with pytest.raises(ValueError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X1, cov)
+    assert not [k for k in vars(est) if k.endswith("_")]
+    with pytest.raises(NotFittedError):
+        est.transform(X, cov)
+    pd.testing.assert_frame_equal(est.fit(X, cov).transform(X, cov), make(name).fit_transform(X, cov),
+                                  check_exact=True)
 
 
 @families

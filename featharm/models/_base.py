@@ -277,9 +277,20 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         from ..exceptions import record_warnings
 
         with record_warnings() as log:  # kept as fit_warnings_ (listed by the report)
-            prep = self._fit_model(X, covariates)
+            try:
+                prep = self._fit_model(X, covariates)
+            except BaseException:
+                self._forget_fit()  # a failed fit leaves the model unfitted, never half-fitted
+                raise
         self.fit_warnings_ = list(log)
         return prep
+
+    def _forget_fit(self) -> None:
+        """Drop every learned attribute (``*_``) and the arrays behind them."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        for name in ("_arr", "_delta_raw", "_fit_levels"):
+            self.__dict__.pop(name, None)
 
     def _fit_model(self, X, covariates) -> _Prepared:
         self._check_params()
@@ -308,9 +319,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 f"empirical Bayes pools the site effects across features, so it needs at least 2 features; "
                 f"got {p}. Pass eb=False to adjust a single feature."
             )
-        # forget any previous fit before storing the new one
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
-            delattr(self, name)
+        self._forget_fit()  # forget any previous fit before storing the new one
         self.batches_ = np.asarray(levels, dtype=object)
         self.n_features_in_ = p
         self.feature_names_in_ = np.asarray([str(c) for c in prep.columns], dtype=object)
@@ -574,8 +583,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         return self
 
     # ------------------------------------------------------------------------------ learned attributes
+    def __sklearn_is_fitted__(self) -> bool:
+        """What ``sklearn.utils.validation.check_is_fitted`` asks (fitted or loaded, not a half-done fit)."""
+        return hasattr(self, "_arr") and hasattr(self, "batches_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "_arr") or not hasattr(self, "batches_"):
+        if not self.__sklearn_is_fitted__():
             raise NotFittedError(
                 f"This {self._owner()} instance is not fitted yet. Call 'fit' with the training features "
                 "and covariates first (or load a saved model with featharm.load_model)."
