@@ -231,6 +231,22 @@ def test_failed_fit_leaves_the_model_unfitted(name, data):
 
 
 @families
+def test_transform_is_row_wise(name, data, fitted):
+    """Any subset of rows (check_methods_subset_invariance), e.g. one site alone, comes out as in the full
+    table; a deep copy of a fitted model transforms identically."""
+    import copy
+
+    X, cov = data
+    est = fitted[name]
+    full = est.transform(X, cov)
+    rows = np.random.default_rng(2).choice(len(X), 15, replace=False)
+    pd.testing.assert_frame_equal(est.transform(X.iloc[rows], cov.iloc[rows]), full.iloc[rows], check_exact=True)
+    one = (cov["site"] == "site01").to_numpy()
+    pd.testing.assert_frame_equal(est.transform(X[one], cov[one]), full[one], check_exact=True)
+    pd.testing.assert_frame_equal(copy.deepcopy(est).transform(X, cov), full, check_exact=True)
+
+
+@families
 def test_inputs_are_not_modified(name, data):
     X, cov = data
     X0, cov0 = X.copy(), cov.copy()
