@@ -251,9 +251,6 @@ class ComBatGAM(BaseHarmonizer):
     def _design_formula(self):
         return self._terms()[1]
 
-    def _allow_single_subject(self) -> bool:
-        return bool(self.mean_only)
-
     # ------------------------------------------------------------------------------ smooth covariates
     def _smooth_values(self, cov: pd.DataFrame, name: str) -> np.ndarray:
         return numeric_covariate(cov, name, "smooth term", fix="Pass the smooth terms' columns in the covariates.",
