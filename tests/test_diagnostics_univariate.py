@@ -195,3 +195,18 @@ def test_linpack_lm_fit_solves_least_squares():
     for v in T[:, 0]:
         one += v
     assert _seqsum(T[:, :1])[0] == one
+
+
+def test_diagnose_passes_fligner_ties(sim):
+    """diagnose(fligner_ties=...) reaches the Fligner–Killeen test (same numbers as test_site_effects)."""
+    kw = dict(batch="site", formula="age + sex", multivariate=False, classification=False, random_state=0)
+    fk = {}
+    for ties in ("r", "exact"):
+        se = dg.diagnose(sim.X, sim.covariates, fligner_ties=ties, **kw)["site_effects"]
+        ref = dg.test_site_effects(sim.X, sim.covariates, batch="site", formula="age + sex",
+                                   tests="fligner_killeen", fligner_ties=ties)
+        fk[ties] = se[se.test == "fligner_killeen"].p_unc.to_numpy()
+        np.testing.assert_array_equal(fk[ties], ref.p_unc.to_numpy())
+    assert (fk["r"] != fk["exact"]).any()  # two sites have even counts: the options differ here
+    with pytest.raises(ValueError, match="fligner_ties"):
+        dg.diagnose(sim.X, sim.covariates, fligner_ties="R", **kw)

@@ -22,7 +22,7 @@ TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classificat
 
 
 def _one(X, covariates, batch, formula, tests, model, random, n_permutations, classification_permutations,
-         n_splits, n_repeats, n_components, multivariate, classification, seeds):
+         n_splits, n_repeats, n_components, multivariate, classification, seeds, fligner_ties="r"):
     P = prepare(X, covariates, batch, formula, "diagnose")
     if classification:  # fail before the slow steps, not after them
         check_cv_sites(P, n_splits, random if model == "lmm" else None)
@@ -35,7 +35,7 @@ def _one(X, covariates, batch, formula, tests, model, random, n_permutations, cl
 
         r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
     out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
-                                     random_state=seeds[0], ols_fit=fit,
+                                     random_state=seeds[0], ols_fit=fit, fligner_ties=fligner_ties,
                                      residuals=None if model == "ols" else (r_add, r_full)),
            "site_effect_sizes": per_site_table(P, r_add, r_full)}
     del fit, r_full  # the multivariate checks use the additive residuals only: free the rest (memory)
@@ -53,7 +53,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
              X_harmonized: pd.DataFrame | None = None, tests=None, model: str = "ols", random: str | None = None,
              n_permutations: int = 999, classification_permutations: int = 100, n_splits: int = 5,
              n_repeats: int = 2, n_components: int | None = None, multivariate: bool = True,
-             classification: bool = True, harmonizer=None, random_state=None) -> dict[str, pd.DataFrame]:
+             classification: bool = True, harmonizer=None, random_state=None,
+             fligner_ties: str = "r") -> dict[str, pd.DataFrame]:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
     Parameters
@@ -80,6 +81,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         table is classified as it is, which is biased *below* chance (see :func:`site_classification`).
     random_state : int or Generator, optional
         Seeds every permutation and CV split (reproducible output).
+    fligner_ties : {"r", "exact"}, default "r"
+        Tie handling of Fligner–Killeen, as in :func:`test_site_effects` (``"r"`` reproduces R).
 
     Returns
     -------
@@ -94,7 +97,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
     kw = dict(batch=batch, formula=formula, tests=tests, model=model, random=random, n_permutations=n_permutations,
               classification_permutations=classification_permutations, n_splits=n_splits, n_repeats=n_repeats,
-              n_components=n_components, multivariate=multivariate, classification=classification, seeds=seeds)
+              n_components=n_components, multivariate=multivariate, classification=classification, seeds=seeds,
+              fligner_ties=fligner_ties)
     P, raw = _one(X, covariates, **kw)
     runs = [("raw", raw)]
     if X_harmonized is not None:
