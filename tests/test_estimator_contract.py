@@ -155,6 +155,20 @@ def test_parameter_validation_names_the_parameter(name, data):
 
 
 # ------------------------------------------------------------------------------------------ life cycle
+def test_parameters_changed_after_fit_are_checked_where_used(data, fitted):
+    """ComBatGAM's ``extrapolate`` is documented as changeable after fit: a bad value is refused by
+    transform, not ignored."""
+    X, cov = data
+    est = clone(fitted["ComBatGAM"]).fit(X, cov)
+    est.set_params(extrapolate="cubic")
+    with pytest.raises(ValueError, match="'extrapolate'"):
+        est.transform(X, cov)
+    with pytest.raises(ValueError, match="'extrapolate'"):
+        est.smooth_effect("age", [30.0, 40.0])
+    est.set_params(extrapolate="linear")
+    pd.testing.assert_frame_equal(est.transform(X, cov), fitted["ComBatGAM"].transform(X, cov), check_exact=True)
+
+
 @families
 def test_fit_returns_self_and_publishes_common_attributes(name, data):
     X, cov = data

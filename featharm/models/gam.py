@@ -256,9 +256,14 @@ class ComBatGAM(BaseHarmonizer):
         return numeric_covariate(cov, name, "smooth term", fix="Pass the smooth terms' columns in the covariates.",
                                  dtype_fix="a spline of a number; model it linearly in `formula` instead")
 
+    def _linear_extrapolation(self) -> bool:
+        # ``extrapolate`` may be changed with set_params after fit, so it is checked where it is used
+        check_option("extrapolate", self.extrapolate, (None, "linear"), self._owner())
+        return self.extrapolate == "linear"
+
     def _smooth_design(self, cov: pd.DataFrame) -> np.ndarray:
         """The spline block ``Z`` (n × sum of basis sizes) for these covariates, with the frozen bases."""
-        ext = self.extrapolate == "linear"
+        ext = self._linear_extrapolation()
         blocks = [b.transform(self._smooth_values(cov, b.name), extrapolate=ext, index=cov.index)
                   for b in self._bases]
         return np.hstack(blocks) if blocks else np.zeros((len(cov), 0))
@@ -331,7 +336,7 @@ class ComBatGAM(BaseHarmonizer):
         start = sum(b.n_columns for b in self._bases[:j])
         b = self._bases[j]
         vals = np.asarray(values, dtype=np.float64).ravel()
-        Zj = b.transform(vals, extrapolate=self.extrapolate == "linear")
+        Zj = b.transform(vals, extrapolate=self._linear_extrapolation())
         curve = Zj @ self._arr["spline_coef"][start:start + b.n_columns]
         return pd.DataFrame(curve, index=pd.Index(vals, name=term), columns=self._axis("feature"))
 
