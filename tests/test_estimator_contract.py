@@ -402,6 +402,8 @@ def test_docstring_documents_every_parameter(name):
         if re.match(r"^    \S", line):  # a parameter line (descriptions are indented further)
             documented |= {n.strip() for n in line.split(" : ")[0].split(",")}
     assert sorted(set(cls().get_params()) - documented) == []
+    attributes = _section(doc, "Attributes")
+    assert [a for a in COMMON_ATTRIBUTES if a not in attributes] == []
 
 
 @pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal"])

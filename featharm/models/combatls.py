@@ -136,6 +136,8 @@ class ComBatLS(BaseHarmonizer):
         Iterations of the location–scale fit.
     gamma_hat_, delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, batch_sizes_, constant_features_
         As in :class:`~featharm.ComBat`.
+    batches_, feature_names_in_, n_features_in_, design_, fit_warnings_ : various
+        As in :class:`~featharm.ComBat`.
 
     Notes
     -----

@@ -85,7 +85,10 @@ class CovBat(ComBat):
     score_gamma_hat_, score_delta_hat_, score_gamma_star_, score_delta_star_ : DataFrame
         Per-site location and scale (variance) of the standardized scores (batch × component), and those
         used (equal to the estimates without ``score_eb``).
-    The ComBat attributes (``gamma_star_``, ``sigma_``, ...) describe step 1.
+    batches_, batch_sizes_, feature_names_in_, n_features_in_, design_, fit_warnings_ : various
+        As in :class:`~featharm.ComBat`.
+    alpha_, beta_, batch_coef_, sigma_, gamma_hat_, delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_ : various
+        As in :class:`~featharm.ComBat`; they describe the ComBat step (step 1).
 
     Notes
     -----

@@ -137,6 +137,8 @@ class ComBatGAM(BaseHarmonizer):
         Linear covariate coefficients (linear design column × feature) and site intercepts.
     gamma_hat_, delta_hat_, gamma_star_, delta_star_, priors_, n_iter_, constant_features_ : various
         As in :class:`~featharm.ComBat`.
+    n_features_in_, fit_warnings_ : int, list
+        As in :class:`~featharm.ComBat`.
 
     Notes
     -----

@@ -92,6 +92,8 @@ class LongComBat(BaseHarmonizer):
         ``random_slope``.
     gamma_hat_, delta_hat_, gamma_star_, delta_star_, priors_ :
         As :class:`~featharm.ComBat` (``delta_*`` are variances).
+    n_iter_, constant_features_, n_features_in_, fit_warnings_ :
+        As :class:`~featharm.ComBat` (``n_iter_`` counts the Jacobi EB iterations run per batch).
     singular_features_ : list
         Features whose random-intercept variance was estimated at 0.
 
