@@ -203,7 +203,7 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
         raise UnseenBatchError(
             f"{batch!r} has value(s) not seen when the model was fitted: {desc}. Known: {levels}. "
             "Fit the model with these sites included, or estimate them with new_sites='estimate' "
-            "where the model supports it."
+            "(command line: --new-sites estimate) where the model supports it."
         )
     return codes
 

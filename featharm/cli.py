@@ -409,8 +409,15 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with featharm's one-line errors (a bad option is a user error like any other)."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"featharm: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featharm",
         description="Harmonize multi-site MRI regional features (ComBat family).",
     )

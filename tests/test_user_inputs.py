@@ -274,3 +274,17 @@ def test_site_codes_as_numbers_or_text_are_the_same_sites():
     np.testing.assert_array_equal(a.iloc[8:].to_numpy(), m.transform(X.iloc[8:], d_int.iloc[8:]).to_numpy())
     with pytest.raises(fh.exceptions.UnseenBatchError, match=r"'7' \(8 rows\)"):
         m.transform(X, new_txt)
+
+
+def test_cli_option_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["apply", "m.fhm", "d.csv", "--out", "o.csv", "--new-sites", "bogus"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("featharm: error: argument --new-sites: invalid choice: 'bogus'")
+    assert err.rstrip().endswith("(see: featharm apply --help)")
+    with pytest.raises(SystemExit) as info:
+        main(["harmonize", "d.csv", "--out", "o.csv"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err == ("featharm: error: the following arguments are required: --batch "
+                                            "(see: featharm harmonize --help)\n")
