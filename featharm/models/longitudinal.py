@@ -279,34 +279,6 @@ class LongComBat(BaseHarmonizer):
                 SingularFitWarning,
             )
 
-    def _fit_eb(self, counts, ref) -> None:
-        """Priors as ComBat (S6); posterior by longCombat's fixed-iteration Jacobi updates (§3 step 6)."""
-        a = self._arr
-        keep = ~a["constant"]
-        g_hat, d_hat, d_raw = a["gamma_hat"], a["delta_hat"], self._delta_raw
-        m = g_hat.shape[0]
-        g_star, d_star = g_hat.copy(), d_hat.copy()
-        if self.eb and keep.sum() < 2:
-            raise InputError(
-                f"empirical Bayes pools the site effects across features, so it needs at least 2 features "
-                f"with variance; {int(keep.sum())} of {keep.size} have any. Pass eb=False."
-            )
-        if keep.sum() >= 2:
-            pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep])
-        else:
-            nan = np.full(m, np.nan)
-            pri = eb.Priors(nan, nan.copy(), nan.copy(), nan.copy())
-        n_iter = np.zeros(m)
-        if self.eb:
-            for i in range(m):
-                g_star[i, keep], d_star[i, keep] = eb.eb_jacobi(
-                    g_hat[i, keep], d_hat[i, keep], d_raw[i, keep], counts[i], pri.gamma_bar[i], pri.tau2[i],
-                    pri.a_prior[i], pri.b_prior[i], n_iter=self.n_iter)
-                n_iter[i] = self.n_iter
-        a.update(gamma_star=g_star, delta_star=d_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
-                 a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=n_iter)
-        del self._delta_raw
-
     # ------------------------------------------------------------------------------ applying
     def _random_part(self, prep, rows=None) -> np.ndarray:
         """Each row's subject random effect (0 for subjects not seen at fit, or with "marginal").
@@ -365,7 +337,8 @@ class LongComBat(BaseHarmonizer):
         return R[:, keep] / a["sigma"][keep]
 
     def _eb_site(self, gi, di, ri, n, pri, i):
-        """New batches (§5.7) get longCombat's fixed-iteration Jacobi EB, as the fitted batches."""
+        """longCombat's fixed-iteration Jacobi EB (§3 step 6), for the fitted batches (through
+        ``BaseHarmonizer._fit_eb``, whose priors are ComBat's S6) and for new batches (§5.7)."""
         gs, ds = eb.eb_jacobi(gi, di, ri, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i], pri.b_prior[i],
                               n_iter=self.n_iter)
         return gs, ds, int(self.n_iter), True
