@@ -288,13 +288,8 @@ class CovBat(ComBat):
             dS += a["score_alpha"]
             dS -= S
             out[rows] += dS @ back
-        const = a["constant"]
-        if const.any():
-            out[:, const] = prep.Y[:, const]
-        if self.ref_index_ is not None:
-            rows = prep.codes == self.ref_index_
-            out[rows] = prep.Y[rows]  # reference rows unchanged, bit for bit (their score change is 0)
-        return out
+        # constant features and reference rows unchanged, bit for bit (the reference's score change is 0)
+        return self._keep_unadjusted(out, prep)
 
     def _estimate_new_score_effects(self, prep, S_new, codes_new, g, d):
         """Score-step location and scale of sites unseen at fit, against the frozen score model.
