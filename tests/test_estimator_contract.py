@@ -28,7 +28,7 @@ from sklearn.utils import estimator_checks as sk_checks
 from sklearn.utils.validation import check_is_fitted
 
 import featharm as fh
-from featharm.datasets._simulate_long import make_longitudinal
+from featharm.datasets import make_longitudinal
 from featharm.exceptions import ModelFileError, NotFittedError
 from featharm.persistence import SCHEMA_VERSION
 
