@@ -76,8 +76,19 @@ class _Prepared:
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Common machinery of featharm's harmonizers (not used directly).
 
-    Subclasses define ``__init__`` (keyword-only, storing parameters only) and may override
-    :meth:`_fit_location` and :meth:`_preserved` for other mean/scale models.
+    A family is a small subclass: a keyword-only ``__init__`` that only stores its parameters (shared ones
+    keep the names and defaults of :class:`~featharm.ComBat`), a numpydoc docstring, ``_schema_name``, and
+    overrides of the hooks that differ:
+
+    * ``_check_params`` (call ``super()`` first: it checks the shared parameters; ``_compat_options`` lists
+      the accepted ``compat`` values);
+    * ``_design_formula`` (the linear covariate block), ``_fit_location`` (location/scale, fills
+      ``self._arr``), ``_eb_site`` (the posterior of one batch);
+    * ``_preserved_design`` / ``_preserved_coef`` (the part harmonization keeps), ``_standardized``,
+      ``_harmonize`` (end with ``_keep_unadjusted``);
+    * ``_extra_axes`` / ``_publish`` (learned attributes), ``_get_state`` / ``_set_state`` (persistence).
+
+    ``tests/test_estimator_contract.py`` runs the shared contract over every family.
     """
 
     _schema_name: ClassVar[str] = "base"
