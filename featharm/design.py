@@ -38,9 +38,10 @@ from .exceptions import (
 
 __all__ = ["CovariateDesign", "batch_indicators", "check_full_rank"]
 
-_IDENT = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_C_CALL = re.compile(r"\bC\(\s*(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
+# Python identifiers, Unicode included ("Geschlecht", "sexé"); other names go in backticks
+_IDENT = re.compile(r"`([^`]+)`|([^\W\d]\w*)")
+_PLAIN_NAME = re.compile(r"[^\W\d]\w*")
+_C_CALL = re.compile(r"\bC\(\s*(?:`([^`]+)`|([^\W\d]\w*))")
 
 
 def _clean_formula(formula: str | None) -> str:
@@ -397,7 +398,10 @@ def _formula_error(formula, exc: Exception, columns) -> Exception:
             f"formula {formula!r} names {m.group(1)!r}, which is not a covariate column; "
             f"columns present: {show_columns(columns)}."
         )
-    return FormulaError(f"cannot evaluate formula {formula!r}: {msg}")
+    hint = ""
+    if re.search(r"\bQ\(", str(formula)) or "Missing operator between" in msg:
+        hint = " Column names with spaces or symbols go in backticks: `Age (years)` + sex (not Q())."
+    return FormulaError(f"cannot evaluate formula {formula!r}: {msg}{hint}")
 
 
 def batch_indicators(codes: np.ndarray, n_batches: int, ref: int | None = None) -> np.ndarray:

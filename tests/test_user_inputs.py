@@ -288,3 +288,35 @@ def test_cli_option_errors_are_one_line_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and err == ("featharm: error: the following arguments are required: --batch "
                                             "(see: featharm harmonize --help)\n")
+
+
+# ------------------------------------------------------------------------------------------ column names
+def test_unicode_and_spaced_covariate_names_through_formula_cli_and_model_file(tmp_path, capsys):
+    df = _messy_table().drop(columns=["visits", "code"]).rename(
+        columns={"age": "Âge (years)", "sex": "Geschlecht_é", "site": "scan site"})
+    df["größe"] = np.linspace(150, 190, len(df))     # a numeric covariate named in Unicode: not a feature
+    src = tmp_path / "d.csv"
+    df.to_csv(src, index=False)
+    out, model = tmp_path / "o.csv", tmp_path / "m.fhm"
+    code, cap = _run(["harmonize", src, "--batch", "scan site", "--formula", "`Âge (years)` * Geschlecht_é + größe",
+                      "--id", "id", "--out", out, "--save-model", model, "--quiet"],
+                     capsys)
+    assert code == 0, cap.err
+    res = pd.read_csv(out, dtype=str, keep_default_na=False)
+    raw = pd.read_csv(src, dtype=str, keep_default_na=False)
+    for c in ["Âge (years)", "Geschlecht_é", "größe"]:
+        assert res[c].equals(raw[c])
+    m = fh.load_model(model)
+    assert list(m.feature_names_in_) == [f"roi{j}_thickness" for j in range(6)]
+    assert m.design_.columns == ["Âge (years)", "Geschlecht_é[T.M]", "größe", "Âge (years):Geschlecht_é[T.M]"]
+    code, cap = _run(["apply", model, src, "--id", "id", "--out", tmp_path / "a.csv", "--quiet"], capsys)
+    assert code == 0 and (tmp_path / "a.csv").read_bytes() == out.read_bytes()
+
+
+def test_patsy_quoting_gets_a_backtick_hint():
+    data, X = _ixi()
+    d = data.rename(columns={"age": "Age (years)"})
+    with pytest.raises(fh.exceptions.FormulaError, match=r"go in backticks: `Age \(years\)`"):
+        fh.ComBat(batch="site", formula="Q('Age (years)') + sex").fit(X, d)
+    with pytest.raises(fh.exceptions.FormulaError, match="go in backticks"):
+        fh.ComBat(batch="site", formula="Age (years) + sex").fit(X, d)
