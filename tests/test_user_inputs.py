@@ -320,3 +320,20 @@ def test_patsy_quoting_gets_a_backtick_hint():
         fh.ComBat(batch="site", formula="Q('Age (years)') + sex").fit(X, d)
     with pytest.raises(fh.exceptions.FormulaError, match="go in backticks"):
         fh.ComBat(batch="site", formula="Age (years) + sex").fit(X, d)
+
+
+def test_gzipped_csv_in_and_out(tmp_path, capsys):
+    import gzip
+
+    df = _messy_table()
+    src = tmp_path / "d.csv.gz"
+    src.write_bytes(gzip.compress(df.to_csv(index=False).encode()))
+    plain, packed = tmp_path / "o.csv", tmp_path / "o.csv.gz"
+    for out in (plain, packed):
+        code, cap = _run(["harmonize", src, "--batch", "site", "--formula", "age + sex", "--features", "roi*",
+                          "--id", "id", "--out", out, "--quiet"], capsys)
+        assert code == 0, cap.err
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()   # really gzip, same table
+    assert pd.read_csv(packed, dtype=str)["id"].tolist() == df["id"].tolist()
+    with pytest.raises(InputError, match="Parquet files compress themselves"):
+        fh.io.write_table(df, tmp_path / "x.parquet.gz")

@@ -25,7 +25,13 @@ def table_format(path) -> str:
         raise InputError(
             f"cannot tell the format of {str(path)!r} from its extension; use .csv, .tsv or .parquet."
         )
+    if fmt == "parquet" and _gzipped(path):
+        raise InputError(f"{str(path)!r}: Parquet files compress themselves; drop the .gz.")
     return fmt
+
+
+def _gzipped(path) -> bool:
+    return str(path).lower().endswith(".gz")
 
 
 def _parquet_hint(exc: Exception) -> InputError:
@@ -81,6 +87,10 @@ def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
         data = buf.getvalue()
     else:
         data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
+        if _gzipped(path):  # out.csv.gz is gzip, as its name says (mtime 0: same input, same bytes)
+            import gzip
+
+            data = gzip.compress(data, mtime=0)
     atomic_write_bytes(path, data)
 
 
