@@ -261,6 +261,18 @@ def test_transform_is_row_wise(name, data, fitted):
 
 
 @families
+def test_numpy_features_with_covariates(name, data):
+    """A NumPy feature array is matched to the covariates row by row: the same numbers as the DataFrame,
+    the covariates' index, columns x0, x1, ... (also at transform)."""
+    X, cov = data
+    est = make(name)
+    out = est.fit_transform(X.to_numpy(), cov)
+    assert out.index.equals(cov.index) and list(out.columns) == [f"x{j}" for j in range(X.shape[1])]
+    np.testing.assert_array_equal(out.to_numpy(), make(name).fit_transform(X, cov).to_numpy())
+    pd.testing.assert_frame_equal(est.transform(X.to_numpy(), cov), out, check_exact=True)
+
+
+@families
 def test_inputs_are_not_modified(name, data):
     X, cov = data
     X0, cov0 = X.copy(), cov.copy()
