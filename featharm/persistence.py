@@ -119,6 +119,8 @@ def read_manifest(path) -> dict:
             return json.loads(zf.read("manifest.json"))
     except FileNotFoundError:
         raise ModelFileError(f"model file {str(path)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{str(path)!r} is a directory, not a model file; give the .fhm file.") from None
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFileError(
             f"{str(path)!r} is not a featharm model file (expected a zip with manifest.json): {exc}."

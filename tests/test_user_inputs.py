@@ -337,3 +337,8 @@ def test_gzipped_csv_in_and_out(tmp_path, capsys):
     assert pd.read_csv(packed, dtype=str)["id"].tolist() == df["id"].tolist()
     with pytest.raises(InputError, match="Parquet files compress themselves"):
         fh.io.write_table(df, tmp_path / "x.parquet.gz")
+
+
+def test_load_model_of_a_directory_is_a_model_file_error(tmp_path):
+    with pytest.raises(fh.exceptions.ModelFileError, match="is a directory, not a model file"):
+        fh.load_model(tmp_path)
