@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .._validation import align_covariates, batch_levels, check_features, get_batch, show_columns
+from .._validation import align_covariates, batch_levels, check_features, get_batch, rows_of, show_columns
 from ..exceptions import ColumnNotFoundError, InputError
 from . import _stats
 
@@ -212,14 +212,18 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
                              "Call fit first.")
     batch = batch if batch is not None else (getattr(model, "batch", None) or "site")
     formula = formula if formula is not None else (_model_formula(model) if model is not None else None)
-    _, index, columns = check_features(X, "make_report")
+    # a NumPy array: rows of the covariates, in order; the model's feature names
+    _, index, columns = check_features(X, "make_report", index=rows_of(covariates),
+                                       columns=getattr(model, "feature_names_in_", None))
     cov = align_covariates(index, covariates, "make_report")
     get_batch(cov, batch)
-    X = pd.DataFrame(X, copy=False)
+    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
     if X_harmonized is None and model is not None:
         X_harmonized = model.transform(X, cov)
     if X_harmonized is not None:
-        check_features(X_harmonized, "make_report")
+        check_features(X_harmonized, "make_report", index=index, columns=columns)
+        if not isinstance(X_harmonized, pd.DataFrame):
+            X_harmonized = pd.DataFrame(X_harmonized, index=index, columns=columns)
         if list(map(str, X_harmonized.columns)) != list(map(str, columns)) or not X_harmonized.index.equals(index):
             raise InputError("X_harmonized must have the same index and columns as X (the raw features), "
                              "in the same order.")
