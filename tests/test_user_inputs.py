@@ -350,3 +350,38 @@ def test_report_takes_numpy_features_like_the_models():
     m = fh.ComBat(batch="site", formula="age + sex").fit(X, data)
     rep = fh.report.make_report(X.to_numpy(), data, model=m, classification=False)
     assert "lh_bankssts_thickness" in rep.html       # the model's feature names, not x0, x1, ...
+
+
+# ------------------------------------------------------------------------------------------ spreadsheets
+def _cli_error(tmp_path, capsys, src) -> str:
+    code, cap = _run(["harmonize", src, "--batch", "site", "--formula", "age + sex", "--features", "roi*",
+                      "--out", tmp_path / "o.csv", "--quiet"], capsys)
+    assert code == 2 and cap.err.count("\n") == 1 and not (tmp_path / "o.csv").exists()
+    return cap.err
+
+
+def test_tables_pandas_would_silently_misread_are_refused(tmp_path, capsys):
+    df = _messy_table()
+    semi = tmp_path / "semi.csv"                       # European Excel: ';' and decimal commas
+    df.to_csv(semi, sep=";", decimal=",", index=False)
+    assert "looks separated by ';', not ','" in _cli_error(tmp_path, capsys, semi)
+    dup = tmp_path / "dup.csv"                         # pandas would rename the second 'age' to 'age.1'
+    text = df.to_csv(index=False).split("\n", 1)
+    dup.write_text(text[0].replace("code", "age") + "\n" + text[1])
+    assert "repeats the column name(s) ['age']" in _cli_error(tmp_path, capsys, dup)
+    latin = tmp_path / "latin.csv"                     # Windows Excel "CSV" with an accent
+    df.assign(group="contrôle").to_csv(latin, index=False, encoding="latin-1")
+    assert "is not UTF-8 text" in _cli_error(tmp_path, capsys, latin)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    assert "cannot read" in _cli_error(tmp_path, capsys, bad)
+
+
+def test_excel_utf8_bom_and_crlf_are_read(tmp_path, capsys):
+    df = _messy_table()
+    src = tmp_path / "excel.csv"
+    df.to_csv(src, index=False, encoding="utf-8-sig", lineterminator="\r\n")
+    code, cap = _run(["harmonize", src, "--batch", "site", "--formula", "age + sex", "--features", "roi*",
+                      "--id", "id", "--out", tmp_path / "o.csv", "--quiet"], capsys)
+    assert code == 0, cap.err
+    assert pd.read_csv(tmp_path / "o.csv", dtype=str)["id"].tolist() == df["id"].tolist()

@@ -49,15 +49,24 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
             df = pd.read_parquet(path)
         except ImportError as exc:
             raise _parquet_hint(exc) from None
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"cannot read {str(path)!r} as Parquet: {str(exc).strip().splitlines()[0]}") from None
     else:
+        sep = "," if fmt == "csv" else "\t"
         try:
             # ids are text: "007" stays "007" (and matches the same id in another file)
-            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t",
-                             dtype={index_col: str} if index_col is not None else None)
+            df = pd.read_csv(path, sep=sep, dtype={index_col: str} if index_col is not None else None)
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
         except pd.errors.EmptyDataError:
             raise InputError(f"table {str(path)!r} is empty.") from None
         except pd.errors.ParserError as exc:
             raise InputError(f"cannot parse {str(path)!r}: {str(exc).strip()}") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{str(path)!r} is not UTF-8 text (it holds the byte {exc.object[exc.start:exc.start + 1]!r}, "
+                "e.g. an accent saved as Latin-1); re-save it as UTF-8 (Excel: 'CSV UTF-8')."
+            ) from None
+        _check_header(path, df, header.iloc[0].tolist() if len(header) else [], sep)
     if index_col is not None:
         if index_col not in df.columns:
             raise ColumnNotFoundError(
@@ -73,6 +82,26 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
         df = df.set_index(index_col, drop=False)
         df.index.name = None
     return df
+
+
+def _check_header(path, df: pd.DataFrame, names: list, sep: str) -> None:
+    """A header pandas would silently change: repeated names (renamed ``age.1``), another separator."""
+    seen, dup = set(), []
+    for name in names:
+        if name in seen and name not in dup:
+            dup.append(name)
+        seen.add(name)
+    if dup:
+        raise InputError(f"{str(path)!r} repeats the column name(s) {dup[:5]}; every column needs its own name.")
+    if df.shape[1] == 1:
+        other = [c for c in (";", "\t", ",", "|") if c != sep and c in str(df.columns[0])]
+        if other:
+            shown = str(df.columns[0])
+            raise InputError(
+                f"{str(path)!r} has one column named {shown[:60] + ('...' if len(shown) > 60 else '')!r}: it "
+                f"looks separated by {other[0]!r}, not {sep!r}. featharm reads comma-separated .csv and "
+                "tab-separated .tsv/.txt files; re-save it (decimal points, not commas) or rename it."
+            )
 
 
 def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
