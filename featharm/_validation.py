@@ -17,6 +17,7 @@ from .exceptions import (
     ColumnNotFoundError,
     DuplicateIndexError,
     InputError,
+    LevelNameWarning,
     MissingValueError,
     NonNumericFeatureError,
     SmallBatchWarning,
@@ -208,12 +209,29 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
     return codes
 
 
+def warn_near_duplicate_levels(levels, column, what: str = "batch column") -> None:
+    """Warn when text levels differ only by case or surrounding spaces ("Guys", "Guys ", "guys")."""
+    groups: dict = {}
+    for lv in levels:
+        if isinstance(lv, str):
+            groups.setdefault(lv.strip().casefold(), []).append(lv)
+    alike = [g for g in groups.values() if len(g) > 1]
+    if alike:
+        warn(
+            f"{what} {column!r} has levels that differ only by case or spaces: "
+            f"{'; '.join(' vs '.join(map(repr, g)) for g in alike[:5])}. They are treated as different; "
+            "if they are the same, fix the spelling (e.g. .str.strip()) and refit.",
+            LevelNameWarning,
+        )
+
+
 def check_batch_sizes(levels: list, counts: np.ndarray, batch: str, *, allow_single: bool) -> None:
     if len(levels) < 2:
         raise BatchError(
             f"harmonization needs at least 2 batches in {batch!r}; found only {levels}. With one site "
             "there is nothing to harmonize (and ComBat would still change the data)."
         )
+    warn_near_duplicate_levels(levels, batch)
     single = [lv for lv, c in zip(levels, counts) if c < 2]
     if single and not allow_single:
         raise BatchError(

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as sla
 
-from ._validation import show_columns
+from ._validation import show_columns, warn_near_duplicate_levels
 from .exceptions import (
     ColumnNotFoundError,
     ConfoundingError,
@@ -183,6 +183,7 @@ class CovariateDesign:
                     lev = sorted(float(x) for x in pd.unique(s))
                 else:
                     lev = sorted(pd.unique(s.astype(str)).tolist())
+                    warn_near_duplicate_levels(lev, v, "covariate")
                 levels[v] = lev
             else:
                 vals = _finite_values(s, v)

@@ -36,6 +36,7 @@ __all__ = [
     "MissingStatsError",
     "FreeSurferWarning",
     "UnmatchedIdWarning",
+    "LevelNameWarning",
 ]
 
 
@@ -137,6 +138,10 @@ class FreeSurferWarning(FeatharmWarning):
 
 class UnmatchedIdWarning(FeatharmWarning):
     """Ids present in one table (features or covariates) and missing from the other."""
+
+
+class LevelNameWarning(FeatharmWarning):
+    """Levels of a batch or categorical covariate that differ only by case or surrounding spaces."""
 
 
 class SingularFitWarning(FeatharmWarning):

@@ -385,3 +385,16 @@ def test_excel_utf8_bom_and_crlf_are_read(tmp_path, capsys):
                       "--id", "id", "--out", tmp_path / "o.csv", "--quiet"], capsys)
     assert code == 0, cap.err
     assert pd.read_csv(tmp_path / "o.csv", dtype=str)["id"].tolist() == df["id"].tolist()
+
+
+def test_levels_differing_only_by_case_or_spaces_warn():
+    data, X = _ixi()
+    d = data.copy()
+    d.loc[d.index[:12], "site"] = "Guys "       # a trailing space typed in a spreadsheet
+    with pytest.warns(fh.exceptions.LevelNameWarning, match=r"'site' .*'Guys' vs 'Guys '"):
+        fh.ComBat(batch="site", formula="age + sex").fit(X, d)
+    d = data.copy()
+    d.loc[d.index[:12], "sex"] = "m"
+    with pytest.warns(fh.exceptions.LevelNameWarning, match=r"covariate 'sex' .*'M' vs 'm'"):
+        m = fh.ComBat(batch="site", formula="age + sex").fit(X, d)
+    assert any(w["category"] == "LevelNameWarning" for w in m.fit_warnings_)   # kept for the report
