@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -56,6 +57,9 @@ def _load_inputs(args, batch: str | None, formula: str | None):
     return data, cov
 
 
+_UNNAMED = re.compile(r"Unnamed: \d+")
+
+
 def _same_id_type(a: pd.DataFrame, b: pd.DataFrame):
     """Two tables indexed by id, with ids of one type (a Parquet file's integers match a CSV's text)."""
     if a.index.dtype != b.index.dtype:
@@ -91,8 +95,8 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
         if not cols:
             raise ColumnNotFoundError(f"no column matches --features {patterns}; columns: {show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
-    else:
-        cols = [c for c in data.columns if str(c) not in exclude
+    else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
+        cols = [c for c in data.columns if str(c) not in exclude and not _UNNAMED.fullmatch(str(c))
                 and pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])]
         if not cols:
             raise InputError("no numeric feature columns found; name them with --features PATTERN.")
@@ -137,6 +141,10 @@ def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None
         text_cols = iter(text.columns)
         result = pd.DataFrame({c: harmonized[c].to_numpy() if c in changed else text[next(text_cols)].to_numpy()
                                for c in data.columns}, columns=data.columns)
+        header = text.attrs.get("header")
+        if header is not None and len(header) == len(keep):  # an empty header cell stays empty
+            names = dict(zip(keep, header))
+            result.columns = [names.get(j, c) for j, c in enumerate(data.columns)]
     else:
         result = data.copy()
         for c in harmonized.columns:

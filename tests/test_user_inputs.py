@@ -398,3 +398,16 @@ def test_levels_differing_only_by_case_or_spaces_warn():
     with pytest.warns(fh.exceptions.LevelNameWarning, match=r"covariate 'sex' .*'M' vs 'm'"):
         m = fh.ComBat(batch="site", formula="age + sex").fit(X, d)
     assert any(w["category"] == "LevelNameWarning" for w in m.fit_warnings_)   # kept for the report
+
+
+def test_an_index_saved_by_pandas_is_not_a_feature_and_keeps_its_empty_header(tmp_path, capsys):
+    df = _messy_table().drop(columns=["visits", "code"]).reset_index(drop=True)
+    src = tmp_path / "d.csv"
+    df.to_csv(src)                                      # index=True: a first column with an empty header
+    out, model = tmp_path / "o.csv", tmp_path / "m.fhm"
+    code, cap = _run(["harmonize", src, "--batch", "site", "--formula", "age + sex", "--id", "id", "--out", out,
+                      "--save-model", model, "--quiet"], capsys)
+    assert code == 0, cap.err
+    assert list(fh.load_model(model).feature_names_in_) == [f"roi{j}_thickness" for j in range(6)]
+    assert out.read_text().split("\n")[0] == src.read_text().split("\n")[0]    # ",id,site,..."
+    assert pd.read_csv(out, index_col=0).index.tolist() == list(range(len(df)))

@@ -88,7 +88,7 @@ def _check_header(path, df: pd.DataFrame, names: list, sep: str) -> None:
     """A header pandas would silently change: repeated names (renamed ``age.1``), another separator."""
     seen, dup = set(), []
     for name in names:
-        if name in seen and name not in dup:
+        if name in seen and name not in dup and name != "":  # empty headers: pandas' own index columns
             dup.append(name)
         seen.add(name)
     if dup:
@@ -132,5 +132,9 @@ def read_text_columns(path, positions) -> pd.DataFrame | None:
     fmt = table_format(path)
     if fmt == "parquet":
         return None
-    return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
+    text = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
                        na_values=[], usecols=list(positions))
+    header = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=None, nrows=1, dtype=str,
+                         keep_default_na=False, na_values=[], usecols=list(positions))
+    text.attrs["header"] = header.iloc[0].tolist() if len(header) else None  # "" stays "" (not "Unnamed: 0")
+    return text
