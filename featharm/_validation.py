@@ -76,12 +76,30 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> t
     if df.columns.duplicated().any():
         raise InputError(f"feature columns are repeated: {_show(df.columns[df.columns.duplicated()])}.")
     bad_dtypes = {dt for dt in set(df.dtypes) if not (pd.api.types.is_numeric_dtype(dt)
-                                                        and not pd.api.types.is_bool_dtype(dt))}
+                                                        and not pd.api.types.is_bool_dtype(dt)
+                                                        and not pd.api.types.is_complex_dtype(dt))}
     nonnum = [c for c, dt in df.dtypes.items() if dt in bad_dtypes] if bad_dtypes else []
     if nonnum:
+        example = f" ({nonnum[0]!r} has dtype {df[nonnum[0]].dtype})"
+        numbers = [c for c in nonnum if df[c].dtype == object and pd.api.types.infer_dtype(df[c], skipna=True)
+                   in ("floating", "integer", "mixed-integer-float")]
+        if numbers:  # e.g. after a transpose or a row-wise build
+            example = f" ({numbers[0]!r} holds numbers in an object column: convert with X.astype(float))"
+        texts = [c for c in nonnum if (pd.api.types.is_string_dtype(df[c].dtype) or df[c].dtype == object)
+                 and c not in set(numbers)]
+        for c in texts:  # the error path only: find a value that is not a number
+            s = df[c]
+            bad = (pd.to_numeric(s, errors="coerce").isna() & s.notna()).to_numpy()
+            if bad.any():
+                example = f" ({c!r} holds {s[bad].iloc[0]!r} at row {s.index[bad][0]!r})"
+                break
+        else:
+            if texts and not numbers:
+                example = (f" ({texts[0]!r} holds numbers stored as text: convert with "
+                           "X.apply(pd.to_numeric))")
         raise NonNumericFeatureError(
-            f"feature column(s) {_show(nonnum)} are not numeric; pass only the feature columns as X and "
-            "the batch and covariates in the covariate table."
+            f"feature column(s) {_show(nonnum)} are not numeric{example}; fix those values, or pass only the "
+            "feature columns as X and the batch and covariates in the covariate table."
         )
     Y = df.to_numpy(dtype=np.float64, copy=False)
     bad_cols = np.zeros(Y.shape[1], dtype=bool)

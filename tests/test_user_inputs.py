@@ -412,3 +412,19 @@ def test_an_index_saved_by_pandas_is_not_a_feature_and_keeps_its_empty_header(tm
     assert list(fh.load_model(model).feature_names_in_) == [f"roi{j}_thickness" for j in range(6)]
     assert out.read_text().split("\n")[0] == src.read_text().split("\n")[0]    # ",id,site,..."
     assert pd.read_csv(out, index_col=0).index.tolist() == list(range(len(df)))
+
+
+# ------------------------------------------------------------------------------------------ feature dtypes
+def test_feature_dtype_errors_point_at_a_value_and_the_fix():
+    data, X = _ixi()
+    with pytest.raises(fh.exceptions.NonNumericFeatureError, match=r"numbers in an object column.*astype\(float\)"):
+        fh.ComBat(batch="site", formula="age + sex").fit(X.astype(object), data)   # a transpose, a row-wise build
+    Xs = X.astype(str)
+    Xs.iloc[3, 2] = "n/a"
+    with pytest.raises(fh.exceptions.NonNumericFeatureError,
+                       match=r"'lh_caudalmiddlefrontal_thickness' holds 'n/a' at row 'sub-IXI014'"):
+        fh.ComBat(batch="site", formula="age + sex").fit(Xs, data)
+    with pytest.raises(fh.exceptions.NonNumericFeatureError, match="numbers stored as text"):
+        fh.ComBat(batch="site", formula="age + sex").fit(X.astype(str), data)
+    with pytest.raises(fh.exceptions.NonNumericFeatureError, match="complex128"):   # was: imaginary part dropped
+        fh.ComBat(batch="site", formula="age + sex").fit(X.astype(complex), data)
