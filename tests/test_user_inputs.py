@@ -428,3 +428,19 @@ def test_feature_dtype_errors_point_at_a_value_and_the_fix():
         fh.ComBat(batch="site", formula="age + sex").fit(X.astype(str), data)
     with pytest.raises(fh.exceptions.NonNumericFeatureError, match="complex128"):   # was: imaginary part dropped
         fh.ComBat(batch="site", formula="age + sex").fit(X.astype(complex), data)
+
+
+def test_readme_freesurfer_block_imports_what_it_calls():
+    """The block reads placeholder paths, so it is not run; but every function it calls must be imported
+    by its own import line and exist in featharm.io (read_fs_tables was called without being imported)."""
+    import ast
+
+    import featharm.io as fio
+
+    tree = ast.parse(_python_block("## Reading FreeSurfer outputs"))
+    imported = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for a in node.names}
+    called = {node.func.id for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert called <= imported, f"called but not imported: {sorted(called - imported)}"
+    assert all(hasattr(fio, name) for name in imported)
