@@ -40,6 +40,21 @@ def show_columns(columns, k: int = 12) -> str:
     return str(cols[:k])[:-1] + (f", ... ({len(cols) - k} more)]" if len(cols) > k else "]")
 
 
+def check_integer(name: str, value, owner: str, minimum: int = 1) -> None:
+    """``value`` must be an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        if minimum == 0:
+            what = "a non-negative integer"
+        raise InputError(f"The {name!r} parameter of {owner} must be {what}. Got {value!r} instead.")
+
+
+def check_positive_number(name: str, value, owner: str) -> None:
+    """``value`` must be a real number (not a bool) above 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
+        raise InputError(f"The {name!r} parameter of {owner} must be a positive number. Got {value!r} instead.")
+
+
 def check_option(name: str, value, allowed, owner: str) -> None:
     if value not in allowed:
         raise InputError(

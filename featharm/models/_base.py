@@ -21,7 +21,9 @@ from .._validation import (
     batch_levels,
     check_batch_sizes,
     check_features,
+    check_integer,
     check_option,
+    check_positive_number,
     encode_batches,
     get_batch,
 )
@@ -137,12 +139,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         ref = params.get("ref_batch")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, np.integer))):
             raise bad("ref_batch", "None or a level of the batch column")
-        it = params.get("max_iter", 1)
-        if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or it < 1:
-            raise bad("max_iter", "a positive integer")
-        tol = params.get("tol", 1e-4)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not tol > 0:
-            raise bad("tol", "a positive number")
+        if "max_iter" in params:
+            check_integer("max_iter", params["max_iter"], owner)
+        if "tol" in params:
+            check_positive_number("tol", params["tol"], owner)
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
         owner = self._owner()

@@ -9,8 +9,9 @@ import pandas as pd
 
 from .. import eb
 from .._progress import Progress
+from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators
-from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, InputError, warn
+from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
 from ._base import BaseHarmonizer, _Prepared
 
 __all__ = ["ComBatLS", "fit_location_scale"]
@@ -182,13 +183,8 @@ class ComBatLS(BaseHarmonizer):
         if self.scale_formula is not None and not isinstance(self.scale_formula, str):
             raise FormulaError(f"The 'scale_formula' parameter of {owner} must be a string such as 'age + sex' "
                                f"or None. Got {self.scale_formula!r} instead.")
-        ft = self.fit_tol
-        if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not ft > 0:
-            raise InputError(f"The 'fit_tol' parameter of {owner} must be a positive number. Got {ft!r} instead.")
-        fm = self.fit_max_iter
-        if isinstance(fm, bool) or not isinstance(fm, (int, np.integer)) or fm < 1:
-            raise InputError(f"The 'fit_max_iter' parameter of {owner} must be a positive integer. "
-                             f"Got {fm!r} instead.")
+        check_positive_number("fit_tol", self.fit_tol, owner)
+        check_integer("fit_max_iter", self.fit_max_iter, owner)
 
     # ------------------------------------------------------------------------------ fitting
     def _scale_matrix(self, covariates: pd.DataFrame) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .. import eb
-from .._validation import _show, batch_levels, check_option, covariate_column, numeric_covariate
+from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
 from ..design import _clean_formula, _formula_variables, batch_indicators
 from ..exceptions import (
     BatchError,
@@ -155,9 +155,7 @@ class LongComBat(BaseHarmonizer):
         owner = self._owner()
         check_option("standardize", self.standardize, _STANDARDIZE, owner)
         check_option("random_slope", self.random_slope, (True, False), owner)
-        if not isinstance(self.n_iter, (int, np.integer)) or isinstance(self.n_iter, bool) or self.n_iter < 0:
-            raise InputError(f"The 'n_iter' parameter of {owner} must be a non-negative integer. "
-                             f"Got {self.n_iter!r} instead.")
+        check_integer("n_iter", self.n_iter, owner, minimum=0)
         if not isinstance(self.subject, str):
             raise InputError(f"The 'subject' parameter of {owner} must be a column name. Got {self.subject!r}.")
         if self.time is not None and not isinstance(self.time, str):
