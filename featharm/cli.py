@@ -198,10 +198,9 @@ def _combatls_model(args):
 
 
 def _scale_formula_columns(args) -> list:
-    from .design import _IDENT, _clean_formula
+    from .formula import parse_formula
 
-    f = _clean_formula(args.scale_formula)
-    return [m.group(1) or m.group(2) for m in _IDENT.finditer(f)] if f else []
+    return parse_formula(args.scale_formula).variables()
 
 
 METHODS: dict = {

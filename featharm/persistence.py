@@ -177,8 +177,8 @@ def load_model(path):
     try:
         model._set_state(manifest["state"], arrays)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
+        if isinstance(exc, ModelFileError):  # say which file
+            raise ModelFileError(f"{str(path)!r} is damaged: {exc}") from None
         raise ModelFileError(
             f"{str(path)!r} is damaged: the stored {name} state is incomplete or malformed "
             f"({type(exc).__name__}: {exc}).") from None

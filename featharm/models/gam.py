@@ -35,36 +35,17 @@ import scipy.linalg as sla
 from .. import eb
 from .._progress import Progress
 from .._validation import check_option, numeric_covariate
-from ..design import CovariateDesign, _clean_formula, batch_indicators
+from ..design import CovariateDesign, batch_indicators
+from ..formula import parse_formula, render
 from ..exceptions import ConfoundingError, FormulaError, InputError
 from ..splines import SplineBasis
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
 
-_S_TERM = re.compile(r"^s\(\s*(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_.]*))\s*\)$")
 _NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
 _N_GRID = 121  # log-lambda grid points of the default criterion search
 _BISECTIONS = 60
-
-
-def _split_terms(formula: str) -> list[str]:
-    """Top-level ``+`` terms of a formula right-hand side (parentheses and backticks respected)."""
-    terms, depth, tick, cur = [], 0, False, []
-    for ch in formula:
-        if ch == "`":
-            tick = not tick
-        elif not tick and ch in "([":
-            depth += 1
-        elif not tick and ch in ")]":
-            depth -= 1
-        if ch == "+" and depth == 0 and not tick:
-            terms.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    terms.append("".join(cur).strip())
-    return [t for t in terms if t]
 
 
 def _quote(name: str) -> str:
@@ -232,23 +213,20 @@ class ComBatGAM(BaseHarmonizer):
         else:
             raise InputError(f"The 'smooth' parameter of ComBatGAM must be a column name or a list of column "
                              f"names, e.g. ['age']. Got {smooth!r} instead.")
-        f = _clean_formula(self.formula)
-        linear = []
-        for t in _split_terms(f) if f else []:
-            mt = _S_TERM.match(t)
-            if mt:
-                terms.append(mt.group(1) or mt.group(2))
-            elif re.search(r"\bs\(", t):
+        parsed = parse_formula(self.formula)  # featharm's grammar: s(column) is a smooth term
+        for t in parsed.terms:
+            if any(node[0] == "smooth" for node in t) and len(t) > 1:
                 raise FormulaError(
-                    f"term {t!r} of formula {self.formula!r}: smooth terms must be top-level s(column) terms "
-                    "(no interactions or options); write e.g. 'sex + s(age)', or pass smooth=['age']."
+                    f"term {':'.join(render(n) for n in t)!r} of formula {self.formula!r}: smooth terms must be "
+                    "top-level s(column) terms (no interactions or options); write e.g. 'sex + s(age)', or pass "
+                    "smooth=['age']."
                 )
-            else:
-                linear.append(t)
+        terms.extend(parsed.smooth_terms())
+        linear = parsed.without_smooth()
         dup = sorted({t for t in terms if terms.count(t) > 1})
         if dup:
             raise InputError(f"smooth term(s) {dup} are given more than once (in `smooth` and/or as s() in the formula).")
-        return terms, (" + ".join(linear) if linear else None)
+        return terms, (linear or None)
 
     def _design_formula(self):
         return self._terms()[1]
