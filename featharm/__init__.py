@@ -14,7 +14,7 @@ from .persistence import load_model, save_model
 
 # Subpackages imported on first use (``fh.diagnostics``, ``from featharm import plots``), so that
 # ``import featharm`` loads only the models (numpy, pandas, scipy, scikit-learn's base): matplotlib,
-# seaborn, jinja2, statsmodels and formulaic load when a function that needs them runs.
+# seaborn, jinja2 and statsmodels load when a function that needs them runs.
 _LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
 
 

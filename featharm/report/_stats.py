@@ -16,8 +16,7 @@ import pandas as pd
 
 from ..design import CovariateDesign
 
-DEPENDENCIES = ("numpy", "pandas", "scipy", "statsmodels", "scikit-learn", "matplotlib", "seaborn", "jinja2",
-                "formulaic")
+DEPENDENCIES = ("numpy", "pandas", "scipy", "statsmodels", "scikit-learn", "matplotlib", "seaborn", "jinja2")
 
 
 # ------------------------------------------------------------------------------------------ site tests
