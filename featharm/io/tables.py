@@ -11,7 +11,7 @@ from .._validation import show_columns
 from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
 from ..persistence import atomic_write_bytes
 
-__all__ = ["read_table", "write_table", "table_format", "read_text_columns"]
+__all__ = ["read_table", "write_table", "table_bytes", "table_format", "read_text_columns"]
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -104,8 +104,8 @@ def _check_header(path, df: pd.DataFrame, names: list, sep: str) -> None:
             )
 
 
-def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
-    """Write ``df`` atomically in the format given by the extension of ``path``."""
+def table_bytes(df: pd.DataFrame, path, index: bool = False) -> bytes:
+    """The bytes of ``df`` in the format given by the extension of ``path`` (nothing is written)."""
     fmt = table_format(path)
     if fmt == "parquet":
         buf = io.BytesIO()
@@ -113,14 +113,18 @@ def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
             df.to_parquet(buf, index=index)
         except ImportError as exc:
             raise _parquet_hint(exc) from None
-        data = buf.getvalue()
-    else:
-        data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
-        if _gzipped(path):  # out.csv.gz is gzip, as its name says (mtime 0: same input, same bytes)
-            import gzip
+        return buf.getvalue()
+    data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
+    if _gzipped(path):  # out.csv.gz is gzip, as its name says (mtime 0: same input, same bytes)
+        import gzip
 
-            data = gzip.compress(data, mtime=0)
-    atomic_write_bytes(path, data)
+        data = gzip.compress(data, mtime=0)
+    return data
+
+
+def write_table(df: pd.DataFrame, path, index: bool = False) -> None:
+    """Write ``df`` atomically in the format given by the extension of ``path``."""
+    atomic_write_bytes(path, table_bytes(df, path, index=index))
 
 
 def read_text_columns(path, positions) -> pd.DataFrame | None:
