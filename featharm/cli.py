@@ -111,7 +111,8 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
     if patterns:
         cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
         if not cols:
-            raise ColumnNotFoundError(f"no column matches --features {patterns}; columns: {show_columns(data.columns)}")
+            raise ColumnNotFoundError(f"no column matches --features {list(dict.fromkeys(patterns))}; columns: "
+                                      f"{show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
         cols = [c for c in data.columns if str(c) not in exclude and not _UNNAMED.fullmatch(str(c))
