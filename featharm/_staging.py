@@ -363,7 +363,11 @@ def staged_outputs(outputs, inputs=()):
     except BaseException:
         st.discard()
         raise
-    st.commit()
+    try:
+        st.commit()
+    except BaseException:
+        st.discard()  # commit undid its renames; nothing may stay (a no-op when nothing is left)
+        raise
 
 
 def discard_all() -> None:
