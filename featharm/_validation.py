@@ -29,9 +29,17 @@ SMALL_BATCH = 10
 
 
 def _show(values, k: int = 5) -> str:
-    values = list(values)
+    values = _unique(values)
     head = ", ".join(map(repr, values[:k]))
     return head + (f" and {len(values) - k} more" if len(values) > k else "")
+
+
+def _unique(values) -> list:
+    """``values`` without repeats, in order (a message lists each id, level or name once)."""
+    try:
+        return list(dict.fromkeys(values))
+    except TypeError:  # unhashable values: keep them all
+        return list(values)
 
 
 def show_columns(columns, k: int = 12) -> str:
@@ -232,8 +240,13 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
             miss = codes < 0
             codes[miss] = [by_text.get(str(v.item() if hasattr(v, "item") else v), -1) for v in vals[miss]]
     if (codes < 0).any():
-        unseen = pd.Series(vals[codes < 0]).value_counts()
-        desc = ", ".join(f"{k!r} ({v} row{'s' if v > 1 else ''})" for k, v in unseen.items())
+        unseen: dict = {}  # by text, as matched above: 4 and "4" are one site, listed once
+        for v in vals[codes < 0]:
+            v = v.item() if hasattr(v, "item") else v
+            first, n = unseen.get(str(v), (v, 0))
+            unseen[str(v)] = (first, n + 1)
+        desc = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})"
+                         for v, n in sorted(unseen.values(), key=lambda t: -t[1]))
         raise UnseenBatchError(
             f"{batch!r} has value(s) not seen when the model was fitted: {desc}. Known: {levels}. "
             "Fit the model with these sites included, or estimate them with new_sites='estimate' "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import re
 import sys
 import warnings
@@ -67,25 +68,42 @@ def _same_id_type(a: pd.DataFrame, b: pd.DataFrame):
     return a, b
 
 
-def _check_outputs(args, *names: str) -> None:
-    """Refuse, before any work, output paths that would fail late or overwrite an input."""
+_INPUTS = (("data", "DATA"), ("covariates", "--covariates"), ("model", "--model"), ("harmonized", "--harmonized"))
+KB, MB = 1024, 1024 * 1024
+
+
+def _inputs(args) -> list:
+    """(label, path) of every input file of the command (none of them may be an output)."""
+    found = []
+    for attr, label in _INPUTS:
+        path = getattr(args, attr, None)
+        if path:
+            found.append(("MODEL" if attr == "model" and args.func is cmd_apply else label, path))
+    return found
+
+
+def _file_size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except (OSError, TypeError):
+        return 0
+
+
+def _stage(args, outputs, inputs=None):
+    """Check every output (format from the extension, distinct files, not an input, writable folder,
+    free space) and stage them (see featharm._staging): written all together at the end of the block,
+    or not at all."""
+    from ._staging import staged_outputs
     from .io.tables import table_format
 
-    inputs = {Path(p).resolve() for p in (getattr(args, "data", None), getattr(args, "covariates", None),
-                                          getattr(args, "model", None), getattr(args, "harmonized", None))
-              if p}
-    for name in names:
-        path = getattr(args, name, None)
-        if not path:
+    for o in outputs:
+        if not o.path or Path(o.path).is_dir():  # a directory: check_outputs says so
             continue
-        flag = "--" + name.replace("_", "-")
-        if Path(path).is_dir():
-            raise InputError(f"{flag} {path} is a directory; give a file name.")
-        if Path(path).resolve() in inputs:
-            raise InputError(f"{flag} {path} is also an input; write the result to another file "
-                             "(featharm never overwrites its inputs).")
-        if name == "out" and args.func in (cmd_harmonize, cmd_apply):
-            table_format(path)
+        if o.key == "table":
+            table_format(o.path)
+        elif o.key == "report" and Path(o.path).suffix.lower() not in (".html", ".htm"):
+            raise InputError(f"{o.option} {o.path}: the report is an HTML file; give it a .html name.")
+    return staged_outputs(outputs, _inputs(args) if inputs is None else inputs)
 
 
 def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
@@ -93,7 +111,8 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
     if patterns:
         cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
         if not cols:
-            raise ColumnNotFoundError(f"no column matches --features {patterns}; columns: {show_columns(data.columns)}")
+            raise ColumnNotFoundError(f"no column matches --features {list(dict.fromkeys(patterns))}; columns: "
+                                      f"{show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
         cols = [c for c in data.columns if str(c) not in exclude and not _UNNAMED.fullmatch(str(c))
@@ -128,11 +147,10 @@ def _read_harmonized(args, data: pd.DataFrame, feats: list):
     return hdata[feats].set_axis(data.index, axis=0)
 
 
-def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None) -> None:
-    """Write DATA with the harmonized columns replaced; the other columns of a CSV/TSV ``source`` are
-    copied as text, exactly as written (``007``, ``NA``, ``1`` stay so)."""
-    from .io import write_table
-    from .io.tables import read_text_columns
+def _output_table(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None) -> bytes:
+    """The bytes of OUT: DATA with the harmonized columns replaced; the other columns of a CSV/TSV
+    ``source`` are copied as text, exactly as written (``007``, ``NA``, ``1`` stay so)."""
+    from .io.tables import read_text_columns, table_bytes
 
     changed = set(harmonized.columns)
     keep = [j for j, c in enumerate(data.columns) if c not in changed]
@@ -149,7 +167,7 @@ def _write_output(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None
         result = data.copy()
         for c in harmonized.columns:
             result[c] = harmonized[c].to_numpy()
-    write_table(result, out, index=False)
+    return table_bytes(result, out, index=False)
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -213,31 +231,34 @@ METHODS: dict = {
 
 
 def cmd_harmonize(args) -> int:
+    from ._staging import Output
     from .design import _clean_formula, _formula_variables
+    from .persistence import model_bytes
 
-    _check_outputs(args, "out", "save_model", "report")
-    data, cov = _load_inputs(args, args.batch, args.formula)
-    if args.batch not in cov.columns:
-        raise ColumnNotFoundError(
-            f"no batch column {args.batch!r}; columns present: {show_columns(cov.columns)}."
-        )
-    build, method_columns = METHODS[args.method]
-    if getattr(args, "smooth", None) and args.method != "gam":
-        raise InputError(f"--smooth needs --method gam (got --method {args.method}).")
-    f = _clean_formula(args.formula)
-    used = _formula_variables(f, cov.columns)[0] if f else []
-    feats = _feature_columns(data, args.features, [args.batch, args.id, *used, *method_columns(args)])
-    model = build(args)
-    Xh = model.fit_transform(data[feats], cov)
-    report = None
-    if args.report:  # built before anything is written: a failure leaves no partial outputs
-        report = model.report(data[feats], cov, X_harmonized=Xh, inputs=_report_inputs(args),
-                              parameters=_report_parameters(args))
-    _write_output(data, Xh, args.out, source=args.data)
-    if args.save_model:
-        model.save(args.save_model)
-    if report is not None:
-        report.save_as_html(args.report)
+    outputs = [Output("table", "--out", args.out, size=_file_size(args.data)),
+               Output("model", "--save-model", args.save_model, size=64 * KB),
+               Output("report", "--report", args.report, size=1 * MB)]
+    with _stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
+        data, cov = _load_inputs(args, args.batch, args.formula)
+        if args.batch not in cov.columns:
+            raise ColumnNotFoundError(
+                f"no batch column {args.batch!r}; columns present: {show_columns(cov.columns)}."
+            )
+        build, method_columns = METHODS[args.method]
+        if getattr(args, "smooth", None) and args.method != "gam":
+            raise InputError(f"--smooth needs --method gam (got --method {args.method}).")
+        f = _clean_formula(args.formula)
+        used = _formula_variables(f, cov.columns)[0] if f else []
+        feats = _feature_columns(data, args.features, [args.batch, args.id, *used, *method_columns(args)])
+        model = build(args)
+        Xh = model.fit_transform(data[feats], cov)
+        staged.write("table", _output_table(data, Xh, args.out, source=args.data))
+        if args.save_model:
+            staged.write("model", model_bytes(model))
+        if args.report:
+            report = model.report(data[feats], cov, X_harmonized=Xh, inputs=_report_inputs(args),
+                                  parameters=_report_parameters(args))
+            staged.write("report", report.html.encode("utf-8"))
     if not args.quiet:
         print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
@@ -247,10 +268,19 @@ def cmd_harmonize(args) -> int:
 
 
 def cmd_apply(args) -> int:
+    from ._staging import Output
     from .persistence import load_model
 
-    _check_outputs(args, "out")
-    model = load_model(args.model)
+    with _stage(args, [Output("table", "--out", args.out, size=_file_size(args.data))]) as staged:
+        Xh, data, feats, model = _apply(args, load_model(args.model))
+        staged.write("table", _output_table(data, Xh, args.out, source=args.data))
+    if not args.quiet:
+        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
+    return 0
+
+
+def _apply(args, model):
+    """The harmonized features of DATA (and DATA, the feature names, the model) for ``featharm apply``."""
     if getattr(args, "extrapolate", None):
         if "extrapolate" not in model.get_params():
             raise InputError(f"--extrapolate applies to models with smooth terms; {args.model} holds a "
@@ -271,34 +301,36 @@ def cmd_apply(args) -> int:
         if "new_sites" not in inspect.signature(model.transform).parameters:
             raise InputError(f"--new-sites estimate is not available for {type(model).__name__} models.")
         kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
-    Xh = model.transform(data[feats], cov, **kw)
-    _write_output(data, Xh, args.out, source=args.data)
-    if not args.quiet:
-        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
-    return 0
+    return model.transform(data[feats], cov, **kw), data, feats, model
 
 
 def cmd_demo(args) -> int:
     from .datasets import ixi_feature_columns, load_ixi
     from .diagnostics import site_anova
-    from .io import write_table
+    from ._staging import Output
+    from .datasets import ixi_path
+    from .io.tables import table_bytes
     from .models import ComBat
+    from .persistence import model_bytes
 
     out = Path(args.out)
-    data = load_ixi()
-    feats = ixi_feature_columns(data)
-    X = data[feats]
-    model = ComBat(batch="site", formula="age + sex")
-    Xh = model.fit_transform(X, data)
-    harmonized = data.copy()
-    harmonized[feats] = Xh
-    write_table(harmonized, out / "ixi_harmonized.csv")
-    model.save(out / "combat_model.fhm")
-    from .datasets import ixi_path
-
-    model.report(X, data, X_harmonized=Xh, inputs={"IXI table": ixi_path()}).save_as_html(out / "report.html")
-    before = site_anova(X, data, batch="site", formula="age + sex")
-    after = site_anova(Xh, data, batch="site", formula="age + sex")
+    outputs = [Output("table", "--out", out / "ixi_harmonized.csv", size=1 * MB),
+               Output("model", "--out", out / "combat_model.fhm", size=64 * KB),
+               Output("report", "--out", out / "report.html", size=1 * MB)]
+    with _stage(args, outputs, inputs=[("the bundled IXI table", ixi_path())]) as staged:
+        data = load_ixi()
+        feats = ixi_feature_columns(data)
+        X = data[feats]
+        model = ComBat(batch="site", formula="age + sex")
+        Xh = model.fit_transform(X, data)
+        harmonized = data.copy()
+        harmonized[feats] = Xh
+        staged.write("table", table_bytes(harmonized, out / "ixi_harmonized.csv"))
+        staged.write("model", model_bytes(model))
+        report = model.report(X, data, X_harmonized=Xh, inputs={"IXI table": ixi_path()})
+        staged.write("report", report.html.encode("utf-8"))
+        before = site_anova(X, data, batch="site", formula="age + sex")
+        after = site_anova(Xh, data, batch="site", formula="age + sex")
     alpha = 0.05 / len(feats)
     counts = model.batch_sizes_.astype(int)
     lines = [
@@ -328,11 +360,22 @@ def _report_parameters(args) -> dict:
 
 
 def cmd_report(args) -> int:
+    from ._staging import Output
+
+    with _stage(args, [Output("report", "--out", args.out, size=1 * MB)]) as staged:
+        rep, feats, data = _report(args)
+        staged.write("report", rep.html.encode("utf-8"))
+    if not args.quiet:
+        print(f"report on {len(feats)} features of {len(data)} subjects ({len(rep.warnings)} warning(s)) -> {args.out}")
+    return 0
+
+
+def _report(args):
+    """The report of ``featharm report`` (and the feature names and DATA it covers)."""
     from .design import _clean_formula, _formula_variables
     from .persistence import load_model
     from .report import make_report
 
-    _check_outputs(args, "out")
     model = load_model(args.model) if args.model else None
     batch = args.batch or (model.batch if model is not None else None)
     if batch is None:
@@ -356,16 +399,35 @@ def cmd_report(args) -> int:
     rep = make_report(data[feats], cov, model=model, X_harmonized=Xh, batch=batch, formula=args.formula,
                       features=args.plot_features, inputs=_report_inputs(args),
                       parameters=_report_parameters(args), figure_format=args.figure_format)
-    rep.save_as_html(args.out)
-    if not args.quiet:
-        print(f"report on {len(feats)} features of {len(data)} subjects ({len(rep.warnings)} warning(s)) -> {args.out}")
-    return 0
+    return rep, feats, data
 
 
 def cmd_diagnose(args) -> int:
+    from ._staging import Output
+    from .diagnostics.suite import TABLES
+    from .io.tables import table_bytes
+
+    out = Path(args.out)
+    outputs = [Output(name, "--out", out / f"{name}.csv", size=16 * KB, optional=True) for name in TABLES]
+    with _stage(args, outputs) as staged:  # the tables appear together at the end, or none
+        tables, feats, data = _diagnose(args)
+        for name, table in tables.items():
+            staged.write(name, table_bytes(table, out / f"{name}.csv", index=False))
+    if not args.quiet:
+        se = tables["site_effects"]
+        lines = [f"diagnosed {len(feats)} features of {len(data)} rows; tables -> {out}/"]
+        for label, grp in se.groupby("data", sort=False):
+            counts = grp.assign(sig=grp.p_fdr < 0.05).groupby("test", sort=False).sig.sum()
+            lines.append(f"  {label}: features with a site effect (BH-FDR 0.05): "
+                         + ", ".join(f"{t} {int(k)}/{len(feats)}" for t, k in counts.items()))
+        print("\n".join(lines))
+    return 0
+
+
+def _diagnose(args):
+    """The tables of ``featharm diagnose`` (and the feature names and DATA they cover)."""
     from .design import _clean_formula, _formula_variables
     from .diagnostics import diagnose
-    from .io import write_table
 
     data, cov = _load_inputs(args, args.batch, args.formula)
     if args.batch not in cov.columns:
@@ -394,18 +456,7 @@ def cmd_diagnose(args) -> int:
                       classification_permutations=args.classification_permutations,
                       classification=not args.no_classification, n_splits=args.n_splits, harmonizer=harmonizer,
                       random_state=args.seed)
-    out = Path(args.out)
-    for name, table in tables.items():
-        write_table(table, out / f"{name}.csv", index=False)
-    if not args.quiet:
-        se = tables["site_effects"]
-        lines = [f"diagnosed {len(feats)} features of {len(data)} rows; tables -> {out}/"]
-        for label, grp in se.groupby("data", sort=False):
-            counts = grp.assign(sig=grp.p_fdr < 0.05).groupby("test", sort=False).sig.sum()
-            lines.append(f"  {label}: features with a site effect (BH-FDR 0.05): "
-                         + ", ".join(f"{t} {int(k)}/{len(feats)}" for t, k in counts.items()))
-        print("\n".join(lines))
-    return 0
+    return tables, feats, data
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -557,14 +608,22 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    from . import _staging
+
     old = warnings.showwarning
     warnings.showwarning = _showwarning
+    commits = _staging.commits()
     try:
-        with _progress.enable(not getattr(args, "quiet", False)), np.errstate(all="ignore"):
+        with _staging.signals_interrupt(), _progress.enable(not getattr(args, "quiet", False)), \
+                np.errstate(all="ignore"):
             return args.func(args)
+    except (_staging.Interrupted, KeyboardInterrupt) as exc:  # SIGTERM (kill, timeout, SLURM), Ctrl-C
+        _staging.discard_all()
+        name, signum = (exc.name, exc.signum) if isinstance(exc, _staging.Interrupted) else ("SIGINT", 2)
+        done = "the outputs were already written" if _staging.commits() > commits else "no output written"
+        sys.stderr.write(f"featharm: interrupted ({name}); {done}\n")
+        return 128 + signum
     except BrokenPipeError:  # output piped into e.g. `head`
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (FeatharmError, OSError) as exc:  # OSError: a file that cannot be read or written

@@ -6,6 +6,7 @@ Registered by :func:`featharm.cli.build_parser` through :func:`add_collect_parse
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .exceptions import InputError
 
@@ -52,13 +53,30 @@ def add_collect_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_collect(args) -> int:
-    from .io.covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
-    from .io.freesurfer import collect_subjects
-    from .io.tables import table_format, write_table
+    from ._staging import Output
+    from .cli import _stage
+    from .io.tables import table_bytes
 
-    table_format(args.out)  # refuse an unknown extension before the work
     if args.covariates and args.bids:
         raise InputError("give --covariates or --bids, not both.")
+    inputs = [("SUBJECTS_DIR", d) for d in args.subjects_dir] + [("--covariates", args.covariates)]
+    if args.bids:
+        bids = Path(args.bids)
+        inputs += [("--bids", p) for p in [bids / "participants.tsv", *bids.glob("sub-*/sub-*_sessions.tsv")]]
+    with _stage(args, [Output("table", "--out", args.out)], inputs) as staged:  # written at the end, or not
+        df, info, join, notes = _collect(args)
+        out = df.reset_index()
+        staged.write("table", table_bytes(out, args.out, index=False))
+    if not args.quiet:
+        _summary(args, df, out, info, join, notes)
+    return 0
+
+
+def _collect(args):
+    """The collected table of ``featharm collect`` (with what the summary reports)."""
+    from .io.covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
+    from .io.freesurfer import collect_subjects
+
     df = collect_subjects(args.subjects_dir, args.measures, hemis=args.hemis, runs=args.runs,
                           on_missing=args.on_missing, normalize_names=args.normalize_names,
                           id_pattern=args.id_pattern)
@@ -73,8 +91,6 @@ def cmd_collect(args) -> int:
         df = join_covariates(df, cov, on=on, missing=args.missing_covariates, strip_bids=args.strip_bids)
         join = df.attrs["featharm_join"]
     elif args.bids:
-        from pathlib import Path
-
         if list(Path(args.bids).glob("sub-*/sub-*_sessions.tsv")):
             cov, on = read_bids_sessions(args.bids), {"subject": "participant_id", "timepoint": "session_id"}
         else:
@@ -89,30 +105,30 @@ def cmd_collect(args) -> int:
     if (df["subject"].astype(str) == df.index.astype(str)).all() and not (join and args.join_on == "subject"):
         df = df.drop(columns="subject")
         notes.append("subject = fsid for every run: no 'subject' column")
-    out = df.reset_index()
-    write_table(out, args.out, index=False)
-    if not args.quiet:
-        nfeat = sum(1 for c in out.columns if c in set(df.columns) and str(out[c].dtype) == "float64")
-        lines = [f"collected {len(df)} runs x {nfeat} numeric columns ({', '.join(info['measures'])}) -> {args.out}"]
-        kinds = df["fs_kind"].value_counts().to_dict()
-        lines.append("  runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())))
-        sk = {k: v for k, v in info["skipped"].items() if v}
-        if sk:
-            lines.append("  skipped: " + "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
-                                                   for k, v in sk.items()))
-        if info["renamed"]:
-            lines.append("  renamed: " + ", ".join(f"{o} -> {n}" for o, n in info["renamed"].items()))
-        if info["missing"]:
-            lines.append(f"  runs with missing data ({args.on_missing}): "
-                         + ", ".join(m["fsid"] for m in info["missing"][:10]))
-        if join:
-            lines.append(f"  covariates: {join['matched']} matched on {join['keys']}"
-                         + (f"; {len(join['only_in_features'])} runs without covariates"
-                            if join["only_in_features"] else "")
-                         + (f"; {len(join['only_in_covariates'])} covariate rows without a run"
-                            if join["only_in_covariates"] else ""))
-        lines += [f"  note: {n}" for n in notes]
-        lines.append(f"  next: featharm harmonize {args.out} --id fsid --batch SITE_COLUMN [--formula ...] "
-                     "[--features PATTERN ...: needed if numeric covariates are not all in the formula]")
-        print("\n".join(lines))
-    return 0
+    return df, info, join, notes
+
+
+def _summary(args, df, out, info, join, notes) -> None:
+    nfeat = sum(1 for c in out.columns if c in set(df.columns) and str(out[c].dtype) == "float64")
+    lines = [f"collected {len(df)} runs x {nfeat} numeric columns ({', '.join(info['measures'])}) -> {args.out}"]
+    kinds = df["fs_kind"].value_counts().to_dict()
+    lines.append("  runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())))
+    sk = {k: v for k, v in info["skipped"].items() if v}
+    if sk:
+        lines.append("  skipped: " + "; ".join(f"{k}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                                               for k, v in sk.items()))
+    if info["renamed"]:
+        lines.append("  renamed: " + ", ".join(f"{o} -> {n}" for o, n in info["renamed"].items()))
+    if info["missing"]:
+        lines.append(f"  runs with missing data ({args.on_missing}): "
+                     + ", ".join(m["fsid"] for m in info["missing"][:10]))
+    if join:
+        lines.append(f"  covariates: {join['matched']} matched on {join['keys']}"
+                     + (f"; {len(join['only_in_features'])} runs without covariates"
+                        if join["only_in_features"] else "")
+                     + (f"; {len(join['only_in_covariates'])} covariate rows without a run"
+                        if join["only_in_covariates"] else ""))
+    lines += [f"  note: {n}" for n in notes]
+    lines.append(f"  next: featharm harmonize {args.out} --id fsid --batch SITE_COLUMN [--formula ...] "
+                 "[--features PATTERN ...: needed if numeric covariates are not all in the formula]")
+    print("\n".join(lines))

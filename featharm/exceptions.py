@@ -24,6 +24,7 @@ __all__ = [
     "FormulaError",
     "NotFittedError",
     "ModelFileError",
+    "OutputError",
     "FeatharmWarning",
     "ConvergenceWarning",
     "SmallBatchWarning",
@@ -98,6 +99,14 @@ class NotFittedError(FeatharmError, _SkNotFittedError):
 
 class ModelFileError(FeatharmError, ValueError):
     """A saved model file is not a featharm model, is damaged, or has a newer schema."""
+
+
+class OutputError(FeatharmError, OSError):
+    """An output cannot be written: the same file as another output or as an input, a folder that cannot
+    be created or written, a full disk. Nothing is written when it is raised (see :mod:`featharm._staging`)."""
+
+    def __str__(self) -> str:  # one message, not OSError's "[Errno n] ..."
+        return str(self.args[0]) if self.args else ""
 
 
 class OutOfRangeError(InputError):

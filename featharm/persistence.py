@@ -88,6 +88,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def save_model(model, path) -> None:
     """Save a fitted featharm model to ``path`` (see the module docstring for the format)."""
+    atomic_write_bytes(path, model_bytes(model))
+
+
+def model_bytes(model) -> bytes:
+    """The content of the model file of a fitted featharm model (what :func:`save_model` writes)."""
     state, arrays = model._get_state()
     manifest = {
         "format": FORMAT,
@@ -109,7 +114,7 @@ def save_model(model, path) -> None:
             b = io.BytesIO()
             np.lib.format.write_array(b, a, allow_pickle=False)
             zf.writestr(f"arrays/{name}.npy", b.getvalue())
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_manifest(path) -> dict:

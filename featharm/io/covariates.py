@@ -19,7 +19,7 @@ _EXCEL = {".xlsx", ".xlsm", ".xls"}
 _NA = ["", "n/a", "N/A", "NA", "NaN", "nan"]
 
 
-def read_covariates(path, id_col: str | None = None, sheet=0) -> pd.DataFrame:
+def read_covariates(path, id_col: str | None = None, sheet=0, *, _empty_ok: bool = False) -> pd.DataFrame:
     """Read a covariate table: CSV, TSV (``.tsv``/``.txt``), Parquet or Excel (``.xlsx``, needs openpyxl).
 
     Parameters
@@ -42,6 +42,13 @@ def read_covariates(path, id_col: str | None = None, sheet=0) -> pd.DataFrame:
     suffixes = [s.lower() for s in path.suffixes]
     ext = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else (suffixes[-1] if suffixes else "")
     dtype = {id_col: str} if id_col else None
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"covariate table {str(path)!r} is empty (0 bytes).")
+    if ext in _TEXT or ext in (".parquet", ".pq"):
+        from .tables import check_file_kind
+
+        check_file_kind(path, "parquet" if ext in (".parquet", ".pq") else ext[1:], what="covariate table",
+                        excel_ok=True)
     if ext in _TEXT:
         try:
             df = pd.read_csv(path, sep=_TEXT[ext], dtype=dtype, na_values=_NA, keep_default_na=False)
@@ -70,6 +77,9 @@ def read_covariates(path, id_col: str | None = None, sheet=0) -> pd.DataFrame:
             f"cannot tell the format of {str(path)!r} from its extension; use .csv, .tsv, .parquet or .xlsx."
         )
     df.columns = [str(c).strip() for c in df.columns]
+    if len(df) == 0 and not _empty_ok:
+        raise InputError(f"covariate table {str(path)!r} has no data rows (only the column names "
+                         f"{show_columns(df.columns)}); give a table with one row per subject.")
     if id_col is not None:
         df = _set_id(df, id_col, str(path))
     return df
@@ -131,7 +141,7 @@ def read_bids_sessions(bids_root, participants: bool = True) -> pd.DataFrame:
     frames = []
     for f in sorted(root.glob("sub-*/sub-*_sessions.tsv")):
         sub = f.parent.name
-        df = read_covariates(f, id_col="session_id")
+        df = read_covariates(f, id_col="session_id", _empty_ok=True)  # a subject without sessions yet
         df.insert(0, "participant_id", sub)
         frames.append(df.reset_index(drop=True))
     if not frames:

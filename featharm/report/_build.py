@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .._validation import align_covariates, batch_levels, check_features, get_batch, rows_of, show_columns
-from ..exceptions import ColumnNotFoundError, InputError
+from ..exceptions import BatchError, ColumnNotFoundError, InputError
 from . import _stats
 
 _FORMATS = ("svg", "png")
@@ -216,7 +216,10 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     _, index, columns = check_features(X, "make_report", index=rows_of(covariates),
                                        columns=getattr(model, "feature_names_in_", None))
     cov = align_covariates(index, covariates, "make_report")
-    get_batch(cov, batch)
+    levels = batch_levels(get_batch(cov, batch))
+    if len(levels) < 2:  # every section compares sites
+        raise BatchError(f"a report compares sites, so it needs at least 2 batches in {batch!r}; found only "
+                         f"{levels}. Give the data of all the sites.")
     X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
     if X_harmonized is None and model is not None:
         X_harmonized = model.transform(X, cov)
@@ -229,7 +232,7 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
                              "in the same order.")
     if features is not None:
         features = [features] if isinstance(features, str) else list(features)
-        absent = [f for f in features if str(f) not in set(map(str, columns))]
+        absent = list(dict.fromkeys(f for f in features if str(f) not in set(map(str, columns))))
         if absent:
             raise ColumnNotFoundError(f"make_report: features {absent} are not columns of X; columns: "
                                       f"{show_columns(columns)}.")
