@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as sla
 
-from ._validation import show_columns, warn_near_duplicate_levels
+from ._validation import check_categorical_covariate, show_columns, warn_near_duplicate_levels
 from .exceptions import (
     ColumnNotFoundError,
     ConfoundingError,
@@ -175,7 +175,7 @@ class CovariateDesign:
             s = covariates[v]
             _check_no_missing(s, v)
             if v not in in_c:
-                _check_numeric_text(s, v)
+                check_categorical_covariate(s, v)
             if _is_categorical_dtype(s) or v in in_c:
                 if isinstance(s.dtype, pd.CategoricalDtype) and _numeric_categories(s.dtype):
                     lev = sorted(float(x) for x in pd.unique(s.astype(float)))

@@ -228,6 +228,27 @@ def test_non_numeric_feature_column(X, cov, make):
     assert "roi000" not in str(ei.value)
 
 
+def test_mostly_numeric_feature_column_names_its_text_cells(X, cov):
+    """A numeric column spoiled by a few cells: every distinct bad value once, with its rows, and the fix."""
+    X["roi001"] = X["roi001"].astype(object)
+    for row, value in ((3, "n/a?"), (7, "n/a?"), (11, "45y"), (20, "2,45")):
+        X.iloc[row, X.columns.get_loc("roi001")] = value
+    with pytest.raises(NonNumericFeatureError) as ei:
+        fh.ComBat(formula=FORMULA).fit(X, cov)
+    msg = str(ei.value)
+    assert msg.startswith("feature column 'roi001' holds 'n/a?' at rows 'sub-00003', 'sub-00007'; "
+                          "'45y' at row 'sub-00011'; '2,45' at row 'sub-00020'")
+    assert msg.count("n/a?") == 1 and "decimal comma" in msg and "4 of its 120 values are not numbers" in msg
+    assert "pd.to_numeric(X['roi001'], errors='coerce')" in msg and "leave the column out of X" in msg
+    assert "\n" not in msg
+
+
+def test_genuine_text_feature_column_is_not_called_mostly_numeric(X, cov):
+    X["group"] = np.where(np.arange(len(X)) % 2, "patient", "control")
+    with pytest.raises(NonNumericFeatureError, match=r"'group' holds 'control' at row 'sub-00000'\); .*pass only"):
+        fh.ComBat(formula=FORMULA).fit(X, cov)
+
+
 def test_features_must_be_a_table(X, cov):
     with pytest.raises(InputError, match="DataFrame"):
         fh.ComBat().fit(X.to_numpy().tolist(), cov)
@@ -333,6 +354,67 @@ def test_nan_in_unused_covariate_is_fine(X, cov):
     out = fh.ComBat(formula=FORMULA).fit_transform(X, cov)
     ref = fh.ComBat(formula=FORMULA).fit_transform(X, cov.drop(columns="iq"))
     assert out.equals(ref)
+
+
+@pytest.mark.parametrize("family", ["ComBat", "ComBatLS-scale"])
+def test_age_with_a_unit_is_not_a_categorical_covariate(X, cov, family):
+    cov["age"] = [f"{a:.0f}y" for a in cov["age"]]
+    model = (fh.ComBat(formula=FORMULA) if family == "ComBat"
+             else fh.ComBatLS(formula="sex", scale_formula="age"))
+    with pytest.raises(FormulaError) as ei:
+        model.fit(X, cov)
+    msg = str(ei.value)
+    assert "covariate 'age' looks numeric but holds text: ['" in msg and "at rows 'sub-00000', 'sub-00001'" in msg
+    assert "without their unit" in msg and "C(age)" in msg
+    assert msg.startswith("scale_formula: ") == (family != "ComBat")
+
+
+def test_many_level_text_covariate_is_refused(X, cov):
+    cov["scan"] = [f"scan-{i:04d}" for i in range(len(cov))]   # an id put in the formula
+    with pytest.raises(FormulaError) as ei:
+        fh.ComBat(formula="age + scan").fit(X, cov)
+    msg = str(ei.value)
+    assert msg.startswith("covariate 'scan' has 120 distinct values in 120 rows ('scan-0000' at row 'sub-00000'")
+    assert "leave it out of the formula" in msg and "C(scan)" in msg
+    cov["scan"] = pd.Categorical(cov["scan"])              # a declared pandas category is no exception
+    with pytest.raises(FormulaError, match="'scan' has 120 distinct values"):
+        fh.ComBat(formula="age + scan").fit(X, cov)
+
+
+@pytest.mark.parametrize("values", [
+    lambda cov: np.where(cov["sex"] == "M", "1", "0"),                       # coded levels as text
+    lambda cov: np.where(cov["sex"] == "M", "3T", "1.5T"),                   # numbers with units, 2 levels
+    lambda cov: pd.Categorical(np.arange(len(cov)) % 4),                     # numeric categories
+], ids=["0/1-text", "field-strength", "numeric-category"])
+def test_legitimate_factors_are_accepted(X, cov, values):
+    cov["f"] = values(cov)
+    out = fh.ComBat(formula="age + f").fit_transform(X, cov)
+    assert np.isfinite(out.to_numpy()).all()
+
+
+def test_explicit_factor_of_numbers_is_accepted(X, cov):
+    cov["grp"] = (np.arange(len(cov)) % 12).astype(str)    # 12 levels of numbers as text: a factor by C()
+    with pytest.raises(FormulaError, match="'grp' holds numbers stored as text"):
+        fh.ComBat(formula="age + grp").fit(X, cov)
+    a = fh.ComBat(formula="age + C(grp)").fit_transform(X, cov)
+    cov["grp"] = cov["grp"].astype(int)
+    b = fh.ComBat(formula="age + C(grp)").fit_transform(X, cov)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_check_categorical_covariate_passes_numbers_and_small_factors():
+    from featharm._validation import check_categorical_covariate
+
+    idx = pd.Index([f"s{i}" for i in range(40)])
+    check_categorical_covariate(pd.Series(np.arange(40.0), index=idx), "age")          # continuous
+    check_categorical_covariate(pd.Series(np.arange(40) % 2 == 0, index=idx), "flag")  # boolean
+    check_categorical_covariate(pd.Series(["a", "b"] * 20, index=idx), "grp")          # a factor
+    ids = pd.Series([f"id{i}" for i in range(40)], index=idx)
+    with pytest.raises(FormulaError, match="'subj' has 40 distinct values in 40 rows"):
+        check_categorical_covariate(ids, "subj")
+    with pytest.raises(FormulaError, match=r"'x' looks numeric but holds text: \['n/a'\] at rows 's5'"):
+        check_categorical_covariate(pd.Series([str(i) for i in range(5)] + ["n/a"] + [str(i) for i in range(6, 40)],
+                                              index=idx), "x")
 
 
 def test_diagnosis_in_one_site_only_is_confounded(X, cov):
