@@ -20,7 +20,7 @@ import pandas as pd
 from . import _progress
 from ._validation import show_columns
 from ._version import __version__
-from .exceptions import ColumnNotFoundError, FeatharmError, FeatharmWarning, InputError
+from .exceptions import ColumnNotFoundError, FeatharmError, FeatharmWarning, InputError, NonNumericFeatureError
 
 EXIT_USER_ERROR = 2
 
@@ -40,6 +40,11 @@ def _load_inputs(args, batch: str | None, formula: str | None):
     from .io import read_table
 
     data = read_table(args.data, index_col=args.id)
+    if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
+        from .io.tables import table_format
+
+        first = 1 if table_format(args.data) == "parquet" else 2
+        data.index = pd.RangeIndex(first, first + len(data))
     if args.covariates:
         if not args.id:
             raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
@@ -88,18 +93,57 @@ def _check_outputs(args, *names: str) -> None:
             table_format(path)
 
 
+_FEATURES_FIX = ("Fix those cells in the file (featharm does not guess numbers), or leave the column out of "
+                 "the features by naming them with --features PATTERN.")
+
+
 def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
+    """The feature columns: those matching ``--features`` globs, else every other numeric column.
+
+    A column is judged by what most of its values are: a column of numbers spoiled by a few text cells
+    (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
+    left out of the features; a genuine text column (site names, sex) is not a feature.
+    """
+    from ._validation import numbers_with_text, numbers_with_text_error, show_cells
+
     exclude = {str(c) for c in exclude if c is not None}
     if patterns:
         cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
         if not cols:
             raise ColumnNotFoundError(f"no column matches --features {patterns}; columns: {show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
+        for c in cols:
+            s = data[c]
+            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                continue
+            bad = numbers_with_text(s)
+            if bad is not None:
+                raise numbers_with_text_error(s, c, bad, fix=_FEATURES_FIX)
+            text = s.notna().to_numpy()
+            if pd.api.types.is_bool_dtype(s) or not text.any():
+                what = "holds true/false values" if text.any() else "is empty"
+                raise NonNumericFeatureError(f"feature column {c!r} (matched by --features {patterns}) {what}, "
+                                             "not numbers; choose the feature columns with --features.")
+            raise NonNumericFeatureError(
+                f"feature column {c!r} (matched by --features {patterns}) holds text, not numbers: "
+                f"{show_cells(s, text, 3)}. Choose patterns that match only the feature columns.")
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
-        cols = [c for c in data.columns if str(c) not in exclude and not _UNNAMED.fullmatch(str(c))
-                and pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])]
+        cols, text = [], []
+        for c in data.columns:
+            if str(c) in exclude or _UNNAMED.fullmatch(str(c)):
+                continue
+            s = data[c]
+            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                cols.append(c)
+                continue
+            bad = numbers_with_text(s)
+            if bad is not None:
+                raise numbers_with_text_error(s, c, bad, fix=_FEATURES_FIX)
+            text.append(c)
         if not cols:
-            raise InputError("no numeric feature columns found; name them with --features PATTERN.")
+            raise InputError("no numeric feature columns found"
+                             + (f" (text columns: {show_columns(text, 6)})" if text else "")
+                             + "; name the feature columns with --features PATTERN.")
     return cols
 
 
