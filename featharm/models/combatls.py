@@ -10,7 +10,7 @@ import pandas as pd
 from .. import eb
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
-from ..design import CovariateDesign, batch_indicators
+from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
 from ._base import BaseHarmonizer, _Prepared
 
@@ -212,6 +212,12 @@ class ComBatLS(BaseHarmonizer):
                     f"scale_formula {self.scale_formula!r} gives a rank-deficient design: column(s) {bad} are "
                     "constant or a combination of the other columns. Remove them from scale_formula."
                 )
+        # a scale column constant within sites (or nearly so) would take the sites' scale effects into the
+        # preserved sigma(x): checked against the batch exactly as the mean formula is (_fit_model)
+        try:
+            check_full_rank(B, S[:, 1:], self.scale_design_.columns, batch_name=str(self.batch))
+        except ConfoundingError as exc:
+            raise ConfoundingError(f"scale_formula {self.scale_formula!r}: {exc}") from None
         W = np.hstack([B, prep.X])
         qr = eb.QRDesign(W)
         onehot = batch_indicators(prep.codes, m)
