@@ -682,3 +682,67 @@ def test_moderately_confounded_covariate_warns_with_its_name(X, cov):
     with pytest.warns(CollinearityWarning, match="'age_y'"):
         out = fh.ComBat(formula="age_y").fit_transform(X, cov)
     assert np.isfinite(out.to_numpy()).all()
+
+
+# --------------------------------------------------------------------------------------- features linear in covariates
+def _family_cases():
+    """(name, model factory, X, covariates) of the five families on small simulated data with an ICV covariate."""
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=6, random_state=1)
+    cov = s.covariates.copy()
+    cov["icv"] = np.random.default_rng(2).normal(1.5e6, 1.5e5, len(cov))
+    long = fh.datasets.make_longitudinal(n_subjects=60, n_sites=3, n_features=6, random_state=1)
+    lcov = long.covariates.copy()
+    lcov["icv"] = np.random.default_rng(3).normal(1.5e6, 1.5e5, len(lcov))
+    return {
+        "ComBat": (lambda: fh.ComBat(formula="age + sex + icv"), s.X, cov),
+        "ComBatGAM": (lambda: fh.ComBatGAM(formula="sex + icv", smooth=["age"]), s.X, cov),
+        "ComBatGAM-shared": (lambda: fh.ComBatGAM(formula="sex + icv", smooth=["age"], shared_smoothing=True),
+                             s.X, cov),
+        "CovBat": (lambda: fh.CovBat(formula="age + sex + icv"), s.X, cov),
+        "ComBatLS": (lambda: fh.ComBatLS(formula="age + sex + icv", scale_formula="age"), s.X, cov),
+        "LongComBat": (lambda: fh.LongComBat(subject="subject", formula="age + sex + time + icv"), long.X, lcov),
+    }
+
+
+FAMILY_CASES = _family_cases()
+
+
+@pytest.mark.parametrize("how", ["copy", "combination", "rounded-copy"])
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_feature_linear_in_the_covariates_passes_through(family, how):
+    """ICV passed both as a covariate and as a feature: its residual is rounding, so it is passed through
+    unchanged (as a constant feature) and leaves every other feature exactly as a fit without it."""
+    make, X, cov = FAMILY_CASES[family]
+    Xl = X.copy()
+    Xl["icv_feat"] = {"copy": cov["icv"],
+                      "combination": 2.0 * cov["icv"] - 300.0 * cov["age"] + 7.0,
+                      "rounded-copy": (cov["icv"] / 1000).round(4)}[how]   # cm3, 4 decimals: R2 = 1 - 1e-15
+    ref = make().fit_transform(X, cov)
+    model = make()
+    with pytest.warns(fh.exceptions.ConstantFeatureWarning, match=r"\['icv_feat'\] \(explained by the batch and "
+                                                                   r"covariates"):
+        out = model.fit_transform(Xl, cov)
+    assert model.constant_features_ == ["icv_feat"]
+    assert out["icv_feat"].to_numpy().tobytes() == Xl["icv_feat"].to_numpy().tobytes()
+    np.testing.assert_allclose(out[X.columns].to_numpy(), ref.to_numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.gamma_star_[X.columns].to_numpy(), make().fit(X, cov).gamma_star_.to_numpy(),
+                               rtol=1e-12, atol=1e-12)
+    back = model.transform(Xl.iloc[:20], cov.iloc[:20])
+    assert back["icv_feat"].to_numpy().tobytes() == Xl["icv_feat"].iloc[:20].to_numpy().tobytes()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_feature_highly_but_not_exactly_explained_is_harmonized(family):
+    """R^2 = 0.999 is biology, not a duplicated column: harmonized as usual, without a warning."""
+    make, X, cov = FAMILY_CASES[family]
+    rng = np.random.default_rng(4)
+    icv = (cov["icv"] - cov["icv"].mean()) / cov["icv"].std()
+    noise = rng.standard_normal(len(cov))
+    if "subject" in cov:  # repeated scans: part of the unexplained variation is the subject's
+        noise = (noise + pd.Series(rng.standard_normal(cov["subject"].nunique()),
+                                   index=cov["subject"].unique())[cov["subject"]].to_numpy()) / np.sqrt(2)
+    Xh = X.assign(icv_like=icv + np.sqrt(1e-3) * noise)   # R2 about 0.999
+    model = make()
+    out = model.fit_transform(Xh, cov)                     # filterwarnings=error: no ConstantFeatureWarning
+    assert model.constant_features_ == []
+    assert not np.allclose(out["icv_like"].to_numpy(), Xh["icv_like"].to_numpy(), rtol=0, atol=1e-6)

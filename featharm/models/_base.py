@@ -42,6 +42,26 @@ from ..exceptions import (
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
 MIN_NEW_SITE_SIZE = 5
 
+# A feature whose variance left after the location fit (batch and covariates: the SD ``sigma`` that
+# standardizes it) is below this fraction of its own variance is a linear function of the covariates (ICV
+# passed both as a covariate and as a feature; a covariate copied with fewer digits). Its residual is
+# rounding, so it is passed through unchanged like a constant feature and kept out of the empirical-Bayes
+# priors, which it would otherwise distort. Float64 rounding leaves a fraction of about 1e-30 (1e-20 for
+# values far from 0 relative to their spread); a copy stored with 6-7 significant digits (float32, CSV
+# '%g') about 1e-12; a real feature explained with R^2 = 0.999 leaves 1e-3, and even R^2 = 0.9999999 leaves
+# 1e-7, three orders above this threshold, so it is harmonized as before.
+LINEAR_FEATURE_RTOL = 1e-10
+
+
+def _column_variance(Y: np.ndarray) -> np.ndarray:
+    """Variance (ddof 0) of every column, in blocks of columns (no n × p temporary)."""
+    n, p = Y.shape
+    out = np.empty(p)
+    for blk in eb.iter_blocks(p, n):
+        out[blk] = Y[:, blk].var(axis=0)
+    return out
+
+
 # Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
 _ARRAY_AXES = {
     "alpha": ("feature",),
@@ -384,18 +404,38 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha))
+        self._mark_constant(np.abs(st.alpha), _column_variance(Y))
 
-    def _mark_constant(self, scale: np.ndarray) -> None:
+    def _mark_constant(self, scale: np.ndarray, variance: np.ndarray | None = None) -> None:
+        """Flag the features with no variance left after the location fit; warn naming them.
+
+        Flagged: ``sigma`` is 0, not finite, or below ``1e-11`` of the feature's magnitude ``scale``
+        (``|alpha|``), or ``sigma^2`` is below :data:`LINEAR_FEATURE_RTOL` of the feature's own ``variance``
+        (a linear function of the batch and covariates). Both tests are relative, so they do not depend on
+        the units. The warning calls a feature constant when its own variance is negligible too.
+        """
         sigma = self._arr["sigma"]
         const = (sigma == 0) | (sigma <= 1e-11 * scale) | ~np.isfinite(sigma)
+        explained = np.zeros_like(const)
+        if variance is not None:
+            const |= sigma * sigma <= LINEAR_FEATURE_RTOL * variance
+            # named by what they are: constant columns, or columns that vary but are explained by the design
+            explained = const & ~(variance <= (1e-11 * scale) ** 2)
         self._arr["constant"] = const
         if const.any():
-            names = self.feature_names_in_[const]
+            names = self.feature_names_in_[const & ~explained]
+            lin = self.feature_names_in_[explained]
+            parts = []
+            if len(names):
+                parts.append(f"{list(names[:5])}{' ...' if len(names) > 5 else ''} (constant)")
+            if len(lin):
+                parts.append(f"{list(lin[:5])}{' ...' if len(lin) > 5 else ''} (explained by the batch and "
+                             f"covariates: less than {LINEAR_FEATURE_RTOL:.0e} of the variance is left, e.g. a "
+                             "covariate also passed as a feature)")
             warn(
                 f"{int(const.sum())} feature(s) have no variance left after the batch and covariate "
-                f"effects (e.g. constant columns): {list(names[:5])}{' ...' if len(names) > 5 else ''}. "
-                "They are passed through unchanged and left out of the empirical-Bayes priors.",
+                f"effects: {' and '.join(parts)}. They are passed through unchanged and left out of the "
+                "empirical-Bayes priors.",
                 ConstantFeatureWarning,
             )
             a = self._arr

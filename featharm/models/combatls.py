@@ -12,7 +12,7 @@ from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
-from ._base import BaseHarmonizer, _Prepared
+from ._base import BaseHarmonizer, _column_variance, _Prepared
 
 __all__ = ["ComBatLS", "fit_location_scale"]
 
@@ -237,7 +237,7 @@ class ComBatLS(BaseHarmonizer):
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
-        self._mark_constant(np.abs(alpha))
+        self._mark_constant(np.abs(alpha), _column_variance(Y))
         const = self._arr["constant"]
         scale_coef = np.zeros((S.shape[1], p))
         dev = np.full(p, np.nan)

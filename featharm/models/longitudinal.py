@@ -17,7 +17,7 @@ from ..exceptions import (
     warn,
 )
 from ..mixed import fit_random_intercept, fit_random_slope
-from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
+from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer, _column_variance
 
 __all__ = ["LongComBat"]
 
@@ -266,7 +266,7 @@ class LongComBat(BaseHarmonizer):
                          ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
                          loglik=fit.loglik, singular=fit.boundary.astype(np.float64))
         self._delta_raw = delta_raw
-        self._mark_constant(np.abs(alpha))
+        self._mark_constant(np.abs(alpha), _column_variance(Y))
         sing = fit.boundary & ~self._arr["constant"]
         if sing.any():
             names = list(self.feature_names_in_[sing])
