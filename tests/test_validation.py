@@ -746,3 +746,84 @@ def test_feature_highly_but_not_exactly_explained_is_harmonized(family):
     out = model.fit_transform(Xh, cov)                     # filterwarnings=error: no ConstantFeatureWarning
     assert model.constant_features_ == []
     assert not np.allclose(out["icv_like"].to_numpy(), Xh["icv_like"].to_numpy(), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- extreme magnitudes
+# LongComBat's mixed-model fit picks its variance ratio by a golden-section search on the profiled REML,
+# which rounding decides to about 1e-9 relative: multiplying the data by 3 (or 1e300) moves its output by
+# ~5e-9 even with no rescaling involved. Powers of two are exact, and are checked exactly below.
+_MAGNITUDE_RTOL = {"LongComBat": 1e-7}
+
+
+@pytest.mark.parametrize("k", [1e300, 1e-300], ids=["1e300", "1e-300"])
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_extreme_magnitudes_are_harmonized_like_ordinary_ones(family, k):
+    make, X, cov = FAMILY_CASES[family]
+    rtol = _MAGNITUDE_RTOL.get(family, 1e-12)
+    ref_model = make()
+    ref = ref_model.fit_transform(X, cov).to_numpy()
+    model = make()
+    out = model.fit_transform(X * k, cov)                  # filterwarnings=error: no warning at all
+    assert np.isfinite(out.to_numpy()).all() and model.constant_features_ == []
+    np.testing.assert_allclose(out.to_numpy() / k, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    # learned attributes are in the input's units
+    np.testing.assert_allclose(model.alpha_.to_numpy() / k, ref_model.alpha_.to_numpy(), rtol=rtol)
+    np.testing.assert_allclose(model.sigma_.to_numpy() / k, ref_model.sigma_.to_numpy(), rtol=rtol)
+    np.testing.assert_allclose(model.gamma_star_.to_numpy(), ref_model.gamma_star_.to_numpy(), rtol=rtol,
+                               atol=rtol)
+    # new rows, and a saved and reloaded model, use the same rescaling
+    new = model.transform(X.iloc[:15] * k, cov.iloc[:15])
+    np.testing.assert_array_equal(new.to_numpy(), out.iloc[:15].to_numpy())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_rescaling_is_exact_for_powers_of_two(family):
+    """Multiplying by a power of two and back is exact; so is every step of a fit but ComBatLS's
+    log-scale model (log and exp of sigma), which is scale-equivariant up to rounding only."""
+    make, X, cov = FAMILY_CASES[family]
+    ref = make().fit_transform(X, cov).to_numpy()
+    for e in (1000, -1000):
+        out = make().fit_transform(X * 2.0**e, cov).to_numpy()
+        if family == "ComBatLS":
+            np.testing.assert_allclose(out / 2.0**e, ref, rtol=1e-12, atol=0)
+        else:
+            np.testing.assert_array_equal(out / 2.0**e, ref)
+
+
+def test_extreme_magnitude_model_saved_and_loaded(tmp_path):
+    make, X, cov = FAMILY_CASES["ComBatLS"]
+    model = make().fit(X * 1e-300, cov)
+    model.save(tmp_path / "m.fhm")
+    back = fh.load_model(tmp_path / "m.fhm")
+    np.testing.assert_array_equal(back.transform(X * 1e-300, cov).to_numpy(),
+                                  model.transform(X * 1e-300, cov).to_numpy())
+    pd.testing.assert_frame_equal(back.scale_coef_, model.scale_coef_)
+    ref = make().fit(X, cov)   # log sigma and the deviance of the data themselves
+    np.testing.assert_allclose(model.scale_coef_.iloc[0] - np.log(1e-300), ref.scale_coef_.iloc[0], rtol=1e-9)
+    np.testing.assert_allclose(model.deviance_ - 2 * len(X) * np.log(1e-300), ref.deviance_, rtol=1e-9)
+
+
+def test_mixed_magnitudes_each_feature_on_its_own_scale():
+    make, X, cov = FAMILY_CASES["ComBat"]
+    Xm = X.copy()
+    Xm["roi000"] *= 1e300
+    Xm["roi001"] *= 1e-300
+    ref = make().fit_transform(X, cov)
+    out = make().fit_transform(Xm, cov)
+    np.testing.assert_allclose(out["roi000"] / 1e300, ref["roi000"], rtol=1e-12)
+    np.testing.assert_allclose(out["roi001"] / 1e-300, ref["roi001"], rtol=1e-12)
+    np.testing.assert_allclose(out.iloc[:, 2:].to_numpy(), ref.iloc[:, 2:].to_numpy(), rtol=1e-12)
+    # CovBat without std_var mixes features in their own units: one common factor, or a clear error
+    with pytest.raises(InputError, match=r"std_var=False .* differ by more than 2\^64: e.g. \['roi002'"):
+        fh.CovBat(formula="age + sex", std_var=False).fit(Xm.drop(columns="roi001"), cov)
+    ref = fh.CovBat(formula="age + sex", std_var=False).fit_transform(X, cov)
+    out = fh.CovBat(formula="age + sex", std_var=False).fit_transform(X * 1e300, cov)
+    np.testing.assert_allclose(out.to_numpy() / 1e300, ref.to_numpy(), rtol=1e-12)
+
+
+def test_constant_test_is_relative_to_the_feature():
+    make, X, cov = FAMILY_CASES["ComBat"]
+    tiny = X * 1e-300
+    with pytest.warns(ConstantFeatureWarning, match=r"\['flat'\] \(constant\)"):
+        model = make().fit(tiny.assign(flat=3e-300), cov)   # 3e-300 throughout is constant; data of 1e-300 vary
+    assert model.constant_features_ == ["flat"]

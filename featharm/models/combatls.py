@@ -320,10 +320,16 @@ class ComBatLS(BaseHarmonizer):
         a = self._arr
         if "scale_coef" not in a:
             return
+        coef, dev = a["scale_coef"], a["deviance"]
+        if "feature_scale" in a:  # fitted on s y: log sigma and -2 log L of y itself
+            log_s = np.log(a["feature_scale"])
+            coef = coef.copy()
+            coef[0] -= log_s
+            dev = dev - 2.0 * a["batch_sizes"].sum() * log_s
         self.scale_coef_ = pd.DataFrame(
-            a["scale_coef"], index=pd.Index(["Intercept", *self.scale_design_.columns], name="scale_covariate"),
+            coef, index=pd.Index(["Intercept", *self.scale_design_.columns], name="scale_covariate"),
             columns=self._axis("feature"))
-        self.deviance_ = pd.Series(a["deviance"], index=self._axis("feature"), name="deviance")
+        self.deviance_ = pd.Series(dev, index=self._axis("feature"), name="deviance")
         self.fit_n_iter_ = int(a["fit_n_iter"][0])
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

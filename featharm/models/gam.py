@@ -158,6 +158,7 @@ class ComBatGAM(BaseHarmonizer):
     """
 
     _schema_name = "combat_gam"
+    _feature_units = {**BaseHarmonizer._feature_units, "spline_coef": 1}
     _compat_options = (None, "neuroHarmonize")
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
