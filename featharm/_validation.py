@@ -347,13 +347,43 @@ def numeric_covariate(covariates: pd.DataFrame, name, role: str, *, fix: str, dt
         )
     s = covariates[name]
     if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        raise InputError(f"{role} column {name!r} must be a numeric column ({dtype_fix}); it has dtype {s.dtype}.")
+        present, number, _ = number_cells(s)
+        text = present & ~number
+        what = (f"it holds {show_cells(s, text, 3)}" if text.any() and not pd.api.types.is_bool_dtype(s)
+                else f"it has dtype {s.dtype}")
+        raise InputError(f"{role} column {name!r} must be a numeric column ({dtype_fix}); {what}.")
     x = s.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         raise MissingValueError(f"{role} column {name!r} has missing or infinite values at rows "
                                 f"{_show(s.index[bad])}; fill or drop them first.")
     return x
+
+
+def check_batch_labels(s: pd.Series, levels: list, batch) -> None:
+    """Refuse text batch labels that are one number written differently (``"3"``, ``"03"``, ``"3.0"``).
+
+    As text they are different batches; as numbers, the same. Either reading may be right, so the user
+    decides (a numeric batch column has no such ambiguity: 3 and 3.0 are one level).
+    """
+    if not levels or not isinstance(levels[0], str):
+        return
+    groups: dict = {}
+    for lv in levels:
+        try:
+            x = float(lv.strip())
+        except ValueError:
+            continue
+        if np.isfinite(x):
+            groups.setdefault(x, []).append(lv)
+    same = [g for g in groups.values() if len(g) > 1]
+    if same:
+        txt = s.astype(str).to_numpy()
+        shown = " vs ".join(f"{lv!r} ({show_rows(s.index, txt == lv)})" for lv in same[0][:4])
+        raise BatchError(
+            f"batch column {batch!r} writes one number in different ways: {shown}; as text these are different "
+            f"batches. Write each site one way (e.g. all {same[0][0]!r}), or give different sites distinct names."
+        )
 
 
 def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
@@ -385,7 +415,8 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
             codes[miss] = [by_text.get(str(v.item() if hasattr(v, "item") else v), -1) for v in vals[miss]]
     if (codes < 0).any():
         unseen = pd.Series(vals[codes < 0]).value_counts()
-        desc = ", ".join(f"{k!r} ({v} row{'s' if v > 1 else ''})" for k, v in unseen.items())
+        desc = ", ".join(f"{k!r} ({v} row{'s' if v > 1 else ''}) at {show_rows(s.index, (codes < 0) & (vals == k))}"
+                         for k, v in unseen.items())
         raise UnseenBatchError(
             f"{batch!r} has value(s) not seen when the model was fitted: {desc}. Known: {levels}. "
             "Fit the model with these sites included, or estimate them with new_sites='estimate' "

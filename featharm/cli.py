@@ -104,29 +104,14 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
     (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
     left out of the features; a genuine text column (site names, sex) is not a feature.
     """
-    from ._validation import numbers_with_text, numbers_with_text_error, show_cells
-
     exclude = {str(c) for c in exclude if c is not None}
     if patterns:
         cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
         if not cols:
             raise ColumnNotFoundError(f"no column matches --features {patterns}; columns: {show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
-        for c in cols:
-            s = data[c]
-            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-                continue
-            bad = numbers_with_text(s)
-            if bad is not None:
-                raise numbers_with_text_error(s, c, bad, fix=_FEATURES_FIX)
-            text = s.notna().to_numpy()
-            if pd.api.types.is_bool_dtype(s) or not text.any():
-                what = "holds true/false values" if text.any() else "is empty"
-                raise NonNumericFeatureError(f"feature column {c!r} (matched by --features {patterns}) {what}, "
-                                             "not numbers; choose the feature columns with --features.")
-            raise NonNumericFeatureError(
-                f"feature column {c!r} (matched by --features {patterns}) holds text, not numbers: "
-                f"{show_cells(s, text, 3)}. Choose patterns that match only the feature columns.")
+        _check_feature_values(data, cols, f"matched by --features {patterns}", _FEATURES_FIX,
+                              text_fix="Choose patterns that match only the feature columns.")
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
         cols, text = [], []
         for c in data.columns:
@@ -136,15 +121,39 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
             if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
                 cols.append(c)
                 continue
-            bad = numbers_with_text(s)
-            if bad is not None:
-                raise numbers_with_text_error(s, c, bad, fix=_FEATURES_FIX)
+            _check_feature_values(data, [c], "", _FEATURES_FIX)
             text.append(c)
         if not cols:
             raise InputError("no numeric feature columns found"
                              + (f" (text columns: {show_columns(text, 6)})" if text else "")
                              + "; name the feature columns with --features PATTERN.")
     return cols
+
+
+def _check_feature_values(data: pd.DataFrame, cols, how: str, fix: str, *, text_fix: str | None = None) -> None:
+    """Refuse feature columns ``cols`` that are not numbers, naming the cells (rows as in the file).
+
+    A numeric column spoiled by a few text cells is refused, ending with ``fix``; a column of text,
+    true/false values or nothing at all is refused ending with ``text_fix`` (``None``: it is let through,
+    not being a feature: auto-detection).
+    """
+    from ._validation import numbers_with_text, numbers_with_text_error, show_cells
+
+    for c in cols:
+        s = data[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            continue
+        bad = numbers_with_text(s)
+        if bad is not None:
+            raise numbers_with_text_error(s, c, bad, fix=fix)
+        if text_fix is None:
+            continue
+        what = f"feature column {c!r}" + (f" ({how})" if how else "")
+        present = s.notna().to_numpy()
+        if pd.api.types.is_bool_dtype(s) or not present.any():
+            raise NonNumericFeatureError(f"{what} {'holds true/false values' if present.any() else 'is empty'}, "
+                                         f"not numbers. {text_fix}")
+        raise NonNumericFeatureError(f"{what} holds text, not numbers: {show_cells(s, present, 3)}. {text_fix}")
 
 
 def _read_harmonized(args, data: pd.DataFrame, feats: list):
@@ -309,6 +318,8 @@ def cmd_apply(args) -> int:
             f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}."
         )
+    fix = "Fix those cells in the file: the model needs every feature it was fitted on."
+    _check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
     kw = {}
     if args.new_sites == "estimate":
         import inspect

@@ -162,6 +162,16 @@ def test_missing_batch_value(X, cov):
     assert "'site'" in str(ei.value) and "sub-00005" in str(ei.value)
 
 
+def test_batch_labels_that_are_one_number_written_differently(X, cov):
+    cov["site"] = cov["site"].map({"site01": "1", "site02": "2", "site03": "3"})
+    cov.loc[cov.index[cov["site"] == "3"][:5], "site"] = "3.0"
+    with pytest.raises(BatchError, match=r"'site' writes one number in different ways: '3' \(rows .*\) vs "
+                                         r"'3.0' \(rows 'sub-"):
+        fh.ComBat(formula=FORMULA).fit(X, cov)
+    cov["site"] = cov["site"].replace("3.0", "3")   # written one way: fine
+    fh.ComBat(formula=FORMULA).fit(X, cov)
+
+
 def test_unseen_site_at_transform(X, cov):
     hm = fh.ComBat(formula=FORMULA).fit(X, cov)
     new = cov.copy()

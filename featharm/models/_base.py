@@ -19,6 +19,7 @@ from .._threads import sized_by_first_argument
 from .._validation import (
     align_covariates,
     batch_levels,
+    check_batch_labels,
     check_batch_sizes,
     check_features,
     check_integer,
@@ -238,6 +239,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         bser = get_batch(cov, self.batch)
         if fitting:
             levels = batch_levels(bser)
+            check_batch_labels(bser, levels, self.batch)
             codes = encode_batches(bser, levels, self.batch)
             self._fit_levels = levels
         else:
