@@ -6,6 +6,7 @@ or site and says how to fix it.
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from .exceptions import (
     BatchError,
     ColumnNotFoundError,
     DuplicateIndexError,
+    FormulaError,
     InputError,
     LevelNameWarning,
     MissingValueError,
@@ -40,6 +42,12 @@ def _unique(values) -> list:
         return list(dict.fromkeys(values))
     except TypeError:  # unhashable values: keep them all
         return list(values)
+
+
+def show_rows(index, mask, k: int = 3) -> str:
+    """``"row 'sub-004'"`` / ``"rows 5, 9 and 2 more"``: the labels of the rows in ``mask``."""
+    ids = index[np.asarray(mask, dtype=bool)]
+    return f"row{'s' if len(ids) > 1 else ''} {_show(ids, k)}"
 
 
 def show_columns(columns, k: int = 12) -> str:
@@ -67,6 +75,144 @@ def check_option(name: str, value, allowed, owner: str) -> None:
     if value not in allowed:
         raise InputError(
             f"The {name!r} parameter of {owner} must be one of {list(allowed)}. Got {value!r} instead."
+        )
+
+
+# ----------------------------------------------------------------------------- text columns that hold numbers
+# A text column is judged by what most of its values are. When at least this share of its non-missing
+# values are numbers, it is a numeric column spoiled by a few cells ("n/a?", a quoted "2,45", "45y"), not
+# a text column: site names, sex or diagnosis labels hold (almost) no numbers, a spoiled column almost only
+# numbers, so any share between about 20 % and 95 % separates them; 80 % leaves room on both sides.
+NUMERIC_SHARE = 0.8
+
+# A categorical covariate with more distinct values than this that look like numbers is a numeric
+# covariate read as text; a few coded levels ("0"/"1", "1.5T"/"3T") stay a legitimate factor.
+NUMERIC_TEXT_LEVELS = 10
+
+_DECIMAL_COMMA = re.compile(r"[-+]?\d*,\d+")
+# a number followed by a short unit: "45y", "45 yrs", "3T", "2,5mm"
+_NUMBER_WITH_UNIT = re.compile(r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?\s*[^\W\d_]{1,5}\.?")
+
+
+def number_cells(s: pd.Series, *, units: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three masks over the cells of a column: present (not missing), a finite number, number-like.
+
+    Number-like cells are the numbers and the numbers written with a decimal comma (``"2,45"``); with
+    ``units`` also numbers followed by a short unit (``"45y"``, ``"3 T"``).
+    """
+    present = s.notna().to_numpy()
+    number = np.zeros(len(s), dtype=bool)
+    like = np.zeros(len(s), dtype=bool)
+    if present.any():
+        txt = s[present].astype(str).str.strip()
+        num = pd.to_numeric(txt, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        number[present] = np.isfinite(num)
+        ok = number[present] | txt.str.fullmatch(_DECIMAL_COMMA).to_numpy(dtype=bool, na_value=False)
+        if units:
+            ok |= txt.str.fullmatch(_NUMBER_WITH_UNIT).to_numpy(dtype=bool, na_value=False)
+        like[present] = ok
+    return present, number, like
+
+
+def numbers_with_text(s: pd.Series) -> np.ndarray | None:
+    """The cells of a text column that are not numbers, when it is a numeric column spoiled by them.
+
+    That is: at least :data:`NUMERIC_SHARE` of its non-missing cells are numbers (a decimal comma counts,
+    so a column written ``"2,45"`` throughout is caught too) and some are not. ``None`` otherwise: a
+    genuine text column (site names, sex), or a column of numbers only.
+    """
+    if (pd.api.types.is_numeric_dtype(s.dtype) and not isinstance(s.dtype, pd.CategoricalDtype)) \
+            or pd.api.types.is_bool_dtype(s.dtype):
+        return None
+    present, number, like = number_cells(s)
+    if not present.any() or like[present].mean() < NUMERIC_SHARE:
+        return None
+    bad = present & ~number
+    return bad if bad.any() else None
+
+
+def show_cells(s: pd.Series, mask, k: int = 5) -> str:
+    """``"'n/a?' at rows 'sub-004', 'sub-011'; '45y' at row 'sub-020'"``: the distinct values in ``mask``."""
+    mask = np.asarray(mask, dtype=bool)
+    groups: dict = {}
+    for pos in np.flatnonzero(mask):
+        v = s.iloc[pos]
+        groups.setdefault(v, []).append(pos)
+    parts = []
+    for v, pos in list(groups.items())[:k]:
+        rows = np.zeros(len(s), dtype=bool)
+        rows[pos] = True
+        parts.append(f"{v!r} at {show_rows(s.index, rows)}")
+    more = len(groups) - k
+    return "; ".join(parts) + (f"; and {more} other value{'s' if more > 1 else ''}" if more > 0 else "")
+
+
+def numbers_with_text_error(s: pd.Series, name, bad, *, fix: str) -> NonNumericFeatureError:
+    """The error for the feature column ``name``, numeric but for the cells in ``bad``; ``fix`` ends it."""
+    n_bad, n = int(np.sum(bad)), int(s.notna().sum())
+    comma = [v for v in s[np.asarray(bad)] if isinstance(v, str) and _DECIMAL_COMMA.fullmatch(v.strip())]
+    hint = (f" ({comma[0]!r} is written with a decimal comma: featharm reads decimal points only)"
+            if comma else "")
+    return NonNumericFeatureError(
+        f"feature column {name!r} holds {show_cells(s, bad)}{hint}: {n_bad} of its {n} values "
+        f"{'is not a number' if n_bad == 1 else 'are not numbers'}, so the column was read as text. {fix}"
+    )
+
+
+def check_categorical_covariate(s: pd.Series, name) -> None:
+    """Refuse a covariate that would become categorical but is no factor; call it on columns used without ``C()``.
+
+    Numeric columns are continuous and pass. A text (or categorical) column is refused when
+
+    * more than :data:`NUMERIC_TEXT_LEVELS` distinct values and at least :data:`NUMERIC_SHARE` of them
+      look like numbers (``"35.8"``, ``"2,45"``, ``"45y"``): a numeric covariate read as text, which would
+      get one column per value (explicit pandas ``category`` columns are exempt: their type is a choice);
+    * or more distinct values than half its rows (and more than :data:`NUMERIC_TEXT_LEVELS`): an id or a
+      free-text column, whose levels would absorb the subjects themselves.
+
+    ``C(age)`` declares a factor on purpose, so the caller skips it; subject ids (LongComBat's
+    ``subject``) are not covariates and never reach this check. Raises :class:`FormulaError` naming the
+    column, values and rows and saying how to fix it.
+    """
+    if pd.api.types.is_bool_dtype(s.dtype) or (pd.api.types.is_numeric_dtype(s.dtype)
+                                               and not isinstance(s.dtype, pd.CategoricalDtype)):
+        return
+    present, number, like = number_cells(s, units=True)
+    txt = s[present].astype(str).str.strip()
+    n_levels = int(txt.nunique())
+    if n_levels <= NUMERIC_TEXT_LEVELS:
+        return
+    if not isinstance(s.dtype, pd.CategoricalDtype) and like[present].mean() >= NUMERIC_SHARE:
+        if number[present].all():
+            raise FormulaError(
+                f"covariate {name!r} holds numbers stored as text ({n_levels} distinct values), so it would "
+                f"become a categorical covariate with one column per value. Convert it with pd.to_numeric, or "
+                f"write C({name}) if it is categorical."
+            )
+        bad = present & ~number
+        values = sorted(pd.unique(s[bad].astype(str).str.strip()).tolist(), key=str)
+        unit = [v for v in values if _NUMBER_WITH_UNIT.fullmatch(v)]
+        if unit:
+            number_part = re.match(r"[-+]?[\d.,]*\d", unit[0]).group(0)
+            fix = (f"Write the numbers without their unit ({unit[0]!r} -> {number_part}) and convert the "
+                   "column with pd.to_numeric")
+        else:
+            fix = "Fix or drop those rows (pd.to_numeric(..., errors='coerce') makes text missing)"
+        raise FormulaError(
+            f"covariate {name!r} looks numeric but holds text: {values[:5]}{' ...' if len(values) > 5 else ''} "
+            f"at rows {_show(s.index[bad])}, so it would become a categorical covariate with {n_levels} levels. "
+            f"{fix}, or write C({name}) if it is categorical."
+        )
+    if n_levels > present.sum() / 2:
+        first = ~pd.Series(txt.to_numpy()).duplicated().to_numpy()
+        where = np.zeros(len(s), dtype=bool)
+        where[np.flatnonzero(present)[first][:3]] = True
+        raise FormulaError(
+            f"covariate {name!r} has {n_levels} distinct values in {int(present.sum())} rows "
+            f"({show_cells(s, where, 3)} ...): as a categorical covariate nearly every row would get a level "
+            "of its own, which absorbs the data instead of preserving a covariate effect. If it is an id, "
+            "leave it out of the formula (LongComBat takes the subject as subject=...); if it is a "
+            f"measurement, make it numeric; if it really is a factor, write C({name})."
         )
 
 
@@ -103,6 +249,12 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> t
                                                         and not pd.api.types.is_complex_dtype(dt))}
     nonnum = [c for c, dt in df.dtypes.items() if dt in bad_dtypes] if bad_dtypes else []
     if nonnum:
+        for c in nonnum:  # numbers spoiled by a few cells ("n/a?", "2,45"): name the cells
+            bad = numbers_with_text(df[c])
+            if bad is not None:
+                raise numbers_with_text_error(
+                    df[c], c, bad, fix=f"Fix those values, or make them missing with pd.to_numeric(X[{c!r}], "
+                    "errors='coerce') and drop or fill those rows, or leave the column out of X.")
         example = f" ({nonnum[0]!r} has dtype {df[nonnum[0]].dtype})"
         numbers = [c for c in nonnum if df[c].dtype == object and pd.api.types.infer_dtype(df[c], skipna=True)
                    in ("floating", "integer", "mixed-integer-float")]
@@ -203,13 +355,43 @@ def numeric_covariate(covariates: pd.DataFrame, name, role: str, *, fix: str, dt
         )
     s = covariates[name]
     if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-        raise InputError(f"{role} column {name!r} must be a numeric column ({dtype_fix}); it has dtype {s.dtype}.")
+        present, number, _ = number_cells(s)
+        text = present & ~number
+        what = (f"it holds {show_cells(s, text, 3)}" if text.any() and not pd.api.types.is_bool_dtype(s)
+                else f"it has dtype {s.dtype}")
+        raise InputError(f"{role} column {name!r} must be a numeric column ({dtype_fix}); {what}.")
     x = s.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         raise MissingValueError(f"{role} column {name!r} has missing or infinite values at rows "
                                 f"{_show(s.index[bad])}; fill or drop them first.")
     return x
+
+
+def check_batch_labels(s: pd.Series, levels: list, batch) -> None:
+    """Refuse text batch labels that are one number written differently (``"3"``, ``"03"``, ``"3.0"``).
+
+    As text they are different batches; as numbers, the same. Either reading may be right, so the user
+    decides (a numeric batch column has no such ambiguity: 3 and 3.0 are one level).
+    """
+    if not levels or not isinstance(levels[0], str):
+        return
+    groups: dict = {}
+    for lv in levels:
+        try:
+            x = float(lv.strip())
+        except ValueError:
+            continue
+        if np.isfinite(x):
+            groups.setdefault(x, []).append(lv)
+    same = [g for g in groups.values() if len(g) > 1]
+    if same:
+        txt = s.astype(str).to_numpy()
+        shown = " vs ".join(f"{lv!r} ({show_rows(s.index, txt == lv)})" for lv in same[0][:4])
+        raise BatchError(
+            f"batch column {batch!r} writes one number in different ways: {shown}; as text these are different "
+            f"batches. Write each site one way (e.g. all {same[0][0]!r}), or give different sites distinct names."
+        )
 
 
 def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
@@ -245,7 +427,9 @@ def encode_batches(s: pd.Series, levels: list, batch: str) -> np.ndarray:
             v = v.item() if hasattr(v, "item") else v
             first, n = unseen.get(str(v), (v, 0))
             unseen[str(v)] = (first, n + 1)
-        desc = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})"
+        text = np.array([str(v.item() if hasattr(v, "item") else v) for v in vals], dtype=object)
+        desc = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''}) at "
+                         f"{show_rows(s.index, (codes < 0) & (text == str(v)))}"
                          for v, n in sorted(unseen.values(), key=lambda t: -t[1]))
         raise UnseenBatchError(
             f"{batch!r} has value(s) not seen when the model was fitted: {desc}. Known: {levels}. "

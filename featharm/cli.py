@@ -21,7 +21,7 @@ import pandas as pd
 from . import _progress
 from ._validation import show_columns
 from ._version import __version__
-from .exceptions import ColumnNotFoundError, FeatharmError, FeatharmWarning, InputError
+from .exceptions import ColumnNotFoundError, FeatharmError, FeatharmWarning, InputError, NonNumericFeatureError
 
 EXIT_USER_ERROR = 2
 
@@ -41,6 +41,11 @@ def _load_inputs(args, batch: str | None, formula: str | None):
     from .io import read_table
 
     data = read_table(args.data, index_col=args.id)
+    if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
+        from .io.tables import table_format
+
+        first = 1 if table_format(args.data) == "parquet" else 2
+        data.index = pd.RangeIndex(first, first + len(data))
     if args.covariates:
         if not args.id:
             raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
@@ -106,7 +111,17 @@ def _stage(args, outputs, inputs=None):
     return staged_outputs(outputs, _inputs(args) if inputs is None else inputs)
 
 
+_FEATURES_FIX = ("Fix those cells in the file (featharm does not guess numbers), or leave the column out of "
+                 "the features by naming them with --features PATTERN.")
+
+
 def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
+    """The feature columns: those matching ``--features`` globs, else every other numeric column.
+
+    A column is judged by what most of its values are: a column of numbers spoiled by a few text cells
+    (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
+    left out of the features; a genuine text column (site names, sex) is not a feature.
+    """
     exclude = {str(c) for c in exclude if c is not None}
     if patterns:
         cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
@@ -114,12 +129,50 @@ def _feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
             raise ColumnNotFoundError(f"no column matches --features {list(dict.fromkeys(patterns))}; columns: "
                                       f"{show_columns(data.columns)}")
         cols = [c for c in cols if str(c) not in exclude]
+        _check_feature_values(data, cols, f"matched by --features {patterns}", _FEATURES_FIX,
+                              text_fix="Choose patterns that match only the feature columns.")
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
-        cols = [c for c in data.columns if str(c) not in exclude and not _UNNAMED.fullmatch(str(c))
-                and pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])]
+        cols, text = [], []
+        for c in data.columns:
+            if str(c) in exclude or _UNNAMED.fullmatch(str(c)):
+                continue
+            s = data[c]
+            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                cols.append(c)
+                continue
+            _check_feature_values(data, [c], "", _FEATURES_FIX)
+            text.append(c)
         if not cols:
-            raise InputError("no numeric feature columns found; name them with --features PATTERN.")
+            raise InputError("no numeric feature columns found"
+                             + (f" (text columns: {show_columns(text, 6)})" if text else "")
+                             + "; name the feature columns with --features PATTERN.")
     return cols
+
+
+def _check_feature_values(data: pd.DataFrame, cols, how: str, fix: str, *, text_fix: str | None = None) -> None:
+    """Refuse feature columns ``cols`` that are not numbers, naming the cells (rows as in the file).
+
+    A numeric column spoiled by a few text cells is refused, ending with ``fix``; a column of text,
+    true/false values or nothing at all is refused ending with ``text_fix`` (``None``: it is let through,
+    not being a feature: auto-detection).
+    """
+    from ._validation import numbers_with_text, numbers_with_text_error, show_cells
+
+    for c in cols:
+        s = data[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            continue
+        bad = numbers_with_text(s)
+        if bad is not None:
+            raise numbers_with_text_error(s, c, bad, fix=fix)
+        if text_fix is None:
+            continue
+        what = f"feature column {c!r}" + (f" ({how})" if how else "")
+        present = s.notna().to_numpy()
+        if pd.api.types.is_bool_dtype(s) or not present.any():
+            raise NonNumericFeatureError(f"{what} {'holds true/false values' if present.any() else 'is empty'}, "
+                                         f"not numbers. {text_fix}")
+        raise NonNumericFeatureError(f"{what} holds text, not numbers: {show_cells(s, present, 3)}. {text_fix}")
 
 
 def _read_harmonized(args, data: pd.DataFrame, feats: list):
@@ -294,6 +347,8 @@ def _apply(args, model):
             f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}."
         )
+    fix = "Fix those cells in the file: the model needs every feature it was fitted on."
+    _check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
     kw = {}
     if args.new_sites == "estimate":
         import inspect

@@ -27,7 +27,7 @@ import pandas as pd
 import scipy.linalg as sla
 
 from . import formula as _fm
-from ._validation import show_columns, warn_near_duplicate_levels
+from ._validation import check_categorical_covariate, show_columns, warn_near_duplicate_levels
 from .exceptions import (
     ColumnNotFoundError,
     ConfoundingError,
@@ -156,7 +156,7 @@ class CovariateDesign:
             s = covariates[v]
             _check_no_missing(s, v)
             if v not in in_c:
-                _check_numeric_text(s, v)
+                check_categorical_covariate(s, v)
             if _is_categorical_dtype(s) or v in in_c:
                 if isinstance(s.dtype, pd.CategoricalDtype) and _numeric_categories(s.dtype):
                     lev = sorted(float(x) for x in pd.unique(s.astype(float)))
@@ -591,35 +591,6 @@ def _check_no_missing(s: pd.Series, name: str) -> None:
             f"covariate column {name!r} has missing values at rows {_first_ids(s.index, na)}; "
             "fill them or drop those rows before harmonizing."
         )
-
-
-# A text column whose values are mostly numbers, with more distinct values than this, is refused as a
-# categorical covariate (one column per value): it is a numeric column spoiled by a typo or read as text.
-NUMERIC_TEXT_LEVELS = 10
-
-
-def _check_numeric_text(s: pd.Series, name: str) -> None:
-    """Refuse numbers stored as text (``"35.8"``, or ``"n/a"`` / ``"35,8"`` among numbers) as a factor."""
-    if isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(s) \
-            or pd.api.types.is_bool_dtype(s):
-        return
-    txt = s.astype(str).str.strip()
-    num = pd.to_numeric(txt, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    ok = np.isfinite(num)
-    if ok.mean() < 0.8 or txt.nunique() <= NUMERIC_TEXT_LEVELS:
-        return
-    if not ok.all():
-        bad = sorted(pd.unique(txt[~ok]).tolist(), key=str)[:5]
-        raise FormulaError(
-            f"covariate {name!r} looks numeric but holds text: {bad} at rows {_first_ids(s.index, ~ok)}, "
-            f"so it would become a categorical covariate with {txt.nunique()} levels. Fix or drop those rows "
-            f"(pd.to_numeric(..., errors='coerce') makes them missing), or write C({name}) if it is categorical."
-        )
-    raise FormulaError(
-        f"covariate {name!r} holds numbers stored as text ({txt.nunique()} distinct values), so it would "
-        f"become a categorical covariate with one column per value. Convert it with pd.to_numeric, or write "
-        f"C({name}) if it is categorical."
-    )
 
 
 def _finite_values(s: pd.Series, name: str) -> np.ndarray:

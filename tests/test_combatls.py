@@ -203,6 +203,26 @@ def test_validation():
         featharm.ComBatLS(batch="site", formula="age", scale_formula="age", fit_max_iter=1).fit(X, cov)
 
 
+def test_scale_formula_confounded_with_site_is_refused_as_the_mean_formula():
+    """A scale covariate constant within sites would carry the sites' scale effects into the preserved
+    sigma(x): refused exactly as it is in the mean formula, naming the column and scale_formula."""
+    X, cov, _ = simulate_age_dependent_variance(5)
+    levels = sorted(cov["site"].unique())
+    cov = cov.assign(scanner=cov["site"].map({s: ("A" if i % 2 else "B") for i, s in enumerate(levels)}))
+    with pytest.raises(ConfoundingError) as ei:
+        featharm.ComBatLS(batch="site", formula="age", scale_formula="age + scanner").fit(X, cov)
+    msg = str(ei.value)
+    assert msg.startswith("scale_formula 'age + scanner': covariate column 'scanner[T.B]' is confounded with 'site'")
+    with pytest.raises(ConfoundingError, match="column 'scanner") as mean:
+        featharm.ComBat(batch="site", formula="age + scanner").fit(X, cov)
+    assert msg.endswith(str(mean.value))   # the same check, with the same words
+    # nearly confounded (1e-3 of the variation within sites) is refused too; moderately, a warning
+    rng = np.random.default_rng(0)
+    site_age = cov["site"].map({s: 10.0 * i for i, s in enumerate(levels)})
+    with pytest.raises(ConfoundingError, match=r"^scale_formula 'sage': covariate column 'sage' is nearly"):
+        featharm.ComBatLS(batch="site", scale_formula="sage").fit(X, cov.assign(sage=site_age + 1e-3 * rng.normal(size=len(cov))))
+
+
 def test_constant_feature_passed_through():
     X, cov, _ = simulate_age_dependent_variance(4)
     X = X.assign(flat=1.5)

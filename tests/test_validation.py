@@ -162,6 +162,16 @@ def test_missing_batch_value(X, cov):
     assert "'site'" in str(ei.value) and "sub-00005" in str(ei.value)
 
 
+def test_batch_labels_that_are_one_number_written_differently(X, cov):
+    cov["site"] = cov["site"].map({"site01": "1", "site02": "2", "site03": "3"})
+    cov.loc[cov.index[cov["site"] == "3"][:5], "site"] = "3.0"
+    with pytest.raises(BatchError, match=r"'site' writes one number in different ways: '3' \(rows .*\) vs "
+                                         r"'3.0' \(rows 'sub-"):
+        fh.ComBat(formula=FORMULA).fit(X, cov)
+    cov["site"] = cov["site"].replace("3.0", "3")   # written one way: fine
+    fh.ComBat(formula=FORMULA).fit(X, cov)
+
+
 def test_unseen_site_at_transform(X, cov):
     hm = fh.ComBat(formula=FORMULA).fit(X, cov)
     new = cov.copy()
@@ -226,6 +236,27 @@ def test_non_numeric_feature_column(X, cov, make):
     assert isinstance(ei.value, TypeError) and isinstance(ei.value, ValueError)
     assert "'roi001'" in str(ei.value)
     assert "roi000" not in str(ei.value)
+
+
+def test_mostly_numeric_feature_column_names_its_text_cells(X, cov):
+    """A numeric column spoiled by a few cells: every distinct bad value once, with its rows, and the fix."""
+    X["roi001"] = X["roi001"].astype(object)
+    for row, value in ((3, "n/a?"), (7, "n/a?"), (11, "45y"), (20, "2,45")):
+        X.iloc[row, X.columns.get_loc("roi001")] = value
+    with pytest.raises(NonNumericFeatureError) as ei:
+        fh.ComBat(formula=FORMULA).fit(X, cov)
+    msg = str(ei.value)
+    assert msg.startswith("feature column 'roi001' holds 'n/a?' at rows 'sub-00003', 'sub-00007'; "
+                          "'45y' at row 'sub-00011'; '2,45' at row 'sub-00020'")
+    assert msg.count("n/a?") == 1 and "decimal comma" in msg and "4 of its 120 values are not numbers" in msg
+    assert "pd.to_numeric(X['roi001'], errors='coerce')" in msg and "leave the column out of X" in msg
+    assert "\n" not in msg
+
+
+def test_genuine_text_feature_column_is_not_called_mostly_numeric(X, cov):
+    X["group"] = np.where(np.arange(len(X)) % 2, "patient", "control")
+    with pytest.raises(NonNumericFeatureError, match=r"'group' holds 'control' at row 'sub-00000'\); .*pass only"):
+        fh.ComBat(formula=FORMULA).fit(X, cov)
 
 
 def test_features_must_be_a_table(X, cov):
@@ -333,6 +364,67 @@ def test_nan_in_unused_covariate_is_fine(X, cov):
     out = fh.ComBat(formula=FORMULA).fit_transform(X, cov)
     ref = fh.ComBat(formula=FORMULA).fit_transform(X, cov.drop(columns="iq"))
     assert out.equals(ref)
+
+
+@pytest.mark.parametrize("family", ["ComBat", "ComBatLS-scale"])
+def test_age_with_a_unit_is_not_a_categorical_covariate(X, cov, family):
+    cov["age"] = [f"{a:.0f}y" for a in cov["age"]]
+    model = (fh.ComBat(formula=FORMULA) if family == "ComBat"
+             else fh.ComBatLS(formula="sex", scale_formula="age"))
+    with pytest.raises(FormulaError) as ei:
+        model.fit(X, cov)
+    msg = str(ei.value)
+    assert "covariate 'age' looks numeric but holds text: ['" in msg and "at rows 'sub-00000', 'sub-00001'" in msg
+    assert "without their unit" in msg and "C(age)" in msg
+    assert msg.startswith("scale_formula: ") == (family != "ComBat")
+
+
+def test_many_level_text_covariate_is_refused(X, cov):
+    cov["scan"] = [f"scan-{i:04d}" for i in range(len(cov))]   # an id put in the formula
+    with pytest.raises(FormulaError) as ei:
+        fh.ComBat(formula="age + scan").fit(X, cov)
+    msg = str(ei.value)
+    assert msg.startswith("covariate 'scan' has 120 distinct values in 120 rows ('scan-0000' at row 'sub-00000'")
+    assert "leave it out of the formula" in msg and "C(scan)" in msg
+    cov["scan"] = pd.Categorical(cov["scan"])              # a declared pandas category is no exception
+    with pytest.raises(FormulaError, match="'scan' has 120 distinct values"):
+        fh.ComBat(formula="age + scan").fit(X, cov)
+
+
+@pytest.mark.parametrize("values", [
+    lambda cov: np.where(cov["sex"] == "M", "1", "0"),                       # coded levels as text
+    lambda cov: np.where(cov["sex"] == "M", "3T", "1.5T"),                   # numbers with units, 2 levels
+    lambda cov: pd.Categorical(np.arange(len(cov)) % 4),                     # numeric categories
+], ids=["0/1-text", "field-strength", "numeric-category"])
+def test_legitimate_factors_are_accepted(X, cov, values):
+    cov["f"] = values(cov)
+    out = fh.ComBat(formula="age + f").fit_transform(X, cov)
+    assert np.isfinite(out.to_numpy()).all()
+
+
+def test_explicit_factor_of_numbers_is_accepted(X, cov):
+    cov["grp"] = (np.arange(len(cov)) % 12).astype(str)    # 12 levels of numbers as text: a factor by C()
+    with pytest.raises(FormulaError, match="'grp' holds numbers stored as text"):
+        fh.ComBat(formula="age + grp").fit(X, cov)
+    a = fh.ComBat(formula="age + C(grp)").fit_transform(X, cov)
+    cov["grp"] = cov["grp"].astype(int)
+    b = fh.ComBat(formula="age + C(grp)").fit_transform(X, cov)
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_check_categorical_covariate_passes_numbers_and_small_factors():
+    from featharm._validation import check_categorical_covariate
+
+    idx = pd.Index([f"s{i}" for i in range(40)])
+    check_categorical_covariate(pd.Series(np.arange(40.0), index=idx), "age")          # continuous
+    check_categorical_covariate(pd.Series(np.arange(40) % 2 == 0, index=idx), "flag")  # boolean
+    check_categorical_covariate(pd.Series(["a", "b"] * 20, index=idx), "grp")          # a factor
+    ids = pd.Series([f"id{i}" for i in range(40)], index=idx)
+    with pytest.raises(FormulaError, match="'subj' has 40 distinct values in 40 rows"):
+        check_categorical_covariate(ids, "subj")
+    with pytest.raises(FormulaError, match=r"'x' looks numeric but holds text: \['n/a'\] at rows 's5'"):
+        check_categorical_covariate(pd.Series([str(i) for i in range(5)] + ["n/a"] + [str(i) for i in range(6, 40)],
+                                              index=idx), "x")
 
 
 def test_diagnosis_in_one_site_only_is_confounded(X, cov):
@@ -600,3 +692,148 @@ def test_moderately_confounded_covariate_warns_with_its_name(X, cov):
     with pytest.warns(CollinearityWarning, match="'age_y'"):
         out = fh.ComBat(formula="age_y").fit_transform(X, cov)
     assert np.isfinite(out.to_numpy()).all()
+
+
+# --------------------------------------------------------------------------------------- features linear in covariates
+def _family_cases():
+    """(name, model factory, X, covariates) of the five families on small simulated data with an ICV covariate."""
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=6, random_state=1)
+    cov = s.covariates.copy()
+    cov["icv"] = np.random.default_rng(2).normal(1.5e6, 1.5e5, len(cov))
+    long = fh.datasets.make_longitudinal(n_subjects=60, n_sites=3, n_features=6, random_state=1)
+    lcov = long.covariates.copy()
+    lcov["icv"] = np.random.default_rng(3).normal(1.5e6, 1.5e5, len(lcov))
+    return {
+        "ComBat": (lambda: fh.ComBat(formula="age + sex + icv"), s.X, cov),
+        "ComBatGAM": (lambda: fh.ComBatGAM(formula="sex + icv", smooth=["age"]), s.X, cov),
+        "ComBatGAM-shared": (lambda: fh.ComBatGAM(formula="sex + icv", smooth=["age"], shared_smoothing=True),
+                             s.X, cov),
+        "CovBat": (lambda: fh.CovBat(formula="age + sex + icv"), s.X, cov),
+        "ComBatLS": (lambda: fh.ComBatLS(formula="age + sex + icv", scale_formula="age"), s.X, cov),
+        "LongComBat": (lambda: fh.LongComBat(subject="subject", formula="age + sex + time + icv"), long.X, lcov),
+    }
+
+
+FAMILY_CASES = _family_cases()
+
+
+@pytest.mark.parametrize("how", ["copy", "combination", "rounded-copy"])
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_feature_linear_in_the_covariates_passes_through(family, how):
+    """ICV passed both as a covariate and as a feature: its residual is rounding, so it is passed through
+    unchanged (as a constant feature) and leaves every other feature exactly as a fit without it."""
+    make, X, cov = FAMILY_CASES[family]
+    Xl = X.copy()
+    Xl["icv_feat"] = {"copy": cov["icv"],
+                      "combination": 2.0 * cov["icv"] - 300.0 * cov["age"] + 7.0,
+                      "rounded-copy": (cov["icv"] / 1000).round(4)}[how]   # cm3, 4 decimals: R2 = 1 - 1e-15
+    ref = make().fit_transform(X, cov)
+    model = make()
+    with pytest.warns(fh.exceptions.ConstantFeatureWarning, match=r"\['icv_feat'\] \(explained by the batch and "
+                                                                   r"covariates"):
+        out = model.fit_transform(Xl, cov)
+    assert model.constant_features_ == ["icv_feat"]
+    assert out["icv_feat"].to_numpy().tobytes() == Xl["icv_feat"].to_numpy().tobytes()
+    np.testing.assert_allclose(out[X.columns].to_numpy(), ref.to_numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.gamma_star_[X.columns].to_numpy(), make().fit(X, cov).gamma_star_.to_numpy(),
+                               rtol=1e-12, atol=1e-12)
+    back = model.transform(Xl.iloc[:20], cov.iloc[:20])
+    assert back["icv_feat"].to_numpy().tobytes() == Xl["icv_feat"].iloc[:20].to_numpy().tobytes()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_feature_highly_but_not_exactly_explained_is_harmonized(family):
+    """R^2 = 0.999 is biology, not a duplicated column: harmonized as usual, without a warning."""
+    make, X, cov = FAMILY_CASES[family]
+    rng = np.random.default_rng(4)
+    icv = (cov["icv"] - cov["icv"].mean()) / cov["icv"].std()
+    noise = rng.standard_normal(len(cov))
+    if "subject" in cov:  # repeated scans: part of the unexplained variation is the subject's
+        noise = (noise + pd.Series(rng.standard_normal(cov["subject"].nunique()),
+                                   index=cov["subject"].unique())[cov["subject"]].to_numpy()) / np.sqrt(2)
+    Xh = X.assign(icv_like=icv + np.sqrt(1e-3) * noise)   # R2 about 0.999
+    model = make()
+    out = model.fit_transform(Xh, cov)                     # filterwarnings=error: no ConstantFeatureWarning
+    assert model.constant_features_ == []
+    assert not np.allclose(out["icv_like"].to_numpy(), Xh["icv_like"].to_numpy(), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- extreme magnitudes
+# LongComBat's mixed-model fit picks its variance ratio by a golden-section search on the profiled REML,
+# which rounding decides to about 1e-9 relative: multiplying the data by 3 (or 1e300) moves its output by
+# ~5e-9 even with no rescaling involved. Powers of two are exact, and are checked exactly below.
+_MAGNITUDE_RTOL = {"LongComBat": 1e-7}
+
+
+@pytest.mark.parametrize("k", [1e300, 1e-300], ids=["1e300", "1e-300"])
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_extreme_magnitudes_are_harmonized_like_ordinary_ones(family, k):
+    make, X, cov = FAMILY_CASES[family]
+    rtol = _MAGNITUDE_RTOL.get(family, 1e-12)
+    ref_model = make()
+    ref = ref_model.fit_transform(X, cov).to_numpy()
+    model = make()
+    out = model.fit_transform(X * k, cov)                  # filterwarnings=error: no warning at all
+    assert np.isfinite(out.to_numpy()).all() and model.constant_features_ == []
+    np.testing.assert_allclose(out.to_numpy() / k, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    # learned attributes are in the input's units
+    np.testing.assert_allclose(model.alpha_.to_numpy() / k, ref_model.alpha_.to_numpy(), rtol=rtol)
+    np.testing.assert_allclose(model.sigma_.to_numpy() / k, ref_model.sigma_.to_numpy(), rtol=rtol)
+    np.testing.assert_allclose(model.gamma_star_.to_numpy(), ref_model.gamma_star_.to_numpy(), rtol=rtol,
+                               atol=rtol)
+    # new rows, and a saved and reloaded model, use the same rescaling
+    new = model.transform(X.iloc[:15] * k, cov.iloc[:15])
+    np.testing.assert_array_equal(new.to_numpy(), out.iloc[:15].to_numpy())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_rescaling_is_exact_for_powers_of_two(family):
+    """Multiplying by a power of two and back is exact; so is every step of a fit but ComBatLS's
+    log-scale model (log and exp of sigma), which is scale-equivariant up to rounding only."""
+    make, X, cov = FAMILY_CASES[family]
+    ref = make().fit_transform(X, cov).to_numpy()
+    for e in (1000, -1000):
+        out = make().fit_transform(X * 2.0**e, cov).to_numpy()
+        if family == "ComBatLS":
+            np.testing.assert_allclose(out / 2.0**e, ref, rtol=1e-12, atol=0)
+        else:
+            np.testing.assert_array_equal(out / 2.0**e, ref)
+
+
+def test_extreme_magnitude_model_saved_and_loaded(tmp_path):
+    make, X, cov = FAMILY_CASES["ComBatLS"]
+    model = make().fit(X * 1e-300, cov)
+    model.save(tmp_path / "m.fhm")
+    back = fh.load_model(tmp_path / "m.fhm")
+    np.testing.assert_array_equal(back.transform(X * 1e-300, cov).to_numpy(),
+                                  model.transform(X * 1e-300, cov).to_numpy())
+    pd.testing.assert_frame_equal(back.scale_coef_, model.scale_coef_)
+    ref = make().fit(X, cov)   # log sigma and the deviance of the data themselves
+    np.testing.assert_allclose(model.scale_coef_.iloc[0] - np.log(1e-300), ref.scale_coef_.iloc[0], rtol=1e-9)
+    np.testing.assert_allclose(model.deviance_ - 2 * len(X) * np.log(1e-300), ref.deviance_, rtol=1e-9)
+
+
+def test_mixed_magnitudes_each_feature_on_its_own_scale():
+    make, X, cov = FAMILY_CASES["ComBat"]
+    Xm = X.copy()
+    Xm["roi000"] *= 1e300
+    Xm["roi001"] *= 1e-300
+    ref = make().fit_transform(X, cov)
+    out = make().fit_transform(Xm, cov)
+    np.testing.assert_allclose(out["roi000"] / 1e300, ref["roi000"], rtol=1e-12)
+    np.testing.assert_allclose(out["roi001"] / 1e-300, ref["roi001"], rtol=1e-12)
+    np.testing.assert_allclose(out.iloc[:, 2:].to_numpy(), ref.iloc[:, 2:].to_numpy(), rtol=1e-12)
+    # CovBat without std_var mixes features in their own units: one common factor, or a clear error
+    with pytest.raises(InputError, match=r"std_var=False .* differ by more than 2\^64: e.g. \['roi002'"):
+        fh.CovBat(formula="age + sex", std_var=False).fit(Xm.drop(columns="roi001"), cov)
+    ref = fh.CovBat(formula="age + sex", std_var=False).fit_transform(X, cov)
+    out = fh.CovBat(formula="age + sex", std_var=False).fit_transform(X * 1e300, cov)
+    np.testing.assert_allclose(out.to_numpy() / 1e300, ref.to_numpy(), rtol=1e-12)
+
+
+def test_constant_test_is_relative_to_the_feature():
+    make, X, cov = FAMILY_CASES["ComBat"]
+    tiny = X * 1e-300
+    with pytest.warns(ConstantFeatureWarning, match=r"\['flat'\] \(constant\)"):
+        model = make().fit(tiny.assign(flat=3e-300), cov)   # 3e-300 throughout is constant; data of 1e-300 vary
+    assert model.constant_features_ == ["flat"]

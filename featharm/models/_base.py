@@ -19,6 +19,7 @@ from .._threads import sized_by_first_argument
 from .._validation import (
     align_covariates,
     batch_levels,
+    check_batch_labels,
     check_batch_sizes,
     check_features,
     check_integer,
@@ -41,6 +42,53 @@ from ..exceptions import (
 
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
 MIN_NEW_SITE_SIZE = 5
+
+# A feature whose variance left after the location fit (batch and covariates: the SD ``sigma`` that
+# standardizes it) is below this fraction of its own variance is a linear function of the covariates (ICV
+# passed both as a covariate and as a feature; a covariate copied with fewer digits). Its residual is
+# rounding, so it is passed through unchanged like a constant feature and kept out of the empirical-Bayes
+# priors, which it would otherwise distort. Float64 rounding leaves a fraction of about 1e-30 (1e-20 for
+# values far from 0 relative to their spread); a copy stored with 6-7 significant digits (float32, CSV
+# '%g') about 1e-12; a real feature explained with R^2 = 0.999 leaves 1e-3, and even R^2 = 0.9999999 leaves
+# 1e-7, three orders above this threshold, so it is harmonized as before.
+LINEAR_FEATURE_RTOL = 1e-10
+
+# Features whose largest |value| is outside [2^-64, 2^64] (about 5e-20 to 1.8e19) are computed on a copy
+# multiplied by a power of two bringing it into [0.5, 1): exact in binary floating point, and undone exactly
+# on the output. Squares, sums of squares and exponentials of such features would otherwise over- or
+# underflow (1e300 or 1e-300). MRI features are far inside the range, so their computation is unchanged,
+# bit for bit.
+SCALE_EXPONENT = 64
+
+
+def _column_variance(Y: np.ndarray) -> np.ndarray:
+    """Variance (ddof 0) of every column, in blocks of columns (no n × p temporary)."""
+    n, p = Y.shape
+    out = np.empty(p)
+    for blk in eb.iter_blocks(p, n):
+        out[blk] = Y[:, blk].var(axis=0)
+    return out
+
+
+def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
+    """Per-feature powers of two for features outside ``2^±SCALE_EXPONENT`` (1 elsewhere); ``None`` if none.
+
+    ``common``: one power of two for every feature (for computations that mix features, such as an
+    unstandardized PCA, where only a common factor is exact).
+    """
+    n, p = Y.shape
+    big = np.empty(p)
+    for blk in eb.iter_blocks(p, n):
+        big[blk] = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0))
+    e = np.frexp(big)[1]  # big = f 2^e with f in [0.5, 1)
+    outside = (big > 0) & ((e > SCALE_EXPONENT) | (e < -SCALE_EXPONENT))
+    if not outside.any():
+        return None
+    if common:
+        e = np.full(p, np.frexp(big.max())[1])
+        outside = np.ones(p, dtype=bool)
+    return np.where(outside, np.ldexp(1.0, np.clip(-e, -1022, 1023)), 1.0)  # normal powers of two: exact
+
 
 # Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
 _ARRAY_AXES = {
@@ -65,10 +113,12 @@ _ARRAY_AXES = {
 class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
-    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects", "extra")
+    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects", "extra",
+                 "scale")
 
-    def __init__(self, Y, index, columns, order, covariates, codes, X, new_levels=()):
+    def __init__(self, Y, index, columns, order, covariates, codes, X, new_levels=(), scale=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
+        self.scale = scale  # powers of two Y was multiplied by (None: not rescaled; see _feature_scale)
         self.covariates, self.codes, self.X = covariates, codes, X
         # batches unseen at fit (codes m, m+1, ...) and, once estimated, (gamma*, delta*) of all batches
         self.new_levels, self.effects = list(new_levels), None
@@ -95,6 +145,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     _schema_name: ClassVar[str] = "base"
     _registry: ClassVar[dict[str, type]] = {}
+
+    # Learned arrays in the units of the features (power 1) or their square (2): published in the input's
+    # units when features were rescaled (see ``_feature_scale``); a family adds its own.
+    _feature_units: ClassVar[dict[str, int]] = {"alpha": 1, "sigma": 1, "beta": 1, "batch_coef": 1}
 
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
@@ -176,9 +230,16 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 pos = {c: i for i, c in enumerate(cols)}
                 order = np.array([pos[c] for c in fitted])
                 Y = np.asfortranarray(Y[:, order])
+        common = self._common_feature_scale()
+        scale = _feature_scale(Y, bool(common)) if fitting else self._arr.get("feature_scale")
+        if scale is not None:
+            if fitting and common:
+                self._check_common_scale(Y, scale, columns, common)
+            Y = Y * scale  # a new array: the caller's data are never modified
         bser = get_batch(cov, self.batch)
         if fitting:
             levels = batch_levels(bser)
+            check_batch_labels(bser, levels, self.batch)
             codes = encode_batches(bser, levels, self.batch)
             self._fit_levels = levels
         else:
@@ -189,8 +250,26 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
                 new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
-            return _Prepared(Y, index, columns, order, cov, codes, None, new)
-        return _Prepared(Y, index, columns, order, cov, codes, None)
+            return _Prepared(Y, index, columns, order, cov, codes, None, new, scale=scale)
+        return _Prepared(Y, index, columns, order, cov, codes, None, scale=scale)
+
+    def _common_feature_scale(self) -> str | None:
+        """Why features must be rescaled by one common factor (a family mixing them in their own units), or None."""
+        return None
+
+    def _check_common_scale(self, Y: np.ndarray, scale: np.ndarray, columns, why: str) -> None:
+        """With one common factor, features far smaller than the largest would underflow: refuse them."""
+        n, p = Y.shape
+        small = np.zeros(p, dtype=bool)
+        for blk in eb.iter_blocks(p, n):
+            big = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0)) * scale[blk]
+            small[blk] = (big > 0) & (big < np.ldexp(1.0, -SCALE_EXPONENT))
+        if small.any():
+            raise InputError(
+                f"{self._owner()} {why}, but their magnitudes differ by more than 2^{SCALE_EXPONENT}: e.g. "
+                f"{list(columns[small][:3])} are that much smaller than the largest feature, so their squares "
+                "would underflow. Harmonize such features separately, or express them in comparable units."
+            )
 
     # ------------------------------------------------------------------------------ public API
     @sized_by_first_argument
@@ -337,6 +416,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self.design_ = design
         self.ref_index_ = ref
         self._arr: dict[str, np.ndarray] = {"batch_sizes": counts}
+        if prep.scale is not None:
+            self._arr["feature_scale"] = prep.scale
         self._fit_location(prep, B, counts, ref)
         self._fit_eb(counts, ref)
         self._publish()
@@ -384,18 +465,38 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha))
+        self._mark_constant(np.abs(st.alpha), _column_variance(Y))
 
-    def _mark_constant(self, scale: np.ndarray) -> None:
+    def _mark_constant(self, scale: np.ndarray, variance: np.ndarray | None = None) -> None:
+        """Flag the features with no variance left after the location fit; warn naming them.
+
+        Flagged: ``sigma`` is 0, not finite, or below ``1e-11`` of the feature's magnitude ``scale``
+        (``|alpha|``), or ``sigma^2`` is below :data:`LINEAR_FEATURE_RTOL` of the feature's own ``variance``
+        (a linear function of the batch and covariates). Both tests are relative, so they do not depend on
+        the units. The warning calls a feature constant when its own variance is negligible too.
+        """
         sigma = self._arr["sigma"]
         const = (sigma == 0) | (sigma <= 1e-11 * scale) | ~np.isfinite(sigma)
+        explained = np.zeros_like(const)
+        if variance is not None:
+            const |= sigma * sigma <= LINEAR_FEATURE_RTOL * variance
+            # named by what they are: constant columns, or columns that vary but are explained by the design
+            explained = const & ~(variance <= (1e-11 * scale) ** 2)
         self._arr["constant"] = const
         if const.any():
-            names = self.feature_names_in_[const]
+            names = self.feature_names_in_[const & ~explained]
+            lin = self.feature_names_in_[explained]
+            parts = []
+            if len(names):
+                parts.append(f"{list(names[:5])}{' ...' if len(names) > 5 else ''} (constant)")
+            if len(lin):
+                parts.append(f"{list(lin[:5])}{' ...' if len(lin) > 5 else ''} (explained by the batch and "
+                             f"covariates: less than {LINEAR_FEATURE_RTOL:.0e} of the variance is left, e.g. a "
+                             "covariate also passed as a feature)")
             warn(
                 f"{int(const.sum())} feature(s) have no variance left after the batch and covariate "
-                f"effects (e.g. constant columns): {list(names[:5])}{' ...' if len(names) > 5 else ''}. "
-                "They are passed through unchanged and left out of the empirical-Bayes priors.",
+                f"effects: {' and '.join(parts)}. They are passed through unchanged and left out of the "
+                "empirical-Bayes priors.",
                 ConstantFeatureWarning,
             )
             a = self._arr
@@ -554,6 +655,14 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         return out
 
     def _output(self, out: np.ndarray, prep: _Prepared):
+        if prep.scale is not None:  # back to the input's units (exact: powers of two)
+            out /= prep.scale
+            bad = ~np.isfinite(out).all(axis=0)
+            if bad.any():
+                raise InputError(
+                    f"the harmonized values of {list(self.feature_names_in_[bad][:5])} exceed the range of "
+                    "float64 numbers (about 1.8e308); express those features in other units first."
+                )
         if prep.order is not None:
             inv = np.empty_like(prep.order)
             inv[prep.order] = np.arange(prep.order.size)
@@ -627,6 +736,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             axes = _ARRAY_AXES.get(name) or extra.get(name)
             if axes is None:
                 continue
+            arr = self._in_input_units(arr, self._feature_units.get(name, 0))
             if len(axes) == 1:
                 obj = pd.Series(arr, index=axis(axes[0]), name=name)
             else:
@@ -640,6 +750,23 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     def _extra_axes(self) -> dict[str, tuple[str, ...]]:
         """Axes of learned arrays a subclass adds."""
         return {}
+
+    def _in_input_units(self, arr: np.ndarray, power: int) -> np.ndarray:
+        """A learned array (features on its last axis) in the units of the input features.
+
+        The arrays are kept in the units the model computed in, where features far outside 2^±64 were
+        rescaled by a power of two (``_arr["feature_scale"]``); ``power`` is 1 for arrays in the features'
+        units, 2 for variances, 0 for unitless ones. Without rescaled features this is ``arr`` itself.
+        A value beyond the float range in the input's units (the variance of features near 1e300) is
+        ``inf`` (or 0 near 1e-300); the model itself keeps and uses the rescaled value.
+        """
+        s = self._arr.get("feature_scale")
+        if s is None or not power:
+            return arr
+        with np.errstate(over="ignore", under="ignore"):
+            for _ in range(power):  # not s ** power: it may leave the float range where arr / s / s does not
+                arr = arr / s
+        return arr
 
     # ------------------------------------------------------------------------------ persistence hooks
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -10,9 +10,9 @@ import pandas as pd
 from .. import eb
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
-from ..design import CovariateDesign, batch_indicators
+from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
-from ._base import BaseHarmonizer, _Prepared
+from ._base import BaseHarmonizer, _column_variance, _Prepared
 
 __all__ = ["ComBatLS", "fit_location_scale"]
 
@@ -212,6 +212,12 @@ class ComBatLS(BaseHarmonizer):
                     f"scale_formula {self.scale_formula!r} gives a rank-deficient design: column(s) {bad} are "
                     "constant or a combination of the other columns. Remove them from scale_formula."
                 )
+        # a scale column constant within sites (or nearly so) would take the sites' scale effects into the
+        # preserved sigma(x): checked against the batch exactly as the mean formula is (_fit_model)
+        try:
+            check_full_rank(B, S[:, 1:], self.scale_design_.columns, batch_name=str(self.batch))
+        except ConfoundingError as exc:
+            raise ConfoundingError(f"scale_formula {self.scale_formula!r}: {exc}") from None
         W = np.hstack([B, prep.X])
         qr = eb.QRDesign(W)
         onehot = batch_indicators(prep.codes, m)
@@ -231,7 +237,7 @@ class ComBatLS(BaseHarmonizer):
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
-        self._mark_constant(np.abs(alpha))
+        self._mark_constant(np.abs(alpha), _column_variance(Y))
         const = self._arr["constant"]
         scale_coef = np.zeros((S.shape[1], p))
         dev = np.full(p, np.nan)
@@ -314,10 +320,16 @@ class ComBatLS(BaseHarmonizer):
         a = self._arr
         if "scale_coef" not in a:
             return
+        coef, dev = a["scale_coef"], a["deviance"]
+        if "feature_scale" in a:  # fitted on s y: log sigma and -2 log L of y itself
+            log_s = np.log(a["feature_scale"])
+            coef = coef.copy()
+            coef[0] -= log_s
+            dev = dev - 2.0 * a["batch_sizes"].sum() * log_s
         self.scale_coef_ = pd.DataFrame(
-            a["scale_coef"], index=pd.Index(["Intercept", *self.scale_design_.columns], name="scale_covariate"),
+            coef, index=pd.Index(["Intercept", *self.scale_design_.columns], name="scale_covariate"),
             columns=self._axis("feature"))
-        self.deviance_ = pd.Series(a["deviance"], index=self._axis("feature"), name="deviance")
+        self.deviance_ = pd.Series(dev, index=self._axis("feature"), name="deviance")
         self.fit_n_iter_ = int(a["fit_n_iter"][0])
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

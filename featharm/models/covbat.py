@@ -232,6 +232,10 @@ class CovBat(ComBat):
                  f"{name!r}; the last iterate is used.", ConvergenceWarning)
         return gs, ds
 
+    def _common_feature_scale(self) -> str | None:
+        # without std_var the PCA mixes the features in their own units: only a common factor is exact
+        return None if self.std_var else "with std_var=False mixes the features in their own units in the PCA"
+
     # ------------------------------------------------------------------------------ applying
     def _pca_input(self, prep: _Prepared, keep, center=None, scale=None):
         """The PCA's input: ComBat-adjusted residuals ``e* = y* - M`` of the features with variance, centred
@@ -321,6 +325,11 @@ class CovBat(ComBat):
         axes = {"batch": self._axis("batch"), "feature": self._axis("feature"), "component": comp}
         for name, ax in _COVBAT_AXES.items():
             arr = a[name]
+            if "feature_scale" in a:  # in the input's units (see BaseHarmonizer._in_input_units)
+                if name in ("pca_center", "pca_scale") and (self.std_var or name == "pca_center"):
+                    arr = self._in_input_units(arr, 1)
+                elif name in ("score_alpha", "score_sigma") and not self.std_var:
+                    arr = arr / a["feature_scale"][0]  # one common factor (see _common_feature_scale)
             if len(ax) == 1:
                 obj = pd.Series(arr, index=axes[ax[0]], name=name)
             else:

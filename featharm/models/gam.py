@@ -39,7 +39,7 @@ from ..design import CovariateDesign, batch_indicators
 from ..formula import parse_formula, render
 from ..exceptions import ConfoundingError, FormulaError, InputError
 from ..splines import SplineBasis
-from ._base import BaseHarmonizer
+from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer, _column_variance
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
 
@@ -139,6 +139,7 @@ class ComBatGAM(BaseHarmonizer):
     """
 
     _schema_name = "combat_gam"
+    _feature_units = {**BaseHarmonizer._feature_units, "spline_coef": 1}
     _compat_options = (None, "neuroHarmonize")
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
@@ -291,7 +292,7 @@ class ComBatGAM(BaseHarmonizer):
                          spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
                          smoothing=lam, edf=edf)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha))
+        self._mark_constant(np.abs(st.alpha), _column_variance(Y))
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep) -> np.ndarray:
@@ -404,14 +405,17 @@ def _criterion_slope(lam, d2, c2, r_perp, n, ku, method):
     return -np.sum(1.0 - w, axis=-2) + (n - ku) * np.sum(dw * c2, axis=-2) / quad
 
 
-def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
+def _select_lambda(d2, c2, r_perp, n, ku, method, shared, use=None):
     """Minimize the criterion over log lambda for every feature, vectorized over features.
 
     A grid over log lambda locates the global minimum; the root of the criterion's derivative between
     the neighbouring grid points is then found by bisection (60 halvings). Working on the derivative,
     not on the flat criterion itself, pins lambda down to rounding, so the result does not depend on the
-    row order or the scale of a feature.
+    row order or the scale of a feature. ``shared``: one lambda minimizing the criterion summed over the
+    features in ``use`` (default all).
     """
+    if use is None or not use.any():
+        use = np.ones(c2.shape[1], dtype=bool)
     lo = np.log(max(d2.min(), 1e-300)) - 12.0
     hi = np.log(d2.max()) + 12.0
     grid = np.linspace(lo, hi, _N_GRID)
@@ -420,7 +424,7 @@ def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
         crit = np.stack([_criterion(np.exp(g), d2c, c2, r_perp, n, ku, method) for g in grid])  # (G, p)
     crit = np.where(np.isnan(crit), np.inf, crit)
     if shared:
-        crit = crit.sum(axis=1, keepdims=True)
+        crit = crit[:, use].sum(axis=1, keepdims=True)
     best = np.argmin(crit, axis=0)
     a = grid[np.maximum(best - 1, 0)]
     b = grid[np.minimum(best + 1, _N_GRID - 1)]
@@ -428,7 +432,7 @@ def _select_lambda(d2, c2, r_perp, n, ku, method, shared):
     def slope(rho):  # rho: (p,), or (1,) when shared
         with np.errstate(divide="ignore", invalid="ignore"):
             val = _criterion_slope(np.exp(rho)[None, :], d2c, c2, r_perp, n, ku, method)
-        return val.sum(keepdims=True) if shared else val
+        return val[..., use].sum(keepdims=True) if shared else val
 
     bracketed = (slope(a) < 0) & (slope(b) > 0)
     for _ in range(_BISECTIONS):
@@ -472,7 +476,13 @@ def _fit_penalized(Y, Wfix, Z, penalties, bases, terms, *, method, shared, batch
         r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
     r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
     c2 = c * c
-    lam = _select_lambda(d2, c2, r_perp, n, ku, method, shared)
+    use = None
+    if shared:  # features the spline and covariates fit exactly (constant, a covariate passed again) have a
+        # degenerate criterion (log of rounding) that would pick everyone's lambda: left out of the sum
+        # (the tests of BaseHarmonizer._mark_constant, on the residual of the unpenalized fit)
+        resid = r_perp / n
+        use = (resid > LINEAR_FEATURE_RTOL * _column_variance(Y)) & (resid > (1e-11 * Y.mean(axis=0)) ** 2)
+    lam = _select_lambda(d2, c2, r_perp, n, ku, method, shared, use)
     shrink = d[:, None] / (d2[:, None] + lam[None, :])  # (r, p)
     b = Vt.T @ (shrink * c)  # coefficients on Zp
     theta_u = sla.solve_triangular(R, QtY - (Q.T @ Zp) @ b, check_finite=False)

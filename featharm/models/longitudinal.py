@@ -17,7 +17,7 @@ from ..exceptions import (
     warn,
 )
 from ..mixed import fit_random_intercept, fit_random_slope
-from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
+from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer, _column_variance
 
 __all__ = ["LongComBat"]
 
@@ -137,6 +137,7 @@ class LongComBat(BaseHarmonizer):
     """
 
     _schema_name = "longcombat"
+    _feature_units = {**BaseHarmonizer._feature_units, "batch_effect": 1, "residual_var": 2, "ranef_var": 2}
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, random_slope=False,
                  standardize="reml", eb=True, n_iter=30):
@@ -266,7 +267,7 @@ class LongComBat(BaseHarmonizer):
                          ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
                          loglik=fit.loglik, singular=fit.boundary.astype(np.float64))
         self._delta_raw = delta_raw
-        self._mark_constant(np.abs(alpha))
+        self._mark_constant(np.abs(alpha), _column_variance(Y))
         sing = fit.boundary & ~self._arr["constant"]
         if sing.any():
             names = list(self.feature_names_in_[sing])
@@ -388,13 +389,17 @@ class LongComBat(BaseHarmonizer):
         subjects = pd.Index(self._subject_levels, name=str(self.subject))
         feats = pd.Index(self.feature_names_in_, name="feature")
         self.subjects_ = np.asarray(self._subject_levels, dtype=object)
-        self.random_effects_ = pd.DataFrame(a["blup"][:, 0, :], index=subjects, columns=feats)
-        if a["blup"].shape[1] > 1:
-            self.random_slopes_ = pd.DataFrame(a["blup"][:, 1, :], index=subjects, columns=feats)
+        blup = self._in_input_units(a["blup"], 1)
+        self.random_effects_ = pd.DataFrame(blup[:, 0, :], index=subjects, columns=feats)
+        if blup.shape[1] > 1:
+            self.random_slopes_ = pd.DataFrame(blup[:, 1, :], index=subjects, columns=feats)
         with np.errstate(divide="ignore", invalid="ignore"):
             icc = a["ranef_var"] / (a["ranef_var"] + a["residual_var"])
         self.icc_ = pd.Series(icc, index=feats, name="icc")
         self.singular_features_ = list(self.feature_names_in_[a["singular"].astype(bool)])
+        if "feature_scale" in a:  # REML log-likelihood of y, not of the rescaled s y: + (n - k) log s
+            dof = a["batch_sizes"].sum() - len(self.batches_) - len(self.design_.columns)
+            self.loglik_ = self.loglik_ + dof * np.log(a["feature_scale"])
 
     def _get_state(self):
         state, arrays = super()._get_state()
