@@ -4,6 +4,7 @@ reads the stats files of every run into one table."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,29 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
     DuplicateIndexError
         The same id in two SUBJECTS_DIRs.
     """
+    hemis = _check_options(on_missing, index, runs, hemis)
+    sources = _parse_measures(measures, hemis)
+    dirs = [subjects_dir] if isinstance(subjects_dir, (str, os.PathLike)) else list(subjects_dir)
+    chosen, skipped = _choose_runs(dirs, runs, subjects, templates, id_pattern)
+    got = _read_runs(chosen, sources, normalize_names)
+    _check_files_found(chosen, got, sources)
+    values = _value_matrix(got)
+    feats = pd.DataFrame(values, index=pd.Index(chosen.index, name="fsid"), columns=list(got.file_of_col))
+    _warn_mixed_versions(got.versions)
+    feats, missing = _handle_missing(feats, values, chosen.index, got, on_missing)
+    out = _assemble(chosen, feats)
+    out.attrs["featharm"] = {
+        "subjects_dir": [str(d) for d in dirs], "measures": [s.token for s in sources],
+        "versions": got.versions, "missing": missing, "skipped": skipped, "renamed": got.renamed,
+    }
+    if index == "subject":
+        out = _index_by_subject(out)
+    return out
+
+
+# ---------------------------------------------------------------- collect_subjects, step by step
+def _check_options(on_missing, index, runs, hemis) -> tuple:
+    """Refuse unknown option values; returns ``hemis`` as a tuple."""
     if on_missing not in ("raise", "warn", "drop"):
         raise InputError(f"on_missing must be one of ['raise', 'warn', 'drop'], not {on_missing!r}.")
     if index not in ("fsid", "subject"):
@@ -143,8 +167,15 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
     bad = [h for h in hemis if h not in ("lh", "rh")]
     if bad or not hemis:
         raise InputError(f"hemis must be 'lh' and/or 'rh', not {list(hemis)!r}.")
-    sources = _parse_measures(measures, hemis)
-    dirs = [subjects_dir] if isinstance(subjects_dir, (str, os.PathLike)) else list(subjects_dir)
+    return hemis
+
+
+def _choose_runs(dirs, runs, subjects, templates, id_pattern) -> tuple[pd.DataFrame, dict]:
+    """Scan the SUBJECTS_DIRs and keep the runs to collect.
+
+    Returns the chosen rows of the scan (index ``fsid``, columns ``fs_kind``, ``subject``, ``timepoint``,
+    ``path``, ``subjects_dir``) and the directories skipped, by reason.
+    """
     scans = []
     for d in dirs:
         sc = scan_subjects_dir(d, templates=templates, id_pattern=id_pattern)
@@ -176,56 +207,76 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
             f"no {' or '.join(wanted)} FreeSurfer subjects found in {fmt_list(dirs, 3)} (skipped: "
             f"{ {k: len(v) for k, v in skipped.items() if v} })."
         )
+    return chosen, skipped
 
-    records, versions, missing_files, renamed = [], {}, {}, {}
-    colorder: dict = {}
-    file_of_col: dict = {}
+
+@dataclass
+class _Read:
+    """What :func:`_read_runs` read from the stats files of the chosen runs."""
+
+    records: list = field(default_factory=list)        # per run, in order: column -> value
+    versions: dict = field(default_factory=dict)       # fsid -> FreeSurfer version (of its first file read)
+    missing_files: dict = field(default_factory=dict)  # fsid -> ["stats/<file>", ...] not found
+    renamed: dict = field(default_factory=dict)        # old -> new names applied (normalize_names)
+    file_of_col: dict = field(default_factory=dict)    # column -> "stats/<file>" that first gave it, in column order
+
+
+def _read_runs(chosen: pd.DataFrame, sources, normalize_names: bool) -> _Read:
+    """Read every chosen run's stats files, run by run."""
+    got = _Read()
     for fsid, row in zip(chosen.index, chosen.itertuples(index=False)):
-        stats_dir = Path(row.path) / "stats"
-        rec: dict = {}
-        cache: dict = {}
-        for src in sources:
-            for fi, fname in enumerate(src.files):
-                fpath = stats_dir / fname
-                if fname not in cache:
-                    try:
-                        cache[fname] = _parse(fpath)
-                    except StatsFileError:
-                        if not fpath.exists():
-                            cache[fname] = None
-                        else:
-                            raise
-                parsed = cache[fname]
-                if parsed is None:
-                    lst = missing_files.setdefault(fsid, [])
-                    if f"stats/{fname}" not in lst:
-                        lst.append(f"stats/{fname}")
-                    continue
-                if fsid not in versions:
-                    versions[fsid] = _version_from_cvs(parsed[0].get("cvs_version"))
-                part: dict = {}
-                _values_from_parsed(parsed, src, src.hemis[fi] if src.hemis else None, normalize_names,
-                                    renamed, fpath, part)
-                for c, v in part.items():
-                    if c in rec:
-                        if src.kind == "globals":
-                            continue  # aseg (asked for too) already gave this measure
-                        if src.kind == "surface" and c.endswith(("_MeanThickness_thickness", "_WhiteSurfArea_area",
-                                                                   "_PialSurfArea_area")):
-                            continue
-                        prev = file_of_col.get(c)
-                        raise InputError(
-                            f"column {c!r} comes from both {prev} and stats/{fname} (measures "
-                            f"{[s.token for s in sources]}); collect these parcellations separately."
-                        )
-                    rec[c] = v
-                    if c not in colorder:
-                        colorder[c] = None
-                        file_of_col[c] = f"stats/{fname}"
-        records.append(rec)
+        got.records.append(_read_run(fsid, Path(row.path) / "stats", sources, normalize_names, got))
+    return got
 
-    if len(chosen) > 1 or not colorder:
-        everyone = set.intersection(*(set(missing_files.get(f, ())) for f in chosen.index))
+
+def _read_run(fsid, stats_dir: Path, sources, normalize_names: bool, got: _Read) -> dict:
+    """The values of one run (column -> value); missing files, versions, renames and columns go into ``got``."""
+    rec: dict = {}
+    cache: dict = {}
+    for src in sources:
+        for fi, fname in enumerate(src.files):
+            fpath = stats_dir / fname
+            if fname not in cache:
+                try:
+                    cache[fname] = _parse(fpath)
+                except StatsFileError:
+                    if not fpath.exists():
+                        cache[fname] = None
+                    else:
+                        raise
+            parsed = cache[fname]
+            if parsed is None:
+                lst = got.missing_files.setdefault(fsid, [])
+                if f"stats/{fname}" not in lst:
+                    lst.append(f"stats/{fname}")
+                continue
+            if fsid not in got.versions:
+                got.versions[fsid] = _version_from_cvs(parsed[0].get("cvs_version"))
+            part: dict = {}
+            _values_from_parsed(parsed, src, src.hemis[fi] if src.hemis else None, normalize_names,
+                                got.renamed, fpath, part)
+            for c, v in part.items():
+                if c in rec:
+                    if src.kind == "globals":
+                        continue  # aseg (asked for too) already gave this measure
+                    if src.kind == "surface" and c.endswith(("_MeanThickness_thickness", "_WhiteSurfArea_area",
+                                                               "_PialSurfArea_area")):
+                        continue
+                    prev = got.file_of_col.get(c)
+                    raise InputError(
+                        f"column {c!r} comes from both {prev} and stats/{fname} (measures "
+                        f"{[s.token for s in sources]}); collect these parcellations separately."
+                    )
+                rec[c] = v
+                if c not in got.file_of_col:
+                    got.file_of_col[c] = f"stats/{fname}"
+    return rec
+
+
+def _check_files_found(chosen: pd.DataFrame, got: _Read, sources) -> None:
+    """A file no run has means a wrong measure, not missing subjects."""
+    if len(chosen) > 1 or not got.file_of_col:
+        everyone = set.intersection(*(set(got.missing_files.get(f, ())) for f in chosen.index))
         if everyone:
             found = sorted({p.name[3:-6] for d in chosen["path"][:20] for p in (Path(d) / "stats").glob("?h.*.stats")})
             raise MissingStatsError(
@@ -233,15 +284,21 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
                 f"{[s.token for s in sources]} (parcellations found: {found or 'none'}; other files: aseg, wmparc, "
                 "brainvol)."
             )
-    cols = list(colorder)
-    values = np.full((len(records), len(cols)), np.nan)
+
+
+def _value_matrix(got: _Read) -> np.ndarray:
+    """Runs x columns, float64, NaN where a run has no value."""
+    cols = list(got.file_of_col)
+    values = np.full((len(got.records), len(cols)), np.nan)
     pos = {c: i for i, c in enumerate(cols)}
-    for r, rec in enumerate(records):
+    for r, rec in enumerate(got.records):
         if rec:
             idx = np.fromiter((pos[c] for c in rec), dtype=np.intp, count=len(rec))
             values[r, idx] = np.fromiter(rec.values(), dtype=np.float64, count=len(rec))
-    feats = pd.DataFrame(values, index=pd.Index(chosen.index, name="fsid"), columns=cols)
+    return values
 
+
+def _warn_mixed_versions(versions: dict) -> None:
     majors: dict = {}
     for fsid, v in versions.items():
         majors.setdefault(_major(v) or "unknown", []).append(fsid)
@@ -250,24 +307,34 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
              + "; ".join(f"{k}: {len(v)} e.g. {fmt_list(v, 2)}" for k, v in sorted(majors.items()))
              + "): version is a batch effect; model it (e.g. as batch) or harmonize within version.",
              FreeSurferWarning)
+
+
+def _handle_missing(feats: pd.DataFrame, values: np.ndarray, fsids: pd.Index, got: _Read,
+                    on_missing: str) -> tuple[pd.DataFrame, list]:
+    """Runs lacking a file or columns other runs have: raise, or warn and keep (NaN) or drop them.
+
+    Returns the (possibly reduced) features and the list of runs with missing data.
+    """
+    missing_files, file_of_col = got.missing_files, got.file_of_col
+    cols = list(file_of_col)
     # structures some subjects lack although their file exists
     missing_structs: dict = {}
     nan_rows = np.flatnonzero(np.isnan(values).any(axis=1))
     for r in nan_rows:
-        fsid = chosen.index[r]
+        fsid = fsids[r]
         lacking = [c for c in np.array(cols)[np.isnan(values[r])]
                    if not any(file_of_col[c] == mf for mf in missing_files.get(fsid, []))]
         if lacking:
             missing_structs[fsid] = lacking
     missing = []
-    for fsid in chosen.index:
+    for fsid in fsids:
         if fsid in missing_files or fsid in missing_structs:
             missing.append({"fsid": fsid, "files": missing_files.get(fsid, []),
                             "columns": missing_structs.get(fsid, [])})
     if missing:
         parts = []
         if missing_files:
-            parts.append(f"{len(missing_files)} of {len(chosen)} subjects lack stats files: "
+            parts.append(f"{len(missing_files)} of {len(fsids)} subjects lack stats files: "
                          + fmt_list([f"{k} ({', '.join(v)})" for k, v in missing_files.items()], 5))
         if missing_structs:
             old = {c for v in missing_structs.values() for c in v if c in STRUCTURE_RENAMES}
@@ -275,7 +342,7 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
                     "(--normalize-names)." if old else "")
             parts.append(f"{len(missing_structs)} subjects lack columns other subjects have: "
                          + fmt_list([f"{k} ({fmt_list(v, 3)}; from {file_of_col[v[0]]})"
-                                      for k, v in missing_structs.items()], 5) + "." + hint)
+                                     for k, v in missing_structs.items()], 5) + "." + hint)
         msg = " ".join(parts)
         if on_missing == "raise":
             raise MissingStatsError(
@@ -287,8 +354,20 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
             warn(f"left out {len(missing)} subject(s) with missing data: {msg}", FreeSurferWarning)
         else:
             warn(f"kept {len(missing)} subject(s) with NaN for missing data: {msg}", FreeSurferWarning)
+    return feats, missing
 
+
+def _assemble(chosen: pd.DataFrame, feats: pd.DataFrame) -> pd.DataFrame:
+    """The id columns of the runs kept, then their features; warns about runs that look repeated."""
     ids = chosen.loc[feats.index, ["subject", "timepoint", "fs_kind"]]
+    _warn_repeated_runs(ids)
+    out = pd.concat([ids, feats], axis=1)
+    out.index.name = "fsid"
+    return out
+
+
+def _warn_repeated_runs(ids: pd.DataFrame) -> None:
+    """Two runs of one subject and time point: a re-run, or a time point collected cross and long."""
     key = pd.Series([f"{a}\0{b}\0{c}" for a, b, c in zip(ids["subject"], ids["timepoint"], ids["fs_kind"])],
                     index=ids.index)
     if key.duplicated().any():
@@ -303,15 +382,6 @@ def collect_subjects(subjects_dir, measures=("aseg", "aparc"), *, hemis=("lh", "
         warn(f"{len(both)} time point(s) have both a cross-sectional and a longitudinal run, and both were collected "
              f"(e.g. {fmt_list([f.split('.long.', 1)[0] + ' & ' + f for f in both], 2)}): the same scan counts twice; "
              "pass runs='cross' or runs='long' (--runs) to keep one.", FreeSurferWarning)
-    out = pd.concat([ids, feats], axis=1)
-    out.index.name = "fsid"
-    out.attrs["featharm"] = {
-        "subjects_dir": [str(d) for d in dirs], "measures": [s.token for s in sources],
-        "versions": versions, "missing": missing, "skipped": skipped, "renamed": renamed,
-    }
-    if index == "subject":
-        out = _index_by_subject(out)
-    return out
 
 
 def _index_by_subject(df: pd.DataFrame) -> pd.DataFrame:
