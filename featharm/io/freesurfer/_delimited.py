@@ -1,5 +1,5 @@
 """Delimited group tables (asegstats2table, aparcstats2table, ENIGMA CSVs): delimiter sniffing, reading as
-text, numeric conversion with the file and line of a bad cell."""
+text, the id column, numeric conversion with the file and line of a bad cell."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...exceptions import InputError, StatsFileError
+from ...exceptions import DuplicateIndexError, StatsFileError
+from .._common import require_file
 
 
 def _sniff_delimiter(line: str) -> str:
@@ -20,8 +21,7 @@ def _sniff_delimiter(line: str) -> str:
 
 
 def _read_delimited(path: Path, what: str):
-    if not path.exists():
-        raise InputError(f"{what} {str(path)!r} does not exist.")
+    require_file(path, what)
     with open(path, encoding="utf-8", errors="replace") as fh:
         first = fh.readline()
     if not first.strip():
@@ -43,6 +43,18 @@ def _read_delimited(path: Path, what: str):
             f"{path}{where}: rows do not have as many cells as the header: {str(exc).strip()}"
         ) from None
     return df, delim
+
+
+def _split_ids(df: pd.DataFrame, path: Path, what: str, hint: str = "") -> pd.DataFrame:
+    """The cells after the first column, indexed by the first column's (stripped, unique) ids (name ``fsid``)."""
+    ids = df.iloc[:, 0].astype(str).str.strip()
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].iloc[0]
+        lines = [int(k) + 2 for k in np.flatnonzero(ids.to_numpy() == dup)]
+        raise DuplicateIndexError(f"{path}: {what} {dup!r} appears on lines {lines}{hint}.")
+    body = df.iloc[:, 1:]
+    body.index = pd.Index(ids.to_numpy(), name="fsid")
+    return body
 
 
 def _to_numeric_frame(df: pd.DataFrame, path: Path, first_line: int = 2) -> pd.DataFrame:

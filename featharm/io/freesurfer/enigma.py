@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ...exceptions import DuplicateIndexError, StatsFileError
-from ._delimited import _read_delimited, _to_numeric_frame
+from ...exceptions import StatsFileError
+from ._delimited import _read_delimited, _split_ids, _to_numeric_frame
 
 
 # ENIGMA names -> aparcstats2table / asegstats2table names
@@ -65,13 +64,7 @@ def read_enigma_table(path, rename: bool = False) -> pd.DataFrame:
     df, delim = _read_delimited(path, "ENIGMA table")
     if str(df.columns[0]).strip() != "SubjID":
         raise StatsFileError(f"{path}:1: an ENIGMA table starts with a 'SubjID' column, not {df.columns[0]!r}.")
-    ids = df.iloc[:, 0].astype(str).str.strip()
-    if ids.duplicated().any():
-        dup = ids[ids.duplicated()].iloc[0]
-        lines = [int(k) + 2 for k in np.flatnonzero(ids.to_numpy() == dup)]
-        raise DuplicateIndexError(f"{path}: SubjID {dup!r} appears on lines {lines}.")
-    body = df.iloc[:, 1:]
-    body.index = pd.Index(ids.to_numpy(), name="fsid")
+    body = _split_ids(df, path, "SubjID")
     out = _to_numeric_frame(body, path)
     renamed = {}
     if rename:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...exceptions import AlignmentError, DuplicateIndexError, FreeSurferWarning, InputError, StatsFileError, warn
+from ...exceptions import AlignmentError, FreeSurferWarning, InputError, StatsFileError, warn
 from .._common import fmt_list
-from ._delimited import _read_delimited, _to_numeric_frame
+from ._delimited import _read_delimited, _split_ids, _to_numeric_frame
 from ._names import STRUCTURE_RENAMES, normalize_structure_names
 from .enigma import read_enigma_table
 from .ids import _id_columns
@@ -75,13 +75,7 @@ def read_fs_table(path, parse_ids: bool = True, normalize_names: bool = False,
     else:
         info = {"tool": "aparcstats2table", "measure": m.group("meas"), "hemi": m.group("hemi"),
                 "parcellation": m.group("parc")}
-    ids = df.iloc[:, 0].astype(str).str.strip()
-    if ids.duplicated().any():
-        dup = ids[ids.duplicated()].iloc[0]
-        lines = [int(k) + 2 for k in np.flatnonzero(ids.to_numpy() == dup)]
-        raise DuplicateIndexError(f"{path}: id {dup!r} appears on lines {lines}; each subject must appear once.")
-    body = df.iloc[:, 1:]
-    body.index = pd.Index(ids.to_numpy(), name="fsid")
+    body = _split_ids(df, path, "id", "; each subject must appear once")
     body.columns = [str(c).strip() for c in body.columns]
     if pd.Index(body.columns).has_duplicates:
         dup = pd.Index(body.columns)[pd.Index(body.columns).duplicated()][0]
@@ -101,10 +95,15 @@ def read_fs_table(path, parse_ids: bool = True, normalize_names: bool = False,
 _FS7_APARC_EXTRAS = {"BrainSegVolNotVent", "eTIV"}
 
 
+def _old_and_new_names(columns) -> list[tuple[str, str]]:
+    """(old, new) pairs of :data:`STRUCTURE_RENAMES` both present in ``columns``."""
+    return [(o, n) for o, n in STRUCTURE_RENAMES.items() if o in columns and n in columns]
+
+
 def _check_group_table(df: pd.DataFrame, info: dict, path: Path) -> None:
     """Warn about what asegstats2table/aparcstats2table hide: zero-filled structures, foreign columns,
     old and new FreeSurfer names side by side (subjects from different versions)."""
-    pairs = [(o, n) for o, n in STRUCTURE_RENAMES.items() if o in df.columns and n in df.columns]
+    pairs = _old_and_new_names(df.columns)
     if pairs:
         warn(f"{path}: the table has both old and new FreeSurfer names ({'; '.join(f'{o} / {n}' for o, n in pairs)}"
              "): its subjects come from different FreeSurfer versions (a batch effect); normalize_names=True "
@@ -129,7 +128,7 @@ def _check_group_table(df: pd.DataFrame, info: dict, path: Path) -> None:
 
 
 def _normalize_mixed_table(df: pd.DataFrame, path: Path):
-    pairs = [(o, n) for o, n in STRUCTURE_RENAMES.items() if o in df.columns and n in df.columns]
+    pairs = _old_and_new_names(df.columns)
     df = df.copy()
     for old, new in pairs:
         a, b = df[old].to_numpy(), df[new].to_numpy()
