@@ -2,8 +2,8 @@
 """Time ``featharm.io.collect_subjects`` on a synthetic SUBJECTS_DIR of 1,000 subjects.
 
 Each subject has ``aseg.stats``, ``lh.aparc.stats`` and ``rh.aparc.stats`` in the FreeSurfer 7.4 layout
-(written by ``featharm.io._fs_synth``; writing is not timed). Timed, side by side in this process, median of
-``--repeat`` runs (the files are in the OS page cache after the first run, as after any recent recon-all):
+(written by ``featharm.datasets._freesurfer_synth``; writing is not timed). Timed, side by side in this process,
+median of ``--repeat`` runs (the files are in the OS page cache after the first run, as after any recent recon-all):
 
 * featharm: ``collect_subjects(sd, ["aseg", "aparc"])`` -> 1,000 x (aseg volumes + globals, lh/rh thickness,
   area, volume, mean thickness, white area);
@@ -39,8 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from featharm.datasets._freesurfer_synth import write_subject  # noqa: E402
 from featharm.io import collect_subjects  # noqa: E402
-from featharm.io._fs_synth import write_subject  # noqa: E402
 
 FILES = ["aseg.stats", "lh.aparc.stats", "rh.aparc.stats"]
 

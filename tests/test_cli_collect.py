@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from featharm.cli import main
+from featharm.datasets._freesurfer_synth import write_subject
 from featharm.io import read_stats
-from featharm.io._fs_synth import write_subject
 
 FILES = ["aseg.stats", "lh.aparc.stats", "rh.aparc.stats"]
 

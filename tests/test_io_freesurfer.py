@@ -1,8 +1,8 @@
 """FreeSurfer readers: stats files (FS 5.3 / 6.0 / 7.4 layouts), group tables, SUBJECTS_DIR collection.
 
 Fixtures are the project's own: ``tests/data/freesurfer/fs*/`` (every stats file kind per version, written by
-``featharm.io._fs_synth`` in the exact FreeSurfer layouts, see ``make_fixtures.py``), hand-written group
-tables in ``tests/data/freesurfer/tables/``, and SUBJECTS_DIR trees written into ``tmp_path``. Expected values
+``featharm.datasets._freesurfer_synth`` in the exact FreeSurfer layouts, see ``make_fixtures.py``), hand-written
+group tables in ``tests/data/freesurfer/tables/``, and SUBJECTS_DIR trees written into ``tmp_path``. Expected values
 are taken from the file text itself (an independent split of the lines), never typed in.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from featharm.datasets._freesurfer_synth import file_kinds, write_subject
 from featharm.exceptions import (
     AlignmentError,
     DuplicateIndexError,
@@ -33,7 +34,6 @@ from featharm.io import (
     read_stats,
     scan_subjects_dir,
 )
-from featharm.io._fs_synth import file_kinds, write_subject
 
 DATA = Path(__file__).parent / "data" / "freesurfer"
 SUBJ = {"5.3": DATA / "fs5.3" / "bert53", "6.0": DATA / "fs6.0" / "bert60", "7.4": DATA / "fs7.4" / "bert74"}

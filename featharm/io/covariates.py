@@ -10,11 +10,11 @@ import pandas as pd
 
 from .._validation import show_columns
 from ..exceptions import AlignmentError, ColumnNotFoundError, DuplicateIndexError, InputError, UnmatchedIdWarning, warn
+from ._common import FORMATS, SEPARATORS, file_extension, fmt_list, read_csv, require_file
 
 __all__ = ["read_covariates", "read_bids_participants", "read_bids_sessions", "join_covariates", "IdMatch",
            "match_ids"]
 
-_TEXT = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _EXCEL = {".xlsx", ".xlsm", ".xls"}
 _NA = ["", "n/a", "N/A", "NA", "NaN", "nan"]
 
@@ -37,33 +37,27 @@ def read_covariates(path, id_col: str | None = None, sheet=0, *, _empty_ok: bool
         BIDS-style ``n/a`` and empty cells are missing values (NaN).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"covariate table {str(path)!r} does not exist.")
-    suffixes = [s.lower() for s in path.suffixes]
-    ext = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else (suffixes[-1] if suffixes else "")
+    require_file(path, "covariate table")
+    ext = file_extension(path)
+    fmt = "excel" if ext in _EXCEL else FORMATS.get(ext)
     dtype = {id_col: str} if id_col else None
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"covariate table {str(path)!r} is empty (0 bytes).")
-    if ext in _TEXT or ext in (".parquet", ".pq"):
+    if fmt in SEPARATORS or fmt == "parquet":
         from .tables import check_file_kind
 
-        check_file_kind(path, "parquet" if ext in (".parquet", ".pq") else ext[1:], what="covariate table",
-                        excel_ok=True)
-    if ext in _TEXT:
-        try:
-            df = pd.read_csv(path, sep=_TEXT[ext], dtype=dtype, na_values=_NA, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise InputError(f"covariate table {str(path)!r} is empty.") from None
-        except pd.errors.ParserError as exc:
-            raise InputError(f"cannot parse {str(path)!r}: {str(exc).strip()}") from None
-    elif ext in (".parquet", ".pq"):
+        check_file_kind(path, fmt, what="covariate table", excel_ok=True)
+    if fmt in SEPARATORS:
+        df = read_csv(path, "covariate table", sep=SEPARATORS[fmt], dtype=dtype, na_values=_NA,
+                      keep_default_na=False)
+    elif fmt == "parquet":
         try:
             df = pd.read_parquet(path)
         except ImportError as exc:
             raise InputError(f"reading Parquet needs pyarrow: pip install 'featharm[parquet]' ({exc}).") from None
         if id_col and id_col in df.columns:
             df[id_col] = df[id_col].astype(str)
-    elif ext in _EXCEL:
+    elif fmt == "excel":
         try:
             import openpyxl  # noqa: F401
         except ImportError:
@@ -113,8 +107,7 @@ def read_bids_participants(bids_root) -> pd.DataFrame:
     p = Path(bids_root)
     if p.is_dir():
         p = p / "participants.tsv"
-    if not p.exists():
-        raise InputError(f"BIDS participants file {str(p)!r} does not exist.")
+    require_file(p, "BIDS participants file")
     return read_covariates(p, id_col="participant_id")
 
 
@@ -180,8 +173,7 @@ class IdMatch:
 
     def __str__(self) -> str:
         def show(v):
-            v = [k if len(self.keys) > 1 else k[0] for k in v]
-            return ", ".join(map(str, v[:10])) + (f" ... (+{len(v) - 10} more)" if len(v) > 10 else "")
+            return fmt_list([k if len(self.keys) > 1 else k[0] for k in v], 10)
 
         lines = [f"{len(self.matched)} id(s) matched on {self.keys}"]
         if self.only_in_features:

@@ -10,18 +10,14 @@ import pandas as pd
 from .._validation import show_columns
 from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
 from ..persistence import atomic_write_bytes
+from ._common import FORMATS, SEPARATORS, file_extension, read_csv, require_file
 
 __all__ = ["read_table", "write_table", "table_bytes", "table_format", "read_text_columns", "file_kind",
            "check_file_kind"]
 
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-
 
 def table_format(path) -> str:
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
-        suffixes = suffixes[:-1]
-    fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
+    fmt = FORMATS.get(file_extension(path))
     if fmt is None:
         raise InputError(
             f"cannot tell the format of {str(path)!r} from its extension; use .csv, .tsv or .parquet."
@@ -113,8 +109,7 @@ def check_file_kind(path, fmt: str, what: str = "table", excel_ok: bool = False)
 def read_table(path, index_col: str | None = None) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet table; with ``index_col`` that column becomes the (unique) index."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"table {str(path)!r} does not exist.")
+    require_file(path, "table")
     fmt = table_format(path)
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"table {str(path)!r} is empty (0 bytes).")
@@ -127,15 +122,11 @@ def read_table(path, index_col: str | None = None) -> pd.DataFrame:
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"cannot read {str(path)!r} as Parquet: {str(exc).strip().splitlines()[0]}") from None
     else:
-        sep = "," if fmt == "csv" else "\t"
+        sep = SEPARATORS[fmt]
         try:
             # ids are text: "007" stays "007" (and matches the same id in another file)
-            df = pd.read_csv(path, sep=sep, dtype={index_col: str} if index_col is not None else None)
-            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise InputError(f"table {str(path)!r} is empty.") from None
-        except pd.errors.ParserError as exc:
-            raise InputError(f"cannot parse {str(path)!r}: {str(exc).strip()}") from None
+            df = read_csv(path, "table", sep=sep, dtype={index_col: str} if index_col is not None else None)
+            header = read_csv(path, "table", sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
         except UnicodeDecodeError as exc:
             raise InputError(
                 f"{str(path)!r} is not UTF-8 text (it holds the byte {exc.object[exc.start:exc.start + 1]!r}, "
@@ -192,7 +183,7 @@ def table_bytes(df: pd.DataFrame, path, index: bool = False) -> bytes:
         except ImportError as exc:
             raise _parquet_hint(exc) from None
         return buf.getvalue()
-    data = df.to_csv(sep="," if fmt == "csv" else "\t", index=index, lineterminator="\n").encode()
+    data = df.to_csv(sep=SEPARATORS[fmt], index=index, lineterminator="\n").encode()
     if _gzipped(path):  # out.csv.gz is gzip, as its name says (mtime 0: same input, same bytes)
         import gzip
 
@@ -214,9 +205,9 @@ def read_text_columns(path, positions) -> pd.DataFrame | None:
     fmt = table_format(path)
     if fmt == "parquet":
         return None
-    text = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
-                       na_values=[], usecols=list(positions))
-    header = pd.read_csv(path, sep="," if fmt == "csv" else "\t", header=None, nrows=1, dtype=str,
-                         keep_default_na=False, na_values=[], usecols=list(positions))
+    text = pd.read_csv(path, sep=SEPARATORS[fmt], dtype=str, keep_default_na=False, na_values=[],
+                       usecols=list(positions))
+    header = pd.read_csv(path, sep=SEPARATORS[fmt], header=None, nrows=1, dtype=str, keep_default_na=False,
+                         na_values=[], usecols=list(positions))
     text.attrs["header"] = header.iloc[0].tolist() if len(header) else None  # "" stays "" (not "Unnamed: 0")
     return text

@@ -12,7 +12,7 @@ import pytest
 
 import featharm as fh
 from featharm.cli import main
-from featharm.io._fs_synth import write_subject
+from featharm.datasets._freesurfer_synth import write_subject
 
 from .conftest import _table, expect_refusal
 

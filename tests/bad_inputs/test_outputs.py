@@ -22,7 +22,7 @@ from featharm import _staging
 from featharm._staging import TEMP_SUFFIX, Output, StagedOutputs, staged_outputs
 from featharm.cli import main
 from featharm.exceptions import InputError, ModelFileError, OutputError
-from featharm.io._fs_synth import write_subject
+from featharm.datasets._freesurfer_synth import write_subject
 
 from .conftest import expect_refusal
 
