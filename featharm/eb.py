@@ -1,4 +1,4 @@
-"""The numerical core of the ComBat family, written once (``methods.md`` §1.2, S1–S8).
+"""The numerical core of the ComBat family, written once (``docs/methods.md`` §1.2, S1–S8).
 
 Every function works on plain float64 arrays laid out samples × features. The data-touching steps
 (:func:`location_fit`, :func:`residual_ss`, :func:`adjust`) take a *block* of features, so a caller can
@@ -216,7 +216,7 @@ def eb_parametric(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.nd
 def eb_jacobi(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n: float,
               gamma_bar: float, tau2: float, a: float, b: float,
               n_iter: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Parametric EB with a fixed number of Jacobi updates (longCombat; ``methods.md`` §3 step 6).
+    """Parametric EB with a fixed number of Jacobi updates (longCombat; ``docs/methods.md`` §3 step 6).
 
     Starts from ``g0 = postmean(gamma_hat, delta_hat)`` and ``d0`` = the posterior scale at ``g0``; then
     each of the ``n_iter`` iterations updates ``g_k`` from ``d_{k-1}`` and ``d_k`` from ``g_{k-1}`` (both

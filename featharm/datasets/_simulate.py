@@ -1,4 +1,4 @@
-"""Simulated multi-site data with known site effects (the ComBat model of ``methods.md`` §1.1)."""
+"""Simulated multi-site data with known site effects (the ComBat model of ``docs/methods.md`` §1.1)."""
 
 from __future__ import annotations
 

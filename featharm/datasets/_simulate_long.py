@@ -1,4 +1,4 @@
-"""Simulated longitudinal multi-site data with known truth (the model of ``methods.md`` §3)."""
+"""Simulated longitudinal multi-site data with known truth (the model of ``docs/methods.md`` §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Site-effect diagnostics for raw and harmonized data (``methods.md`` §6), as tidy DataFrames.
+"""Site-effect diagnostics for raw and harmonized data (``docs/methods.md`` §6), as tidy DataFrames.
 
 Public API (names and columns are stable; see each docstring for the exact columns):
 

@@ -1,4 +1,4 @@
-"""Covariate balance across sites (``methods.md`` §6.8, pitfall 2): which covariates differ by site, and a
+"""Covariate balance across sites (``docs/methods.md`` §6.8, pitfall 2): which covariates differ by site, and a
 warning when one is (nearly) confounded with site."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multivariate checks of a site effect (``methods.md`` §6.5): PERMANOVA/MDMR, MANOVA and Box's M on the
+"""Multivariate checks of a site effect (``docs/methods.md`` §6.5): PERMANOVA/MDMR, MANOVA and Box's M on the
 top principal components, and cross-validated site classification."""
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     means were equalized using them, so a training fold's site means mirror the held-out rows' and the
     classifier scores *below* chance (a balanced accuracy of 0.12 for 4 sites is typical). For an unbiased
     check pass the raw ``X`` and the (unfitted) model as ``harmonizer``: a clone is fitted on every
-    training fold and applied to its test fold (``methods.md`` §6.5, §6.8 pitfall 1).
+    training fold and applied to its test fold (``docs/methods.md`` §6.5, §6.8 pitfall 1).
 
     Parameters
     ----------

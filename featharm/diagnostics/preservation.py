@@ -1,4 +1,4 @@
-"""Preservation of biology (``methods.md`` §6.6): covariate effects before and after harmonization.
+"""Preservation of biology (``docs/methods.md`` §6.6): covariate effects before and after harmonization.
 
 Before: ``y ~ covariates + site`` on the raw data (site as a fixed effect, the reference analysis).
 After: ``y* ~ covariates`` on the harmonized data. One QR per model for all features.

@@ -1,4 +1,4 @@
-"""Residuals for the site-effect tests, as ComBatFamQC defines them (``methods.md`` §6.1).
+"""Residuals for the site-effect tests, as ComBatFamQC defines them (``docs/methods.md`` §6.1).
 
 Per feature the *full* model ``y ~ covariates + site`` is fitted (OLS here; a random-intercept mixed
 model in :mod:`featharm.diagnostics.mixed`). Two residuals come out of it:

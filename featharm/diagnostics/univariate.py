@@ -1,4 +1,4 @@
-"""Per-feature tests of a site effect, vectorized across features (``methods.md`` §6.2–6.4, 6.7).
+"""Per-feature tests of a site effect, vectorized across features (``docs/methods.md`` §6.2–6.4, 6.7).
 
 Every test here takes all features at once: one QR for the linear models, one ranking per rank test,
 group sums by a one-hot product. Only the Anderson–Darling permutation loop iterates (over permutations,
@@ -349,7 +349,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
 def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, tests=None, model: str = "ols", random: str | None = None,
                       n_permutations: int = 999, random_state=None, fligner_ties: str = "r") -> pd.DataFrame:
-    """Per-feature tests of the site effect, one row per feature × test (``methods.md`` §6.1–6.4, 6.7).
+    """Per-feature tests of the site effect, one row per feature × test (``docs/methods.md`` §6.1–6.4, 6.7).
 
     The model ``y ~ covariates + site`` is fitted to every feature (one QR for all). Location tests use
     the model comparison or the *additive* residuals (covariate effects removed, site effect kept);

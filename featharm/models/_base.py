@@ -324,7 +324,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             The batch column and the formula's columns, aligned with ``X`` by index.
         new_sites : {"error", "estimate"}, default "error"
             What to do with batches not seen at fit. ``"error"`` raises
-            :class:`~featharm.exceptions.UnseenBatchError`. ``"estimate"`` (``methods.md`` §5.7) estimates
+            :class:`~featharm.exceptions.UnseenBatchError`. ``"estimate"`` (``docs/methods.md`` §5.7) estimates
             each new batch's location, scale and empirical-Bayes posterior from its own rows against the
             frozen model (standardization, covariate effects and seen batches unchanged), then adjusts it;
             rows of seen batches come out exactly as with ``"error"``.

@@ -10,7 +10,7 @@ __all__ = ["ComBat"]
 class ComBat(BaseHarmonizer):
     """Remove additive and multiplicative site effects while preserving covariate effects.
 
-    The model (``methods.md`` §1) is ``y = alpha + x'beta + gamma_site + delta_site * eps`` for every
+    The model (``docs/methods.md`` §1) is ``y = alpha + x'beta + gamma_site + delta_site * eps`` for every
     feature; site effects get empirical-Bayes priors pooled across features. The algorithm is exactly
     sva/neuroCombat's (S1–S8), vectorized over features.
 
@@ -82,7 +82,7 @@ class ComBat(BaseHarmonizer):
     Notes
     -----
     *Apply to new subjects.* ``transform`` harmonizes subjects from sites seen at fit with their own
-    covariates (``methods.md`` §1.4); on the training rows it reproduces ``fit_transform`` exactly.
+    covariates (``docs/methods.md`` §1.4); on the training rows it reproduces ``fit_transform`` exactly.
     Unseen sites raise :class:`~featharm.exceptions.UnseenBatchError`.
 
     *Cross-validation.* Harmonization is part of the model: fit it on the training fold only and apply the

@@ -1,4 +1,4 @@
-"""ComBatLS (Gardner et al. 2025): ComBat with covariate-dependent variance (``methods.md`` §5.1)."""
+"""ComBatLS (Gardner et al. 2025): ComBat with covariate-dependent variance (``docs/methods.md`` §5.1)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def fit_location_scale(Y: np.ndarray, W: np.ndarray, S: np.ndarray, *, tol: floa
 class ComBatLS(BaseHarmonizer):
     """ComBat whose residual variance may depend on covariates (location and scale preserved).
 
-    Model (``methods.md`` §5.1): ``y ~ N(mu(x) + gamma_site, delta_site^2 * sigma(x)^2)`` per feature, with
+    Model (``docs/methods.md`` §5.1): ``y ~ N(mu(x) + gamma_site, delta_site^2 * sigma(x)^2)`` per feature, with
     ``mu(x)`` the ``formula`` (identity link) and ``log sigma(x)`` the ``scale_formula`` (log link), as
     ComBatFamily's ``combatls`` (gamlss ``NO()``). Steps:
 

@@ -1,4 +1,4 @@
-"""CovBat (Chen et al. 2022): ComBat, then harmonization of the residual covariance (``methods.md`` §4)."""
+"""CovBat (Chen et al. 2022): ComBat, then harmonization of the residual covariance (``docs/methods.md`` §4)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _COVBAT_AXES = {
 class CovBat(ComBat):
     """ComBat followed by the removal of site effects in the covariance of the residuals.
 
-    Steps (``methods.md`` §4, the defaults of R ``CovBat::covbat``):
+    Steps (``docs/methods.md`` §4, the defaults of R ``CovBat::covbat``):
 
     1. ComBat with the covariates and empirical Bayes; keep the **ComBat-adjusted residuals**
        ``e* = y* - alpha - x'beta`` (the covariate effects are *not* in them, so the PCA cannot remove

@@ -1,6 +1,6 @@
 """ComBat-GAM (Pomponio et al. 2020): ComBat whose preserved covariate effects include smooth curves.
 
-Only the mean model changes (``methods.md`` §2): each feature is fitted by a penalized regression spline
+Only the mean model changes (``docs/methods.md`` §2): each feature is fitted by a penalized regression spline
 in the smooth covariates, jointly with the batch indicators and the linear covariates; standardization,
 empirical Bayes and the adjustment are ComBat's, from :mod:`featharm.eb` through :class:`BaseHarmonizer`.
 
@@ -55,7 +55,7 @@ def _quote(name: str) -> str:
 class ComBatGAM(BaseHarmonizer):
     """ComBat with smooth (penalized spline) covariate effects: ComBat-GAM.
 
-    The model (``methods.md`` §2) is ``y = alpha + f(age) + x'beta + gamma_site + delta_site * eps`` for
+    The model (``docs/methods.md`` §2) is ``y = alpha + f(age) + x'beta + gamma_site + delta_site * eps`` for
     every feature, where each ``f`` is a cubic penalized regression spline shared by all sites. The
     spline, the linear covariates and the site indicators are fitted jointly; the smoothing parameter is
     chosen per feature by REML or GCV for all features at once (one decomposition shared by all of

@@ -30,7 +30,7 @@ class LongComBat(BaseHarmonizer):
     For every feature a linear mixed model ``y ~ formula + batch + (1 | subject)`` (or
     ``(1 + time | subject)``) is fitted by REML; its residuals are standardized, ComBat's empirical-Bayes
     location/scale estimates are computed per batch, and each scan is mapped to the size-weighted grand
-    mean of the batches while keeping its subject's random effect (``methods.md`` §3). The default
+    mean of the batches while keeping its subject's random effect (``docs/methods.md`` §3). The default
     reproduces R ``longCombat`` (jcbeer) with ``method = "REML"`` and ``niter = 30``: REML residual SD,
     sum-to-zero batch effects, conditional fitted values (fixed effects + BLUPs), 30 Jacobi EB updates.
 
@@ -108,7 +108,7 @@ class LongComBat(BaseHarmonizer):
     scan of a subject not seen at fit is harmonized at the population level (``u = 0``): its whole
     deviation from the fixed effects is standardized and rescaled, as cross-sectional ComBat does.
 
-    *New sites* (``transform(..., new_sites="estimate")``, ``methods.md`` §5.7): the scans of a batch not
+    *New sites* (``transform(..., new_sites="estimate")``, ``docs/methods.md`` §5.7): the scans of a batch not
     seen at fit are standardized against the frozen fixed effects and ``sigma`` after removing each
     subject's random effect: the fitted BLUP for a subject seen at fit, and for a subject not seen at fit a
     BLUP predicted from its scans at the new batch(es) under the frozen variance components (jointly with
@@ -242,7 +242,7 @@ class LongComBat(BaseHarmonizer):
             fit = fit_random_intercept(Y, W, g, reml=True)
             Z = None
         coef = fit.beta
-        alpha = (counts / n) @ coef[:m]  # sum_i n_i gamma_i = 0 (methods.md §3 step 3)
+        alpha = (counts / n) @ coef[:m]  # sum_i n_i gamma_i = 0 (docs/methods.md §3 step 3)
         batch_effect = coef[:m] - alpha
         U = fit.random_part(g, Z)
         R = Y - W @ coef  # marginal residuals
@@ -304,7 +304,7 @@ class LongComBat(BaseHarmonizer):
         return U
 
     def _standardized(self, prep, rows) -> np.ndarray:
-        """``z`` of the rows of batches unseen at fit (``methods.md`` §5.7 with the mixed model).
+        """``z`` of the rows of batches unseen at fit (``docs/methods.md`` §5.7 with the mixed model).
 
         ``z = (y - alpha - x'beta - u_s) / sigma`` with the frozen fixed effects and ``sigma``. A subject
         seen at fit keeps its BLUP ``u_s``. The random effects of subjects not seen at fit are predicted

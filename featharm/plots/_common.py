@@ -82,7 +82,7 @@ def covariate_column(cov: pd.DataFrame, name, owner: str) -> pd.Series:
 
 
 def residuals(inp: Inputs, formula: str | None):
-    """Additive and full residuals of ``y ~ site + covariates`` (``methods.md`` §6.1), all features at once.
+    """Additive and full residuals of ``y ~ site + covariates`` (``docs/methods.md`` §6.1), all features at once.
 
     ``r_add = y - X beta`` keeps the site effect (centred on the grand mean of the site intercepts,
     weighted by site size, so ``r_add`` has mean 0); ``r_full = y - fitted`` removes it.

@@ -36,7 +36,7 @@ def _pca_scores(R: np.ndarray, k: int = 2):
 def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None, title=None):
     """First two principal components of the additive residuals, coloured by site or by a covariate.
 
-    The residuals are ``y - X beta`` from ``y ~ site + formula`` (``methods.md`` §6.1): covariate
+    The residuals are ``y - X beta`` from ``y ~ site + formula`` (``docs/methods.md`` §6.1): covariate
     effects removed, site effects kept; each feature is standardized before the PCA.
 
     Parameters
@@ -126,7 +126,7 @@ def _heatmap(ax, values: pd.DataFrame, *, cmap, vmin, vmax, label):
 def site_effect_heatmap(X, covariates, *, batch="site", formula=None, vmax=None, ax=None, title=None):
     """Heatmap of standardized site effects (sites × features).
 
-    Each cell is ``(mean_site r_add - mean r_add) / sd(r_full)`` (``methods.md`` §6.2): the site's shift
+    Each cell is ``(mean_site r_add - mean r_add) / sd(r_full)`` (``docs/methods.md`` §6.2): the site's shift
     in units of the residual SD after removing the ``formula`` covariates. The colour scale is symmetric
     around 0 (``vmax`` defaults to the largest absolute value).
 
