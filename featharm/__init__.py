@@ -8,26 +8,16 @@
 
 from . import exceptions
 from ._version import __version__
-from .design import CovariateDesign
-from .models import BaseHarmonizer, ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS
 from .persistence import load_model, save_model
 
-# Subpackages imported on first use (``fh.diagnostics``, ``from featharm import plots``), so that
-# ``import featharm`` loads only the models (numpy, pandas, scipy, scikit-learn's base): matplotlib,
-# seaborn, jinja2 and statsmodels load when a function that needs them runs.
+# Everything else loads on first use (``fh.ComBat``, ``fh.diagnostics``, ``from featharm import plots``):
+# ``import featharm`` and ``featharm --help`` load numpy and pandas only; scikit-learn and scipy come with
+# the models, matplotlib, seaborn, jinja2 and statsmodels with the functions that need them.
 _LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
-
-
-def __getattr__(name):
-    if name in _LAZY_SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{name}")  # also binds it on the package
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+_LAZY_NAMES = {
+    "ComBat": "models", "ComBatGAM": "models", "LongComBat": "models", "CovBat": "models",
+    "ComBatLS": "models", "BaseHarmonizer": "models", "CovariateDesign": "design",
+}
 
 __all__ = [
     "__version__",
@@ -48,3 +38,19 @@ __all__ = [
     "report",
     "mixed",
 ]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it on the package
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -7,8 +7,6 @@ value or site, and how to fix it.
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SkNotFittedError
-
 __all__ = [
     "FeatharmError",
     "InputError",
@@ -92,9 +90,28 @@ class FormulaError(InputError):
     """The covariate formula cannot be parsed or evaluated on the covariate table."""
 
 
-class NotFittedError(FeatharmError, _SkNotFittedError):
-    """The model is used before :meth:`fit` was called (a scikit-learn ``NotFittedError``, so also a
-    ``ValueError`` and an ``AttributeError``)."""
+def _not_fitted_error() -> type:
+    """:class:`NotFittedError`, made on first use: it subclasses scikit-learn's ``NotFittedError`` (so
+    ``except sklearn.exceptions.NotFittedError`` catches it), and importing scikit-learn takes about a
+    second, which ``import featharm`` and ``featharm --help`` should not pay."""
+    from sklearn.exceptions import NotFittedError as _SkNotFittedError
+
+    class NotFittedError(FeatharmError, _SkNotFittedError):
+        """The model is used before :meth:`fit` was called (a scikit-learn ``NotFittedError``, so also a
+        ``ValueError`` and an ``AttributeError``)."""
+
+    NotFittedError.__module__ = __name__
+    NotFittedError.__qualname__ = "NotFittedError"
+    return NotFittedError
+
+
+def __getattr__(name):
+    if name == "NotFittedError":
+        cls = globals().get("_NotFittedError") or _not_fitted_error()
+        globals()["_NotFittedError"] = cls
+        globals()["NotFittedError"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ModelFileError(FeatharmError, ValueError):

@@ -498,3 +498,29 @@ def test_import_does_not_load_heavy_optional_modules():
             "'sklearn.model_selection', 'featharm.diagnostics', 'featharm.plots', 'featharm.report'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == []
+
+
+def test_import_is_light_and_the_namespace_documented():
+    """``import featharm`` loads numpy and pandas only: scikit-learn, scipy.stats, matplotlib, seaborn,
+    statsmodels and formulaic come with the first use of what needs them; ``dir()`` shows the API only."""
+    import subprocess
+    import sys
+
+    heavy = ("sklearn", "scipy.stats", "matplotlib", "seaborn", "statsmodels", "formulaic")
+    code = (f"import sys, featharm; print(' '.join(m for m in {heavy!r} if m in sys.modules)); "
+            "featharm.ComBat; print(int('sklearn' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    first, second = out.splitlines()
+    assert first.split() == [] and second == "1"  # loaded by the first use of a model
+    assert dir(fh) == sorted(fh.__all__)
+    assert not any(name.startswith("_") or name in ("eb", "splines", "persistence") for name in fh.__all__
+                   if name != "__version__")
+
+
+def test_not_fitted_error_is_scikit_learns():
+    from sklearn.exceptions import NotFittedError as SkNotFitted
+
+    assert issubclass(fh.exceptions.NotFittedError, SkNotFitted)
+    assert fh.exceptions.NotFittedError is fh.exceptions.NotFittedError  # made once
+    with pytest.raises(SkNotFitted):
+        fh.ComBat().transform(np.zeros((2, 2)), None)
