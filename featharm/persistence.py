@@ -47,7 +47,6 @@ import io
 import json
 import math
 import os
-import re
 import stat
 import struct
 import tempfile
@@ -515,21 +514,34 @@ def _describe(value) -> str:
     return describe(value)
 
 
-# JSON escapes (a backslash and the next character) and strings, removed before counting brackets: both
-# patterns match left to right without backtracking, so the scan is linear in the manifest's size.
-_ESCAPE = re.compile(rb"\\.", re.S)
-_STRING = re.compile(rb'"[^"]*"')
-_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+def _json_depth(raw: bytes, chunk: int = 4 * 2**20) -> int:
+    """Deepest nesting of arrays and objects in a JSON text, counted without parsing (no recursion).
 
-
-def _json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays and objects in a JSON text, counted without parsing (no recursion)."""
-    brackets = np.frombuffer(_STRING.sub(b"", _ESCAPE.sub(b"", raw)).translate(None, _NOT_BRACKET), np.uint8)
+    Brackets count outside strings only; a quote ends a string unless an odd number of backslashes
+    precede it. Vectorized over chunks, carrying the run of trailing backslashes, whether a string is
+    open and the depth, so the cost is linear whatever the text holds. (For a text that is not JSON the
+    count is only what ``json.loads`` would reach before failing, or less.)
+    """
+    data = np.frombuffer(raw, np.uint8)
     deepest = level = 0
-    for start in range(0, brackets.size, _CHUNK):
-        b = brackets[start:start + _CHUNK]
-        run = level + np.cumsum(np.where((b == ord("[")) | (b == ord("{")), 1, -1))
-        deepest, level = max(deepest, int(run.max())), int(run[-1])
+    run_before, in_string = 0, 0  # backslashes ending the previous chunk; a string open at its end
+    for start in range(0, data.size, chunk):
+        c = data[start:start + chunk]
+        quote = c == ord('"')
+        backslash = c == ord("\\")
+        if backslash.any() or run_before:
+            idx = np.arange(c.size, dtype=np.int64)
+            run = idx - np.maximum.accumulate(np.where(backslash, -1 - run_before, idx))  # backslashes ending here
+            quote[0] &= run_before % 2 == 0
+            quote[1:] &= run[:-1] % 2 == 0  # an escaped quote does not end a string
+            run_before = int(run[-1])
+        inside = (np.cumsum(quote, dtype=np.int32) + in_string) & 1
+        step = ((c == ord("[")) | (c == ord("{"))).astype(np.int32)
+        step -= (c == ord("]")) | (c == ord("}"))
+        step[inside == 1] = 0
+        depth = np.cumsum(step, dtype=np.int32) + level
+        deepest, level = max(deepest, int(depth.max())), int(depth[-1])
+        in_string = int(inside[-1])
     return deepest
 
 
