@@ -9,6 +9,15 @@ Layout of a model file (``.fhm``, any name works)::
 The file holds O(batches × features + coefficients), never the data. Files are written atomically (a
 temporary file in the same folder, then renamed). A file written with a newer schema is refused.
 
+Reproducible bytes
+------------------
+The same fitted model always gives the same file, byte for byte: the manifest is JSON with sorted keys,
+the members are written in a fixed order (``manifest.json``, then the arrays by name, C order), with
+fixed zip metadata and member times of 1980-01-01 00:00. No wall-clock time is recorded unless
+``SOURCE_DATE_EPOCH`` is set (https://reproducible-builds.org/specs/source-date-epoch/): then the
+manifest's ``created`` is that time (UTC, ISO 8601) and the member times are that time too (clamped to
+the zip range 1980–2107). Identical bytes assume the same featharm, numpy and zlib versions.
+
 Loading a file from someone else
 --------------------------------
 A model file is input from a stranger. :func:`load_model` reads it with bounded cost and checks all of it
@@ -47,6 +56,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -135,29 +145,63 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
+# ============================================================================================== saving
+def _source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` (seconds since 1970, UTC) when set, else None."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[0-9]{1,12}", raw):
+        raise InputError(f"SOURCE_DATE_EPOCH must be a whole number of seconds since 1970-01-01 UTC (as in "
+                         f"reproducible builds); got {raw[:40]!r}. Unset it or fix it.")
+    return int(raw)
+
+
+def _member(name: str, date_time) -> zipfile.ZipInfo:
+    """A zip member with fixed metadata (time, permissions, system), whatever the platform."""
+    info = zipfile.ZipInfo(name, date_time=date_time)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix
+    info.external_attr = 0o644 << 16
+    return info
+
+
 def save_model(model, path) -> None:
-    """Save a fitted featharm model to ``path`` (see the module docstring for the format)."""
+    """Save a fitted featharm model to ``path`` (see the module docstring for the format).
+
+    The bytes depend only on the model (and ``SOURCE_DATE_EPOCH`` when set), so saving the same fit twice
+    gives identical files.
+    """
     state, arrays = model._get_state()
+    epoch = _source_date_epoch()
     manifest = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "featharm_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": type(model).__name__,
         "params": _encode_params(model.get_params(deep=False)),
         "state": state,
-        "arrays": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for k, v in arrays.items()},
     }
+    date_time = _ZIP_EPOCH
+    if epoch is not None:
+        manifest["created"] = datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+        date_time = datetime.fromtimestamp(min(max(epoch, _ZIP_MIN), _ZIP_MAX), timezone.utc).timetuple()[:6]
+    blobs = {}
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        if a.dtype == object:
+            raise ModelFileError(f"array {name!r} has object dtype and cannot be stored without pickle")
+        b = io.BytesIO()
+        np.lib.format.write_array(b, a, allow_pickle=False)
+        blobs[name] = b.getvalue()
+        arrays[name] = a
+    manifest["arrays"] = {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in blobs}
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, indent=1, default=_json_default, allow_nan=True))
-        for name, arr in arrays.items():
-            a = np.asarray(arr)
-            if a.dtype == object:
-                raise ModelFileError(f"array {name!r} has object dtype and cannot be stored without pickle")
-            b = io.BytesIO()
-            np.lib.format.write_array(b, a, allow_pickle=False)
-            zf.writestr(f"arrays/{name}.npy", b.getvalue())
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(_member(MANIFEST, date_time), text.encode("utf-8"), compresslevel=6)
+        for name, blob in blobs.items():
+            zf.writestr(_member(f"arrays/{name}.npy", date_time), blob, compresslevel=6)
     atomic_write_bytes(path, buf.getvalue())
 
 
