@@ -221,6 +221,15 @@ class ComBatGAM(BaseHarmonizer):
         if self.smooth_bounds is not None and not isinstance(self.smooth_bounds, dict):
             raise InputError(f"The 'smooth_bounds' parameter of {owner} must be a dict "
                              f"{{column: (lower, upper)}} or None. Got {self.smooth_bounds!r} instead.")
+
+        def bound(v):
+            return v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                 and bool(np.isfinite(v)))
+
+        for term, b in (self.smooth_bounds or {}).items():
+            if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(bound(v) for v in b)):
+                raise InputError(f"The 'smooth_bounds' parameter of {owner} must map each smooth term to "
+                                 f"(lower, upper), finite numbers or None. Got {term!r}: {b!r} instead.")
         terms, _ = self._terms()
         if not terms:
             raise InputError(
