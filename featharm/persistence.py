@@ -34,8 +34,8 @@ expected, never an exception from numpy or pandas later in ``transform``:
   ``MAX_JSON_DEPTH``);
 * the manifest's format, schema version (an integer), model type, parameters (each family's parameter
   checks) and state entries (batches, feature names, design, reference batch, fit warnings and each
-  family's own entries) are checked; the state gives the size of every named axis (batch, feature,
-  design column, spline column, subject ...);
+  family's own entries, e.g. spline knots, at most 1000 basis columns per smooth term) are checked; the
+  state gives the size of every named axis (batch, feature, design column, spline column, subject ...);
 * the zip must hold exactly ``manifest.json`` and one ``arrays/<name>.npy`` per array the family stores
   (an unexpected member is refused without being read);
 * for every array, the member's declared size is compared with the size its axes allow, then its
