@@ -538,6 +538,10 @@ HOSTILE = {
                                 ["array 'beta' has shape (2, 8)", "(design column x feature, 1 x 8)"]),
     "design-levels-list": (_manifest(lambda m: (m["state"]["design"].update(levels=[]), m)[1]),
                            ["state.design.levels is a list"]),
+    "design-levels-mixed": (_manifest(lambda m: (m["state"]["design"]["levels"].update(sex=[1.5, "M"]), m)[1]),
+                            ["state.design.levels['sex'][1] is a str ('M')"]),
+    "design-empty-formula": (_manifest(lambda m: (m["state"]["design"].update(formula=" "), m)[1]),
+                             ["state.design.columns lists 2 column(s) for an empty formula"]),
     # values
     "nan-gamma-star": (_damage("gamma_star", _first(np.nan)), ["'gamma_star' holds nan at (batch 'site01', feature",
                                                                "expected finite numbers"]),

@@ -170,9 +170,14 @@ def check_design(d: Any, entry: str) -> int:
     if not isinstance(levels, dict):
         raise DamagedState(f"{entry}.levels", f"is {describe(levels)}", "a JSON object of level lists")
     for k, v in levels.items():
-        if not isinstance(v, list) or not all(isinstance(x, str) or _is_number(x) for x in v):
+        if not isinstance(v, list):
             raise DamagedState(f"{entry}.levels[{k!r}]", f"is {describe(v)}", "a list of levels")
+        if v:
+            check_levels(v, f"{entry}.levels[{k!r}]", "levels")
     columns = check_names(d["columns"], f"{entry}.columns", "design column names", allow_empty=True)
+    if not d["formula"].strip() and columns:
+        raise DamagedState(f"{entry}.columns", f"lists {len(columns)} column(s) for an empty formula",
+                           "no columns without a formula")
     if "ranges" in d and not isinstance(d["ranges"], dict):
         raise DamagedState(f"{entry}.ranges", f"is {describe(d['ranges'])}", "a JSON object")
     if "float32" in d and not isinstance(d["float32"], bool):

@@ -411,7 +411,11 @@ def test_design_column_count_does_not_match_beta(capsys, tmp_path, family_model)
     ("levels", {"sex": "FM"}, ["state.design.levels['sex']"]),
     ("variables", [1], ["state.design.variables[0]"]),
     ("formula", None, ["state.design.formula", "a string"]),
-], ids=["columns-string", "columns-duplicated", "levels-list", "level-string", "variable-number", "formula-null"])
+    ("formula", "", ["state.design.columns", "for an empty formula"]),
+    ("levels", {"sex": ["F", 1.5]}, ["state.design.levels['sex'][1]", "all strings or all finite numbers"]),
+    ("levels", {"sex": ["F", "F"]}, ["state.design.levels['sex']", "repeats 'F'"]),
+], ids=["columns-string", "columns-duplicated", "levels-list", "level-string", "variable-number", "formula-null",
+        "formula-empty", "levels-mixed", "levels-duplicated"])
 def test_malformed_design(capsys, tmp_path, family_model, key, value, needles):
     _, model, data = family_model
 
@@ -678,7 +682,11 @@ FAMILY_CASES = {
         np.zeros(_array(m, "pca_scale").shape))), ["pca_scale", "> 0"]),
     # ComBatLS: the scale design
     "combatls-scale-design-column": ("combatls", lambda m, b: rewrite(m, b, lambda x: edit_state(
-        scale_design={**x["state"]["scale_design"], "columns": ["age"]})(x)), ["scale_coef", "scale column"]),
+        scale_design={**x["state"]["scale_design"], "formula": "age", "variables": ["age"], "columns": ["age"]})(x)),
+        ["scale_coef", "scale column"]),
+    "combatls-scale-design-columns-without-formula": ("combatls", lambda m, b: rewrite(m, b, lambda x: edit_state(
+        scale_design={**x["state"]["scale_design"], "columns": ["age"]})(x)),
+        ["state.scale_design.columns", "empty formula"]),
     "combatls-scale-design-missing": ("combatls", lambda m, b: rewrite(m, b, edit_state(scale_design=None)),
                                       ["state", "scale_design"]),
     "combatls-fit-n-iter": ("combatls", lambda m, b: _swap(m, b, "fit_n_iter", npy(np.array([np.nan]))),
