@@ -260,6 +260,9 @@ def test_smooth_bounds(data):
     ({"smooth": "height"}, ColumnNotFoundError, "'height'"),
     ({"smooth": "sex"}, InputError, "must be a numeric column"),
     ({"smooth": "age", "smooth_bounds": {"bmi": (0, 1)}}, InputError, "not smooth terms"),
+    ({"smooth": "age", "smooth_bounds": {"age": ("0", "100")}}, InputError, "finite numbers or None"),
+    ({"smooth": "age", "smooth_bounds": {"age": (0,)}}, InputError, "finite numbers or None"),
+    ({"smooth": "age", "smooth_bounds": {"age": (0, float("inf"))}}, InputError, "finite numbers or None"),
 ])
 def test_bad_parameters(data, kwargs, exc, match):
     X, cov = data

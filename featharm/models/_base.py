@@ -39,6 +39,7 @@ from ..exceptions import (
     NotFittedError,
     warn,
 )
+from ._schema import DamagedState, Stored, check_design, check_int, check_keys, check_levels, check_names, describe
 
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
 MIN_NEW_SITE_SIZE = 5
@@ -90,24 +91,28 @@ def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
     return np.where(outside, np.ldexp(1.0, np.clip(-e, -1022, 1023)), 1.0)  # normal powers of two: exact
 
 
-# Learned arrays every harmonizer has: name -> axes ("batch" / "feature" / "column").
-_ARRAY_AXES = {
-    "alpha": ("feature",),
-    "sigma": ("feature",),
-    "beta": ("column", "feature"),
-    "batch_coef": ("batch", "feature"),
-    "gamma_hat": ("batch", "feature"),
-    "delta_hat": ("batch", "feature"),
-    "gamma_star": ("batch", "feature"),
-    "delta_star": ("batch", "feature"),
-    "gamma_bar": ("batch",),
-    "tau2": ("batch",),
-    "a_prior": ("batch",),
-    "b_prior": ("batch",),
-    "n_iter": ("batch",),
-    "batch_sizes": ("batch",),
-    "constant": ("feature",),
+# Learned arrays every harmonizer has and how they are stored: name -> axes ("batch" / "feature" /
+# "column" = design column), dtype and value rule (see ``_schema``; checked when a model file is loaded).
+_STORED = {
+    "alpha": Stored(("feature",), values="finite"),
+    "sigma": Stored(("feature",), values="sd"),
+    "beta": Stored(("column", "feature"), values="finite"),
+    "batch_coef": Stored(("batch", "feature"), values="finite"),
+    "gamma_hat": Stored(("batch", "feature"), values="finite"),
+    "delta_hat": Stored(("batch", "feature"), values="not_negative"),
+    "gamma_star": Stored(("batch", "feature"), values="finite"),
+    "delta_star": Stored(("batch", "feature"), values="positive"),
+    "gamma_bar": Stored(("batch",)),
+    "tau2": Stored(("batch",)),
+    "a_prior": Stored(("batch",)),
+    "b_prior": Stored(("batch",)),
+    "n_iter": Stored(("batch",), values="count"),
+    "batch_sizes": Stored(("batch",), values="count"),
+    "constant": Stored(("feature",), dtype="bool"),
+    # powers of two the features were multiplied by, when some lay outside 2^±64 (see _feature_scale)
+    "feature_scale": Stored(("feature",), values="positive", optional=True),
 }
+_ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
 
 
 class _Prepared:
@@ -138,7 +143,9 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
       ``self._arr``), ``_eb_site`` (the posterior of one batch);
     * ``_preserved_design`` / ``_preserved_coef`` (the part harmonization keeps), ``_standardized``,
       ``_harmonize`` (end with ``_keep_unadjusted``);
-    * ``_extra_axes`` / ``_publish`` (learned attributes), ``_get_state`` / ``_set_state`` (persistence).
+    * ``_extra_axes`` / ``_publish`` (learned attributes), ``_get_state`` / ``_set_state`` (persistence);
+      ``_stored`` (every saved array: axes, dtype, values), ``_state_extra`` (its own state entries),
+      ``_check_state`` / ``_check_arrays`` (what a loaded model file must satisfy; see ``_schema``).
 
     ``tests/test_estimator_contract.py`` runs the shared contract over every family.
     """
@@ -149,6 +156,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # Learned arrays in the units of the features (power 1) or their square (2): published in the input's
     # units when features were rescaled (see ``_feature_scale``); a family adds its own.
     _feature_units: ClassVar[dict[str, int]] = {"alpha": 1, "sigma": 1, "beta": 1, "batch_coef": 1}
+    # Every array a fitted model saves (a family adds its own: ``{**Parent._stored, ...}``), and the state
+    # entries it adds to the shared ones of ``_get_state``.
+    _stored: ClassVar[dict[str, Stored]] = _STORED
+    _state_extra: ClassVar[tuple[str, ...]] = ()
 
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
@@ -779,6 +790,43 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             "fit_warnings": list(getattr(self, "fit_warnings_", [])),
         }
         return state, dict(self._arr)
+
+    def _check_state(self, state: Any) -> dict[str, int | tuple[int, int]]:
+        """Check the JSON state of a model file (before ``_set_state``); return the size of every axis.
+
+        Called on an estimator built from the file's parameters. Raises :class:`DamagedState`. A size is an
+        int, or ``(lo, hi)`` for an axis the arrays themselves fix (the first array using it), within bounds.
+        A family checks its own entries in an override that calls this first.
+        """
+        shared = ("batches", "feature_names", "design", "ref_index")
+        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings",))
+        batches = check_levels(state["batches"], "state.batches", "batch names")
+        features = check_names(state["feature_names"], "state.feature_names", "feature names")
+        n_columns = check_design(state["design"], "state.design")
+        ref, ref_batch = state["ref_index"], getattr(self, "ref_batch", None)
+        if ref_batch is None:
+            if ref is not None:
+                raise DamagedState("state.ref_index", f"is {describe(ref)} but the ref_batch parameter is null",
+                                   "null")
+        else:
+            check_int(ref, "state.ref_index", 0, len(batches) - 1)
+            level = batches[ref]
+            if not (level == ref_batch or str(level) == str(ref_batch)):
+                raise DamagedState("state.ref_index", f"points at batch {level!r}",
+                                   f"the position of ref_batch {ref_batch!r} in state.batches")
+        log = state.get("fit_warnings", [])
+        if not isinstance(log, list):
+            raise DamagedState("state.fit_warnings", f"is {describe(log)}", "a list of warnings")
+        for i, w in enumerate(log):
+            check_keys(w, f"state.fit_warnings[{i}]", ("category", "message"))
+            for k in ("category", "message"):
+                if not isinstance(w[k], str):
+                    raise DamagedState(f"state.fit_warnings[{i}].{k}", f"is {describe(w[k])}", "a string")
+        return {"batch": len(batches), "feature": len(features), "column": n_columns, "one": 1}
+
+    def _check_arrays(self, state: dict[str, Any], arrays: dict[str, np.ndarray], dims: dict[str, int]) -> None:
+        """Checks relating several loaded arrays (after each passed its own ``_stored`` rule); raises
+        :class:`DamagedState`."""
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.batches_ = np.asarray(state["batches"], dtype=object)

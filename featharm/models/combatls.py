@@ -13,6 +13,7 @@ from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
 from ._base import BaseHarmonizer, _column_variance, _Prepared
+from ._schema import Stored, check_design
 
 __all__ = ["ComBatLS", "fit_location_scale"]
 
@@ -160,6 +161,13 @@ class ComBatLS(BaseHarmonizer):
     """
 
     _schema_name = "combatls"
+    _stored = {
+        **BaseHarmonizer._stored,
+        "scale_coef": Stored(("scale_column", "feature"), values="finite"),
+        "deviance": Stored(("feature",)),
+        "fit_n_iter": Stored(("one",), values="count"),
+    }
+    _state_extra = ("scale_design",)
 
     def __init__(self, *, batch="site", formula=None, scale_formula=None, eb=True, parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
@@ -336,6 +344,11 @@ class ComBatLS(BaseHarmonizer):
         state, arrays = super()._get_state()
         state["scale_design"] = self.scale_design_.to_dict()
         return state, arrays
+
+    def _check_state(self, state):
+        dims = super()._check_state(state)
+        dims["scale_column"] = 1 + check_design(state["scale_design"], "state.scale_design")  # + intercept
+        return dims
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.scale_design_ = CovariateDesign.from_dict(state["scale_design"])

@@ -10,22 +10,26 @@ from .._validation import check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, warn
 from ._base import _Prepared
+from ._schema import DamagedState, Stored
 from .combat import ComBat
 
 __all__ = ["CovBat"]
 
-# learned arrays of the covariance step: name -> axes ("component" = the K harmonized components)
-_COVBAT_AXES = {
-    "pca_center": ("feature",),
-    "pca_scale": ("feature",),
-    "pca_loadings": ("feature", "component"),
-    "score_alpha": ("component",),
-    "score_sigma": ("component",),
-    "score_gamma_hat": ("batch", "component"),
-    "score_delta_hat": ("batch", "component"),
-    "score_gamma_star": ("batch", "component"),
-    "score_delta_star": ("batch", "component"),
+# learned arrays of the covariance step and how they are stored ("component" = the K harmonized
+# components, "pc" = every principal component)
+_COVBAT_STORED = {
+    "pca_center": Stored(("feature",), values="finite"),
+    "pca_scale": Stored(("feature",), values="positive"),
+    "pca_loadings": Stored(("feature", "component"), values="finite"),
+    "explained_variance_ratio": Stored(("pc",), values="nonnegative"),
+    "score_alpha": Stored(("component",), values="finite"),
+    "score_sigma": Stored(("component",), values="positive"),
+    "score_gamma_hat": Stored(("batch", "component"), values="finite"),
+    "score_delta_hat": Stored(("batch", "component"), values="not_negative"),
+    "score_gamma_star": Stored(("batch", "component"), values="finite"),
+    "score_delta_star": Stored(("batch", "component"), values="positive"),
 }
+_COVBAT_AXES = {name: spec.axes for name, spec in _COVBAT_STORED.items() if name != "explained_variance_ratio"}
 
 
 class CovBat(ComBat):
@@ -109,6 +113,7 @@ class CovBat(ComBat):
     """
 
     _schema_name = "covbat"
+    _stored = {**ComBat._stored, **_COVBAT_STORED}
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
@@ -315,6 +320,21 @@ class CovBat(ComBat):
         return np.vstack([g, *gs]), np.vstack([d, *ds])
 
     # ------------------------------------------------------------------------------ learned attributes
+    def _check_state(self, state):
+        dims = super()._check_state(state)
+        p = dims["feature"]
+        dims.update(component=(1, p), pc=(1, p))  # fixed by the arrays, at most one per feature
+        return dims
+
+    def _check_arrays(self, state, arrays, dims) -> None:
+        K, r = arrays["pca_loadings"].shape[1], arrays["explained_variance_ratio"].size
+        if K > r:
+            raise DamagedState("array 'pca_loadings'", f"has {K} components but only {r} principal components "
+                               "are stored", "at most as many harmonized components as principal components")
+        if self.n_components is not None and K != self.n_components:
+            raise DamagedState("array 'pca_loadings'", f"has {K} components",
+                               f"n_components={self.n_components} as the parameters say")
+
     def _publish(self) -> None:
         super()._publish()
         a = self._arr

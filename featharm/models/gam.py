@@ -40,12 +40,16 @@ from ..formula import parse_formula, render
 from ..exceptions import ConfoundingError, FormulaError, InputError
 from ..splines import SplineBasis
 from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer, _column_variance
+from ._schema import DamagedState, Stored, check_int, check_keys, describe
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
 
 _NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
 _N_GRID = 121  # log-lambda grid points of the default criterion search
 _BISECTIONS = 60
+# Most basis columns of one smooth term a model file may hold (evaluating the basis builds a square
+# matrix of that size; fits use df - 1 columns, 9 by default).
+_MAX_BASIS_COLUMNS = 1000
 
 
 def _quote(name: str) -> str:
@@ -141,6 +145,13 @@ class ComBatGAM(BaseHarmonizer):
     _schema_name = "combat_gam"
     _feature_units = {**BaseHarmonizer._feature_units, "spline_coef": 1}
     _compat_options = (None, "neuroHarmonize")
+    _stored = {
+        **BaseHarmonizer._stored,
+        "spline_coef": Stored(("basis", "feature"), values="finite"),
+        "smoothing": Stored(("feature",)),
+        "edf": Stored(("feature",)),
+    }
+    _state_extra = ("smooth_bases",)
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
@@ -192,6 +203,15 @@ class ComBatGAM(BaseHarmonizer):
         if self.smooth_bounds is not None and not isinstance(self.smooth_bounds, dict):
             raise InputError(f"The 'smooth_bounds' parameter of {owner} must be a dict "
                              f"{{column: (lower, upper)}} or None. Got {self.smooth_bounds!r} instead.")
+
+        def bound(v):
+            return v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                 and bool(np.isfinite(v)))
+
+        for term, b in (self.smooth_bounds or {}).items():
+            if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(bound(v) for v in b)):
+                raise InputError(f"The 'smooth_bounds' parameter of {owner} must map each smooth term to "
+                                 f"(lower, upper), finite numbers or None. Got {term!r}: {b!r} instead.")
         terms, _ = self._terms()
         if not terms:
             raise InputError(
@@ -341,6 +361,20 @@ class ComBatGAM(BaseHarmonizer):
         state["smooth_bases"] = [b.to_dict() for b in self._bases]
         return state, arrays
 
+    def _check_state(self, state):
+        dims = super()._check_state(state)
+        bases = state["smooth_bases"]
+        terms = self._terms()[0]
+        if not isinstance(bases, list) or not bases:
+            raise DamagedState("state.smooth_bases", f"is {describe(bases)}",
+                               "a list with the spline basis of each smooth term")
+        names = [_check_basis(b, f"state.smooth_bases[{i}]") for i, b in enumerate(bases)]
+        if names != terms:
+            raise DamagedState("state.smooth_bases", f"are for the terms {names}",
+                               f"the smooth terms of the parameters, {terms}")
+        dims["basis"] = sum(len(b["knots"]) - b["degree"] - 2 for b in bases)
+        return dims
+
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._bases = [SplineBasis.from_dict(d) for d in state["smooth_bases"]]
         super()._set_state(state, arrays)
@@ -350,6 +384,35 @@ class ComBatGAM(BaseHarmonizer):
     def from_neuroharmonize(cls, model: dict, *, feature_names=None, batch: str = "SITE") -> "ComBatGAM":
         """A fitted :class:`ComBatGAM` from a neuroHarmonize GAM model; see :func:`from_neuroharmonize`."""
         return from_neuroharmonize(model, feature_names=feature_names, batch=batch)
+
+
+def _check_basis(b, entry: str) -> str:
+    """A saved :class:`SplineBasis`: finite non-decreasing knots with ``degree + 1`` repeated boundary knots."""
+    check_keys(b, entry, ("name", "knots", "degree", "data_range"))
+    if not isinstance(b["name"], str):
+        raise DamagedState(f"{entry}.name", f"is {describe(b['name'])}", "the name of the smooth covariate")
+    k = check_int(b["degree"], f"{entry}.degree", 1, 5)
+    knots = b["knots"]
+
+    def number_list(v):
+        return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+    lo_cols, hi_cols = 1, _MAX_BASIS_COLUMNS
+    if not number_list(knots) or not lo_cols + k + 2 <= len(knots) <= hi_cols + k + 2:
+        raise DamagedState(f"{entry}.knots", f"is {describe(knots)}",
+                           f"a list of {lo_cols + k + 2} to {hi_cols + k + 2} numbers (a degree-{k} basis of "
+                           f"{lo_cols} to {hi_cols} columns)")
+    t = np.asarray(knots, dtype=np.float64)
+    if not np.isfinite(t).all() or (np.diff(t) < 0).any() or not t[0] < t[-1]:
+        raise DamagedState(f"{entry}.knots", "are not finite and non-decreasing (or span nothing)",
+                           "finite, non-decreasing knots from the lower to the upper boundary")
+    if not ((t[:k + 1] == t[0]).all() and (t[-k - 1:] == t[-1]).all()):
+        raise DamagedState(f"{entry}.knots", f"do not repeat the boundary knots {k + 1} times",
+                           f"each boundary knot {k + 1} times (degree {k})")
+    r = b["data_range"]
+    if not (number_list(r) and len(r) == 2 and all(np.isfinite(r)) and r[0] <= r[1]):
+        raise DamagedState(f"{entry}.data_range", f"is {describe(r)}", "[min, max] of the training values")
+    return b["name"]
 
 
 # ================================================================================== default fit

@@ -18,6 +18,7 @@ from ..exceptions import (
 )
 from ..mixed import fit_random_intercept, fit_random_slope
 from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer, _column_variance
+from ._schema import DamagedState, Stored, check_levels
 
 __all__ = ["LongComBat"]
 
@@ -138,6 +139,17 @@ class LongComBat(BaseHarmonizer):
 
     _schema_name = "longcombat"
     _feature_units = {**BaseHarmonizer._feature_units, "batch_effect": 1, "residual_var": 2, "ranef_var": 2}
+    _stored = {
+        **BaseHarmonizer._stored,
+        "batch_effect": Stored(("batch", "feature"), values="finite"),
+        "residual_var": Stored(("feature",), values="sd"),
+        "ranef_var": Stored(("feature",), values="nonnegative"),
+        "ranef_cov": Stored(("feature", "random", "random"), values="finite"),
+        "blup": Stored(("subject", "random", "feature"), values="finite"),
+        "loglik": Stored(("feature",)),
+        "singular": Stored(("feature",), values="flag"),
+    }
+    _state_extra = ("subjects",)
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, random_slope=False,
                  standardize="reml", eb=True, n_iter=30):
@@ -405,6 +417,24 @@ class LongComBat(BaseHarmonizer):
         state, arrays = super()._get_state()
         state["subjects"] = [s.item() if hasattr(s, "item") else s for s in self._subject_levels]
         return state, arrays
+
+    def _check_state(self, state):
+        dims = super()._check_state(state)
+        dims["subject"] = len(check_levels(state["subjects"], "state.subjects", "subject ids"))
+        dims["random"] = 2 if self.random_slope else 1
+        return dims
+
+    def _check_arrays(self, state, arrays, dims) -> None:
+        # each feature's random-effect covariance is a covariance matrix (the new-subject BLUPs solve with it)
+        G = arrays["ranef_cov"]
+        d = np.diagonal(G, axis1=1, axis2=2)
+        bad = (d < 0).any(axis=1) | (np.abs(G - G.transpose(0, 2, 1)) > 1e-12 * (1 + np.abs(G))).any(axis=(1, 2))
+        if G.shape[1] == 2:
+            bad |= G[:, 0, 0] * G[:, 1, 1] - G[:, 0, 1] * G[:, 1, 0] < -1e-10 * np.abs(G[:, 0, 0] * G[:, 1, 1])
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise DamagedState("array 'ranef_cov'", f"is not a covariance matrix for feature "
+                               f"{state['feature_names'][j]!r}", "symmetric positive semi-definite matrices")
 
     def _set_state(self, state, arrays) -> None:
         self._subject_levels = list(state["subjects"])
