@@ -3,7 +3,7 @@
 
 ComBatFamily's ``combatls`` fits one gamlss ``NO()`` model per feature (``y ~ age + sex + batch - 1``,
 ``sigma.formula = ~ age + sex``); its cost is p separate RS fits. featharm fits all features at once
-(``featharm.models.combatls.fit_location_scale``). The Python peer of that per-feature loop is the
+(``featharm._core.location_scale.fit_location_scale``). The Python peer of that per-feature loop is the
 ``gamlss`` package (a port of R gamlss 5.5-0; ``pip install gamlss``, benchmark only, GPL-3.0, never
 imported by featharm). The peer runs side by side in this process on the same data. On the large case it is
 timed on the first ``--peer-features`` features only and its total is extrapolated linearly (labelled
@@ -92,7 +92,7 @@ def r_parity(c_crit: float) -> None:
 
     import gamlss as gl
 
-    from featharm import eb
+    from featharm._core import eb
 
     ref = Path(__file__).resolve().parents[1] / "tests" / "reference"
     cov = pd.read_csv(ref / "inputs" / "small_cs" / "covars.csv").set_index("subject_id")

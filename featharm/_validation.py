@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .eb import iter_blocks
+from ._core.blocks import iter_blocks
 from .exceptions import (
     AlignmentError,
     BatchError,

@@ -42,7 +42,7 @@ import numpy as np
 
 from .exceptions import FormulaError
 
-__all__ = ["parse_formula", "ParsedFormula", "FUNCTIONS", "STATEFUL", "evaluate", "render"]
+__all__ = ["parse_formula", "ParsedFormula", "FUNCTIONS", "STATEFUL", "render", "clean_formula"]
 
 # elementwise functions a formula may call (also as np.NAME / numpy.NAME)
 FUNCTIONS = {"log": np.log, "log1p": np.log1p, "log2": np.log2, "log10": np.log10, "exp": np.exp,

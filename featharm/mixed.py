@@ -431,7 +431,7 @@ def batch_lrt(X, covariates, *, batch: str = "site", subject: str = "subject", f
     spec = LongComBat(batch=batch, subject=subject, time=time, formula=formula, random_slope=random_slope)
     spec._check_params()
     prep = spec._prepare(X, covariates, fitting=True)
-    levels = spec._fit_levels
+    levels = prep.levels
     m = len(levels)
     check_batch_sizes(levels, np.bincount(prep.codes, minlength=m), batch, allow_single=True)
     _, g = np.unique(spec._subject_series(prep.covariates).astype(str).to_numpy(), return_inverse=True)

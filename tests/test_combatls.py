@@ -21,7 +21,7 @@ from scipy.optimize import minimize
 
 import featharm
 from featharm.exceptions import ConfoundingError, FormulaError, InputError
-from featharm.models.combatls import fit_location_scale
+from featharm._core.location_scale import fit_location_scale
 
 from test_parity_r import OUTPUTS, load_small_cs
 

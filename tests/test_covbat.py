@@ -245,9 +245,11 @@ def test_row_blocks_give_the_same_result(monkeypatch):
     tr = (cov["site"] != "s3").to_numpy()
     one = featharm.CovBat(batch="site", formula="age + sex", n_components=8).fit(X[tr], cov[tr])
     out_one = one.transform(X, cov, new_sites="estimate")
-    orig = featharm.eb.iter_blocks
-    monkeypatch.setattr(featharm.eb, "iter_blocks", lambda p, n, target_bytes=None: orig(p, n, 8 * 7 * n))
-    assert len(list(featharm.eb.iter_blocks(220, 20))) == 32  # blocks of 7 rows / features
+    from featharm._core import blocks
+
+    orig = blocks.iter_blocks
+    monkeypatch.setattr(blocks, "iter_blocks", lambda p, n, target_bytes=None: orig(p, n, 8 * 7 * n))
+    assert len(list(blocks.iter_blocks(220, 20))) == 32  # blocks of 7 rows / features
     many = featharm.CovBat(batch="site", formula="age + sex", n_components=8).fit(X[tr], cov[tr])
     np.testing.assert_allclose(many.score_delta_hat_.to_numpy(), one.score_delta_hat_.to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(many.transform(X, cov, new_sites="estimate").to_numpy(), out_one.to_numpy(),

@@ -29,7 +29,7 @@ from featharm.exceptions import (
     MissingValueError,
     OutOfRangeError,
 )
-from featharm.splines import SplineBasis
+from featharm._core.splines import SplineBasis
 
 REF = Path(__file__).parent / "reference"
 INPUTS = REF / "inputs" / "small_cs"
@@ -160,14 +160,14 @@ def test_two_smooth_terms(data):
 def test_penalty_limit_is_linear_combat(data):
     """With every smoothing parameter at infinity the spline is a straight line: linear ComBat."""
     X, cov = data
-    from featharm.models import gam
+    from featharm._core import penalized as gam
 
-    orig = gam._select_lambda
-    gam._select_lambda = lambda d2, c2, *a, **k: np.full(c2.shape[1], 1e12 * d2.max())
+    orig = gam.select_lambda
+    gam.select_lambda = lambda d2, c2, *a, **k: np.full(c2.shape[1], 1e12 * d2.max())
     try:
         H = fh.ComBatGAM(formula="sex", smooth="age").fit_transform(X, cov)
     finally:
-        gam._select_lambda = orig
+        gam.select_lambda = orig
     L = fh.ComBat(formula="age + sex").fit_transform(X, cov)
     np.testing.assert_allclose(H.to_numpy(), L.to_numpy(), atol=1e-6)
 

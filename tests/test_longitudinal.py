@@ -25,7 +25,8 @@ import pytest
 from scipy import stats
 
 import featharm
-from featharm import LongComBat, eb
+from featharm import LongComBat
+from featharm._core import eb
 from featharm.exceptions import (
     BatchError,
     ColumnNotFoundError,

@@ -139,8 +139,7 @@ def test_eb_false_new_site_is_standardized_against_frozen_model(nested):
     # z of the output without the predicted random part: mean 0 and variance 1 over the new site
     prep = hm._prepare(X, cov, fitting=False, new_sites="estimate")
     prep.X = hm.design_.transform(prep.covariates)
-    hm._standardized(prep, rows)
-    U = prep.extra["new_site_random"][1]
+    U = hm._standardized(prep, rows)[1]  # the random effects predicted for the new site's rows
     z = (out[rows].to_numpy() - fixed - U) / hm.sigma_.to_numpy()
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-10)
     np.testing.assert_allclose(z.var(axis=0, ddof=1), 1.0, atol=1e-10)

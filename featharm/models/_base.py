@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from .. import eb
+from .._core import eb
+from .._core.blocks import iter_blocks
 from .._progress import Progress
 from .._threads import sized_by_first_argument
 from .._validation import (
@@ -62,15 +63,6 @@ LINEAR_FEATURE_RTOL = 1e-10
 SCALE_EXPONENT = 64
 
 
-def _column_variance(Y: np.ndarray) -> np.ndarray:
-    """Variance (ddof 0) of every column, in blocks of columns (no n × p temporary)."""
-    n, p = Y.shape
-    out = np.empty(p)
-    for blk in eb.iter_blocks(p, n):
-        out[blk] = Y[:, blk].var(axis=0)
-    return out
-
-
 def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
     """Per-feature powers of two for features outside ``2^±SCALE_EXPONENT`` (1 elsewhere); ``None`` if none.
 
@@ -79,7 +71,7 @@ def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
     """
     n, p = Y.shape
     big = np.empty(p)
-    for blk in eb.iter_blocks(p, n):
+    for blk in iter_blocks(p, n):
         big[blk] = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0))
     e = np.frexp(big)[1]  # big = f 2^e with f in [0.5, 1)
     outside = (big > 0) & ((e > SCALE_EXPONENT) | (e < -SCALE_EXPONENT))
@@ -118,16 +110,17 @@ _ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
 class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
-    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "new_levels", "effects", "extra",
-                 "scale")
+    __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "levels", "new_levels", "effects",
+                 "new_random", "scale")
 
-    def __init__(self, Y, index, columns, order, covariates, codes, X, new_levels=(), scale=None):
+    def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
         self.scale = scale  # powers of two Y was multiplied by (None: not rescaled; see _feature_scale)
         self.covariates, self.codes, self.X = covariates, codes, X
-        # batches unseen at fit (codes m, m+1, ...) and, once estimated, (gamma*, delta*) of all batches
-        self.new_levels, self.effects = list(new_levels), None
-        self.extra = {}  # per-call state a subclass computes while estimating new batches
+        self.levels = list(levels)  # the batch levels (codes 0..m-1): at fit, the sorted levels seen
+        # batches unseen at fit (codes m, m+1, ...) and, once estimated (_estimate_new_sites), (gamma*, delta*)
+        # of all batches and, for a family with random effects, those predicted for their rows (rows, values)
+        self.new_levels, self.effects, self.new_random = list(new_levels), None, None
 
 
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -139,8 +132,9 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     * ``_check_params`` (call ``super()`` first: it checks the shared parameters; ``_compat_options`` lists
       the accepted ``compat`` values);
-    * ``_design_formula`` (the linear covariate block), ``_fit_location`` (location/scale, fills
-      ``self._arr``), ``_eb_site`` (the posterior of one batch);
+    * ``_eb_options`` (how the site effects are estimated: every option stated, see
+      :class:`featharm._core.eb.EBOptions`), ``_design_formula`` (the linear covariate block),
+      ``_fit_location`` (the family's location/scale model: fills ``self._arr``);
     * ``_preserved_design`` / ``_preserved_coef`` (the part harmonization keeps), ``_standardized``,
       ``_harmonize`` (end with ``_keep_unadjusted``);
     * ``_extra_axes`` / ``_publish`` (learned attributes), ``_get_state`` / ``_set_state`` (persistence);
@@ -252,7 +246,6 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             levels = batch_levels(bser)
             check_batch_labels(bser, levels, self.batch)
             codes = encode_batches(bser, levels, self.batch)
-            self._fit_levels = levels
         else:
             known = list(self.batches_)
             new = []
@@ -261,8 +254,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
                 new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
-            return _Prepared(Y, index, columns, order, cov, codes, None, new, scale=scale)
-        return _Prepared(Y, index, columns, order, cov, codes, None, scale=scale)
+            return _Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale)
+        return _Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale)
 
     def _common_feature_scale(self) -> str | None:
         """Why features must be rescaled by one common factor (a family mixing them in their own units), or None."""
@@ -272,7 +265,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """With one common factor, features far smaller than the largest would underflow: refuse them."""
         n, p = Y.shape
         small = np.zeros(p, dtype=bool)
-        for blk in eb.iter_blocks(p, n):
+        for blk in iter_blocks(p, n):
             big = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0)) * scale[blk]
             small[blk] = (big > 0) & (big < np.ldexp(1.0, -SCALE_EXPONENT))
         if small.any():
@@ -390,14 +383,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """Drop every learned attribute (``*_``) and the arrays behind them."""
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
-        for name in ("_arr", "_delta_raw", "_fit_levels"):
+        for name in ("_arr", "_delta_raw"):
             self.__dict__.pop(name, None)
 
     def _fit_model(self, X, covariates) -> _Prepared:
         self._check_params()
         prep = self._prepare(X, covariates, fitting=True)
-        levels = self._fit_levels
-        del self._fit_levels
+        levels = prep.levels
         m = len(levels)
         counts = np.bincount(prep.codes, minlength=m).astype(np.float64)
         check_batch_sizes(levels, counts.astype(int), self.batch, allow_single=self._allow_single_subject())
@@ -409,13 +401,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 "practice many more). Choose a larger reference batch."
             )
         design, Xc = CovariateDesign.fit(self._design_formula(), prep.covariates,
-                                         float32=getattr(self, "compat", None) == "neuroCombat",
+                                         float32=self._param("compat") == "neuroCombat",
                                          exclude=(self.batch,))
         prep.X = Xc
         B = batch_indicators(prep.codes, m, ref)
         check_full_rank(B, Xc, design.columns, batch_name=str(self.batch))
         p = prep.Y.shape[1]
-        if getattr(self, "eb", False) and p < 2:
+        if self._eb_options().eb and p < 2:
             raise InputError(
                 f"empirical Bayes pools the site effects across features, so it needs at least 2 features; "
                 f"got {p}. Pass eb=False to adjust a single feature."
@@ -434,15 +426,30 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self._publish()
         return prep
 
+    def _param(self, name: str):
+        """The value of a shared parameter, or ``None`` when this family does not have it (``ref_batch``,
+        ``compat``: ``None`` is their meaning of "not used")."""
+        return self.get_params(deep=False).get(name)
+
+    def _eb_options(self) -> eb.EBOptions:
+        """How this family estimates the site effects (S6–S7): every family states all the options."""
+        raise NotImplementedError(f"{type(self).__name__} must define _eb_options")
+
+    def _combat_eb_options(self) -> eb.EBOptions:
+        """:meth:`_eb_options` of a family with ComBat's EB parameters (``eb``, ``parametric``,
+        ``mean_only``, ``mean_only_form``, ``tol``, ``max_iter``), read from its own attributes."""
+        return eb.EBOptions(eb=bool(self.eb), parametric=bool(self.parametric), mean_only=bool(self.mean_only),
+                            mean_only_form=self.mean_only_form, tol=float(self.tol), max_iter=int(self.max_iter))
+
     def _design_formula(self):
         """The formula of the linear covariate block (a subclass may strip terms it models itself)."""
         return self.formula
 
     def _allow_single_subject(self) -> bool:
-        return bool(getattr(self, "mean_only", False))
+        return self._eb_options().mean_only
 
     def _ref_index(self, levels) -> int | None:
-        ref = getattr(self, "ref_batch", None)
+        ref = self._param("ref_batch")
         if ref is None:
             return None
         for i, lv in enumerate(levels):
@@ -453,30 +460,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         )
 
     def _fit_location(self, prep: _Prepared, B: np.ndarray, counts: np.ndarray, ref) -> None:
-        """S1–S5: OLS on ``[B | X]``, pooled variance, standardized moments. Fills ``self._arr``."""
-        Y = prep.Y
-        n, p = Y.shape
-        m = B.shape[1]
-        W = np.hstack([B, prep.X])
-        qr = eb.QRDesign(W)
-        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
-        coef = eb.location_fit(qr, Y)  # one GEMM for all features (a long inner dimension wants it whole)
-        ss = np.empty((m, p))
-        batch_rows = batch_indicators(np.arange(m), m, ref)
-        batch_fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
-        Xf = np.asfortranarray(prep.X)
-        blocks = list(eb.iter_blocks(p, n))
-        with Progress(len(blocks), "fitting location/scale") as bar:
-            for blk in blocks:
-                ss[:, blk] = eb.batch_residual_ss(Y[:, blk], batch_fit[:, blk], Xf, coef[m:, blk],
-                                                  prep.codes, onehot)
-                bar.update()
-        st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref,
-                                     mean_only=bool(getattr(self, "mean_only", False)))
-        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
-                         gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
-        self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha), _column_variance(Y))
+        """The family's location/scale model (S1–S5 for ComBat): fills ``self._arr`` with ``alpha``,
+        ``sigma``, ``beta``, ``batch_coef``, ``gamma_hat``, ``delta_hat`` (and its own arrays), sets
+        ``self._delta_raw`` and flags constant features (:meth:`_mark_constant`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _fit_location")
 
     def _mark_constant(self, scale: np.ndarray, variance: np.ndarray | None = None) -> None:
         """Flag the features with no variance left after the location fit; warn naming them.
@@ -516,62 +503,30 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             self._delta_raw[:, const] = 1.0
 
     def _fit_eb(self, counts: np.ndarray, ref) -> None:
-        """S6–S7: priors and the EB posterior (or the raw estimates when eb=False)."""
+        """S6–S7: priors and the EB posterior of every batch (or the raw estimates when eb=False)."""
         a = self._arr
         keep = ~a["constant"]
-        g_hat, d_hat, d_raw = a["gamma_hat"], a["delta_hat"], self._delta_raw
-        m = g_hat.shape[0]
-        g_star, d_star = g_hat.copy(), d_hat.copy()
-        n_iter = np.zeros(m)
-        mean_only = bool(getattr(self, "mean_only", False))
-        if getattr(self, "eb", True) and keep.sum() < 2:
+        opts = self._eb_options()
+        if opts.eb and keep.sum() < 2:
             raise InputError(
                 f"empirical Bayes pools the site effects across features, so it needs at least 2 features "
                 f"with variance; {int(keep.sum())} of {keep.size} have any. Pass eb=False."
             )
-        if keep.sum() >= 2:
-            pri = eb.eb_priors(g_hat[:, keep], d_hat[:, keep], mean_only=mean_only)
-        else:  # priors need a spread across features; with eb=False they are only reported
-            nan = np.full(m, np.nan)
-            pri = eb.Priors(nan, nan.copy(), nan.copy(), nan.copy())
-        if getattr(self, "eb", True):
-            not_converged = []
-            with Progress(m, "empirical Bayes") as bar:
-                for i in (i for i in range(m) if i != ref):
-                    gs, ds, n_iter[i], ok = self._eb_site(g_hat[i, keep], d_hat[i, keep], d_raw[i, keep],
-                                                          counts[i], pri, i)
-                    if not ok:
-                        not_converged.append(self.batches_[i])
-                    g_star[i, keep], d_star[i, keep] = gs, ds
-                    bar.update()
-            if not_converged:
-                warn(
-                    f"parametric EB did not converge within max_iter={self.max_iter} iterations for "
-                    f"batch(es) {not_converged}; the last iterate is used. Raise max_iter or check those sites.",
-                    ConvergenceWarning,
-                )
-        if ref is not None:
-            g_star[ref], d_star[ref] = 0.0, 1.0
-            for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
-                arr[ref] = np.nan  # the reference batch is not adjusted; its priors are meaningless
-        a.update(gamma_star=g_star, delta_star=d_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
-                 a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=n_iter)
+        m = a["gamma_hat"].shape[0]
+        with Progress(m - (ref is not None) if opts.eb else 0, "empirical Bayes") as bar:
+            post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep, ref=ref,
+                                progress=bar.update)
+        if post.not_converged:
+            warn(
+                f"parametric EB did not converge within max_iter={opts.max_iter} iterations for "
+                f"batch(es) {[self.batches_[i] for i in post.not_converged]}; the last iterate is used. Raise "
+                "max_iter or check those sites.",
+                ConvergenceWarning,
+            )
+        pri = post.priors
+        a.update(gamma_star=post.gamma_star, delta_star=post.delta_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
+                 a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=post.n_iter)
         del self._delta_raw
-
-    def _eb_site(self, gi, di, ri, n, pri, i) -> tuple[np.ndarray, np.ndarray, int, bool]:
-        """S7 for one batch (row ``i`` of the priors ``pri``): ``gamma*, delta*, n_iter, converged``."""
-        mean_only = bool(getattr(self, "mean_only", False))
-        if not getattr(self, "parametric", True):
-            gs, ds = eb.eb_nonparametric(gi, di, ri, n)
-            if mean_only:
-                ds = np.ones_like(ds)  # a weighted mean of ones, exactly
-            return gs, ds, 0, True
-        if mean_only:
-            gs, ds = eb.eb_mean_only(gi, n, pri.gamma_bar[i], pri.tau2[i],
-                                     form=getattr(self, "mean_only_form", "sva"))
-            return gs, ds, 0, True
-        return eb.eb_parametric(gi, di, ri, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
-                                pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep: _Prepared) -> np.ndarray:
@@ -589,11 +544,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             return prep.effects
         return self._arr["gamma_star"], self._arr["delta_star"]
 
-    def _standardized(self, prep: _Prepared, rows: np.ndarray) -> np.ndarray:
-        """``z`` of the given rows against the frozen model (features with variance only)."""
+    def _standardized(self, prep: _Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``z`` of the given rows against the frozen model (features with variance only), and the random
+        effects a family with them predicted for those rows (``None`` otherwise)."""
         keep = ~self._arr["constant"]
         D = self._preserved_design(prep)[rows]
-        return (prep.Y[rows][:, keep] - D @ self._preserved_coef(slice(None))[:, keep]) / self._arr["sigma"][keep]
+        z = (prep.Y[rows][:, keep] - D @ self._preserved_coef(slice(None))[:, keep]) / self._arr["sigma"][keep]
+        return z, None
 
     def _estimate_new_sites(self, prep: _Prepared, min_size) -> None:
         """§5.7: location, scale and EB posterior of each unseen batch against the frozen model."""
@@ -612,29 +569,27 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 "of that site, or refit the model with the site included."
             )
         keep = ~a["constant"]
-        mean_only = bool(getattr(self, "mean_only", False))
-        use_eb = bool(getattr(self, "eb", True))
+        opts = self._eb_options()
         p = keep.size
         g_new, d_new = np.zeros((k, p)), np.ones((k, p))
         new_rows = prep.codes >= m
-        Z = self._standardized(prep, new_rows)
+        Z, random = self._standardized(prep, new_rows)
+        if random is not None:
+            prep.new_random = (new_rows, random)
         codes = prep.codes[new_rows] - m
         not_converged = []
         for j in range(k):
-            z = Z[codes == j]
-            gh = z.mean(axis=0)
-            d_raw = z.var(axis=0, ddof=1)
-            dh = np.ones_like(gh) if mean_only else np.where(d_raw == 0, 1.0, d_raw)
-            if use_eb:
-                pri = eb.eb_priors(gh[None], dh[None], mean_only=mean_only)
-                gs, ds, _, ok = self._eb_site(gh, dh, d_raw, float(sizes[j]), pri, 0)
+            gh, dh, d_raw = eb.batch_moments(Z[codes == j], mean_only=opts.mean_only)
+            if opts.eb:  # the priors of one batch: across its own features
+                pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
+                gs, ds, _, ok = eb.site_posterior(gh, dh, d_raw, float(sizes[j]), pri, 0, opts)
                 if not ok:
                     not_converged.append(prep.new_levels[j])
             else:
                 gs, ds = gh, dh
             g_new[j, keep], d_new[j, keep] = gs, ds
         if not_converged:
-            warn(f"parametric EB did not converge within max_iter={self.max_iter} iterations for new "
+            warn(f"parametric EB did not converge within max_iter={opts.max_iter} iterations for new "
                  f"batch(es) {not_converged}; the last iterate is used.", ConvergenceWarning)
         prep.effects = (np.vstack([a["gamma_star"], g_new]), np.vstack([a["delta_star"], d_new]))
 
@@ -643,14 +598,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         Y = prep.Y
         n, p = Y.shape
         g_all, d_all = self._site_effects(prep)
-        m = g_all.shape[0]
         out = np.empty((n, p), order="F")
         D = self._preserved_design(prep)
-        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
-        blocks = list(eb.iter_blocks(p, n))
+        blocks = list(iter_blocks(p, n))
         with Progress(len(blocks), "harmonizing") as bar:
             for blk in blocks:
-                eb.adjust(Y[:, blk], D, self._preserved_coef(blk), onehot, prep.codes, a["sigma"][blk],
+                eb.adjust(Y[:, blk], D, self._preserved_coef(blk), prep.codes, a["sigma"][blk],
                           g_all[:, blk], d_all[:, blk], out=out[:, blk])
                 bar.update()
         return self._keep_unadjusted(out, prep)
@@ -803,7 +756,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         batches = check_levels(state["batches"], "state.batches", "batch names")
         features = check_names(state["feature_names"], "state.feature_names", "feature names")
         n_columns = check_design(state["design"], "state.design")
-        ref, ref_batch = state["ref_index"], getattr(self, "ref_batch", None)
+        ref, ref_batch = state["ref_index"], self._param("ref_batch")
         if ref_batch is None:
             if ref is not None:
                 raise DamagedState("state.ref_index", f"is {describe(ref)} but the ref_batch parameter is null",

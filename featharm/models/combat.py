@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from .._core import eb, ols
+from .._core.blocks import column_variance, iter_blocks
+from .._progress import Progress
+from ..design import batch_indicators
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBat"]
@@ -125,3 +131,32 @@ class ComBat(BaseHarmonizer):
         self.tol = tol
         self.max_iter = max_iter
         self.compat = compat
+
+    def _eb_options(self) -> eb.EBOptions:
+        return self._combat_eb_options()
+
+    def _fit_location(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
+        """S1–S5: one least-squares fit of every feature on ``[B | X]``, the pooled variance and the
+        standardized batch moments (``docs/methods.md`` §1.2). Fills ``self._arr``."""
+        Y = prep.Y
+        n, p = Y.shape
+        m = B.shape[1]
+        W = np.hstack([B, prep.X])
+        qr = ols.GramSolver(W)
+        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
+        coef = qr.solve(Y)  # one GEMM for all features (a long inner dimension wants it whole)
+        ss = np.empty((m, p))
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        batch_fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
+        Xf = np.asfortranarray(prep.X)
+        blocks = list(iter_blocks(p, n))
+        with Progress(len(blocks), "fitting location/scale") as bar:
+            for blk in blocks:
+                ss[:, blk] = ols.batch_residual_ss(Y[:, blk], batch_fit[:, blk], Xf, coef[m:, blk],
+                                                  prep.codes, onehot)
+                bar.update()
+        st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
+                         gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
+        self._delta_raw = st.delta_raw
+        self._mark_constant(np.abs(st.alpha), column_variance(Y))

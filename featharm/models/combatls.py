@@ -7,81 +7,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import eb
+from .._core import eb, ols
+from .._core.location_scale import fit_location_scale
+from .._core.blocks import column_variance, iter_blocks
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
-from ._base import BaseHarmonizer, _column_variance, _Prepared
+from ._base import BaseHarmonizer, _Prepared
 from ._schema import Stored, check_design
 
-__all__ = ["ComBatLS", "fit_location_scale"]
-
-
-def fit_location_scale(Y: np.ndarray, W: np.ndarray, S: np.ndarray, *, tol: float = 1e-8, max_iter: int = 200,
-                       coef: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Maximum-likelihood Gaussian location–scale regression of every column of ``Y`` at once.
-
-    Model, for each feature ``v``: ``y_v ~ N(W b_v, exp(S c_v)^2)`` (identity link for the mean, log link
-    for the SD, as gamlss ``NO()``). The mean and scale designs ``W`` (n × k) and ``S`` (n × r) are shared by
-    all features, so every step is a batched linear algebra call, not a loop over features:
-
-    * mean step: the weighted least squares ``(W' diag(w_v) W) b_v = W' diag(w_v) y_v`` with
-      ``w = 1 / sigma^2``; the p Gram matrices are one product ``w' (W ⊙ W)`` (n × k² row-wise outer
-      products) and the p k × k systems one batched solve;
-    * scale step: a Fisher-scoring step for ``c_v``. The expected information of ``log sigma`` is
-      ``2 S'S`` whatever ``c_v`` is, so the step is ``(2 S'S)^-1 S' (r^2 / sigma^2 - 1)``: one r × r matrix
-      for every feature. A step that lowers a feature's likelihood is halved (up to 30 times).
-
-    Mean and scale are orthogonal in the Gaussian model, so these alternating steps (the RS algorithm of
-    Rigby & Stasinopoulos) converge to the joint maximum. They stop when no feature's deviance
-    ``-2 log L`` changes by more than ``tol``.
-
-    Returns ``(b, c, deviance, n_iter)`` with ``b`` k × p, ``c`` r × p and the deviance per feature.
-    """
-    n, p = Y.shape
-    b = np.linalg.lstsq(W, Y, rcond=None)[0] if coef is None else coef
-    R = Y - W @ b
-    c = np.zeros((S.shape[1], p))
-    c[0] = 0.5 * np.log(np.mean(R * R, axis=0))  # S[:, 0] is the intercept
-    info = 2.0 * (S.T @ S)
-    k = W.shape[1]
-    WW = (W[:, :, None] * W[:, None, :]).reshape(n, k * k)  # row-wise outer products, n × k²
-    lin = S @ c
-
-    def deviance(R, lin):
-        return 2.0 * lin.sum(axis=0) + np.einsum("ij,ij->j", R, R * np.exp(-2.0 * lin)) + n * np.log(2 * np.pi)
-
-    dev = deviance(R, lin)
-    it = 0
-    for it in range(1, max_iter + 1):
-        w = np.exp(-2.0 * lin)
-        G = (w.T @ WW).reshape(p, k, k)  # W' diag(w_v) W of every feature in one GEMM
-        rhs = (W.T @ (w * Y)).T[:, :, None]
-        b = np.linalg.solve(G, rhs)[:, :, 0].T
-        R = Y - W @ b
-        dev_mean = deviance(R, lin)  # the mean step cannot increase the deviance
-        step = np.linalg.solve(info, S.T @ (R * R * w - 1.0))
-        factor = np.ones(p)
-        c_new = c + step
-        lin_new = S @ c_new
-        dev_new = deviance(R, lin_new)
-        for _ in range(30):  # step halving where the Fisher step overshoots
-            worse = dev_new > dev_mean + 1e-12 * np.abs(dev_mean)
-            if not worse.any():
-                break
-            factor[worse] *= 0.5
-            c_new[:, worse] = c[:, worse] + factor[worse] * step[:, worse]
-            lin_new[:, worse] = S @ c_new[:, worse]
-            dev_new[worse] = deviance(R[:, worse], lin_new[:, worse])
-        c, lin = c_new, lin_new
-        change = np.max(np.abs(dev - dev_new))
-        dev = dev_new
-        if change <= tol:
-            break
-    else:
-        it = -max_iter  # signals no convergence
-    return b, c, dev, it
+__all__ = ["ComBatLS"]
 
 
 class ComBatLS(BaseHarmonizer):
@@ -93,7 +29,7 @@ class ComBatLS(BaseHarmonizer):
 
     1. Per feature, the maximum-likelihood location–scale fit of ``y ~ formula + batch`` (batch in the
        mean only) with ``log sigma ~ scale_formula``, computed for all features at once
-       (:func:`fit_location_scale`).
+       (:func:`featharm._core.location_scale.fit_location_scale`).
     2. Pooled predictions: the batch indicators are replaced by the batch shares ``n_i / n`` (or the
        reference batch), giving ``mu~(x) = alpha + x'beta`` and ``sigma~(x)``.
     3. ``z = (y - mu~) / sigma~``, per-site mean ``gamma_hat`` and variance (ddof = 1) ``delta_hat``, and
@@ -185,6 +121,9 @@ class ComBatLS(BaseHarmonizer):
         self.fit_tol = fit_tol
         self.fit_max_iter = fit_max_iter
 
+    def _eb_options(self):
+        return self._combat_eb_options()
+
     def _check_params(self) -> None:
         super()._check_params()  # batch, formula, eb, parametric, mean_only(_form), ref_batch, tol, max_iter
         owner = self._owner()
@@ -227,10 +166,10 @@ class ComBatLS(BaseHarmonizer):
         except ConfoundingError as exc:
             raise ConfoundingError(f"scale_formula {self.scale_formula!r}: {exc}") from None
         W = np.hstack([B, prep.X])
-        qr = eb.QRDesign(W)
+        qr = ols.GramSolver(W)
         onehot = batch_indicators(prep.codes, m)
         batch_rows = batch_indicators(np.arange(m), m, ref)
-        blocks = list(eb.iter_blocks(p, n))  # features are independent: bounded temporaries per block
+        blocks = list(iter_blocks(p, n))  # features are independent: bounded temporaries per block
 
         def pooled_alpha(coef):
             return (counts / counts.sum()) @ (batch_rows @ coef[:m]) if ref is None else coef[ref].copy()
@@ -240,18 +179,18 @@ class ComBatLS(BaseHarmonizer):
         ss_ols = np.empty((m, p))
         for blk in blocks:
             coef[:, blk] = qr.solve(Y[:, blk])
-            ss_ols[:, blk] = eb.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+            ss_ols[:, blk] = ols.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
         alpha = pooled_alpha(coef)
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
-        self._mark_constant(np.abs(alpha), _column_variance(Y))
+        self._mark_constant(np.abs(alpha), column_variance(Y))
         const = self._arr["constant"]
         scale_coef = np.zeros((S.shape[1], p))
         dev = np.full(p, np.nan)
         n_iter, failed = 0, False
         kept = np.flatnonzero(~const)
-        kept_blocks = list(eb.iter_blocks(kept.size, n))
+        kept_blocks = list(iter_blocks(kept.size, n))
         with Progress(len(kept_blocks), "fitting location-scale models") as bar:
             for blk in kept_blocks:
                 cols = kept[blk]
@@ -277,10 +216,7 @@ class ComBatLS(BaseHarmonizer):
             sigma[blk] = np.where(const[blk], sigma[blk], np.exp(lin.mean(axis=0)))
         with np.errstate(divide="ignore", invalid="ignore"):
             d_raw = np.where(counts[:, None] > 1, ss / (counts - 1.0)[:, None], np.nan)
-        if getattr(self, "mean_only", False):
-            d_hat = np.ones_like(g_hat)
-        else:
-            d_hat = np.where(d_raw == 0, 1.0, d_raw)
+        d_hat = eb.delta_from_raw(d_raw, bool(self.mean_only))
         g_hat[:, const], d_hat[:, const], d_raw[:, const] = 0.0, 1.0, 1.0
         self._arr.update(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=g_hat,
                          delta_hat=d_hat, scale_coef=scale_coef, deviance=dev,
@@ -295,11 +231,11 @@ class ComBatLS(BaseHarmonizer):
         sd[:, self._arr["constant"]] = 1.0
         return sd
 
-    def _standardized(self, prep: _Prepared, rows: np.ndarray) -> np.ndarray:
+    def _standardized(self, prep: _Prepared, rows: np.ndarray) -> tuple[np.ndarray, None]:
         keep = ~self._arr["constant"]
         D = self._preserved_design(prep)[rows]
         M = D @ self._preserved_coef(slice(None))
-        return ((prep.Y[rows] - M) / self._row_sd(prep, np.flatnonzero(rows)))[:, keep]
+        return ((prep.Y[rows] - M) / self._row_sd(prep, np.flatnonzero(rows)))[:, keep], None
 
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
@@ -309,7 +245,7 @@ class ComBatLS(BaseHarmonizer):
         D = self._preserved_design(prep)
         S = self._scale_matrix(prep.covariates)
         out = np.empty((n, p), order="F")
-        blocks = list(eb.iter_blocks(p, n))
+        blocks = list(iter_blocks(p, n))
         with Progress(len(blocks), "harmonizing") as bar:
             for blk in blocks:  # y* = sd (z - gamma*) / sqrt(delta*) + M, z = (y - M) / sd
                 M = D @ self._preserved_coef(blk)

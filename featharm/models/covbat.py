@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import eb
+from .._core import blocks, eb
 from .._validation import check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, warn
@@ -203,7 +203,7 @@ class CovBat(ComBat):
         onehot = batch_indicators(prep.codes, m)
         means = ((onehot.T @ A) @ L) / counts[:, None]
         ss = np.zeros((m, K))
-        for rows in eb.iter_blocks(n, pk + K):
+        for rows in blocks.iter_blocks(n, pk + K):
             S = A[rows] @ L
             S -= means[prep.codes[rows]]
             S *= S
@@ -228,10 +228,9 @@ class CovBat(ComBat):
         return prep
 
     def _score_eb_site(self, gh, dh, d_raw, n, pri, i, name):
-        if not self.score_parametric:
-            return eb.eb_nonparametric(gh, dh, d_raw, n)
-        gs, ds, _, ok = eb.eb_parametric(gh, dh, d_raw, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i],
-                                         pri.b_prior[i], tol=self.tol, max_iter=self.max_iter)
+        opts = eb.EBOptions(eb=True, parametric=bool(self.score_parametric), mean_only=False,
+                            tol=float(self.tol), max_iter=int(self.max_iter))
+        gs, ds, _, ok = eb.site_posterior(gh, dh, d_raw, n, pri, i, opts)
         if not ok:
             warn(f"score-step EB did not converge within max_iter={self.max_iter} iterations for batch "
                  f"{name!r}; the last iterate is used.", ConvergenceWarning)
@@ -250,7 +249,7 @@ class CovBat(ComBat):
         D = self._preserved_design(prep)
         coef = self._preserved_coef(slice(None))
         n, p = E.shape
-        for blk in eb.iter_blocks(p, n):
+        for blk in blocks.iter_blocks(p, n):
             E[:, blk] -= D @ coef[:, blk]
         A = E if keep.all() else np.asfortranarray(E[:, keep])
         del E
@@ -258,7 +257,7 @@ class CovBat(ComBat):
         if center is None:
             center, scale = A.mean(axis=0), np.ones(pk)
             if self.std_var:
-                for blk in eb.iter_blocks(pk, n):
+                for blk in blocks.iter_blocks(pk, n):
                     scale[blk] = A[:, blk].std(axis=0, ddof=1)
         A -= center
         A /= scale
@@ -290,7 +289,7 @@ class CovBat(ComBat):
         loc = a["score_alpha"] + a["score_sigma"] * g  # batch × K
         inv_sd = 1.0 / np.sqrt(d)
         n, p = out.shape
-        for rows in eb.iter_blocks(n, p + back.shape[0]):
+        for rows in blocks.iter_blocks(n, p + back.shape[0]):
             S = scores(rows)
             b = prep.codes[rows]
             dS = (S - loc[b]) * inv_sd[b]
@@ -309,9 +308,7 @@ class CovBat(ComBat):
         gs, ds = [], []
         for j, name in enumerate(prep.new_levels):
             z = (S_new[codes_new == m + j] - a["score_alpha"]) / a["score_sigma"]
-            gh = z.mean(axis=0)
-            d_raw = z.var(axis=0, ddof=1)
-            dh = np.where(d_raw == 0, 1.0, d_raw)
+            gh, dh, d_raw = eb.batch_moments(z)
             if self.score_eb:
                 pri = eb.eb_priors(gh[None], dh[None])
                 gh, dh = self._score_eb_site(gh, dh, d_raw, float(len(z)), pri, 0, name)

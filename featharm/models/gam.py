@@ -24,29 +24,25 @@ picked per feature from ``logspace(0, 7, 11)`` by 5-fold cross-validation whose 
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.linalg as sla
 
-from .. import eb
+from .._core import eb, ols, penalized
+from .._core.blocks import column_variance, iter_blocks
+from .._core.splines import SplineBasis
 from .._progress import Progress
 from .._validation import check_option, numeric_covariate
 from ..design import CovariateDesign, batch_indicators
 from ..formula import parse_formula, render
-from ..exceptions import ConfoundingError, FormulaError, InputError
-from ..splines import SplineBasis
-from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer, _column_variance
+from ..exceptions import FormulaError, InputError
+from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer
 from ._schema import DamagedState, Stored, check_int, check_keys, describe
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
 
-_NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
-_N_GRID = 121  # log-lambda grid points of the default criterion search
-_BISECTIONS = 60
 # Most basis columns of one smooth term a model file may hold (evaluating the basis builds a square
 # matrix of that size; fits use df - 1 columns, 9 by default).
 _MAX_BASIS_COLUMNS = 1000
@@ -176,6 +172,9 @@ class ComBatGAM(BaseHarmonizer):
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------ parameters
+    def _eb_options(self):
+        return self._combat_eb_options()
+
     def _check_params(self) -> None:
         super()._check_params()  # batch, formula, eb, parametric, mean_only(_form), ref_batch, tol, max_iter, compat
         owner = "ComBatGAM"
@@ -292,19 +291,21 @@ class ComBatGAM(BaseHarmonizer):
         X = prep.X
         q = X.shape[1]
         if self.compat == "neuroHarmonize":
-            coef, lam = _fit_kfold_neuroharmonize(Y, np.hstack([B, X]), Z, penalties, int(self.random_state))
+            with Progress(p, "k-fold penalty search (neuroHarmonize)") as bar:
+                coef, lam = penalized.fit_kfold_neuroharmonize(Y, np.hstack([B, X]), Z, penalties,
+                                                               int(self.random_state), progress=bar.update)
             edf = np.full(p, np.nan)
         else:
-            coef, lam, edf = _fit_penalized(Y, np.hstack([B, X]), Z, penalties, self._bases, terms,
-                                            method=self.method, shared=bool(self.shared_smoothing),
-                                            batch_name=str(self.batch))
+            coef, lam, edf = penalized.fit_penalized(Y, np.hstack([B, X]), Z, penalties, terms,
+                                                     method=self.method, shared=bool(self.shared_smoothing),
+                                                     batch_name=str(self.batch), linear_rtol=LINEAR_FEATURE_RTOL)
         W = np.asfortranarray(np.hstack([B, X, Z]))
         onehot = np.asfortranarray(batch_indicators(prep.codes, m))
         ss = np.empty((m, p))
-        blocks = list(eb.iter_blocks(p, n))
+        blocks = list(iter_blocks(p, n))
         with Progress(len(blocks), "fitting location/scale") as bar:
             for blk in blocks:
-                ss[:, blk] = eb.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
+                ss[:, blk] = ols.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
                 bar.update()
         batch_rows = batch_indicators(np.arange(m), m, ref)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
@@ -312,7 +313,7 @@ class ComBatGAM(BaseHarmonizer):
                          spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
                          smoothing=lam, edf=edf)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha), _column_variance(Y))
+        self._mark_constant(np.abs(st.alpha), column_variance(Y))
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep) -> np.ndarray:
@@ -413,195 +414,6 @@ def _check_basis(b, entry: str) -> str:
     if not (number_list(r) and len(r) == 2 and all(np.isfinite(r)) and r[0] <= r[1]):
         raise DamagedState(f"{entry}.data_range", f"is {describe(r)}", "[min, max] of the training values")
     return b["name"]
-
-
-# ================================================================================== default fit
-def _penalty_reparam(Z: np.ndarray, penalties, bases, terms):
-    """Split the spline block into unpenalized (null-space) and unit-penalty directions.
-
-    Returns ``Z_null`` (n × k0), ``Z_pen`` (n × r) and the map ``T`` (K × (k0 + r)) with
-    ``theta_spline = T @ [theta_null; b]``.
-    """
-    K = Z.shape[1]
-    sizes = [P.shape[0] for P in penalties]
-    starts = np.cumsum([0] + sizes)
-    null_cols, pen_cols = [], []
-    for j, P in enumerate(penalties):
-        Zj = Z[:, starts[j]:starts[j + 1]]
-        # put the terms on a comparable scale (only matters with several smooth terms)
-        scale = np.linalg.norm(Zj.T @ Zj) / np.linalg.norm(P) if len(penalties) > 1 else 1.0
-        s, U = np.linalg.eigh(P * scale)
-        tol = 1e-9 * s.max()
-        for col, sv in zip(U.T, s):
-            full = np.zeros(K)
-            full[starts[j]:starts[j + 1]] = col
-            if sv <= tol:
-                null_cols.append(full)
-            else:
-                pen_cols.append(full / np.sqrt(sv))
-    T0 = np.array(null_cols).T.reshape(K, -1)
-    Tp = np.array(pen_cols).T.reshape(K, -1)
-    return Z @ T0, Z @ Tp, T0, Tp
-
-
-def _criterion(lam, d2, c2, r_perp, n, ku, method):
-    """REML or GCV at smoothing ``lam`` (broadcast: lam (..., p), d2 (r, 1), c2 (r, p), r_perp (p,))."""
-    w = lam / (d2 + lam)  # shrinkage of each direction, (r, p) or (g, r, p)
-    if method == "GCV":
-        rss = r_perp + np.sum(w * w * c2, axis=-2)
-        edf = ku + np.sum(1.0 - w, axis=-2)
-        return np.log(rss) - 2.0 * np.log(np.maximum(n - edf, 1e-12))  # log GCV (up to log n)
-    quad = r_perp + np.sum(w * c2, axis=-2)
-    logdet = np.sum(np.log1p(d2 / lam), axis=-2)
-    return logdet + (n - ku) * np.log(quad)  # -2 restricted log-likelihood, sigma^2 profiled out
-
-
-def _criterion_slope(lam, d2, c2, r_perp, n, ku, method):
-    """Derivative of :func:`_criterion` with respect to ``log lambda`` (same broadcasting)."""
-    w = lam / (d2 + lam)
-    dw = w * (1.0 - w)  # d w / d log(lambda)
-    if method == "GCV":
-        rss = r_perp + np.sum(w * w * c2, axis=-2)
-        edf = ku + np.sum(1.0 - w, axis=-2)
-        return np.sum(2.0 * w * dw * c2, axis=-2) / rss - 2.0 * np.sum(dw, axis=-2) / np.maximum(n - edf, 1e-12)
-    quad = r_perp + np.sum(w * c2, axis=-2)
-    return -np.sum(1.0 - w, axis=-2) + (n - ku) * np.sum(dw * c2, axis=-2) / quad
-
-
-def _select_lambda(d2, c2, r_perp, n, ku, method, shared, use=None):
-    """Minimize the criterion over log lambda for every feature, vectorized over features.
-
-    A grid over log lambda locates the global minimum; the root of the criterion's derivative between
-    the neighbouring grid points is then found by bisection (60 halvings). Working on the derivative,
-    not on the flat criterion itself, pins lambda down to rounding, so the result does not depend on the
-    row order or the scale of a feature. ``shared``: one lambda minimizing the criterion summed over the
-    features in ``use`` (default all).
-    """
-    if use is None or not use.any():
-        use = np.ones(c2.shape[1], dtype=bool)
-    lo = np.log(max(d2.min(), 1e-300)) - 12.0
-    hi = np.log(d2.max()) + 12.0
-    grid = np.linspace(lo, hi, _N_GRID)
-    d2c = d2[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):  # features with no residual give -inf/nan
-        crit = np.stack([_criterion(np.exp(g), d2c, c2, r_perp, n, ku, method) for g in grid])  # (G, p)
-    crit = np.where(np.isnan(crit), np.inf, crit)
-    if shared:
-        crit = crit[:, use].sum(axis=1, keepdims=True)
-    best = np.argmin(crit, axis=0)
-    a = grid[np.maximum(best - 1, 0)]
-    b = grid[np.minimum(best + 1, _N_GRID - 1)]
-
-    def slope(rho):  # rho: (p,), or (1,) when shared
-        with np.errstate(divide="ignore", invalid="ignore"):
-            val = _criterion_slope(np.exp(rho)[None, :], d2c, c2, r_perp, n, ku, method)
-        return val[..., use].sum(keepdims=True) if shared else val
-
-    bracketed = (slope(a) < 0) & (slope(b) > 0)
-    for _ in range(_BISECTIONS):
-        mid = 0.5 * (a + b)
-        up = slope(mid) > 0
-        b = np.where(up, mid, b)
-        a = np.where(up, a, mid)
-    rho = np.where(bracketed, 0.5 * (a + b), grid[best])
-    return np.broadcast_to(np.exp(rho), (c2.shape[1],)).copy()
-
-
-def _fit_penalized(Y, Wfix, Z, penalties, bases, terms, *, method, shared, batch_name):
-    """Penalized least squares of every feature with its own smoothing parameter (see module docstring).
-
-    Returns the coefficients on ``[Wfix | Z]`` ((k + K) × p), the smoothing parameters and the effective
-    degrees of freedom of the smooth part.
-    """
-    n, p = Y.shape
-    Z0, Zp, T0, Tp = _penalty_reparam(Z, penalties, bases, terms)
-    Wu = np.hstack([Wfix, Z0])
-    Q, R = np.linalg.qr(Wu, mode="reduced")
-    diag = np.abs(np.diag(R))
-    if diag.size and diag.min() <= 1e-9 * diag.max():
-        raise ConfoundingError(
-            f"the linear trend of smooth term(s) {terms} is confounded with {batch_name!r} and the linear "
-            f"covariates (e.g. the covariate is constant within each {batch_name}); its effect cannot be told "
-            "apart from the site effects. Drop it or model it differently."
-        )
-    ku = Wu.shape[1]
-    Zt = Zp - Q @ (Q.T @ Zp)
-    U, d, Vt = np.linalg.svd(Zt, full_matrices=False)
-    keep = d > 1e-10 * max(d.max(), 1e-300)
-    U, d, Vt = U[:, keep], d[keep], Vt[keep]
-    d2 = d * d
-    # c = U' (I - H_u) y = U' y (U is orthogonal to the span of W_u); r_perp = ||(I - H_u) y||^2 - ||c||^2
-    QtY = Q.T @ Y
-    c = U.T @ Y
-    r_perp = np.empty(p)
-    for blk in eb.iter_blocks(p, n):
-        Rb = Y[:, blk] - Q @ QtY[:, blk]
-        r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
-    r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
-    c2 = c * c
-    use = None
-    if shared:  # features the spline and covariates fit exactly (constant, a covariate passed again) have a
-        # degenerate criterion (log of rounding) that would pick everyone's lambda: left out of the sum
-        # (the tests of BaseHarmonizer._mark_constant, on the residual of the unpenalized fit)
-        resid = r_perp / n
-        use = (resid > LINEAR_FEATURE_RTOL * _column_variance(Y)) & (resid > (1e-11 * Y.mean(axis=0)) ** 2)
-    lam = _select_lambda(d2, c2, r_perp, n, ku, method, shared, use)
-    shrink = d[:, None] / (d2[:, None] + lam[None, :])  # (r, p)
-    b = Vt.T @ (shrink * c)  # coefficients on Zp
-    theta_u = sla.solve_triangular(R, QtY - (Q.T @ Zp) @ b, check_finite=False)
-    k = Wfix.shape[1]
-    spline = T0 @ theta_u[k:] + Tp @ b
-    edf = Z0.shape[1] + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
-    return np.vstack([theta_u[:k], spline]), lam, edf
-
-
-# ================================================================================== neuroHarmonize
-def _fit_kfold_neuroharmonize(Y, Wlin, Z, penalties, seed):
-    """neuroHarmonize 2.5's per-feature fit: alpha by seeded 5-fold CV, then the penalized fit.
-
-    statsmodels' GLMGam (Gaussian, identity) solves ``(W'W + 2 S_alpha) theta = W'y`` with
-    ``S_alpha = blockdiag(0, alpha_j S_j)``; ``select_penweight_kfold`` evaluates every grid point with
-    a fresh shuffle of the rows from the shared generator, cost ``||y - y_hat|| / n_test`` averaged over
-    folds, and the first minimum wins. Returns the coefficients and ``2 alpha`` (the penalty weight).
-    """
-    n, p = Y.shape
-    W = np.hstack([Wlin, Z])
-    k = W.shape[1]
-    kl = Wlin.shape[1]
-    sizes = [P.shape[0] for P in penalties]
-    starts = np.cumsum([kl] + sizes)
-    grid = list(itertools.product(*[_NH_ALPHAS] * len(penalties)))
-    S_grid = []
-    for alphas in grid:
-        S = np.zeros((k, k))
-        for j, (a, P) in enumerate(zip(alphas, penalties)):
-            S[starts[j]:starts[j + 1], starts[j]:starts[j + 1]] = 2.0 * a * P
-        S_grid.append(S)
-    G = W.T @ W
-    WY = W.T @ Y
-    rng = np.random.default_rng(seed)
-    coef = np.empty((k, p))
-    lam = np.empty(p)
-    with Progress(p, "k-fold penalty search (neuroHarmonize)") as bar:
-        for v in range(p):
-            y = Y[:, v]
-            errs = np.empty(len(grid))
-            for g, S in enumerate(S_grid):
-                index = np.arange(n)
-                rng.shuffle(index)
-                fold_err = []
-                for fold in np.array_split(index, 5):
-                    Wf = W[fold]
-                    Gt = G - Wf.T @ Wf
-                    rhs = WY[:, v] - Wf.T @ y[fold]
-                    theta = np.linalg.solve(Gt + S, rhs)
-                    fold_err.append(np.linalg.norm(y[fold] - Wf @ theta) / len(fold))
-                errs[g] = np.array(fold_err).mean()
-            best = int(np.argmin(errs))
-            coef[:, v] = np.linalg.solve(G + S_grid[best], WY[:, v])
-            lam[v] = 2.0 * grid[best][0]
-            bar.update()
-    return coef, lam
 
 
 def from_neuroharmonize(model: dict, *, feature_names=None, batch: str = "SITE") -> ComBatGAM:

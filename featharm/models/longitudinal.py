@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import eb
+from .._core import eb
+from .._core.blocks import column_variance
 from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
 from ..design import _clean_formula, _formula_variables, batch_indicators
 from ..exceptions import (
@@ -17,7 +18,7 @@ from ..exceptions import (
     warn,
 )
 from ..mixed import fit_random_intercept, fit_random_slope
-from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer, _column_variance
+from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
 from ._schema import DamagedState, Stored, check_levels
 
 __all__ = ["LongComBat"]
@@ -273,13 +274,13 @@ class LongComBat(BaseHarmonizer):
         gamma_hat = (onehot.T @ R) / counts[:, None]
         R -= gamma_hat[prep.codes]
         delta_raw = (onehot.T @ (R * R)) / (counts - 1.0)[:, None]
-        delta_hat = np.where(delta_raw == 0, 1.0, delta_raw)
+        delta_hat = eb.delta_from_raw(delta_raw)
         self._arr.update(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=gamma_hat,
                          delta_hat=delta_hat, batch_effect=batch_effect, residual_var=fit.sigma2,
                          ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
                          loglik=fit.loglik, singular=fit.boundary.astype(np.float64))
         self._delta_raw = delta_raw
-        self._mark_constant(np.abs(alpha), _column_variance(Y))
+        self._mark_constant(np.abs(alpha), column_variance(Y))
         sing = fit.boundary & ~self._arr["constant"]
         if sing.any():
             names = list(self.feature_names_in_[sing])
@@ -295,7 +296,7 @@ class LongComBat(BaseHarmonizer):
         """Each row's subject random effect (0 for subjects not seen at fit, or with "marginal").
 
         ``rows`` (a boolean mask) restricts it to those rows. Rows of batches unseen at fit whose random
-        effects were predicted by :meth:`_standardized` (``prep.extra``) get those predictions.
+        effects were predicted by :meth:`_standardized` (``prep.new_random``) get those predictions.
         """
         cov = prep.covariates if rows is None else prep.covariates.iloc[np.flatnonzero(rows)]
         n, p = len(cov), prep.Y.shape[1]
@@ -310,12 +311,12 @@ class LongComBat(BaseHarmonizer):
             U = u[:, 0, :] + t[:, None] * u[:, 1, :]
         else:
             U = u[:, 0, :]
-        if rows is None and "new_site_random" in prep.extra:
-            new_rows, U_new = prep.extra["new_site_random"]
+        if rows is None and prep.new_random is not None:
+            new_rows, U_new = prep.new_random
             U[new_rows] = U_new
         return U
 
-    def _standardized(self, prep, rows) -> np.ndarray:
+    def _standardized(self, prep, rows) -> tuple[np.ndarray, np.ndarray]:
         """``z`` of the rows of batches unseen at fit (``docs/methods.md`` §5.7 with the mixed model).
 
         ``z = (y - alpha - x'beta - u_s) / sigma`` with the frozen fixed effects and ``sigma``. A subject
@@ -323,7 +324,8 @@ class LongComBat(BaseHarmonizer):
         from their scans at the new batches, jointly with one intercept per new batch, by generalized
         least squares / BLUP under the frozen variance components (residual variance, random-effect
         covariance): the mixed-model equations of the fit, restricted to the new rows with ``beta`` fixed.
-        They are kept in ``prep.extra`` so that :meth:`_harmonize` adds them back.
+        They are returned with ``z`` (the base keeps them in ``prep.new_random``) so that :meth:`_harmonize`
+        adds them back.
         """
         a = self._arr
         keep = ~a["constant"]
@@ -344,15 +346,12 @@ class LongComBat(BaseHarmonizer):
                 U[unknown] = U_new
                 R[unknown] -= U_new
         U[:, ~keep] = 0.0
-        prep.extra["new_site_random"] = (rows, U)
-        return R[:, keep] / a["sigma"][keep]
+        return R[:, keep] / a["sigma"][keep], U
 
-    def _eb_site(self, gi, di, ri, n, pri, i):
-        """longCombat's fixed-iteration Jacobi EB (§3 step 6), for the fitted batches (through
-        ``BaseHarmonizer._fit_eb``, whose priors are ComBat's S6) and for new batches (§5.7)."""
-        gs, ds = eb.eb_jacobi(gi, di, ri, n, pri.gamma_bar[i], pri.tau2[i], pri.a_prior[i], pri.b_prior[i],
-                              n_iter=self.n_iter)
-        return gs, ds, int(self.n_iter), True
+    def _eb_options(self) -> eb.EBOptions:
+        """longCombat's EB: parametric, a fixed number of Jacobi updates (§3 step 6), for the fitted
+        batches and for new ones (§5.7)."""
+        return eb.EBOptions(eb=bool(self.eb), parametric=True, mean_only=False, jacobi_iter=int(self.n_iter))
 
     def _harmonize(self, prep) -> np.ndarray:
         U = self._random_part(prep)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import BSpline
 
-from .exceptions import InputError, OutOfRangeError
+from ..exceptions import InputError, OutOfRangeError
 
-__all__ = ["SplineBasis", "block_penalty"]
+__all__ = ["SplineBasis"]
 
 
 def _quantile_knots(x: np.ndarray, n_inner: int) -> np.ndarray:
@@ -162,8 +162,3 @@ class SplineBasis:
     def __repr__(self) -> str:
         lo, hi = self.bounds
         return f"SplineBasis({self.name!r}, degree={self.degree}, columns={self.n_columns}, bounds=[{lo:g}, {hi:g}])"
-
-
-def block_penalty(bases) -> list[np.ndarray]:
-    """The penalty of each basis (one block per smooth term)."""
-    return [b.penalty() for b in bases]

@@ -1,9 +1,9 @@
-"""The numerical core of the ComBat family, written once (``docs/methods.md`` §1.2, S1–S8).
+"""ComBat's empirical-Bayes core, written once (``docs/methods.md`` §1.2, S2–S8).
 
-Every function works on plain float64 arrays laid out samples × features. The data-touching steps
-(:func:`location_fit`, :func:`residual_ss`, :func:`adjust`) take a *block* of features, so a caller can
-stream a wide table block by block (and an out-of-core engine can reuse them unchanged); everything else
-works on the small batch × feature summaries. Model families (ComBat, ComBat-GAM, ComBatLS, CovBat ...)
+Every function works on plain float64 arrays laid out samples × features. The data-touching step
+(:func:`adjust`) takes a *block* of features, so a caller can stream a wide table block by block (and an
+out-of-core engine can reuse it unchanged); everything else works on the small batch × feature
+summaries (S1, the least squares, is :mod:`featharm._core.ols`). Model families (ComBat, ComBat-GAM, ComBatLS, CovBat ...)
 differ only in how they get the location/scale of each feature and reuse these functions for the rest.
 
 Notation: ``n`` rows, ``p`` features, ``m`` batches, ``codes`` the batch index (0..m-1) of every row,
@@ -15,15 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg as sla
 from scipy.linalg.blas import dgemm
 
 __all__ = [
     "Priors",
-    "QRDesign",
-    "location_fit",
-    "residual_ss",
-    "batch_residual_ss",
+    "Standardization",
+    "EBOptions",
+    "posterior",
+    "site_posterior",
+    "delta_from_raw",
     "standardized_moments",
     "eb_priors",
     "eb_parametric",
@@ -31,82 +31,7 @@ __all__ = [
     "eb_mean_only",
     "eb_nonparametric",
     "adjust",
-    "iter_blocks",
 ]
-
-
-def iter_blocks(p: int, n: int, target_bytes: int = 8 * 2**20):
-    """Yield feature slices so that an ``n × block`` float64 array stays near ``target_bytes``."""
-    size = max(1, min(p, target_bytes // max(1, 8 * n)))
-    for start in range(0, p, size):
-        yield slice(start, min(p, start + size))
-
-
-class QRDesign:
-    """The least-squares solver of the design ``W``, computed once for all feature blocks.
-
-    ``coef = (W'W)^-1 W' Y``: the normal equations, solved by a Cholesky factorization of the small
-    ``k × k`` Gram matrix, exactly as sva and neuroCombat compute S1 (``solve(crossprod(design), ...)``).
-    Only BLAS-3 products touch the ``n × k`` design (a tall LAPACK QR is slow for small ``k`` when BLAS
-    threads compete). The caller has checked that ``W`` has full column rank and is not nearly
-    confounded (:func:`featharm.design.check_full_rank`); should the Gram matrix still not be positive
-    definite, a pseudo-inverse (SVD) is used instead. (The name is historical.)
-    """
-
-    def __init__(self, W: np.ndarray):
-        self.W = np.asfortranarray(W, dtype=np.float64)
-        G = self.W.T @ self.W
-        try:
-            c = sla.cho_factor(G, lower=False, check_finite=False)
-            P = sla.cho_solve(c, self.W.T, check_finite=False)
-            ok = np.isfinite(P).all()
-        except np.linalg.LinAlgError:
-            ok = False
-        if not ok:
-            P = np.linalg.pinv(self.W)
-        self.P = np.ascontiguousarray(P)  # k × n: coef = P Y, one GEMM per block
-
-    def solve(self, Y: np.ndarray) -> np.ndarray:
-        """Least-squares coefficients (k × b) of every column of ``Y`` (n × b) on ``W``: S1."""
-        return self.P @ Y
-
-
-def location_fit(qr: QRDesign, Y: np.ndarray) -> np.ndarray:
-    """S1: joint OLS of each feature on batch indicators and covariates (coefficients k × b)."""
-    return qr.solve(Y)
-
-
-def _sub_gemm(A: np.ndarray, C: np.ndarray, out: np.ndarray, sign: float) -> None:
-    """``out += sign * A @ C`` in place (``out`` Fortran-ordered), without an n × b temporary."""
-    if A.shape[1] == 0:
-        return
-    res = dgemm(sign, A, C, 1.0, out, overwrite_c=True)
-    if res is not out and not np.shares_memory(res, out):  # pragma: no cover - BLAS copied
-        out[...] = res
-
-
-def residual_ss(Y: np.ndarray, W: np.ndarray, coef: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    """Sum of squared residuals of ``Y - W @ coef`` within each batch (m × b); ``onehot`` is n × m."""
-    R = np.array(Y, dtype=np.float64, order="F", copy=True)
-    _sub_gemm(W, coef, R, -1.0)
-    np.square(R, out=R)
-    return dgemm(1.0, onehot, R, trans_a=1)
-
-
-def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_x: np.ndarray,
-                      codes: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    """:func:`residual_ss` for a design ``[B | X]`` whose batch part is gathered, not multiplied.
-
-    ``batch_fit`` (m × b) is the fitted value of the batch columns for a row of each batch
-    (``batch_rows @ coef[:m]``), ``X`` (n × q) the covariate block and ``coef_x`` (q × b) its coefficients.
-    The fitted values are ``batch_fit[codes] + X @ coef_x``: a gather and a thin GEMM instead of a GEMM
-    with all ``m + q`` columns.
-    """
-    R = np.take(np.ascontiguousarray(batch_fit.T), codes, axis=1).T  # n × b, Fortran order like Y
-    np.subtract(Y, R, out=R)
-    _sub_gemm(np.asfortranarray(X), coef_x, R, -1.0)
-    np.square(R, out=R)
-    return dgemm(1.0, onehot, R, trans_a=1)
 
 
 @dataclass
@@ -143,11 +68,22 @@ def standardized_moments(coef: np.ndarray, ss: np.ndarray, counts: np.ndarray, b
         gamma_hat = (batch_rows @ beta_b - alpha) / sigma  # S5
         denom = (counts - 1.0)[:, None] * var[None, :]
         delta_raw = np.where(counts[:, None] > 1, ss / denom, np.nan)
+    return Standardization(alpha, sigma, gamma_hat, delta_from_raw(delta_raw, mean_only), delta_raw)
+
+
+def delta_from_raw(delta_raw: np.ndarray, mean_only: bool = False) -> np.ndarray:
+    """S5's ``delta_hat`` from the batch variances of ``z``: zeros become 1 (sva/neuroCombat's
+    ``convert_zeroes``), and all ones in mean-only mode."""
     if mean_only:
-        delta_hat = np.ones_like(gamma_hat)
-    else:
-        delta_hat = np.where(delta_raw == 0, 1.0, delta_raw)  # sva/neuroCombat convert_zeroes
-    return Standardization(alpha, sigma, gamma_hat, delta_hat, delta_raw)
+        return np.ones_like(delta_raw)
+    return np.where(delta_raw == 0, 1.0, delta_raw)
+
+
+def batch_moments(Z: np.ndarray, mean_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S5 for the rows ``Z`` (n × b) of one batch: ``gamma_hat``, ``delta_hat``, ``delta_raw`` (ddof 1)."""
+    gamma_hat = Z.mean(axis=0)
+    delta_raw = Z.var(axis=0, ddof=1)
+    return gamma_hat, delta_from_raw(delta_raw, mean_only), delta_raw
 
 
 @dataclass
@@ -273,15 +209,13 @@ def eb_nonparametric(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np
     return g_star, d_star
 
 
-def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, onehot: np.ndarray, codes: np.ndarray,
-           sigma: np.ndarray, gamma_star: np.ndarray, delta_star: np.ndarray,
-           out: np.ndarray | None = None) -> np.ndarray:
+def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, codes: np.ndarray, sigma: np.ndarray,
+           gamma_star: np.ndarray, delta_star: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """S8 for a block: ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + M`` with ``z = (y - M) / sigma``.
 
     The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM) is
     given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
-    ``codes`` the batch of every row (``onehot``, the n × m indicators, is accepted for compatibility and
-    not needed: the per-batch terms are gathered by ``codes``, not multiplied). Computed as
+    ``codes`` the batch of every row (the per-batch terms are gathered by ``codes``, not multiplied). Computed as
     ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in place in ``out``, with one
     GEMM (for ``M``) and block-sized temporaries.
     """
@@ -299,3 +233,89 @@ def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, onehot: np.ndarray, c
     if M is not None:
         out += M
     return out
+
+
+# ---------------------------------------------------------------------------------------- the EB driver
+@dataclass(frozen=True)
+class EBOptions:
+    """How a family estimates the site effects from ``gamma_hat``/``delta_hat`` (S6–S7).
+
+    Every family states all of them (``BaseHarmonizer._eb_options``); nothing is read from an estimator
+    with a default here.
+    """
+
+    eb: bool = True  # False: gamma* = gamma_hat, delta* = delta_hat (priors still reported)
+    parametric: bool = True  # False: non-parametric EB (S7″)
+    mean_only: bool = False  # location only: delta* = 1 (S7′)
+    mean_only_form: str = "sva"  # "sva" (n = 1, as sva/neuroCombat) or "n" (the batch size)
+    tol: float = 1e-4  # parametric: largest relative change at convergence
+    max_iter: int = 1000
+    jacobi_iter: int | None = None  # longCombat: this many Jacobi updates, no convergence test (§3 step 6)
+
+
+def site_posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n: float,
+                   priors: Priors, i: int, opts: EBOptions) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """S7 for batch ``i`` (its row of ``priors``): ``gamma*``, ``delta*``, iterations, converged."""
+    if opts.jacobi_iter is not None:
+        gs, ds = eb_jacobi(gamma_hat, delta_hat, delta_raw, n, priors.gamma_bar[i], priors.tau2[i],
+                           priors.a_prior[i], priors.b_prior[i], n_iter=opts.jacobi_iter)
+        return gs, ds, int(opts.jacobi_iter), True
+    if not opts.parametric:
+        gs, ds = eb_nonparametric(gamma_hat, delta_hat, delta_raw, n)
+        if opts.mean_only:
+            ds = np.ones_like(ds)  # a weighted mean of ones, exactly
+        return gs, ds, 0, True
+    if opts.mean_only:
+        gs, ds = eb_mean_only(gamma_hat, n, priors.gamma_bar[i], priors.tau2[i], form=opts.mean_only_form)
+        return gs, ds, 0, True
+    return eb_parametric(gamma_hat, delta_hat, delta_raw, n, priors.gamma_bar[i], priors.tau2[i],
+                         priors.a_prior[i], priors.b_prior[i], tol=opts.tol, max_iter=opts.max_iter)
+
+
+@dataclass
+class Posterior:
+    """S6–S7 for every batch: the site effects, the priors, and how the iterations went."""
+
+    gamma_star: np.ndarray  # (m, p)
+    delta_star: np.ndarray  # (m, p)
+    priors: Priors
+    n_iter: np.ndarray  # (m,)
+    not_converged: list  # batch indices whose parametric iterations hit max_iter
+
+
+def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, counts: np.ndarray,
+              opts: EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
+              progress=None) -> Posterior:
+    """S6–S7 over all batches: priors from the features in ``keep`` (default all; at least 2 needed for
+    priors, else they are NaN), then each batch's posterior (or the raw estimates with ``opts.eb`` off).
+
+    Features outside ``keep`` keep ``gamma_hat``/``delta_hat``; the reference batch ``ref`` gets
+    ``gamma* = 0``, ``delta* = 1`` and NaN priors (it is not adjusted). ``progress`` (optional) is called
+    once per batch.
+    """
+    m, p = gamma_hat.shape
+    keep = np.ones(p, dtype=bool) if keep is None else keep
+    g_star, d_star = gamma_hat.copy(), delta_hat.copy()
+    n_iter = np.zeros(m)
+    not_converged = []
+    if keep.sum() >= 2:
+        pri = eb_priors(gamma_hat[:, keep], delta_hat[:, keep], mean_only=opts.mean_only)
+    else:  # priors need a spread across features; with eb off they are only reported
+        nan = np.full(m, np.nan)
+        pri = Priors(nan, nan.copy(), nan.copy(), nan.copy())
+    if opts.eb:
+        for i in range(m):
+            if i == ref:
+                continue
+            gs, ds, n_iter[i], ok = site_posterior(gamma_hat[i, keep], delta_hat[i, keep], delta_raw[i, keep],
+                                                   float(counts[i]), pri, i, opts)
+            if not ok:
+                not_converged.append(i)
+            g_star[i, keep], d_star[i, keep] = gs, ds
+            if progress is not None:
+                progress()
+    if ref is not None:
+        g_star[ref], d_star[ref] = 0.0, 1.0
+        for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
+            arr[ref] = np.nan  # the reference batch is not adjusted; its priors are meaningless
+    return Posterior(g_star, d_star, pri, n_iter, not_converged)

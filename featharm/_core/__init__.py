@@ -1,0 +1,15 @@
+"""featharm's numerical core: arrays in, arrays out; no pandas, no estimators, no files.
+
+Each piece of the maths is written once here and used by the model families above it:
+
+* :mod:`.eb`: ComBat's steps S2–S8 (standardized moments, the empirical-Bayes priors and posteriors, one
+  driver over batches, the adjustment), ``docs/methods.md`` §1.2;
+* :mod:`.ols`: the least-squares solver of a design and the within-batch residual sums of squares (S1);
+* :mod:`.splines`: B-spline bases frozen at fit and their roughness penalties;
+* :mod:`.penalized`: penalized regression with a smoothing parameter per feature (REML/GCV), §2;
+* :mod:`.location_scale`: the Gaussian location–scale fit of ComBatLS, §5.1;
+* :mod:`.blocks`: feature blocks of bounded memory, and per-feature variances computed through them.
+
+Everything works on float64 arrays laid out samples × features, vectorized across features, so an
+out-of-core or distributed engine can call the same functions on a block of features.
+"""
