@@ -54,7 +54,7 @@ class Option:
     methods: tuple = ()  # () = every method
     switch: Any = None  # a switch (no value): the parameter's value when the option is given
     columns: Callable | None = None
-    argparse: dict = field(default_factory=dict)
+    argparse_kw: dict = field(default_factory=dict)
 
     @property
     def dest(self) -> str:
@@ -70,39 +70,39 @@ class Option:
         if self.switch is not None:
             group.add_argument(self.flag, action="store_const", const=True, default=None, help=self.help)
         else:
-            group.add_argument(self.flag, default=None, help=self.help, **self.argparse)
+            group.add_argument(self.flag, default=None, help=self.help, **self.argparse_kw)
 
 
-_LINEAR = ("combat", "combatls", "covbat", "gam")  # the methods with ComBat's location/scale step
+_COMBAT_EB = ("combat", "combatls", "covbat", "gam")  # built on ComBat's step: reference batch, EB variants
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--batch", "batch", "batch (site/scanner) column", argparse=dict(metavar="COL", required=True)),
-    Option("--formula", "formula", 'covariates to preserve, e.g. "age + sex"', argparse=dict(metavar="RHS")),
+    Option("--batch", "batch", "batch (site/scanner) column", argparse_kw=dict(metavar="COL", required=True)),
+    Option("--formula", "formula", 'covariates to preserve, e.g. "age + sex"', argparse_kw=dict(metavar="RHS")),
     Option("--no-eb", "eb", "no empirical Bayes shrinkage", switch=False),
-    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged", _LINEAR,
-           argparse=dict(metavar="LEVEL")),
-    Option("--nonparametric", "parametric", "non-parametric empirical Bayes", _LINEAR, switch=False),
-    Option("--mean-only", "mean_only", "adjust location only", _LINEAR, switch=True),
+    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged", _COMBAT_EB,
+           argparse_kw=dict(metavar="LEVEL")),
+    Option("--nonparametric", "parametric", "non-parametric empirical Bayes", _COMBAT_EB, switch=False),
+    Option("--mean-only", "mean_only", "adjust location only", _COMBAT_EB, switch=True),
     Option("--subject", "subject", "subject id column (random effect)", ("longitudinal",),
-           columns=lambda v: [v], argparse=dict(metavar="COL")),
+           columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
     Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal",),
-           columns=lambda v: [v], argparse=dict(metavar="COL")),
+           columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
     Option("--random-slope", "random_slope", "random slope on --time as well as a random intercept",
            ("longitudinal",), switch=True),
     Option("--standardize", "standardize", "residual standardization (default reml = longCombat)",
-           ("longitudinal",), argparse=dict(choices=["reml", "msr", "marginal"])),
+           ("longitudinal",), argparse_kw=dict(choices=["reml", "msr", "marginal"])),
     Option("--smooth", "smooth", "covariate column(s) with smooth (spline) effects, e.g. age", ("gam",),
-           columns=list, argparse=dict(nargs="+", metavar="COL")),
+           columns=list, argparse_kw=dict(nargs="+", metavar="COL")),
     Option("--smooth-method", "method", "criterion for the smoothing parameter (default REML)", ("gam",),
-           argparse=dict(choices=["REML", "GCV"])),
+           argparse_kw=dict(choices=["REML", "GCV"])),
     Option("--shared-smoothing", "shared_smoothing", "one smoothing parameter for all features", ("gam",),
            switch=True),
     Option("--percent-var", "percent_var", "harmonize the principal components explaining more than this "
-           "share of the residual variance (default 0.95)", ("covbat",), argparse=dict(type=float, metavar="P")),
+           "share of the residual variance (default 0.95)", ("covbat",), argparse_kw=dict(type=float, metavar="P")),
     Option("--n-components", "n_components", "harmonize exactly K principal components (overrides "
-           "--percent-var)", ("covbat",), argparse=dict(type=int, metavar="K")),
+           "--percent-var)", ("covbat",), argparse_kw=dict(type=int, metavar="K")),
     Option("--scale-formula", "scale_formula", 'covariates of the log-SD, e.g. "age + sex" (default: constant '
-           "SD)", ("combatls",), columns=_columns_of_formula, argparse=dict(metavar="RHS")),
+           "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
 )
 
 
