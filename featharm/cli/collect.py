@@ -1,17 +1,12 @@
-"""``featharm collect``: SUBJECTS_DIR(s) -> one feature table that ``featharm harmonize`` reads directly.
-
-Registered by :func:`featharm.cli.build_parser` through :func:`add_collect_parser`.
-"""
+"""``featharm collect``: SUBJECTS_DIR(s) -> one feature table that ``featharm harmonize`` reads directly."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .exceptions import InputError
 
-
-def add_collect_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser(
         "collect", help="collect FreeSurfer stats of a SUBJECTS_DIR into one table",
         description="Read the stats files of every subject in SUBJECTS_DIR (cross-sectional and TP.long.BASE "
@@ -53,9 +48,10 @@ def add_collect_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_collect(args) -> int:
-    from ._staging import Output
-    from .cli import _stage
-    from .io.tables import table_bytes
+    from .._staging import Output
+    from ..exceptions import InputError
+    from ..io.tables import table_bytes
+    from ._common import stage
 
     if args.covariates and args.bids:
         raise InputError("give --covariates or --bids, not both.")
@@ -63,7 +59,7 @@ def cmd_collect(args) -> int:
     if args.bids:
         bids = Path(args.bids)
         inputs += [("--bids", p) for p in [bids / "participants.tsv", *bids.glob("sub-*/sub-*_sessions.tsv")]]
-    with _stage(args, [Output("table", "--out", args.out)], inputs) as staged:  # written at the end, or not
+    with stage(args, [Output("table", "--out", args.out)], inputs) as staged:  # written at the end, or not
         df, info, join, notes = _collect(args)
         out = df.reset_index()
         staged.write("table", table_bytes(out, args.out, index=False))
@@ -74,8 +70,8 @@ def cmd_collect(args) -> int:
 
 def _collect(args):
     """The collected table of ``featharm collect`` (with what the summary reports)."""
-    from .io.covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
-    from .io.freesurfer import collect_subjects
+    from ..io.covariates import join_covariates, read_bids_participants, read_bids_sessions, read_covariates
+    from ..io.freesurfer import collect_subjects
 
     df = collect_subjects(args.subjects_dir, args.measures, hemis=args.hemis, runs=args.runs,
                           on_missing=args.on_missing, normalize_names=args.normalize_names,

@@ -1,0 +1,7 @@
+"""``python -m featharm.cli ...``: the ``featharm`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

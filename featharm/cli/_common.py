@@ -1,0 +1,273 @@
+"""What the commands share: reading DATA (and its covariates), finding the feature columns, writing OUT,
+staging the outputs, and the options of several commands.
+
+Importing this module loads nothing but the standard library: ``featharm --help`` parses the arguments
+through it, and pandas, the models and the rest load only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+KB, MB = 1024, 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------- options
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--covariates, --id, --out and --quiet of ``harmonize`` and ``apply``."""
+    p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
+    p.add_argument("--id", metavar="COL", help="id column (joins DATA and --covariates; kept in OUT)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output table (format from the extension)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def report_inputs(args) -> dict:
+    """The input files of the command, as the report's provenance lists them."""
+    names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
+    return {label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}
+
+
+def report_parameters(args) -> dict:
+    """The options given on the command line, as the report's provenance lists them."""
+    return {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
+            if k not in ("func", "command") and v not in (None, False)}
+
+
+# --------------------------------------------------------------------------------------------- inputs
+_UNNAMED = re.compile(r"Unnamed: \d+")
+
+
+def load_inputs(args):
+    """DATA (and optional covariate FILE) -> (data table, covariates aligned to it)."""
+    import pandas as pd
+
+    from ..exceptions import InputError
+    from ..io import read_table
+
+    data = read_table(args.data, index_col=args.id)
+    if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
+        from ..io.tables import table_format
+
+        first = 1 if table_format(args.data) == "parquet" else 2
+        data.index = pd.RangeIndex(first, first + len(data))
+    if args.covariates:
+        if not args.id:
+            raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
+        cov = read_table(args.covariates, index_col=args.id)
+        data, cov = same_id_type(data, cov)
+        missing = data.index.difference(cov.index, sort=False)
+        if len(missing):
+            raise InputError(
+                f"{len(missing)} id(s) of {args.data} are not in {args.covariates}: "
+                f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
+            )
+        cov = cov.loc[data.index]
+    else:
+        cov = data
+    return data, cov
+
+
+def same_id_type(a: pd.DataFrame, b: pd.DataFrame):
+    """Two tables indexed by id, with ids of one type (a Parquet file's integers match a CSV's text)."""
+    if a.index.dtype != b.index.dtype:
+        a, b = a.set_axis(a.index.astype(str)), b.set_axis(b.index.astype(str))
+    return a, b
+
+
+def check_batch(cov: pd.DataFrame, batch: str) -> None:
+    """The batch column must be in the covariates."""
+    if batch not in cov.columns:
+        from .._validation import show_columns
+        from ..exceptions import ColumnNotFoundError
+
+        raise ColumnNotFoundError(f"no batch column {batch!r}; columns present: {show_columns(cov.columns)}.")
+
+
+def formula_columns(formula, cov: pd.DataFrame) -> list:
+    """The covariate columns a ``--formula`` uses (they are not features)."""
+    from ..design import _clean_formula, _formula_variables
+
+    f = _clean_formula(formula)
+    return _formula_variables(f, cov.columns)[0] if f else []
+
+
+def check_model_features(args, data: pd.DataFrame, feats) -> None:
+    """DATA must hold every feature column the model was fitted on."""
+    missing = [c for c in feats if c not in data.columns]
+    if missing:
+        from ..exceptions import ColumnNotFoundError
+
+        raise ColumnNotFoundError(
+            f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}."
+        )
+
+
+_FEATURES_FIX = ("Fix those cells in the file (featharm does not guess numbers), or leave the column out of "
+                 "the features by naming them with --features PATTERN.")
+
+
+def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
+    """The feature columns: those matching ``--features`` globs, else every other numeric column.
+
+    A column is judged by what most of its values are: a column of numbers spoiled by a few text cells
+    (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
+    left out of the features; a genuine text column (site names, sex) is not a feature.
+    """
+    import pandas as pd
+
+    from .._validation import show_columns
+    from ..exceptions import ColumnNotFoundError, InputError
+
+    exclude = {str(c) for c in exclude if c is not None}
+    if patterns:
+        cols = [c for c in data.columns if any(fnmatch.fnmatchcase(str(c), p) for p in patterns)]
+        if not cols:
+            raise ColumnNotFoundError(f"no column matches --features {list(dict.fromkeys(patterns))}; columns: "
+                                      f"{show_columns(data.columns)}")
+        cols = [c for c in cols if str(c) not in exclude]
+        check_feature_values(data, cols, f"matched by --features {patterns}", _FEATURES_FIX,
+                             text_fix="Choose patterns that match only the feature columns.")
+    else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
+        cols, text = [], []
+        for c in data.columns:
+            if str(c) in exclude or _UNNAMED.fullmatch(str(c)):
+                continue
+            s = data[c]
+            if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+                cols.append(c)
+                continue
+            check_feature_values(data, [c], "", _FEATURES_FIX)
+            text.append(c)
+        if not cols:
+            raise InputError("no numeric feature columns found"
+                             + (f" (text columns: {show_columns(text, 6)})" if text else "")
+                             + "; name the feature columns with --features PATTERN.")
+    return cols
+
+
+def check_feature_values(data: pd.DataFrame, cols, how: str, fix: str, *, text_fix: str | None = None) -> None:
+    """Refuse feature columns ``cols`` that are not numbers, naming the cells (rows as in the file).
+
+    A numeric column spoiled by a few text cells is refused, ending with ``fix``; a column of text,
+    true/false values or nothing at all is refused ending with ``text_fix`` (``None``: it is let through,
+    not being a feature: auto-detection).
+    """
+    import pandas as pd
+
+    from .._validation import numbers_with_text, numbers_with_text_error, show_cells
+    from ..exceptions import NonNumericFeatureError
+
+    for c in cols:
+        s = data[c]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            continue
+        bad = numbers_with_text(s)
+        if bad is not None:
+            raise numbers_with_text_error(s, c, bad, fix=fix)
+        if text_fix is None:
+            continue
+        what = f"feature column {c!r}" + (f" ({how})" if how else "")
+        present = s.notna().to_numpy()
+        if pd.api.types.is_bool_dtype(s) or not present.any():
+            raise NonNumericFeatureError(f"{what} {'holds true/false values' if present.any() else 'is empty'}, "
+                                         f"not numbers. {text_fix}")
+        raise NonNumericFeatureError(f"{what} holds text, not numbers: {show_cells(s, present, 3)}. {text_fix}")
+
+
+def read_harmonized(args, data: pd.DataFrame, feats: list):
+    """The ``--harmonized`` table's feature columns, rows matched to DATA (by ``--id`` or by position)."""
+    if not args.harmonized:
+        return None
+    from ..exceptions import ColumnNotFoundError, InputError
+    from ..io import read_table
+
+    hdata = read_table(args.harmonized, index_col=args.id)
+    if args.id:
+        data, hdata = same_id_type(data, hdata)
+    lacking = [c for c in feats if c not in hdata.columns]
+    if lacking:
+        raise ColumnNotFoundError(f"{args.harmonized} lacks the feature column(s) {lacking[:5]}"
+                                  f"{' ...' if len(lacking) > 5 else ''}.")
+    if args.id:
+        absent = data.index.difference(hdata.index, sort=False)
+        if len(absent):
+            raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+                             f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
+        return hdata.loc[data.index, feats]
+    if len(hdata) != len(data):
+        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+                         "pass --id COL to match them by id.")
+    return hdata[feats].set_axis(data.index, axis=0)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+_INPUTS = (("data", "DATA"), ("covariates", "--covariates"), ("model", "--model"), ("harmonized", "--harmonized"))
+
+
+def _inputs(args) -> list:
+    """(label, path) of every input file of the command (none of them may be an output)."""
+    found = []
+    for attr, label in _INPUTS:
+        path = getattr(args, attr, None)
+        if path:  # `featharm apply MODEL DATA`: the model is a positional argument
+            found.append(("MODEL" if attr == "model" and args.command == "apply" else label, path))
+    return found
+
+
+def file_size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except (OSError, TypeError):
+        return 0
+
+
+def stage(args, outputs, inputs=None):
+    """Check every output (format from the extension, distinct files, not an input, writable folder,
+    free space) and stage them (see featharm._staging): written all together at the end of the block,
+    or not at all."""
+    from .._staging import staged_outputs
+    from ..exceptions import InputError
+    from ..io.tables import table_format
+
+    for o in outputs:
+        if not o.path or Path(o.path).is_dir():  # a directory: check_outputs says so
+            continue
+        if o.key == "table":
+            table_format(o.path)
+        elif o.key == "report" and Path(o.path).suffix.lower() not in (".html", ".htm"):
+            raise InputError(f"{o.option} {o.path}: the report is an HTML file; give it a .html name.")
+    return staged_outputs(outputs, _inputs(args) if inputs is None else inputs)
+
+
+def output_table(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None) -> bytes:
+    """The bytes of OUT: DATA with the harmonized columns replaced; the other columns of a CSV/TSV
+    ``source`` are copied as text, exactly as written (``007``, ``NA``, ``1`` stay so)."""
+    import pandas as pd
+
+    from ..io.tables import read_text_columns, table_bytes
+
+    changed = set(harmonized.columns)
+    keep = [j for j, c in enumerate(data.columns) if c not in changed]
+    text = read_text_columns(source, keep) if source is not None and keep else None
+    if text is not None and text.shape == (len(data), len(keep)):
+        text_cols = iter(text.columns)
+        result = pd.DataFrame({c: harmonized[c].to_numpy() if c in changed else text[next(text_cols)].to_numpy()
+                               for c in data.columns}, columns=data.columns)
+        header = text.attrs.get("header")
+        if header is not None and len(header) == len(keep):  # an empty header cell stays empty
+            names = dict(zip(keep, header))
+            result.columns = [names.get(j, c) for j, c in enumerate(data.columns)]
+    else:
+        result = data.copy()
+        for c in harmonized.columns:
+            result[c] = harmonized[c].to_numpy()
+    return table_bytes(result, out, index=False)

@@ -1,0 +1,59 @@
+"""``featharm apply``: harmonize DATA with a model saved by ``featharm harmonize --save-model``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_data_options
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    a = sub.add_parser("apply", help="apply a saved model to new subjects",
+                       description="Harmonize DATA with a model saved by 'featharm harmonize --save-model'.")
+    a.add_argument("model", metavar="MODEL", help="model file")
+    a.add_argument("data", metavar="DATA", help="table with the model's features and covariates")
+    a.add_argument("--new-sites", choices=["error", "estimate"], default="error",
+                   help="sites not seen at fit: 'error' (default) or 'estimate' their effects against the "
+                        "frozen model (each needs --min-new-site-size subjects)")
+    a.add_argument("--min-new-site-size", type=int, default=5, metavar="N",
+                   help="with --new-sites estimate: fewest subjects of a new site (default 5)")
+    a.add_argument("--extrapolate", choices=["linear"],
+                   help="GAM models: continue smooth curves linearly beyond the fitted covariate range "
+                        "(default: such rows are an error)")
+    add_data_options(a)
+    a.set_defaults(func=cmd_apply)
+    return a
+
+
+def cmd_apply(args) -> int:
+    from .._staging import Output
+    from ..persistence import load_model
+    from ._common import file_size, output_table, stage
+
+    with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
+        Xh, data, feats, model = _apply(args, load_model(args.model))
+        staged.write("table", output_table(data, Xh, args.out, source=args.data))
+    if not args.quiet:
+        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
+    return 0
+
+
+def _apply(args, model):
+    """The harmonized features of DATA (and DATA, the feature names, the model) for ``featharm apply``."""
+    from ..exceptions import InputError
+    from ._common import check_feature_values, check_model_features, load_inputs
+
+    if getattr(args, "extrapolate", None):
+        if "extrapolate" not in model.get_params():
+            raise InputError(f"--extrapolate applies to models with smooth terms; {args.model} holds a "
+                             f"{type(model).__name__}.")
+        model.set_params(extrapolate=args.extrapolate)
+    data, cov = load_inputs(args)
+    feats = list(model.feature_names_in_)
+    check_model_features(args, data, feats)
+    fix = "Fix those cells in the file: the model needs every feature it was fitted on."
+    check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
+    kw = {}
+    if args.new_sites == "estimate":  # every family estimates new sites against its frozen model
+        kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
+    return model.transform(data[feats], cov, **kw), data, feats, model
