@@ -361,7 +361,7 @@ def _apply(args, model):
 
 def cmd_demo(args) -> int:
     from .datasets import ixi_feature_columns, load_ixi
-    from .diagnostics import site_anova
+    from .diagnostics import test_site_effects
     from ._staging import Output
     from .datasets import ixi_path
     from .io.tables import table_bytes
@@ -384,8 +384,8 @@ def cmd_demo(args) -> int:
         staged.write("model", model_bytes(model))
         report = model.report(X, data, X_harmonized=Xh, inputs={"IXI table": ixi_path()})
         staged.write("report", report.html.encode("utf-8"))
-        before = site_anova(X, data, batch="site", formula="age + sex")
-        after = site_anova(Xh, data, batch="site", formula="age + sex")
+        before = test_site_effects(X, data, batch="site", formula="age + sex", tests="anova")
+        after = test_site_effects(Xh, data, batch="site", formula="age + sex", tests="anova")
     alpha = 0.05 / len(feats)
     counts = model.batch_sizes_.astype(int)
     lines = [

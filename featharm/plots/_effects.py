@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..diagnostics.preservation import lin_ccc as lins_ccc
 from ..exceptions import ColumnNotFoundError, InputError
 from ._common import (
     covariate_column,
@@ -206,19 +207,6 @@ def pvalues_before_after(before, after, *, p="p_unc"):
 
 
 # ------------------------------------------------------------------------------------------ preservation
-def lins_ccc(a, b) -> float:
-    """Lin's concordance correlation coefficient of two vectors."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size < 2:
-        return float("nan")
-    va, vb = a.var(), b.var()
-    cov = np.mean((a - a.mean()) * (b - b.mean()))
-    den = va + vb + (a.mean() - b.mean()) ** 2
-    return float(2 * cov / den) if den > 0 else float("nan")
-
-
 def preservation_scatter(table, *, term=None, before="effect_before", after="effect_after", ax=None,
                          title=None):
     """Effect size of a covariate before against after harmonization, one point per feature.
