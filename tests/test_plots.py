@@ -160,11 +160,12 @@ def test_site_effect_heatmap_values(data):
     ax = plots.site_effect_heatmap(X, cov, formula=None, ax=_ax())
     img = ax.images[0].get_array()
     levels, site = _codes(cov)
-    # without covariates: (site mean - grand mean) / SD of the within-site residuals
+    # without covariates: (site mean - grand mean) / SD of the within-site residuals (n - 1, the definition
+    # of featharm.diagnostics.site_effect_sizes, which the heatmap draws)
     centred = X - X.mean()
     means = centred.groupby(site).mean().loc[levels]
     within = X - X.groupby(site).transform("mean")
-    expected = means / within.std(ddof=0)
+    expected = means / within.std(ddof=1)
     assert np.allclose(img, expected.to_numpy())
     lo, hi = ax.images[0].get_clim()
     assert lo == -hi and hi == pytest.approx(np.abs(expected.to_numpy()).max())
