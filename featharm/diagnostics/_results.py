@@ -50,6 +50,27 @@ def format_number(x) -> str:
     return str(x)
 
 
+def effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
+    """A tidy per-site table (``site``, ``feature``, ``value``; one data set) as a site × feature DataFrame,
+    sites and features in table order."""
+    from ..exceptions import ColumnNotFoundError
+
+    for col in ("site", "feature", value):
+        if col not in table.columns:
+            raise ColumnNotFoundError(
+                f"the site-effect table has no column {col!r}; expected the tidy table of "
+                "featharm.diagnostics.site_effect_sizes (columns feature, site, n, shift, log_var_ratio)."
+            )
+    sites = list(dict.fromkeys(table["site"].astype(str)))
+    feats = list(dict.fromkeys(table["feature"].astype(str)))
+    z = table.assign(site=table["site"].astype(str), feature=table["feature"].astype(str)) \
+        .set_index(["site", "feature"])[value].unstack("feature")
+    z = z.reindex(index=sites, columns=feats).astype(float)
+    z.index.name = index_name if index_name is not None else "site"
+    z.columns.name = "feature"
+    return z
+
+
 def _median(s: pd.Series) -> float:
     return float(np.nanmedian(s)) if s.notna().any() else float("nan")
 
@@ -169,10 +190,18 @@ class DiagnosticsResult(Mapping):
                          "median_effect_size": _median(t["effect_size"])})
         return pd.DataFrame(rows)
 
+    def site_effect_matrix(self, data: str = "raw", value: str = "shift") -> pd.DataFrame:
+        """The ``site_effect_sizes`` table of one data set as a site × feature DataFrame: ``value="shift"``
+        (the standardized site effect, ``(mean_i r_add - mean r_add) / sd(r_full)``, SD with n - 1) or
+        ``"log_var_ratio"``."""
+        t = self["site_effect_sizes"]
+        if data not in self.data:
+            raise KeyError(f"no data set {data!r}; data sets: {list(self.data)}.")
+        return effect_matrix(t[t["data"] == data], value, index_name=self.batch)
+
     def mean_abs_site_effect(self, data: str = "raw") -> float:
-        """Mean over sites and features of ``|shift|``, the standardized site effect of ``site_effect_sizes``."""
-        t = self._tables["site_effect_sizes"]
-        return float(np.nanmean(t.loc[t["data"] == data, "shift"].abs().to_numpy()))
+        """Mean over sites and features of ``|shift|``, the standardized site effect (NaN cells left out)."""
+        return float(np.nanmean(np.abs(self.site_effect_matrix(data).to_numpy())))
 
     def summary(self, alpha: float = 0.05) -> str:
         """A short text: the inputs, and per data set the features with a site effect (BH-FDR ``alpha``) in

@@ -93,20 +93,9 @@ def standardized_site_effects(inp: Inputs, formula: str | None) -> pd.DataFrame:
 
 def site_effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
     """A tidy per-site table (``site``, ``feature``, ``value``) as a site × feature DataFrame, in table order."""
-    for col in ("site", "feature", value):
-        if col not in table.columns:
-            raise ColumnNotFoundError(
-                f"the site-effect table has no column {col!r}; expected the tidy table of "
-                "featharm.diagnostics.site_effect_sizes (columns feature, site, n, shift, log_var_ratio)."
-            )
-    sites = list(dict.fromkeys(table["site"].astype(str)))
-    feats = list(dict.fromkeys(table["feature"].astype(str)))
-    z = table.assign(site=table["site"].astype(str), feature=table["feature"].astype(str)) \
-        .set_index(["site", "feature"])[value].unstack("feature")
-    z = z.reindex(index=sites, columns=feats).astype(float)
-    z.index.name = index_name if index_name is not None else "site"
-    z.columns.name = "feature"
-    return z
+    from ..diagnostics._results import effect_matrix
+
+    return effect_matrix(table, value, index_name)
 
 
 def check_features_arg(features, owner: str) -> list:
