@@ -271,3 +271,21 @@ def test_feature_names_are_drawn_literally(sim):
     svg = buf.getvalue()
     assert "$x^2$" in svg  # shown as typed, not typeset as mathtext
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in svg and "<script>" not in svg
+
+
+def test_effect_size_heatmap_from_a_diagnose_table(data):
+    X, Xh, cov, _ = data
+    res = fh.diagnostics.diagnose(X, cov, formula="age + sex", X_harmonized=Xh, n_permutations=0,
+                                  multivariate=False, classification=False)
+    table = res["site_effect_sizes"]
+    with pytest.raises(InputError, match="several data sets"):
+        plots.effect_size_heatmap(table, ax=_ax())
+    with pytest.raises(InputError, match="no data set 'after'"):
+        plots.effect_size_heatmap(table, data="after", ax=_ax())
+    ax = plots.effect_size_heatmap(table, data="harmonized", value="log_var_ratio", ax=_ax())
+    np.testing.assert_array_equal(ax.images[0].get_array(), res.site_effect_matrix("harmonized", "log_var_ratio"))
+    with pytest.raises(ColumnNotFoundError, match="'shift'"):
+        plots.effect_size_heatmap(table.drop(columns="shift"), data="raw", ax=_ax())
+    # the data-based heatmap draws the same numbers as the table
+    ax = plots.site_effect_heatmap(X, cov, formula="age + sex", ax=_ax())
+    np.testing.assert_allclose(ax.images[0].get_array(), res.site_effect_matrix("raw"), rtol=1e-12)
