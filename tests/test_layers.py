@@ -79,7 +79,7 @@ def test_batch_lrt_and_the_diagnostics_share_one_lrt(monkeypatch):
 
     codes = pd.factorize(C.site, sort=True)[0]
     _, Xc = CovariateDesign.fit("age + sex + time", C, exclude=("site",))
-    chi2, df, p = fh.mixed.site_lrt(X.to_numpy(float), batch_indicators(codes, 4), Xc,
+    chi2, df, _ = fh.mixed.site_lrt(X.to_numpy(float), batch_indicators(codes, 4), Xc,
                                     pd.factorize(C.subject_id.astype(str), sort=True)[0])
     assert df == 3
     np.testing.assert_array_equal(chi2, lrt["statistic"].to_numpy())

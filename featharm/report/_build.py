@@ -134,7 +134,7 @@ class Figures:
     def __init__(self, figure_format: str):
         self.format = figure_format
 
-    def add(self, section: "Section", fig, title: str, caption: str, alt: str) -> None:
+    def add(self, section: Section, fig, title: str, caption: str, alt: str) -> None:
         section.figures.append({"title": title, "uri": figure_uri(fig, self.format), "caption": caption, "alt": alt})
 
 
