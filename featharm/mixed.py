@@ -19,7 +19,7 @@ covariance; :func:`fit_random_slope` profiles the same likelihood (Woodbury form
 subjects) and optimizes it feature by feature with L-BFGS-B: correct but slower (about 40 ms per
 feature for 1,000 subjects).
 
-:func:`batch_lrt` is a per-feature likelihood-ratio test of the batch effect between ML fits with and
+:func:`batch_lrt` (arrays: :func:`site_lrt`) is a per-feature likelihood-ratio test of the batch effect between ML fits with and
 without batch (chi-square with ``m - 1`` df). It is **not** the Kenward-Roger F test of R's pbkrtest
 (used by longCombat's ``addTest``), which has no Python implementation: the LRT is anti-conservative in
 small samples.
@@ -36,7 +36,7 @@ from scipy.linalg import solve_triangular
 
 from .exceptions import ConvergenceWarning, InputError, warn
 
-__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "batch_lrt"]
+__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "site_lrt", "batch_lrt"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 _GRID = np.arange(-12.0, 12.0001, 0.5)  # log(lam) grid: lam from 6e-6 to 1.6e5
@@ -385,13 +385,93 @@ def fit_random_slope(Y, X, groups, time, *, reml: bool = True) -> MixedFit:
 
 
 # --------------------------------------------------------------------------------------------- LRT
+def site_lrt(Y, B, Xc, groups, *, time=None, random_slope: bool = False):
+    """Likelihood-ratio test of the batch effect for every column of ``Y`` (arrays only, ML fits).
+
+    Fits ``y ~ B + Xc + (1 | subject)`` and ``y ~ 1 + Xc + (1 | subject)`` (or ``(1 + time | subject)``
+    with ``random_slope``) by maximum likelihood and returns ``(chi2, df, p)``: ``chi2 = max(0, 2 (loglik_full
+    - loglik_reduced))`` per feature, ``df = m - 1`` and the upper tail of chi-square. The one
+    implementation behind :func:`batch_lrt` and ``featharm.diagnostics`` (test ``lmm_lrt``).
+
+    Parameters
+    ----------
+    Y : ndarray (n, p)
+        Responses, one feature per column.
+    B : ndarray (n, m)
+        Batch indicators (one column per batch).
+    Xc : ndarray (n, q)
+        Covariate columns (no intercept).
+    groups : array-like (n,)
+        Subject of each row.
+    time : ndarray (n,), optional
+        Time of each row (``random_slope`` only).
+    """
+    n = B.shape[0]
+    W_full = np.hstack([B, Xc])
+    W_red = np.hstack([np.ones((n, 1)), Xc])
+    if random_slope:
+        ll1 = fit_random_slope(Y, W_full, groups, time, reml=False).loglik
+        ll0 = fit_random_slope(Y, W_red, groups, time, reml=False).loglik
+    else:
+        ll1 = fit_random_intercept(Y, W_full, groups, reml=False).loglik
+        ll0 = fit_random_intercept(Y, W_red, groups, reml=False).loglik
+    chi2 = np.maximum(2.0 * (ll1 - ll0), 0.0)
+    df = B.shape[1] - 1
+    return chi2, df, stats.chi2.sf(chi2, df)
+
+
+def _check_lrt_params(batch, subject, formula, time, random_slope) -> None:
+    from .design import _clean_formula, _formula_variables
+    from .exceptions import FormulaError
+
+    owner = "batch_lrt"
+    if isinstance(batch, bool) or not isinstance(batch, (str, int, np.integer)):
+        raise InputError(f"The 'batch' parameter of {owner} must be the name of the batch (site/scanner) column "
+                         f"of the covariates. Got {batch!r} instead.")
+    if not isinstance(subject, str):
+        raise InputError(f"The 'subject' parameter of {owner} must be a column name. Got {subject!r}.")
+    if time is not None and not isinstance(time, str):
+        raise InputError(f"The 'time' parameter of {owner} must be a column name or None. Got {time!r}.")
+    if random_slope not in (True, False):
+        raise InputError(f"The 'random_slope' parameter of {owner} must be True or False. Got {random_slope!r}.")
+    if random_slope and time is None:
+        raise InputError(f"random_slope=True needs the time column: pass time=<column> to {owner}.")
+    if formula is not None and not isinstance(formula, str):
+        raise FormulaError(f"The 'formula' parameter of {owner} must be a string such as 'age + sex' or None. "
+                           f"Got {formula!r} instead.")
+    f = _clean_formula(formula)
+    if f:
+        used = _formula_variables(f, [subject, batch])[0]
+        for col in (subject, batch):
+            if col in used:
+                raise FormulaError(
+                    f"formula {formula!r} uses {col!r}; the subject enters as a random effect and the batch is "
+                    "tested separately. Remove it from the formula."
+                )
+
+
+def _exact_rescale(Y: np.ndarray) -> np.ndarray:
+    """``Y`` with each feature beyond ``2^±64`` multiplied by a power of two (exact), as the models do.
+
+    The test statistic does not depend on the units; the rescaling keeps sums of squares of features such
+    as 1e300 or 1e-300 finite and normal.
+    """
+    big = np.abs(Y).max(axis=0)
+    e = np.frexp(big)[1]
+    outside = (big > 0) & (np.abs(e) > 64)
+    if not outside.any():
+        return Y
+    return Y * np.where(outside, np.ldexp(1.0, np.clip(-e, -1022, 1023)), 1.0)
+
+
 def batch_lrt(X, covariates, *, batch: str = "site", subject: str = "subject", formula: str | None = None,
               time: str | None = None, random_slope: bool = False) -> pd.DataFrame:
     """Per-feature likelihood-ratio test of the batch effect in a linear mixed model (ML fits).
 
     Fits ``y ~ formula + batch + (1 | subject)`` and ``y ~ formula + (1 | subject)`` (or with
     ``(1 + time | subject)``) by maximum likelihood for every feature and compares them:
-    ``statistic = 2 (loglik_full - loglik_reduced)``, chi-square with ``m - 1`` degrees of freedom.
+    ``statistic = 2 (loglik_full - loglik_reduced)``, chi-square with ``m - 1`` degrees of freedom
+    (:func:`site_lrt`, also behind the ``lmm_lrt`` test of :mod:`featharm.diagnostics`).
 
     This is a **likelihood-ratio test**, not the Kenward-Roger F test that R's ``pbkrtest`` (longCombat
     ``addTest``, ComBatFamQC) reports; Kenward-Roger has no Python implementation. The LRT is
@@ -424,36 +504,40 @@ def batch_lrt(X, covariates, *, batch: str = "site", subject: str = "subject", f
     >>> featharm.mixed.batch_lrt(X, cov, batch="site", subject="subject_id",
     ...                          formula="age + sex + time")  # doctest: +SKIP
     """
-    from ._validation import check_batch_sizes
+    from ._validation import (align_covariates, batch_levels, check_batch_labels, check_batch_sizes,
+                              check_features, covariate_column, encode_batches, get_batch, numeric_covariate,
+                              rows_of)
     from .design import CovariateDesign, batch_indicators, check_full_rank
-    from .models.longitudinal import LongComBat
 
-    spec = LongComBat(batch=batch, subject=subject, time=time, formula=formula, random_slope=random_slope)
-    spec._check_params()
-    prep = spec._prepare(X, covariates, fitting=True)
-    levels = prep.levels
+    owner = "batch_lrt"
+    _check_lrt_params(batch, subject, formula, time, random_slope)
+    if covariates is None:
+        raise InputError(f"{owner} needs `covariates`: a DataFrame with the batch column {batch!r}, the subject "
+                         "column (and the formula's columns), aligned with the features by index.")
+    Y, index, columns = check_features(X, owner, index=rows_of(covariates))
+    cov = align_covariates(index, covariates, owner)
+    s = get_batch(cov, batch)
+    levels = batch_levels(s)
+    check_batch_labels(s, levels, batch)
+    codes = encode_batches(s, levels, batch)
     m = len(levels)
-    check_batch_sizes(levels, np.bincount(prep.codes, minlength=m), batch, allow_single=True)
-    _, g = np.unique(spec._subject_series(prep.covariates).astype(str).to_numpy(), return_inverse=True)
-    t = spec._time_values(prep.covariates)
-    design, Xc = CovariateDesign.fit(formula, prep.covariates, exclude=(batch,))
-    B = batch_indicators(prep.codes, m)
+    check_batch_sizes(levels, np.bincount(codes, minlength=m), batch, allow_single=True)
+    subj = covariate_column(cov, subject, "subject", fix="Pass subject=<name of the subject id column>.",
+                            missing_fix="every scan needs a subject id.")
+    _, g = np.unique(subj.astype(str).to_numpy(), return_inverse=True)
+    t = None
+    if time is not None:
+        t = numeric_covariate(cov, time, "time",
+                              fix="Pass time=<numeric column> (e.g. years since baseline) or time=None.",
+                              dtype_fix="e.g. years since baseline")
+    design, Xc = CovariateDesign.fit(formula, cov, exclude=(batch,))
+    B = batch_indicators(codes, m)
     check_full_rank(B, Xc, design.columns, batch_name=str(batch))
-    W_full = np.hstack([B, Xc])
-    W_red = np.hstack([np.ones((len(g), 1)), Xc])
-    Y, feats = prep.Y, prep.columns
-    if random_slope:
-        full = fit_random_slope(Y, W_full, g, t, reml=False)
-        red = fit_random_slope(Y, W_red, g, t, reml=False)
-    else:
-        full = fit_random_intercept(Y, W_full, g, reml=False)
-        red = fit_random_intercept(Y, W_red, g, reml=False)
-    stat = np.maximum(2.0 * (full.loglik - red.loglik), 0.0)
-    df1 = m - 1
+    stat, df1, p = site_lrt(_exact_rescale(Y), B, Xc, g, time=t, random_slope=random_slope)
     return pd.DataFrame({
-        "feature": [str(f) for f in feats],
+        "feature": [str(f) for f in columns],
         "test": "mixed_lrt",
         "statistic": stat,
         "df1": df1,
-        "p_unc": stats.chi2.sf(stat, df1),
+        "p_unc": p,
     })

@@ -272,10 +272,10 @@ def test_docstring_example_by_hand(ixi):
     assert Xh.shape == X.shape and list(hm.batches_) == ["Guys", "HH", "IOP"]
     assert Xh.index.equals(ixi.index) and list(Xh.columns) == fh.datasets.ixi_feature_columns(ixi)
     # site means (adjusted for age and sex) are much closer after harmonization
-    from featharm.diagnostics import site_anova
+    from featharm.diagnostics import test_site_effects
 
-    before = site_anova(X, ixi, batch="site", formula="age + sex")
-    after = site_anova(Xh, ixi, batch="site", formula="age + sex")
+    before = test_site_effects(X, ixi, batch="site", formula="age + sex", tests="anova")
+    after = test_site_effects(Xh, ixi, batch="site", formula="age + sex", tests="anova")
     assert after.effect_size.median() < before.effect_size.median() / 10
 
 

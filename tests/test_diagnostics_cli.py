@@ -9,6 +9,8 @@ import featharm as fh
 from featharm import diagnostics as dg
 from featharm.cli import main
 from featharm.datasets._simulate import make_multisite
+from featharm.diagnostics.suite import TABLES
+from featharm.diagnostics.univariate import COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +31,10 @@ def test_diagnose_writes_tables(files, capsys):
                "--classification-permutations", "2"])
     assert rc == 0
     assert "features with a site effect" in capsys.readouterr().out
-    for name in dg.TABLES:
+    for name in TABLES:
         assert (d / "out" / f"{name}.csv").exists(), name
     se = pd.read_csv(d / "out" / "site_effects.csv")
-    assert list(se.columns) == ["data"] + dg.COLUMNS
+    assert list(se.columns) == ["data"] + COLUMNS
     assert set(se.data) == {"raw", "harmonized"} and set(se.feature) == set(s.X.columns)
     # the harmonized file's rows were reversed: matched by --id, so the table equals the API's
     api = dg.test_site_effects(fh.ComBat(batch="site", formula="age + sex").fit_transform(s.X, s.covariates),

@@ -14,6 +14,11 @@ import featharm as fh
 from featharm import diagnostics as dg
 from featharm.datasets._simulate import make_multisite
 from featharm.diagnostics import multivariate as mv
+from featharm.diagnostics.balance import BALANCE_COLUMNS
+from featharm.diagnostics.multivariate import CLASSIFICATION_COLUMNS, MULTIVARIATE_COLUMNS
+from featharm.diagnostics.preservation import PRESERVATION_COLUMNS, PRESERVATION_SUMMARY_COLUMNS
+from featharm.diagnostics.suite import TABLES
+from featharm.diagnostics.univariate import COLUMNS
 from featharm.exceptions import AlignmentError, CollinearityWarning, InputError
 
 REF = Path(__file__).parent / "reference"
@@ -38,7 +43,7 @@ def test_permanova_equals_gower_matrix_formula(sim):
     IH = np.eye(n) - H
     F = (np.trace(H @ G @ H) / (m - 1)) / (np.trace(IH @ G @ IH) / (n - m))
     t = dg.permanova(sim.X, sim.covariates, batch="site", formula="age + sex", n_permutations=19, random_state=0)
-    assert list(t.columns[:11]) == dg.MULTIVARIATE_COLUMNS
+    assert list(t.columns[:11]) == MULTIVARIATE_COLUMNS
     assert t.statistic[0] == pytest.approx(F, rel=1e-10)
     assert t.effect_size[0] == pytest.approx(np.trace(H @ G @ H) / np.trace(G), rel=1e-10)
     assert t.p_unc[0] == pytest.approx(1 / 20)  # strong planted site effect: no permutation reaches it
@@ -111,7 +116,7 @@ def test_classification_detects_sites_and_is_chance_after_combat():
     # 3 repeats: one 5-fold split alone scatters by ~0.02 around chance
     infold = dg.site_classification(s.X, s.covariates, harmonizer=combat, **{**kw, "n_repeats": 3,
                                                                              "n_permutations": 29}).set_index("metric")
-    assert list(raw.reset_index().columns) == dg.CLASSIFICATION_COLUMNS
+    assert list(raw.reset_index().columns) == CLASSIFICATION_COLUMNS
     assert raw.loc["balanced_accuracy", "value"] > 0.5 and raw.loc["balanced_accuracy", "p_perm"] == 1 / 20
     assert raw.loc["auc_macro_ovr", "value"] > 0.8
     assert abs(infold.loc["balanced_accuracy", "value"] - 0.25) < 0.06
@@ -141,8 +146,8 @@ def test_preservation_matches_statsmodels_and_truth():
                        random_state=3)
     Xh = fh.ComBat(batch="site", formula="age + sex").fit_transform(s.X, s.covariates)
     pres = dg.biology_preservation(s.X, Xh, s.covariates, batch="site", formula="age + sex")
-    assert list(pres.table.columns) == dg.PRESERVATION_COLUMNS
-    assert list(pres.summary.columns) == dg.PRESERVATION_SUMMARY_COLUMNS
+    assert list(pres.table.columns) == PRESERVATION_COLUMNS
+    assert list(pres.summary.columns) == PRESERVATION_SUMMARY_COLUMNS
     f = s.X.columns[3]
     df = s.covariates.assign(y=s.X[f], yh=Xh[f])
     before = smf.ols("y ~ age + sex + C(site)", df).fit()
@@ -186,7 +191,7 @@ def test_balance_tests_and_confounding_warning():
         t = dg.covariate_balance(cov, batch="site", columns=["age", "sex", "dx"])
     msgs = [str(w.message) for w in rec]
     assert len(msgs) == 2 and "'age' is confounded" in msgs[0] and "'dx' is confounded" in msgs[1]
-    assert list(t.columns) == dg.BALANCE_COLUMNS
+    assert list(t.columns) == BALANCE_COLUMNS
     t = t.set_index("covariate")
     assert t.loc["age", "confounded"] and t.loc["dx", "confounded"] and not t.loc["sex", "confounded"]
     assert t.loc["dx", "effect_size"] == pytest.approx(1.0)
@@ -211,11 +216,11 @@ def test_diagnose_tables_and_reproducibility(sim):
               n_repeats=1, random_state=5)
     a = dg.diagnose(sim.X, sim.covariates, **kw)
     b = dg.diagnose(sim.X, sim.covariates, **kw)
-    assert set(a) == set(dg.TABLES)
+    assert set(a) == set(TABLES)
     for k in a:
         pd.testing.assert_frame_equal(a[k], b[k])
     se = a["site_effects"]
-    assert list(se.columns) == ["data"] + dg.COLUMNS
+    assert list(se.columns) == ["data"] + COLUMNS
     raw, harm = se[se.data == "raw"], se[se.data == "harmonized"]
     assert (raw[raw.test == "anova"].p_fdr < 0.05).mean() > 0.9
     assert (harm[harm.test == "anova"].p_fdr < 0.05).mean() == 0

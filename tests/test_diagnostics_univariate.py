@@ -12,6 +12,7 @@ from statsmodels.stats.multitest import multipletests
 
 from featharm import diagnostics as dg
 from featharm.datasets._simulate import make_multisite
+from featharm.diagnostics.univariate import COLUMNS, DEFAULT_TESTS
 from featharm.exceptions import BatchError, ColumnNotFoundError, InputError
 
 
@@ -27,7 +28,7 @@ def table(sim):
 
 
 def test_table_contract(sim, table):
-    assert list(table.columns) == dg.COLUMNS
+    assert list(table.columns) == COLUMNS
     tests = ["anova", "kruskal_wallis", "levene", "brown_forsythe", "bartlett", "fligner_killeen",
              "anderson_darling"]
     assert list(pd.unique(table.test)) == tests
@@ -42,7 +43,7 @@ def test_table_contract(sim, table):
 
 def test_default_tests_have_no_permutation(sim):
     t = dg.test_site_effects(sim.X, sim.covariates, batch="site", formula="age + sex")
-    assert tuple(pd.unique(t.test)) == dg.DEFAULT_TESTS
+    assert tuple(pd.unique(t.test)) == DEFAULT_TESTS
     assert (t.p_method != "permutation").all()
 
 

@@ -160,11 +160,12 @@ def test_site_effect_heatmap_values(data):
     ax = plots.site_effect_heatmap(X, cov, formula=None, ax=_ax())
     img = ax.images[0].get_array()
     levels, site = _codes(cov)
-    # without covariates: (site mean - grand mean) / SD of the within-site residuals
+    # without covariates: (site mean - grand mean) / SD of the within-site residuals (n - 1, the definition
+    # of featharm.diagnostics.site_effect_sizes, which the heatmap draws)
     centred = X - X.mean()
     means = centred.groupby(site).mean().loc[levels]
     within = X - X.groupby(site).transform("mean")
-    expected = means / within.std(ddof=0)
+    expected = means / within.std(ddof=1)
     assert np.allclose(img, expected.to_numpy())
     lo, hi = ax.images[0].get_clim()
     assert lo == -hi and hi == pytest.approx(np.abs(expected.to_numpy()).max())
@@ -270,3 +271,21 @@ def test_feature_names_are_drawn_literally(sim):
     svg = buf.getvalue()
     assert "$x^2$" in svg  # shown as typed, not typeset as mathtext
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in svg and "<script>" not in svg
+
+
+def test_effect_size_heatmap_from_a_diagnose_table(data):
+    X, Xh, cov, _ = data
+    res = fh.diagnostics.diagnose(X, cov, formula="age + sex", X_harmonized=Xh, n_permutations=0,
+                                  multivariate=False, classification=False)
+    table = res["site_effect_sizes"]
+    with pytest.raises(InputError, match="several data sets"):
+        plots.effect_size_heatmap(table, ax=_ax())
+    with pytest.raises(InputError, match="no data set 'after'"):
+        plots.effect_size_heatmap(table, data="after", ax=_ax())
+    ax = plots.effect_size_heatmap(table, data="harmonized", value="log_var_ratio", ax=_ax())
+    np.testing.assert_array_equal(ax.images[0].get_array(), res.site_effect_matrix("harmonized", "log_var_ratio"))
+    with pytest.raises(ColumnNotFoundError, match="'shift'"):
+        plots.effect_size_heatmap(table.drop(columns="shift"), data="raw", ax=_ax())
+    # the data-based heatmap draws the same numbers as the table
+    ax = plots.site_effect_heatmap(X, cov, formula="age + sex", ax=_ax())
+    np.testing.assert_allclose(ax.images[0].get_array(), res.site_effect_matrix("raw"), rtol=1e-12)

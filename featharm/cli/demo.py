@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_demo(args) -> int:
     from .._staging import Output
     from ..datasets import ixi_feature_columns, ixi_path, load_ixi
-    from ..diagnostics import site_anova
+    from ..diagnostics import test_site_effects
     from ..io.tables import table_bytes
     from ..models import ComBat
     from ..persistence import model_bytes
@@ -43,8 +43,8 @@ def cmd_demo(args) -> int:
         staged.write("model", model_bytes(model))
         report = model.report(X, data, X_harmonized=Xh, inputs={"IXI table": ixi_path()})
         staged.write("report", report.html.encode("utf-8"))
-        before = site_anova(X, data, batch="site", formula="age + sex")
-        after = site_anova(Xh, data, batch="site", formula="age + sex")
+        before = test_site_effects(X, data, batch="site", formula="age + sex", tests="anova")
+        after = test_site_effects(Xh, data, batch="site", formula="age + sex", tests="anova")
     alpha = 0.05 / len(feats)
     counts = model.batch_sizes_.astype(int)
     lines = [

@@ -50,28 +50,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_diagnose(args) -> int:
     from .._staging import Output
     from ..diagnostics.suite import TABLES
-    from ..io.tables import table_bytes
     from ._common import stage
 
     out = Path(args.out)
     outputs = [Output(name, "--out", out / f"{name}.csv", size=16 * KB, optional=True) for name in TABLES]
     with stage(args, outputs) as staged:  # the tables appear together at the end, or none
-        tables, feats, data = _diagnose(args)
-        for name, table in tables.items():
-            staged.write(name, table_bytes(table, out / f"{name}.csv", index=False))
+        result, feats, data = _diagnose(args)
+        result.to_dir(out, staged=staged)
     if not args.quiet:
-        se = tables["site_effects"]
-        lines = [f"diagnosed {len(feats)} features of {len(data)} rows; tables -> {out}/"]
-        for label, grp in se.groupby("data", sort=False):
-            counts = grp.assign(sig=grp.p_fdr < 0.05).groupby("test", sort=False).sig.sum()
-            lines.append(f"  {label}: features with a site effect (BH-FDR 0.05): "
-                         + ", ".join(f"{t} {int(k)}/{len(feats)}" for t, k in counts.items()))
-        print("\n".join(lines))
+        print(f"diagnosed {len(feats)} features of {len(data)} rows; tables -> {out}/")
+        print(result.summary())
     return 0
 
 
 def _diagnose(args):
-    """The tables of ``featharm diagnose`` (and the feature names and DATA they cover)."""
+    """The DiagnosticsResult of ``featharm diagnose`` (and the feature names and DATA it covers)."""
     from ..diagnostics import diagnose
     from ..exceptions import ColumnNotFoundError
     from ._common import check_batch, feature_columns, formula_columns, load_inputs, read_harmonized
@@ -95,10 +88,10 @@ def _diagnose(args):
         if Xh is None:
             Xh = fitted.transform(data[list(fitted.feature_names_in_)], cov)[feats]
         harmonizer = clone(fitted)  # unfitted copy, refitted inside every CV training fold
-    tables = diagnose(data[feats], cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
+    result = diagnose(data[feats], cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
                       tests=args.tests, model="lmm" if args.random else "ols", random=args.random,
                       n_permutations=args.n_permutations,
                       classification_permutations=args.classification_permutations,
                       classification=not args.no_classification, n_splits=args.n_splits, harmonizer=harmonizer,
                       random_state=args.seed)
-    return tables, feats, data
+    return result, feats, data

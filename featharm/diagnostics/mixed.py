@@ -1,7 +1,8 @@
 """Random-intercept mixed models for the diagnostics of longitudinal data (ComBatFamQC ``type = "lmer"``).
 
 The fits come from :func:`featharm.mixed.fit_random_intercept` (closed forms per subject block, all
-features at once). Conventions, as ComBatFamQC with ``lmer(y ~ covariates + site + (1 | subject))``:
+features at once) and the site test from :func:`featharm.mixed.site_lrt`, the one implementation also behind
+:func:`featharm.mixed.batch_lrt`. Conventions, as ComBatFamQC with ``lmer(y ~ covariates + site + (1 | subject))``:
 
 * the model is fitted by REML;
 * full residuals are the conditional residuals ``y - X beta - u_subject`` (R ``resid()``);
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .._validation import _show, show_columns
 from ..exceptions import ColumnNotFoundError, InputError, MissingValueError
+from ..mixed import fit_random_intercept, site_lrt
 from ._common import Prepared
 
 __all__ = ["subject_codes", "lmm_residuals", "lmm_site_lrt"]
@@ -43,8 +44,6 @@ def subject_codes(covariates: pd.DataFrame, random: str | None, owner: str) -> n
 
 def lmm_residuals(P: Prepared, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Additive and full (conditional) residuals of the REML random-intercept fit of every feature."""
-    from ..mixed import fit_random_intercept
-
     W1 = np.hstack([P.onehot, P.Xc])
     fit = fit_random_intercept(P.Y, W1, g, reml=True)
     u = fit.random_part(g)
@@ -54,13 +53,6 @@ def lmm_residuals(P: Prepared, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lmm_site_lrt(P: Prepared, g: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """ML likelihood-ratio test of site for every feature: ``(chi2, df, p)``."""
-    from ..mixed import fit_random_intercept
-
-    W1 = np.hstack([P.onehot, P.Xc])
-    W0 = np.hstack([np.ones((P.n, 1)), P.Xc])
-    ll1 = fit_random_intercept(P.Y, W1, g, reml=False).loglik
-    ll0 = fit_random_intercept(P.Y, W0, g, reml=False).loglik
-    chi2 = np.maximum(2.0 * (ll1 - ll0), 0.0)
-    df = P.m - 1
-    return chi2, float(df), stats.chi2.sf(chi2, df)
+    """ML likelihood-ratio test of site for every feature: ``(chi2, df, p)`` (:func:`featharm.mixed.site_lrt`)."""
+    chi2, df, p = site_lrt(P.Y, P.onehot, P.Xc, g)
+    return chi2, float(df), p

@@ -50,15 +50,20 @@ def coef_t(W: np.ndarray, Y: np.ndarray, cols: slice) -> tuple[np.ndarray, int]:
     return t, df
 
 
-def lin_ccc(x: np.ndarray, y: np.ndarray) -> float:
-    """Lin's concordance correlation coefficient (population moments)."""
+def lin_ccc(x, y) -> float:
+    """Lin's concordance correlation coefficient of two vectors (population moments; non-finite pairs dropped).
+
+    ``2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))²)``; NaN for fewer than 2 pairs or no spread.
+    The one implementation in featharm (``featharm.plots.lins_ccc`` is this function).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size < 2:
-        return np.nan
+        return float("nan")
     sxy = np.mean((x - x.mean()) * (y - y.mean()))
     den = x.var() + y.var() + (x.mean() - y.mean()) ** 2
-    return float(2 * sxy / den) if den > 0 else np.nan
+    return float(2 * sxy / den) if den > 0 else float("nan")
 
 
 def preservation_tables(P: Prepared, Yh: np.ndarray, alpha: float = 0.05) -> Preservation:

@@ -6,26 +6,23 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_features, check_option
-from ..exceptions import AlignmentError
+from ..exceptions import AlignmentError, record_warnings
 from ._common import prepare
+from ._results import TABLES, DiagnosticsResult
 from .balance import covariate_balance
 from .multivariate import check_cv_sites, classification_table, pc_tests_table, permanova_table
 from .preservation import preservation_tables
 from .residuals import ols_residuals
-from .univariate import per_site_table, run_tests
+from .univariate import _resolve_tests, per_site_table, run_tests
 
 __all__ = ["diagnose", "TABLES"]
 
-#: Tables :func:`diagnose` returns (and ``featharm diagnose`` writes as ``<name>.csv``).
-TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classification", "covariate_balance",
-          "preservation", "preservation_summary")
 
-
-def _one(X, covariates, batch, formula, tests, model, random, n_permutations, classification_permutations,
+def _one(X, covariates, batch, formula, tests, model, random, groups, n_permutations, classification_permutations,
          n_splits, n_repeats, n_components, multivariate, classification, seeds, fligner_ties="r"):
     P = prepare(X, covariates, batch, formula, "diagnose")
     if classification:  # fail before the slow steps, not after them
-        check_cv_sites(P, n_splits, random if model == "lmm" else None)
+        check_cv_sites(P, n_splits, groups)
     fit = None
     if model == "ols":
         fit = ols_residuals(P)
@@ -45,16 +42,28 @@ def _one(X, covariates, batch, formula, tests, model, random, n_permutations, cl
     del r_add  # the classification works on the features
     if classification:
         out["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
-                                                          1.0, seeds[2], None, random if model == "lmm" else None)
+                                                          1.0, seeds[2], None, groups)
     return P, out
+
+
+def _seeds(random_state) -> list[int]:
+    """One seed per randomized step (Anderson–Darling, PERMANOVA, classification).
+
+    An integer seeds every step with itself, so each table equals the one its own function gives with
+    that ``random_state``; a Generator (or None) draws one seed per step.
+    """
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return [int(random_state)] * 3
+    rng = np.random.default_rng(random_state)
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
 
 
 def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
              X_harmonized: pd.DataFrame | None = None, tests=None, model: str = "ols", random: str | None = None,
              n_permutations: int = 999, classification_permutations: int = 100, n_splits: int = 5,
              n_repeats: int = 2, n_components: int | None = None, multivariate: bool = True,
-             classification: bool = True, harmonizer=None, random_state=None,
-             fligner_ties: str = "r") -> dict[str, pd.DataFrame]:
+             classification: bool = True, harmonizer=None, groups: str | None = None, balance_columns=None,
+             random_state=None, fligner_ties: str = "r") -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
     Parameters
@@ -69,38 +78,53 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     classification_permutations : int, default 100
         Label permutations of the site-classification null (0: none).
     n_splits, n_repeats : int
-        Stratified k-fold CV of the site classification (grouped by ``random``, the subject, with
-        ``model="lmm"``).
+        Stratified k-fold CV of the site classification (grouped by ``groups``).
     n_components : int, optional
         Principal components for MANOVA and Box's M (:func:`pc_covariance_tests`).
     multivariate, classification : bool
         Skip the multivariate tests or the classification (the slowest part) when False.
-    harmonizer : featharm harmonizer, optional
-        The (unfitted) model that produced ``X_harmonized``. When given, the site classification of the
-        harmonized data refits it inside every training fold on the raw data; without it the harmonized
-        table is classified as it is, which is biased *below* chance (see :func:`site_classification`).
+    harmonizer : harmonizer, optional
+        The model that produced ``X_harmonized`` (fitted or not: a clone is used). When given, the site
+        classification of the harmonized data refits it inside every training fold on the raw data;
+        without it the harmonized table is classified as it is, which is biased *below* chance (see
+        :func:`site_classification`). Any object with ``get_params`` (``sklearn.base.clone`` copies it),
+        ``fit_transform(X, covariates)`` and ``transform(X, covariates)`` returning the features works.
+        Warnings featharm raises in these refits are kept in ``refit_warnings`` of the result.
+    groups : str, optional
+        Subject column of the classification's grouped CV (all scans of a subject in one fold); default
+        ``random`` with ``model="lmm"``, else none.
+    balance_columns : list of str, optional
+        Covariates of the ``covariate_balance`` table; default the formula's variables (every column but
+        the batch without a formula).
     random_state : int or Generator, optional
-        Seeds every permutation and CV split (reproducible output).
+        Seeds every permutation and CV split (reproducible output). An integer seeds each step with
+        itself, so every table equals its function's with ``random_state=`` that integer
+        (:func:`test_site_effects`, :func:`permanova`, :func:`site_classification`).
     fligner_ties : {"r", "exact"}, default "r"
         Tie handling of Fligner–Killeen, as in :func:`test_site_effects` (``"r"`` reproduces R).
 
     Returns
     -------
-    dict of str to DataFrame
-        Keys from :data:`TABLES` (those computed): ``site_effects`` (:data:`COLUMNS` with a leading
-        ``data`` column, ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``,
-        ``site_classification`` (each with ``data``), ``covariate_balance``, and with ``X_harmonized``,
-        ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`).
+    DiagnosticsResult
+        A mapping of table name to DataFrame, keys from ``DiagnosticsResult.TABLES`` (those computed):
+        ``site_effects`` (the columns of :func:`test_site_effects` with a leading ``data`` column,
+        ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_classification``
+        (each with ``data``), ``covariate_balance``, and with ``X_harmonized`` and covariates in the
+        formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`). It also
+        describes the run (rows, features, batches, formula, tests, options) and has ``summary()``,
+        ``to_dir()``, ``to_csv()`` and ``plot_*`` accessors.
     """
     check_option("model", model, ("ols", "lmm"), "diagnose")
-    rng = np.random.default_rng(random_state)
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
-    kw = dict(batch=batch, formula=formula, tests=tests, model=model, random=random, n_permutations=n_permutations,
-              classification_permutations=classification_permutations, n_splits=n_splits, n_repeats=n_repeats,
-              n_components=n_components, multivariate=multivariate, classification=classification, seeds=seeds,
-              fligner_ties=fligner_ties)
+    chosen = _resolve_tests(tests, model)
+    seeds = _seeds(random_state)
+    groups = groups if groups is not None else (random if model == "lmm" else None)
+    kw = dict(batch=batch, formula=formula, tests=tests, model=model, random=random, groups=groups,
+              n_permutations=n_permutations, classification_permutations=classification_permutations,
+              n_splits=n_splits, n_repeats=n_repeats, n_components=n_components, multivariate=multivariate,
+              classification=classification, seeds=seeds, fligner_ties=fligner_ties)
     P, raw = _one(X, covariates, **kw)
     runs = [("raw", raw)]
+    refit_warnings: list = []
     if X_harmonized is not None:
         Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features)
         if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
@@ -110,9 +134,10 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
             )
         _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None})
         if classification and harmonizer is not None:
-            harm["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
-                                                               1.0, seeds[2], harmonizer,
-                                                               random if model == "lmm" else None)
+            with record_warnings() as refit_warnings:
+                harm["site_classification"] = classification_table(P, n_splits, n_repeats,
+                                                                   classification_permutations, 1.0, seeds[2],
+                                                                   harmonizer, groups)
         runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
     for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
@@ -120,8 +145,20 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         if parts:
             t = pd.concat(parts, ignore_index=True)
             out[key] = t[["data"] + [c for c in t.columns if c != "data"]]
-    out["covariate_balance"] = covariate_balance(P.covariates, batch=batch, formula=formula)
+    out["covariate_balance"] = covariate_balance(P.covariates, batch=batch, formula=formula, columns=balance_columns)
     if X_harmonized is not None and P.Xc.shape[1] > 0:
         pres = preservation_tables(P, Yh)
         out["preservation"], out["preservation_summary"] = pres.table, pres.summary
-    return out
+    options = {"model": model, "random": random, "groups": groups, "n_permutations": n_permutations,
+               "classification_permutations": classification_permutations, "n_splits": n_splits,
+               "n_repeats": n_repeats, "n_components": n_components, "multivariate": multivariate,
+               "classification": classification,
+               "harmonizer": type(harmonizer).__name__ if harmonizer is not None else None,
+               "random_state": random_state if isinstance(random_state, (int, np.integer, type(None)))
+               else type(random_state).__name__, "seeds": seeds, "fligner_ties": fligner_ties}
+    return DiagnosticsResult(
+        out, n_samples=P.n, features=P.features, batch=batch,
+        batch_sizes=pd.Series(P.counts.astype(int), index=pd.Index([str(v) for v in P.levels], name=str(batch)),
+                              name="n"),
+        formula=formula, design_columns=P.design.columns, tests=chosen, data=[label for label, _ in runs],
+        options=options, refit_warnings=refit_warnings)

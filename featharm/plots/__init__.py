@@ -1,9 +1,15 @@
 """Plots for looking at site effects before and after harmonization (matplotlib).
 
 Axes-level functions draw on ``ax`` (default: the current pyplot axes) and return it; figure-level
-functions (``*_before_after``, ``*_distributions``, ``eb_diagnostics``) build a
+functions (``*_before_after``, ``*_distributions``, ``preservation_scatters``, ``eb_diagnostics``) build a
 :class:`matplotlib.figure.Figure` outside pyplot and return it. Nothing calls ``plt.show()``. User
 strings (feature, site and covariate names) are drawn literally (``$`` does not start mathtext).
+
+The statistics drawn come from :mod:`featharm.diagnostics` (the residuals, the standardized site effect of
+``site_effect_sizes``, the tests' p-values); functions taking a tidy table (``effect_size_heatmap``,
+``pvalue_heatmap``, ``preservation_scatter`` ...) draw the tables of
+:func:`featharm.diagnostics.diagnose`, which its result's ``plot_*`` methods pass them. Fitted models are
+read through their public attributes only (``eb_diagnostics``); this package never imports the models.
 
 >>> import featharm as fh
 >>> from matplotlib.figure import Figure
@@ -14,9 +20,12 @@ strings (feature, site and covariate names) are drawn literally (``$`` does not 
 
 from ._covariates import covariate_by_site, covariate_distributions
 from ._effects import (
+    effect_size_heatmap,
+    effect_sizes_before_after,
     lins_ccc,
     pca_before_after,
     preservation_scatter,
+    preservation_scatters,
     pvalue_heatmap,
     pvalues_before_after,
     residual_pca,
@@ -35,9 +44,12 @@ __all__ = [
     "pca_before_after",
     "site_effect_heatmap",
     "site_effects_before_after",
+    "effect_size_heatmap",
+    "effect_sizes_before_after",
     "pvalue_heatmap",
     "pvalues_before_after",
     "preservation_scatter",
+    "preservation_scatters",
     "lins_ccc",
     "eb_prior",
     "eb_diagnostics",

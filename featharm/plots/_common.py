@@ -1,4 +1,4 @@
-"""Shared helpers of :mod:`featharm.plots`: inputs, residuals, colours, safe labels, figure creation."""
+"""Shared helpers of :mod:`featharm.plots`: inputs, site-effect tables, colours, safe labels, figure creation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from .._validation import align_covariates, batch_levels, check_features, encode_batches, get_batch, rows_of
-from ..design import CovariateDesign, batch_indicators
 from ..exceptions import ColumnNotFoundError, InputError
 
 
@@ -81,34 +80,22 @@ def covariate_column(cov: pd.DataFrame, name, owner: str) -> pd.Series:
     return cov[name]
 
 
-def residuals(inp: Inputs, formula: str | None):
-    """Additive and full residuals of ``y ~ site + covariates`` (``docs/methods.md`` §6.1), all features at once.
-
-    ``r_add = y - X beta`` keeps the site effect (centred on the grand mean of the site intercepts,
-    weighted by site size, so ``r_add`` has mean 0); ``r_full = y - fitted`` removes it.
-    """
-    _, Xc = CovariateDesign.fit(formula, inp.covariates, exclude=(inp.batch,))
-    m = len(inp.levels)
-    B = batch_indicators(inp.codes, m)
-    W = np.hstack([B, Xc])
-    coef, *_ = np.linalg.lstsq(W, inp.Y, rcond=None)
-    fitted = W @ coef
-    r_full = inp.Y - fitted
-    r_add = inp.Y - Xc @ coef[m:]
-    r_add -= r_add.mean(axis=0)
-    return r_add, r_full
-
-
 def standardized_site_effects(inp: Inputs, formula: str | None) -> pd.DataFrame:
-    """Per-site standardized shift ``(mean_i r_add - mean r_add) / sd(r_full)`` (site × feature)."""
-    r_add, r_full = residuals(inp, formula)
-    m = len(inp.levels)
-    counts = np.bincount(inp.codes, minlength=m).astype(float)
-    means = (batch_indicators(inp.codes, m).T @ r_add) / counts[:, None]
-    sd = r_full.std(axis=0, ddof=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(sd > 0, means / np.where(sd > 0, sd, 1.0), 0.0)
-    return pd.DataFrame(z, index=pd.Index(inp.levels, name=inp.batch), columns=pd.Index(inp.features, name="feature"))
+    """Per-site standardized site effect (site × feature): the ``shift`` of
+    :func:`featharm.diagnostics.site_effect_sizes`, ``(mean_i r_add - mean r_add) / sd(r_full)`` (SD with
+    n - 1; NaN for a constant feature)."""
+    from ..diagnostics import site_effect_sizes
+
+    X = pd.DataFrame(inp.Y, index=inp.index, columns=inp.features)
+    t = site_effect_sizes(X, inp.covariates, batch=inp.batch, formula=formula)
+    return site_effect_matrix(t, "shift", index_name=inp.batch)
+
+
+def site_effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
+    """A tidy per-site table (``site``, ``feature``, ``value``) as a site × feature DataFrame, in table order."""
+    from ..diagnostics._results import effect_matrix
+
+    return effect_matrix(table, value, index_name)
 
 
 def check_features_arg(features, owner: str) -> list:

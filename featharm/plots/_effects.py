@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..diagnostics.preservation import lin_ccc as lins_ccc
 from ..exceptions import ColumnNotFoundError, InputError
 from ._common import (
     covariate_column,
     get_ax,
     new_figure,
     prepare,
-    residuals,
     safe_label,
     site_colors,
-    standardized_site_effects,
+    site_effect_matrix,
 )
+
+#: How panels name the ``data`` labels of featharm.diagnostics.diagnose (other labels are shown as they are).
+_PANEL = {"raw": "before", "harmonized": "after"}
+_VALUE_LABEL = {"shift": "standardized site effect", "log_var_ratio": "log variance ratio"}
 
 
 # ------------------------------------------------------------------------------------------ PCA
@@ -36,8 +40,9 @@ def _pca_scores(R: np.ndarray, k: int = 2):
 def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None, title=None):
     """First two principal components of the additive residuals, coloured by site or by a covariate.
 
-    The residuals are ``y - X beta`` from ``y ~ site + formula`` (``docs/methods.md`` §6.1): covariate
-    effects removed, site effects kept; each feature is standardized before the PCA.
+    The residuals are the additive residuals of :func:`featharm.diagnostics.site_residuals` (``y ~ formula +
+    site``, ``docs/methods.md`` §6.1): covariate effects removed, site effects kept; each feature is
+    standardized before the PCA.
 
     Parameters
     ----------
@@ -55,8 +60,11 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
     -------
     matplotlib Axes
     """
+    from ..diagnostics import site_residuals
+
     inp = prepare(X, covariates, batch, "residual_pca")
-    r_add, _ = residuals(inp, formula)
+    r_add = site_residuals(pd.DataFrame(inp.Y, index=inp.index, columns=inp.features), inp.covariates,
+                           batch=inp.batch, formula=formula).additive.to_numpy()
     scores, ratio = _pca_scores(r_add)
     if scores.shape[1] < 2:
         raise InputError("residual_pca needs at least 2 features with variance.")
@@ -123,41 +131,93 @@ def _heatmap(ax, values: pd.DataFrame, *, cmap, vmin, vmax, label):
     return im
 
 
-def site_effect_heatmap(X, covariates, *, batch="site", formula=None, vmax=None, ax=None, title=None):
-    """Heatmap of standardized site effects (sites × features).
+def _one_data(table: pd.DataFrame, data, owner: str) -> pd.DataFrame:
+    """The rows of one data set of a table with a ``data`` column (all rows without one)."""
+    if "data" not in table.columns:
+        return table
+    labels = list(dict.fromkeys(table["data"].astype(str)))
+    if data is None:
+        if len(labels) > 1:
+            raise InputError(f"{owner}: the table holds several data sets ({labels}); choose one with data=..., "
+                             "or draw them side by side with effect_sizes_before_after.")
+        return table
+    if str(data) not in labels:
+        raise InputError(f"{owner}: no data set {data!r} in the table; data sets: {labels}.")
+    return table[table["data"].astype(str) == str(data)]
 
-    Each cell is ``(mean_site r_add - mean r_add) / sd(r_full)`` (``docs/methods.md`` §6.2): the site's shift
-    in units of the residual SD after removing the ``formula`` covariates. The colour scale is symmetric
-    around 0 (``vmax`` defaults to the largest absolute value).
+
+def _symmetric_vmax(zs) -> float:
+    vals = [np.abs(z.to_numpy(dtype=float)) for z in zs]
+    vmax = max((float(np.nanmax(v)) for v in vals if np.isfinite(v).any()), default=0.0)
+    return vmax if vmax > 0 else 1.0
+
+
+def effect_size_heatmap(table, *, value="shift", data=None, vmax=None, ax=None, title=None):
+    """Heatmap (sites × features) of a per-site effect size from a :func:`featharm.diagnostics.site_effect_sizes`
+    table: ``value="shift"`` (the standardized site effect) or ``"log_var_ratio"``.
+
+    ``table`` is tidy (``feature``, ``site`` and ``value`` columns); a table of
+    :func:`featharm.diagnostics.diagnose` holds two data sets (``data`` = raw / harmonized): pick one with
+    ``data``. The colour scale is symmetric around 0 (``vmax`` defaults to the largest absolute value).
 
     Returns
     -------
     matplotlib Axes
     """
-    inp = prepare(X, covariates, batch, "site_effect_heatmap")
-    z = standardized_site_effects(inp, formula)
+    z = site_effect_matrix(_one_data(table, data, "effect_size_heatmap"), value)
     ax = get_ax(ax)
-    vmax = float(np.nanmax(np.abs(z.to_numpy()))) if vmax is None else float(vmax)
-    vmax = vmax if vmax > 0 else 1.0
-    _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label="standardized site effect")
+    vmax = _symmetric_vmax([z]) if vmax is None else float(vmax)
+    _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label=_VALUE_LABEL.get(value, value))
     if title is not None:
         ax.set_title(safe_label(title), fontsize=9)
     return ax
 
 
+def effect_sizes_before_after(table, *, value="shift"):
+    """Figure: :func:`effect_size_heatmap` of every data set of the table (``data`` column: raw above
+    harmonized, or before above after), on one colour scale. What
+    :meth:`featharm.diagnostics.DiagnosticsResult.plot_site_effects` draws."""
+    labels = list(dict.fromkeys(table["data"].astype(str))) if "data" in table.columns else [None]
+    zs = [site_effect_matrix(_one_data(table, d, "effect_sizes_before_after"), value) for d in labels]
+    vmax = _symmetric_vmax(zs)
+    p = zs[0].shape[1]
+    fig = new_figure(min(4 + 0.16 * p, 24), 1.4 + 0.35 * zs[0].shape[0] * len(zs) + 1.0 * len(zs))
+    axes = fig.subplots(len(zs), 1, squeeze=False)[:, 0]
+    label = _VALUE_LABEL.get(value, value).replace(" ", "\n", 1)
+    for ax, d, z in zip(axes, labels, zs):
+        _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label=label)
+        if d is not None:
+            ax.set_title(safe_label(f"{_PANEL.get(d, d)} harmonization"), fontsize=9)
+    return fig
+
+
+def _site_effect_sizes(X, covariates, batch, formula) -> pd.DataFrame:
+    from ..diagnostics import site_effect_sizes
+
+    return site_effect_sizes(X, covariates, batch=batch, formula=formula)
+
+
+def site_effect_heatmap(X, covariates, *, batch="site", formula=None, vmax=None, ax=None, title=None):
+    """Heatmap of standardized site effects (sites × features).
+
+    Each cell is the ``shift`` of :func:`featharm.diagnostics.site_effect_sizes`,
+    ``(mean_site r_add - mean r_add) / sd(r_full)`` (``docs/methods.md`` §6.2; SD with n - 1): the site's
+    shift in units of the residual SD after removing the ``formula`` covariates. The colour scale is
+    symmetric around 0 (``vmax`` defaults to the largest absolute value).
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    return effect_size_heatmap(_site_effect_sizes(X, covariates, batch, formula), vmax=vmax, ax=ax, title=title)
+
+
 def site_effects_before_after(before, after, covariates, *, batch="site", formula=None):
     """Figure: :func:`site_effect_heatmap` before (top) and after (bottom) on one colour scale."""
     cols = [("before", before)] + ([("after", after)] if after is not None else [])
-    zs = [standardized_site_effects(prepare(d, covariates, batch, "site_effects_before_after"), formula)
-          for _, d in cols]
-    vmax = max(float(np.nanmax(np.abs(z.to_numpy()))) for z in zs) or 1.0
-    p = zs[0].shape[1]
-    fig = new_figure(min(4 + 0.16 * p, 24), 1.4 + 0.35 * zs[0].shape[0] * len(cols) + 1.0 * len(cols))
-    axes = fig.subplots(len(cols), 1, squeeze=False)[:, 0]
-    for ax, (label, _), z in zip(axes, cols, zs):
-        _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label="standardized\nsite effect")
-        ax.set_title(f"{label} harmonization", fontsize=9)
-    return fig
+    table = pd.concat([_site_effect_sizes(d, covariates, batch, formula).assign(data=label) for label, d in cols],
+                      ignore_index=True)
+    return effect_sizes_before_after(table)
 
 
 def _neglog10(results: pd.DataFrame, p: str, features=None) -> pd.DataFrame:
@@ -206,17 +266,30 @@ def pvalues_before_after(before, after, *, p="p_unc"):
 
 
 # ------------------------------------------------------------------------------------------ preservation
-def lins_ccc(a, b) -> float:
-    """Lin's concordance correlation coefficient of two vectors."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if a.size < 2:
-        return float("nan")
-    va, vb = a.var(), b.var()
-    cov = np.mean((a - a.mean()) * (b - b.mean()))
-    den = va + vb + (a.mean() - b.mean()) ** 2
-    return float(2 * cov / den) if den > 0 else float("nan")
+def preservation_scatters(table, *, terms=None, before="effect_before", after="effect_after"):
+    """Figure: :func:`preservation_scatter` of every covariate term (side by side, wrapping after 3).
+
+    ``terms`` defaults to every term of the table in order. What
+    :meth:`featharm.diagnostics.DiagnosticsResult.plot_preservation` draws.
+    """
+    term_col = "term" if "term" in table.columns or "covariate" not in table.columns else "covariate"
+    if terms is None:
+        if term_col not in table.columns:
+            raise ColumnNotFoundError(f"preservation_scatters: the table has no column 'term' or 'covariate'; "
+                                      f"columns: {list(table.columns)}.")
+        terms = list(dict.fromkeys(table[term_col].astype(str)))
+    terms = [terms] if isinstance(terms, str) else list(terms)
+    if not terms:
+        raise InputError("preservation_scatters needs at least one term.")
+    ncol = min(3, len(terms))
+    nrow = -(-len(terms) // ncol)
+    fig = new_figure(3.8 * ncol, 3.4 * nrow)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
+    for ax, term in zip(axes, terms):
+        preservation_scatter(table, term=term, before=before, after=after, ax=ax)
+    for ax in axes[len(terms):]:
+        ax.set_visible(False)
+    return fig
 
 
 def preservation_scatter(table, *, term=None, before="effect_before", after="effect_after", ax=None,

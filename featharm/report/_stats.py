@@ -1,6 +1,8 @@
-"""Numbers behind the report: data summary, covariate balance, site tests, preservation, provenance.
+"""The report's tables: the tables of a :class:`~featharm.diagnostics.DiagnosticsResult` in the report's
+layout (nothing is recomputed here), and the provenance (versions, input hashes, date).
 
-Per-feature site tests come from :mod:`featharm.diagnostics`; the small summaries here only reshape them.
+The diagnostics are computed once, by :func:`featharm.diagnostics.diagnose` with the report's options
+(:data:`REPORT_OPTIONS`), so the report prints the numbers ``featharm diagnose`` writes.
 """
 
 from __future__ import annotations
@@ -11,41 +13,47 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-
-from ..design import CovariateDesign
 
 DEPENDENCIES = ("numpy", "pandas", "scipy", "statsmodels", "scikit-learn", "matplotlib", "seaborn", "jinja2")
 
+#: Site classification in the report: a modest default (one 5-fold CV, no permutation null) to keep the
+#: report fast; ``featharm diagnose`` runs the full version (repeats and a permutation null).
+CLASSIFICATION_SPLITS = 5
+CLASSIFICATION_REPEATS = 1
+CLASSIFICATION_PERMUTATIONS = 0
+#: Seeded permutations of PERMANOVA in the report.
+PERMANOVA_PERMUTATIONS = 199
+#: Options of :func:`featharm.diagnostics.diagnose` for the report (the default tests, OLS models).
+REPORT_OPTIONS = {"n_permutations": PERMANOVA_PERMUTATIONS, "classification_permutations": CLASSIFICATION_PERMUTATIONS,
+                  "n_splits": CLASSIFICATION_SPLITS, "n_repeats": CLASSIFICATION_REPEATS, "random_state": 0}
+
+BEFORE_AFTER = {"raw": "before", "harmonized": "after"}
+
 
 # ------------------------------------------------------------------------------------------ site tests
-def site_tests(X, covariates, *, batch, formula) -> pd.DataFrame:
-    """Tidy per-feature site tests: :func:`featharm.diagnostics.test_site_effects` (default tests)."""
-    from ..diagnostics import test_site_effects
-
-    return test_site_effects(X, covariates, batch=batch, formula=formula)
-
-
-def summarize_tests(before: pd.DataFrame, after: pd.DataFrame | None, alpha: float = 0.05) -> pd.DataFrame:
-    """One row per test family: features significant (BH-FDR < alpha) and median effect size, before/after."""
+def summarize_tests(result, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per test family: features significant (BH-FDR < alpha) and median effect size, before/after
+    (the report's layout of :meth:`DiagnosticsResult.summary_table`)."""
+    summ = result.summary_table(alpha)
+    raw = summ[summ["data"] == "raw"]
+    after = summ[summ["data"] == "harmonized"].set_index("test") if "harmonized" in result.data else None
     rows = []
-    for test, b in before.groupby("test", sort=False):
-        row = {
-            "test": test,
-            "variant": b["variant"].iloc[0],
-            "effect size": b["effect_size_name"].iloc[0],
-            "features": int(len(b)),
-            "significant before": int((b["p_fdr"] < alpha).sum()),
-            "median effect before": float(np.nanmedian(b["effect_size"])) if b["effect_size"].notna().any() else np.nan,
-        }
+    for r in raw.itertuples():
+        row = {"test": r.test, "variant": r.variant, "effect size": r.effect_size_name, "features": r.n_features,
+               "significant before": r.n_significant, "median effect before": r.median_effect_size}
         if after is not None:
-            a = after[after["test"] == test]
-            row["significant after"] = int((a["p_fdr"] < alpha).sum())
-            row["median effect after"] = (float(np.nanmedian(a["effect_size"])) if a["effect_size"].notna().any()
-                                          else np.nan)
+            row["significant after"] = int(after.loc[r.test, "n_significant"])
+            row["median effect after"] = float(after.loc[r.test, "median_effect_size"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def split_tests(result) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The ``site_effects`` table of the raw and of the harmonized data (None without), without ``data``."""
+    se = result["site_effects"]
+    parts = {d: se[se["data"] == d].drop(columns="data").reset_index(drop=True) for d in result.data}
+    return parts["raw"], parts.get("harmonized")
 
 
 def top_features(before: pd.DataFrame, after: pd.DataFrame | None, test: str, k: int = 10) -> pd.DataFrame:
@@ -60,71 +68,63 @@ def top_features(before: pd.DataFrame, after: pd.DataFrame | None, test: str, k:
     return out.reset_index()
 
 
-# ------------------------------------------------------------------------------------------ covariates, biology
-def covariate_balance(covariates: pd.DataFrame, columns, batch: str) -> pd.DataFrame:
-    """:func:`featharm.diagnostics.covariate_balance` in the report's layout (its confounding warning is kept)."""
-    from ..diagnostics import covariate_balance as balance
+def site_effects_per_site(result, batch) -> pd.DataFrame:
+    """Per site: mean and max over features of the absolute standardized site effect, before/after."""
+    out = None
+    for data in result.data:
+        z = result.site_effect_matrix(data).abs()
+        label = BEFORE_AFTER[data]
+        if out is None:
+            out = pd.DataFrame({str(batch): [str(v) for v in z.index]})
+        out[f"mean |effect| {label}"] = z.mean(axis=1).to_numpy()
+        out[f"max |effect| {label}"] = z.max(axis=1).to_numpy()
+    return out
 
-    t = balance(covariates, batch=batch, columns=list(columns))
+
+def with_before_after(table: pd.DataFrame, keep) -> pd.DataFrame:
+    """A table with a ``data`` column (raw / harmonized) as ``before`` / ``after``, columns ``keep`` after it."""
+    t = table.assign(data=table["data"].map(BEFORE_AFTER).fillna(table["data"]))
+    return t[["data"] + [c for c in keep if c in t.columns]].reset_index(drop=True)
+
+
+MULTIVARIATE_KEEP = ["test", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
+                     "n_components", "n_permutations"]
+CLASSIFICATION_KEEP = ["metric", "value", "sd", "chance", "null_mean", "p_perm", "n_splits"]
+
+
+# ------------------------------------------------------------------------------------------ covariates, biology
+def balance_layout(t: pd.DataFrame) -> pd.DataFrame:
+    """The ``covariate_balance`` table in the report's layout."""
     return pd.DataFrame({"covariate": t["covariate"], "test": t["test"], "statistic": t["statistic"], "df": t["df"],
                          "p": t["p_unc"], "effect size": [f"{n} {v:.3g}" for n, v in zip(t["effect_size_name"],
                                                                                           t["effect_size"])],
                          "confounded": t["confounded"], "by site": t["detail"]})
 
 
-def preservation(X, Xh, covariates, *, batch, formula):
-    """:func:`featharm.diagnostics.biology_preservation` in the report's layout, or ``(None, None)`` when the
-    formula has no covariate column.
+def preservation_layout(table: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The preservation tables in the report's layout: the table with ``term`` (the design column) and
+    ``effect_before`` / ``effect_after`` (partial R²) added; one summary row per term."""
+    t = table.assign(term=table["covariate"], effect_before=table["partial_r2_before"],
+                     effect_after=table["partial_r2_after"])
+    s = summary
+    summ = pd.DataFrame({
+        "term": s["covariate"], "median partial R² before": s["median_partial_r2_before"],
+        "median partial R² after": s["median_partial_r2_after"], "Lin's CCC (partial R²)": s["ccc_partial_r2"],
+        "Lin's CCC (t)": s["ccc_t"], "Pearson r (t)": s["pearson_t"],
+        "significant before": s["n_sig_fdr_before"], "significant after": s["n_sig_fdr_after"]})
+    return t, summ
 
-    Returns ``(table, summary)``: the table with ``term`` (the design column) and ``effect_before`` /
-    ``effect_after`` (partial R²) added; one summary row per term.
-    """
+
+def preservation(X, Xh, covariates, *, batch, formula):
+    """:func:`featharm.diagnostics.biology_preservation` in the report's layout (:func:`preservation_layout`),
+    or ``(None, None)`` when the formula has no covariate column."""
+    from ..design import CovariateDesign
     from ..diagnostics import biology_preservation
 
     if not CovariateDesign.fit(formula, covariates, exclude=(batch,))[0].columns:
         return None, None
     res = biology_preservation(X, Xh, covariates, batch=batch, formula=formula)
-    t = res.table.assign(term=res.table["covariate"], effect_before=res.table["partial_r2_before"],
-                         effect_after=res.table["partial_r2_after"])
-    s = res.summary
-    summary = pd.DataFrame({
-        "term": s["covariate"], "median partial R² before": s["median_partial_r2_before"],
-        "median partial R² after": s["median_partial_r2_after"], "Lin's CCC (partial R²)": s["ccc_partial_r2"],
-        "Lin's CCC (t)": s["ccc_t"], "Pearson r (t)": s["pearson_t"],
-        "significant before": s["n_sig_fdr_before"], "significant after": s["n_sig_fdr_after"]})
-    return t, summary
-
-
-def multivariate(X, covariates, *, batch, formula, n_permutations=199, random_state=0) -> pd.DataFrame:
-    """PERMANOVA (seeded permutations) and the MANOVA / Box's M tests on the top PCs, one row per test."""
-    from ..diagnostics import pc_covariance_tests, permanova
-
-    out = pd.concat([permanova(X, covariates, batch=batch, formula=formula, n_permutations=n_permutations,
-                               random_state=random_state),
-                     pc_covariance_tests(X, covariates, batch=batch, formula=formula)], ignore_index=True)
-    keep = ["test", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
-            "n_components", "n_permutations"]
-    return out[[c for c in keep if c in out.columns]]
-
-
-#: Site classification in the report: a modest default (one 5-fold CV, no permutation null) to keep the
-#: report fast; ``featharm diagnose`` runs the full version (repeats and a permutation null).
-CLASSIFICATION_SPLITS = 5
-CLASSIFICATION_REPEATS = 1
-CLASSIFICATION_PERMUTATIONS = 0
-
-
-def site_classification(X, covariates, *, batch, formula, harmonizer=None, groups=None, n_splits=None,
-                        n_permutations=None, random_state=0) -> pd.DataFrame:
-    """Cross-validated site classification (covariates residualized in the folds), the report's defaults."""
-    from ..diagnostics import site_classification as _sc
-
-    t = _sc(X, covariates, batch=batch, formula=formula,
-            n_splits=CLASSIFICATION_SPLITS if n_splits is None else n_splits, n_repeats=CLASSIFICATION_REPEATS,
-            n_permutations=CLASSIFICATION_PERMUTATIONS if n_permutations is None else n_permutations,
-            harmonizer=harmonizer, groups=groups, random_state=random_state)
-    keep = ["metric", "value", "sd", "chance", "null_mean", "p_perm", "n_splits"]
-    return t[keep]
+    return preservation_layout(res.table, res.summary)
 
 
 # ------------------------------------------------------------------------------------------ provenance
