@@ -8,7 +8,6 @@
 
 from . import exceptions
 from ._version import __version__
-from .persistence import load_model, save_model
 
 # Everything else loads on first use (``fh.ComBat``, ``fh.diagnostics``, ``from featharm import plots``):
 # ``import featharm`` and ``featharm --help`` load numpy and pandas only; scikit-learn and scipy come with
@@ -17,6 +16,8 @@ _LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
 _LAZY_NAMES = {
     "ComBat": "models", "ComBatGAM": "models", "LongComBat": "models", "CovBat": "models",
     "ComBatLS": "models", "BaseHarmonizer": "models", "CovariateDesign": "design",
+    # through the models package, which registers every family before a file is read
+    "load_model": "models", "save_model": "models",
 }
 
 __all__ = [

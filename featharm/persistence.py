@@ -44,7 +44,7 @@ expected, never an exception from numpy or pandas later in ``transform``:
   against the shape, all before the data are read; the data are then read into the array, never more
   than the expected bytes;
 * the values are checked: finite estimates, positive variances and scales, whole-number counts, 0/1
-  flags (each family's :class:`~featharm.models._schema.Stored` declarations), then the checks relating
+  flags (each family's :class:`~featharm._schema.Stored` declarations), then the checks relating
   several arrays.
 
 The memory used is the arrays' own size (bounded as above) plus the manifest.
@@ -74,6 +74,23 @@ from .exceptions import FeatharmError, InputError, ModelFileError
 __all__ = ["save_model", "load_model", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
+
+# The model families a file may name: class name -> class. Each family registers itself when its class is
+# created (BaseHarmonizer.__init_subclass__ calls register), so this module imports no model.
+FAMILIES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make ``cls`` loadable: a file naming ``cls.__name__`` is read into a ``cls`` (see :func:`load_model`)."""
+    FAMILIES[cls.__name__] = cls
+    return cls
+
+
+def _family(name: str):
+    """The registered family ``name`` (``None`` if none). featharm's own families register when
+    ``featharm.models`` is imported; :func:`featharm.load_model` (``featharm.models.load_model``) does that
+    first, so this module depends on no model."""
+    return FAMILIES.get(name)
 FORMAT = "featharm-model"
 MANIFEST = "manifest.json"
 
@@ -348,13 +365,11 @@ class _Reader:
 
     def estimator(self, manifest: dict):
         """An estimator of the file's class with the file's (checked) parameters."""
-        from .models._base import BaseHarmonizer
-
         name = manifest["model"]
-        cls = BaseHarmonizer._registry.get(name)
+        cls = _family(name)
         if cls is None:
             raise ModelFileError(
-                f"{self.shown} holds a model of unknown type {name!r}; known: {sorted(BaseHarmonizer._registry)}."
+                f"{self.shown} holds a model of unknown type {name!r}; known: {sorted(FAMILIES)}."
             )
         params = _decode_params(manifest["params"])
         known = cls._get_param_names()
@@ -511,7 +526,7 @@ class _Reader:
 
 
 def _rules() -> dict:
-    from .models._schema import VALUE_RULES
+    from ._schema import VALUE_RULES
 
     return VALUE_RULES
 
@@ -540,7 +555,7 @@ def _value_ok(a: np.ndarray, spec, constant: np.ndarray) -> np.ndarray:
 
 
 def _label(axis: str, i: int, labels: dict) -> str:
-    from .models._schema import AXIS_NAMES
+    from ._schema import AXIS_NAMES
 
     names = labels.get(axis)
     if names is not None and i < len(names):
@@ -550,7 +565,7 @@ def _label(axis: str, i: int, labels: dict) -> str:
 
 def _expected(spec, dims) -> str:
     """``float64 (batch x feature, 3 x 6)``: the dtype and the named axes with their sizes."""
-    from .models._schema import AXIS_NAMES
+    from ._schema import AXIS_NAMES
 
     names = " x ".join(AXIS_NAMES[a] for a in spec.axes)
     sizes = " x ".join(str(d) if isinstance(d, int) else f"{d[0]}..{d[1]}" for d in (dims[a] for a in spec.axes))
@@ -558,7 +573,7 @@ def _expected(spec, dims) -> str:
 
 
 def _describe(value) -> str:
-    from .models._schema import describe
+    from ._schema import describe
 
     return describe(value)
 
@@ -608,7 +623,7 @@ def load_model(path):
     docstring). Raises :class:`~featharm.exceptions.ModelFileError` for a file that is not a featharm
     model, is damaged or malformed, or was written by a newer featharm with a newer schema.
     """
-    from .models._schema import DamagedState
+    from ._schema import DamagedState
 
     reader = _Reader(path)
     with reader.open() as zf:

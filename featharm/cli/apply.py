@@ -27,7 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_apply(args) -> int:
     from .._staging import Output
-    from ..persistence import load_model
+    from ..models import load_model
     from ._common import file_size, output_table, stage
 
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:

@@ -78,7 +78,7 @@ def _diagnose(args):
     if args.model:
         from sklearn.base import clone
 
-        from ..persistence import load_model
+        from ..models import load_model
 
         fitted = load_model(args.model)
         lacking = [c for c in feats if c not in list(fitted.feature_names_in_)]

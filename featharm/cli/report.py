@@ -49,7 +49,7 @@ def cmd_report(args) -> int:
 def _report(args):
     """The report of ``featharm report`` (and the feature names and DATA it covers)."""
     from ..exceptions import InputError
-    from ..persistence import load_model
+    from ..models import load_model
     from ..report import make_report
     from ._common import (check_batch, check_model_features, feature_columns, formula_columns, load_inputs,
                           read_harmonized, report_inputs, report_parameters)

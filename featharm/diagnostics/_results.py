@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .univariate import effect_matrix
+
 __all__ = ["DiagnosticsResult", "TABLES", "format_number"]
 
 #: Tables :func:`~featharm.diagnostics.diagnose` returns (and ``featharm diagnose`` writes as ``<name>.csv``).
@@ -48,27 +50,6 @@ def format_number(x) -> str:
             return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.2e}"
         return f"{v:.4g}"
     return str(x)
-
-
-def effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
-    """A tidy per-site table (``site``, ``feature``, ``value``; one data set) as a site × feature DataFrame,
-    sites and features in table order."""
-    from ..exceptions import ColumnNotFoundError
-
-    for col in ("site", "feature", value):
-        if col not in table.columns:
-            raise ColumnNotFoundError(
-                f"the site-effect table has no column {col!r}; expected the tidy table of "
-                "featharm.diagnostics.site_effect_sizes (columns feature, site, n, shift, log_var_ratio)."
-            )
-    sites = list(dict.fromkeys(table["site"].astype(str)))
-    feats = list(dict.fromkeys(table["feature"].astype(str)))
-    z = table.assign(site=table["site"].astype(str), feature=table["feature"].astype(str)) \
-        .set_index(["site", "feature"])[value].unstack("feature")
-    z = z.reindex(index=sites, columns=feats).astype(float)
-    z.index.name = index_name if index_name is not None else "site"
-    z.columns.name = "feature"
-    return z
 
 
 def _median(s: pd.Series) -> float:

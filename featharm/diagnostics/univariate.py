@@ -473,3 +473,24 @@ def site_effect_sizes(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
     P = prepare(X, covariates, batch, formula, "site_effect_sizes")
     res = site_residuals(X, covariates, batch=batch, formula=formula, model=model, random=random)
     return per_site_table(P, res.additive.to_numpy(), res.full.to_numpy())
+
+
+def effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
+    """A tidy per-site table (``site``, ``feature``, ``value``; one data set) as a site × feature DataFrame,
+    sites and features in table order."""
+    from ..exceptions import ColumnNotFoundError
+
+    for col in ("site", "feature", value):
+        if col not in table.columns:
+            raise ColumnNotFoundError(
+                f"the site-effect table has no column {col!r}; expected the tidy table of "
+                "featharm.diagnostics.site_effect_sizes (columns feature, site, n, shift, log_var_ratio)."
+            )
+    sites = list(dict.fromkeys(table["site"].astype(str)))
+    feats = list(dict.fromkeys(table["feature"].astype(str)))
+    z = table.assign(site=table["site"].astype(str), feature=table["feature"].astype(str)) \
+        .set_index(["site", "feature"])[value].unstack("feature")
+    z = z.reindex(index=sites, columns=feats).astype(float)
+    z.index.name = index_name if index_name is not None else "site"
+    z.columns.name = "feature"
+    return z

@@ -1,5 +1,8 @@
-"""Harmonization models: one module per family, all built on :mod:`featharm.eb` and ``_base``."""
+"""Harmonization models: one module per family, on the arrays-only core (:mod:`featharm._core`) and the
+life cycle of ``_base``. Importing this package registers every family with :mod:`featharm.persistence`,
+so :func:`load_model` here can read a file of any of them."""
 
+from ..persistence import load_model, save_model
 from ._base import BaseHarmonizer
 from .combat import ComBat
 from .gam import ComBatGAM
@@ -7,4 +10,5 @@ from .longitudinal import LongComBat
 from .covbat import CovBat
 from .combatls import ComBatLS
 
-__all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat", "CovBat", "ComBatLS"]
+__all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat", "CovBat", "ComBatLS", "load_model",
+           "save_model"]

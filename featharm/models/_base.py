@@ -40,7 +40,8 @@ from ..exceptions import (
     NotFittedError,
     warn,
 )
-from ._schema import DamagedState, Stored, check_design, check_int, check_keys, check_levels, check_names, describe
+from ..persistence import FAMILIES, register
+from .._schema import DamagedState, Stored, check_design, check_int, check_keys, check_levels, check_names, describe
 
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
 MIN_NEW_SITE_SIZE = 5
@@ -145,7 +146,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     """
 
     _schema_name: ClassVar[str] = "base"
-    _registry: ClassVar[dict[str, type]] = {}
+    _registry: ClassVar[dict[str, type]] = FAMILIES  # the families a model file may name (persistence's)
 
     # Learned arrays in the units of the features (power 1) or their square (2): published in the input's
     # units when features were rescaled (see ``_feature_scale``); a family adds its own.
@@ -164,7 +165,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         kwargs.setdefault("auto_wrap_output_keys", None)
         super().__init_subclass__(**kwargs)
         if cls.__name__ and not cls.__name__.startswith("_"):
-            BaseHarmonizer._registry[cls.__name__] = cls
+            register(cls)
 
     # ------------------------------------------------------------------------------ input handling
     def _owner(self) -> str:

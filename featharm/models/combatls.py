@@ -15,7 +15,7 @@ from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
 from ._base import BaseHarmonizer, _Prepared
-from ._schema import Stored, check_design
+from .._schema import Stored, check_design
 
 __all__ = ["ComBatLS"]
 

@@ -10,7 +10,7 @@ from .._validation import check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, warn
 from ._base import _Prepared
-from ._schema import DamagedState, Stored
+from .._schema import DamagedState, Stored
 from .combat import ComBat
 
 __all__ = ["CovBat"]

@@ -39,7 +39,7 @@ from ..design import CovariateDesign, batch_indicators
 from ..formula import parse_formula, render
 from ..exceptions import FormulaError, InputError
 from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer
-from ._schema import DamagedState, Stored, check_int, check_keys, describe
+from .._schema import DamagedState, Stored, check_int, check_keys, describe
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
 

@@ -19,7 +19,7 @@ from ..exceptions import (
 )
 from ..mixed import fit_random_intercept, fit_random_slope
 from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
-from ._schema import DamagedState, Stored, check_levels
+from .._schema import DamagedState, Stored, check_levels
 
 __all__ = ["LongComBat"]
 

@@ -84,7 +84,7 @@ def standardized_site_effects(inp: Inputs, formula: str | None) -> pd.DataFrame:
     """Per-site standardized site effect (site × feature): the ``shift`` of
     :func:`featharm.diagnostics.site_effect_sizes`, ``(mean_i r_add - mean r_add) / sd(r_full)`` (SD with
     n - 1; NaN for a constant feature)."""
-    from ..diagnostics import site_effect_sizes
+    from ..diagnostics.univariate import site_effect_sizes
 
     X = pd.DataFrame(inp.Y, index=inp.index, columns=inp.features)
     t = site_effect_sizes(X, inp.covariates, batch=inp.batch, formula=formula)
@@ -93,7 +93,7 @@ def standardized_site_effects(inp: Inputs, formula: str | None) -> pd.DataFrame:
 
 def site_effect_matrix(table: pd.DataFrame, value: str = "shift", index_name=None) -> pd.DataFrame:
     """A tidy per-site table (``site``, ``feature``, ``value``) as a site × feature DataFrame, in table order."""
-    from ..diagnostics._results import effect_matrix
+    from ..diagnostics.univariate import effect_matrix
 
     return effect_matrix(table, value, index_name)
 

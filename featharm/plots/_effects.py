@@ -60,7 +60,7 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
     -------
     matplotlib Axes
     """
-    from ..diagnostics import site_residuals
+    from ..diagnostics.residuals import site_residuals
 
     inp = prepare(X, covariates, batch, "residual_pca")
     r_add = site_residuals(pd.DataFrame(inp.Y, index=inp.index, columns=inp.features), inp.covariates,
@@ -192,7 +192,7 @@ def effect_sizes_before_after(table, *, value="shift"):
 
 
 def _site_effect_sizes(X, covariates, batch, formula) -> pd.DataFrame:
-    from ..diagnostics import site_effect_sizes
+    from ..diagnostics.univariate import site_effect_sizes
 
     return site_effect_sizes(X, covariates, batch=batch, formula=formula)
 
