@@ -10,7 +10,7 @@ Each method's output is compared with the site-free truth:
 * ``within``: the output's within-subject (residual) variance over the truth's;
 * ``delta*``: scan-weighted mean of the EB scale estimates (1 = no net rescaling).
 
-Usage: ``python benchmarks/sim_longitudinal.py [--seeds 5]``. tests/test_longitudinal_sim.py asserts the
+Usage: ``python benchmarks/sim_longitudinal.py [--seeds 5]``. tests/models/test_longitudinal_sim.py asserts the
 same comparisons on one seed.
 """
 

@@ -9,8 +9,20 @@ parity and browser check really ran.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The tests mirror the package (models/, diagnostics/, io/, cli/, report/, reference/ for the parity tests
+# against the R and Python references, whose data live in reference/ too). Test modules share a few
+# loaders by module name (``from test_parity_r import load_small_cs``), so every test folder is importable
+# whichever of them pytest collects first.
+_TESTS = Path(__file__).resolve().parent
+for _folder in sorted(_TESTS.iterdir()):
+    if _folder.is_dir() and next(_folder.glob("test_*.py"), None) and not (_folder / "__init__.py").exists():
+        if str(_folder) not in sys.path:
+            sys.path.insert(0, str(_folder))
 
 _REFERENCE_WORDS = ("neurocombat", "neuroharmonize", "chromium", "pyarrow", "openpyxl", "statsmodels")
 

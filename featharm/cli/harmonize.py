@@ -45,7 +45,7 @@ class Option:
     switch, to ``switch`` (``--nonparametric``: ``parametric=False``). ``columns`` lists the covariate
     columns the value names (they are not features). ``methods`` only titles the ``--help`` section the
     option is listed in; whether an option applies is decided by the estimator's parameters (and
-    ``tests/test_cli_options.py`` checks that the two agree).
+    ``tests/cli/test_cli_options.py`` checks that the two agree).
     """
 
     flag: str

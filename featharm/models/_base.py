@@ -142,7 +142,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
       ``_stored`` (every saved array: axes, dtype, values), ``_state_extra`` (its own state entries),
       ``_check_state`` / ``_check_arrays`` (what a loaded model file must satisfy; see ``_schema``).
 
-    ``tests/test_estimator_contract.py`` runs the shared contract over every family.
+    ``tests/models/test_estimator_contract.py`` runs the shared contract over every family.
     """
 
     _schema_name: ClassVar[str] = "base"

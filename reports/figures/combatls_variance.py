@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python reports/figures/combatls_variance.py`` writes
 ``reports/figures/combatls_variance.png`` and prints the numbers quoted in README.md. The simulation is the one
-of ``tests/test_combatls.py::simulate_age_dependent_variance``: 4 sites of 150 subjects with different age
+of ``tests/models/test_combatls.py::simulate_age_dependent_variance``: 4 sites of 150 subjects with different age
 ranges (20-45, 30-60, 45-75, 55-85), 20 features whose SD grows by 1-2.5 % per year of age, and site
 shifts and scales.
 """

@@ -22,7 +22,7 @@ from scipy import stats
 from featharm import diagnostics as dg
 from featharm.design import batch_indicators
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 QC_LM = REF / "outputs" / "qc_lm"
 RTOL = 1e-8
 TABLES = {  # featharm test -> ComBatFamQC table

@@ -412,7 +412,7 @@ def test_malformed_source_date_epoch(sim, tmp_path, monkeypatch, value):
 
 
 # ------------------------------------------------------------------------------------------ old files
-V1 = Path(__file__).parent / "data" / "models_v1"
+V1 = Path(__file__).parents[1] / "data" / "models_v1"
 
 
 @pytest.mark.filterwarnings("ignore::featharm.exceptions.SmallBatchWarning")

@@ -35,7 +35,7 @@ from featharm.io import (
     scan_subjects_dir,
 )
 
-DATA = Path(__file__).parent / "data" / "freesurfer"
+DATA = Path(__file__).parents[1] / "data" / "freesurfer"
 SUBJ = {"5.3": DATA / "fs5.3" / "bert53", "6.0": DATA / "fs6.0" / "bert60", "7.4": DATA / "fs7.4" / "bert74"}
 ALL_FILES = [(v, f) for v in SUBJ for f in file_kinds(v)]
 
@@ -663,7 +663,7 @@ def test_collected_equals_group_table_roundtrip(sd, tmp_path):
 # ------------------------------------------------------------------------------------------ real files
 # The shared folder of real FreeSurfer outputs (../shared/data/freesurfer_formats, not part of the repository;
 # see its SOURCE.md) is read in place when present: every file parses, every cell equals its text.
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "freesurfer_formats"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "freesurfer_formats"
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared real FreeSurfer examples not available")

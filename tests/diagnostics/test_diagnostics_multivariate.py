@@ -21,7 +21,7 @@ from featharm.diagnostics.suite import TABLES
 from featharm.diagnostics.univariate import COLUMNS
 from featharm.exceptions import AlignmentError, CollinearityWarning, InputError
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from featharm.exceptions import (
 )
 from featharm.mixed import batch_lrt, fit_random_intercept, fit_random_slope
 
-REFERENCE = Path(__file__).parent / "reference"
+REFERENCE = Path(__file__).parents[1] / "reference"
 INPUTS = REFERENCE / "inputs" / "small_long"
 LONGCOMBAT = REFERENCE / "outputs" / "longcombat__longcombat"
 QC_LMER = REFERENCE / "outputs" / "qc_lmer"

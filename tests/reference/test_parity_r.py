@@ -24,7 +24,7 @@ import featharm
 
 pytestmark = pytest.mark.reference
 
-REFERENCE = Path(__file__).parent / "reference"
+REFERENCE = Path(__file__).parents[1] / "reference"
 INPUTS = REFERENCE / "inputs" / "small_cs"
 OUTPUTS = REFERENCE / "outputs"
 

@@ -39,7 +39,7 @@ if HAVE_NH:
         sys.modules.setdefault("nibabel", types.ModuleType("nibabel"))  # imported, never used by the GAM path
     from neuroHarmonize import harmonizationApply, harmonizationLearn
 
-INPUTS = Path(__file__).parent / "reference" / "inputs" / "small_cs"
+INPUTS = Path(__file__).parents[1] / "reference" / "inputs" / "small_cs"
 ATOL = 1e-8
 SEED = 7
 

@@ -31,7 +31,7 @@ from featharm.exceptions import (
 )
 from featharm._core.splines import SplineBasis
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 INPUTS = REF / "inputs" / "small_cs"
 MGCV = REF / "outputs" / "combatgam__comfamily"
 

@@ -21,7 +21,7 @@ from featharm.cli import main
 from featharm.exceptions import InputError
 from featharm.persistence import atomic_write_bytes
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _python_block(heading: str) -> str:

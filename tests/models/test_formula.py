@@ -21,7 +21,7 @@ from featharm.design import CovariateDesign
 from featharm.exceptions import ColumnNotFoundError, FormulaError, ModelFileError, OutOfRangeError
 from featharm.formula import parse_formula
 
-V01 = Path(__file__).parent / "data" / "models_v01"
+V01 = Path(__file__).parents[1] / "data" / "models_v01"
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import featharm as fh
 from featharm.cli import build_parser, main
 from featharm.cli.harmonize import METHODS, OPTIONS, REQUIRED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A value of every option for the tests (CLI words, then the parameter the estimator should get), chosen
 # to differ from the estimator's default.
