@@ -45,22 +45,6 @@ __all__ = ["CovariateDesign", "batch_indicators", "check_full_rank"]
 SPEC_VERSION = 1
 
 
-def _clean_formula(formula: str | None) -> str:
-    """The right-hand side of ``formula`` ('' for none); kept for the callers that only need the text."""
-    return _fm.clean_formula(formula)
-
-
-def _formula_variables(formula: str, columns) -> tuple[list[str], set[str]]:
-    """Covariate columns a formula uses (those among ``columns``), and those used inside ``C()``.
-
-    The formula is parsed by the grammar, so a formula outside it is an error here already.
-    """
-    parsed = _fm.parse_formula(formula)
-    cols = set(map(str, columns))
-    used = [v for v in parsed.variables() if v in cols]
-    return used, parsed.categorical_variables() & cols
-
-
 def _numeric_categories(dtype: pd.CategoricalDtype) -> bool:
     cats = dtype.categories
     return pd.api.types.is_numeric_dtype(cats) and not pd.api.types.is_bool_dtype(cats)

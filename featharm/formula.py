@@ -42,7 +42,7 @@ import numpy as np
 
 from .exceptions import FormulaError
 
-__all__ = ["parse_formula", "ParsedFormula", "FUNCTIONS", "STATEFUL", "render", "clean_formula"]
+__all__ = ["parse_formula", "ParsedFormula", "FUNCTIONS", "STATEFUL", "render", "clean_formula", "formula_columns"]
 
 # elementwise functions a formula may call (also as np.NAME / numpy.NAME)
 FUNCTIONS = {"log": np.log, "log1p": np.log1p, "log2": np.log2, "log10": np.log10, "exp": np.exp,
@@ -634,6 +634,15 @@ def parse_formula(formula) -> ParsedFormula:
         return ParsedFormula("", [])
     terms = [tuple(_copy(n) for n in t) for t in _parse_cached(text)]
     return ParsedFormula(text, terms)
+
+
+def formula_columns(formula, columns) -> list[str]:
+    """The columns among ``columns`` that ``formula`` uses, in model order (``[]`` for no formula).
+
+    The formula is parsed by the grammar, so a formula outside it is an error here already.
+    """
+    names = set(map(str, columns))
+    return [v for v in parse_formula(formula).variables() if v in names]
 
 
 def _copy(node):

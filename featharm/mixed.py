@@ -421,8 +421,8 @@ def site_lrt(Y, B, Xc, groups, *, time=None, random_slope: bool = False):
 
 
 def _check_lrt_params(batch, subject, formula, time, random_slope) -> None:
-    from .design import _clean_formula, _formula_variables
     from .exceptions import FormulaError
+    from .formula import formula_columns
 
     owner = "batch_lrt"
     if isinstance(batch, bool) or not isinstance(batch, (str, int, np.integer)):
@@ -439,9 +439,8 @@ def _check_lrt_params(batch, subject, formula, time, random_slope) -> None:
     if formula is not None and not isinstance(formula, str):
         raise FormulaError(f"The 'formula' parameter of {owner} must be a string such as 'age + sex' or None. "
                            f"Got {formula!r} instead.")
-    f = _clean_formula(formula)
-    if f:
-        used = _formula_variables(f, [subject, batch])[0]
+    used = formula_columns(formula, [subject, batch])
+    if used:
         for col in (subject, batch):
             if col in used:
                 raise FormulaError(

@@ -93,10 +93,9 @@ def check_batch(cov: pd.DataFrame, batch: str) -> None:
 
 def formula_columns(formula, cov: pd.DataFrame) -> list:
     """The covariate columns a ``--formula`` uses (they are not features)."""
-    from ..design import _clean_formula, _formula_variables
+    from ..formula import formula_columns
 
-    f = _clean_formula(formula)
-    return _formula_variables(f, cov.columns)[0] if f else []
+    return formula_columns(formula, cov.columns)
 
 
 def check_model_features(args, data: pd.DataFrame, feats) -> None:

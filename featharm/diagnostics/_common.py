@@ -144,7 +144,3 @@ def bonferroni(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=float)
     k = int(np.isfinite(p).sum())
     return np.minimum(p * k, 1.0)
-
-
-def check_random_state(random_state) -> np.random.Generator:
-    return np.random.default_rng(random_state)

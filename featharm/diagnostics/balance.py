@@ -8,7 +8,8 @@ import pandas as pd
 from scipy import stats
 
 from .._validation import _show, batch_levels, encode_batches, get_batch, show_columns
-from ..design import _clean_formula, _formula_variables, _is_categorical_dtype
+from ..design import _is_categorical_dtype
+from ..formula import clean_formula, formula_columns
 from ..exceptions import CollinearityWarning, ColumnNotFoundError, InputError, warn
 
 __all__ = ["covariate_balance", "BALANCE_COLUMNS"]
@@ -55,8 +56,8 @@ def covariate_balance(covariates: pd.DataFrame, *, batch: str = "site", formula:
     codes = encode_batches(s, levels, batch)
     m = len(levels)
     if columns is None:
-        f = _clean_formula(formula)
-        columns = _formula_variables(f, covariates.columns)[0] if f else [c for c in covariates.columns if c != batch]
+        columns = (formula_columns(formula, covariates.columns) if clean_formula(formula)
+                   else [c for c in covariates.columns if c != batch])
     else:
         columns = list(columns)
         missing = [c for c in columns if c not in covariates.columns]

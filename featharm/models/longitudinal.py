@@ -8,7 +8,8 @@ import pandas as pd
 from .._core import eb
 from .._core.blocks import column_variance
 from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
-from ..design import _clean_formula, _formula_variables, batch_indicators
+from ..design import batch_indicators
+from ..formula import formula_columns
 from ..exceptions import (
     BatchError,
     FormulaError,
@@ -18,7 +19,7 @@ from ..exceptions import (
     warn,
 )
 from ..mixed import fit_random_intercept, fit_random_slope
-from ._base import MIN_NEW_SITE_SIZE, BaseHarmonizer
+from ._base import BaseHarmonizer
 from .._schema import DamagedState, Stored, check_levels
 
 __all__ = ["LongComBat"]
@@ -101,6 +102,11 @@ class LongComBat(BaseHarmonizer):
 
     Notes
     -----
+    ``transform(X, covariates, new_sites=...)`` is the shared one (:meth:`BaseHarmonizer.transform`); for
+    scans of batches not seen at fit, ``new_sites="estimate"`` estimates their location, scale and EB
+    posterior (``n_iter`` Jacobi iterations, as at fit) from their own scans against the frozen model, each
+    new batch needing ``min_new_site_size`` scans; rows of seen batches are unchanged.
+
     *Harmonized value.* ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + alpha + x'beta + u_s`` with
     ``z = (y - alpha - x'beta - u_s) / sigma`` (``u_s`` the subject's BLUP, or 0 with ``"marginal"``).
 
@@ -176,10 +182,10 @@ class LongComBat(BaseHarmonizer):
             raise InputError(f"The 'time' parameter of {owner} must be a column name or None. Got {self.time!r}.")
         if self.random_slope and self.time is None:
             raise InputError(f"random_slope=True needs the time column: pass time=<column> to {owner}.")
-        f = _clean_formula(self.formula)
-        if f:
+        used = formula_columns(self.formula, [self.subject, self.batch])
+        if used:
             for col in (self.subject, self.batch):
-                if col in _formula_variables(f, [self.subject, self.batch])[0]:
+                if col in used:
                     raise FormulaError(
                         f"formula {self.formula!r} uses {col!r}; the subject enters as a random effect and "
                         "the batch is modelled separately. Remove it from the formula."
@@ -365,29 +371,6 @@ class LongComBat(BaseHarmonizer):
             prep.Y = Y
         out += U
         return out
-
-    def transform(self, X, covariates=None, *, new_sites="error", min_new_site_size=MIN_NEW_SITE_SIZE):
-        """Harmonize scans with the frozen model (see Notes: known subjects keep their random effect).
-
-        Parameters
-        ----------
-        X : DataFrame
-            Features (rows = scans), the columns seen at fit.
-        covariates : DataFrame
-            The batch, subject (and time) columns and the formula's columns, aligned with ``X``.
-        new_sites : {"error", "estimate"}, default "error"
-            Batches not seen at fit: an :class:`~featharm.exceptions.UnseenBatchError`, or (``"estimate"``)
-            their location, scale and EB posterior (30 Jacobi iterations, as at fit) are estimated from
-            their own scans against the frozen model; see Notes. Rows of seen batches are unchanged.
-        min_new_site_size : int, default 5
-            Fewest scans a new batch needs for ``"estimate"``.
-
-        Returns
-        -------
-        DataFrame
-            Harmonized features, same index and columns as ``X``.
-        """
-        return super().transform(X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
 
     # ------------------------------------------------------------------------------ attributes / state
     def _extra_axes(self):
