@@ -555,9 +555,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     def _estimate_new_sites(self, prep: _Prepared, min_size) -> None:
         """§5.7: location, scale and EB posterior of each unseen batch against the frozen model."""
-        if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 2:
-            raise InputError(f"The 'min_new_site_size' parameter of {self._owner()} must be an integer >= 2 "
-                             f"(a new site's variance is estimated from its rows). Got {min_size!r} instead.")
+        check_integer("min_new_site_size", min_size, self._owner(), minimum=2)  # a new site's variance is estimated
         a = self._arr
         m = len(self.batches_)
         k = len(prep.new_levels)

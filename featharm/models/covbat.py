@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import blocks, eb
-from .._validation import check_option
+from .._validation import check_integer, check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, warn
 from ._base import _Prepared
@@ -143,10 +143,8 @@ class CovBat(ComBat):
         if isinstance(pv, bool) or not isinstance(pv, (int, float, np.floating)) or not 0 < pv < 1:
             raise InputError(f"The 'percent_var' parameter of {owner} must be a number in (0, 1), the share of "
                              f"variance to harmonize. Got {pv!r} instead.")
-        k = self.n_components
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise InputError(f"The 'n_components' parameter of {owner} must be a positive integer or None. "
-                             f"Got {k!r} instead.")
+        if self.n_components is not None:
+            check_integer("n_components", self.n_components, owner)
 
     # ------------------------------------------------------------------------------ fitting
     def _fit_model(self, X, covariates) -> _Prepared:

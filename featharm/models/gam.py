@@ -34,7 +34,7 @@ from .._core import eb, ols, penalized
 from .._core.blocks import column_variance, iter_blocks
 from .._core.splines import SplineBasis
 from .._progress import Progress
-from .._validation import check_option, numeric_covariate
+from .._validation import check_integer, check_option, numeric_covariate
 from ..design import CovariateDesign, batch_indicators
 from ..formula import parse_formula, render
 from ..exceptions import FormulaError, InputError
@@ -185,9 +185,7 @@ class ComBatGAM(BaseHarmonizer):
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, (int, np.integer))):
             raise InputError(f"The 'random_state' parameter of {owner} must be an integer or None. "
                              f"Got {rs!r} instead.")
-        if not isinstance(self.df, (int, np.integer)) or isinstance(self.df, bool) or self.df < 5:
-            raise InputError(f"The 'df' parameter of {owner} must be an integer >= 5 (a cubic spline with at "
-                             f"least one interior knot). Got {self.df!r} instead.")
+        check_integer("df", self.df, owner, minimum=5)  # a cubic spline with at least one interior knot
         if self.compat == "neuroHarmonize":
             if self.df != 10:
                 raise InputError("compat='neuroHarmonize' uses neuroHarmonize's basis (df=10); leave df at 10.")
