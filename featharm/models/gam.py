@@ -2,7 +2,7 @@
 
 Only the mean model changes (``docs/methods.md`` §2): each feature is fitted by a penalized regression spline
 in the smooth covariates, jointly with the batch indicators and the linear covariates; standardization,
-empirical Bayes and the adjustment are ComBat's, from :mod:`featharm.eb` through :class:`BaseHarmonizer`.
+empirical Bayes and the adjustment are ComBat's, from :mod:`featharm._core.eb` through :class:`BaseHarmonizer`.
 
 Default fit (all features at once)
 ----------------------------------
