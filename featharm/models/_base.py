@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from .._core import eb
+from .._core import eb, missing
 from .._core.blocks import iter_blocks
 from .._progress import Progress
 from .._threads import sized_by_first_argument
@@ -28,6 +28,7 @@ from .._validation import (
     check_positive_number,
     encode_batches,
     get_batch,
+    show_rows,
 )
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import (
@@ -37,6 +38,7 @@ from ..exceptions import (
     ConvergenceWarning,
     FormulaError,
     InputError,
+    MissingValueError,
     NotFittedError,
     warn,
 )
@@ -74,6 +76,9 @@ def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
     big = np.empty(p)
     for blk in iter_blocks(p, n):
         big[blk] = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0))
+    if np.isnan(big).any():  # missing values: the largest |value| over each column's observed cells
+        for j in np.flatnonzero(np.isnan(big)):
+            big[j] = np.fmax.reduce(np.abs(Y[:, j]))
     e = np.frexp(big)[1]  # big = f 2^e with f in [0.5, 1)
     outside = (big > 0) & ((e > SCALE_EXPONENT) | (e < -SCALE_EXPONENT))
     if not outside.any():
@@ -90,8 +95,8 @@ _STORED = {
     "alpha": Stored(("feature",), values="finite"),
     "sigma": Stored(("feature",), values="sd"),
     "beta": Stored(("column", "feature"), values="finite"),
-    "batch_coef": Stored(("batch", "feature"), values="finite"),
-    "gamma_hat": Stored(("batch", "feature"), values="finite"),
+    "batch_coef": Stored(("batch", "feature"), values="observed"),
+    "gamma_hat": Stored(("batch", "feature"), values="observed"),
     "delta_hat": Stored(("batch", "feature"), values="not_negative"),
     "gamma_star": Stored(("batch", "feature"), values="finite"),
     "delta_star": Stored(("batch", "feature"), values="positive"),
@@ -104,6 +109,8 @@ _STORED = {
     "constant": Stored(("feature",), dtype="bool"),
     # powers of two the features were multiplied by, when some lay outside 2^±64 (see _feature_scale)
     "feature_scale": Stored(("feature",), values="positive", optional=True),
+    # observed values of each feature at each batch, when fitted with missing values (§1.8)
+    "n_obs": Stored(("batch", "feature"), values="count", optional=True),
 }
 _ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
 
@@ -112,7 +119,7 @@ class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
     __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "levels", "new_levels", "effects",
-                 "new_random", "scale")
+                 "new_random", "scale", "mask")
 
     def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
@@ -122,6 +129,7 @@ class _Prepared:
         # batches unseen at fit (codes m, m+1, ...) and, once estimated (_estimate_new_sites), (gamma*, delta*)
         # of all batches and, for a family with random effects, those predicted for their rows (rows, values)
         self.new_levels, self.effects, self.new_random = list(new_levels), None, None
+        self.mask = None  # missing cells (n × p bool, True = NaN) when Y has any; None otherwise (§1.8)
 
 
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -218,7 +226,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             if len(cols) != X.shape[1]:
                 raise AlignmentError(f"X has {X.shape[1]} features but {owner} was fitted with {len(cols)}.")
             X = pd.DataFrame(X, index=covariates.index, columns=cols)
-        Y, index, columns = check_features(X, owner)
+        Y, index, columns, nan_cols = check_features(X, owner, allow_nan=True)
         cov = align_covariates(index, covariates, owner)
         order = None
         if not fitting:
@@ -236,6 +244,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 pos = {c: i for i, c in enumerate(cols)}
                 order = np.array([pos[c] for c in fitted])
                 Y = np.asfortranarray(Y[:, order])
+                nan_cols = nan_cols[order]
         common = self._common_feature_scale()
         scale = _feature_scale(Y, bool(common)) if fitting else self._arr.get("feature_scale")
         if scale is not None:
@@ -255,8 +264,30 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
                 new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
-            return _Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale)
-        return _Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale)
+            return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale),
+                                      nan_cols)
+        return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale), nan_cols)
+
+    # Whether the family estimates with missing feature values (NaN cells, docs/methods.md §1.8).
+    _supports_missing: ClassVar[bool] = False
+
+    def _with_missing(self, prep: _Prepared, nan_cols: np.ndarray) -> _Prepared:
+        """``prep`` with the n × p mask of its NaN cells (if any); a family that does not handle them refuses
+        them, naming cells."""
+        if not nan_cols.any():
+            return prep
+        Y, index, columns = prep.Y, prep.index, prep.columns
+        if not self._supports_missing:
+            j = int(np.flatnonzero(nan_cols)[0])
+            raise MissingValueError(
+                f"{self._owner()} does not handle missing feature values yet: {int(nan_cols.sum())} feature(s) "
+                f"have NaN cells, e.g. {columns[j]!r} at {show_rows(index, np.isnan(Y[:, j]))}. ComBat "
+                "harmonizes tables with NaN cells (each feature on its observed rows); or drop or fill them first."
+            )
+        prep.mask = np.zeros(Y.shape, dtype=bool, order="F")
+        for j in np.flatnonzero(nan_cols):
+            prep.mask[:, j] = np.isnan(Y[:, j])
+        return prep
 
     def _common_feature_scale(self) -> str | None:
         """Why features must be rescaled by one common factor (a family mixing them in their own units), or None."""
@@ -515,8 +546,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             )
         m = a["gamma_hat"].shape[0]
         with Progress(m - (ref is not None) if opts.eb else 0, "empirical Bayes") as bar:
-            post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep, ref=ref,
-                                progress=bar.update)
+            if "n_obs" in a:  # fitted with missing values: each feature's observed counts (§1.8)
+                post = missing.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, a["n_obs"], opts,
+                                         keep=keep, ref=ref, progress=bar.update)
+                self._check_missing_priors(post.priors, opts, ref)
+            else:
+                post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep,
+                                    ref=ref, progress=bar.update)
         if post.not_converged:
             warn(
                 f"parametric EB did not converge within max_iter={opts.max_iter} iterations for "
@@ -528,6 +564,21 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         a.update(gamma_star=post.gamma_star, delta_star=post.delta_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
                  a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=post.n_iter)
         del self._delta_raw
+
+    def _check_missing_priors(self, pri: eb.Priors, opts: eb.EBOptions, ref) -> None:
+        """With missing values, a site's priors need 2 features with estimates: name the sites without."""
+        if not opts.eb:
+            return
+        need = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric else [pri.a_prior,
+                                                                                             pri.b_prior])
+        bad = [self.batches_[i] for i in range(len(self.batches_))
+               if i != ref and not all(np.isfinite(x[i]) for x in need)]
+        if bad:
+            raise MissingValueError(
+                f"the empirical-Bayes priors of batch(es) {bad} of {self.batch!r} cannot be estimated: they "
+                "need the site effects of at least 2 features (and their spread), and too few features are "
+                "observed enough there. Pass eb=False, or drop those sites."
+            )
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep: _Prepared) -> np.ndarray:

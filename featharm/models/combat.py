@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._core import eb, ols
+from .._core import eb, missing, ols
 from .._core.blocks import column_variance, iter_blocks
 from .._progress import Progress
 from ..design import batch_indicators
+from ..exceptions import BatchError, ConfoundingError, MissingValueError, MissingValueWarning, warn
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBat"]
@@ -117,7 +118,8 @@ class ComBat(BaseHarmonizer):
     """
 
     _schema_name = "combat"
-    _compat_options = (None, "neuroCombat")
+    _compat_options = (None, "neuroCombat", "sva")
+    _supports_missing = True
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
                  mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None):
@@ -138,6 +140,8 @@ class ComBat(BaseHarmonizer):
     def _fit_location(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
         """S1–S5: one least-squares fit of every feature on ``[B | X]``, the pooled variance and the
         standardized batch moments (``docs/methods.md`` §1.2). Fills ``self._arr``."""
+        if prep.mask is not None:  # NaN cells: each feature on its observed rows (§1.8)
+            return self._fit_location_missing(prep, B, counts, ref)
         Y = prep.Y
         n, p = Y.shape
         m = B.shape[1]
@@ -160,3 +164,151 @@ class ComBat(BaseHarmonizer):
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
         self._mark_constant(np.abs(st.alpha), column_variance(Y))
+
+    # ------------------------------------------------------------------------------ missing values (§1.8)
+    def _fit_location_missing(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
+        """S1–S5 with NaN cells (``featharm._core.missing``): features without NaN get the complete-data fit
+        (the same numbers as without any NaN elsewhere), the others are fitted on their observed rows,
+        grouped by missingness pattern. Fills ``self._arr`` (with ``n_obs``, the observed counts)."""
+        Y, mask, codes = prep.Y, prep.mask, prep.codes
+        n, p = Y.shape
+        m = B.shape[1]
+        q = prep.X.shape[1]
+        n_obs = missing.observed_counts(mask, codes, counts)
+        self._check_observed(n_obs, q, ref)
+        W = np.hstack([B, prep.X])
+        onehot = np.asfortranarray(batch_indicators(codes, m))
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        Xf = np.asfortranarray(prep.X)
+        inc = mask.any(axis=0)
+        coef = np.empty((m + q, p))
+        ss = np.empty((m, p))
+        full = np.flatnonzero(~inc)
+        if full.size:  # the complete-data S1 and residual sums of squares, as in _fit_location
+            Yc = np.asfortranarray(Y[:, full])
+            coef[:, full] = ols.GramSolver(W).solve(Yc)
+            fit = batch_rows @ coef[:m, full]
+            for blk in iter_blocks(full.size, n):
+                ss[:, full[blk]] = ols.batch_residual_ss(Yc[:, blk], fit[:, blk], Xf, coef[m:, full[blk]], codes,
+                                                         onehot)
+            del Yc
+        cols = np.flatnonzero(inc)
+        blocks = list(iter_blocks(cols.size, n))
+        WtY = np.empty((m + q, cols.size))
+        with Progress(2 * len(blocks), "fitting location/scale (missing values)") as bar:
+            for blk in blocks:  # W'Y with the missing cells as 0: the observed rows' cross-products
+                WtY[:, blk] = W.T @ np.where(mask[:, cols[blk]], 0.0, Y[:, cols[blk]])
+                bar.update()
+            present = n_obs[:, cols] > 0
+            c, deficient, column = missing.available_case_ols(WtY, W, mask[:, cols], present, m)
+            if deficient.size:
+                names = [str(self.feature_names_in_[cols[j]]) for j in deficient]
+                col = ([str(b) for b in self.batches_] + list(self.design_.columns))[int(column[0])]
+                raise ConfoundingError(
+                    f"on the rows where they are observed, the design (batch and covariates) of {len(names)} "
+                    f"feature(s) is rank deficient: {names[:5]}{' ...' if len(names) > 5 else ''} (e.g. column "
+                    f"{col!r} of {names[0]!r} is a combination of the others once its missing rows are left "
+                    "out). Drop those features, or the covariate, or fill the design's gaps with more data."
+                )
+            coef[:, cols] = c
+            fit = np.where(present, batch_rows @ np.where(present, c[:m], 0.0), np.nan)
+            for blk in blocks:
+                Mb = mask[:, cols[blk]]
+                ss[:, cols[blk]] = missing.observed_residual_ss(np.where(Mb, 0.0, Y[:, cols[blk]]), Mb, fit[:, blk],
+                                                                Xf, c[m:, blk], codes, onehot)
+                bar.update()
+        mean_only = bool(self.mean_only)
+        ddof = 1 if self.compat == "sva" else 0  # sva's missing-value path: every feature over n_v - 1
+        st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
+                                          ddof=ddof)
+        if ddof == 0 and full.size:  # features without NaN: exactly the complete-data numbers
+            sf = eb.standardized_moments(coef[:, full], ss[:, full], counts, batch_rows, ref=ref, mean_only=mean_only)
+            for name in ("alpha", "sigma"):
+                getattr(st, name)[full] = getattr(sf, name)
+            for name in ("gamma_hat", "delta_hat", "delta_raw"):
+                getattr(st, name)[:, full] = getattr(sf, name)
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
+                         gamma_hat=st.gamma_hat, delta_hat=st.delta_hat, n_obs=n_obs.astype(np.float64))
+        self._delta_raw = st.delta_raw
+        self._warn_sparse_cells(n_obs, ref)
+        self._mark_constant(np.abs(st.alpha), missing.observed_variance(Y, mask))
+
+    def _check_observed(self, n_obs: np.ndarray, q: int, ref) -> None:
+        """Refuse what the observed cells cannot identify, naming features and sites (§1.8)."""
+        names = self.feature_names_in_
+        levels = self.batches_
+
+        def some(idx, k=5):
+            idx = list(idx)
+            return f"{[str(names[j]) for j in idx[:k]]}{' ...' if len(idx) > k else ''}"
+
+        sites = (n_obs > 0).sum(axis=0)
+        few_sites = np.flatnonzero(sites < 2)
+        if few_sites.size:
+            raise MissingValueError(
+                f"{few_sites.size} feature(s) are observed in fewer than 2 batches of {self.batch!r}: "
+                f"{some(few_sites)}; a site effect needs a comparison. Drop those features."
+            )
+        rows = n_obs.sum(axis=0)
+        few_rows = np.flatnonzero(rows < q + sites + 1)
+        if few_rows.size:
+            j = few_rows[0]
+            raise MissingValueError(
+                f"{few_rows.size} feature(s) have fewer observed values than their regression needs (the "
+                f"batches present, {q} covariate column(s) and 1): {some(few_rows)} ({names[j]!r}: "
+                f"{int(rows[j])} observed values). Drop those features."
+            )
+        if ref is not None:
+            bad = np.flatnonzero(n_obs[ref] < 2)
+            if bad.size:
+                raise BatchError(
+                    f"the reference batch {levels[ref]!r} has fewer than 2 observed values of {some(bad)}: its "
+                    "pooled variance is estimated in the reference batch alone. Drop those features or choose "
+                    "another reference batch."
+                )
+        if not self.eb:
+            need = 1 if self.mean_only else 2
+            bad = n_obs < need
+            if ref is not None:
+                bad[ref] = False
+            if bad.any():
+                cells = [f"{levels[a]!r} × {names[b]!r} ({int(n_obs[a, b])})" for a, b in zip(*np.nonzero(bad))]
+                raise MissingValueError(
+                    f"eb=False uses each site's own estimates, which need at least {need} observed value(s) of a "
+                    f"feature at a site; {len(cells)} site × feature cell(s) have fewer: "
+                    f"{', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}. Use eb=True (the site's prior "
+                    "fills in), mean_only=True (one value suffices), or drop those features."
+                )
+
+    def _warn_sparse_cells(self, n_obs: np.ndarray, ref) -> None:
+        """Warn, naming sites and features, where R stops: a site with no (or one) observed value of a feature."""
+        levels, names = self.batches_, self.feature_names_in_
+        checked = np.ones(n_obs.shape[0], dtype=bool)
+        if ref is not None:
+            checked[ref] = False
+
+        def listing(cells):
+            by_site = {}
+            for i, j in zip(*np.nonzero(cells)):
+                by_site.setdefault(levels[i], []).append(str(names[j]))
+            parts = [f"{site!r}: {feats[:5]}{' ...' if len(feats) > 5 else ''}" for site, feats in by_site.items()]
+            return "; ".join(parts)
+
+        empty = (n_obs == 0) & checked[:, None]
+        if empty.any():
+            warn(
+                f"{int(empty.sum())} site × feature cell(s) have no observed value ({listing(empty)}): the site "
+                "effect there is not estimated and is left out of the empirical-Bayes priors; nothing of those "
+                "sites and features is adjusted at fit. At transform, such values are adjusted with the site's "
+                "prior (the posterior under no data). R neuroCombat and sva stop here.",
+                MissingValueWarning,
+            )
+        single = (n_obs == 1) & checked[:, None]
+        if single.any() and not self.mean_only:
+            warn(
+                f"{int(single.sum())} site × feature cell(s) have a single observed value ({listing(single)}): "
+                "the site's scale for that feature cannot be estimated from it and is left out of the priors; "
+                "empirical Bayes estimates it from the site's prior and that one value. R neuroCombat stops (or "
+                "returns NaN) here.",
+                MissingValueWarning,
+            )

@@ -114,6 +114,8 @@ class CovBat(ComBat):
 
     _schema_name = "covbat"
     _stored = {**ComBat._stored, **_COVBAT_STORED}
+    _compat_options = (None, "neuroCombat")
+    _supports_missing = False  # the PCA step needs complete residual rows (a later part of §1.8)
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
