@@ -415,7 +415,8 @@ def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
     if not isinstance(batch, str) and not isinstance(batch, (int, np.integer)):
         raise InputError(f"The 'batch' parameter must be a column name. Got {batch!r} instead.")
     return covariate_column(covariates, batch, "batch", fix="Pass batch=<name of the site/scanner column>.",
-                            missing_fix="every row needs a batch.")
+                            missing_fix="every row needs a batch (ComBat and CovBat can leave such rows out with "
+                                        "missing_covariates='exclude'; command line: --missing-covariates exclude).")
 
 
 def batch_levels(s: pd.Series) -> list:

@@ -39,6 +39,7 @@ from ..exceptions import (
     FormulaError,
     InputError,
     MissingValueError,
+    MissingValueWarning,
     NotFittedError,
     warn,
 )
@@ -119,7 +120,7 @@ class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
     __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "levels", "new_levels", "effects",
-                 "new_random", "scale", "mask")
+                 "new_random", "scale", "mask", "rows_out")
 
     def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
@@ -130,6 +131,7 @@ class _Prepared:
         # of all batches and, for a family with random effects, those predicted for their rows (rows, values)
         self.new_levels, self.effects, self.new_random = list(new_levels), None, None
         self.mask = None  # missing cells (n × p bool, True = NaN) when Y has any; None otherwise (§1.8)
+        self.rows_out = None  # (rows kept, index of all rows) when rows were left out (missing_covariates)
 
 
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -204,6 +206,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             check_option("mean_only_form", params["mean_only_form"], ("sva", "n"), owner)
         if "compat" in params:
             check_option("compat", params["compat"], self._compat_options, owner)
+        if "missing_covariates" in params:
+            check_option("missing_covariates", params["missing_covariates"], ("error", "exclude"), owner)
         ref = params.get("ref_batch")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, np.integer))):
             raise bad("ref_batch", "None or a level of the batch column")
@@ -374,8 +378,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """
         self._check_fitted()
         check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        X, covariates, rows_out, _ = self._exclude_missing_covariates(X, covariates)
         prep = self._prepare(X, covariates, fitting=False, new_sites=new_sites)
+        prep.rows_out = rows_out
         prep.X = self.design_.transform(prep.covariates)
+        if "n_obs" in self._arr:  # fitted with missing values: sites without data for a feature (§1.8)
+            self._warn_cells_without_data(prep)
         if prep.new_levels:
             self._estimate_new_sites(prep, min_new_site_size)
         return self._output(self._harmonize(prep), prep)
@@ -404,12 +412,53 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
         with record_warnings() as log:  # kept as fit_warnings_ (listed by the report)
             try:
+                X, covariates, rows_out, excluded = self._exclude_missing_covariates(X, covariates)
                 prep = self._fit_model(X, covariates)
             except BaseException:
                 self._forget_fit()  # a failed fit leaves the model unfitted, never half-fitted
                 raise
         self.fit_warnings_ = list(log)
+        if excluded:  # missing_covariates="exclude" left rows out: their ids (saved with the model)
+            self.excluded_rows_ = [r.item() if hasattr(r, "item") else r if isinstance(r, (str, int, float))
+                                   else str(r) for r in excluded]
+        prep.rows_out = rows_out
         return prep
+
+    def _exclude_missing_covariates(self, X, covariates):
+        """With ``missing_covariates="exclude"``: ``X`` and ``covariates`` without the rows whose batch label or
+        a covariate the formula uses is missing, warning with their ids. Returns ``X, covariates, rows_out,
+        excluded``: ``rows_out`` = (rows kept, index of all rows) for the output (``None`` when no row is left
+        out) and the ids left out. Any other setting, or input that is not a DataFrame of covariates: unchanged
+        (the checks downstream name the rows)."""
+        if self._param("missing_covariates") != "exclude" or not isinstance(covariates, pd.DataFrame):
+            return X, covariates, None, []
+        from ..formula import formula_columns
+
+        try:
+            cols = formula_columns(self._param("formula"), covariates.columns)
+        except FormulaError:
+            return X, covariates, None, []  # the formula's own error comes from the fit
+        cols = [c for c in dict.fromkeys([self.batch, *cols]) if c in covariates.columns]
+        na = covariates[cols].isna().to_numpy().any(axis=1)
+        if not na.any():
+            return X, covariates, None, []
+        excluded = covariates.index[na]
+        if isinstance(X, pd.DataFrame):
+            keep = ~X.index.isin(excluded)
+            index = X.index
+            X = X.loc[keep]
+        elif isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == len(covariates):
+            keep, index = ~na, covariates.index
+            X = X[keep]
+        else:
+            return X, covariates, None, []
+        what = [c for c in cols if covariates[c].isna().any()]
+        warn(
+            f"{int(na.sum())} row(s) have a missing {' / '.join(map(repr, what))}: {show_rows(covariates.index, na, 10)}. "
+            "They are left out (missing_covariates='exclude') and come back with NaN features; nothing is imputed.",
+            MissingValueWarning,
+        )
+        return X, covariates.loc[~na], (keep, index), list(excluded)
 
     def _forget_fit(self) -> None:
         """Drop every learned attribute (``*_``) and the arrays behind them."""
@@ -629,6 +678,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         codes = prep.codes[new_rows] - m
         not_converged = []
         for j in range(k):
+            if prep.mask is not None and np.isnan(Z[codes == j]).any():  # missing values (§1.8)
+                gs, ds, ok = self._new_site_missing(Z[codes == j], opts, prep.new_levels[j], keep)
+                if not ok:
+                    not_converged.append(prep.new_levels[j])
+                g_new[j, keep], d_new[j, keep] = gs, ds
+                continue
             gh, dh, d_raw = eb.batch_moments(Z[codes == j], mean_only=opts.mean_only)
             if opts.eb:  # the priors of one batch: across its own features
                 pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
@@ -642,6 +697,59 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             warn(f"parametric EB did not converge within max_iter={opts.max_iter} iterations for new "
                  f"batch(es) {not_converged}; the last iterate is used.", ConvergenceWarning)
         prep.effects = (np.vstack([a["gamma_star"], g_new]), np.vstack([a["delta_star"], d_new]))
+
+    def _new_site_missing(self, Z: np.ndarray, opts: eb.EBOptions, level, keep: np.ndarray):
+        """§5.7 with NaN cells: a new batch's location, scale and posterior from each feature's observed rows
+        (priors across its features with estimates; ``featharm._core.missing``). Returns ``gamma*, delta*, ok``."""
+        gh, dh, d_raw, n = missing.batch_moments(Z, mean_only=opts.mean_only)
+        names = self.feature_names_in_[keep]
+        need = 1 if opts.mean_only else 2
+        if not opts.eb:
+            bad = np.flatnonzero(n < need)
+            if bad.size:
+                raise MissingValueError(
+                    f"new site {level!r} has fewer than {need} observed value(s) of {len(bad)} feature(s): "
+                    f"{list(names[bad][:5])}{' ...' if bad.size > 5 else ''}; without empirical Bayes its own "
+                    "estimates are used, so they are needed. Use an eb=True model, or drop those features."
+                )
+            return gh, dh, True
+        pri = missing.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
+        need_finite = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric
+                                                  else [pri.a_prior, pri.b_prior])
+        if not all(np.isfinite(x[0]) for x in need_finite):
+            raise MissingValueError(
+                f"the empirical-Bayes priors of new site {level!r} cannot be estimated: fewer than 2 of its "
+                "features are observed enough there."
+            )
+        sparse = np.flatnonzero((n > 0) & (n < need))
+        if sparse.size:
+            warn(f"new site {level!r} has a single observed value of {list(names[sparse][:5])}"
+                 f"{' ...' if sparse.size > 5 else ''}: its scale there comes from the site's prior and that value.",
+                 MissingValueWarning)
+        gs, ds, _, ok = missing.site_posterior(gh, dh, d_raw, n, pri, 0, opts)
+        return gs, ds, ok
+
+    def _warn_cells_without_data(self, prep: _Prepared) -> None:
+        """Warn about observed values of a (seen) site × feature that had no observed value at fit: they are
+        adjusted with the site's prior (the posterior under no data, §1.8)."""
+        n_obs = self._arr["n_obs"]
+        empty = np.argwhere(n_obs == 0)
+        found = []
+        for i, v in empty:
+            rows = prep.codes == i
+            if not rows.any():
+                continue
+            k = int(rows.sum() if prep.mask is None else (~prep.mask[rows, v]).sum())
+            if k:
+                found.append(f"{k} value(s) of {self.feature_names_in_[v]!r} from {self.batches_[i]!r}")
+        if found:
+            warn(
+                f"{'; '.join(found[:5])}{' ...' if len(found) > 5 else ''}: that site had no observed value of that "
+                "feature at fit, so these are adjusted with the site's prior (the empirical-Bayes posterior under "
+                "no data: gamma* = the prior mean gamma_bar, delta*^2 = the prior mean of delta^2), not with an "
+                "estimate of their own.",
+                MissingValueWarning,
+            )
 
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
@@ -671,7 +779,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     def _output(self, out: np.ndarray, prep: _Prepared):
         if prep.scale is not None:  # back to the input's units (exact: powers of two)
             out /= prep.scale
-            bad = ~np.isfinite(out).all(axis=0)
+            bad = ~np.isfinite(out).all(axis=0) if prep.mask is None else np.isinf(out).any(axis=0)
             if bad.any():
                 raise InputError(
                     f"the harmonized values of {list(self.feature_names_in_[bad][:5])} exceed the range of "
@@ -681,6 +789,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             inv = np.empty_like(prep.order)
             inv[prep.order] = np.arange(prep.order.size)
             out = out[:, inv]
+        if prep.rows_out is not None:  # missing_covariates="exclude": the left-out rows come back NaN
+            keep, index = prep.rows_out
+            full = np.full((keep.size, out.shape[1]), np.nan, order="F")
+            full[keep] = out
+            out, prep.index = full, index
         df = pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)
         if self._output_container() == "polars":
             try:
@@ -792,6 +905,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             "ref_index": self.ref_index_,
             "fit_warnings": list(getattr(self, "fit_warnings_", [])),
         }
+        if hasattr(self, "excluded_rows_"):  # rows left out by missing_covariates="exclude"
+            state["excluded_rows"] = list(self.excluded_rows_)
         return state, dict(self._arr)
 
     def _check_state(self, state: Any) -> dict[str, int | tuple[int, int]]:
@@ -802,7 +917,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         A family checks its own entries in an override that calls this first.
         """
         shared = ("batches", "feature_names", "design", "ref_index")
-        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings",))
+        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings", "excluded_rows"))
         batches = check_levels(state["batches"], "state.batches", "batch names")
         features = check_names(state["feature_names"], "state.feature_names", "feature names")
         n_columns = check_design(state["design"], "state.design")
@@ -817,6 +932,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             if not (level == ref_batch or str(level) == str(ref_batch)):
                 raise DamagedState("state.ref_index", f"points at batch {level!r}",
                                    f"the position of ref_batch {ref_batch!r} in state.batches")
+        rows = state.get("excluded_rows", [])
+        if not isinstance(rows, list) or not all(isinstance(r, str) or (isinstance(r, (int, float)) and not
+                                                                          isinstance(r, bool)) for r in rows):
+            raise DamagedState("state.excluded_rows", f"is {describe(rows)}", "a list of row ids (strings or numbers)")
         log = state.get("fit_warnings", [])
         if not isinstance(log, list):
             raise DamagedState("state.fit_warnings", f"is {describe(log)}", "a list of warnings")
@@ -838,6 +957,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self.design_ = CovariateDesign.from_dict(state["design"])
         self.ref_index_ = state["ref_index"]
         self.fit_warnings_ = list(state.get("fit_warnings", []))
+        if "excluded_rows" in state:
+            self.excluded_rows_ = list(state["excluded_rows"])
         self._arr = {k: np.asarray(v) for k, v in arrays.items()}
         self._arr["constant"] = self._arr["constant"].astype(bool)
         self._publish()

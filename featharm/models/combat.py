@@ -8,7 +8,7 @@ from .._core import eb, missing, ols
 from .._core.blocks import column_variance, iter_blocks
 from .._progress import Progress
 from ..design import batch_indicators
-from ..exceptions import BatchError, ConfoundingError, MissingValueError, MissingValueWarning, warn
+from ..exceptions import BatchError, ConfoundingError, InputError, MissingValueError, MissingValueWarning, warn
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBat"]
@@ -47,9 +47,16 @@ class ComBat(BaseHarmonizer):
         Convergence tolerance of parametric EB (largest signed relative change, as sva).
     max_iter : int, default 1000
         Cap on parametric EB iterations; a :class:`~featharm.exceptions.ConvergenceWarning` is raised when hit.
-    compat : {None, "neuroCombat"}, default None
+    compat : {None, "neuroCombat", "sva"}, default None
         ``"neuroCombat"`` rounds continuous covariates through float32 as neuroCombat/neuroHarmonize do;
-        only for reproducing their numbers.
+        only for reproducing their numbers. ``"sva"`` reproduces sva's missing-value path: with NaN cells
+        anywhere, every feature's pooled variance divides by ``n_v - 1`` instead of ``n_v`` (without NaN it
+        changes nothing; not defined with ``ref_batch``).
+    missing_covariates : {"error", "exclude"}, default "error"
+        Rows with a missing batch label or a missing value of a covariate the formula uses: ``"error"``
+        names them; ``"exclude"`` leaves them out of the fit (and of ``transform``), returns their features as
+        NaN and lists them in a :class:`~featharm.exceptions.MissingValueWarning` (and ``excluded_rows_``).
+        Nothing is imputed.
 
     Attributes
     ----------
@@ -85,9 +92,22 @@ class ComBat(BaseHarmonizer):
     fit_warnings_ : list of dict
         The warnings raised during ``fit`` (``{"category": ..., "message": ...}``; kept in saved models and
         listed by the report).
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: the observed values of each feature at each batch
+        (batch × feature). A batch without any (0) has NaN ``gamma_hat_``, ``delta_hat_`` and
+        ``batch_coef_`` there.
+    excluded_rows_ : list
+        Only when ``missing_covariates="exclude"`` left rows out of the fit: their ids (saved with the model).
 
     Notes
     -----
+    *Missing values.* NaN feature cells are allowed (``docs/methods.md`` §1.8): every estimate of a
+    feature uses the rows where it is observed (R neuroCombat 1.0.14's missing-value path, to 1e-9), NaN
+    cells stay NaN and every observed cell is harmonized. Where R stops, featharm goes on and warns
+    (:class:`~featharm.exceptions.MissingValueWarning`): a site with no observed value of a feature gets the
+    site's prior there (and ``transform`` adjusts such values with it); a site with one observed value gets
+    its scale from the prior and that value. Infinite values are an error.
+
     *Apply to new subjects.* ``transform`` harmonizes subjects from sites seen at fit with their own
     covariates (``docs/methods.md`` §1.4); on the training rows it reproduces ``fit_transform`` exactly.
     Unseen sites raise :class:`~featharm.exceptions.UnseenBatchError`.
@@ -122,7 +142,8 @@ class ComBat(BaseHarmonizer):
     _supports_missing = True
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
-                 mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None):
+                 mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None,
+                 missing_covariates="error"):
         self.batch = batch
         self.formula = formula
         self.eb = eb
@@ -133,6 +154,13 @@ class ComBat(BaseHarmonizer):
         self.tol = tol
         self.max_iter = max_iter
         self.compat = compat
+        self.missing_covariates = missing_covariates
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.compat == "sva" and self.ref_batch is not None:
+            raise InputError("compat='sva' reproduces sva's pooled variance with missing values, which sva does "
+                             "not define with a reference batch; use compat=None with ref_batch.")
 
     def _eb_options(self) -> eb.EBOptions:
         return self._combat_eb_options()
@@ -277,7 +305,8 @@ class ComBat(BaseHarmonizer):
                     f"eb=False uses each site's own estimates, which need at least {need} observed value(s) of a "
                     f"feature at a site; {len(cells)} site × feature cell(s) have fewer: "
                     f"{', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}. Use eb=True (the site's prior "
-                    "fills in), mean_only=True (one value suffices), or drop those features."
+                    f"fills in){'' if self.mean_only else ', mean_only=True (one value suffices)'}, or drop those "
+                    "features."
                 )
 
     def _warn_sparse_cells(self, n_obs: np.ndarray, ref) -> None:
