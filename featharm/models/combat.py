@@ -209,18 +209,22 @@ class ComBat(BaseHarmonizer):
         batch_rows = batch_indicators(np.arange(m), m, ref)
         Xf = np.asfortranarray(prep.X)
         inc = mask.any(axis=0)
+        mean_only = bool(self.mean_only)
+        ddof = 1 if self.compat == "sva" else 0  # sva's missing-value path: every feature over n_v - 1
+        full = None
+        if ddof == 0 and not inc.all():
+            # features without NaN: _fit_location's computation, run as there on the whole table (the same
+            # calls on the same shapes, so the same numbers to the last bit); the NaN columns are replaced below
+            coef_c = ols.GramSolver(W).solve(Y)
+            fit_c = batch_rows @ coef_c[:m]
+            ss_c = np.full((m, p), np.nan)
+            for blk in iter_blocks(p, n):
+                if not inc[blk].all():
+                    ss_c[:, blk] = ols.batch_residual_ss(Y[:, blk], fit_c[:, blk], Xf, coef_c[m:, blk], codes, onehot)
+            full = (coef_c, eb.standardized_moments(coef_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only))
+        cols = np.arange(p) if full is None else np.flatnonzero(inc)  # with compat="sva": every feature
         coef = np.empty((m + q, p))
-        ss = np.empty((m, p))
-        full = np.flatnonzero(~inc)
-        if full.size:  # the complete-data S1 and residual sums of squares, as in _fit_location
-            Yc = np.asfortranarray(Y[:, full])
-            coef[:, full] = ols.GramSolver(W).solve(Yc)
-            fit = batch_rows @ coef[:m, full]
-            for blk in iter_blocks(full.size, n):
-                ss[:, full[blk]] = ols.batch_residual_ss(Yc[:, blk], fit[:, blk], Xf, coef[m:, full[blk]], codes,
-                                                         onehot)
-            del Yc
-        cols = np.flatnonzero(inc)
+        ss = np.zeros((m, p))
         blocks = list(iter_blocks(cols.size, n))
         WtY = np.empty((m + q, cols.size))
         with Progress(2 * len(blocks), "fitting location/scale (missing values)") as bar:
@@ -245,16 +249,16 @@ class ComBat(BaseHarmonizer):
                 ss[:, cols[blk]] = missing.observed_residual_ss(np.where(Mb, 0.0, Y[:, cols[blk]]), Mb, fit[:, blk],
                                                                 Xf, c[m:, blk], codes, onehot)
                 bar.update()
-        mean_only = bool(self.mean_only)
-        ddof = 1 if self.compat == "sva" else 0  # sva's missing-value path: every feature over n_v - 1
         st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
                                           ddof=ddof)
-        if ddof == 0 and full.size:  # features without NaN: exactly the complete-data numbers
-            sf = eb.standardized_moments(coef[:, full], ss[:, full], counts, batch_rows, ref=ref, mean_only=mean_only)
+        if full is not None:  # the features without NaN: exactly the complete-data numbers
+            keep = ~inc
+            coef_c, sf = full
+            coef[:, keep] = coef_c[:, keep]
             for name in ("alpha", "sigma"):
-                getattr(st, name)[full] = getattr(sf, name)
+                getattr(st, name)[keep] = getattr(sf, name)[keep]
             for name in ("gamma_hat", "delta_hat", "delta_raw"):
-                getattr(st, name)[:, full] = getattr(sf, name)
+                getattr(st, name)[:, keep] = getattr(sf, name)[:, keep]
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat, n_obs=n_obs.astype(np.float64))
         self._delta_raw = st.delta_raw
