@@ -27,17 +27,20 @@ Arrays only, samples × features, float64; ``mask`` is True where a cell is miss
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.linalg.blas import dgemm
 
 from . import eb
-from .blocks import iter_blocks
 from .ols import sub_gemm
 
 __all__ = [
     "observed_counts",
     "missingness_patterns",
-    "available_case_ols",
+    "ObservedGrams",
+    "observed_grams",
+    "observed_coef",
     "observed_residual_ss",
     "standardized_moments",
     "observed_variance",
@@ -58,7 +61,7 @@ def observed_counts(mask: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> 
     """``n_obs`` (m × p): observed values of every feature in every batch (batch sizes minus missing cells)."""
     m = counts.shape[0]
     p = mask.shape[1]
-    rows, cols = np.nonzero(mask)
+    cols, rows = np.nonzero(mask.T)  # mask is Fortran-ordered: its transpose is scanned in memory order
     miss = np.bincount(codes[rows] * p + cols, minlength=m * p).reshape(m, p)
     return counts[:, None] - miss
 
@@ -72,54 +75,98 @@ def missingness_patterns(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.ravel()
 
 
-def available_case_ols(WtY: np.ndarray, W: np.ndarray, mask: np.ndarray, present: np.ndarray,
-                       m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """S1 of every feature on its observed rows.
+@dataclass
+class ObservedGrams:
+    """The Gram matrices of the design on each feature's observed rows, one per missingness pattern (S1).
 
-    ``WtY`` (k × p) is ``W' Y`` with the missing cells of ``Y`` set to 0 (one GEMM, which the caller may
-    take in blocks), ``W`` (n × k) the design whose first ``m`` columns are the batch indicators, ``mask``
-    (n × p) the missing cells and ``present`` (m × p) the
-    batches with an observed value of each feature (an absent batch's column is dropped from that
-    feature's regression). Returns ``coef`` (k × p; NaN in the rows of absent batches), and for features
-    whose design is rank deficient on their observed rows their column positions and, for each, the
-    design column most involved (``deficient``, ``column``).
+    ``G[u]`` (k × k) belongs to the features ``inverse == u``; a batch with no observed row in pattern ``u``
+    (``absent[u]``) has its row and column replaced by the identity's (its coefficient is then 0, and NaN in
+    :func:`observed_coef`). ``deficient`` are the features whose design is rank deficient on their observed
+    rows and ``column[i]`` the design column most involved for ``deficient[i]``.
     """
-    n, k = W.shape
-    p = WtY.shape[1]
-    G = W.T @ W
+
+    inverse: np.ndarray  # (p,) pattern of every feature
+    G: np.ndarray  # (U, k, k)
+    absent: np.ndarray  # (U, m) bool
+    deficient: np.ndarray
+    column: np.ndarray
+
+
+def observed_grams(X: np.ndarray, codes: np.ndarray, batch_rows: np.ndarray, mask: np.ndarray) -> ObservedGrams:
+    """``W_v' W_v`` for the design ``W = [B | X]`` restricted to each feature's observed rows (``mask`` False).
+
+    ``B``'s row for a row of batch ``s`` is ``batch_rows[s]`` (the identity's, or with a reference batch
+    that plus a column of ones). Features with identical missing rows share one matrix (:func:`missingness_patterns`),
+    computed from the batch counts and the per-batch sums of ``X`` and of ``x x'`` over the missing rows
+    of the pattern, all patterns at once (no loop over patterns or features): the batch block
+    ``batch_rows' diag(n_obs) batch_rows`` is exact, the covariate blocks are the full sums less those of
+    the missing rows. The rank on the observed rows is that of the covariates' within-batch part: ``X``'s
+    cross-products after the batch means of the observed rows are taken out (the Schur complement of
+    the batch block, the same for any coding of the batches); scaled by each column's spread about its
+    observed mean, an eigenvalue below :data:`RANK_RTOL` is a rank-deficient design.
+    """
+    n, q = X.shape
+    m = batch_rows.shape[0]
+    k = m + q
     first, inverse = missingness_patterns(mask)
     U = first.size
-    Gs = np.empty((U, k, k))
-    absent = np.zeros((U, k), dtype=bool)
-    absent[:, :m] = ~present[:, first].T
-    for u, j in enumerate(first):  # one downdate per distinct pattern: W_v'W_v = W'W - W_miss'W_miss
-        Wm = W[mask[:, j]]
-        Gs[u] = G - Wm.T @ Wm
-    # an absent batch: its row and column of the Gram matrix (zero up to rounding) become the identity
+    cols, rows = np.nonzero(mask[:, first].T)  # pattern and row of every missing cell of the patterns
+    key = cols * m + codes[rows]
+    counts = np.bincount(codes, minlength=m).astype(np.float64)
+    n_obs = counts[None, :] - np.bincount(key, minlength=U * m).reshape(U, m)  # (U, m)
+    sx = np.empty((U, m, q))  # per-pattern, per-batch sums of x over the observed rows
+    xx = np.empty((U, q, q))
+    XtX = X.T @ X
+    for j in range(q):
+        total = np.bincount(codes, weights=X[:, j], minlength=m)
+        sx[:, :, j] = total[None, :] - np.bincount(key, weights=X[rows, j], minlength=U * m).reshape(U, m)
+        for l in range(j, q):
+            xx[:, j, l] = XtX[j, l] - np.bincount(cols, weights=X[rows, j] * X[rows, l], minlength=U)
+            xx[:, l, j] = xx[:, j, l]
+    G = np.empty((U, k, k))
+    G[:, :m, :m] = np.matmul(batch_rows.T, n_obs[:, :, None] * batch_rows[None])
+    G[:, :m, m:] = np.matmul(batch_rows.T, sx)
+    G[:, m:, :m] = np.swapaxes(G[:, :m, m:], 1, 2)
+    G[:, m:, m:] = xx
+    absent = n_obs <= 0
     uu, jj = np.nonzero(absent)
-    Gs[uu, jj, :] = 0.0
-    Gs[uu, :, jj] = 0.0
-    Gs[uu, jj, jj] = 1.0
-    # rank on the observed rows: the Gram matrix scaled to unit diagonal must be well away from singular
-    d = np.sqrt(np.einsum("uii->ui", Gs))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        C = Gs / d[:, :, None] / d[:, None, :]
-    C[~np.isfinite(C)] = 0.0
-    lam, vec = np.linalg.eigh(C)
-    bad_u = np.flatnonzero(~(lam[:, 0] > RANK_RTOL))
-    column_u = np.argmax(np.abs(vec[:, :, 0]), axis=1)
-    deficient = np.flatnonzero(np.isin(inverse, bad_u))
-    rhs = WtY.T[:, :, None].copy()  # p × k × 1
-    absent_v = absent[inverse]
-    rhs[absent_v] = 0.0
-    ok_u = np.ones(U, dtype=bool)
-    ok_u[bad_u] = False
-    ok = ok_u[inverse]
-    coef = np.full((k, p), np.nan)
-    if ok.any():
-        coef[:, ok] = np.linalg.solve(Gs[inverse[ok]], rhs[ok])[:, :, 0].T
-    coef[:, ok] = np.where(absent_v[ok].T, np.nan, coef[:, ok])
-    return coef, deficient, column_u[inverse[deficient]]
+    G[uu, jj, :] = 0.0
+    G[uu, :, jj] = 0.0
+    G[uu, jj, jj] = 1.0
+    # rank: the covariates' within-batch cross-products on the observed rows, scaled by their spread
+    bad_u = np.zeros(U, dtype=bool)
+    column_u = np.zeros(U, dtype=np.intp)
+    if q:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = np.where(absent[:, :, None], 0.0, sx / n_obs[:, :, None])
+            S = xx - np.matmul(np.swapaxes(sx, 1, 2), means)  # (U, q, q)
+            nt = n_obs.sum(axis=1)
+            tot = sx.sum(axis=1)
+            spread = np.einsum("uii->ui", xx) - tot * tot / nt[:, None]  # centred sums of squares
+            d = np.sqrt(np.where(spread > 0, spread, 0.0))
+            C = S / d[:, :, None] / d[:, None, :]
+        C[~np.isfinite(C)] = 0.0
+        lam, vec = np.linalg.eigh(C)
+        bad_u = ~(lam[:, 0] > RANK_RTOL)
+        column_u = m + np.argmax(np.abs(vec[:, :, 0]), axis=1)
+    deficient = np.flatnonzero(bad_u[inverse])
+    return ObservedGrams(inverse, G, absent, deficient, column_u[inverse[deficient]])
+
+
+def observed_coef(grams: ObservedGrams, features: np.ndarray, WtY: np.ndarray) -> np.ndarray:
+    """S1 coefficients (k × b) of the ``features`` (positions in the table the grams were made from) from
+    ``W'Y`` with their missing cells as 0 (``WtY``, k × b): NaN for absent batches and for features whose
+    design is rank deficient on their observed rows."""
+    u = grams.inverse[features]
+    m = grams.absent.shape[1]
+    absent = grams.absent[u]  # (b, m)
+    rhs = np.ascontiguousarray(WtY.T)[:, :, None]  # b × k × 1
+    rhs[:, :m][absent] = 0.0
+    coef = np.linalg.solve(grams.G[u], rhs)[:, :, 0].T  # one small LU per feature, batched
+    coef[:m][absent.T] = np.nan
+    if grams.deficient.size:
+        coef[:, np.isin(features, grams.deficient)] = np.nan
+    return coef
 
 
 def observed_residual_ss(Y0: np.ndarray, mask: np.ndarray, batch_fit: np.ndarray, X: np.ndarray,
@@ -133,7 +180,7 @@ def observed_residual_ss(Y0: np.ndarray, mask: np.ndarray, batch_fit: np.ndarray
     R = np.take(np.ascontiguousarray(batch_fit.T), codes, axis=1).T  # n × b, Fortran order
     np.subtract(Y0, R, out=R)
     sub_gemm(np.asfortranarray(X), coef_x, R, -1.0)
-    R[mask] = 0.0
+    np.copyto(R, 0.0, where=mask)
     np.square(R, out=R)
     return dgemm(1.0, onehot, R, trans_a=1)
 
@@ -168,20 +215,16 @@ def standardized_moments(coef: np.ndarray, ss: np.ndarray, n_obs: np.ndarray, co
     return eb.Standardization(alpha, sigma, gamma_hat, delta_hat, delta_raw)
 
 
-def observed_variance(Y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Variance (ddof 0) of every column of ``Y`` over its observed cells, in blocks of columns."""
-    n, p = Y.shape
-    out = np.empty(p)
-    for blk in iter_blocks(p, n):
-        obs = ~mask[:, blk]
-        cnt = obs.sum(axis=0)
-        Yb = np.where(obs, Y[:, blk], 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = Yb.sum(axis=0) / cnt
-            Yb -= mean
-            Yb[~obs] = 0.0
-            out[blk] = (Yb * Yb).sum(axis=0) / cnt
-    return out
+def observed_variance(Y0: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Variance (ddof 0) of every column of ``Y0`` over its observed cells (``Y0`` is 0 where ``mask``)."""
+    cnt = (~mask).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = Y0.sum(axis=0) / cnt
+        D = Y0 - mean
+    np.copyto(D, 0.0, where=mask)
+    np.square(D, out=D)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return D.sum(axis=0) / cnt
 
 
 def batch_moments(Z: np.ndarray, mean_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

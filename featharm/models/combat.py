@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dgemm
 
 from .._core import eb, missing, ols
 from .._core.blocks import column_variance, iter_blocks
@@ -225,29 +226,29 @@ class ComBat(BaseHarmonizer):
         cols = np.arange(p) if full is None else np.flatnonzero(inc)  # with compat="sva": every feature
         coef = np.empty((m + q, p))
         ss = np.zeros((m, p))
+        variance = np.empty(p)
+        grams = missing.observed_grams(prep.X, codes, batch_rows, mask[:, cols])
+        if grams.deficient.size:
+            names = [str(self.feature_names_in_[cols[j]]) for j in grams.deficient]
+            col = ([str(b) for b in self.batches_] + list(self.design_.columns))[int(grams.column[0])]
+            raise ConfoundingError(
+                f"on the rows where they are observed, the design (batch and covariates) of {len(names)} "
+                f"feature(s) is rank deficient: {names[:5]}{' ...' if len(names) > 5 else ''} (e.g. column "
+                f"{col!r} of {names[0]!r} is constant within batches or a combination of the other covariates once "
+                "its missing rows are left out). Drop those features or that covariate."
+            )
         blocks = list(iter_blocks(cols.size, n))
-        WtY = np.empty((m + q, cols.size))
-        with Progress(2 * len(blocks), "fitting location/scale (missing values)") as bar:
-            for blk in blocks:  # W'Y with the missing cells as 0: the observed rows' cross-products
-                WtY[:, blk] = W.T @ np.where(mask[:, cols[blk]], 0.0, Y[:, cols[blk]])
-                bar.update()
-            present = n_obs[:, cols] > 0
-            c, deficient, column = missing.available_case_ols(WtY, W, mask[:, cols], present, m)
-            if deficient.size:
-                names = [str(self.feature_names_in_[cols[j]]) for j in deficient]
-                col = ([str(b) for b in self.batches_] + list(self.design_.columns))[int(column[0])]
-                raise ConfoundingError(
-                    f"on the rows where they are observed, the design (batch and covariates) of {len(names)} "
-                    f"feature(s) is rank deficient: {names[:5]}{' ...' if len(names) > 5 else ''} (e.g. column "
-                    f"{col!r} of {names[0]!r} is a combination of the others once its missing rows are left "
-                    "out). Drop those features, or the covariate, or fill the design's gaps with more data."
-                )
-            coef[:, cols] = c
-            fit = np.where(present, batch_rows @ np.where(present, c[:m], 0.0), np.nan)
-            for blk in blocks:
-                Mb = mask[:, cols[blk]]
-                ss[:, cols[blk]] = missing.observed_residual_ss(np.where(Mb, 0.0, Y[:, cols[blk]]), Mb, fit[:, blk],
-                                                                Xf, c[m:, blk], codes, onehot)
+        with Progress(len(blocks), "fitting location/scale (missing values)") as bar:
+            for blk in blocks:  # one pass: W'Y with the missing cells as 0, the solves, the residuals
+                cb = cols[blk]
+                Mb = mask[:, cb]
+                Y0 = np.where(Mb, 0.0, Y[:, cb])
+                c = missing.observed_coef(grams, np.arange(cb.size) + blk.start, dgemm(1.0, W, Y0, trans_a=1))
+                coef[:, cb] = c
+                present = n_obs[:, cb] > 0
+                fit = np.where(present, batch_rows @ np.where(present, c[:m], 0.0), np.nan)
+                variance[cb] = missing.observed_variance(Y0, Mb)
+                ss[:, cb] = missing.observed_residual_ss(Y0, Mb, fit, Xf, c[m:], codes, onehot)
                 bar.update()
         st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
                                           ddof=ddof)
@@ -263,7 +264,9 @@ class ComBat(BaseHarmonizer):
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat, n_obs=n_obs.astype(np.float64))
         self._delta_raw = st.delta_raw
         self._warn_sparse_cells(n_obs, ref)
-        self._mark_constant(np.abs(st.alpha), missing.observed_variance(Y, mask))
+        if full is not None:
+            variance[~inc] = column_variance(Y[:, ~inc])
+        self._mark_constant(np.abs(st.alpha), variance)
 
     def _check_observed(self, n_obs: np.ndarray, q: int, ref) -> None:
         """Refuse what the observed cells cannot identify, naming features and sites (§1.8)."""
