@@ -965,6 +965,6 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = self._supports_missing  # NaN feature cells (§1.8)
         tags.requires_fit = True
         return tags

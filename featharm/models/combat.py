@@ -223,6 +223,7 @@ class ComBat(BaseHarmonizer):
                 if not inc[blk].all():
                     ss_c[:, blk] = ols.batch_residual_ss(Y[:, blk], fit_c[:, blk], Xf, coef_c[m:, blk], codes, onehot)
             full = (coef_c, eb.standardized_moments(coef_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only))
+            sf_ss = ss_c
         cols = np.arange(p) if full is None else np.flatnonzero(inc)  # with compat="sva": every feature
         coef = np.empty((m + q, p))
         ss = np.zeros((m, p))
@@ -250,12 +251,13 @@ class ComBat(BaseHarmonizer):
                 variance[cb] = missing.observed_variance(Y0, Mb)
                 ss[:, cb] = missing.observed_residual_ss(Y0, Mb, fit, Xf, c[m:], codes, onehot)
                 bar.update()
-        st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
-                                          ddof=ddof)
         if full is not None:  # the features without NaN: exactly the complete-data numbers
             keep = ~inc
             coef_c, sf = full
-            coef[:, keep] = coef_c[:, keep]
+            coef[:, keep], ss[:, keep] = coef_c[:, keep], sf_ss[:, keep]
+        st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
+                                          ddof=ddof)
+        if full is not None:
             for name in ("alpha", "sigma"):
                 getattr(st, name)[keep] = getattr(sf, name)[keep]
             for name in ("gamma_hat", "delta_hat", "delta_raw"):

@@ -264,6 +264,17 @@ def test_constant_where_observed_is_passed_through(data):
     assert np.array_equal(out[c].to_numpy(), Xn[c].to_numpy(), equal_nan=True)
 
 
+def test_compat_sva_rescales_every_feature_once_any_cell_is_missing(data):
+    """sva's missing-value path: sigma^2 over n_v - 1 for every feature, the complete ones included."""
+    X, cov = data
+    c = X.columns[0]
+    Xn = with_nan(X, 0.05, keep=[c])
+    a, b = combat().fit(Xn, cov), combat(compat="sva").fit(Xn, cov)
+    n_v = a.n_obs_.sum()
+    np.testing.assert_allclose(b.sigma_ ** 2, a.sigma_ ** 2 * n_v / (n_v - 1), rtol=1e-12)
+    np.testing.assert_allclose(b.alpha_, a.alpha_, rtol=1e-13)
+
+
 def test_compat_sva_with_ref_batch_is_an_error(data):
     X, cov = data
     with pytest.raises(InputError, match="compat='sva'.*reference batch"):
