@@ -47,6 +47,8 @@ VALUE_RULES = {
     "count": "whole numbers >= 0",
     "flag": "0 or 1",
     "sd": "finite numbers > 0 (>= 0 for constant features)",
+    # batch × feature estimates undefined where a batch has no observed value of a feature (n_obs == 0)
+    "observed": "finite numbers (NaN only where the batch has no observed value of the feature)",
 }
 
 DTYPES = ("float64", "bool")

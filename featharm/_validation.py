@@ -216,11 +216,14 @@ def check_categorical_covariate(s: pd.Series, name) -> None:
         )
 
 
-def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> tuple[np.ndarray, pd.Index, pd.Index]:
+def check_features(X, owner: str = "featharm", *, index=None, columns=None, allow_nan: bool = False):
     """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric.
 
     A 2-D NumPy array is taken as rows in the order of ``index`` (e.g. the covariates' index) and
     columns ``columns`` when their lengths match, else as rows 0..n-1 and columns ``x0, x1, ...``.
+
+    ``allow_nan``: NaN cells (missing values) are accepted (infinite values are still refused, naming the
+    rows), and a fourth value is returned: a boolean array marking the columns that hold NaN.
     """
     if isinstance(X, pd.DataFrame):
         df = X
@@ -280,6 +283,8 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> t
     bad_cols = np.zeros(Y.shape[1], dtype=bool)
     for blk in iter_blocks(Y.shape[1], Y.shape[0], 16 * 2**20):  # no n × p temporary
         bad_cols[blk] = ~np.isfinite(Y[:, blk]).all(axis=0)
+    if allow_nan:  # missing values (docs/methods.md §1.8): NaN accepted, infinite values refused
+        return Y, df.index, df.columns, _nan_columns(Y, bad_cols, df)
     if bad_cols.any():
         j = int(np.flatnonzero(bad_cols)[0])
         rows = df.index[~np.isfinite(Y[:, j])]
@@ -289,6 +294,18 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None) -> t
             "rows (or features) first."
         )
     return Y, df.index, df.columns
+
+
+def _nan_columns(Y: np.ndarray, bad_cols: np.ndarray, df: pd.DataFrame) -> np.ndarray:
+    """The columns holding NaN among ``bad_cols`` (those not all finite); an infinite value is an error."""
+    for j in np.flatnonzero(bad_cols):
+        inf = np.isinf(Y[:, j])
+        if inf.any():
+            raise MissingValueError(
+                f"feature {df.columns[j]!r} has infinite values at rows {_show(df.index[inf])}; featharm "
+                "accepts missing values (NaN) but not infinite ones: fix those cells or make them NaN."
+            )
+    return bad_cols
 
 
 def rows_of(covariates):
@@ -398,7 +415,8 @@ def get_batch(covariates: pd.DataFrame, batch: str) -> pd.Series:
     if not isinstance(batch, str) and not isinstance(batch, (int, np.integer)):
         raise InputError(f"The 'batch' parameter must be a column name. Got {batch!r} instead.")
     return covariate_column(covariates, batch, "batch", fix="Pass batch=<name of the site/scanner column>.",
-                            missing_fix="every row needs a batch.")
+                            missing_fix="every row needs a batch (ComBat and CovBat can leave such rows out with "
+                                        "missing_covariates='exclude'; command line: --missing-covariates exclude).")
 
 
 def batch_levels(s: pd.Series) -> list:

@@ -573,7 +573,8 @@ def _check_no_missing(s: pd.Series, name: str) -> None:
     if na.any():
         raise MissingValueError(
             f"covariate column {name!r} has missing values at rows {_first_ids(s.index, na)}; "
-            "fill them or drop those rows before harmonizing."
+            "fill them or drop those rows before harmonizing (ComBat and CovBat can leave them out with "
+            "missing_covariates='exclude'; command line: --missing-covariates exclude)."
         )
 
 

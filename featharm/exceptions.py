@@ -27,6 +27,7 @@ __all__ = [
     "ConvergenceWarning",
     "SmallBatchWarning",
     "ConstantFeatureWarning",
+    "MissingValueWarning",
     "CollinearityWarning",
     "OutOfRangeError",
     "SingularFitWarning",
@@ -156,6 +157,11 @@ class CollinearityWarning(FeatharmWarning):
 
 class ConstantFeatureWarning(FeatharmWarning):
     """Features with no residual variance are passed through unchanged."""
+
+
+class MissingValueWarning(FeatharmWarning):
+    """Missing values handled where the R references stop: a site with no (or one) observed value of a
+    feature, or rows left out of the fit for a missing batch label or covariate."""
 
 
 class FreeSurferWarning(FeatharmWarning):

@@ -509,12 +509,15 @@ class _Reader:
 
     def check_values(self, arrays: dict, stored: dict, state: dict) -> None:
         constant = arrays["constant"]
+        n_obs = arrays.get("n_obs")  # models fitted with missing values (optional)
         labels = {"batch": state["batches"], "feature": state["feature_names"], "subject": state.get("subjects")}
         for key in sorted(arrays):
             spec, a = stored[key], arrays[key]
             if spec.values == "any" or spec.dtype == "bool":
                 continue
             ok = _value_ok(a, spec, constant)
+            if spec.values == "observed" and n_obs is not None and n_obs.shape == a.shape:
+                ok |= np.isnan(a) & (n_obs == 0)
             if not ok.all():
                 where = np.unravel_index(int(np.flatnonzero(~ok.reshape(-1))[0]), ok.shape)
                 at = ", ".join(_label(axis, i, labels) for axis, i in zip(spec.axes, where))
@@ -534,7 +537,7 @@ def _rules() -> dict:
 def _value_ok(a: np.ndarray, spec, constant: np.ndarray) -> np.ndarray:
     rule = spec.values
     with np.errstate(invalid="ignore"):
-        if rule == "finite":
+        if rule in ("finite", "observed"):  # "observed": NaN also where n_obs is 0 (see check_values)
             return np.isfinite(a)
         if rule == "positive":
             return np.isfinite(a) & (a > 0)

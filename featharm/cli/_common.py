@@ -29,6 +29,49 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def add_missing_option(p: argparse.ArgumentParser) -> None:
+    """--missing of ``harmonize`` and ``apply``: empty feature cells allowed (default) or refused."""
+    p.add_argument("--missing", choices=["allow", "error"], default="allow",
+                   help="empty (NaN) feature cells: 'allow' (default: each feature is harmonized on its observed "
+                        "rows and empty cells stay empty; ComBat only) or 'error' (refuse them)")
+
+
+def check_missing(args, data: pd.DataFrame, feats, *, report: bool = False) -> int:
+    """The number of empty feature cells; with ``--missing error`` (or a ``--report``) any is an error."""
+    from ..exceptions import MissingValueError
+
+    na = data[feats].isna()
+    n = int(na.to_numpy().sum())
+    if n and getattr(args, "missing", "allow") == "error":
+        from .._validation import show_rows
+
+        c = na.any().idxmax()
+        raise MissingValueError(
+            f"--missing error: {n} feature cell(s) are empty, e.g. {c!r} at {show_rows(data.index, na[c].to_numpy())}. "
+            "Fill or drop them, or leave out --missing error (ComBat harmonizes each feature on its observed rows "
+            "and leaves empty cells empty)."
+        )
+    if n and report:
+        raise MissingValueError(
+            f"--report needs complete features: {n} feature cell(s) are empty, and the report's diagnostics do not "
+            "handle missing values yet. Harmonize without --report (empty cells stay empty), or fill or drop them."
+        )
+    return n
+
+
+def missing_summary(n_missing: int, data: pd.DataFrame, feats, excluded) -> str:
+    """The summary line's words about empty cells and rows left out (empty when there are none)."""
+    parts = []
+    if n_missing:
+        cells = len(data) * len(feats)
+        n_feats = int(data[feats].isna().any().sum())
+        parts.append(f"{n_missing:,} of {cells:,} feature cells missing ({100 * n_missing / cells:.2g} %, in "
+                     f"{n_feats} feature{'s' if n_feats != 1 else ''}), left empty")
+    if len(excluded):
+        parts.append(f"{len(excluded)} row(s) left out for a missing batch or covariate, written empty")
+    return "".join("; " + p for p in parts)
+
+
 def report_inputs(args) -> dict:
     """The input files of the command, as the report's provenance lists them."""
     names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))

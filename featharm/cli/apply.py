@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data_options
+from ._common import add_data_options, add_missing_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     a.add_argument("--extrapolate", choices=["linear"],
                    help="GAM models: continue smooth curves linearly beyond the fitted covariate range "
                         "(default: such rows are an error)")
+    add_missing_option(a)
     add_data_options(a)
     a.set_defaults(func=cmd_apply)
     return a
@@ -31,17 +32,29 @@ def cmd_apply(args) -> int:
     from ._common import file_size, output_table, stage
 
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
-        Xh, data, feats, model = _apply(args, load_model(args.model))
+        Xh, data, feats, model, summary = _apply(args, load_model(args.model))
         staged.write("table", output_table(data, Xh, args.out, source=args.data))
     if not args.quiet:
-        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
+        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}"
+              + summary)
     return 0
 
 
+def _left_out(model, cov) -> list:
+    """Rows a ``missing_covariates="exclude"`` model left out: a missing batch or formula covariate."""
+    if model.get_params().get("missing_covariates") != "exclude":
+        return []
+    from ..formula import formula_columns
+
+    cols = [c for c in [model.batch, *formula_columns(model.formula, cov.columns)] if c in cov.columns]
+    return list(cov.index[cov[cols].isna().any(axis=1)])
+
+
 def _apply(args, model):
-    """The harmonized features of DATA (and DATA, the feature names, the model) for ``featharm apply``."""
+    """The harmonized features of DATA (and DATA, the feature names, the model, the summary's words about
+    missing values) for ``featharm apply``."""
     from ..exceptions import InputError
-    from ._common import check_feature_values, check_model_features, load_inputs
+    from ._common import check_feature_values, check_missing, check_model_features, load_inputs, missing_summary
 
     if getattr(args, "extrapolate", None):
         if "extrapolate" not in model.get_params():
@@ -53,7 +66,9 @@ def _apply(args, model):
     check_model_features(args, data, feats)
     fix = "Fix those cells in the file: the model needs every feature it was fitted on."
     check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
+    n_missing = check_missing(args, data, feats)
     kw = {}
     if args.new_sites == "estimate":  # every family estimates new sites against its frozen model
         kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
-    return model.transform(data[feats], cov, **kw), data, feats, model
+    Xh = model.transform(data[feats], cov, **kw)
+    return Xh, data, feats, model, missing_summary(n_missing, data, feats, _left_out(model, cov))

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._common import KB, MB, add_data_options
+from ._common import KB, MB, add_data_options, add_missing_option
 
 # --method NAME -> the estimator's class, by name in featharm.models (imported only to build the model).
 METHODS: dict[str, str] = {
@@ -83,6 +83,9 @@ OPTIONS: tuple[Option, ...] = (
            argparse_kw=dict(metavar="LEVEL")),
     Option("--nonparametric", "parametric", "non-parametric empirical Bayes", _COMBAT_EB, switch=False),
     Option("--mean-only", "mean_only", "adjust location only", _COMBAT_EB, switch=True),
+    Option("--missing-covariates", "missing_covariates", "rows missing the batch or a --formula covariate: "
+           "'error' (default) or 'exclude' them (their features come back empty)", ("combat", "covbat"),
+           argparse_kw=dict(choices=["error", "exclude"])),
     Option("--subject", "subject", "subject id column (random effect)", ("longitudinal",),
            columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
     Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal",),
@@ -169,6 +172,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="feature columns (globs such as '*_thickness'); default: every other numeric column")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
+    add_missing_option(h)
     add_data_options(h)
     h.set_defaults(func=cmd_harmonize)
     return h
@@ -177,8 +181,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, feature_columns, file_size, formula_columns, load_inputs, output_table,
-                          report_inputs, report_parameters, stage)
+    from ._common import (check_batch, check_missing, feature_columns, file_size, formula_columns, load_inputs,
+                          missing_summary, output_table, report_inputs, report_parameters, stage)
 
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
@@ -189,6 +193,7 @@ def cmd_harmonize(args) -> int:
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
         feats = feature_columns(data, args.features, [args.batch, args.id, *used, *option_columns(args)])
+        n_missing = check_missing(args, data, feats, report=bool(args.report))
         Xh = model.fit_transform(data[feats], cov)
         staged.write("table", output_table(data, Xh, args.out, source=args.data))
         if args.save_model:
@@ -201,5 +206,6 @@ def cmd_harmonize(args) -> int:
         print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
-              + (f"; report -> {args.report}" if args.report else ""))
+              + (f"; report -> {args.report}" if args.report else "")
+              + missing_summary(n_missing, data, feats, getattr(model, "excluded_rows_", [])))
     return 0

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from .._core import eb
+from .._core import eb, missing
 from .._core.blocks import iter_blocks
 from .._progress import Progress
 from .._threads import sized_by_first_argument
@@ -28,6 +28,7 @@ from .._validation import (
     check_positive_number,
     encode_batches,
     get_batch,
+    show_rows,
 )
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import (
@@ -37,6 +38,8 @@ from ..exceptions import (
     ConvergenceWarning,
     FormulaError,
     InputError,
+    MissingValueError,
+    MissingValueWarning,
     NotFittedError,
     warn,
 )
@@ -74,6 +77,9 @@ def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
     big = np.empty(p)
     for blk in iter_blocks(p, n):
         big[blk] = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0))
+    if np.isnan(big).any():  # missing values: the largest |value| over each column's observed cells
+        for j in np.flatnonzero(np.isnan(big)):
+            big[j] = np.fmax.reduce(np.abs(Y[:, j]))
     e = np.frexp(big)[1]  # big = f 2^e with f in [0.5, 1)
     outside = (big > 0) & ((e > SCALE_EXPONENT) | (e < -SCALE_EXPONENT))
     if not outside.any():
@@ -90,8 +96,8 @@ _STORED = {
     "alpha": Stored(("feature",), values="finite"),
     "sigma": Stored(("feature",), values="sd"),
     "beta": Stored(("column", "feature"), values="finite"),
-    "batch_coef": Stored(("batch", "feature"), values="finite"),
-    "gamma_hat": Stored(("batch", "feature"), values="finite"),
+    "batch_coef": Stored(("batch", "feature"), values="observed"),
+    "gamma_hat": Stored(("batch", "feature"), values="observed"),
     "delta_hat": Stored(("batch", "feature"), values="not_negative"),
     "gamma_star": Stored(("batch", "feature"), values="finite"),
     "delta_star": Stored(("batch", "feature"), values="positive"),
@@ -104,6 +110,8 @@ _STORED = {
     "constant": Stored(("feature",), dtype="bool"),
     # powers of two the features were multiplied by, when some lay outside 2^±64 (see _feature_scale)
     "feature_scale": Stored(("feature",), values="positive", optional=True),
+    # observed values of each feature at each batch, when fitted with missing values (§1.8)
+    "n_obs": Stored(("batch", "feature"), values="count", optional=True),
 }
 _ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
 
@@ -112,7 +120,7 @@ class _Prepared:
     """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
 
     __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "levels", "new_levels", "effects",
-                 "new_random", "scale")
+                 "new_random", "scale", "mask", "rows_out")
 
     def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
@@ -122,6 +130,8 @@ class _Prepared:
         # batches unseen at fit (codes m, m+1, ...) and, once estimated (_estimate_new_sites), (gamma*, delta*)
         # of all batches and, for a family with random effects, those predicted for their rows (rows, values)
         self.new_levels, self.effects, self.new_random = list(new_levels), None, None
+        self.mask = None  # missing cells (n × p bool, True = NaN) when Y has any; None otherwise (§1.8)
+        self.rows_out = None  # (rows kept, index of all rows) when rows were left out (missing_covariates)
 
 
 class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -196,6 +206,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             check_option("mean_only_form", params["mean_only_form"], ("sva", "n"), owner)
         if "compat" in params:
             check_option("compat", params["compat"], self._compat_options, owner)
+        if "missing_covariates" in params:
+            check_option("missing_covariates", params["missing_covariates"], ("error", "exclude"), owner)
         ref = params.get("ref_batch")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, np.integer))):
             raise bad("ref_batch", "None or a level of the batch column")
@@ -218,7 +230,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             if len(cols) != X.shape[1]:
                 raise AlignmentError(f"X has {X.shape[1]} features but {owner} was fitted with {len(cols)}.")
             X = pd.DataFrame(X, index=covariates.index, columns=cols)
-        Y, index, columns = check_features(X, owner)
+        Y, index, columns, nan_cols = check_features(X, owner, allow_nan=True)
         cov = align_covariates(index, covariates, owner)
         order = None
         if not fitting:
@@ -236,6 +248,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 pos = {c: i for i, c in enumerate(cols)}
                 order = np.array([pos[c] for c in fitted])
                 Y = np.asfortranarray(Y[:, order])
+                nan_cols = nan_cols[order]
         common = self._common_feature_scale()
         scale = _feature_scale(Y, bool(common)) if fitting else self._arr.get("feature_scale")
         if scale is not None:
@@ -255,8 +268,30 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
                 new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
-            return _Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale)
-        return _Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale)
+            return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale),
+                                      nan_cols)
+        return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale), nan_cols)
+
+    # Whether the family estimates with missing feature values (NaN cells, docs/methods.md §1.8).
+    _supports_missing: ClassVar[bool] = False
+
+    def _with_missing(self, prep: _Prepared, nan_cols: np.ndarray) -> _Prepared:
+        """``prep`` with the n × p mask of its NaN cells (if any); a family that does not handle them refuses
+        them, naming cells."""
+        if not nan_cols.any():
+            return prep
+        Y, index, columns = prep.Y, prep.index, prep.columns
+        if not self._supports_missing:
+            j = int(np.flatnonzero(nan_cols)[0])
+            raise MissingValueError(
+                f"{self._owner()} does not handle missing feature values yet: {int(nan_cols.sum())} feature(s) "
+                f"have NaN cells, e.g. {columns[j]!r} at {show_rows(index, np.isnan(Y[:, j]))}. ComBat "
+                "harmonizes tables with NaN cells (each feature on its observed rows); or drop or fill them first."
+            )
+        prep.mask = np.zeros(Y.shape, dtype=bool, order="F")
+        for j in np.flatnonzero(nan_cols):
+            prep.mask[:, j] = np.isnan(Y[:, j])
+        return prep
 
     def _common_feature_scale(self) -> str | None:
         """Why features must be rescaled by one common factor (a family mixing them in their own units), or None."""
@@ -343,8 +378,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """
         self._check_fitted()
         check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        X, covariates, rows_out, _ = self._exclude_missing_covariates(X, covariates)
         prep = self._prepare(X, covariates, fitting=False, new_sites=new_sites)
+        prep.rows_out = rows_out
         prep.X = self.design_.transform(prep.covariates)
+        if "n_obs" in self._arr:  # fitted with missing values: sites without data for a feature (§1.8)
+            self._warn_cells_without_data(prep)
         if prep.new_levels:
             self._estimate_new_sites(prep, min_new_site_size)
         return self._output(self._harmonize(prep), prep)
@@ -373,12 +412,53 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
         with record_warnings() as log:  # kept as fit_warnings_ (listed by the report)
             try:
+                X, covariates, rows_out, excluded = self._exclude_missing_covariates(X, covariates)
                 prep = self._fit_model(X, covariates)
             except BaseException:
                 self._forget_fit()  # a failed fit leaves the model unfitted, never half-fitted
                 raise
         self.fit_warnings_ = list(log)
+        if excluded:  # missing_covariates="exclude" left rows out: their ids (saved with the model)
+            self.excluded_rows_ = [r.item() if hasattr(r, "item") else r if isinstance(r, (str, int, float))
+                                   else str(r) for r in excluded]
+        prep.rows_out = rows_out
         return prep
+
+    def _exclude_missing_covariates(self, X, covariates):
+        """With ``missing_covariates="exclude"``: ``X`` and ``covariates`` without the rows whose batch label or
+        a covariate the formula uses is missing, warning with their ids. Returns ``X, covariates, rows_out,
+        excluded``: ``rows_out`` = (rows kept, index of all rows) for the output (``None`` when no row is left
+        out) and the ids left out. Any other setting, or input that is not a DataFrame of covariates: unchanged
+        (the checks downstream name the rows)."""
+        if self._param("missing_covariates") != "exclude" or not isinstance(covariates, pd.DataFrame):
+            return X, covariates, None, []
+        from ..formula import formula_columns
+
+        try:
+            cols = formula_columns(self._param("formula"), covariates.columns)
+        except FormulaError:
+            return X, covariates, None, []  # the formula's own error comes from the fit
+        cols = [c for c in dict.fromkeys([self.batch, *cols]) if c in covariates.columns]
+        na = covariates[cols].isna().to_numpy().any(axis=1)
+        if not na.any():
+            return X, covariates, None, []
+        excluded = covariates.index[na]
+        if isinstance(X, pd.DataFrame):
+            keep = ~X.index.isin(excluded)
+            index = X.index
+            X = X.loc[keep]
+        elif isinstance(X, np.ndarray) and X.ndim == 2 and X.shape[0] == len(covariates):
+            keep, index = ~na, covariates.index
+            X = X[keep]
+        else:
+            return X, covariates, None, []
+        what = [c for c in cols if covariates[c].isna().any()]
+        warn(
+            f"{int(na.sum())} row(s) have a missing {' / '.join(map(repr, what))}: {show_rows(covariates.index, na, 10)}. "
+            "They are left out (missing_covariates='exclude') and come back with NaN features; nothing is imputed.",
+            MissingValueWarning,
+        )
+        return X, covariates.loc[~na], (keep, index), list(excluded)
 
     def _forget_fit(self) -> None:
         """Drop every learned attribute (``*_``) and the arrays behind them."""
@@ -515,8 +595,13 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             )
         m = a["gamma_hat"].shape[0]
         with Progress(m - (ref is not None) if opts.eb else 0, "empirical Bayes") as bar:
-            post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep, ref=ref,
-                                progress=bar.update)
+            if "n_obs" in a:  # fitted with missing values: each feature's observed counts (§1.8)
+                post = missing.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, a["n_obs"], opts,
+                                         keep=keep, ref=ref, progress=bar.update)
+                self._check_missing_priors(post.priors, opts, ref)
+            else:
+                post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep,
+                                    ref=ref, progress=bar.update)
         if post.not_converged:
             warn(
                 f"parametric EB did not converge within max_iter={opts.max_iter} iterations for "
@@ -528,6 +613,21 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         a.update(gamma_star=post.gamma_star, delta_star=post.delta_star, gamma_bar=pri.gamma_bar, tau2=pri.tau2,
                  a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=post.n_iter)
         del self._delta_raw
+
+    def _check_missing_priors(self, pri: eb.Priors, opts: eb.EBOptions, ref) -> None:
+        """With missing values, a site's priors need 2 features with estimates: name the sites without."""
+        if not opts.eb:
+            return
+        need = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric else [pri.a_prior,
+                                                                                             pri.b_prior])
+        bad = [self.batches_[i] for i in range(len(self.batches_))
+               if i != ref and not all(np.isfinite(x[i]) for x in need)]
+        if bad:
+            raise MissingValueError(
+                f"the empirical-Bayes priors of batch(es) {bad} of {self.batch!r} cannot be estimated: they "
+                "need the site effects of at least 2 features (and their spread), and too few features are "
+                "observed enough there. Pass eb=False, or drop those sites."
+            )
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep: _Prepared) -> np.ndarray:
@@ -578,6 +678,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         codes = prep.codes[new_rows] - m
         not_converged = []
         for j in range(k):
+            if prep.mask is not None and np.isnan(Z[codes == j]).any():  # missing values (§1.8)
+                gs, ds, ok = self._new_site_missing(Z[codes == j], opts, prep.new_levels[j], keep)
+                if not ok:
+                    not_converged.append(prep.new_levels[j])
+                g_new[j, keep], d_new[j, keep] = gs, ds
+                continue
             gh, dh, d_raw = eb.batch_moments(Z[codes == j], mean_only=opts.mean_only)
             if opts.eb:  # the priors of one batch: across its own features
                 pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
@@ -591,6 +697,59 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             warn(f"parametric EB did not converge within max_iter={opts.max_iter} iterations for new "
                  f"batch(es) {not_converged}; the last iterate is used.", ConvergenceWarning)
         prep.effects = (np.vstack([a["gamma_star"], g_new]), np.vstack([a["delta_star"], d_new]))
+
+    def _new_site_missing(self, Z: np.ndarray, opts: eb.EBOptions, level, keep: np.ndarray):
+        """§5.7 with NaN cells: a new batch's location, scale and posterior from each feature's observed rows
+        (priors across its features with estimates; ``featharm._core.missing``). Returns ``gamma*, delta*, ok``."""
+        gh, dh, d_raw, n = missing.batch_moments(Z, mean_only=opts.mean_only)
+        names = self.feature_names_in_[keep]
+        need = 1 if opts.mean_only else 2
+        if not opts.eb:
+            bad = np.flatnonzero(n < need)
+            if bad.size:
+                raise MissingValueError(
+                    f"new site {level!r} has fewer than {need} observed value(s) of {len(bad)} feature(s): "
+                    f"{list(names[bad][:5])}{' ...' if bad.size > 5 else ''}; without empirical Bayes its own "
+                    "estimates are used, so they are needed. Use an eb=True model, or drop those features."
+                )
+            return gh, dh, True
+        pri = missing.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
+        need_finite = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric
+                                                  else [pri.a_prior, pri.b_prior])
+        if not all(np.isfinite(x[0]) for x in need_finite):
+            raise MissingValueError(
+                f"the empirical-Bayes priors of new site {level!r} cannot be estimated: fewer than 2 of its "
+                "features are observed enough there."
+            )
+        sparse = np.flatnonzero((n > 0) & (n < need))
+        if sparse.size:
+            warn(f"new site {level!r} has a single observed value of {list(names[sparse][:5])}"
+                 f"{' ...' if sparse.size > 5 else ''}: its scale there comes from the site's prior and that value.",
+                 MissingValueWarning)
+        gs, ds, _, ok = missing.site_posterior(gh, dh, d_raw, n, pri, 0, opts)
+        return gs, ds, ok
+
+    def _warn_cells_without_data(self, prep: _Prepared) -> None:
+        """Warn about observed values of a (seen) site × feature that had no observed value at fit: they are
+        adjusted with the site's prior (the posterior under no data, §1.8)."""
+        n_obs = self._arr["n_obs"]
+        empty = np.argwhere(n_obs == 0)
+        found = []
+        for i, v in empty:
+            rows = prep.codes == i
+            if not rows.any():
+                continue
+            k = int(rows.sum() if prep.mask is None else (~prep.mask[rows, v]).sum())
+            if k:
+                found.append(f"{k} value(s) of {self.feature_names_in_[v]!r} from {self.batches_[i]!r}")
+        if found:
+            warn(
+                f"{'; '.join(found[:5])}{' ...' if len(found) > 5 else ''}: that site had no observed value of that "
+                "feature at fit, so these are adjusted with the site's prior (the empirical-Bayes posterior under "
+                "no data: gamma* = the prior mean gamma_bar, delta*^2 = the prior mean of delta^2), not with an "
+                "estimate of their own.",
+                MissingValueWarning,
+            )
 
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         a = self._arr
@@ -620,7 +779,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     def _output(self, out: np.ndarray, prep: _Prepared):
         if prep.scale is not None:  # back to the input's units (exact: powers of two)
             out /= prep.scale
-            bad = ~np.isfinite(out).all(axis=0)
+            bad = ~np.isfinite(out).all(axis=0) if prep.mask is None else np.isinf(out).any(axis=0)
             if bad.any():
                 raise InputError(
                     f"the harmonized values of {list(self.feature_names_in_[bad][:5])} exceed the range of "
@@ -630,6 +789,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             inv = np.empty_like(prep.order)
             inv[prep.order] = np.arange(prep.order.size)
             out = out[:, inv]
+        if prep.rows_out is not None:  # missing_covariates="exclude": the left-out rows come back NaN
+            keep, index = prep.rows_out
+            full = np.full((keep.size, out.shape[1]), np.nan, order="F")
+            full[keep] = out
+            out, prep.index = full, index
         df = pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)
         if self._output_container() == "polars":
             try:
@@ -741,6 +905,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             "ref_index": self.ref_index_,
             "fit_warnings": list(getattr(self, "fit_warnings_", [])),
         }
+        if hasattr(self, "excluded_rows_"):  # rows left out by missing_covariates="exclude"
+            state["excluded_rows"] = list(self.excluded_rows_)
         return state, dict(self._arr)
 
     def _check_state(self, state: Any) -> dict[str, int | tuple[int, int]]:
@@ -751,7 +917,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         A family checks its own entries in an override that calls this first.
         """
         shared = ("batches", "feature_names", "design", "ref_index")
-        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings",))
+        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings", "excluded_rows"))
         batches = check_levels(state["batches"], "state.batches", "batch names")
         features = check_names(state["feature_names"], "state.feature_names", "feature names")
         n_columns = check_design(state["design"], "state.design")
@@ -766,6 +932,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             if not (level == ref_batch or str(level) == str(ref_batch)):
                 raise DamagedState("state.ref_index", f"points at batch {level!r}",
                                    f"the position of ref_batch {ref_batch!r} in state.batches")
+        rows = state.get("excluded_rows", [])
+        if not isinstance(rows, list) or not all(isinstance(r, str) or (isinstance(r, (int, float)) and not
+                                                                          isinstance(r, bool)) for r in rows):
+            raise DamagedState("state.excluded_rows", f"is {describe(rows)}", "a list of row ids (strings or numbers)")
         log = state.get("fit_warnings", [])
         if not isinstance(log, list):
             raise DamagedState("state.fit_warnings", f"is {describe(log)}", "a list of warnings")
@@ -787,12 +957,14 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self.design_ = CovariateDesign.from_dict(state["design"])
         self.ref_index_ = state["ref_index"]
         self.fit_warnings_ = list(state.get("fit_warnings", []))
+        if "excluded_rows" in state:
+            self.excluded_rows_ = list(state["excluded_rows"])
         self._arr = {k: np.asarray(v) for k, v in arrays.items()}
         self._arr["constant"] = self._arr["constant"].astype(bool)
         self._publish()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = self._supports_missing  # NaN feature cells (§1.8)
         tags.requires_fit = True
         return tags

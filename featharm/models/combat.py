@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dgemm
 
-from .._core import eb, ols
+from .._core import eb, missing, ols
 from .._core.blocks import column_variance, iter_blocks
 from .._progress import Progress
 from ..design import batch_indicators
+from ..exceptions import BatchError, ConfoundingError, InputError, MissingValueError, MissingValueWarning, warn
 from ._base import BaseHarmonizer
 
 __all__ = ["ComBat"]
@@ -46,9 +48,16 @@ class ComBat(BaseHarmonizer):
         Convergence tolerance of parametric EB (largest signed relative change, as sva).
     max_iter : int, default 1000
         Cap on parametric EB iterations; a :class:`~featharm.exceptions.ConvergenceWarning` is raised when hit.
-    compat : {None, "neuroCombat"}, default None
+    compat : {None, "neuroCombat", "sva"}, default None
         ``"neuroCombat"`` rounds continuous covariates through float32 as neuroCombat/neuroHarmonize do;
-        only for reproducing their numbers.
+        only for reproducing their numbers. ``"sva"`` reproduces sva's missing-value path: with NaN cells
+        anywhere, every feature's pooled variance divides by ``n_v - 1`` instead of ``n_v`` (without NaN it
+        changes nothing; not defined with ``ref_batch``).
+    missing_covariates : {"error", "exclude"}, default "error"
+        Rows with a missing batch label or a missing value of a covariate the formula uses: ``"error"``
+        names them; ``"exclude"`` leaves them out of the fit (and of ``transform``), returns their features as
+        NaN and lists them in a :class:`~featharm.exceptions.MissingValueWarning` (and ``excluded_rows_``).
+        Nothing is imputed.
 
     Attributes
     ----------
@@ -84,9 +93,22 @@ class ComBat(BaseHarmonizer):
     fit_warnings_ : list of dict
         The warnings raised during ``fit`` (``{"category": ..., "message": ...}``; kept in saved models and
         listed by the report).
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: the observed values of each feature at each batch
+        (batch × feature). A batch without any (0) has NaN ``gamma_hat_``, ``delta_hat_`` and
+        ``batch_coef_`` there.
+    excluded_rows_ : list
+        Only when ``missing_covariates="exclude"`` left rows out of the fit: their ids (saved with the model).
 
     Notes
     -----
+    *Missing values.* NaN feature cells are allowed (``docs/methods.md`` §1.8): every estimate of a
+    feature uses the rows where it is observed (R neuroCombat 1.0.14's missing-value path, to 1e-9), NaN
+    cells stay NaN and every observed cell is harmonized. Where R stops, featharm goes on and warns
+    (:class:`~featharm.exceptions.MissingValueWarning`): a site with no observed value of a feature gets the
+    site's prior there (and ``transform`` adjusts such values with it); a site with one observed value gets
+    its scale from the prior and that value. Infinite values are an error.
+
     *Apply to new subjects.* ``transform`` harmonizes subjects from sites seen at fit with their own
     covariates (``docs/methods.md`` §1.4); on the training rows it reproduces ``fit_transform`` exactly.
     Unseen sites raise :class:`~featharm.exceptions.UnseenBatchError`.
@@ -117,10 +139,12 @@ class ComBat(BaseHarmonizer):
     """
 
     _schema_name = "combat"
-    _compat_options = (None, "neuroCombat")
+    _compat_options = (None, "neuroCombat", "sva")
+    _supports_missing = True
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
-                 mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None):
+                 mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None,
+                 missing_covariates="error"):
         self.batch = batch
         self.formula = formula
         self.eb = eb
@@ -131,6 +155,13 @@ class ComBat(BaseHarmonizer):
         self.tol = tol
         self.max_iter = max_iter
         self.compat = compat
+        self.missing_covariates = missing_covariates
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.compat == "sva" and self.ref_batch is not None:
+            raise InputError("compat='sva' reproduces sva's pooled variance with missing values, which sva does "
+                             "not define with a reference batch; use compat=None with ref_batch.")
 
     def _eb_options(self) -> eb.EBOptions:
         return self._combat_eb_options()
@@ -138,6 +169,8 @@ class ComBat(BaseHarmonizer):
     def _fit_location(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
         """S1–S5: one least-squares fit of every feature on ``[B | X]``, the pooled variance and the
         standardized batch moments (``docs/methods.md`` §1.2). Fills ``self._arr``."""
+        if prep.mask is not None:  # NaN cells: each feature on its observed rows (§1.8)
+            return self._fit_location_missing(prep, B, counts, ref)
         Y = prep.Y
         n, p = Y.shape
         m = B.shape[1]
@@ -160,3 +193,160 @@ class ComBat(BaseHarmonizer):
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
         self._mark_constant(np.abs(st.alpha), column_variance(Y))
+
+    # ------------------------------------------------------------------------------ missing values (§1.8)
+    def _fit_location_missing(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
+        """S1–S5 with NaN cells (``featharm._core.missing``): features without NaN get the complete-data fit
+        (the same numbers as without any NaN elsewhere), the others are fitted on their observed rows,
+        grouped by missingness pattern. Fills ``self._arr`` (with ``n_obs``, the observed counts)."""
+        Y, mask, codes = prep.Y, prep.mask, prep.codes
+        n, p = Y.shape
+        m = B.shape[1]
+        q = prep.X.shape[1]
+        n_obs = missing.observed_counts(mask, codes, counts)
+        self._check_observed(n_obs, q, ref)
+        W = np.hstack([B, prep.X])
+        onehot = np.asfortranarray(batch_indicators(codes, m))
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        Xf = np.asfortranarray(prep.X)
+        inc = mask.any(axis=0)
+        mean_only = bool(self.mean_only)
+        ddof = 1 if self.compat == "sva" else 0  # sva's missing-value path: every feature over n_v - 1
+        full = None
+        if ddof == 0 and not inc.all():
+            # features without NaN: _fit_location's computation, run as there on the whole table (the same
+            # calls on the same shapes, so the same numbers to the last bit); the NaN columns are replaced below
+            coef_c = ols.GramSolver(W).solve(Y)
+            fit_c = batch_rows @ coef_c[:m]
+            ss_c = np.full((m, p), np.nan)
+            for blk in iter_blocks(p, n):
+                if not inc[blk].all():
+                    ss_c[:, blk] = ols.batch_residual_ss(Y[:, blk], fit_c[:, blk], Xf, coef_c[m:, blk], codes, onehot)
+            full = (coef_c, eb.standardized_moments(coef_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only))
+            sf_ss = ss_c
+        cols = np.arange(p) if full is None else np.flatnonzero(inc)  # with compat="sva": every feature
+        coef = np.empty((m + q, p))
+        ss = np.zeros((m, p))
+        variance = np.empty(p)
+        grams = missing.observed_grams(prep.X, codes, batch_rows, mask[:, cols])
+        if grams.deficient.size:
+            names = [str(self.feature_names_in_[cols[j]]) for j in grams.deficient]
+            col = ([str(b) for b in self.batches_] + list(self.design_.columns))[int(grams.column[0])]
+            raise ConfoundingError(
+                f"on the rows where they are observed, the design (batch and covariates) of {len(names)} "
+                f"feature(s) is rank deficient: {names[:5]}{' ...' if len(names) > 5 else ''} (e.g. column "
+                f"{col!r} of {names[0]!r} is constant within batches or a combination of the other covariates once "
+                "its missing rows are left out). Drop those features or that covariate."
+            )
+        blocks = list(iter_blocks(cols.size, n))
+        with Progress(len(blocks), "fitting location/scale (missing values)") as bar:
+            for blk in blocks:  # one pass: W'Y with the missing cells as 0, the solves, the residuals
+                cb = cols[blk]
+                Mb = mask[:, cb]
+                Y0 = np.where(Mb, 0.0, Y[:, cb])
+                c = missing.observed_coef(grams, np.arange(cb.size) + blk.start, dgemm(1.0, W, Y0, trans_a=1))
+                coef[:, cb] = c
+                present = n_obs[:, cb] > 0
+                fit = np.where(present, batch_rows @ np.where(present, c[:m], 0.0), np.nan)
+                variance[cb] = missing.observed_variance(Y0, Mb)
+                ss[:, cb] = missing.observed_residual_ss(Y0, Mb, fit, Xf, c[m:], codes, onehot)
+                bar.update()
+        if full is not None:  # the features without NaN: exactly the complete-data numbers
+            keep = ~inc
+            coef_c, sf = full
+            coef[:, keep], ss[:, keep] = coef_c[:, keep], sf_ss[:, keep]
+        st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only,
+                                          ddof=ddof)
+        if full is not None:
+            for name in ("alpha", "sigma"):
+                getattr(st, name)[keep] = getattr(sf, name)[keep]
+            for name in ("gamma_hat", "delta_hat", "delta_raw"):
+                getattr(st, name)[:, keep] = getattr(sf, name)[:, keep]
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
+                         gamma_hat=st.gamma_hat, delta_hat=st.delta_hat, n_obs=n_obs.astype(np.float64))
+        self._delta_raw = st.delta_raw
+        self._warn_sparse_cells(n_obs, ref)
+        if full is not None:
+            variance[~inc] = column_variance(Y[:, ~inc])
+        self._mark_constant(np.abs(st.alpha), variance)
+
+    def _check_observed(self, n_obs: np.ndarray, q: int, ref) -> None:
+        """Refuse what the observed cells cannot identify, naming features and sites (§1.8)."""
+        names = self.feature_names_in_
+        levels = self.batches_
+
+        def some(idx, k=5):
+            idx = list(idx)
+            return f"{[str(names[j]) for j in idx[:k]]}{' ...' if len(idx) > k else ''}"
+
+        sites = (n_obs > 0).sum(axis=0)
+        few_sites = np.flatnonzero(sites < 2)
+        if few_sites.size:
+            raise MissingValueError(
+                f"{few_sites.size} feature(s) are observed in fewer than 2 batches of {self.batch!r}: "
+                f"{some(few_sites)}; a site effect needs a comparison. Drop those features."
+            )
+        rows = n_obs.sum(axis=0)
+        few_rows = np.flatnonzero(rows < q + sites + 1)
+        if few_rows.size:
+            j = few_rows[0]
+            raise MissingValueError(
+                f"{few_rows.size} feature(s) have fewer observed values than their regression needs (the "
+                f"batches present, {q} covariate column(s) and 1): {some(few_rows)} ({names[j]!r}: "
+                f"{int(rows[j])} observed values). Drop those features."
+            )
+        if ref is not None:
+            bad = np.flatnonzero(n_obs[ref] < 2)
+            if bad.size:
+                raise BatchError(
+                    f"the reference batch {levels[ref]!r} has fewer than 2 observed values of {some(bad)}: its "
+                    "pooled variance is estimated in the reference batch alone. Drop those features or choose "
+                    "another reference batch."
+                )
+        if not self.eb:
+            need = 1 if self.mean_only else 2
+            bad = n_obs < need
+            if ref is not None:
+                bad[ref] = False
+            if bad.any():
+                cells = [f"{levels[a]!r} × {names[b]!r} ({int(n_obs[a, b])})" for a, b in zip(*np.nonzero(bad))]
+                raise MissingValueError(
+                    f"eb=False uses each site's own estimates, which need at least {need} observed value(s) of a "
+                    f"feature at a site; {len(cells)} site × feature cell(s) have fewer: "
+                    f"{', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}. Use eb=True (the site's prior "
+                    f"fills in){'' if self.mean_only else ', mean_only=True (one value suffices)'}, or drop those "
+                    "features."
+                )
+
+    def _warn_sparse_cells(self, n_obs: np.ndarray, ref) -> None:
+        """Warn, naming sites and features, where R stops: a site with no (or one) observed value of a feature."""
+        levels, names = self.batches_, self.feature_names_in_
+        checked = np.ones(n_obs.shape[0], dtype=bool)
+        if ref is not None:
+            checked[ref] = False
+
+        def listing(cells):
+            by_site = {}
+            for i, j in zip(*np.nonzero(cells)):
+                by_site.setdefault(levels[i], []).append(str(names[j]))
+            parts = [f"{site!r}: {feats[:5]}{' ...' if len(feats) > 5 else ''}" for site, feats in by_site.items()]
+            return "; ".join(parts)
+
+        empty = (n_obs == 0) & checked[:, None]
+        if empty.any():
+            warn(
+                f"{int(empty.sum())} site × feature cell(s) have no observed value ({listing(empty)}): the site "
+                "effect there is not estimated and is left out of the empirical-Bayes priors; nothing of those "
+                "sites and features is adjusted at fit. At transform, such values are adjusted with the site's "
+                "prior (the posterior under no data). R neuroCombat and sva stop here.",
+                MissingValueWarning,
+            )
+        single = (n_obs == 1) & checked[:, None]
+        if single.any() and not self.mean_only:
+            warn(
+                f"{int(single.sum())} site × feature cell(s) have a single observed value ({listing(single)}): "
+                "the site's scale for that feature cannot be estimated from it and is left out of the priors; "
+                "empirical Bayes estimates it from the site's prior and that one value. R neuroCombat stops (or "
+                "returns NaN) here.",
+                MissingValueWarning,
+            )

@@ -53,8 +53,9 @@ class CovBat(ComBat):
 
     Parameters
     ----------
-    batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat
-        The ComBat step; see :class:`~featharm.ComBat`.
+    batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat, missing_covariates
+        The ComBat step; see :class:`~featharm.ComBat` (``compat`` is None or ``"neuroCombat"``). Missing
+        feature values (NaN cells) are refused: the PCA step needs complete rows (ComBat handles them).
     ref_batch : str or None, default None
         Reference batch (Zhang et al. 2018, as :class:`~featharm.ComBat`): the ComBat step maps every other
         batch onto the reference's location and scale, the PCA is taken of all the adjusted residuals, and
@@ -114,10 +115,12 @@ class CovBat(ComBat):
 
     _schema_name = "covbat"
     _stored = {**ComBat._stored, **_COVBAT_STORED}
+    _compat_options = (None, "neuroCombat")
+    _supports_missing = False  # the PCA step needs complete residual rows (a later part of §1.8)
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
-                 score_parametric=True, tol=1e-4, max_iter=1000, compat=None):
+                 score_parametric=True, tol=1e-4, max_iter=1000, compat=None, missing_covariates="error"):
         self.batch = batch
         self.formula = formula
         self.ref_batch = ref_batch
@@ -133,6 +136,7 @@ class CovBat(ComBat):
         self.tol = tol
         self.max_iter = max_iter
         self.compat = compat
+        self.missing_covariates = missing_covariates
 
     def _check_params(self) -> None:
         super()._check_params()  # the ComBat step's parameters

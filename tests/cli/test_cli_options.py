@@ -46,13 +46,14 @@ SAMPLES = {
     "--percent-var": (["--percent-var", "0.8"], 0.8),
     "--n-components": (["--n-components", "2"], 2),
     "--scale-formula": (["--scale-formula", "age"], "age"),
+    "--missing-covariates": (["--missing-covariates", "exclude"], "exclude"),
 }
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
           "--random-slope": ["--time"]}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
-             "--quiet"}
+             "--quiet", "--missing"}
 
 
 def _params(method) -> set:

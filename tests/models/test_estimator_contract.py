@@ -46,7 +46,7 @@ FAMILIES = {
 # message names the parameter and the family.
 _COMMON_BAD = {
     "batch": 3.5, "formula": 12, "eb": "yes", "parametric": None, "mean_only": 1.5, "mean_only_form": "R",
-    "ref_batch": ["a"], "tol": -1.0, "max_iter": 0, "compat": "R",
+    "ref_batch": ["a"], "tol": -1.0, "max_iter": 0, "compat": "R", "missing_covariates": "impute",
 }
 _FAMILY_BAD = {
     "ComBat": {},
@@ -114,7 +114,8 @@ def test_init_does_not_validate(name):
 def test_shared_parameter_names_and_defaults(name):
     """The parameters families share mean the same thing and have the same default."""
     shared = {"batch": "site", "formula": None, "eb": True, "parametric": True, "mean_only": False,
-              "mean_only_form": "sva", "ref_batch": None, "tol": 1e-4, "max_iter": 1000, "compat": None}
+              "mean_only_form": "sva", "ref_batch": None, "tol": 1e-4, "max_iter": 1000, "compat": None,
+              "missing_covariates": "error"}
     params = FAMILIES[name][0]().get_params()
     for k, v in shared.items():
         if k in params:
@@ -333,7 +334,8 @@ def test_global_transform_output_config(name, data):
 @families
 def test_sklearn_tags(name):
     tags = make(name).__sklearn_tags__()
-    assert tags.requires_fit and not tags.input_tags.allow_nan and not tags.input_tags.sparse
+    assert tags.requires_fit and not tags.input_tags.sparse
+    assert tags.input_tags.allow_nan == (name == "ComBat")  # NaN feature cells: ComBat only (methods §1.8)
     assert tags.transformer_tags is not None and tags.transformer_tags.preserves_dtype == ["float64"]
     assert tags.target_tags.required is False
 

@@ -1,0 +1,106 @@
+"""The command line with missing values (``docs/methods.md`` §1.8): empty feature cells are harmonized by
+ComBat and written empty, the summary says how many there were, ``--missing error`` refuses them, and
+``--missing-covariates exclude`` leaves out rows without a batch or covariate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import featharm as fh
+from featharm.cli import main
+from test_parity_na import load_small_cs_na
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    X, cov = load_small_cs_na()
+    path = tmp_path_factory.mktemp("na") / "data.csv"
+    cov.join(X).reset_index().to_csv(path, index=False)  # empty cells are written as ""
+    return path, X, cov
+
+
+def _harmonize(table, out, *words):
+    return ["harmonize", str(table), "--batch", "site", "--formula", "age + sex", "--id", "subject_id",
+            "--out", str(out), *words]
+
+
+def test_harmonize_writes_empty_cells_and_counts_them(table, tmp_path, capsys):
+    path, X, cov = table
+    out = tmp_path / "h.csv"
+    assert main(_harmonize(path, out, "--save-model", str(tmp_path / "m.fhm"))) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "196 of 6,000 feature cells missing (3.3 %, in 20 features), left empty" in line
+    h = pd.read_csv(out).set_index("subject_id")[X.columns]
+    assert np.array_equal(h.isna().to_numpy(), X.isna().to_numpy())
+    expected = fh.ComBat(batch="site", formula="age + sex").fit_transform(X, cov)
+    np.testing.assert_allclose(h.to_numpy(), expected.to_numpy(), rtol=1e-15, atol=0)  # CSV round trip: exact
+    # apply with the saved model: the same, and the same count
+    out2 = tmp_path / "a.csv"
+    assert main(["apply", str(tmp_path / "m.fhm"), str(path), "--id", "subject_id", "--out", str(out2)]) == 0
+    assert "196 of 6,000 feature cells missing" in capsys.readouterr().out
+    assert pd.read_csv(out2).equals(pd.read_csv(out))
+
+
+def test_complete_table_summary_says_nothing_about_missing(tmp_path, capsys):
+    X, cov = load_small_cs_na()
+    path = tmp_path / "full.csv"
+    cov.join(X.fillna(X.mean())).reset_index().to_csv(path, index=False)
+    assert main(_harmonize(path, tmp_path / "h.csv")) == 0
+    assert "missing" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["harmonize", "apply"])
+def test_missing_error_refuses_empty_cells(table, tmp_path, capsys, command):
+    path, X, cov = table
+    if command == "harmonize":
+        argv = _harmonize(path, tmp_path / "h.csv", "--missing", "error")
+    else:
+        model = tmp_path / "m.fhm"
+        fh.ComBat(batch="site", formula="age + sex").fit(X.fillna(X.mean()), cov).save(model)
+        argv = ["apply", str(model), str(path), "--id", "subject_id", "--out", str(tmp_path / "h.csv"),
+                "--missing", "error"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featharm: error: --missing error: 196 feature cell(s) are empty, e.g. "
+                          "'Left-Lateral-Ventricle' at rows 'sub00012'")
+    assert not (tmp_path / "h.csv").exists()
+
+
+def test_families_without_missing_values_say_so(table, tmp_path, capsys):
+    path, X, cov = table
+    assert main(_harmonize(path, tmp_path / "h.csv", "--method", "covbat")) == 2
+    err = capsys.readouterr().err
+    assert "CovBat does not handle missing feature values yet" in err and "ComBat harmonizes" in err
+
+
+def test_report_needs_complete_features(table, tmp_path, capsys):
+    path, X, cov = table
+    assert main(_harmonize(path, tmp_path / "h.csv", "--report", str(tmp_path / "r.html"))) == 2
+    assert "--report needs complete features: 196 feature cell(s) are empty" in capsys.readouterr().err
+    assert not (tmp_path / "h.csv").exists()
+
+
+@pytest.mark.filterwarnings("default::featharm.exceptions.MissingValueWarning")  # printed by the CLI
+def test_missing_covariates_exclude(table, tmp_path, capsys):
+    path, X, cov = table
+    data = pd.read_csv(path)
+    data.loc[[3, 7], "age"] = np.nan
+    data.loc[11, "site"] = np.nan
+    bad = tmp_path / "bad.csv"
+    data.to_csv(bad, index=False)
+    assert main(_harmonize(bad, tmp_path / "h.csv")) == 2
+    err = capsys.readouterr().err
+    assert "sub00012" in err and "--missing-covariates exclude" in err
+    out = tmp_path / "h.csv"
+    assert main(_harmonize(bad, out, "--missing-covariates", "exclude", "--save-model", str(tmp_path / "m.fhm"))) == 0
+    cap = capsys.readouterr()
+    assert "3 row(s) left out for a missing batch or covariate, written empty" in cap.out
+    assert "sub00004" in cap.err and "sub00008" in cap.err and "sub00012" in cap.err  # the warning lists them
+    h = pd.read_csv(out).set_index("subject_id")
+    left = ["sub00004", "sub00008", "sub00012"]
+    assert h.loc[left, X.columns].isna().all().all()
+    assert fh.load_model(tmp_path / "m.fhm").excluded_rows_ == left
+    assert main(["apply", str(tmp_path / "m.fhm"), str(bad), "--id", "subject_id", "--out", str(tmp_path / "a.csv")]) == 0
+    assert "3 row(s) left out" in capsys.readouterr().out
