@@ -31,29 +31,32 @@ def cmd_apply(args) -> int:
     from ._common import file_size, output_table, stage
 
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
-        Xh, data, feats, model = _apply(args, load_model(args.model))
-        staged.write("table", output_table(data, Xh, args.out, source=args.data))
+        Xh, source, feats, model = _apply(args, load_model(args.model))
+        data = source.frame
+        staged.write("table", output_table(source, Xh, args.out, args.float_format))
     if not args.quiet:
         print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
     return 0
 
 
 def _apply(args, model):
-    """The harmonized features of DATA (and DATA, the feature names, the model) for ``featharm apply``."""
+    """The harmonized features of DATA (and DATA as read, the feature names, the model) for ``featharm apply``."""
     from ..exceptions import InputError
-    from ._common import check_feature_values, check_model_features, load_inputs
+    from ._common import check_feature_values, check_model_features, load_source
 
     if getattr(args, "extrapolate", None):
         if "extrapolate" not in model.get_params():
             raise InputError(f"--extrapolate applies to models with smooth terms; {args.model} holds a "
                              f"{type(model).__name__}.")
         model.set_params(extrapolate=args.extrapolate)
-    data, cov = load_inputs(args)
     feats = list(model.feature_names_in_)
+    wanted = set(map(str, feats))
+    source, cov = load_source(args, lambda labels: [c for c in labels if str(c) in wanted])
+    data = source.frame
     check_model_features(args, data, feats)
     fix = "Fix those cells in the file: the model needs every feature it was fitted on."
     check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
     kw = {}
     if args.new_sites == "estimate":  # every family estimates new sites against its frozen model
         kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
-    return model.transform(data[feats], cov, **kw), data, feats, model
+    return model.transform(source.features(feats), cov, **kw), source, feats, model

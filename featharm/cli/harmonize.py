@@ -177,24 +177,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, feature_columns, file_size, formula_columns, load_inputs, output_table,
-                          report_inputs, report_parameters, stage)
+    from ._common import (check_batch, feature_columns, file_size, formula_columns, load_source, output_table,
+                          possible_features, report_inputs, report_parameters, stage)
 
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
                Output("report", "--report", args.report, size=1 * MB)]
     model = build_model(args)  # an option that does not apply: refused before anything is read or staged
     with stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
-        data, cov = load_inputs(args)
+        not_features = [args.batch, args.id, *option_columns(args)]
+        source, cov = load_source(args, possible_features(args, not_features))
+        data = source.frame
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
-        feats = feature_columns(data, args.features, [args.batch, args.id, *used, *option_columns(args)])
-        Xh = model.fit_transform(data[feats], cov)
-        staged.write("table", output_table(data, Xh, args.out, source=args.data))
+        feats = feature_columns(data, args.features, [*not_features, *used])
+        X = source.features(feats)  # the numbers as read: no copy
+        Xh = model.fit_transform(X, cov)
+        staged.write("table", output_table(source, Xh, args.out, args.float_format))
         if args.save_model:
             staged.write("model", model_bytes(model))
         if args.report:
-            report = model.report(data[feats], cov, X_harmonized=Xh, inputs=report_inputs(args),
+            report = model.report(X, cov, X_harmonized=Xh, inputs=report_inputs(args),
                                   parameters=report_parameters(args))
             staged.write("report", report.html.encode("utf-8"))
     if not args.quiet:
