@@ -297,10 +297,11 @@ def stage(args, outputs, inputs=None):
     return staged_outputs(outputs, _inputs(args) if inputs is None else inputs)
 
 
-def output_table(source, harmonized: pd.DataFrame, out, float_format: str = "shortest"):
+def output_table(source, harmonized: pd.DataFrame, out, float_format: str = "shortest", release: bool = False):
     """OUT for ``staged.write``: DATA (a :class:`~featharm.io.tables.SourceTable`) with the harmonized
     columns replaced, streamed in chunks; the other columns of a CSV/TSV DATA are copied as text, exactly as
-    written (``007``, ``NA``, ``1`` stay so)."""
+    written (``007``, ``NA``, ``1`` stay so). ``release``: ``source`` lets go of what writing does not need
+    (the numbers as read), so that their memory is free while OUT is written."""
     from ..io.tables import source_chunks
 
-    return source_chunks(source, harmonized, out, float_format)
+    return source_chunks(source, harmonized, out, float_format, release=release)

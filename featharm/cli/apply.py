@@ -32,10 +32,10 @@ def cmd_apply(args) -> int:
 
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
         Xh, source, feats, model = _apply(args, load_model(args.model))
-        data = source.frame
-        staged.write("table", output_table(source, Xh, args.out, args.float_format))
+        n_rows = len(source.frame)
+        staged.write("table", output_table(source, Xh, args.out, args.float_format, release=True))
     if not args.quiet:
-        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}")
+        print(f"applied {type(model).__name__} to {n_rows} subjects, {len(feats)} features -> {args.out}")
     return 0
 
 

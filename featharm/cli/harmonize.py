@@ -193,15 +193,17 @@ def cmd_harmonize(args) -> int:
         feats = feature_columns(data, args.features, [*not_features, *used])
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
-        staged.write("table", output_table(source, Xh, args.out, args.float_format))
         if args.save_model:
             staged.write("model", model_bytes(model))
         if args.report:
             report = model.report(X, cov, X_harmonized=Xh, inputs=report_inputs(args),
                                   parameters=report_parameters(args))
             staged.write("report", report.html.encode("utf-8"))
+        n_rows = len(data)
+        del X, data, cov  # OUT needs the harmonized numbers and the other columns' text only
+        staged.write("table", output_table(source, Xh, args.out, args.float_format, release=True))
     if not args.quiet:
-        print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
+        print(f"harmonized {len(feats)} features of {n_rows} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
               + (f"; report -> {args.report}" if args.report else ""))

@@ -24,6 +24,34 @@ CHUNK = 32 << 20  # bytes of CSV text parsed at a time
 CELLS_PER_BLOCK = 1 << 19  # cells written at a time (~10 MB of text)
 
 
+_POOL = None
+
+
+def pool():
+    """The pyarrow memory pool of the big reads and writes: jemalloc returning freed memory at once (else
+    the system allocator), so that the memory parsing took is the operating system's again for the model."""
+    global _POOL
+    if _POOL is None:
+        import pyarrow as pa
+
+        try:
+            _POOL = pa.jemalloc_memory_pool()
+            pa.jemalloc_set_decay_ms(0)
+        except (NotImplementedError, pa.ArrowException):
+            _POOL = pa.system_memory_pool()
+    return _POOL
+
+
+def give_back_memory() -> None:
+    """Return freed heap memory to the operating system (glibc keeps it otherwise); a no-op elsewhere."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 class Unreadable(Exception):
     """The fast reader cannot take this file as it is: read it with pandas."""
 
@@ -67,19 +95,26 @@ def _row_end(data, start: int, end: int, last: bool = True) -> int:
 
 def row_chunks(stream, size: int = CHUNK):
     """The data rows of a CSV stream (its header row skipped), in chunks of about ``size`` bytes that each
-    end at the end of a row. One buffer is reused: a chunk is a copy (bytes) of its part."""
+    end at the end of a row: (memoryview of one reused buffer, valid until the next chunk is asked for;
+    whether it holds a quote)."""
     buf = bytearray(size)
     end, header, eof = 0, True, False
+    readinto = getattr(stream, "readinto", None)
     while True:
         if not eof:
-            if end == len(buf):  # no whole row in the buffer: make room
-                buf.extend(bytes(len(buf)))
-            data = stream.read(len(buf) - end)
-            if data:
-                buf[end:end + len(data)] = data
-                end += len(data)
+            if end == len(buf):  # no whole row in the buffer: a bigger one
+                bigger = bytearray(2 * len(buf))
+                bigger[:end] = buf[:end]
+                buf = bigger
+            if readinto is not None:
+                k = readinto(memoryview(buf)[end:])
             else:
-                eof = True
+                data = stream.read(len(buf) - end)
+                k = len(data)
+                buf[end:end + k] = data
+                del data
+            end += k
+            eof = k == 0
         if header:
             first = 3 if buf.startswith(_BOM) else 0
             cut = _row_end(buf, first, end, last=False)
@@ -94,12 +129,12 @@ def row_chunks(stream, size: int = CHUNK):
             header = False
         if eof:
             if end:
-                yield bytes(buf[:end])
+                yield memoryview(buf)[:end], buf.find(b'"', 0, end) >= 0
             return
         cut = _row_end(buf, 0, end)
         if cut <= 0:
             continue
-        yield bytes(buf[:cut])
+        yield memoryview(buf)[:cut], buf.find(b'"', 0, cut) >= 0
         buf[0:end - cut] = buf[cut:end]
         end -= cut
 
@@ -155,10 +190,11 @@ def read_csv(path, sep: str, n_columns: int, numeric: set, gzipped: bool = False
     n = 0
 
     def parse(chunk, column_types):
+        view, quoted = chunk
         return pcsv.read_csv(
-            pa.py_buffer(chunk),
+            pa.py_buffer(view), memory_pool=pool(),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=threads, block_size=8 << 20),
-            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=b'"' in chunk),
+            parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=quoted),
             convert_options=pcsv.ConvertOptions(
                 column_types=column_types, null_values=nulls, true_values=[], false_values=[],
                 strings_can_be_null=False, quoted_strings_can_be_null=True),
@@ -188,14 +224,16 @@ def read_csv(path, sep: str, n_columns: int, numeric: set, gzipped: bool = False
                 else:
                     out, row = np.empty((m, len(positions)), order="F"), 0
                     blocks.append(out)
-                for k, j in enumerate(positions):
-                    col = table.column(j)
-                    if col.type != pa.float64():
-                        col = col.cast(pa.float64())
-                    r = row
-                    for piece in col.chunks:
-                        out[r:r + len(piece), k] = piece.to_numpy(zero_copy_only=False)
-                        r += len(piece)
+                if positions:
+                    batch = None
+                    numbers = table.select(positions)
+                    if any(t != pa.float64() for t in numbers.schema.types):
+                        numbers = numbers.cast(pa.schema([(name, pa.float64()) for name in numbers.column_names]))
+                    for batch in numbers.to_batches():  # one copy, column-major, nulls as NaN
+                        out[row:row + batch.num_rows] = np.asarray(batch.to_tensor(
+                            null_to_nan=True, row_major=False, memory_pool=pool()))
+                        row += batch.num_rows
+                    del numbers, batch
                 for j, values in text.items():
                     values.extend(table.column(j).to_pylist())
                 del table, out
@@ -215,6 +253,7 @@ def read_csv(path, sep: str, n_columns: int, numeric: set, gzipped: bool = False
             del block
     elif n < len(X):  # blank lines, or line breaks inside quotes
         X = np.asfortranarray(X[:n])
+    give_back_memory()
     return X, positions, text, n
 
 
@@ -319,42 +358,36 @@ class Column:
         self.text, self.values, self.spec, self._array = text, values, spec, None
 
     def arrow(self, r0: int, r1: int):
-        """Rows r0:r1 as a pyarrow array: text or doubles (NaN as null: written ""), or numbers formatted as
-        strings (then ``stringy``)."""
+        """Rows r0:r1 as a pyarrow array: text, doubles (NaN as null: written "") or numbers formatted as
+        strings."""
         import pyarrow as pa
 
         if self.text is not None or self.spec == "shortest":
             if self._array is None:
-                self._array = (pa.array(self.text, pa.string()) if self.text is not None else
-                               pa.array(np.asarray(self.values, dtype=np.float64), from_pandas=True))
+                self._array = (pa.array(self.text, pa.string(), memory_pool=pool()) if self.text is not None else
+                               pa.array(np.asarray(self.values, dtype=np.float64), from_pandas=True,
+                                        memory_pool=pool()))
             return self._array.slice(r0, r1 - r0)
         x = np.asarray(self.values[r0:r1], dtype=np.float64)
         if isinstance(self.spec, int):
             return fixed_strings(x, self.spec)
         return pa.array([None if v != v else self.spec % v for v in x.tolist()], pa.string())
 
-    @property
-    def stringy(self) -> bool:
-        return self.text is not None or self.spec != "shortest"
-
     def needs_quotes(self, sep: str) -> bool:
         return self.text is not None and any(sep in v or '"' in v or "\n" in v or "\r" in v for v in self.text)
 
 
-def _arrow_block(columns: list, r0: int, r1: int, sep: str) -> bytes:
-    """The CSV text (one line per row) of ``columns`` for rows r0:r1, written by pyarrow. Text and formatted
-    numbers must need no quotes: the quotes pyarrow puts around every string are taken out."""
+def _arrow_block(columns: list, r0: int, r1: int, sep: str):
+    """The CSV text (one line per row, a pyarrow buffer) of ``columns`` for rows r0:r1, written by pyarrow;
+    no cell of them may need quotes (text with the separator, a quote or a line break)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     table = pa.Table.from_arrays([c.arrow(r0, r1) for c in columns], names=[f"c{j}" for j in range(len(columns))])
-    sink = pa.BufferOutputStream()
-    pcsv.write_csv(table, sink, write_options=pcsv.WriteOptions(include_header=False, delimiter=sep,
-                                                                   batch_size=max(r1 - r0, 1)))
-    out = sink.getvalue()
-    if any(c.stringy for c in columns):
-        return out.to_pybytes().replace(b'"', b"")
-    return out.to_pybytes()
+    sink = pa.BufferOutputStream(memory_pool=pool())
+    pcsv.write_csv(table, sink, memory_pool=pool(), write_options=pcsv.WriteOptions(
+        include_header=False, delimiter=sep, batch_size=max(r1 - r0, 1), quoting_style="none"))
+    return sink.getvalue()
 
 
 def csv_chunks(header: str, columns: list, n: int, sep: str, fast: bool = True):
@@ -392,7 +425,7 @@ def csv_chunks(header: str, columns: list, n: int, sep: str, fast: bool = True):
             if kind == "text":
                 parts.append([(v if v or not single else '""').encode("utf-8") for v in content[r0:r1]])
             else:
-                lines = _arrow_block(content, r0, r1, sep).split(b"\n")
+                lines = _arrow_block(content, r0, r1, sep).to_pybytes().split(b"\n")
                 lines.pop()
                 if single:
                     lines = [v if v else b'""' for v in lines]

@@ -282,6 +282,11 @@ class SourceTable:
             return self.frame[feats]
         return pd.DataFrame(values, index=self.frame.index, columns=feats, copy=False)
 
+    def release(self) -> None:
+        """Let go of the numbers and the frame (only the text as written stays)."""
+        self.block = None
+        self.frame = self.frame.iloc[:0, :0]
+
     def values(self, column) -> np.ndarray:
         """The float64 values of one numeric column."""
         if self.block is not None and column in self.block_columns:
@@ -428,7 +433,8 @@ def _rendered(frame: pd.DataFrame, columns: list, sep: str) -> list:
     return [list(col) for col in zip(*rows)] if rows else [[] for _ in columns]
 
 
-def source_chunks(source: SourceTable, harmonized: pd.DataFrame, out, float_format: str = "shortest"):
+def source_chunks(source: SourceTable, harmonized: pd.DataFrame, out, float_format: str = "shortest",
+                  release: bool = False):
     """OUT: the table ``source`` with the columns of ``harmonized`` replaced, in the format of ``out``'s
     extension; the other columns of a CSV/TSV source are written exactly as they are in it.
 
@@ -436,10 +442,11 @@ def source_chunks(source: SourceTable, harmonized: pd.DataFrame, out, float_form
     to a binary file object. ``float_format`` (harmonized numbers of a CSV/TSV): ``"shortest"`` (the shortest
     text that reads back as the same double), ``"input"`` (each column with as many decimals as it has in
     ``source``; the shortest text where those are not short decimals) or a printf-style conversion
-    (``"%.6g"``, ``"%.4f"``).
+    (``"%.6g"``, ``"%.4f"``). ``release``: ``source`` drops its numbers and frame once they are not needed.
     """
     from . import _arrow
 
+    _arrow.check_float_format(float_format)
     frame = source.frame
     changed = set(harmonized.columns)
     fmt = table_format(out)
@@ -478,5 +485,9 @@ def source_chunks(source: SourceTable, harmonized: pd.DataFrame, out, float_form
             spec = float_format
         columns.append(_arrow.Column(values=values, spec=spec))
     head = sep.join(_arrow.quote(str(h), sep) for h in header)
-    chunks = _arrow.csv_chunks(head, columns, len(frame), sep, fast=_arrow.available())
+    n = len(frame)
+    if release:
+        source.release()
+        del frame
+    chunks = _arrow.csv_chunks(head, columns, n, sep, fast=_arrow.available())
     return _arrow.gzip_chunks(chunks) if _gzipped(out) else chunks
