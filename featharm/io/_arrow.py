@@ -93,11 +93,11 @@ def _row_end(data, start: int, end: int, last: bool = True) -> int:
     return cut + 1 if cut >= start else -1
 
 
-def row_chunks(stream, size: int = CHUNK):
+def row_chunks(stream, size: int | None = None):
     """The data rows of a CSV stream (its header row skipped), in chunks of about ``size`` bytes that each
     end at the end of a row: (memoryview of one reused buffer, valid until the next chunk is asked for;
     whether it holds a quote)."""
-    buf = bytearray(size)
+    buf = bytearray(size or CHUNK)
     end, header, eof = 0, True, False
     readinto = getattr(stream, "readinto", None)
     while True:
