@@ -161,6 +161,17 @@ def count_rows(path) -> int:
     return lines + (last != b"\n") - 1
 
 
+def _copy_batch(out: np.ndarray, row: int, batch) -> None:
+    """Copy the float64 columns of ``batch`` into ``out[row:row + len(batch)]`` (nulls as NaN)."""
+    try:  # pyarrow >= 16: one column-major copy
+        values = np.asarray(batch.to_tensor(null_to_nan=True, row_major=False, memory_pool=pool()))
+    except (AttributeError, TypeError):
+        for k in range(batch.num_columns):
+            out[row:row + batch.num_rows, k] = batch.column(k).to_numpy(zero_copy_only=False)
+        return
+    out[row:row + batch.num_rows] = values
+
+
 def _is_numeric(t) -> bool:
     import pyarrow as pa
 
@@ -229,9 +240,8 @@ def read_csv(path, sep: str, n_columns: int, numeric: set, gzipped: bool = False
                     numbers = table.select(positions)
                     if any(t != pa.float64() for t in numbers.schema.types):
                         numbers = numbers.cast(pa.schema([(name, pa.float64()) for name in numbers.column_names]))
-                    for batch in numbers.to_batches():  # one copy, column-major, nulls as NaN
-                        out[row:row + batch.num_rows] = np.asarray(batch.to_tensor(
-                            null_to_nan=True, row_major=False, memory_pool=pool()))
+                    for batch in numbers.to_batches():
+                        _copy_batch(out, row, batch)
                         row += batch.num_rows
                     del numbers, batch
                 for j, values in text.items():

@@ -34,7 +34,8 @@ def _gzipped(path) -> bool:
 
 
 def _parquet_hint(exc: Exception) -> InputError:
-    return InputError(f"reading or writing Parquet needs pyarrow: pip install 'featharm[parquet]' ({exc}).")
+    return InputError(f"reading or writing Parquet needs pyarrow (a dependency of featharm): pip install pyarrow "
+                      f"({exc}).")
 
 
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
