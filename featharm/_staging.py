@@ -19,9 +19,9 @@ In order:
    (``.NAME.XXXXXXXX.featharm-tmp``), creating missing folders. This is the operation the final write
    needs, so a folder featharm cannot write (a read-only file system, ``/proc``, a path under a file) fails
    here, before the work.
-3. :meth:`StagedOutputs.write` fills a temporary (after checking the free space against the exact size);
-   a full disk or any other OSError becomes one :class:`~featharm.exceptions.OutputError` naming the
-   option and the file.
+3. :meth:`StagedOutputs.write` fills a temporary (after checking the free space against the exact size of
+   bytes; content streamed in chunks, or written by a function, is checked as it goes); a full disk or any
+   other OSError becomes one :class:`~featharm.exceptions.OutputError` naming the option and the file.
 4. Leaving the block normally renames every temporary over its output (``os.replace``), with SIGINT and
    SIGTERM held back; leaving it with an exception removes the temporaries and the folders step 2 created.
 
@@ -185,10 +185,19 @@ def _check_space(outputs) -> None:
 
 
 # --------------------------------------------------------------------------------------------- staging
-def _write_file(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to the disk (so the rename never exposes an empty file)."""
+def _write_file(path, data) -> None:
+    """Write ``data`` to ``path`` and flush it to the disk (so the rename never exposes an empty file).
+
+    ``data``: bytes, an iterable of bytes (written chunk by chunk: a big table never is one bytes object),
+    or a function that writes to the binary file object it is given."""
     with open(path, "wb") as fh:
-        fh.write(data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            fh.write(data)
+        elif callable(data):
+            data(fh)
+        else:
+            for chunk in data:
+                fh.write(chunk)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -256,17 +265,20 @@ class StagedOutputs:
         """The temporary file of output ``key`` (for writers that need a path)."""
         return self.tmp[key]
 
-    def write(self, key: str, data: bytes) -> None:
-        """Write the complete content of output ``key`` to its temporary file."""
+    def write(self, key: str, data) -> None:
+        """Write the complete content of output ``key`` to its temporary file.
+
+        ``data``: bytes, an iterable of bytes chunks, or a function writing to a binary file object."""
         o = self.outputs[key]
         tmp = self.tmp[key]
-        try:
-            usage = shutil.disk_usage(os.path.dirname(tmp))
-            free = usage.free if usage.total else None
-        except OSError:
-            free = None
-        if free is not None and free < len(data):
-            raise _oserror(o, OSError(errno.ENOSPC, f"{_size(len(data))} to write, {_size(free)} free"))
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            try:
+                usage = shutil.disk_usage(os.path.dirname(tmp))
+                free = usage.free if usage.total else None
+            except OSError:
+                free = None
+            if free is not None and free < len(data):
+                raise _oserror(o, OSError(errno.ENOSPC, f"{_size(len(data))} to write, {_size(free)} free"))
         try:
             _write_file(tmp, data)
         except OSError as exc:

@@ -22,10 +22,15 @@ KB, MB = 1024, 1024 * 1024
 
 # --------------------------------------------------------------------------------------------- options
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    """--covariates, --id, --out and --quiet of ``harmonize`` and ``apply``."""
+    """--covariates, --id, --out, --float-format and --quiet of ``harmonize`` and ``apply``."""
     p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
     p.add_argument("--id", metavar="COL", help="id column (joins DATA and --covariates; kept in OUT)")
     p.add_argument("--out", required=True, metavar="OUT", help="output table (format from the extension)")
+    p.add_argument("--float-format", default="shortest", type=float_format, metavar="FMT",
+                   help="how a CSV/TSV OUT writes the harmonized numbers: 'shortest' (default: the shortest text "
+                        "that reads back as the same number), 'input' (each column with as many decimals as it "
+                        "has in DATA) or one printf-style conversion such as %%.6g or %%.4f (slower, except "
+                        "%%.Nf); the other columns are always copied as written")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -72,6 +77,16 @@ def missing_summary(n_missing: int, data: pd.DataFrame, feats, excluded) -> str:
     return "".join("; " + p for p in parts)
 
 
+def float_format(value: str) -> str:
+    """The value of ``--float-format`` (argparse type)."""
+    from ..io._arrow import check_float_format
+
+    try:
+        return check_float_format(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+
+
 def report_inputs(args) -> dict:
     """The input files of the command, as the report's provenance lists them."""
     names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
@@ -88,18 +103,26 @@ def report_parameters(args) -> dict:
 _UNNAMED = re.compile(r"Unnamed: \d+")
 
 
-def load_inputs(args):
+def load_inputs(args, numeric=None):
     """DATA (and optional covariate FILE) -> (data table, covariates aligned to it)."""
+    source, cov = load_source(args, numeric)
+    return source.frame, cov
+
+
+def load_source(args, numeric=None):
+    """DATA (and optional covariate FILE) -> (DATA as a :class:`~featharm.io.tables.SourceTable`, covariates
+    aligned to it). ``numeric(labels)``: the columns of DATA that may be features (read as one block of
+    numbers when they are numbers); see :func:`possible_features`."""
     import pandas as pd
 
     from ..exceptions import InputError
     from ..io import read_table
+    from ..io.tables import read_source
 
-    data = read_table(args.data, index_col=args.id)
+    source = read_source(args.data, index_col=args.id, numeric=numeric)
+    data = source.frame
     if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
-        from ..io.tables import table_format
-
-        first = 1 if table_format(args.data) == "parquet" else 2
+        first = 1 if source.fmt == "parquet" else 2
         data.index = pd.RangeIndex(first, first + len(data))
     if args.covariates:
         if not args.id:
@@ -113,9 +136,30 @@ def load_inputs(args):
                 f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
             )
         cov = cov.loc[data.index]
+        source.frame = data
     else:
         cov = data
-    return data, cov
+    return source, cov
+
+
+def possible_features(args, exclude=()):
+    """``numeric(labels)`` for :func:`load_source`: the columns that may be features given ``--features``
+    and the columns that are not features (batch, id, the formula's, ``exclude``)."""
+
+    def numeric(labels) -> list:
+        from ..exceptions import FeatharmError
+
+        skip = {str(c) for c in (args.batch, args.id, *exclude) if c}
+        try:
+            skip.update(formula_columns(args.formula, labels))
+        except FeatharmError:  # a bad formula: said later, where it is said today
+            pass
+        cols = [c for c in labels if str(c) not in skip]
+        if getattr(args, "features", None):
+            return [c for c in cols if any(fnmatch.fnmatchcase(str(c), p) for p in args.features)]
+        return [c for c in cols if not _UNNAMED.fullmatch(str(c))]
+
+    return numeric
 
 
 def same_id_type(a: pd.DataFrame, b: pd.DataFrame):
@@ -134,11 +178,12 @@ def check_batch(cov: pd.DataFrame, batch: str) -> None:
         raise ColumnNotFoundError(f"no batch column {batch!r}; columns present: {show_columns(cov.columns)}.")
 
 
-def formula_columns(formula, cov: pd.DataFrame) -> list:
-    """The covariate columns a ``--formula`` uses (they are not features)."""
+def formula_columns(formula, cov) -> list:
+    """The covariate columns (of the DataFrame or list of labels ``cov``) a ``--formula`` uses (they are not
+    features)."""
     from ..formula import formula_columns
 
-    return formula_columns(formula, cov.columns)
+    return formula_columns(formula, getattr(cov, "columns", cov))
 
 
 def check_model_features(args, data: pd.DataFrame, feats) -> None:
@@ -230,9 +275,12 @@ def read_harmonized(args, data: pd.DataFrame, feats: list):
     if not args.harmonized:
         return None
     from ..exceptions import ColumnNotFoundError, InputError
-    from ..io import read_table
+    from ..io.tables import read_source
 
-    hdata = read_table(args.harmonized, index_col=args.id)
+    wanted = set(map(str, feats))
+    hsource = read_source(args.harmonized, index_col=args.id, numeric=lambda labels: [c for c in labels
+                                                                                      if str(c) in wanted])
+    hdata = hsource.frame
     if args.id:
         data, hdata = same_id_type(data, hdata)
     lacking = [c for c in feats if c not in hdata.columns]
@@ -244,11 +292,12 @@ def read_harmonized(args, data: pd.DataFrame, feats: list):
         if len(absent):
             raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
                              f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
-        return hdata.loc[data.index, feats]
+        values = hsource.features(feats).set_axis(hdata.index, axis=0)  # a view of the numbers, ids as DATA's
+        return values if values.index.equals(data.index) else values.loc[data.index]
     if len(hdata) != len(data):
         raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
                          "pass --id COL to match them by id.")
-    return hdata[feats].set_axis(data.index, axis=0)
+    return hsource.features(feats).set_axis(data.index, axis=0)
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -290,26 +339,11 @@ def stage(args, outputs, inputs=None):
     return staged_outputs(outputs, _inputs(args) if inputs is None else inputs)
 
 
-def output_table(data: pd.DataFrame, harmonized: pd.DataFrame, out, source=None) -> bytes:
-    """The bytes of OUT: DATA with the harmonized columns replaced; the other columns of a CSV/TSV
-    ``source`` are copied as text, exactly as written (``007``, ``NA``, ``1`` stay so)."""
-    import pandas as pd
+def output_table(source, harmonized: pd.DataFrame, out, float_format: str = "shortest", release: bool = False):
+    """OUT for ``staged.write``: DATA (a :class:`~featharm.io.tables.SourceTable`) with the harmonized
+    columns replaced, streamed in chunks; the other columns of a CSV/TSV DATA are copied as text, exactly as
+    written (``007``, ``NA``, ``1`` stay so). ``release``: ``source`` lets go of what writing does not need
+    (the numbers as read), so that their memory is free while OUT is written."""
+    from ..io.tables import source_chunks
 
-    from ..io.tables import read_text_columns, table_bytes
-
-    changed = set(harmonized.columns)
-    keep = [j for j, c in enumerate(data.columns) if c not in changed]
-    text = read_text_columns(source, keep) if source is not None and keep else None
-    if text is not None and text.shape == (len(data), len(keep)):
-        text_cols = iter(text.columns)
-        result = pd.DataFrame({c: harmonized[c].to_numpy() if c in changed else text[next(text_cols)].to_numpy()
-                               for c in data.columns}, columns=data.columns)
-        header = text.attrs.get("header")
-        if header is not None and len(header) == len(keep):  # an empty header cell stays empty
-            names = dict(zip(keep, header))
-            result.columns = [names.get(j, c) for j, c in enumerate(data.columns)]
-    else:
-        result = data.copy()
-        for c in harmonized.columns:
-            result[c] = harmonized[c].to_numpy()
-    return table_bytes(result, out, index=False)
+    return source_chunks(source, harmonized, out, float_format, release=release)

@@ -32,10 +32,11 @@ def cmd_apply(args) -> int:
     from ._common import file_size, output_table, stage
 
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
-        Xh, data, feats, model, summary = _apply(args, load_model(args.model))
-        staged.write("table", output_table(data, Xh, args.out, source=args.data))
+        Xh, source, feats, model, summary = _apply(args, load_model(args.model))
+        n_rows = len(source.frame)
+        staged.write("table", output_table(source, Xh, args.out, args.float_format, release=True))
     if not args.quiet:
-        print(f"applied {type(model).__name__} to {len(data)} subjects, {len(feats)} features -> {args.out}"
+        print(f"applied {type(model).__name__} to {n_rows} subjects, {len(feats)} features -> {args.out}"
               + summary)
     return 0
 
@@ -51,18 +52,20 @@ def _left_out(model, cov) -> list:
 
 
 def _apply(args, model):
-    """The harmonized features of DATA (and DATA, the feature names, the model, the summary's words about
-    missing values) for ``featharm apply``."""
+    """The harmonized features of DATA (and DATA as read, the feature names, the model, the summary's words
+    about missing values) for ``featharm apply``."""
     from ..exceptions import InputError
-    from ._common import check_feature_values, check_missing, check_model_features, load_inputs, missing_summary
+    from ._common import check_feature_values, check_missing, check_model_features, load_source, missing_summary
 
     if getattr(args, "extrapolate", None):
         if "extrapolate" not in model.get_params():
             raise InputError(f"--extrapolate applies to models with smooth terms; {args.model} holds a "
                              f"{type(model).__name__}.")
         model.set_params(extrapolate=args.extrapolate)
-    data, cov = load_inputs(args)
     feats = list(model.feature_names_in_)
+    wanted = set(map(str, feats))
+    source, cov = load_source(args, lambda labels: [c for c in labels if str(c) in wanted])
+    data = source.frame
     check_model_features(args, data, feats)
     fix = "Fix those cells in the file: the model needs every feature it was fitted on."
     check_feature_values(data, feats, "fitted by the model", fix, text_fix=fix)
@@ -70,5 +73,5 @@ def _apply(args, model):
     kw = {}
     if args.new_sites == "estimate":  # every family estimates new sites against its frozen model
         kw = {"new_sites": "estimate", "min_new_site_size": args.min_new_site_size}
-    Xh = model.transform(data[feats], cov, **kw)
-    return Xh, data, feats, model, missing_summary(n_missing, data, feats, _left_out(model, cov))
+    Xh = model.transform(source.features(feats), cov, **kw)
+    return Xh, source, feats, model, missing_summary(n_missing, data, feats, _left_out(model, cov))

@@ -67,12 +67,15 @@ def _diagnose(args):
     """The DiagnosticsResult of ``featharm diagnose`` (and the feature names and DATA it covers)."""
     from ..diagnostics import diagnose
     from ..exceptions import ColumnNotFoundError
-    from ._common import check_batch, feature_columns, formula_columns, load_inputs, read_harmonized
+    from ._common import (check_batch, feature_columns, formula_columns, load_source, possible_features,
+                          read_harmonized)
 
-    data, cov = load_inputs(args)
+    source, cov = load_source(args, possible_features(args, [args.random]))
+    data = source.frame
     check_batch(cov, args.batch)
     used = formula_columns(args.formula, cov)
     feats = feature_columns(data, args.features, [args.batch, args.id, args.random, *used])
+    X = source.features(feats)  # the numbers as read: no copy
     Xh = read_harmonized(args, data, feats)
     harmonizer = None
     if args.model:
@@ -86,9 +89,9 @@ def _diagnose(args):
             raise ColumnNotFoundError(f"the model {args.model} was not fitted on the feature column(s) "
                                       f"{lacking[:5]}{' ...' if len(lacking) > 5 else ''}; pick them with --features.")
         if Xh is None:
-            Xh = fitted.transform(data[list(fitted.feature_names_in_)], cov)[feats]
+            Xh = fitted.transform(source.features(fitted.feature_names_in_), cov)[feats]
         harmonizer = clone(fitted)  # unfitted copy, refitted inside every CV training fold
-    result = diagnose(data[feats], cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
+    result = diagnose(X, cov, batch=args.batch, formula=args.formula, X_harmonized=Xh,
                       tests=args.tests, model="lmm" if args.random else "ols", random=args.random,
                       n_permutations=args.n_permutations,
                       classification_permutations=args.classification_permutations,

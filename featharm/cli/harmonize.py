@@ -181,31 +181,38 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, check_missing, feature_columns, file_size, formula_columns, load_inputs,
-                          missing_summary, output_table, report_inputs, report_parameters, stage)
+    from ._common import (check_batch, check_missing, feature_columns, file_size, formula_columns, load_source,
+                          missing_summary, output_table, possible_features, report_inputs, report_parameters,
+                          stage)
 
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
                Output("report", "--report", args.report, size=1 * MB)]
     model = build_model(args)  # an option that does not apply: refused before anything is read or staged
     with stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
-        data, cov = load_inputs(args)
+        not_features = [args.batch, args.id, *option_columns(args)]
+        source, cov = load_source(args, possible_features(args, not_features))
+        data = source.frame
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
-        feats = feature_columns(data, args.features, [args.batch, args.id, *used, *option_columns(args)])
+        feats = feature_columns(data, args.features, [*not_features, *used])
         n_missing = check_missing(args, data, feats, report=bool(args.report))
-        Xh = model.fit_transform(data[feats], cov)
-        staged.write("table", output_table(data, Xh, args.out, source=args.data))
+        X = source.features(feats)  # the numbers as read: no copy
+        Xh = model.fit_transform(X, cov)
         if args.save_model:
             staged.write("model", model_bytes(model))
         if args.report:
-            report = model.report(data[feats], cov, X_harmonized=Xh, inputs=report_inputs(args),
+            report = model.report(X, cov, X_harmonized=Xh, inputs=report_inputs(args),
                                   parameters=report_parameters(args))
             staged.write("report", report.html.encode("utf-8"))
+        n_rows = len(data)
+        summary = missing_summary(n_missing, data, feats, getattr(model, "excluded_rows_", []))
+        del X, data, cov  # OUT needs the harmonized numbers and the other columns' text only
+        staged.write("table", output_table(source, Xh, args.out, args.float_format, release=True))
     if not args.quiet:
-        print(f"harmonized {len(feats)} features of {len(data)} subjects from {len(model.batches_)} "
+        print(f"harmonized {len(feats)} features of {n_rows} subjects from {len(model.batches_)} "
               f"batches with {type(model).__name__} -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
               + (f"; report -> {args.report}" if args.report else "")
-              + missing_summary(n_missing, data, feats, getattr(model, "excluded_rows_", [])))
+              + summary)
     return 0

@@ -54,7 +54,8 @@ def read_covariates(path, id_col: str | None = None, sheet=0, *, _empty_ok: bool
         try:
             df = pd.read_parquet(path)
         except ImportError as exc:
-            raise InputError(f"reading Parquet needs pyarrow: pip install 'featharm[parquet]' ({exc}).") from None
+            raise InputError(f"reading Parquet needs pyarrow (a dependency of featharm): pip install pyarrow "
+                             f"({exc}).") from None
         if id_col and id_col in df.columns:
             df[id_col] = df[id_col].astype(str)
     elif fmt == "excel":
