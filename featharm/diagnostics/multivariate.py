@@ -47,13 +47,141 @@ def _ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> float:
     return float(((sums ** 2).sum(axis=1) / counts).sum())
 
 
+#: Permutations per block of the vectorized PERMANOVA null (their sparse indicator matrix: ~2 MB at n = 5,000).
+PERMANOVA_BLOCK = 100
+#: Feature columns per block of that null: the block (n × 16 doubles) stays in the core's cache while every
+#: permutation of the block sums its rows by site.
+PERMANOVA_COLUMNS = 16
+
+
+class _PermutedSites:
+    """The site indicators of a block of label permutations, as one sparse matrix.
+
+    Permutation ``p`` gives row ``i`` the site ``codes[p[i]]``, so the rows of site ``g`` are ``p⁻¹(I_g)``.
+    The matrix has one row per (permutation, site) for every site but the largest (whose sums follow from
+    the column totals) and a 1 for each of that site's rows: its product with a feature block gives all the
+    permuted site sums at once, touching each row once per permutation (no n × m one-hot products).
+    """
+
+    def __init__(self, codes: np.ndarray, counts: np.ndarray, perms: list):
+        import scipy.sparse as sp
+
+        n, m = codes.size, counts.size
+        self.big = int(np.argmax(counts))
+        order = np.argsort(codes, kind="stable")
+        keep = order[codes[order] != self.big]  # rows of the other sites, grouped by site
+        self.sizes = np.delete(counts, self.big).astype(float)
+        self.n_big = float(counts[self.big])
+        inv = np.empty(n, dtype=np.intp)
+        ar = np.arange(n)
+        idx = np.empty((len(perms), keep.size), dtype=np.int64 if n > 2**31 - 1 else np.int32)
+        for b, p in enumerate(perms):
+            inv[p] = ar
+            idx[b] = inv[keep]
+        self._idx, self._m1, self._n = idx, m - 1, n
+        self._sp = sp
+
+    def matrix(self, which: np.ndarray | None = None):
+        idx = self._idx if which is None else self._idx[which]
+        rows = idx.shape[0] * self._m1
+        indptr = np.zeros(rows + 1, dtype=idx.dtype)
+        np.cumsum(np.tile(self.sizes.astype(idx.dtype), idx.shape[0]), out=indptr[1:])
+        return self._sp.csr_matrix((np.ones(idx.size), idx.ravel(), indptr), shape=(rows, self._n))
+
+    def column_terms(self, A, Yb: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """``Σ_g (site-g sum of column j)² / n_g`` for every permutation of ``A`` and column j of ``Yb``."""
+        S = (A @ Yb).reshape(-1, self._m1, Yb.shape[1])
+        last = total - S.sum(axis=1)  # the largest site's sums: the column totals minus the others
+        return np.einsum("bgj,bgj,g->bj", S, S, 1.0 / self.sizes) + last * last / self.n_big
+
+
+def _column_blocks(k: int, first: int = 0) -> list[slice]:
+    """Column blocks of PERMANOVA_COLUMNS; with ``first`` > 0 the first block is columns ``[0, first)``."""
+    cuts = sorted({0, k} | set(range(first, k, PERMANOVA_COLUMNS)))
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def permuted_ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, perms: list) -> np.ndarray:
+    """Between-site sums of squares of the centred ``Z`` under the labels ``codes[p]`` of every ``p`` in
+    ``perms`` (the PERMANOVA null), all permutations at once; equal to :func:`_ssb` on each permuted
+    label vector up to rounding."""
+    ps = _PermutedSites(codes, counts, perms)
+    A = ps.matrix()
+    out = np.zeros(len(perms))
+    for blk in _column_blocks(Z.shape[1]):
+        Yb = np.ascontiguousarray(Z[:, blk])
+        out += ps.column_terms(A, Yb, Yb.sum(axis=0)).sum(axis=1)
+    return out
+
+
+def _screen_rank(lam_desc: np.ndarray, m: int, threshold: float) -> int:
+    """Components after which the bound of :func:`_count_exceedances` can decide a permutation: the smallest
+    r (<= half the components) with (m - 1) λ_{r+1} below half the observed SSB, else 0 (no screening)."""
+    k = lam_desc.size
+    ok = np.flatnonzero((m - 1) * lam_desc[: k // 2 + 1] < 0.5 * threshold)
+    return max(1, int(ok[0])) if ok.size and k > 1 else 0
+
+
+def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb: float, n_permutations: int,
+                       rng, lam_desc: np.ndarray, bar, gram: np.ndarray | None = None) -> int:
+    """How many of ``n_permutations`` label permutations (``rng.permutation(n)`` each, in order) reach the
+    observed SSB (within 1e-12 relative): the PERMANOVA null, by blocks of permutations.
+
+    Exact screening when the observed SSB is large: with ``Y = Z V`` the principal component scores
+    (``λ_j = ||y_j||²`` descending), a permutation's SSB is ``Σ_j λ_j a_j`` with ``a_j`` the squared norm of
+    the projection of the unit score ``y_j/√λ_j`` on the permuted site indicators, ``0 <= a_j`` and
+    ``Σ_j a_j <= m - 1``. After the first r components, ``P = Σ_{j<=r} λ_j a_j`` bounds the SSB below and
+    ``P + λ_{r+1}(m - 1 - Σ_{j<=r} a_j)`` above; only permutations the bounds leave undecided (with a margin
+    of 1e-9 for rounding) get the remaining components. The count is the same as without screening.
+    ``gram`` is ``Zᵀ Z`` when already computed.
+    """
+    n, m = codes.size, counts.size
+    threshold = ssb * (1 - 1e-12)
+    r = _screen_rank(lam_desc, m, threshold) if lam_desc is not None else 0
+    if r:
+        _, vec = np.linalg.eigh(Z.T @ Z if gram is None else gram)
+        Y = Z @ vec[:, ::-1]
+        lam = np.einsum("ij,ij->j", Y, Y)
+    else:
+        Y = Z
+    blocks = [np.ascontiguousarray(Y[:, blk]) for blk in _column_blocks(Y.shape[1], r)]
+    totals = [b.sum(axis=0) for b in blocks]
+    exceed, done = 0, 0
+    while done < n_permutations:
+        B = min(PERMANOVA_BLOCK, n_permutations - done)
+        ps = _PermutedSites(codes, counts, [rng.permutation(n) for _ in range(B)])
+        A = ps.matrix()
+        pb = np.zeros(B)
+        first = 0
+        if r:
+            terms = ps.column_terms(A, blocks[0], totals[0])
+            pb = terms.sum(axis=1)
+            a = np.minimum(terms / np.maximum(lam[:r], 1e-300), 1.0).sum(axis=1)  # a_j <= 1
+            upper = pb + lam[r:].max() * np.maximum(m - 1 - a, 0.0)
+            no, yes = upper < threshold * (1 - 1e-9), pb >= threshold * (1 + 1e-9)
+            exceed += int(yes.sum())
+            rest = np.flatnonzero(~(no | yes))
+            pb = pb[rest]
+            A = ps.matrix(rest) if rest.size else None
+            first = 1
+        if A is not None:
+            for blk, tot in zip(blocks[first:], totals[first:]):
+                pb += ps.column_terms(A, blk, tot).sum(axis=1)
+            exceed += int(np.sum(pb >= threshold))
+        done += B
+        bar.update(B)
+    return exceed
+
+
 def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng,
                      overwrite: bool = False) -> dict:
     """PERMANOVA with Euclidean distances on the (centred) rows of ``Z``.
 
     For Euclidean distances the Gower-centred matrix is ``G = Z Zᵀ``, so ``tr(HGH)`` is the between-site
     sum of squares of ``Z`` and ``tr(G)`` its total sum of squares: no n × n matrix is formed.
-    ``overwrite=True`` centres ``Z`` in place (no copy; for callers that own ``Z``).
+    ``overwrite=True`` centres ``Z`` in place (no copy; for callers that own ``Z``). The permutation null
+    runs in blocks of permutations (:func:`_count_exceedances`); the permutations are ``rng.permutation(n)``
+    drawn one after the other, as a loop over them would.
     """
     n, m = Z.shape[0], counts.size
     if overwrite:
@@ -67,15 +195,14 @@ def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
     ssb = _ssb(Z, codes, counts)
     ssw = sst - ssb
     F = (ssb / (m - 1)) / (ssw / (n - m))
-    exceed = 0
-    with Progress(n_permutations, "PERMANOVA permutations") as bar:
-        for _ in range(n_permutations):
-            pb = _ssb(Z, codes[rng.permutation(n)], counts)
-            exceed += pb >= ssb * (1 - 1e-12)
-            bar.update()
-    p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
     # MDMR's analytic null: the positive eigenvalues of G = Z Zᵀ are those of the small Zᵀ Z
-    lam = np.linalg.eigvalsh(Z.T @ Z) if Z.shape[1] <= n else np.linalg.svd(Z, compute_uv=False) ** 2
+    gram = Z.T @ Z if Z.shape[1] <= n else None
+    lam = np.linalg.eigvalsh(gram) if gram is not None else np.linalg.svd(Z, compute_uv=False) ** 2
+    exceed = 0
+    if n_permutations > 0:
+        with Progress(n_permutations, "PERMANOVA permutations") as bar:
+            exceed = _count_exceedances(Z, codes, counts, ssb, n_permutations, rng, np.sort(lam)[::-1], bar, gram)
+    p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
     p_analytic = mdmr_pvalue(lam, ssb / ssw, m - 1, n - m)
     return {"pseudo_F": F, "pseudo_R2": ssb / sst, "mdmr_statistic": ssb / ssw, "df1": float(m - 1),
             "df2": float(n - m), "p": p, "p_analytic": p_analytic}

@@ -57,6 +57,42 @@ def test_permanova_permutation_null_is_uniform_ish():
     assert 0.02 <= rate <= 0.09
 
 
+def _permanova_loop(Z, codes, counts, n_permutations, seed):
+    """The textbook null: one permutation at a time, the one-hot product of each (what featharm did before)."""
+    rng = np.random.default_rng(seed)
+    Z = Z - Z.mean(axis=0)
+    ssb = mv._ssb(Z, codes, counts)
+    null = np.array([mv._ssb(Z, codes[rng.permutation(codes.size)], counts) for _ in range(n_permutations)])
+    return (1.0 + np.sum(null >= ssb * (1 - 1e-12))) / (1.0 + n_permutations), null
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.3, 3.0])
+def test_permanova_vectorized_null_equals_the_loop(effect):
+    """The blocked sparse null gives each permutation's SSB within 1e-12 of the one-hot loop, and the same
+    p-value, whether or not the exact screening by the principal components decides most permutations
+    (a strong effect) or none (no effect); the permutations are the same ``rng.permutation`` draws."""
+    rng = np.random.default_rng(11)
+    codes = rng.permutation(np.repeat(np.arange(5), [30, 45, 12, 60, 53]))
+    counts = np.bincount(codes)
+    Z = mv._standardize(rng.normal(size=(200, 40)) + effect * rng.normal(size=(5, 40))[codes])
+    p_loop, null = _permanova_loop(Z, codes, counts, 299, 4)
+    draw = np.random.default_rng(4)
+    fast = mv.permuted_ssb(Z - Z.mean(axis=0), codes, counts, [draw.permutation(200) for _ in range(299)])
+    np.testing.assert_allclose(fast, null, rtol=1e-12, atol=0)
+    res = mv.permanova_arrays(Z, codes, counts, 299, np.random.default_rng(4))
+    assert res["p"] == p_loop
+    ssb = res["pseudo_R2"] * np.einsum("ij,ij->", Z, Z)
+    lam = np.sort(np.linalg.eigvalsh(Z.T @ Z))[::-1]
+    screened = mv._screen_rank(lam, 5, ssb) > 0
+    assert screened == (effect == 3.0)
+    # more columns than rows (the SVD branch) and a site of 2 rows: ties with the identity are counted
+    small = rng.permutation(np.repeat(np.arange(3), [2, 5, 6]))
+    Zs = mv._standardize(rng.normal(size=(13, 30)))
+    U, S, _ = np.linalg.svd(Zs - Zs.mean(axis=0), full_matrices=False)
+    p_small, _ = _permanova_loop(U * S, small, np.bincount(small), 99, 1)
+    assert mv.permanova_arrays(Zs, small, np.bincount(small), 99, np.random.default_rng(1))["p"] == p_small
+
+
 def test_manova_matches_statsmodels(sim):
     from statsmodels.multivariate.manova import MANOVA
 
