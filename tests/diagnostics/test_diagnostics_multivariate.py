@@ -272,32 +272,56 @@ def test_diagnose_lmm():
         dg.diagnose(X, C, batch="site", formula="age + sex + time", model="lmm", classification=False)
 
 
-def test_classification_groups_keep_subjects_together(monkeypatch):
+@pytest.mark.parametrize("classifier", ["lda", "logistic"])
+def test_classification_groups_keep_subjects_together(monkeypatch, classifier):
     """Longitudinal data: scans of one subject never sit on both sides of a split; the null permutes whole
-    subjects when each subject stays at one site."""
+    subjects when each subject stays at one site (LDA: inside the cells of the folds, so every fold keeps
+    its number of scans per site)."""
     X = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
     C = pd.read_csv(REF / "inputs" / "small_long" / "covars.csv")
-    seen = []
-    original = mv._cv_scores
+    seen, cv = [], []
+    if classifier == "logistic":
+        original = mv._cv_scores
 
-    def spy(Y, Xc, codes, m, splits, *args):
-        seen.append((codes.copy(), splits))
-        return original(Y, Xc, codes, m, splits, *args)
+        def spy(Y, Xc, codes, m, splits, *args):
+            seen.append(codes.copy())
+            cv.append(splits)
+            return original(Y, Xc, codes, m, splits, *args)
 
-    monkeypatch.setattr(mv, "_cv_scores", spy)
+        monkeypatch.setattr(mv, "_cv_scores", spy)
+    else:
+        draw, cells = mv.CellPermuter.draw, mv.cv_cells
+
+        def spy_draw(self, rng):
+            seen.append(draw(self, rng))
+            return seen[-1]
+
+        def spy_cells(splits, n, n_splits):
+            cv.append(splits)
+            return cells(splits, n, n_splits)
+
+        monkeypatch.setattr(mv.CellPermuter, "draw", spy_draw)
+        monkeypatch.setattr(mv, "cv_cells", spy_cells)
     t = dg.site_classification(X, C, batch="site", formula="age + sex + time", groups="subject_id",
-                               n_repeats=2, n_permutations=5, random_state=0).set_index("metric")
+                               n_repeats=2, n_permutations=5, random_state=0, classifier=classifier,
+                               stop_after=None).set_index("metric")
     assert t.loc["balanced_accuracy", "value"] > 0.5  # planted site effects
     assert 0.1 < t.loc["balanced_accuracy", "null_mean"] < 0.4  # chance 1/4
     g = pd.factorize(C.subject_id)[0]
-    splits = seen[0][1]
+    splits = cv[0]
     assert len(splits) == 10
     for tr, te in splits:
         assert not set(g[tr]) & set(g[te])
     one_site = C.groupby("subject_id").site.nunique().max() == 1
-    for codes, _ in seen[1:]:  # permuted labels: constant within subject when the data are
-        per_subject = pd.Series(codes).groupby(g).nunique().max()
+    codes = pd.factorize(C.site, sort=True)[0]
+    permuted = seen[1:] if classifier == "logistic" else seen
+    assert len(permuted) == 5
+    for labels in permuted:  # permuted labels: constant within subject when the data are
+        per_subject = pd.Series(labels).groupby(g).nunique().max()
         assert (per_subject == 1) == one_site
+        if classifier == "lda":
+            for _, te in splits:
+                np.testing.assert_array_equal(np.bincount(labels[te], minlength=4), np.bincount(codes[te], minlength=4))
     with pytest.raises(InputError, match="subjects"):
         dg.site_classification(X, C, batch="site", groups="subject_id", n_splits=40, n_permutations=0)
 
