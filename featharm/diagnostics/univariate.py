@@ -200,7 +200,8 @@ def anderson_darling_stat(A: np.ndarray, codes: np.ndarray, counts: np.ndarray) 
     return out
 
 
-def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng):
+def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng,
+                     progress=Progress):
     """A2akN with a label-permutation p-value ``(1 + #{A2_perm >= A2}) / (1 + n_permutations)``.
 
     The same seeded permutations serve every feature.
@@ -212,7 +213,7 @@ def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
     order = np.argsort(A[:, free], axis=0, kind="stable") if free.size else None
     exceed = np.zeros(A.shape[1])
     tol = 1e-12 * np.maximum(1.0, np.abs(obs))
-    with Progress(n_permutations, "Anderson-Darling permutations") as bar:
+    with progress(n_permutations, "Anderson-Darling permutations") as bar:
         for _ in range(n_permutations):
             pc = codes[rng.permutation(codes.size)]
             perm = np.empty(A.shape[1])
@@ -274,9 +275,10 @@ def _max_abs_lvr(r_full, P: Prepared) -> np.ndarray:
 
 def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = None,
               n_permutations: int = 999, random_state=None, residuals=None, ols_fit=None,
-              fligner_ties: str = "r") -> pd.DataFrame:
+              fligner_ties: str = "r", progress=Progress) -> pd.DataFrame:
     """:func:`test_site_effects` on prepared inputs (used by :func:`diagnose`); ``ols_fit`` is the output
-    of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed."""
+    of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed; ``progress(total, step)``
+    opens the progress bar of the Anderson–Darling permutations."""
     chosen = _resolve_tests(tests, model)
     check_option("fligner_ties", fligner_ties, ("r", "exact"), "test_site_effects")
     oh, counts, codes = P.onehot, P.counts, P.codes
@@ -327,7 +329,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
 
             _check_permutations(n_permutations, "test_site_effects")
             rng = np.random.default_rng(random_state)
-            stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng)
+            stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng, progress)
             df1 = float(P.m - 1)
         if _EFFECT[t] == "max_abs_log_var_ratio":
             lvr = _by_blocks(lambda a: _max_abs_lvr(a, P), r_full) if lvr is None else lvr
