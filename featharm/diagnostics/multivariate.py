@@ -13,6 +13,7 @@ from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
 from ._common import Prepared, group_sums, prepare
+from ._parallel import _serial, sized_by_features, workers
 from ._permutation import STOP_AFTER, CellPermuter, cv_cells, sequential_null
 from ._wchisq import mdmr_pvalue
 from .residuals import ols_residuals
@@ -111,10 +112,15 @@ def permuted_ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, perms: li
     label vector up to rounding."""
     ps = _PermutedSites(codes, counts, perms)
     A = ps.matrix()
-    out = np.zeros(len(perms))
-    for blk in _column_blocks(Z.shape[1]):
+
+    def block(blk):
         Yb = np.ascontiguousarray(Z[:, blk])
-        out += ps.column_terms(A, Yb, Yb.sum(axis=0)).sum(axis=1)
+        return ps.column_terms(A, Yb, Yb.sum(axis=0)).sum(axis=1)
+
+    out = np.zeros(len(perms))
+    with workers() as pmap:
+        for part in pmap(block, _column_blocks(Z.shape[1])):
+            out += part
     return out
 
 
@@ -151,29 +157,32 @@ def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb
     blocks = [np.ascontiguousarray(Y[:, blk]) for blk in _column_blocks(Y.shape[1], r)]
     totals = [b.sum(axis=0) for b in blocks]
     exceed, done = 0, 0
-    while done < n_permutations:
-        B = min(PERMANOVA_BLOCK, n_permutations - done)
-        ps = _PermutedSites(codes, counts, [rng.permutation(n) for _ in range(B)])
-        A = ps.matrix()
-        pb = np.zeros(B)
-        first = 0
-        if r:
-            terms = ps.column_terms(A, blocks[0], totals[0])
-            pb = terms.sum(axis=1)
-            a = np.minimum(terms / np.maximum(lam[:r], 1e-300), 1.0).sum(axis=1)  # a_j <= 1
-            upper = pb + lam[r:].max() * np.maximum(m - 1 - a, 0.0)
-            no, yes = upper < threshold * (1 - 1e-9), pb >= threshold * (1 + 1e-9)
-            exceed += int(yes.sum())
-            rest = np.flatnonzero(~(no | yes))
-            pb = pb[rest]
-            A = ps.matrix(rest) if rest.size else None
-            first = 1
-        if A is not None:
-            for blk, tot in zip(blocks[first:], totals[first:]):
-                pb += ps.column_terms(A, blk, tot).sum(axis=1)
-            exceed += int(np.sum(pb >= threshold))
-        done += B
-        bar.update(B)
+    with workers() as pmap:
+        while done < n_permutations:
+            B = min(PERMANOVA_BLOCK, n_permutations - done)
+            ps = _PermutedSites(codes, counts, [rng.permutation(n) for _ in range(B)])
+            A = ps.matrix()
+            pb = np.zeros(B)
+            first = 0
+            if r:
+                terms = ps.column_terms(A, blocks[0], totals[0])
+                pb = terms.sum(axis=1)
+                a = np.minimum(terms / np.maximum(lam[:r], 1e-300), 1.0).sum(axis=1)  # a_j <= 1
+                upper = pb + lam[r:].max() * np.maximum(m - 1 - a, 0.0)
+                no, yes = upper < threshold * (1 - 1e-9), pb >= threshold * (1 + 1e-9)
+                exceed += int(yes.sum())
+                rest = np.flatnonzero(~(no | yes))
+                pb = pb[rest]
+                A = ps.matrix(rest) if rest.size else None
+                first = 1
+            if A is not None:
+                parts = pmap(lambda i: ps.column_terms(A, blocks[i], totals[i]).sum(axis=1),
+                             range(first, len(blocks)))
+                for part in parts:
+                    pb += part
+                exceed += int(np.sum(pb >= threshold))
+            done += B
+            bar.update(B)
     return exceed
 
 
@@ -218,6 +227,7 @@ def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> 
     return P, r_add
 
 
+@sized_by_features
 def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
               n_permutations: int = 999, random_state=None) -> pd.DataFrame:
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
@@ -318,6 +328,7 @@ def pillai(T: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> tuple[float,
     return V, F, df1, df2, float(stats.f.sf(F, df1, df2))
 
 
+@sized_by_features
 def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                         formula: str | None = None, n_components: int | None = None) -> pd.DataFrame:
     """MANOVA (Pillai's trace) and Box's M of site on the top principal components of the additive residuals.
@@ -436,6 +447,7 @@ def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
     return np.mean(bacc), np.std(bacc), np.mean(auc), np.std(auc)
 
 
+@sized_by_features
 def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                         formula: str | None = None, n_splits: int = 5, n_repeats: int = 2,
                         n_permutations: int = 100, C: float = 1.0, harmonizer=None, groups: str | None = None,
@@ -659,10 +671,9 @@ def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, 
             bar.update()
     del moments
 
-    def cv(labels):  # labels: (B, n) -> mean over folds of (bacc, auc), and the per-fold values
-        per = np.array([lda_permutation_scores(fs, labels[:, tr], labels[:, te], P.m)
-                        for fs, (tr, te) in zip(folds, splits)])  # (folds, 2, B)
-        return per
+    def cv(labels, pmap=_serial):  # labels (B, n) -> (folds, 2, B): balanced accuracy and AUC per fold and vector
+        return np.array(pmap(lambda i: lda_permutation_scores(folds[i], labels[:, splits[i][0]],
+                                                              labels[:, splits[i][1]], P.m), range(len(folds))))
 
     per = cv(P.codes[None])[:, :, 0]
     obs = per.mean(axis=0)
@@ -675,10 +686,10 @@ def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, 
     else:
         permuter = CellPermuter(P.codes, cells)
 
-    def draw(B):
-        labels = np.stack([permuter.draw(rng) for _ in range(B)])
-        return cv(labels).mean(axis=0).T  # (B, 2)
+    with progress(n_permutations, "site classification permutations") as bar, workers() as pmap:
+        def draw(B):
+            labels = np.stack([permuter.draw(rng) for _ in range(B)])
+            return cv(labels, pmap).mean(axis=0).T  # (B, 2)
 
-    with progress(n_permutations, "site classification permutations") as bar:
         null = sequential_null(obs, draw, int(n_permutations), stop_after, bar)
     return tuple(obs), tuple(sds), null, k

@@ -9,6 +9,7 @@ from .._validation import check_features, check_option
 from ..exceptions import AlignmentError, record_warnings
 from . import _stages
 from ._common import prepare
+from ._parallel import sized_by_features
 from ._permutation import STOP_AFTER
 from ._results import TABLES, DiagnosticsResult
 from .balance import covariate_balance
@@ -73,6 +74,7 @@ def _seeds(random_state) -> list[int]:
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
 
 
+@sized_by_features
 def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
              X_harmonized: pd.DataFrame | None = None, tests=None, model: str = "ols", random: str | None = None,
              n_permutations: int = 999, classification_permutations: int = 100, n_splits: int = 5,

@@ -15,6 +15,7 @@ from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
 from ._common import Prepared, bh_fdr, bonferroni, group_medians, group_sums, oneway_f, prepare, rank_columns
+from ._parallel import sized_by_features, workers
 from .residuals import ols_residuals
 
 __all__ = ["test_site_effects", "site_effect_sizes", "TESTS", "DEFAULT_TESTS", "COLUMNS"]
@@ -259,8 +260,10 @@ def _blocks(n: int, V: int):
 
 
 def _by_blocks(fn, A: np.ndarray):
-    """``fn(A)`` computed on column blocks of ``A``: arrays are concatenated, scalars (df) kept."""
-    parts = [fn(A[:, blk]) for blk in _blocks(*A.shape)]
+    """``fn(A)`` computed on column blocks of ``A`` (on threads, :mod:`._parallel`): arrays are concatenated,
+    scalars (df) kept."""
+    with workers() as pmap:
+        parts = pmap(lambda blk: fn(A[:, blk]), _blocks(*A.shape))
     if not isinstance(parts[0], tuple):
         return np.concatenate(parts)
     return tuple(np.concatenate([q[i] for q in parts]) if np.ndim(parts[0][i]) else parts[0][i]
@@ -348,6 +351,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
     return pd.concat(rows, ignore_index=True)[COLUMNS]
 
 
+@sized_by_features
 def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, tests=None, model: str = "ols", random: str | None = None,
                       n_permutations: int = 999, random_state=None, fligner_ties: str = "r") -> pd.DataFrame:
@@ -458,6 +462,7 @@ def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.Dat
     })
 
 
+@sized_by_features
 def site_effect_sizes(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, model: str = "ols", random: str | None = None) -> pd.DataFrame:
     """Per-site effect sizes of every feature: standardized shift and log variance ratio (§6.2–6.3).
