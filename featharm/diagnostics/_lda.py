@@ -133,12 +133,14 @@ def lda_permutation_scores(fs: FoldScores, ytr: np.ndarray, yte: np.ndarray, m: 
     if k:
         Wt = np.linalg.solve(Sigma, mu.transpose(0, 2, 1))  # (B, k, m)
         const = -0.5 * np.einsum("bgk,bkg->bg", mu, Wt)
-        delta = (Tte @ Wt.transpose(1, 0, 2).reshape(k, B * m)).reshape(n_te, B, m).transpose(1, 0, 2)
-        delta = delta + const[:, None, :]
+        D = Tte @ Wt.transpose(1, 0, 2).reshape(k, B * m)  # (n_te, B m): the discriminants, one product
+        D += const.ravel()
     else:  # no usable component: every site equally likely
-        delta = np.zeros((B, n_te, m))
-    delta = np.where(present[:, None, :], delta, -np.inf)
-    pred = np.argmax(delta, axis=2)
+        D = np.zeros((n_te, B * m))
+    if not present.all():
+        D[:, ~present.ravel()] = -np.inf
+    D = D.reshape(n_te, B, m)
+    pred = np.argmax(D, axis=2).T  # (B, n_te)
     # balanced accuracy: mean recall over the sites present in the test rows
     key = (yte + m * np.arange(B)[:, None]).ravel()
     hits = np.bincount(key, weights=(pred == yte).ravel(), minlength=B * m).reshape(B, m)
@@ -146,11 +148,12 @@ def lda_permutation_scores(fs: FoldScores, ytr: np.ndarray, yte: np.ndarray, m: 
     in_test = tot > 0
     recall = np.where(in_test, hits / np.maximum(tot, 1), 0.0)
     bacc = recall.sum(axis=1) / in_test.sum(axis=1)
-    # macro one-vs-rest AUC: Mann–Whitney with mid-ranks of the log posterior of each site
-    top = delta.max(axis=2, keepdims=True)
+    # macro one-vs-rest AUC: Mann–Whitney with mid-ranks of the log posterior of each site (in place in D)
     with np.errstate(invalid="ignore"):
-        logpost = (delta - top) - np.log(np.exp(delta - top).sum(axis=2, keepdims=True))
-    scores = np.ascontiguousarray(logpost.transpose(0, 2, 1))  # (B, m, n_te)
+        D -= D.max(axis=2, keepdims=True)
+        D -= np.log(np.exp(D).sum(axis=2, keepdims=True))
+    logpost = D
+    scores = np.ascontiguousarray(logpost.transpose(1, 2, 0))  # (B, m, n_te)
     pos = yte[:, None, :] == np.arange(m)[None, :, None]  # (B, m, n_te): the rows of site g
     n_pos = pos.sum(axis=2)
     order = np.argsort(scores, axis=2)
