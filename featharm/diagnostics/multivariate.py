@@ -124,12 +124,23 @@ def permuted_ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, perms: li
     return out
 
 
-def _screen_rank(lam_desc: np.ndarray, m: int, threshold: float) -> int:
-    """Components after which the bound of :func:`_count_exceedances` can decide a permutation: the smallest
-    r (<= half the components) with (m - 1) λ_{r+1} below half the observed SSB, else 0 (no screening)."""
+def _screen_rank(lam_desc: np.ndarray, m: int, n: int, threshold: float) -> int:
+    """Components after which the bounds of :func:`_count_exceedances` decide most permutations, else 0 (no
+    screening; the null then costs the same as without it).
+
+    The upper bound decides "below" once (m - 1) λ_{r+1} is under half the observed SSB (a large SSB: a site
+    effect); the lower bound decides "reaches" once the permutation mean of the first r components' SSB,
+    (m - 1)/(n - 1) Σ_{j<=r} λ_j, is over 4 times the observed SSB (a tiny SSB: site means equalized, as after
+    ComBat). Only the first half of the components is considered.
+    """
     k = lam_desc.size
-    ok = np.flatnonzero((m - 1) * lam_desc[: k // 2 + 1] < 0.5 * threshold)
-    return max(1, int(ok[0])) if ok.size and k > 1 else 0
+    if k < 2:
+        return 0
+    half = lam_desc[: k // 2 + 1]
+    hi = np.flatnonzero((m - 1) * half < 0.5 * threshold)  # index j: λ_{j+1} small enough, r = j
+    lo = np.flatnonzero((m - 1) / (n - 1) * np.cumsum(half) > 4.0 * threshold)  # index j: r = j + 1
+    cand = ([int(hi[0])] if hi.size else []) + ([int(lo[0]) + 1] if lo.size else [])
+    return min(max(1, min(cand)), k - 1) if cand else 0
 
 
 def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb: float, n_permutations: int,
@@ -137,7 +148,8 @@ def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb
     """How many of ``n_permutations`` label permutations (``rng.permutation(n)`` each, in order) reach the
     observed SSB (within 1e-12 relative): the PERMANOVA null, by blocks of permutations.
 
-    Exact screening when the observed SSB is large: with ``Y = Z V`` the principal component scores
+    Exact screening when the observed SSB is large (a site effect) or tiny (site means equalized, as after
+    ComBat; :func:`_screen_rank`): with ``Y = Z V`` the principal component scores
     (``λ_j = ||y_j||²`` descending), a permutation's SSB is ``Σ_j λ_j a_j`` with ``a_j`` the squared norm of
     the projection of the unit score ``y_j/√λ_j`` on the permuted site indicators, ``0 <= a_j`` and
     ``Σ_j a_j <= m - 1``. After the first r components, ``P = Σ_{j<=r} λ_j a_j`` bounds the SSB below and
@@ -147,7 +159,7 @@ def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb
     """
     n, m = codes.size, counts.size
     threshold = ssb * (1 - 1e-12)
-    r = _screen_rank(lam_desc, m, threshold) if lam_desc is not None else 0
+    r = _screen_rank(lam_desc, m, n, threshold) if lam_desc is not None else 0
     if r:
         _, vec = np.linalg.eigh(Z.T @ Z if gram is None else gram)
         Y = Z @ vec[:, ::-1]

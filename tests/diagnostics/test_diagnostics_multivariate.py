@@ -66,15 +66,22 @@ def _permanova_loop(Z, codes, counts, n_permutations, seed):
     return (1.0 + np.sum(null >= ssb * (1 - 1e-12))) / (1.0 + n_permutations), null
 
 
-@pytest.mark.parametrize("effect", [0.0, 0.3, 3.0])
+@pytest.mark.parametrize("effect", [0.0, 0.3, 3.0, "equalized"])
 def test_permanova_vectorized_null_equals_the_loop(effect):
     """The blocked sparse null gives each permutation's SSB within 1e-12 of the one-hot loop, and the same
-    p-value, whether or not the exact screening by the principal components decides most permutations
-    (a strong effect) or none (no effect); the permutations are the same ``rng.permutation`` draws."""
+    p-value, whether the exact screening by the principal components decides most permutations (a strong
+    effect: upper bound; site means nearly equalized, as after ComBat: lower bound) or none (no effect); the
+    permutations are the same ``rng.permutation`` draws."""
     rng = np.random.default_rng(11)
     codes = rng.permutation(np.repeat(np.arange(5), [30, 45, 12, 60, 53]))
     counts = np.bincount(codes)
-    Z = mv._standardize(rng.normal(size=(200, 40)) + effect * rng.normal(size=(5, 40))[codes])
+    if effect == "equalized":
+        E = rng.normal(size=(200, 40))
+        for g in range(5):
+            E[codes == g] -= E[codes == g].mean(axis=0) * (1 - 1e-3)
+        Z = mv._standardize(E)
+    else:
+        Z = mv._standardize(rng.normal(size=(200, 40)) + effect * rng.normal(size=(5, 40))[codes])
     p_loop, null = _permanova_loop(Z, codes, counts, 299, 4)
     draw = np.random.default_rng(4)
     fast = mv.permuted_ssb(Z - Z.mean(axis=0), codes, counts, [draw.permutation(200) for _ in range(299)])
@@ -83,8 +90,8 @@ def test_permanova_vectorized_null_equals_the_loop(effect):
     assert res["p"] == p_loop
     ssb = res["pseudo_R2"] * np.einsum("ij,ij->", Z, Z)
     lam = np.sort(np.linalg.eigvalsh(Z.T @ Z))[::-1]
-    screened = mv._screen_rank(lam, 5, ssb) > 0
-    assert screened == (effect == 3.0)
+    screened = mv._screen_rank(lam, 5, 200, ssb) > 0
+    assert screened == (effect in (3.0, "equalized"))
     # more columns than rows (the SVD branch) and a site of 2 rows: ties with the identity are counted
     small = rng.permutation(np.repeat(np.arange(3), [2, 5, 6]))
     Zs = mv._standardize(rng.normal(size=(13, 30)))
