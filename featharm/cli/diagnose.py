@@ -34,7 +34,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--n-permutations", type=int, default=999, metavar="N",
                    help="permutations of PERMANOVA and Anderson-Darling (default 999; 0 = none)")
     g.add_argument("--classification-permutations", type=int, default=100, metavar="N",
-                   help="label permutations of the site-classification null (default 100; 0 = none)")
+                   help="largest number of label permutations of the site-classification null (default 100; "
+                        "0 = none); it stops earlier once the p-values are decided (--stop-after)")
+    g.add_argument("--classifier", choices=("lda", "logistic"), default="lda",
+                   help="site classifier: 'lda' (default; LDA on each training fold's principal components, "
+                        "fast) or 'logistic' (multinomial logistic regression on all features, refitted for "
+                        "every permutation: slow)")
+    g.add_argument("--classification-components", type=int, metavar="K",
+                   help="principal components of the LDA (default 20)")
+    g.add_argument("--stop-after", type=int, default=10, metavar="H",
+                   help="Besag-Clifford stopping of the classification null: stop once H permuted statistics "
+                        "reach the observed one (default 10; 0 = run all permutations)")
     g.add_argument("--no-classification", action="store_true", help="skip the site classification")
     g.add_argument("--n-splits", type=int, default=5, metavar="K",
                    help="folds of the site classification's stratified CV (default 5; every site needs K rows)")
@@ -96,5 +106,7 @@ def _diagnose(args):
                       n_permutations=args.n_permutations,
                       classification_permutations=args.classification_permutations,
                       classification=not args.no_classification, n_splits=args.n_splits, harmonizer=harmonizer,
-                      random_state=args.seed)
+                      random_state=args.seed, classifier=args.classifier,
+                      classification_components=args.classification_components,
+                      classification_stop_after=args.stop_after or None)
     return result, feats, data

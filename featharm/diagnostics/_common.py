@@ -106,18 +106,37 @@ def oneway_f(Z: np.ndarray, onehot: np.ndarray, counts: np.ndarray):
 
 
 def rank_columns(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ranks of every column (ties get their mid-rank) and the tie term ``sum(t^3 - t)`` per column."""
+    """Average ranks of every column (ties get their mid-rank) and the tie term ``sum(t^3 - t)`` per column.
+
+    Vectorized over columns, ties included: in each sorted column a run of ``t`` equal values from sorted
+    position ``s`` to ``e`` gets the mid-rank ``(s + e)/2 + 1`` (an exact half-integer, as
+    ``scipy.stats.rankdata(method="average")``) and adds ``t^3 - t`` to the tie term. (Residuals of an even
+    site tie at its median in every column: a per-column fallback cost most of Fligner–Killeen's time.)
+    """
     n, V = A.shape
     order = np.argsort(A, axis=0)
     S = np.take_along_axis(A, order, axis=0)
     R = np.empty((n, V))
-    np.put_along_axis(R, order, np.arange(1.0, n + 1.0)[:, None], axis=0)
-    tied = (np.diff(S, axis=0) == 0).any(axis=0)
+    eq = S[1:] == S[:-1]  # eq[i, j]: sorted values i and i + 1 of column j tie
+    tied = np.flatnonzero(eq.any(axis=0))
     tie_term = np.zeros(V)
-    for j in np.flatnonzero(tied):  # rare for continuous features: mid-ranks column by column
-        R[:, j] = stats.rankdata(A[:, j], method="average")
-        _, t = np.unique(S[:, j], return_counts=True)
-        tie_term[j] = float(np.sum(t.astype(float) ** 3 - t))
+    pos = np.arange(1.0, n + 1.0)
+    if tied.size == 0:
+        np.put_along_axis(R, order, pos[:, None], axis=0)
+        return R, tie_term
+    ranks = np.broadcast_to(pos[:, None], (n, V)).copy()
+    E = eq[:, tied]
+    idx = np.arange(n)[:, None]
+    start = np.zeros((n, tied.size), dtype=np.intp)  # first sorted position of each value's run
+    start[1:] = np.where(E, 0, idx[1:])
+    np.maximum.accumulate(start, axis=0, out=start)
+    end = np.full((n, tied.size), n - 1, dtype=np.intp)  # last sorted position of each value's run
+    end[:-1] = np.where(E, n - 1, idx[:-1])
+    end = np.minimum.accumulate(end[::-1], axis=0)[::-1]
+    ranks[:, tied] = (start + end) / 2.0 + 1.0
+    t = (end - start + 1).astype(float)
+    tie_term[tied] = (t * t - 1.0).sum(axis=0)  # each of a run's t positions adds t^2 - 1: t^3 - t per run
+    np.put_along_axis(R, order, ranks, axis=0)
     return R, tie_term
 
 

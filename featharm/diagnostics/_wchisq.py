@@ -64,12 +64,19 @@ def weighted_chi2_sf0(w, h) -> float:
     while log_bound(T) > -45.0 and T < 1e12:
         T *= 2.0
 
+    # 1 - 2 s w_j = a_j (1 - i r_j u) at s = c + iσu, with a_j = 1 - 2 c w_j > 0 and r_j = 2σ w_j / a_j, so
+    # M(s)/s / (M(c)/c) = exp(-Σ h_j/2 [½ log(1 + r_j² u²) - i arctan(r_j u)] - ½ log(1 + σ²u²/c²) - i arctan(σu/c)):
+    # real logarithms and arctangents only (a complex log costs ~50 times more), nothing cancels
+    r = 2.0 * w * sig / (1.0 - 2.0 * w * c)
+
     def f(u):  # vectorized over the nodes u, in chunks of 256
         out = np.empty(u.size)
         for a in range(0, u.size, 256):
-            s = c + 1j * sig * u[a:a + 256]
-            val = -(np.log(1.0 - 2.0 * np.outer(s, w)) @ half_h) - np.log(s) - phi_c
-            out[a:a + 256] = np.exp(val).real
+            ru = np.outer(u[a:a + 256], r)
+            q = sig * u[a:a + 256] / c
+            mod = -0.5 * (np.log1p(ru * ru) @ half_h) - 0.5 * np.log1p(q * q)
+            arg = np.arctan(ru) @ half_h - np.arctan(q)
+            out[a:a + 256] = np.exp(mod) * np.cos(arg)
         return out
 
     if phi_c + np.log(sig * T / np.pi) < -745.0:  # |integrand| <= 1 on [0, T]: the tail underflows

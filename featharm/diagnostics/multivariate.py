@@ -10,8 +10,11 @@ import pandas as pd
 from scipy import stats
 
 from .._progress import Progress
+from .._validation import check_option
 from ..exceptions import InputError
 from ._common import Prepared, group_sums, prepare
+from ._parallel import _serial, sized_by_features, workers
+from ._permutation import STOP_AFTER, CellPermuter, cv_cells, sequential_null
 from ._wchisq import mdmr_pvalue
 from .residuals import ols_residuals
 
@@ -23,7 +26,9 @@ MULTIVARIATE_COLUMNS = ["test", "variant", "statistic", "df1", "df2", "p_unc", "
                         "effect_size_name", "n_components", "n_permutations"]
 #: Columns of :func:`site_classification` tables.
 CLASSIFICATION_COLUMNS = ["metric", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
-                          "n_splits", "n_repeats"]
+                          "n_splits", "n_repeats", "classifier", "n_components", "max_permutations"]
+#: Classifiers of :func:`site_classification`.
+CLASSIFIERS = ("lda", "logistic")
 
 
 def _check_permutations(n_permutations, owner: str) -> None:
@@ -47,13 +52,161 @@ def _ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> float:
     return float(((sums ** 2).sum(axis=1) / counts).sum())
 
 
+#: Permutations per block of the vectorized PERMANOVA null (their sparse indicator matrix: ~2 MB at n = 5,000).
+PERMANOVA_BLOCK = 100
+#: Feature columns per block of that null: the block (n × 16 doubles) stays in the core's cache while every
+#: permutation of the block sums its rows by site.
+PERMANOVA_COLUMNS = 16
+
+
+class _PermutedSites:
+    """The site indicators of a block of label permutations, as one sparse matrix.
+
+    Permutation ``p`` gives row ``i`` the site ``codes[p[i]]``, so the rows of site ``g`` are ``p⁻¹(I_g)``.
+    The matrix has one row per (permutation, site) for every site but the largest (whose sums follow from
+    the column totals) and a 1 for each of that site's rows: its product with a feature block gives all the
+    permuted site sums at once, touching each row once per permutation (no n × m one-hot products).
+    """
+
+    def __init__(self, codes: np.ndarray, counts: np.ndarray, perms: list):
+        import scipy.sparse as sp
+
+        n, m = codes.size, counts.size
+        self.big = int(np.argmax(counts))
+        order = np.argsort(codes, kind="stable")
+        keep = order[codes[order] != self.big]  # rows of the other sites, grouped by site
+        self.sizes = np.delete(counts, self.big).astype(float)
+        self.n_big = float(counts[self.big])
+        inv = np.empty(n, dtype=np.intp)
+        ar = np.arange(n)
+        idx = np.empty((len(perms), keep.size), dtype=np.int64 if n > 2**31 - 1 else np.int32)
+        for b, p in enumerate(perms):
+            inv[p] = ar
+            idx[b] = inv[keep]
+        self._idx, self._m1, self._n = idx, m - 1, n
+        self._sp = sp
+
+    def matrix(self, which: np.ndarray | None = None):
+        idx = self._idx if which is None else self._idx[which]
+        rows = idx.shape[0] * self._m1
+        indptr = np.zeros(rows + 1, dtype=idx.dtype)
+        np.cumsum(np.tile(self.sizes.astype(idx.dtype), idx.shape[0]), out=indptr[1:])
+        return self._sp.csr_matrix((np.ones(idx.size), idx.ravel(), indptr), shape=(rows, self._n))
+
+    def column_terms(self, A, Yb: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """``Σ_g (site-g sum of column j)² / n_g`` for every permutation of ``A`` and column j of ``Yb``."""
+        S = (A @ Yb).reshape(-1, self._m1, Yb.shape[1])
+        last = total - S.sum(axis=1)  # the largest site's sums: the column totals minus the others
+        return np.einsum("bgj,bgj,g->bj", S, S, 1.0 / self.sizes) + last * last / self.n_big
+
+
+def _column_blocks(k: int, first: int = 0) -> list[slice]:
+    """Column blocks of PERMANOVA_COLUMNS; with ``first`` > 0 the first block is columns ``[0, first)``."""
+    cuts = sorted({0, k} | set(range(first, k, PERMANOVA_COLUMNS)))
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def permuted_ssb(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, perms: list) -> np.ndarray:
+    """Between-site sums of squares of the centred ``Z`` under the labels ``codes[p]`` of every ``p`` in
+    ``perms`` (the PERMANOVA null), all permutations at once; equal to :func:`_ssb` on each permuted
+    label vector up to rounding."""
+    ps = _PermutedSites(codes, counts, perms)
+    A = ps.matrix()
+
+    def block(blk):
+        Yb = np.ascontiguousarray(Z[:, blk])
+        return ps.column_terms(A, Yb, Yb.sum(axis=0)).sum(axis=1)
+
+    out = np.zeros(len(perms))
+    with workers() as pmap:
+        for part in pmap(block, _column_blocks(Z.shape[1])):
+            out += part
+    return out
+
+
+def _screen_rank(lam_desc: np.ndarray, m: int, n: int, threshold: float) -> int:
+    """Components after which the bounds of :func:`_count_exceedances` decide most permutations, else 0 (no
+    screening; the null then costs the same as without it).
+
+    The upper bound decides "below" once (m - 1) λ_{r+1} is under half the observed SSB (a large SSB: a site
+    effect); the lower bound decides "reaches" once the permutation mean of the first r components' SSB,
+    (m - 1)/(n - 1) Σ_{j<=r} λ_j, is over 4 times the observed SSB (a tiny SSB: site means equalized, as after
+    ComBat). Only the first half of the components is considered.
+    """
+    k = lam_desc.size
+    if k < 2:
+        return 0
+    half = lam_desc[: k // 2 + 1]
+    hi = np.flatnonzero((m - 1) * half < 0.5 * threshold)  # index j: λ_{j+1} small enough, r = j
+    lo = np.flatnonzero((m - 1) / (n - 1) * np.cumsum(half) > 4.0 * threshold)  # index j: r = j + 1
+    cand = ([int(hi[0])] if hi.size else []) + ([int(lo[0]) + 1] if lo.size else [])
+    return min(max(1, min(cand)), k - 1) if cand else 0
+
+
+def _count_exceedances(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, ssb: float, n_permutations: int,
+                       rng, lam_desc: np.ndarray, bar, gram: np.ndarray | None = None) -> int:
+    """How many of ``n_permutations`` label permutations (``rng.permutation(n)`` each, in order) reach the
+    observed SSB (within 1e-12 relative): the PERMANOVA null, by blocks of permutations.
+
+    Exact screening when the observed SSB is large (a site effect) or tiny (site means equalized, as after
+    ComBat; :func:`_screen_rank`): with ``Y = Z V`` the principal component scores
+    (``λ_j = ||y_j||²`` descending), a permutation's SSB is ``Σ_j λ_j a_j`` with ``a_j`` the squared norm of
+    the projection of the unit score ``y_j/√λ_j`` on the permuted site indicators, ``0 <= a_j`` and
+    ``Σ_j a_j <= m - 1``. After the first r components, ``P = Σ_{j<=r} λ_j a_j`` bounds the SSB below and
+    ``P + λ_{r+1}(m - 1 - Σ_{j<=r} a_j)`` above; only permutations the bounds leave undecided (with a margin
+    of 1e-9 for rounding) get the remaining components. The count is the same as without screening.
+    ``gram`` is ``Zᵀ Z`` when already computed.
+    """
+    n, m = codes.size, counts.size
+    threshold = ssb * (1 - 1e-12)
+    r = _screen_rank(lam_desc, m, n, threshold) if lam_desc is not None else 0
+    if r:
+        _, vec = np.linalg.eigh(Z.T @ Z if gram is None else gram)
+        Y = Z @ vec[:, ::-1]
+        lam = np.einsum("ij,ij->j", Y, Y)
+    else:
+        Y = Z
+    blocks = [np.ascontiguousarray(Y[:, blk]) for blk in _column_blocks(Y.shape[1], r)]
+    totals = [b.sum(axis=0) for b in blocks]
+    exceed, done = 0, 0
+    with workers() as pmap:
+        while done < n_permutations:
+            B = min(PERMANOVA_BLOCK, n_permutations - done)
+            ps = _PermutedSites(codes, counts, [rng.permutation(n) for _ in range(B)])
+            A = ps.matrix()
+            pb = np.zeros(B)
+            first = 0
+            if r:
+                terms = ps.column_terms(A, blocks[0], totals[0])
+                pb = terms.sum(axis=1)
+                a = np.minimum(terms / np.maximum(lam[:r], 1e-300), 1.0).sum(axis=1)  # a_j <= 1
+                upper = pb + lam[r:].max() * np.maximum(m - 1 - a, 0.0)
+                no, yes = upper < threshold * (1 - 1e-9), pb >= threshold * (1 + 1e-9)
+                exceed += int(yes.sum())
+                rest = np.flatnonzero(~(no | yes))
+                pb = pb[rest]
+                A = ps.matrix(rest) if rest.size else None
+                first = 1
+            if A is not None:
+                parts = pmap(lambda i: ps.column_terms(A, blocks[i], totals[i]).sum(axis=1),
+                             range(first, len(blocks)))
+                for part in parts:
+                    pb += part
+                exceed += int(np.sum(pb >= threshold))
+            done += B
+            bar.update(B)
+    return exceed
+
+
 def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False, progress=Progress) -> dict:
     """PERMANOVA with Euclidean distances on the (centred) rows of ``Z``.
 
     For Euclidean distances the Gower-centred matrix is ``G = Z Zᵀ``, so ``tr(HGH)`` is the between-site
     sum of squares of ``Z`` and ``tr(G)`` its total sum of squares: no n × n matrix is formed.
-    ``overwrite=True`` centres ``Z`` in place (no copy; for callers that own ``Z``).
+    ``overwrite=True`` centres ``Z`` in place (no copy; for callers that own ``Z``). The permutation null
+    runs in blocks of permutations (:func:`_count_exceedances`); the permutations are ``rng.permutation(n)``
+    drawn one after the other, as a loop over them would.
     """
     n, m = Z.shape[0], counts.size
     if overwrite:
@@ -67,15 +220,14 @@ def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
     ssb = _ssb(Z, codes, counts)
     ssw = sst - ssb
     F = (ssb / (m - 1)) / (ssw / (n - m))
-    exceed = 0
-    with Progress(n_permutations, "PERMANOVA permutations") as bar:
-        for _ in range(n_permutations):
-            pb = _ssb(Z, codes[rng.permutation(n)], counts)
-            exceed += pb >= ssb * (1 - 1e-12)
-            bar.update()
-    p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
     # MDMR's analytic null: the positive eigenvalues of G = Z Zᵀ are those of the small Zᵀ Z
-    lam = np.linalg.eigvalsh(Z.T @ Z) if Z.shape[1] <= n else np.linalg.svd(Z, compute_uv=False) ** 2
+    gram = Z.T @ Z if Z.shape[1] <= n else None
+    lam = np.linalg.eigvalsh(gram) if gram is not None else np.linalg.svd(Z, compute_uv=False) ** 2
+    exceed = 0
+    if n_permutations > 0:
+        with progress(n_permutations, "PERMANOVA permutations") as bar:
+            exceed = _count_exceedances(Z, codes, counts, ssb, n_permutations, rng, np.sort(lam)[::-1], bar, gram)
+    p = (1.0 + exceed) / (1.0 + n_permutations) if n_permutations > 0 else np.nan
     p_analytic = mdmr_pvalue(lam, ssb / ssw, m - 1, n - m)
     return {"pseudo_F": F, "pseudo_R2": ssb / sst, "mdmr_statistic": ssb / ssw, "df1": float(m - 1),
             "df2": float(n - m), "p": p, "p_analytic": p_analytic}
@@ -87,6 +239,7 @@ def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> 
     return P, r_add
 
 
+@sized_by_features
 def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
               n_permutations: int = 999, random_state=None) -> pd.DataFrame:
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
@@ -116,11 +269,12 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
     return permanova_table(P, r_add, n_permutations, random_state)
 
 
-def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state) -> pd.DataFrame:
+def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state,
+                    progress=Progress) -> pd.DataFrame:
     _check_permutations(n_permutations, "permanova")
     r_add = r_add[:, ~P.constant] if P.constant.any() else r_add
     res = permanova_arrays(_standardize(r_add), P.codes, P.counts, int(n_permutations),
-                           np.random.default_rng(random_state), overwrite=True)
+                           np.random.default_rng(random_state), overwrite=True, progress=progress)
     common = {"df1": res["df1"], "df2": res["df2"], "effect_size": res["pseudo_R2"],
               "effect_size_name": "pseudo_R2", "n_components": np.nan}
     return pd.DataFrame([
@@ -186,6 +340,7 @@ def pillai(T: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> tuple[float,
     return V, F, df1, df2, float(stats.f.sf(F, df1, df2))
 
 
+@sized_by_features
 def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                         formula: str | None = None, n_components: int | None = None) -> pd.DataFrame:
     """MANOVA (Pillai's trace) and Box's M of site on the top principal components of the additive residuals.
@@ -304,24 +459,43 @@ def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
     return np.mean(bacc), np.std(bacc), np.mean(auc), np.std(auc)
 
 
+@sized_by_features
 def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                         formula: str | None = None, n_splits: int = 5, n_repeats: int = 2,
                         n_permutations: int = 100, C: float = 1.0, harmonizer=None, groups: str | None = None,
-                        random_state=None) -> pd.DataFrame:
-    """Can the site be predicted from the features? Cross-validated multinomial logistic regression.
+                        random_state=None, classifier: str = "lda", n_components: int | None = None,
+                        stop_after: int | None = STOP_AFTER) -> pd.DataFrame:
+    """Can the site be predicted from the features? Cross-validated classification against a permutation null.
 
     Repeated stratified k-fold CV. Inside every training fold the features are regressed on the
-    covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows),
-    standardized with the training moments, and an L2 multinomial logistic regression (``C``) predicts the
-    site. Residualizing the covariates keeps site from being predicted through biology that differs by
-    site (§6.5). The null distribution comes from ``n_permutations`` seeded permutations of the site
-    labels, run through the same folds and features (the labels the classifier sees are permuted).
+    covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows) and
+    standardized with the training moments; residualizing the covariates keeps site from being predicted
+    through biology that differs by site (§6.5). Then the classifier predicts the site:
+
+    * ``classifier="lda"`` (default): a PCA of the fold's standardized training residuals (the first
+      ``n_components``, default ``min(20, features, n_train - sites - 1)``) and linear discriminant analysis
+      on the scores (pooled within-site covariance, equal priors; closed form). Nothing before the
+      discriminant uses the labels, so the fold's decomposition is reused for every permutation.
+    * ``classifier="logistic"``: L2 multinomial logistic regression (``C``) on all standardized features,
+      refitted for every permutation (slow: ~1,000 fits with the defaults). With ``stop_after=None`` it
+      reproduces featharm's earlier default exactly (same ``random_state``, same numbers).
+
+    **Null.** Seeded permutations of the site labels, run through the same folds and features (the
+    classifier is refitted on the permuted training labels and scored on the permuted test labels). With
+    LDA the labels are permuted inside the *cells* of the CV (rows that share their test fold in every
+    repeat): each fold keeps its rows and its number of rows per site, so the null conditions on the folds
+    exactly; logistic regression permutes all rows, as before. Whole subjects are permuted when ``groups``
+    is given and each subject stays at one site. Besag–Clifford sequential stopping: a p-value is decided
+    once ``stop_after`` (h) permuted statistics reach the observed one, ``p = h/L`` after L permutations;
+    the run ends when both metrics are decided, or at ``n_permutations`` with ``(1 + #exceed)/(1 + n)``.
 
     **Harmonized data.** Data harmonized on *all* rows carry information from the test rows: their site
     means were equalized using them, so a training fold's site means mirror the held-out rows' and the
     classifier scores *below* chance (a balanced accuracy of 0.12 for 4 sites is typical). For an unbiased
     check pass the raw ``X`` and the (unfitted) model as ``harmonizer``: a clone is fitted on every
-    training fold and applied to its test fold (``docs/methods.md`` §6.5, §6.8 pitfall 1).
+    training fold and applied to its test fold (``docs/methods.md`` §6.5, §6.8 pitfall 1). The harmonizer
+    is fitted once per fold, with the true sites; the null permutes the labels the classifier sees on those
+    harmonized folds, so it tests whether the harmonized features still carry site information.
 
     Parameters
     ----------
@@ -330,9 +504,9 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     n_splits, n_repeats : int
         Stratified k-fold CV, repeated (different shuffles).
     n_permutations : int, default 100
-        Label permutations for the null distribution (0: none).
+        Largest number of label permutations of the null (0: none).
     C : float, default 1.0
-        Inverse L2 penalty of the logistic regression.
+        Inverse L2 penalty of the logistic regression (``classifier="logistic"`` only).
     harmonizer : featharm harmonizer, optional
         E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold.
     groups : str, optional
@@ -340,6 +514,12 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         k-fold), and when every subject stays at one site the null permutes the sites of whole subjects.
     random_state : int or Generator, optional
         Seeds the CV shuffles and the permutations.
+    classifier : {"lda", "logistic"}, default "lda"
+        See above.
+    n_components : int, optional
+        Principal components of the LDA (default 20, capped as above).
+    stop_after : int or None, default 10
+        Besag–Clifford's h; None runs all ``n_permutations``.
 
     Returns
     -------
@@ -347,11 +527,13 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         Two rows (``metric`` = ``"balanced_accuracy"``, ``"auc_macro_ovr"``), columns
         :data:`CLASSIFICATION_COLUMNS`: ``value`` (mean over folds × repeats), ``sd`` (over folds),
         ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
-        permutation null, ``p_perm`` = (1 + #null >= value)/(1 + n_permutations) (NaN without
-        permutations), ``n_permutations``, ``n_splits``, ``n_repeats``.
+        permutations run, ``p_perm`` (NaN without permutations), ``n_permutations`` (the permutations run),
+        ``n_splits``, ``n_repeats``, ``classifier``, ``n_components`` (LDA; NaN for logistic regression),
+        ``max_permutations``.
     """
     P = prepare(X, covariates, batch, formula, "site_classification")
-    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups)
+    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups,
+                                classifier=classifier, n_components=n_components, stop_after=stop_after)
 
 
 def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
@@ -378,11 +560,23 @@ def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
     return g
 
 
+def _check_classifier_options(classifier, n_components, stop_after, owner: str) -> None:
+    check_option("classifier", classifier, CLASSIFIERS, owner)
+    for name, v in (("n_components", n_components), ("stop_after", stop_after)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise InputError(f"{owner}: {name} must be a positive integer or None; got {v!r}.")
+
+
 def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutations: int, C: float,
-                         random_state, harmonizer=None, groups: str | None = None) -> pd.DataFrame:
+                         random_state, harmonizer=None, groups: str | None = None, *, classifier: str = "lda",
+                         n_components: int | None = None, stop_after: int | None = STOP_AFTER,
+                         progress=Progress) -> pd.DataFrame:
+    """:func:`site_classification` on prepared inputs (used by :func:`diagnose`); ``progress(total, step)``
+    opens the progress bar of a step."""
     from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
     _check_permutations(n_permutations, "site_classification")
+    _check_classifier_options(classifier, n_components, stop_after, "site_classification")
     g = check_cv_sites(P, n_splits, groups)
     rng = np.random.default_rng(random_state)
     seed = int(rng.integers(2**31 - 1))
@@ -400,15 +594,48 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
         first[g] = P.codes
         if np.array_equal(first[g], P.codes):
             subject_site = first
+    if classifier == "logistic":
+        stats_obs, sds, null = _logistic_null(P, splits, C, harmonizer, rng, n_permutations, stop_after, g,
+                                              subject_site, progress)
+        k = np.nan
+    else:
+        stats_obs, sds, null, k = _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, g,
+                                            subject_site, n_components, progress)
+    rows = []
+    for j, (name, chance) in enumerate([("balanced_accuracy", 1.0 / P.m), ("auc_macro_ovr", 0.5)]):
+        if n_permutations > 0:
+            nm = float(null.null[:, j].mean())
+            ns = float(null.null[:, j].std(ddof=1)) if null.n_run > 1 else np.nan
+            p = float(null.p[j])
+        else:
+            nm = ns = p = np.nan
+        rows.append({"metric": name, "value": stats_obs[j], "sd": sds[j], "chance": chance, "null_mean": nm,
+                     "null_sd": ns, "p_perm": p, "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
+                     "n_splits": n_splits, "n_repeats": n_repeats, "classifier": classifier, "n_components": k,
+                     "max_permutations": int(n_permutations)})
+    return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]
+
+
+def _without_constant(P: Prepared) -> Prepared:
+    if not P.constant.any():
+        return P
+    return replace(P, Y=P.Y[:, ~P.constant], features=[f for f, c in zip(P.features, P.constant) if not c],
+                   constant=np.zeros(int((~P.constant).sum()), dtype=bool))
+
+
+def _logistic_null(P, splits, C, harmonizer, rng, n_permutations, stop_after, g, subject_site, progress=Progress):
+    """The logistic-regression classification and its null: every permutation refits every fold."""
     fold_data = None
     if harmonizer is not None:
-        fold_data = [_fold_harmonize(harmonizer, P, P.codes, tr, te) for tr, te in splits]
-
-    if P.constant.any():
-        const = P.constant
-        P = replace(P, Y=P.Y[:, ~P.constant], features=[f for f, c in zip(P.features, P.constant) if not c],
-                    constant=np.zeros(int((~P.constant).sum()), dtype=bool))
-        fold_data = None if fold_data is None else [(a[:, ~const], b[:, ~const]) for a, b in fold_data]
+        with progress(len(splits), "site classification: refitting the harmonizer in the folds") as bar:
+            fold_data = []
+            for tr, te in splits:
+                fold_data.append(_fold_harmonize(harmonizer, P, P.codes, tr, te))
+                bar.update()
+    const = P.constant
+    P = _without_constant(P)
+    if fold_data is not None and const.any():
+        fold_data = [(a[:, ~const], b[:, ~const]) for a, b in fold_data]
 
     def run(codes):
         # the null keeps the folds and their (harmonized) features and permutes the labels the classifier
@@ -416,24 +643,65 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
         return _cv_scores(P.Y, P.Xc, codes, P.m, splits, C, fold_data)
 
     bacc, bsd, auc, asd = run(P.codes)
-    null = np.empty((int(n_permutations), 2))
-    with Progress(n_permutations, "site classification permutations") as bar:
-        for i in range(int(n_permutations)):
+
+    def draw(B):
+        out = np.empty((B, 2))
+        for i in range(B):
             if subject_site is not None:
                 r = run(subject_site[rng.permutation(subject_site.size)][g])
             else:
                 r = run(P.codes[rng.permutation(P.n)])
-            null[i] = r[0], r[2]
+            out[i] = r[0], r[2]
+        return out
+
+    with progress(n_permutations, "site classification permutations") as bar:
+        null = sequential_null([bacc, auc], draw, int(n_permutations), stop_after, bar, first_block=1, max_block=1)
+    return (bacc, auc), (bsd, asd), null
+
+
+def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, g, subject_site, n_components,
+              progress=Progress):
+    """The PCA + LDA classification and its null: one decomposition per fold, all permutations on it."""
+    from ._lda import MomentFolds, fold_scores, lda_permutation_scores, n_lda_components
+
+    const = P.constant
+    Pc = _without_constant(P)
+    k = n_lda_components(n_components, Pc.Y.shape[1], min(len(tr) for tr, _ in splits), P.m)
+    folds = []
+    with progress(len(splits), "site classification: fold decompositions") as bar:
+        moments = MomentFolds(Pc.Y, Pc.Xc) if harmonizer is None else None
+        W = None if harmonizer is None else np.hstack([np.ones((P.n, 1)), P.Xc])
+        for tr, te in splits:
+            if moments is not None:
+                folds.append(moments.fold(tr, te, k))
+            else:
+                a, b = _fold_harmonize(harmonizer, P, P.codes, tr, te)
+                if const.any():
+                    a, b = a[:, ~const], b[:, ~const]
+                folds.append(fold_scores(a, b, W[tr], W[te], k))
+                del a, b
             bar.update()
-    rows = []
-    for j, (name, val, sd, chance) in enumerate([("balanced_accuracy", bacc, bsd, 1.0 / P.m),
-                                                  ("auc_macro_ovr", auc, asd, 0.5)]):
-        if n_permutations > 0:
-            nm, ns = float(null[:, j].mean()), float(null[:, j].std(ddof=1)) if n_permutations > 1 else np.nan
-            p = (1.0 + np.sum(null[:, j] >= val - 1e-12)) / (1.0 + n_permutations)
-        else:
-            nm = ns = p = np.nan
-        rows.append({"metric": name, "value": val, "sd": sd, "chance": chance, "null_mean": nm, "null_sd": ns,
-                     "p_perm": p, "n_permutations": int(n_permutations), "n_splits": n_splits,
-                     "n_repeats": n_repeats})
-    return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]
+    del moments
+
+    def cv(labels, pmap=_serial):  # labels (B, n) -> (folds, 2, B): balanced accuracy and AUC per fold and vector
+        return np.array(pmap(lambda i: lda_permutation_scores(folds[i], labels[:, splits[i][0]],
+                                                              labels[:, splits[i][1]], P.m), range(len(folds))))
+
+    per = cv(P.codes[None])[:, :, 0]
+    obs = per.mean(axis=0)
+    sds = per.std(axis=0)
+    cells = cv_cells(splits, P.n, n_splits)
+    if subject_site is not None:
+        subj_cell = np.zeros(subject_site.size, dtype=cells.dtype)
+        subj_cell[g] = cells
+        permuter = CellPermuter(subject_site, subj_cell, expand=g)
+    else:
+        permuter = CellPermuter(P.codes, cells)
+
+    with progress(n_permutations, "site classification permutations") as bar, workers() as pmap:
+        def draw(B):
+            labels = np.stack([permuter.draw(rng) for _ in range(B)])
+            return cv(labels, pmap).mean(axis=0).T  # (B, 2)
+
+        null = sequential_null(obs, draw, int(n_permutations), stop_after, bar)
+    return tuple(obs), tuple(sds), null, k

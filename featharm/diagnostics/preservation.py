@@ -15,6 +15,7 @@ from scipy import stats
 from .._validation import align_covariates, check_features
 from ..exceptions import AlignmentError
 from ._common import Prepared, bh_fdr, prepare
+from ._parallel import sized_by_features
 
 __all__ = ["Preservation", "biology_preservation", "PRESERVATION_COLUMNS", "PRESERVATION_SUMMARY_COLUMNS"]
 
@@ -102,6 +103,7 @@ def preservation_tables(P: Prepared, Yh: np.ndarray, alpha: float = 0.05) -> Pre
                         pd.DataFrame(summ)[PRESERVATION_SUMMARY_COLUMNS])
 
 
+@sized_by_features
 def biology_preservation(X_raw: pd.DataFrame, X_harmonized: pd.DataFrame, covariates: pd.DataFrame, *,
                          batch: str = "site", formula: str, alpha: float = 0.05) -> Preservation:
     """Covariate effects (t, partial R², Cohen's d) before and after harmonization, and their concordance.

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ._common import Prepared, prepare
+from ._parallel import sized_by_features
 
 __all__ = ["Residuals", "site_residuals"]
 
@@ -81,6 +82,7 @@ def _col_blocks(n: int, V: int, nbytes: int = 2 * 2**20):
     return [slice(i, min(i + b, V)) for i in range(0, V, b)]
 
 
+@sized_by_features
 def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                    formula: str | None = None, model: str = "ols", random: str | None = None) -> Residuals:
     """Additive and full residuals of ``y ~ covariates + site`` for every feature (§6.1).

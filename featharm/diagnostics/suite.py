@@ -7,10 +7,14 @@ import pandas as pd
 
 from .._validation import check_features, check_option
 from ..exceptions import AlignmentError, record_warnings
+from . import _stages
 from ._common import prepare
+from ._parallel import sized_by_features
+from ._permutation import STOP_AFTER
 from ._results import TABLES, DiagnosticsResult
 from .balance import covariate_balance
-from .multivariate import check_cv_sites, classification_table, pc_tests_table, permanova_table
+from .multivariate import (CLASSIFIERS, _check_classifier_options, check_cv_sites, classification_table,
+                           pc_tests_table, permanova_table)
 from .preservation import preservation_tables
 from .residuals import ols_residuals
 from .univariate import _resolve_tests, per_site_table, run_tests
@@ -19,31 +23,43 @@ __all__ = ["diagnose", "TABLES"]
 
 
 def _one(X, covariates, batch, formula, tests, model, random, groups, n_permutations, classification_permutations,
-         n_splits, n_repeats, n_components, multivariate, classification, seeds, fligner_ties="r"):
+         n_splits, n_repeats, n_components, multivariate, classification, seeds, fligner_ties="r",
+         classifier="lda", classification_components=None, classification_stop_after=STOP_AFTER,
+         progress=None):
     P = prepare(X, covariates, batch, formula, "diagnose")
     if classification:  # fail before the slow steps, not after them
         check_cv_sites(P, n_splits, groups)
     fit = None
-    if model == "ols":
-        fit = ols_residuals(P)
-        r_add, r_full = fit[:2]
-    else:
-        from .mixed import lmm_residuals, subject_codes
+    with progress(1, _stages.TESTS):
+        if model == "ols":
+            fit = ols_residuals(P)
+            r_add, r_full = fit[:2]
+        else:
+            from .mixed import lmm_residuals, subject_codes
 
-        r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
-    out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
-                                     random_state=seeds[0], ols_fit=fit, fligner_ties=fligner_ties,
-                                     residuals=None if model == "ols" else (r_add, r_full)),
-           "site_effect_sizes": per_site_table(P, r_add, r_full)}
+            r_add, r_full = lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))
+        out = {"site_effects": run_tests(P, tests, model=model, random=random, n_permutations=n_permutations,
+                                         random_state=seeds[0], ols_fit=fit, fligner_ties=fligner_ties,
+                                         residuals=None if model == "ols" else (r_add, r_full), progress=progress),
+               "site_effect_sizes": per_site_table(P, r_add, r_full)}
     del fit, r_full  # the multivariate checks use the additive residuals only: free the rest (memory)
     if multivariate:
-        perm = permanova_table(P, r_add, n_permutations, seeds[1])
-        out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
+        perm = permanova_table(P, r_add, n_permutations, seeds[1], progress=progress)
+        with progress(1, _stages.PC_TESTS):
+            out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
     del r_add  # the classification works on the features
     if classification:
-        out["site_classification"] = classification_table(P, n_splits, n_repeats, classification_permutations,
-                                                          1.0, seeds[2], None, groups)
+        out["site_classification"] = _classify(P, n_splits, n_repeats, classification_permutations, seeds[2], None,
+                                               groups, classifier, classification_components,
+                                               classification_stop_after, progress)
     return P, out
+
+
+def _classify(P, n_splits, n_repeats, permutations, seed, harmonizer, groups, classifier, components, stop_after,
+              progress):
+    return classification_table(P, n_splits, n_repeats, permutations, 1.0, seed, harmonizer, groups,
+                                classifier=classifier, n_components=components, stop_after=stop_after,
+                                progress=progress)
 
 
 def _seeds(random_state) -> list[int]:
@@ -58,12 +74,15 @@ def _seeds(random_state) -> list[int]:
     return [int(s) for s in rng.integers(0, 2**31 - 1, size=3)]
 
 
+@sized_by_features
 def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
              X_harmonized: pd.DataFrame | None = None, tests=None, model: str = "ols", random: str | None = None,
              n_permutations: int = 999, classification_permutations: int = 100, n_splits: int = 5,
              n_repeats: int = 2, n_components: int | None = None, multivariate: bool = True,
              classification: bool = True, harmonizer=None, groups: str | None = None, balance_columns=None,
-             random_state=None, fligner_ties: str = "r") -> DiagnosticsResult:
+             random_state=None, fligner_ties: str = "r", classifier: str = "lda",
+             classification_components: int | None = None,
+             classification_stop_after: int | None = STOP_AFTER) -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
     Parameters
@@ -76,7 +95,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     n_permutations : int, default 999
         Permutations of PERMANOVA and Anderson–Darling (0: no permutation p-values).
     classification_permutations : int, default 100
-        Label permutations of the site-classification null (0: none).
+        Largest number of label permutations of the site-classification null (0: none); the run stops
+        earlier once both p-values are decided (``classification_stop_after``).
     n_splits, n_repeats : int
         Stratified k-fold CV of the site classification (grouped by ``groups``).
     n_components : int, optional
@@ -102,6 +122,16 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         (:func:`test_site_effects`, :func:`permanova`, :func:`site_classification`).
     fligner_ties : {"r", "exact"}, default "r"
         Tie handling of Fligner–Killeen, as in :func:`test_site_effects` (``"r"`` reproduces R).
+    classifier : {"lda", "logistic"}, default "lda"
+        The site classifier (:func:`site_classification`): LDA on the training fold's principal components
+        (closed form; its permutations reuse each fold's decomposition), or multinomial logistic regression
+        on all features (refitted for every permutation; ``classification_stop_after=None`` reproduces
+        featharm's earlier default).
+    classification_components : int, optional
+        Principal components of the LDA (default 20, capped by the features and the training folds).
+    classification_stop_after : int or None, default 10
+        Besag–Clifford sequential stopping of the classification null: a p-value is decided once this many
+        permuted statistics reach the observed one (None: all ``classification_permutations``).
 
     Returns
     -------
@@ -115,30 +145,41 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         ``to_dir()``, ``to_csv()`` and ``plot_*`` accessors.
     """
     check_option("model", model, ("ols", "lmm"), "diagnose")
+    _check_classifier_options(classifier, classification_components, classification_stop_after, "diagnose")
     chosen = _resolve_tests(tests, model)
     seeds = _seeds(random_state)
     groups = groups if groups is not None else (random if model == "lmm" else None)
     kw = dict(batch=batch, formula=formula, tests=tests, model=model, random=random, groups=groups,
               n_permutations=n_permutations, classification_permutations=classification_permutations,
               n_splits=n_splits, n_repeats=n_repeats, n_components=n_components, multivariate=multivariate,
-              classification=classification, seeds=seeds, fligner_ties=fligner_ties)
-    P, raw = _one(X, covariates, **kw)
-    runs = [("raw", raw)]
-    refit_warnings: list = []
-    if X_harmonized is not None:
-        Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features)
-        if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
-            raise AlignmentError(
-                "X_harmonized must have the same rows (index, same order) and feature columns as X; "
-                "reorder it with X_harmonized.loc[X.index, X.columns]."
-            )
-        _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None})
-        if classification and harmonizer is not None:
-            with record_warnings() as refit_warnings:
-                harm["site_classification"] = classification_table(P, n_splits, n_repeats,
-                                                                   classification_permutations, 1.0, seeds[2],
-                                                                   harmonizer, groups)
-        runs.append(("harmonized", harm))
+              classification=classification, seeds=seeds, fligner_ties=fligner_ties, classifier=classifier,
+              classification_components=classification_components,
+              classification_stop_after=classification_stop_after)
+    steps = _stages.plan(["raw"] if X_harmonized is None else ["raw", "harmonized"], n_permutations=n_permutations,
+                         anderson_darling="anderson_darling" in chosen, multivariate=multivariate,
+                         classification=classification, classifier=classifier,
+                         classification_permutations=classification_permutations, harmonizer=harmonizer is not None)
+    with _stages.StageBar(steps) as bar:
+        P, raw = _one(X, covariates, **kw, progress=bar.steps("raw"))
+        runs = [("raw", raw)]
+        refit_warnings: list = []
+        if X_harmonized is not None:
+            Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features)
+            if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
+                raise AlignmentError(
+                    "X_harmonized must have the same rows (index, same order) and feature columns as X; "
+                    "reorder it with X_harmonized.loc[X.index, X.columns]."
+                )
+            steps_h = bar.steps("harmonized")
+            _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None},
+                           progress=steps_h)
+            if classification and harmonizer is not None:
+                with record_warnings() as refit_warnings:
+                    harm["site_classification"] = _classify(P, n_splits, n_repeats, classification_permutations,
+                                                            seeds[2], harmonizer, groups, classifier,
+                                                            classification_components, classification_stop_after,
+                                                            steps_h)
+            runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
     for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
         parts = [r[key].assign(data=label) for label, r in runs if key in r]
@@ -155,7 +196,9 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
                "classification": classification,
                "harmonizer": type(harmonizer).__name__ if harmonizer is not None else None,
                "random_state": random_state if isinstance(random_state, (int, np.integer, type(None)))
-               else type(random_state).__name__, "seeds": seeds, "fligner_ties": fligner_ties}
+               else type(random_state).__name__, "seeds": seeds, "fligner_ties": fligner_ties,
+               "classifier": classifier, "classification_components": classification_components,
+               "classification_stop_after": classification_stop_after}
     return DiagnosticsResult(
         out, n_samples=P.n, features=P.features, batch=batch,
         batch_sizes=pd.Series(P.counts.astype(int), index=pd.Index([str(v) for v in P.levels], name=str(batch)),

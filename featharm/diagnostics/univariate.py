@@ -15,6 +15,7 @@ from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
 from ._common import Prepared, bh_fdr, bonferroni, group_medians, group_sums, oneway_f, prepare, rank_columns
+from ._parallel import sized_by_features, workers
 from .residuals import ols_residuals
 
 __all__ = ["test_site_effects", "site_effect_sizes", "TESTS", "DEFAULT_TESTS", "COLUMNS"]
@@ -200,7 +201,8 @@ def anderson_darling_stat(A: np.ndarray, codes: np.ndarray, counts: np.ndarray) 
     return out
 
 
-def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng):
+def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_permutations: int, rng,
+                     progress=Progress):
     """A2akN with a label-permutation p-value ``(1 + #{A2_perm >= A2}) / (1 + n_permutations)``.
 
     The same seeded permutations serve every feature.
@@ -212,7 +214,7 @@ def anderson_darling(A: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
     order = np.argsort(A[:, free], axis=0, kind="stable") if free.size else None
     exceed = np.zeros(A.shape[1])
     tol = 1e-12 * np.maximum(1.0, np.abs(obs))
-    with Progress(n_permutations, "Anderson-Darling permutations") as bar:
+    with progress(n_permutations, "Anderson-Darling permutations") as bar:
         for _ in range(n_permutations):
             pc = codes[rng.permutation(codes.size)]
             perm = np.empty(A.shape[1])
@@ -258,8 +260,10 @@ def _blocks(n: int, V: int):
 
 
 def _by_blocks(fn, A: np.ndarray):
-    """``fn(A)`` computed on column blocks of ``A``: arrays are concatenated, scalars (df) kept."""
-    parts = [fn(A[:, blk]) for blk in _blocks(*A.shape)]
+    """``fn(A)`` computed on column blocks of ``A`` (on threads, :mod:`._parallel`): arrays are concatenated,
+    scalars (df) kept."""
+    with workers() as pmap:
+        parts = pmap(lambda blk: fn(A[:, blk]), _blocks(*A.shape))
     if not isinstance(parts[0], tuple):
         return np.concatenate(parts)
     return tuple(np.concatenate([q[i] for q in parts]) if np.ndim(parts[0][i]) else parts[0][i]
@@ -274,9 +278,10 @@ def _max_abs_lvr(r_full, P: Prepared) -> np.ndarray:
 
 def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = None,
               n_permutations: int = 999, random_state=None, residuals=None, ols_fit=None,
-              fligner_ties: str = "r") -> pd.DataFrame:
+              fligner_ties: str = "r", progress=Progress) -> pd.DataFrame:
     """:func:`test_site_effects` on prepared inputs (used by :func:`diagnose`); ``ols_fit`` is the output
-    of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed."""
+    of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed; ``progress(total, step)``
+    opens the progress bar of the Anderson–Darling permutations."""
     chosen = _resolve_tests(tests, model)
     check_option("fligner_ties", fligner_ties, ("r", "exact"), "test_site_effects")
     oh, counts, codes = P.onehot, P.counts, P.codes
@@ -327,7 +332,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
 
             _check_permutations(n_permutations, "test_site_effects")
             rng = np.random.default_rng(random_state)
-            stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng)
+            stat, p = anderson_darling(r_add, codes, counts, int(n_permutations), rng, progress)
             df1 = float(P.m - 1)
         if _EFFECT[t] == "max_abs_log_var_ratio":
             lvr = _by_blocks(lambda a: _max_abs_lvr(a, P), r_full) if lvr is None else lvr
@@ -346,6 +351,7 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
     return pd.concat(rows, ignore_index=True)[COLUMNS]
 
 
+@sized_by_features
 def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, tests=None, model: str = "ols", random: str | None = None,
                       n_permutations: int = 999, random_state=None, fligner_ties: str = "r") -> pd.DataFrame:
@@ -456,6 +462,7 @@ def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.Dat
     })
 
 
+@sized_by_features
 def site_effect_sizes(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, model: str = "ols", random: str | None = None) -> pd.DataFrame:
     """Per-site effect sizes of every feature: standardized shift and log variance ratio (§6.2–6.3).

@@ -407,7 +407,8 @@ def site_effects_section(data: ReportData, result, figs: Figures, *, classificat
                                                                       f"before harmonization ({first})"))
     s.tables.append(table(_stats.with_before_after(result["multivariate"], _stats.MULTIVARIATE_KEEP),
                           "Multivariate tests of site (additive residuals; PERMANOVA with "
-                          f"{_stats.PERMANOVA_PERMUTATIONS} seeded permutations; MDMR with its analytic p-value; "
+                          f"{result.options.get('n_permutations')} seeded permutations; MDMR with its analytic "
+                          "p-value; "
                           "MANOVA and Box's M on the top principal components)"))
     if note is not None:
         s.notes.append(note)
@@ -449,6 +450,7 @@ def _classification(s: Section, result) -> None:
     if "site_classification" not in result:
         return
     tab = _stats.with_before_after(result["site_classification"], _stats.CLASSIFICATION_KEEP)
+    o = result.options
     how = ""
     if "harmonized" in result.data and result.options.get("harmonizer") is not None:
         how = " After: the model is refitted on every training fold and applied to its test fold."
@@ -465,11 +467,26 @@ def _classification(s: Section, result) -> None:
         bacc = part[part.metric == "balanced_accuracy"].iloc[0]
         s.stats.append((f"site classification balanced accuracy {d} (chance {fmt(bacc['chance'])})",
                         fmt(bacc["value"])))
-    s.tables.append(table(tab, f"Site classification: multinomial logistic regression, stratified "
-                               f"{_stats.CLASSIFICATION_SPLITS}-fold CV ({_stats.CLASSIFICATION_REPEATS} repeat), "
-                               "covariates residualized inside the training folds; no permutation null in the "
-                               "report (featharm diagnose runs one). Chance: 1/sites for balanced accuracy, 0.5 for "
-                               "AUC." + how))
+    s.tables.append(table(tab, f"Site classification: {_classifier_words(result)}, stratified "
+                               f"{o.get('n_splits')}-fold CV ({o.get('n_repeats')} repeats), covariates "
+                               f"residualized inside the training folds; {_null_words(o)}. Chance: 1/sites for "
+                               "balanced accuracy, 0.5 for AUC." + how))
+
+
+def _classifier_words(result) -> str:
+    if result.options.get("classifier") == "logistic":
+        return "multinomial logistic regression on all features"
+    k = int(result["site_classification"]["n_components"].max())
+    return f"linear discriminant analysis on the training fold's first {k} principal components"
+
+
+def _null_words(o: dict) -> str:
+    n = o.get("classification_permutations") or 0
+    if not n:
+        return "no permutation null"
+    h = o.get("classification_stop_after")
+    stop = f", stopped once {h} reach the observed value (Besag–Clifford)" if h else ""
+    return f"p_perm from at most {n} label permutations{stop}"
 
 
 def _site_effect_figures(s: Section, data: ReportData, result, figs: Figures, before: pd.DataFrame) -> None:

@@ -71,3 +71,25 @@ def test_diagnose_with_model_refits_in_folds(files, tmp_path):
     ref = api["site_classification"].set_index(["data", "metric"])
     assert clf.loc[("harmonized", "balanced_accuracy"), "value"] == pytest.approx(
         ref.loc[("harmonized", "balanced_accuracy"), "value"], rel=1e-9)
+
+
+def test_diagnose_shows_one_progress_bar_naming_its_steps(files, tmp_path, monkeypatch, capsys):
+    """The command line's progress bar (stderr, after ~2 s; here at once and every line kept) covers the whole
+    run: the per-feature tests, PERMANOVA's permutations and the classification's, raw then harmonized."""
+    import functools
+
+    from featharm import _progress
+    from featharm.diagnostics import _stages
+
+    d, _ = files
+    monkeypatch.setattr(_progress, "LOG_EVERY", 0.0)
+    monkeypatch.setattr(_stages, "Progress", functools.partial(_progress.Progress, delay=0.0))
+    assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--formula", "age + sex", "--id", "subject",
+                 "--harmonized", str(d / "harm.csv"), "--out", str(tmp_path / "out"), "--n-permutations", "19",
+                 "--classification-permutations", "5"]) == 0
+    err = capsys.readouterr().err
+    for step in ("diagnose (raw): site tests", "diagnose (raw): PERMANOVA permutations",
+                 "diagnose (raw): site classification permutations",
+                 "diagnose (harmonized): site classification: fold decompositions"):
+        assert step in err, step
+    assert err.strip().splitlines()[-1].endswith("s") and "100.0%" in err.strip().splitlines()[-1]

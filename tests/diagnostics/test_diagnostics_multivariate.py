@@ -57,6 +57,49 @@ def test_permanova_permutation_null_is_uniform_ish():
     assert 0.02 <= rate <= 0.09
 
 
+def _permanova_loop(Z, codes, counts, n_permutations, seed):
+    """The textbook null: one permutation at a time, the one-hot product of each (what featharm did before)."""
+    rng = np.random.default_rng(seed)
+    Z = Z - Z.mean(axis=0)
+    ssb = mv._ssb(Z, codes, counts)
+    null = np.array([mv._ssb(Z, codes[rng.permutation(codes.size)], counts) for _ in range(n_permutations)])
+    return (1.0 + np.sum(null >= ssb * (1 - 1e-12))) / (1.0 + n_permutations), null
+
+
+@pytest.mark.parametrize("effect", [0.0, 0.3, 3.0, "equalized"])
+def test_permanova_vectorized_null_equals_the_loop(effect):
+    """The blocked sparse null gives each permutation's SSB within 1e-12 of the one-hot loop, and the same
+    p-value, whether the exact screening by the principal components decides most permutations (a strong
+    effect: upper bound; site means nearly equalized, as after ComBat: lower bound) or none (no effect); the
+    permutations are the same ``rng.permutation`` draws."""
+    rng = np.random.default_rng(11)
+    codes = rng.permutation(np.repeat(np.arange(5), [30, 45, 12, 60, 53]))
+    counts = np.bincount(codes)
+    if effect == "equalized":
+        E = rng.normal(size=(200, 40))
+        for g in range(5):
+            E[codes == g] -= E[codes == g].mean(axis=0) * (1 - 1e-3)
+        Z = mv._standardize(E)
+    else:
+        Z = mv._standardize(rng.normal(size=(200, 40)) + effect * rng.normal(size=(5, 40))[codes])
+    p_loop, null = _permanova_loop(Z, codes, counts, 299, 4)
+    draw = np.random.default_rng(4)
+    fast = mv.permuted_ssb(Z - Z.mean(axis=0), codes, counts, [draw.permutation(200) for _ in range(299)])
+    np.testing.assert_allclose(fast, null, rtol=1e-12, atol=0)
+    res = mv.permanova_arrays(Z, codes, counts, 299, np.random.default_rng(4))
+    assert res["p"] == p_loop
+    ssb = res["pseudo_R2"] * np.einsum("ij,ij->", Z, Z)
+    lam = np.sort(np.linalg.eigvalsh(Z.T @ Z))[::-1]
+    screened = mv._screen_rank(lam, 5, 200, ssb) > 0
+    assert screened == (effect in (3.0, "equalized"))
+    # more columns than rows (the SVD branch) and a site of 2 rows: ties with the identity are counted
+    small = rng.permutation(np.repeat(np.arange(3), [2, 5, 6]))
+    Zs = mv._standardize(rng.normal(size=(13, 30)))
+    U, S, _ = np.linalg.svd(Zs - Zs.mean(axis=0), full_matrices=False)
+    p_small, _ = _permanova_loop(U * S, small, np.bincount(small), 99, 1)
+    assert mv.permanova_arrays(Zs, small, np.bincount(small), 99, np.random.default_rng(1))["p"] == p_small
+
+
 def test_manova_matches_statsmodels(sim):
     from statsmodels.multivariate.manova import MANOVA
 
@@ -236,32 +279,56 @@ def test_diagnose_lmm():
         dg.diagnose(X, C, batch="site", formula="age + sex + time", model="lmm", classification=False)
 
 
-def test_classification_groups_keep_subjects_together(monkeypatch):
+@pytest.mark.parametrize("classifier", ["lda", "logistic"])
+def test_classification_groups_keep_subjects_together(monkeypatch, classifier):
     """Longitudinal data: scans of one subject never sit on both sides of a split; the null permutes whole
-    subjects when each subject stays at one site."""
+    subjects when each subject stays at one site (LDA: inside the cells of the folds, so every fold keeps
+    its number of scans per site)."""
     X = pd.read_csv(REF / "inputs" / "small_long" / "features.csv")
     C = pd.read_csv(REF / "inputs" / "small_long" / "covars.csv")
-    seen = []
-    original = mv._cv_scores
+    seen, cv = [], []
+    if classifier == "logistic":
+        original = mv._cv_scores
 
-    def spy(Y, Xc, codes, m, splits, *args):
-        seen.append((codes.copy(), splits))
-        return original(Y, Xc, codes, m, splits, *args)
+        def spy(Y, Xc, codes, m, splits, *args):
+            seen.append(codes.copy())
+            cv.append(splits)
+            return original(Y, Xc, codes, m, splits, *args)
 
-    monkeypatch.setattr(mv, "_cv_scores", spy)
+        monkeypatch.setattr(mv, "_cv_scores", spy)
+    else:
+        draw, cells = mv.CellPermuter.draw, mv.cv_cells
+
+        def spy_draw(self, rng):
+            seen.append(draw(self, rng))
+            return seen[-1]
+
+        def spy_cells(splits, n, n_splits):
+            cv.append(splits)
+            return cells(splits, n, n_splits)
+
+        monkeypatch.setattr(mv.CellPermuter, "draw", spy_draw)
+        monkeypatch.setattr(mv, "cv_cells", spy_cells)
     t = dg.site_classification(X, C, batch="site", formula="age + sex + time", groups="subject_id",
-                               n_repeats=2, n_permutations=5, random_state=0).set_index("metric")
+                               n_repeats=2, n_permutations=5, random_state=0, classifier=classifier,
+                               stop_after=None).set_index("metric")
     assert t.loc["balanced_accuracy", "value"] > 0.5  # planted site effects
     assert 0.1 < t.loc["balanced_accuracy", "null_mean"] < 0.4  # chance 1/4
     g = pd.factorize(C.subject_id)[0]
-    splits = seen[0][1]
+    splits = cv[0]
     assert len(splits) == 10
     for tr, te in splits:
         assert not set(g[tr]) & set(g[te])
     one_site = C.groupby("subject_id").site.nunique().max() == 1
-    for codes, _ in seen[1:]:  # permuted labels: constant within subject when the data are
-        per_subject = pd.Series(codes).groupby(g).nunique().max()
+    codes = pd.factorize(C.site, sort=True)[0]
+    permuted = seen[1:] if classifier == "logistic" else seen
+    assert len(permuted) == 5
+    for labels in permuted:  # permuted labels: constant within subject when the data are
+        per_subject = pd.Series(labels).groupby(g).nunique().max()
         assert (per_subject == 1) == one_site
+        if classifier == "lda":
+            for _, te in splits:
+                np.testing.assert_array_equal(np.bincount(labels[te], minlength=4), np.bincount(codes[te], minlength=4))
     with pytest.raises(InputError, match="subjects"):
         dg.site_classification(X, C, batch="site", groups="subject_id", n_splits=40, n_permutations=0)
 

@@ -211,3 +211,18 @@ def test_diagnose_passes_fligner_ties(sim):
     assert (fk["r"] != fk["exact"]).any()  # two sites have even counts: the options differ here
     with pytest.raises(ValueError, match="fligner_ties"):
         dg.diagnose(sim.X, sim.covariates, fligner_ties="R", **kw)
+
+
+def test_rank_columns_equals_rankdata_with_ties():
+    """The vectorized mid-ranks and tie terms equal scipy's rankdata column by column (ties everywhere)."""
+    from featharm.diagnostics._common import rank_columns
+
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        n, V = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        A = rng.standard_normal((n, V)) if trial % 3 == 0 else rng.integers(0, rng.integers(1, 8), (n, V)) * 1.0
+        R, ties = rank_columns(A)
+        for j in range(V):
+            np.testing.assert_array_equal(R[:, j], stats.rankdata(A[:, j]))
+            _, t = np.unique(A[:, j], return_counts=True)
+            assert ties[j] == np.sum(t.astype(float) ** 3 - t)

@@ -1,4 +1,5 @@
-"""featharm.report: the site-classification table (modest default: one 5-fold CV, no permutation null)."""
+"""featharm.report: the site-classification table (diagnose's defaults: LDA on the folds' principal components,
+5-fold CV repeated twice, a permutation null with Besag–Clifford stopping)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from featharm.report import make_report  # noqa: E402
 from featharm.report import _stats  # noqa: E402
 
 DATE = "2026-01-02T03:04:05+00:00"
-CAPTION = "Site classification: multinomial logistic regression"
+CAPTION = "Site classification: linear discriminant analysis on the training fold's first"
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +45,16 @@ def test_report_has_site_classification_before_and_after(sim):
     assert before > 0.6
     assert after < 0.5
     # the same numbers as the diagnostics function with the report's defaults
-    ref = fh.diagnostics.site_classification(X, cov, batch="site", formula="age + sex", n_splits=5, n_repeats=1,
-                                             n_permutations=0, random_state=0)
+    ref = fh.diagnostics.site_classification(X, cov, batch="site", formula="age + sex", random_state=0)
     assert before == pytest.approx(float(ref.value[0]), abs=5e-4)
+    assert "p_perm from at most 100 label permutations, stopped once 10 reach the observed value" in text
 
 
 def test_report_classification_can_be_left_out(sim):
     X, cov = sim
     rep = make_report(X, cov, batch="site", formula="age + sex", date=DATE, classification=False)
     assert CAPTION not in html.unescape(rep.html)
-    assert _stats.CLASSIFICATION_PERMUTATIONS == 0 and _stats.CLASSIFICATION_SPLITS == 5
+    assert _stats.CLASSIFICATION_PERMUTATIONS == 100 and _stats.CLASSIFICATION_SPLITS == 5
 
 
 def test_report_classification_too_small_site_is_a_note(sim):
