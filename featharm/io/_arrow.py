@@ -82,13 +82,14 @@ _BOM = b"\xef\xbb\xbf"
 def _row_end(data, start: int, end: int, last: bool = True) -> int:
     """The index just after the last (or first) line break of ``data[start:end]`` that is outside quotes
     (-1: none). ``data[start]`` must begin a row."""
+    quoted = data.find(b'"', start, end) >= 0
     if last:
         cut = data.rfind(b"\n", start, end)
-        while cut >= start and data.count(b'"', start, cut) % 2:
+        while quoted and cut >= start and data.count(b'"', start, cut) % 2:
             cut = data.rfind(b"\n", start, cut)
     else:
         cut = data.find(b"\n", start, end)
-        while cut >= 0 and data.count(b'"', start, cut) % 2:
+        while quoted and cut >= 0 and data.count(b'"', start, cut) % 2:
             cut = data.find(b"\n", cut + 1, end)
     return cut + 1 if cut >= start else -1
 
