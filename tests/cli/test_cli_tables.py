@@ -137,3 +137,37 @@ def test_diagnose_reads_gzip_and_harmonized_tables(tmp_path, capsys, data):
         assert (tmp_path / "d1" / name).read_bytes() == (tmp_path / "d2" / name).read_bytes()
     eff = pd.read_csv(io.BytesIO((tmp_path / "d1" / "site_effects.csv").read_bytes()))
     assert len(eff)
+
+
+def test_staged_outputs_take_chunks_and_writer_functions(tmp_path):
+    from featharm._staging import Output, staged_outputs
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.bin"
+    with staged_outputs([Output("a", "--out", a), Output("b", "--other", b)]) as st:
+        st.write("a", (bytes([65 + i]) * 3 for i in range(3)))
+        st.write("b", lambda fh: fh.write(b"xyz"))
+        assert not a.exists() and not b.exists()
+    assert a.read_bytes() == b"AAABBBCCC" and b.read_bytes() == b"xyz"
+
+
+def test_a_disk_full_in_the_middle_of_out_leaves_nothing(tmp_path, capsys, data, monkeypatch):
+    import errno
+    import os
+
+    import featharm.io.tables as tables
+
+    real = tables.source_chunks
+
+    def failing(*args, **kwargs):
+        chunks = real(*args, **kwargs)
+
+        def gen():
+            yield next(iter(chunks))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return gen()
+
+    monkeypatch.setattr(tables, "source_chunks", failing)
+    out = tmp_path / "out" / "h.csv"
+    code, cap = _run(capsys, "harmonize", data, *ARGS, "--out", out, "--save-model", tmp_path / "out" / "m.fhm")
+    assert code == 2 and cap.err.startswith("featharm: error: cannot write --out") and "disk is full" in cap.err
+    assert not (tmp_path / "out").exists()
