@@ -7,9 +7,10 @@ about the size of the block. Anything the fast reader does not take as it is (a 
 holding text further down, bytes that are not UTF-8 ...) raises :class:`Unreadable`, and the caller reads the
 file with pandas instead, whose messages and leniency are the reference.
 
-Writing: numbers are turned into text by pyarrow's CSV writer (the shortest text that reads back as the same
-double, about 10x faster than Python's ``repr``), in blocks of rows on two threads, and the rows are assembled
-with the other columns' text (quoted only where needed, as pandas' ``to_csv`` does).
+Writing: pyarrow's CSV writer writes blocks of rows on two threads: doubles as the shortest text that reads
+back as the same double (several times faster than Python's ``repr``), ``%.Nf`` as decimal128 columns of
+scale N (Python's text to the byte), the other columns as the text they held. Text that needs quotes (the
+separator, a quote, a line break) is quoted by Python, as pandas' ``to_csv`` does, and joined to the rest.
 """
 
 from __future__ import annotations
