@@ -171,3 +171,27 @@ def test_a_disk_full_in_the_middle_of_out_leaves_nothing(tmp_path, capsys, data,
     code, cap = _run(capsys, "harmonize", data, *ARGS, "--out", out, "--save-model", tmp_path / "out" / "m.fhm")
     assert code == 2 and cap.err.startswith("featharm: error: cannot write --out") and "disk is full" in cap.err
     assert not (tmp_path / "out").exists()
+
+
+def test_float_format_option_and_library_agree_and_parsing_loads_no_pandas():
+    import subprocess
+
+    from featharm.cli._common import float_format
+
+    for spec in ["shortest", "input", "%.4f", "%.6g", "%+.2e", "%10.3F", "%d", "%.4f%%", "x", "{:.4f}", "", "%s"]:
+        try:
+            float_format(spec)
+            cli_ok = True
+        except Exception:
+            cli_ok = False
+        try:
+            _arrow.check_float_format(spec)
+            lib_ok = True
+        except ValueError:
+            lib_ok = False
+        assert cli_ok == lib_ok, spec
+    code = ("import sys; from featharm.cli import build_parser; "
+            "build_parser().parse_args(['harmonize', 'd.csv', '--batch', 's', '--out', 'o.csv', '--float-format', "
+            "'%.4f']); print('pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
