@@ -19,9 +19,10 @@ In order:
    (``.NAME.XXXXXXXX.featharm-tmp``), creating missing folders. This is the operation the final write
    needs, so a folder featharm cannot write (a read-only file system, ``/proc``, a path under a file) fails
    here, before the work.
-3. :meth:`StagedOutputs.write` fills a temporary (after checking the free space against the exact size of
-   bytes; content streamed in chunks, or written by a function, is checked as it goes); a full disk or any
-   other OSError becomes one :class:`~featharm.exceptions.OutputError` naming the option and the file.
+3. :meth:`StagedOutputs.write` fills a temporary (bytes given at once are first checked against the free
+   space; content streamed in chunks or written by a function meets the disk's own "no space left"); a full
+   disk or any other OSError becomes one :class:`~featharm.exceptions.OutputError` naming the option and
+   the file.
 4. Leaving the block normally renames every temporary over its output (``os.replace``), with SIGINT and
    SIGTERM held back; leaving it with an exception removes the temporaries and the folders step 2 created.
 

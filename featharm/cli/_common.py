@@ -77,14 +77,15 @@ def missing_summary(n_missing: int, data: pd.DataFrame, feats, excluded) -> str:
     return "".join("; " + p for p in parts)
 
 
-def float_format(value: str) -> str:
-    """The value of ``--float-format`` (argparse type)."""
-    from ..io._arrow import check_float_format
+_FLOAT_FORMAT = re.compile(r"shortest|input|%[-+ #0]*\d*(?:\.\d+)?[eEfFgG]")  # as io._arrow.check_float_format
 
-    try:
-        return check_float_format(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+
+def float_format(value: str) -> str:
+    """The value of ``--float-format`` (argparse type; the standard library only: parsing loads no pandas)."""
+    if not _FLOAT_FORMAT.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r}: give 'shortest', 'input' or one printf-style conversion "
+                                          "such as %.6g, %.4f or %.8e")
+    return value
 
 
 def report_inputs(args) -> dict:

@@ -269,6 +269,7 @@ class SourceTable:
     block: np.ndarray | None = None
     block_columns: list = field(default_factory=list)
     text: dict = field(default_factory=dict)
+    _where: dict | None = field(default=None, repr=False)
 
     def features(self, feats) -> pd.DataFrame:
         """The columns ``feats`` (numbers) as a DataFrame indexed like ``frame``: a view of ``block`` when they
@@ -290,8 +291,11 @@ class SourceTable:
 
     def values(self, column) -> np.ndarray:
         """The float64 values of one numeric column."""
-        if self.block is not None and column in self.block_columns:
-            return self.block[:, self.block_columns.index(column)]
+        if self.block is not None:
+            if self._where is None:
+                self._where = {c: k for k, c in enumerate(self.block_columns)}
+            if column in self._where:
+                return self.block[:, self._where[column]]
         return self.frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
 
     def verbatim(self, positions) -> dict | None:

@@ -137,3 +137,61 @@ def test_diagnose_reads_gzip_and_harmonized_tables(tmp_path, capsys, data):
         assert (tmp_path / "d1" / name).read_bytes() == (tmp_path / "d2" / name).read_bytes()
     eff = pd.read_csv(io.BytesIO((tmp_path / "d1" / "site_effects.csv").read_bytes()))
     assert len(eff)
+
+
+def test_staged_outputs_take_chunks_and_writer_functions(tmp_path):
+    from featharm._staging import Output, staged_outputs
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.bin"
+    with staged_outputs([Output("a", "--out", a), Output("b", "--other", b)]) as st:
+        st.write("a", (bytes([65 + i]) * 3 for i in range(3)))
+        st.write("b", lambda fh: fh.write(b"xyz"))
+        assert not a.exists() and not b.exists()
+    assert a.read_bytes() == b"AAABBBCCC" and b.read_bytes() == b"xyz"
+
+
+def test_a_disk_full_in_the_middle_of_out_leaves_nothing(tmp_path, capsys, data, monkeypatch):
+    import errno
+    import os
+
+    import featharm.io.tables as tables
+
+    real = tables.source_chunks
+
+    def failing(*args, **kwargs):
+        chunks = real(*args, **kwargs)
+
+        def gen():
+            yield next(iter(chunks))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return gen()
+
+    monkeypatch.setattr(tables, "source_chunks", failing)
+    out = tmp_path / "out" / "h.csv"
+    code, cap = _run(capsys, "harmonize", data, *ARGS, "--out", out, "--save-model", tmp_path / "out" / "m.fhm")
+    assert code == 2 and cap.err.startswith("featharm: error: cannot write --out") and "disk is full" in cap.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_float_format_option_and_library_agree_and_parsing_loads_no_pandas():
+    import subprocess
+
+    from featharm.cli._common import float_format
+
+    for spec in ["shortest", "input", "%.4f", "%.6g", "%+.2e", "%10.3F", "%d", "%.4f%%", "x", "{:.4f}", "", "%s"]:
+        try:
+            float_format(spec)
+            cli_ok = True
+        except Exception:
+            cli_ok = False
+        try:
+            _arrow.check_float_format(spec)
+            lib_ok = True
+        except ValueError:
+            lib_ok = False
+        assert cli_ok == lib_ok, spec
+    code = ("import sys; from featharm.cli import build_parser; "
+            "build_parser().parse_args(['harmonize', 'd.csv', '--batch', 's', '--out', 'o.csv', '--float-format', "
+            "'%.4f']); print('pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
