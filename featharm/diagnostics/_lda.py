@@ -56,8 +56,16 @@ def site_sums(Y_blocks, rows: np.ndarray, labels: np.ndarray, m: int):
     return out.reshape(B, m, -1), counts
 
 
-def column_blocks(Y: np.ndarray) -> list:
-    return [np.ascontiguousarray(Y[:, s:s + _COLUMNS]) for s in range(0, Y.shape[1], _COLUMNS)]
+def column_blocks(*tables: np.ndarray) -> list:
+    """The columns of the tables side by side, as C-ordered blocks of ``_COLUMNS`` (no joined copy)."""
+    sizes = [t.shape[1] for t in tables]
+    starts = np.cumsum([0] + sizes)
+    out = []
+    for s in range(0, int(starts[-1]), _COLUMNS):
+        e = min(s + _COLUMNS, int(starts[-1]))
+        parts = [t[:, max(s - a, 0):min(e - a, w)] for t, a, w in zip(tables, starts[:-1], sizes) if s < a + w and e > a]
+        out.append(np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.hstack(parts))
+    return out
 
 
 class Fold:
@@ -142,7 +150,7 @@ class RawFolds:
         self.YY = self.Y0.T @ self.Y0
         self.WY = self.W.T @ self.Y0
         self.WW = self.W.T @ self.W
-        self.blocks = column_blocks(np.hstack([self.Y0, self.W]))
+        self.blocks = column_blocks(self.Y0, self.W)
         self.V = Y.shape[1]
 
     def fold(self, train, test, k: int) -> Fold:
@@ -187,7 +195,7 @@ def table_fold(Ytr: np.ndarray, Yte: np.ndarray, Wtr: np.ndarray, Wte: np.ndarra
     ok, sd, vec, gram = _features(YY - WY.T @ coef, np.diag(YY), Ytr.shape[0], k)
     coef = coef[:, ok]
     Fte = (((Yte - mu) / s)[:, ok] - Wte @ coef) / sd
-    blocks = column_blocks(np.hstack([Y0, Wtr]))
+    blocks = column_blocks(Y0, Wtr)
     del Y0
     mapping = _mapping(Ytr.shape[1], ok, coef, sd, vec)
     if vec is None:
