@@ -1,68 +1,145 @@
 """The default site classifier: per CV fold, covariates residualized and features standardized on the
-training rows, a PCA of the training rows, and linear discriminant analysis on the principal component
-scores, evaluated for many label permutations at once (``docs/methods.md`` §6.5).
+training rows, then linear discriminant analysis (pooled within-site covariance, equal priors) on all the
+standardized residualized features, or on their first principal components when there are too many features
+for the fold; evaluated for many label permutations at once (``docs/methods.md`` §6.5).
 
-Nothing before the discriminant uses the site labels, so a fold's decomposition serves the observed labels
-and every permutation; a permutation only changes the class sums of the training scores (one sparse
-product), a k × k solve and the test scores' products.
+Nothing before the discriminant uses the site labels, so a fold's residualization, standardization and the
+factorization of its training Gram matrix ``A = Fᵀ F`` (F the training rows' features) serve the observed
+labels and every permutation. The within-site scatter of a labelling is ``A - Sᵀ N⁻¹ S`` (S the per-site sums
+of the training features, N the site sizes), a rank-m change of A, so by Woodbury
+
+    (A - Sᵀ N⁻¹ S)⁻¹ Sᵀ N⁻¹ = P C⁻¹,   P = A⁻¹ Sᵀ,   C = N - S P   (m × m),
+
+and a permutation costs the site sums, a solve with A's Cholesky factor and an m × m solve, and the test rows'
+discriminants; blocks of permutations share every product. For the raw table the site sums of a fold's
+training rows are the whole table's minus its test rows' (the whole table's once per permutation for all
+folds), from moments of features standardized on all rows; the fold's residualization and scaling then act
+on the m × V sums only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import scipy.sparse as sp
 from scipy import linalg, stats
 
-#: Principal components of the default classifier (fewer when a training fold is too small; see
-#: :func:`n_lda_components`).
-LDA_COMPONENTS = 20
 _TINY = 1e-10  # relative variance under which a residualized feature or a component counts as zero
+_COLUMNS = 16  # feature columns per block of the sparse site sums (the block stays in the core's cache)
 
 
 def n_lda_components(requested: int | None, V: int, min_train: int, m: int) -> int:
-    """Components of the LDA: ``requested`` (default :data:`LDA_COMPONENTS`) capped by the features and by
-    the smallest training fold (``n_train - m - 1``, so the pooled covariance is invertible)."""
-    k = LDA_COMPONENTS if requested is None else int(requested)
-    return max(1, min(k, V, min_train - m - 1))
+    """Dimensions of the LDA.
+
+    Default: every feature (LDA on all standardized residualized features), up to half the rows left after
+    the site means in the smallest training fold, ``(n_train - m) // 2``; beyond that a full-dimensional LDA
+    fits noise, and it runs on that many principal components of the fold's training rows. A requested number
+    k < features selects the first k principal components; it is capped by the features and by
+    ``n_train - m - 1`` (the pooled covariance must be invertible).
+    """
+    if requested is None:
+        return max(1, min(V, (min_train - m) // 2))
+    return max(1, min(int(requested), V, min_train - m - 1))
 
 
-@dataclass
-class FoldScores:
-    """Principal component scores of one fold's training and test rows (k columns, k <= requested)."""
+def site_sums(Y_blocks, rows: np.ndarray, labels: np.ndarray, m: int):
+    """Per-label column sums of the rows ``rows`` of a table (given as C-ordered column blocks), for every
+    label vector (rows of ``labels``, one label per row of ``rows``): (B, m, V) sums and (B, m) counts. One
+    sparse indicator matrix per call; each column block is summed for all label vectors at once."""
+    B, n_sub = labels.shape
+    order = np.argsort(labels.astype(np.uint8 if m <= 255 else np.int32), axis=1, kind="stable")
+    counts = np.bincount((labels + m * np.arange(B)[:, None]).ravel(), minlength=B * m).reshape(B, m)
+    indptr = np.zeros(B * m + 1, dtype=np.int64)
+    np.cumsum(counts.ravel(), out=indptr[1:])
+    n = Y_blocks[0].shape[0]
+    A = sp.csr_matrix((np.ones(B * n_sub), rows[order].ravel(), indptr), shape=(B * m, n))
+    out = np.concatenate([A @ blk for blk in Y_blocks], axis=1) if Y_blocks else np.zeros((B * m, 0))
+    return out.reshape(B, m, -1), counts
 
-    train: np.ndarray
-    test: np.ndarray
-    gram: np.ndarray  # train' train (k × k)
+
+def column_blocks(*tables: np.ndarray) -> list:
+    """The columns of the tables side by side, as C-ordered blocks of ``_COLUMNS`` (no joined copy)."""
+    sizes = [t.shape[1] for t in tables]
+    starts = np.cumsum([0] + sizes)
+    out = []
+    for s in range(0, int(starts[-1]), _COLUMNS):
+        e = min(s + _COLUMNS, int(starts[-1]))
+        parts = [t[:, max(s - a, 0):min(e - a, w)] for t, a, w in zip(tables, starts[:-1], sizes) if s < a + w and e > a]
+        out.append(np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.hstack(parts))
+    return out
 
 
-def _pca_from_moments(YY, WY, WW, n_tr: int, k: int):
-    """Loadings (V × k) of the top-k PCs of the standardized residuals of ``Y ~ W`` on the training rows,
-    from the training moments ``Y'Y``, ``W'Y``, ``W'W`` (W with an intercept column), and the coefficients
-    of the residualization (q+1 × V)."""
-    coef = np.linalg.lstsq(WW, WY, rcond=None)[0]
-    C = YY - WY.T @ coef  # residual cross-products, centred (W has an intercept)
+class Fold:
+    """One fold's classifier inputs, in whitened coordinates (the training Gram matrix A = L Lᵀ becomes the
+    identity): the test rows' features ``test`` (n_test × k, times L⁻ᵀ), the training size, and the map
+    :meth:`features` from per-site sums of the table's columns (standardized on all rows, then the covariate
+    columns) to per-site sums of the fold's features. ``gram`` is A (all features; ``chol`` its lower
+    Cholesky factor L) or None with ``lam`` its diagonal (principal component scores). ``blocks``: the
+    fold's own training table, when it has one (a harmonizer refitted in the fold)."""
+
+    def __init__(self, test, n_train: int, gram=None, lam=None, chol=None, to_features=None, blocks=None):
+        self.n_train, self.to_features, self.blocks = n_train, to_features, blocks
+        if gram is not None or chol is not None:
+            self.chol = np.linalg.cholesky(gram) if chol is None else chol
+            self.root = None
+            self.test = linalg.solve_triangular(self.chol, test.T, lower=True, check_finite=False).T
+        else:
+            self.chol = None
+            self.root = np.sqrt(lam)
+            self.test = test / self.root
+
+    def features(self, raw: np.ndarray) -> np.ndarray:
+        return raw if self.to_features is None else self.to_features(raw)
+
+    def own_sums(self, labels_tr: np.ndarray, m: int):
+        """Per-site sums of the fold's own training table (``blocks``) and site sizes."""
+        return site_sums(self.blocks, np.arange(self.n_train), labels_tr, m)
+
+    def whiten(self, S: np.ndarray) -> np.ndarray:
+        """L⁻¹ Sᵀ for every row of S (B, m, k), returned as (B, m, k)."""
+        if self.chol is None:
+            return S / self.root
+        B, m, k = S.shape
+        U = linalg.solve_triangular(self.chol, S.reshape(B * m, k).T, lower=True, check_finite=False)
+        return U.T.reshape(B, m, k)
+
+
+def _features(C, YY_diag, n_tr: int, k: int):
+    """From the training residual cross-products ``C`` (V × V): the features kept (non-zero residual
+    variance), their training SDs, and either None (all kept features) with the lower Cholesky factor of
+    their Gram matrix, or the loadings of the first k principal components (V_kept × k) with their scatter."""
     d = np.diag(C) / n_tr  # training variance of every residualized feature (ddof 0)
-    ok = np.flatnonzero(d > _TINY * np.maximum(np.diag(YY) / n_tr, 1e-300))
-    L = np.zeros((YY.shape[0], 0))
-    if ok.size == 0:
-        return L, coef
+    ok = np.flatnonzero(d > _TINY * np.maximum(YY_diag / n_tr, 1e-300))
     sd = np.sqrt(d[ok])
-    R = C[np.ix_(ok, ok)] / np.outer(sd, sd) / n_tr  # correlation matrix of the residuals
+    A = C[np.ix_(ok, ok)] / np.outer(sd, sd)  # Gram matrix of the standardized residuals (n_tr × correlations)
+    if ok.size == 0:
+        return ok, sd, np.zeros((0, 0)), None
+    if k >= ok.size:
+        try:  # all features: LDA on them directly, if the Gram matrix is well conditioned
+            factor = np.linalg.cholesky(A)
+            dg = np.diag(factor) ** 2
+            if dg.min() > _TINY * dg.max():
+                return ok, sd, None, factor
+        except np.linalg.LinAlgError:
+            pass
     kk = min(k, ok.size)
-    w, vec = linalg.eigh(R, subset_by_index=[ok.size - kk, ok.size - 1])
-    w, vec = w[::-1], vec[:, ::-1]
+    w, vec = linalg.eigh(A) if kk == ok.size else linalg.eigh(A, subset_by_index=[ok.size - kk, ok.size - 1])
+    w, vec = w[::-1][:kk], vec[:, ::-1][:, :kk]
     keep = w > _TINY * max(w[0], 1e-300)
-    L = np.zeros((YY.shape[0], int(keep.sum())))
-    L[ok] = vec[:, keep] / sd[:, None]
-    return L, coef
+    return ok, sd, vec[:, keep], w[keep]
 
 
-class MomentFolds:
-    """Fold PCAs of one table (the raw features): its moments are computed once, and each fold's training
-    moments are the whole table's minus its test rows' (one n_test × V product per fold, no copies of the
-    training rows). The columns are centred and scaled on all rows first, so the subtraction loses no
-    accuracy to large feature means."""
+def _mapping(V: int, ok, coef, sd, vec):
+    """Per-site sums of [standardized table | covariate columns] -> per-site sums of the fold's features."""
+    def to_features(raw):
+        S = (raw[..., :V][..., ok] - raw[..., V:] @ coef) / sd
+        return S if vec is None else S @ vec
+    return to_features
+
+
+class RawFolds:
+    """Folds of the raw table: its moments once (features centred and scaled on all rows, so the fold's
+    training moments, the whole table's minus its test rows', lose no accuracy), and per permutation block
+    the whole table's site sums, shared by the folds."""
 
     def __init__(self, Y: np.ndarray, Xc: np.ndarray):
         mu = Y.mean(axis=0)
@@ -73,69 +150,88 @@ class MomentFolds:
         self.YY = self.Y0.T @ self.Y0
         self.WY = self.W.T @ self.Y0
         self.WW = self.W.T @ self.W
+        self.blocks = column_blocks(self.Y0, self.W)
+        self.V = Y.shape[1]
 
-    def fold(self, train, test, k: int) -> FoldScores:
+    def fold(self, train, test, k: int) -> Fold:
         Yte, Wte = self.Y0[test], self.W[test]
-        L, coef = _pca_from_moments(self.YY - Yte.T @ Yte, self.WY - Wte.T @ Yte, self.WW - Wte.T @ Wte,
-                                    len(train), k)
-        T = self.Y0 @ L - self.W @ (coef @ L)
-        tr = T[train]
-        return FoldScores(train=tr, test=T[test], gram=tr.T @ tr)
+        YY = self.YY - Yte.T @ Yte
+        WY = self.WY - Wte.T @ Yte
+        coef = np.linalg.lstsq(self.WW - Wte.T @ Wte, WY, rcond=None)[0]
+        C = YY - WY.T @ coef  # training residual cross-products (W has an intercept)
+        ok, sd, vec, gram = _features(C, np.diag(YY), len(train), k)
+        coef = coef[:, ok]
+        Fte = (Yte[:, ok] - Wte @ coef) / sd
+        mapping = _mapping(self.V, ok, coef, sd, vec)
+        if vec is None:
+            return Fold(Fte, len(train), chol=gram, to_features=mapping)
+        return Fold(Fte @ vec, len(train), lam=gram, to_features=mapping)
+
+    def train_sums(self, labels: np.ndarray, splits, n_splits: int, m: int, pmap=None):
+        """Per-site column sums of every fold's training rows, for a block of label vectors (B, n): the
+        whole table's sums minus the test rows'; the whole table's are those of the first repeat's test folds
+        added up when they partition the rows (they do for k-fold CV)."""
+        pmap = pmap or (lambda fn, xs: [fn(x) for x in xs])
+        te = pmap(lambda sp_: site_sums(self.blocks, sp_[1], labels[:, sp_[1]], m), splits)
+        n = labels.shape[1]
+        first = [t for _, t in splits[:n_splits]]
+        if sum(len(t) for t in first) == n and np.unique(np.concatenate(first)).size == n:
+            tot = (sum(te[i][0] for i in range(n_splits)), sum(te[i][1] for i in range(n_splits)))
+        else:
+            tot = site_sums(self.blocks, np.arange(n), labels, m)
+        return [(tot[0] - a, tot[1] - c) for a, c in te]
 
 
-def fold_scores(Ytr: np.ndarray, Yte: np.ndarray, Wtr: np.ndarray, Wte: np.ndarray, k: int) -> FoldScores:
-    """Fold PCA from the fold's own training and test tables (e.g. a harmonizer refitted in the fold)."""
+def table_fold(Ytr: np.ndarray, Yte: np.ndarray, Wtr: np.ndarray, Wte: np.ndarray, k: int) -> Fold:
+    """A fold from its own training and test tables (e.g. a harmonizer refitted in the fold): its moments,
+    and the training rows (centred and scaled, in column blocks) kept for the site sums."""
     mu = Ytr.mean(axis=0)
     s = Ytr.std(axis=0)
     s[s == 0] = 1.0
     Y0 = (Ytr - mu) / s
-    L, coef = _pca_from_moments(Y0.T @ Y0, Wtr.T @ Y0, Wtr.T @ Wtr, Ytr.shape[0], k)
-    B = coef @ L
-    tr = Y0 @ L - Wtr @ B
-    te = ((Yte - mu) / s) @ L - Wte @ B
-    return FoldScores(train=tr, test=te, gram=tr.T @ tr)
+    YY = Y0.T @ Y0
+    WY = Wtr.T @ Y0
+    coef = np.linalg.lstsq(Wtr.T @ Wtr, WY, rcond=None)[0]
+    ok, sd, vec, gram = _features(YY - WY.T @ coef, np.diag(YY), Ytr.shape[0], k)
+    coef = coef[:, ok]
+    Fte = (((Yte - mu) / s)[:, ok] - Wte @ coef) / sd
+    blocks = column_blocks(Y0, Wtr)
+    del Y0
+    mapping = _mapping(Ytr.shape[1], ok, coef, sd, vec)
+    if vec is None:
+        return Fold(Fte, Ytr.shape[0], chol=gram, to_features=mapping, blocks=blocks)
+    return Fold(Fte @ vec, Ytr.shape[0], lam=gram, to_features=mapping, blocks=blocks)
 
 
-def _class_sums(T: np.ndarray, y: np.ndarray, m: int):
-    """Per-label sums of the rows of ``T`` for every label vector (rows of ``y``): (B, m, k) and counts."""
-    import scipy.sparse as sp
+def lda_scores(fold: Fold, S: np.ndarray, cnt: np.ndarray, yte: np.ndarray, m: int):
+    """Balanced accuracy and macro one-vs-rest AUC on the test rows of the LDA fitted on the training rows,
+    for every label vector: ``S`` (B, m, k) the training rows' per-site feature sums, ``cnt`` (B, m) their
+    site sizes, ``yte`` (B, n_test) the test rows' labels. Two arrays of length B.
 
-    B, n = y.shape
-    small = y.astype(np.uint8 if m <= 255 else np.int32)
-    order = np.argsort(small, axis=1, kind="stable")  # rows grouped by label (a radix sort for uint8)
-    counts = np.bincount((y + m * np.arange(B)[:, None]).ravel(), minlength=B * m).reshape(B, m)
-    indptr = np.zeros(B * m + 1, dtype=np.int64)
-    np.cumsum(counts.ravel(), out=indptr[1:])
-    A = sp.csr_matrix((np.ones(B * n), order.ravel(), indptr), shape=(B * m, n))
-    return (A @ T).reshape(B, m, T.shape[1]), counts
-
-
-def lda_permutation_scores(fs: FoldScores, ytr: np.ndarray, yte: np.ndarray, m: int):
-    """Balanced accuracy and macro one-vs-rest AUC on the test rows of an LDA fitted on the training rows,
-    for every label vector (rows of ``ytr``/``yte``): two arrays of length B.
-
-    LDA with the pooled within-class covariance and equal priors (the classifier for balanced accuracy):
-    ``δ_g(x) = xᵀ Σ⁻¹ μ_g - ½ μ_gᵀ Σ⁻¹ μ_g``, ``Σ`` = within-class scatter / (n_train - classes); predicted
+    LDA with the pooled within-site covariance and equal priors (the classifier for balanced accuracy):
+    ``δ_g(x) = xᵀ Σ⁻¹ μ_g - ½ μ_gᵀ Σ⁻¹ μ_g``, ``Σ`` = within-site scatter / (n_train - sites); predicted
     site ``argmax δ``; the AUC of site g ranks the test rows by the log posterior ``δ_g - log Σ_h exp δ_h``
     (ties share their mid-rank, as ``roc_auc_score``). Sites absent from the training rows are never
     predicted and get no AUC; balanced accuracy averages the recall over the sites present in the test rows.
     """
-    ytr, yte = np.atleast_2d(ytr), np.atleast_2d(yte)
-    B = ytr.shape[0]
-    Ttr, Tte = fs.train, fs.test
-    n_tr, k = Ttr.shape
-    n_te = Tte.shape[0]
-    S, cnt = _class_sums(Ttr, ytr, m)
+    yte = np.atleast_2d(yte)
+    B, _, k = S.shape
+    Fte = fold.test  # whitened
+    n_te = Fte.shape[0]
     present = cnt > 0
-    mu = S / np.maximum(cnt, 1)[..., None]
-    Sw = fs.gram[None] - np.einsum("bgk,bgl->bkl", S, mu)
-    Sigma = Sw / (n_tr - present.sum(axis=1))[:, None, None]
     if k:
-        Wt = np.linalg.solve(Sigma, mu.transpose(0, 2, 1))  # (B, k, m)
-        const = -0.5 * np.einsum("bgk,bkg->bg", mu, Wt)
-        D = Tte @ Wt.transpose(1, 0, 2).reshape(k, B * m)  # (n_te, B m): the discriminants, one product
+        # Woodbury in whitened coordinates: with U = L⁻¹ Sᵀ, the within-site scatter is I - Uᵀ N⁻¹ U and
+        # Σ⁻¹ μ_gᵀ = (n_train - sites) L⁻ᵀ (C⁻¹ U)_g with C = N - U Uᵀ (m × m); an absent site gets C_gg = 1
+        U = fold.whiten(S)  # (B, m, k)
+        C = -(U @ U.transpose(0, 2, 1))
+        idx = np.arange(m)
+        C[:, idx, idx] += np.where(present, cnt, 1)
+        Wt = np.linalg.solve(C, U)
+        Wt *= (fold.n_train - present.sum(axis=1)).astype(float)[:, None, None]
+        const = -0.5 * np.einsum("bgk,bgk->bg", U, Wt) / np.maximum(cnt, 1)
+        D = Fte @ Wt.transpose(2, 0, 1).reshape(k, B * m)  # (n_te, B m): the discriminants, one product
         D += const.ravel()
-    else:  # no usable component: every site equally likely
+    else:  # no usable feature: every site equally likely
         D = np.zeros((n_te, B * m))
     if not present.all():
         D[:, ~present.ravel()] = -np.inf
@@ -152,8 +248,7 @@ def lda_permutation_scores(fs: FoldScores, ytr: np.ndarray, yte: np.ndarray, m: 
     with np.errstate(invalid="ignore"):
         D -= D.max(axis=2, keepdims=True)
         D -= np.log(np.exp(D).sum(axis=2, keepdims=True))
-    logpost = D
-    scores = np.ascontiguousarray(logpost.transpose(1, 2, 0))  # (B, m, n_te)
+    scores = np.ascontiguousarray(D.transpose(1, 2, 0))  # (B, m, n_te)
     pos = yte[:, None, :] == np.arange(m)[None, :, None]  # (B, m, n_te): the rows of site g
     n_pos = pos.sum(axis=2)
     order = np.argsort(scores, axis=2)

@@ -661,31 +661,39 @@ def _logistic_null(P, splits, C, harmonizer, rng, n_permutations, stop_after, g,
 
 def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, g, subject_site, n_components,
               progress=Progress):
-    """The PCA + LDA classification and its null: one decomposition per fold, all permutations on it."""
-    from ._lda import MomentFolds, fold_scores, lda_permutation_scores, n_lda_components
+    """The LDA classification and its null: one residualization and factorization per fold, all permutations
+    on them (:mod:`._lda`)."""
+    from ._lda import RawFolds, lda_scores, n_lda_components, table_fold
 
     const = P.constant
     Pc = _without_constant(P)
     k = n_lda_components(n_components, Pc.Y.shape[1], min(len(tr) for tr, _ in splits), P.m)
     folds = []
     with progress(len(splits), "site classification: fold decompositions") as bar:
-        moments = MomentFolds(Pc.Y, Pc.Xc) if harmonizer is None else None
-        W = None if harmonizer is None else np.hstack([np.ones((P.n, 1)), P.Xc])
+        raw = RawFolds(Pc.Y, Pc.Xc) if harmonizer is None else None
+        W = np.hstack([np.ones((P.n, 1)), P.Xc])
         for tr, te in splits:
-            if moments is not None:
-                folds.append(moments.fold(tr, te, k))
+            if raw is not None:
+                folds.append(raw.fold(tr, te, k))
             else:
                 a, b = _fold_harmonize(harmonizer, P, P.codes, tr, te)
                 if const.any():
                     a, b = a[:, ~const], b[:, ~const]
-                folds.append(fold_scores(a, b, W[tr], W[te], k))
+                folds.append(table_fold(a, b, W[tr], W[te], k))
                 del a, b
             bar.update()
-    del moments
 
     def cv(labels, pmap=_serial):  # labels (B, n) -> (folds, 2, B): balanced accuracy and AUC per fold and vector
-        return np.array(pmap(lambda i: lda_permutation_scores(folds[i], labels[:, splits[i][0]],
-                                                              labels[:, splits[i][1]], P.m), range(len(folds))))
+        if raw is not None:
+            sums = raw.train_sums(labels, splits, n_splits, P.m, pmap)
+        else:
+            sums = pmap(lambda i: folds[i].own_sums(labels[:, splits[i][0]], P.m), range(len(folds)))
+
+        def one(i):
+            S, cnt = sums[i]
+            return lda_scores(folds[i], folds[i].features(S), cnt, labels[:, splits[i][1]], P.m)
+
+        return np.array(pmap(one, range(len(folds))))
 
     per = cv(P.codes[None])[:, :, 0]
     obs = per.mean(axis=0)

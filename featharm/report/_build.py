@@ -477,7 +477,9 @@ def _classifier_words(result) -> str:
     if result.options.get("classifier") == "logistic":
         return "multinomial logistic regression on all features"
     k = int(result["site_classification"]["n_components"].max())
-    return f"linear discriminant analysis on the training fold's first {k} principal components"
+    if k >= result.n_features:
+        return "linear discriminant analysis on all features"
+    return f"linear discriminant analysis on the training folds' first {k} principal components"
 
 
 def _null_words(o: dict) -> str:

@@ -49,43 +49,72 @@ def _reference_lda(Ttr, Tte, ytr, yte):
 
 
 def test_lda_scores_equal_a_plain_computation():
-    """All label vectors at once (sparse class sums, batched solves, mid-ranks) equal the textbook LDA of each,
-    also when a site is missing from the training rows."""
+    """All label vectors at once (Woodbury m × m solves with the training Gram matrix's Cholesky factor, or
+    with its diagonal on principal component scores; mid-ranks) equal the textbook LDA of each on the original
+    coordinates (LDA does not change under an invertible linear map), also when a site is missing from the
+    training rows."""
     rng = np.random.default_rng(0)
     for trial in range(20):
-        m, k = int(rng.integers(2, 6)), int(rng.integers(1, 6))
-        Ttr, Tte = rng.standard_normal((int(rng.integers(30, 80)), k)), rng.standard_normal((int(rng.integers(10, 30)), k))
+        m, k = int(rng.integers(2, 6)), int(rng.integers(1, 8))
+        A = rng.standard_normal((k, k))
+        Ttr = rng.standard_normal((int(rng.integers(30, 80)), k)) @ A + 3.0
+        Tte = rng.standard_normal((int(rng.integers(10, 30)), k)) @ A + 3.0
         ytr, yte = rng.integers(0, m, (3, Ttr.shape[0])), rng.integers(0, m, (3, Tte.shape[0]))
         if trial % 4 == 0:
             ytr[:, ytr[0] == m - 1] = 0
-        bacc, auc = _lda.lda_permutation_scores(_lda.FoldScores(Ttr, Tte, Ttr.T @ Ttr), ytr, yte, m)
-        for b in range(3):
-            ref = _reference_lda(Ttr, Tte, ytr[b], yte[b])
-            assert bacc[b] == pytest.approx(ref[0], abs=1e-12) and auc[b] == pytest.approx(ref[1], abs=1e-12)
+        centre = Ttr.mean(axis=0)
+        Fc, Fte = Ttr - centre, Tte - centre
+        rot = np.linalg.eigh(Fc.T @ Fc)[1]  # principal axes: diagonal training scatter
+        folds = [(_lda.Fold(Fte, len(Fc), gram=Fc.T @ Fc), Fc),
+                 (_lda.Fold(Fte @ rot, len(Fc), lam=np.einsum("ij,ij->j", Fc @ rot, Fc @ rot)), Fc @ rot)]
+        for fold, F in folds:
+            S, cnt = _lda.site_sums(_lda.column_blocks(F), np.arange(len(F)), ytr, m)
+            bacc, auc = _lda.lda_scores(fold, S, cnt, yte, m)
+            for b in range(3):
+                ref = _reference_lda(Ttr, Tte, ytr[b], yte[b])
+                assert bacc[b] == pytest.approx(ref[0], abs=1e-12) and auc[b] == pytest.approx(ref[1], abs=1e-12)
 
 
-def test_fold_pca_from_moments_equals_the_svd_of_the_residuals():
-    """A fold's scores from the whole table's moments minus the test rows' equal the PCA (SVD) of the training
-    rows' standardized covariate residuals, and the fold's own tables give the same (a constant feature is
-    left out; large feature means lose no accuracy)."""
+@pytest.mark.parametrize("k", [None, 5])
+def test_fold_features_from_moments_equal_the_direct_computation(k):
+    """A raw-table fold (moments of the whole table minus its test rows'; site sums of the whole table minus
+    the test rows') equals the direct computation on the training rows: standardized covariate residuals
+    (all features) or their first principal components (k = 5), a constant feature left out, large feature
+    means losing no accuracy; the fold's own tables (the harmonizer's path) give the same."""
     rng = np.random.default_rng(1)
-    n, V = 300, 25
+    n, V, m = 300, 25, 3
     Y = rng.standard_normal((n, V)) @ rng.standard_normal((V, V)) + 1e4
     Y[:, 3] = 2.0
     Xc = rng.standard_normal((n, 2))
     W = np.hstack([np.ones((n, 1)), Xc])
     tr, te = np.arange(240), np.arange(240, 300)
-    a = _lda.MomentFolds(Y, Xc).fold(tr, te, 5)
-    b = _lda.fold_scores(Y[tr], Y[te], W[tr], W[te], 5)
+    labels = rng.integers(0, m, (4, n))
+    raw = _lda.RawFolds(Y, Xc)
+    kk = V if k is None else k
+    a = raw.fold(tr, te, kk)
+    b = _lda.table_fold(Y[tr], Y[te], W[tr], W[te], kk)
     coef = np.linalg.lstsq(W[tr], Y[tr], rcond=None)[0]
-    R = Y[tr] - W[tr] @ coef
+    R, Rte = Y[tr] - W[tr] @ coef, Y[te] - W[te] @ coef
     keep = R.std(axis=0) > 1e-6
-    Rz = R[:, keep] / R[:, keep].std(axis=0)
-    T = Rz @ np.linalg.svd(Rz, full_matrices=False)[2][:5].T
-    for got in (a, b):
-        sign = np.sign(np.sum(got.train * T, axis=0))
-        np.testing.assert_allclose(got.train * sign, T, atol=1e-9)
-    np.testing.assert_allclose(a.test * np.sign(np.sum(a.train * b.train, axis=0)), b.test, atol=1e-9)
+    sd = R[:, keep].std(axis=0)
+    F, Fte = R[:, keep] / sd, Rte[:, keep] / sd
+    if k is not None:
+        vec = np.linalg.svd(F, full_matrices=False)[2][:k].T
+        F, Fte = F @ vec, Fte @ vec
+    S = np.stack([[F[labels[j, tr] == g].sum(axis=0) for g in range(m)] for j in range(4)])
+    splits = [(tr, te), (te, tr)]  # the test rows of the "first repeat" partition the table
+    for fold in (a, b):
+        Sraw, cnt = raw.train_sums(labels, splits, 2, m)[0] if fold is a else fold.own_sums(labels[:, tr], m)
+        if fold is a:  # without a partition of the rows the whole table's sums are computed directly
+            direct = raw.train_sums(labels, splits[:1], 1, m)[0]
+            np.testing.assert_allclose(direct[0], Sraw, atol=1e-9)
+            np.testing.assert_array_equal(direct[1], cnt)
+        Sf = fold.features(Sraw)
+        test = fold.test @ fold.chol.T if fold.chol is not None else fold.test * fold.root  # not whitened
+        sign = np.sign(np.sum(test * Fte, axis=0))  # principal axes have no sign
+        np.testing.assert_allclose(test * sign, Fte, atol=1e-8)
+        np.testing.assert_allclose(Sf * sign, S, atol=1e-7)
+        np.testing.assert_array_equal(cnt, [np.bincount(labels[j, tr], minlength=m) for j in range(4)])
 
 
 def test_null_is_calibrated_without_site_effect():

@@ -18,7 +18,7 @@ from featharm.report import make_report  # noqa: E402
 from featharm.report import _stats  # noqa: E402
 
 DATE = "2026-01-02T03:04:05+00:00"
-CAPTION = "Site classification: linear discriminant analysis on the training fold's first"
+CAPTION = "Site classification: linear discriminant analysis on all features"
 
 
 @pytest.fixture(scope="module")
