@@ -63,9 +63,10 @@ class Stored:
     values: str = "any"
     optional: bool = False  # stored only by some fits (e.g. ``feature_scale``: features rescaled)
 
-    def __post_init__(self):
-        assert self.dtype in DTYPES and self.values in VALUE_RULES, self
-        assert all(a in AXIS_NAMES for a in self.axes), self
+    def __post_init__(self):  # a family's declaration, checked when its class is defined
+        if self.dtype not in DTYPES or self.values not in VALUE_RULES or not all(a in AXIS_NAMES for a in self.axes):
+            raise ValueError(f"invalid stored-array declaration {self!r}: dtype in {sorted(DTYPES)}, values in "
+                             f"{sorted(VALUE_RULES)}, axes in {sorted(AXIS_NAMES)}")
 
 
 class DamagedState(Exception):
