@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg.blas import dgemm
 
+from .blocks import BLOCK_BYTES, row_major
+
 __all__ = [
     "Priors",
     "Standardization",
@@ -31,6 +33,7 @@ __all__ = [
     "eb_mean_only",
     "eb_nonparametric",
     "adjust",
+    "adjust_blocks",
 ]
 
 
@@ -210,29 +213,121 @@ def eb_nonparametric(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np
 
 
 def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, codes: np.ndarray, sigma: np.ndarray,
-           gamma_star: np.ndarray, delta_star: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """S8 for a block: ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + M`` with ``z = (y - M) / sigma``.
+           gamma_star: np.ndarray, delta_star: np.ndarray, out: np.ndarray | None = None,
+           progress=None) -> np.ndarray:
+    """S8: ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + M`` with ``z = (y - M) / sigma``, into ``out``.
 
-    The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM) is
-    given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
-    ``codes`` the batch of every row (the per-batch terms are gathered by ``codes``, not multiplied). Computed as
-    ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in place in ``out``, with one
-    GEMM (for ``M``) and block-sized temporaries.
+    ``Y`` (n × b: a whole table or a block of features) is float64 or float32, row- or column-major; it is
+    read once, in cache-sized blocks that follow its layout (:mod:`featharm._core.blocks`), and never
+    copied. The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM)
+    is given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
+    ``codes`` the batch of every row (the per-batch terms are gathered by ``codes``, not multiplied).
+    Computed as ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in float64, written
+    into ``out`` (n × b, float64 or float32; by default float64 in the layout of ``Y``): one small GEMM for
+    ``M`` and a few element-wise passes per block, all on block-sized buffers allocated once. ``progress``
+    (optional) is called once per block.
     """
     if out is None:
-        out = np.empty(Y.shape, dtype=np.float64, order="F")
-    np.copyto(out, Y)
-    # every temporary is Fortran-ordered like ``out``: mixed layouts make the element-wise passes strided
-    M = dgemm(1.0, D, coef) if D.shape[1] else None
-    if M is not None:
-        out -= M
-    tmp_t = np.take(np.ascontiguousarray((sigma[None, :] * gamma_star).T), codes, axis=1)  # b × n, C order
-    out -= tmp_t.T
-    np.take(np.ascontiguousarray((1.0 / np.sqrt(delta_star)).T), codes, axis=1, out=tmp_t)
-    out *= tmp_t.T
-    if M is not None:
-        out += M
+        out = np.empty(Y.shape, dtype=np.float64, order="C" if row_major(Y) else "F")
+    shift = sigma[None, :] * gamma_star  # m × b
+    inv_sd = 1.0 / np.sqrt(delta_star)
+    coef = np.asarray(coef, dtype=np.float64)
+    if row_major(Y):
+        _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress)
+    else:
+        _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress)
     return out
+
+
+def adjust_blocks(Y: np.ndarray) -> int:
+    """How many blocks :func:`adjust` processes ``Y`` in (for a progress bar)."""
+    n, p = Y.shape
+    total = n if row_major(Y) else p
+    return -(-total // _block_size(Y))
+
+
+def _block_size(Y: np.ndarray) -> int:
+    n, p = Y.shape
+    if row_major(Y):
+        return max(1, min(n, BLOCK_BYTES // max(1, 8 * p)))
+    return max(1, min(p, BLOCK_BYTES // max(1, 8 * n)))
+
+
+def _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress):
+    """:func:`adjust` on blocks of features (column-major ``Y``): the per-batch terms are gathered along the
+    rows of each block, into a buffer whose transpose has the block's layout."""
+    n, p = Y.shape
+    k = D.shape[1]
+    size = _block_size(Y)
+    Df = np.asfortranarray(D, dtype=np.float64)
+    shift_t = np.ascontiguousarray(shift.T)  # b × m: one batch table row per feature
+    inv_t = np.ascontiguousarray(inv_sd.T)
+    direct = out.dtype == np.float64 and not row_major(out)
+    work = None if direct else np.empty((n, size), order="F")
+    M = np.empty((n, size), order="F") if k else None
+    T = np.empty((size, n))  # gathered terms, feature × row (C order): T.T is n × b in Fortran order
+    for start in range(0, p, size):
+        cols = slice(start, min(p, start + size))
+        w = cols.stop - cols.start
+        o = out[:, cols] if direct else work[:, :w]
+        np.copyto(o, Y[:, cols], casting="unsafe")  # float32 -> float64 exactly
+        if k:
+            Mb = _gemm_into(Df, coef[:, cols], M[:, :w])
+            o -= Mb
+        t = T[:w]
+        np.take(shift_t[cols], codes, axis=1, out=t, mode="wrap")
+        o -= t.T
+        np.take(inv_t[cols], codes, axis=1, out=t, mode="wrap")
+        o *= t.T
+        if k:
+            o += Mb
+        if not direct:
+            np.copyto(out[:, cols], o, casting="same_kind")
+        if progress is not None:
+            progress()
+
+
+def _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress):
+    """:func:`adjust` on blocks of rows (row-major ``Y``): each row of a block takes its batch's row of the
+    per-batch tables (a gather of whole rows)."""
+    n, p = Y.shape
+    k = D.shape[1]
+    size = _block_size(Y)
+    Dc = np.ascontiguousarray(D, dtype=np.float64)
+    coef = np.ascontiguousarray(coef)
+    direct = out.dtype == np.float64 and out.flags.c_contiguous
+    work = None if direct else np.empty((size, p))
+    M = np.empty((size, p)) if k else None
+    T = np.empty((size, p))
+    for start in range(0, n, size):
+        rows = slice(start, min(n, start + size))
+        h = rows.stop - rows.start
+        o = out[rows] if direct else work[:h]
+        np.copyto(o, Y[rows], casting="unsafe")
+        if k:
+            Mb = M[:h]
+            np.matmul(Dc[rows], coef, out=Mb)
+            o -= Mb
+        t = T[:h]
+        b = codes[rows]
+        np.take(shift, b, axis=0, out=t, mode="wrap")
+        o -= t
+        np.take(inv_sd, b, axis=0, out=t, mode="wrap")
+        o *= t
+        if k:
+            o += Mb
+        if not direct:
+            np.copyto(out[rows], o, casting="same_kind")
+        if progress is not None:
+            progress()
+
+
+def _gemm_into(A: np.ndarray, B: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``A @ B`` written into the Fortran-ordered buffer ``C`` (returned; a new array if BLAS had to copy)."""
+    res = dgemm(1.0, A, B, c=C, overwrite_c=True)
+    if res is not C and not np.shares_memory(res, C):  # pragma: no cover - BLAS copied
+        C[...] = res
+    return C
 
 
 # ---------------------------------------------------------------------------------------- the EB driver

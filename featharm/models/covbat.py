@@ -113,6 +113,7 @@ class CovBat(ComBat):
     """
 
     _schema_name = "covbat"
+    _float32_blocks = False  # the PCA works on the whole float64 ComBat output
     _stored = {**ComBat._stored, **_COVBAT_STORED}
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
