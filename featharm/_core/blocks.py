@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._threads import block_workers, run_parallel
+
 __all__ = ["BLOCK_BYTES", "iter_blocks", "column_variance", "row_major", "iter_layout_blocks", "column_range",
-           "column_sum", "to_float64", "take_columns"]
+           "column_sum", "to_float64", "take_columns",
+           "layout_slices", "split", "run_blocks"]
 
 # Bytes of float64 values per block of the data-touching passes (~2 MB): a block and two or three
 # temporaries of its size stay in a core's L2/L3 cache, where the element-wise steps run at several times
@@ -63,6 +66,35 @@ def to_float64(block: np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
     return buf
 
 
+def block_size(Y: np.ndarray, target_bytes: int = BLOCK_BYTES) -> int:
+    """Rows (row-major ``Y``) or features (otherwise) per block of about ``target_bytes`` of float64."""
+    n, p = Y.shape
+    if row_major(Y):
+        return max(1, min(n, target_bytes // max(1, 8 * p)))
+    return max(1, min(p, target_bytes // max(1, 8 * n)))
+
+
+def layout_slices(Y: np.ndarray, target_bytes: int = BLOCK_BYTES) -> list[slice]:
+    """The blocks of :func:`iter_layout_blocks` as a list of slices (of rows or of features)."""
+    n, p = Y.shape
+    total = n if row_major(Y) else p
+    size = block_size(Y, target_bytes)
+    return [slice(start, min(total, start + size)) for start in range(0, total, size)]
+
+
+def split(items: list, parts: int) -> list[list]:
+    """``items`` dealt into ``parts`` lists (interleaved, so that the workers stream through neighbouring
+    memory together); no empty list."""
+    parts = max(1, min(parts, len(items)))
+    return [items[w::parts] for w in range(parts)]
+
+
+def run_blocks(fn, blocks: list, n_elements: int) -> list:
+    """``fn(part)`` for the blocks dealt between :func:`featharm._threads.block_workers` threads; one result
+    per part. Results that depend only on each block's own data are the same for any number of threads."""
+    return run_parallel(fn, split(blocks, block_workers(n_elements)))
+
+
 def column_range(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Smallest and largest value of every column, in one pass over ``Y`` (either layout, no n × p temporary).
 
@@ -71,18 +103,26 @@ def column_range(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, p = Y.shape
     if row_major(Y):
-        lo = np.full(p, np.inf)
-        hi = np.full(p, -np.inf)
-        for rows in iter_blocks(n, p, BLOCK_BYTES):
-            blk = Y[rows]
-            np.minimum(lo, blk.min(axis=0), out=lo)
-            np.maximum(hi, blk.max(axis=0), out=hi)
-        return lo, hi
+        def part(blocks):
+            lo = np.full(p, np.inf)
+            hi = np.full(p, -np.inf)
+            for rows in blocks:
+                blk = Y[rows]
+                np.minimum(lo, blk.min(axis=0), out=lo)
+                np.maximum(hi, blk.max(axis=0), out=hi)
+            return lo, hi
+
+        res = run_blocks(part, layout_slices(Y), Y.size)
+        return np.minimum.reduce([r[0] for r in res]), np.maximum.reduce([r[1] for r in res])
     lo, hi = np.empty(p), np.empty(p)
-    for cols in iter_blocks(p, n, BLOCK_BYTES):
-        blk = Y[:, cols]
-        lo[cols] = blk.min(axis=0)
-        hi[cols] = blk.max(axis=0)
+
+    def cols_part(blocks):
+        for cols in blocks:
+            blk = Y[:, cols]
+            lo[cols] = blk.min(axis=0)
+            hi[cols] = blk.max(axis=0)
+
+    run_blocks(cols_part, layout_slices(Y), Y.size)
     return lo, hi
 
 
@@ -90,13 +130,20 @@ def column_sum(Y: np.ndarray) -> np.ndarray:
     """Sum of every column (float64 accumulation), in one pass over ``Y`` (either layout)."""
     n, p = Y.shape
     if row_major(Y):
-        out = np.zeros(p)
-        for rows in iter_blocks(n, p, BLOCK_BYTES):
-            out += Y[rows].sum(axis=0, dtype=np.float64)
-        return out
+        def part(blocks):
+            out = np.zeros(p)
+            for rows in blocks:
+                out += Y[rows].sum(axis=0, dtype=np.float64)
+            return out
+
+        return np.add.reduce(run_blocks(part, layout_slices(Y), Y.size))
     out = np.empty(p)
-    for cols in iter_blocks(p, n, BLOCK_BYTES):
-        out[cols] = Y[:, cols].sum(axis=0, dtype=np.float64)
+
+    def cols_part(blocks):
+        for cols in blocks:
+            out[cols] = Y[:, cols].sum(axis=0, dtype=np.float64)
+
+    run_blocks(cols_part, layout_slices(Y), Y.size)
     return out
 
 

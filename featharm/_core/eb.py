@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg.blas import dgemm
 
-from .blocks import BLOCK_BYTES, row_major
+from .blocks import block_size, layout_slices, row_major, run_blocks
 
 __all__ = [
     "Priors",
@@ -241,16 +240,7 @@ def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, codes: np.ndarray, si
 
 def adjust_blocks(Y: np.ndarray) -> int:
     """How many blocks :func:`adjust` processes ``Y`` in (for a progress bar)."""
-    n, p = Y.shape
-    total = n if row_major(Y) else p
-    return -(-total // _block_size(Y))
-
-
-def _block_size(Y: np.ndarray) -> int:
-    n, p = Y.shape
-    if row_major(Y):
-        return max(1, min(n, BLOCK_BYTES // max(1, 8 * p)))
-    return max(1, min(p, BLOCK_BYTES // max(1, 8 * n)))
+    return len(layout_slices(Y))
 
 
 def _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress):
@@ -258,33 +248,37 @@ def _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress):
     rows of each block, into a buffer whose transpose has the block's layout."""
     n, p = Y.shape
     k = D.shape[1]
-    size = _block_size(Y)
-    Df = np.asfortranarray(D, dtype=np.float64)
+    size = block_size(Y)
+    Dt = np.ascontiguousarray(D.T, dtype=np.float64)  # k × n: M.T = coef.T @ D.T, written in C order
     shift_t = np.ascontiguousarray(shift.T)  # b × m: one batch table row per feature
     inv_t = np.ascontiguousarray(inv_sd.T)
     direct = out.dtype == np.float64 and not row_major(out)
-    work = None if direct else np.empty((n, size), order="F")
-    M = np.empty((n, size), order="F") if k else None
-    T = np.empty((size, n))  # gathered terms, feature × row (C order): T.T is n × b in Fortran order
-    for start in range(0, p, size):
-        cols = slice(start, min(p, start + size))
-        w = cols.stop - cols.start
-        o = out[:, cols] if direct else work[:, :w]
-        np.copyto(o, Y[:, cols], casting="unsafe")  # float32 -> float64 exactly
-        if k:
-            Mb = _gemm_into(Df, coef[:, cols], M[:, :w])
-            o -= Mb
-        t = T[:w]
-        np.take(shift_t[cols], codes, axis=1, out=t, mode="wrap")
-        o -= t.T
-        np.take(inv_t[cols], codes, axis=1, out=t, mode="wrap")
-        o *= t.T
-        if k:
-            o += Mb
-        if not direct:
-            np.copyto(out[:, cols], o, casting="same_kind")
-        if progress is not None:
-            progress()
+
+    def part(blocks):
+        work = None if direct else np.empty((n, size), order="F")
+        Mt = np.empty((size, n)) if k else None  # M of a block, transposed (C order)
+        T = np.empty((size, n))  # gathered terms, feature × row (C order): T.T is n × b in Fortran order
+        for cols in blocks:
+            w = cols.stop - cols.start
+            o = out[:, cols] if direct else work[:, :w]
+            if k:
+                Mb = np.matmul(coef[:, cols].T, Dt, out=Mt[:w]).T
+                np.subtract(Y[:, cols], Mb, out=o)  # float32 is promoted exactly
+            else:
+                np.copyto(o, Y[:, cols], casting="unsafe")
+            t = T[:w]
+            np.take(shift_t[cols], codes, axis=1, out=t, mode="wrap")
+            o -= t.T
+            np.take(inv_t[cols], codes, axis=1, out=t, mode="wrap")
+            o *= t.T
+            if k:
+                o += Mb
+            if not direct:
+                np.copyto(out[:, cols], o, casting="same_kind")
+            if progress is not None:
+                progress()
+
+    run_blocks(part, layout_slices(Y), Y.size)
 
 
 def _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress):
@@ -292,42 +286,37 @@ def _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress):
     per-batch tables (a gather of whole rows)."""
     n, p = Y.shape
     k = D.shape[1]
-    size = _block_size(Y)
+    size = block_size(Y)
     Dc = np.ascontiguousarray(D, dtype=np.float64)
     coef = np.ascontiguousarray(coef)
     direct = out.dtype == np.float64 and out.flags.c_contiguous
-    work = None if direct else np.empty((size, p))
-    M = np.empty((size, p)) if k else None
-    T = np.empty((size, p))
-    for start in range(0, n, size):
-        rows = slice(start, min(n, start + size))
-        h = rows.stop - rows.start
-        o = out[rows] if direct else work[:h]
-        np.copyto(o, Y[rows], casting="unsafe")
-        if k:
-            Mb = M[:h]
-            np.matmul(Dc[rows], coef, out=Mb)
-            o -= Mb
-        t = T[:h]
-        b = codes[rows]
-        np.take(shift, b, axis=0, out=t, mode="wrap")
-        o -= t
-        np.take(inv_sd, b, axis=0, out=t, mode="wrap")
-        o *= t
-        if k:
-            o += Mb
-        if not direct:
-            np.copyto(out[rows], o, casting="same_kind")
-        if progress is not None:
-            progress()
 
+    def part(blocks):
+        work = None if direct else np.empty((size, p))
+        M = np.empty((size, p)) if k else None
+        T = np.empty((size, p))
+        for rows in blocks:
+            h = rows.stop - rows.start
+            o = out[rows] if direct else work[:h]
+            if k:
+                Mb = np.matmul(Dc[rows], coef, out=M[:h])
+                np.subtract(Y[rows], Mb, out=o)
+            else:
+                np.copyto(o, Y[rows], casting="unsafe")
+            t = T[:h]
+            b = codes[rows]
+            np.take(shift, b, axis=0, out=t, mode="wrap")
+            o -= t
+            np.take(inv_sd, b, axis=0, out=t, mode="wrap")
+            o *= t
+            if k:
+                o += Mb
+            if not direct:
+                np.copyto(out[rows], o, casting="same_kind")
+            if progress is not None:
+                progress()
 
-def _gemm_into(A: np.ndarray, B: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """``A @ B`` written into the Fortran-ordered buffer ``C`` (returned; a new array if BLAS had to copy)."""
-    res = dgemm(1.0, A, B, c=C, overwrite_c=True)
-    if res is not C and not np.shares_memory(res, C):  # pragma: no cover - BLAS copied
-        C[...] = res
-    return C
+    run_blocks(part, layout_slices(Y), Y.size)
 
 
 # ---------------------------------------------------------------------------------------- the EB driver

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.linalg.blas import dgemm
 
-from .blocks import BLOCK_BYTES, row_major, to_float64
+from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
 
 __all__ = ["GramSolver", "residual_ss", "batch_residual_ss", "residual_blocks", "sub_gemm"]
 
@@ -91,46 +91,58 @@ def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_
     with all ``m + q`` columns.
 
     ``Y`` (n × b) is a whole table or a block, float64 or float32, row- or column-major, read once in
-    cache-sized blocks that follow its layout (never copied): blocks of features for a column-major table
-    (the squared residuals summed per batch by one GEMM with the batch indicators ``onehot``, n × m), and,
-    for a row-major one, its rows grouped by batch (a batch's rows are gathered a block at a time and their
-    squared residuals summed down the rows). ``progress`` (optional) is called once per block.
+    cache-sized blocks that follow its layout (never copied), with its rows grouped by batch: for a
+    column-major table, each block of features is gathered in batch order (then every batch is a contiguous
+    range of each feature's values, whose squared residuals are one dot product); for a row-major one, each
+    batch's rows are gathered a block at a time and their squared residuals summed down the rows.
+    ``onehot`` is not used (kept for callers that pass it). ``progress`` (optional) is called once per block.
     """
     m = batch_fit.shape[0]
     if row_major(Y):
         return _batch_residual_ss_rows(Y, batch_fit, X, coef_x, codes, progress)
     n, p = Y.shape
-    if onehot is None:
-        onehot = batch_indicators_f(codes, m)
-    Xf = np.asfortranarray(X, dtype=np.float64)
+    Xc = np.ascontiguousarray(X, dtype=np.float64)
+    q = Xc.shape[1]
+    order = np.argsort(codes, kind="stable")  # rows grouped by batch
+    bounds = np.searchsorted(codes[order], np.arange(m + 1))
+    Xt = np.ascontiguousarray(Xc[order].T)  # q × n, rows in batch order
     fit_t = np.ascontiguousarray(batch_fit.T)  # b × m
-    size = max(1, min(p, BLOCK_BYTES // (8 * n)))
-    T = np.empty((size, n))  # residuals, feature × row in C order: T.T is n × b in Fortran order like Y
-    buf = None if Y.dtype == np.float64 else np.empty((n, size), order="F")
+    Yt = Y.T  # b × n, C order (a view)
+    size = block_size(Y)
     ss = np.empty((m, p))
-    for start in range(0, p, size):
-        cols = slice(start, min(p, start + size))
-        w = cols.stop - start
-        R = np.take(fit_t[cols], codes, axis=1, out=T[:w], mode="wrap").T
-        np.subtract(to_float64(Y[:, cols], None if buf is None else buf[:, :w]), R, out=R)
-        sub_gemm(Xf, coef_x[:, cols], R, -1.0)
-        np.square(R, out=R)
-        ss[:, cols] = dgemm(1.0, onehot, R, trans_a=1)
-        if progress is not None:
-            progress()
+
+    def part(blocks):
+        T = np.empty((size, n))  # a block's rows in batch order, feature × row (C order)
+        raw = T if Y.dtype == np.float64 else np.empty((size, n), dtype=Y.dtype)
+        F = np.empty((size, n)) if q else None
+        for cols in blocks:
+            w = cols.stop - cols.start
+            t = T[:w]
+            np.take(Yt[cols], order, axis=1, out=raw[:w], mode="wrap")
+            if raw is not T:
+                np.copyto(t, raw[:w])
+            for i in range(m):  # each batch's rows are a contiguous range: subtract its fit
+                t[:, bounds[i]:bounds[i + 1]] -= fit_t[cols, i, None]
+            if q:
+                t -= np.matmul(coef_x[:, cols].T, Xt, out=F[:w])
+            for i in range(m):  # ... and sum its squared residuals (one dot product per feature)
+                r = t[:, bounds[i]:bounds[i + 1]]
+                ss[i, cols] = np.vecdot(r, r)
+            if progress is not None:
+                progress()
+
+    run_blocks(part, layout_slices(Y), Y.size)
     return ss
 
 
 def residual_blocks(Y: np.ndarray, m: int) -> int:
     """How many blocks :func:`batch_residual_ss` processes ``Y`` in (for a progress bar)."""
-    n, p = Y.shape
-    if row_major(Y):
-        return m
-    return -(-p // max(1, min(p, BLOCK_BYTES // (8 * n))))
+    return m if row_major(Y) else len(layout_slices(Y))
 
 
 def _batch_residual_ss_rows(Y, batch_fit, X, coef_x, codes, progress):
-    """:func:`batch_residual_ss` of a row-major table: each batch's rows, a block at a time."""
+    """:func:`batch_residual_ss` of a row-major table: each batch's rows, a block at a time (the batches
+    are dealt between the threads; each batch's sum is computed by one of them, in row order)."""
     n, p = Y.shape
     m = batch_fit.shape[0]
     q = X.shape[1]
@@ -138,29 +150,33 @@ def _batch_residual_ss_rows(Y, batch_fit, X, coef_x, codes, progress):
     coef_x = np.ascontiguousarray(coef_x)
     order = np.argsort(codes, kind="stable")  # rows grouped by batch, in their order within a batch
     bounds = np.searchsorted(codes[order], np.arange(m + 1))
-    size = max(1, min(n, BLOCK_BYTES // (8 * p)))
-    R = np.empty((size, p))
-    raw = R if Y.dtype == np.float64 else np.empty((size, p), dtype=Y.dtype)
-    F = np.empty((size, p)) if q else None
-    col = np.empty(p)
+    size = block_size(Y)
     ss = np.zeros((m, p))
-    for i in range(m):
-        idx_i = order[bounds[i]:bounds[i + 1]]
-        for start in range(0, idx_i.size, size):
-            idx = idx_i[start:start + size]
-            h = idx.size
-            r = R[:h]
-            np.take(Y, idx, axis=0, out=raw[:h], mode="wrap")
-            if raw is not R:
-                np.copyto(r, raw[:h])
-            r -= batch_fit[i]
-            if q:
-                np.matmul(Xc[idx], coef_x, out=F[:h])
-                r -= F[:h]
-            np.square(r, out=r)
-            ss[i] += np.add.reduce(r, axis=0, out=col)
-        if progress is not None:
-            progress()
+
+    def part(batches):
+        R = np.empty((size, p))
+        raw = R if Y.dtype == np.float64 else np.empty((size, p), dtype=Y.dtype)
+        F = np.empty((size, p)) if q else None
+        col = np.empty(p)
+        for i in batches:
+            idx_i = order[bounds[i]:bounds[i + 1]]
+            for start in range(0, idx_i.size, size):
+                idx = idx_i[start:start + size]
+                h = idx.size
+                r = R[:h]
+                np.take(Y, idx, axis=0, out=raw[:h], mode="wrap")
+                if raw is not R:
+                    np.copyto(r, raw[:h])
+                r -= batch_fit[i]
+                if q:
+                    r -= np.matmul(Xc[idx], coef_x, out=F[:h])
+                np.square(r, out=r)
+                ss[i] += np.add.reduce(r, axis=0, out=col)
+            if progress is not None:
+                progress()
+
+    # largest batches first, so that the threads get similar shares of rows
+    run_blocks(part, [int(i) for i in np.argsort(-(bounds[1:] - bounds[:-1]), kind="stable")], Y.size)
     return ss
 
 
