@@ -5,7 +5,7 @@ Cases (30 sites with unbalanced Dirichlet sizes, covariates age + sex, site loca
 
 * ``small``: n = 1,000 subjects, p = 150 features
 * ``large``: n = 10,000 subjects, p = 20,000 features (the input is n * p * 8 B = 1.6 GB)
-* ``quick``: n = 2,000, p = 2,000 (a minute's check of the whole script)
+* ``quick``: n = 2,000, p = 2,000 (a minute's check of the whole script); ``medium``: n = 10,000, p = 5,000
 
 featharm is timed on each input a user passes (``--inputs``; each built outside the timing):
 
@@ -41,7 +41,7 @@ Usage::
     python benchmarks/bench_combat.py --skip neuroCombat --out results.json
     python benchmarks/bench_combat.py --cases large --skip peers  # featharm only
 
-The peers are optional, benchmark-only references (``pip install -e .[bench]`` or one by one):
+The peers are optional, benchmark-only references (never dependencies of featharm):
 ``pip install neuroCombat``, ``pip install --no-deps neuroHarmonize``, ``pip install --no-deps
 combatlearn`` (it needs only numpy, pandas, scipy and scikit-learn for ComBat), ``pip install combaters``
 (Rust). neuroHarmonize imports ``nibabel`` at module level (only its NIfTI helpers use it); when nibabel is
@@ -76,6 +76,7 @@ CASES = {
     "small": dict(n=1_000, p=150, sites=30),
     "large": dict(n=10_000, p=20_000, sites=30),
     "quick": dict(n=2_000, p=2_000, sites=30),
+    "medium": dict(n=10_000, p=5_000, sites=30),
 }
 IMPLS = ("featharm", "neuroHarmonize", "neuroCombat", "combatlearn", "combaters")
 PEERS = IMPLS[1:]

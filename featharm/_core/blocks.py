@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._threads import block_workers, run_parallel
+from .parallel import block_workers, run_parallel
 
 __all__ = ["BLOCK_BYTES", "iter_blocks", "column_variance", "row_major", "iter_layout_blocks", "column_range",
            "column_sum", "to_float64", "take_columns",
@@ -44,10 +44,11 @@ def row_major(Y: np.ndarray) -> bool:
     return row_contig and not col_contig
 
 
-def iter_layout_blocks(Y: np.ndarray, target_bytes: int = BLOCK_BYTES):
+def iter_layout_blocks(Y: np.ndarray, target_bytes: int | None = None):
     """Yield ``(axis, slice)`` blocks of ``Y`` following its layout: ``(0, rows)`` for a row-major table
     (blocks of rows), ``(1, cols)`` otherwise (blocks of features). ``Y[rows]`` / ``Y[:, cols]`` is the block."""
     n, p = Y.shape
+    target_bytes = BLOCK_BYTES if target_bytes is None else target_bytes
     if row_major(Y):
         for rows in iter_blocks(n, p, target_bytes):
             yield 0, rows
@@ -66,15 +67,17 @@ def to_float64(block: np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
     return buf
 
 
-def block_size(Y: np.ndarray, target_bytes: int = BLOCK_BYTES) -> int:
-    """Rows (row-major ``Y``) or features (otherwise) per block of about ``target_bytes`` of float64."""
+def block_size(Y: np.ndarray, target_bytes: int | None = None) -> int:
+    """Rows (row-major ``Y``) or features (otherwise) per block of about ``target_bytes`` (default
+    :data:`BLOCK_BYTES`) of float64."""
     n, p = Y.shape
+    target_bytes = BLOCK_BYTES if target_bytes is None else target_bytes
     if row_major(Y):
         return max(1, min(n, target_bytes // max(1, 8 * p)))
     return max(1, min(p, target_bytes // max(1, 8 * n)))
 
 
-def layout_slices(Y: np.ndarray, target_bytes: int = BLOCK_BYTES) -> list[slice]:
+def layout_slices(Y: np.ndarray, target_bytes: int | None = None) -> list[slice]:
     """The blocks of :func:`iter_layout_blocks` as a list of slices (of rows or of features)."""
     n, p = Y.shape
     total = n if row_major(Y) else p
@@ -90,7 +93,7 @@ def split(items: list, parts: int) -> list[list]:
 
 
 def run_blocks(fn, blocks: list, n_elements: int) -> list:
-    """``fn(part)`` for the blocks dealt between :func:`featharm._threads.block_workers` threads; one result
+    """``fn(part)`` for the blocks dealt between :func:`~featharm._core.parallel.block_workers` threads; one result
     per part. Results that depend only on each block's own data are the same for any number of threads."""
     return run_parallel(fn, split(blocks, block_workers(n_elements)))
 
