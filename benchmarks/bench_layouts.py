@@ -10,7 +10,9 @@ The cases are those of the families' benchmarks (their data generators are reuse
   visits (3,040 scans), p = 100;
 * ``ComBat(formula="age + sex")`` on the GAM case, for scale.
 
-Each model's ``fit_transform`` is timed (median of ``--repeat``, after one warm-up) on the same values given
+Each model's ``fit_transform`` is timed (median of ``--repeat``, after one warm-up; before each call a
+scratch buffer of twice the data is touched and freed, as ``bench_combat.py --prefault 2`` does) on the
+same values given
 as ``frame`` (``pd.DataFrame`` of a C-ordered array: pandas copies it into column blocks), ``c-array``
 (C-ordered ndarray), ``f-array`` (Fortran-ordered ndarray) and ``float32`` (a float32 DataFrame). The table
 gives each input's time over the fastest float64 input (target: at most 1.3) and the largest difference
@@ -77,10 +79,13 @@ def make_input(kind: str, X: pd.DataFrame):
     raise ValueError(kind)
 
 
-def median_time(fn, repeat: int):
+def median_time(fn, repeat: int, prefault_bytes: int = 0):
+    from bench_combat import prefault
+
     times, out = [], None
     for _ in range(repeat):
         out = None
+        prefault(prefault_bytes)  # see bench_combat.prefault: memory freed to the VM faults slowly
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
                 warnings.simplefilter("ignore")
                 new().fit_transform(Xi, cov_i)  # warm-up
                 load = os.getloadavg()[0]
-                t, out = median_time(lambda: new().fit_transform(Xi, cov_i), args.repeat)
+                t, out = median_time(lambda: new().fit_transform(Xi, cov_i), args.repeat, 2 * X.size * 8)
             arr = out.to_numpy()
             if ref is None:
                 ref = arr

@@ -11,9 +11,6 @@ from scipy.linalg.blas import dgemm
 
 from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
 
-# Rows per chunk of the column-major residual pass (8 KB of each feature: the gather stays in L1 cache).
-CHUNK_ROWS = 1024
-
 __all__ = ["GramSolver", "residual_ss", "batch_residual_ss", "residual_blocks", "sub_gemm"]
 
 
@@ -98,10 +95,9 @@ def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_
 
     ``Y`` (n × b) is a whole table or a block, float64 or float32, row- or column-major, read once in
     cache-sized blocks that follow its layout (never copied), with its rows grouped by batch: for a
-    column-major table, each block of features is gathered with its rows sorted by batch within chunks of
-    :data:`CHUNK_ROWS` rows (every (chunk, batch) pair is then a contiguous segment whose squared residuals
-    ``np.add.reduceat`` sums, and the segments of each batch are added up); for a row-major one, each
-    batch's rows are gathered a block at a time and their squared residuals summed down the rows.
+    column-major table, each block of features is gathered with its rows in batch order (each batch is then
+    a contiguous range of every feature, whose squared residuals are one dot product); for a row-major one,
+    each batch's rows are gathered a block at a time and their squared residuals summed down the rows.
     ``onehot`` is not used (kept for callers that pass it). ``progress`` (optional) is called once per block.
     """
     m = batch_fit.shape[0]
@@ -110,15 +106,9 @@ def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_
     n, p = Y.shape
     Xc = np.ascontiguousarray(X, dtype=np.float64)
     q = Xc.shape[1]
-    # rows sorted by batch within chunks of CHUNK_ROWS (so that the gather reads a few cache-resident
-    # kilobytes of each feature at a time): every (chunk, batch) pair is a contiguous segment
-    order = np.concatenate([start + np.argsort(codes[start:start + CHUNK_ROWS], kind="stable")
-                            for start in range(0, n, CHUNK_ROWS)])
+    order = np.argsort(codes, kind="stable")  # rows grouped by batch: each batch a contiguous range
     sorted_codes = codes[order]
-    chunk = np.arange(n) // CHUNK_ROWS
-    first = np.flatnonzero(np.r_[True, (sorted_codes[1:] != sorted_codes[:-1]) | (chunk[1:] != chunk[:-1])])
-    seg_batch = np.zeros((first.size, m))  # segment -> batch indicator: sums the segments of each batch
-    seg_batch[np.arange(first.size), sorted_codes[first]] = 1.0
+    bounds = np.searchsorted(sorted_codes, np.arange(m + 1))
     Xt = np.ascontiguousarray(Xc[order].T)  # q × n, rows in that order
     fit_t = np.ascontiguousarray(batch_fit.T)  # b × m
     Yt = Y.T  # b × n, C order (a view)
@@ -129,8 +119,6 @@ def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_
         T = np.empty((size, n))  # a block's residuals, rows in that order, feature × row (C order)
         raw = T if Y.dtype == np.float64 else np.empty((size, n), dtype=Y.dtype)
         G = np.empty((size, n))
-        S = np.empty((size, first.size))
-        O = np.empty((size, m))
         for cols in blocks:
             w = cols.stop - cols.start
             t = T[:w]
@@ -140,9 +128,9 @@ def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_
             t -= np.take(fit_t[cols], sorted_codes, axis=1, out=G[:w], mode="wrap")
             if q:
                 t -= np.matmul(coef_x[:, cols].T, Xt, out=G[:w])
-            np.square(t, out=t)
-            np.add.reduceat(t, first, axis=1, out=S[:w])
-            ss[:, cols] = np.matmul(S[:w], seg_batch, out=O[:w]).T
+            for i in range(m):  # one dot product per feature and batch (accurate, as a GEMM's sums)
+                r = t[:, bounds[i]:bounds[i + 1]]
+                ss[i, cols] = np.vecdot(r, r)
             if progress is not None:
                 progress()
 
