@@ -114,6 +114,7 @@ class CovBat(ComBat):
     """
 
     _schema_name = "covbat"
+    _float32_blocks = False  # the PCA works on the whole float64 ComBat output
     _stored = {**ComBat._stored, **_COVBAT_STORED}
     _compat_options = (None, "neuroCombat")
     _supports_missing = False  # the PCA step needs complete residual rows (a later part of §1.8)

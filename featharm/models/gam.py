@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import eb, ols, penalized
-from .._core.blocks import column_variance, iter_blocks
+from .._core.blocks import iter_blocks
 from .._core.splines import SplineBasis
 from .._progress import Progress
 from .._validation import check_integer, check_option, numeric_covariate
@@ -311,7 +311,7 @@ class ComBatGAM(BaseHarmonizer):
                          spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
                          smoothing=lam, edf=edf)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha), column_variance(Y))
+        self._mark_constant(np.abs(st.alpha), prep=prep)
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep) -> np.ndarray:

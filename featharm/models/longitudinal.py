@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 
 from .._core import eb
-from .._core.blocks import column_variance
 from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
 from ..design import batch_indicators
 from ..formula import formula_columns
@@ -145,6 +144,7 @@ class LongComBat(BaseHarmonizer):
     """
 
     _schema_name = "longcombat"
+    _row_major_blocks = False  # mixed-model fits per feature: column-major, as they were written
     _feature_units = {**BaseHarmonizer._feature_units, "batch_effect": 1, "residual_var": 2, "ranef_var": 2}
     _stored = {
         **BaseHarmonizer._stored,
@@ -286,7 +286,7 @@ class LongComBat(BaseHarmonizer):
                          ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
                          loglik=fit.loglik, singular=fit.boundary.astype(np.float64))
         self._delta_raw = delta_raw
-        self._mark_constant(np.abs(alpha), column_variance(Y))
+        self._mark_constant(np.abs(alpha), prep=prep)
         sing = fit.boundary & ~self._arr["constant"]
         if sing.any():
             names = list(self.feature_names_in_[sing])
