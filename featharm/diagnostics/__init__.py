@@ -8,7 +8,8 @@ Public API (names and columns are stable; see each docstring for the exact colum
   with raw, BH-FDR and Bonferroni p-values;
 * :func:`site_effect_sizes` — per-site standardized shifts and log variance ratios;
 * :func:`site_residuals` — the additive and full residuals (ComBatFamQC convention, §6.1);
-* :func:`permanova`, :func:`pc_covariance_tests`, :func:`site_classification` — multivariate checks;
+* :func:`permanova`, :func:`pc_covariance_tests`, :func:`site_classification`, :func:`site_mixing`
+  (silhouette, kBET, iLISI) — multivariate checks;
 * :func:`biology_preservation` — covariate effect sizes before/after harmonization and their summary;
 * :func:`covariate_balance` — which covariates differ by site (warns when one is confounded with site).
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from ._results import DiagnosticsResult
 from .balance import covariate_balance
+from .mixing import site_mixing
 from .multivariate import pc_covariance_tests, permanova, site_classification
 from .preservation import Preservation, biology_preservation
 from .residuals import Residuals, site_residuals
@@ -42,6 +44,7 @@ __all__ = [
     "permanova",
     "pc_covariance_tests",
     "site_classification",
+    "site_mixing",
     "biology_preservation",
     "Preservation",
     "covariate_balance",
