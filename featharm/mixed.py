@@ -36,7 +36,7 @@ from scipy.linalg import solve_triangular
 
 from .exceptions import ConvergenceWarning, InputError, warn
 
-__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "site_lrt", "batch_lrt"]
+__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "fit_observed", "site_lrt", "batch_lrt"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 _GRID = np.arange(-12.0, 12.0001, 0.5)  # log(lam) grid: lam from 6e-6 to 1.6e5
@@ -382,6 +382,50 @@ def fit_random_slope(Y, X, groups, time, *, reml: bool = True) -> MixedFit:
              "last iterate is used.", ConvergenceWarning)
     return MixedFit(beta=st.beta(beta_q), sigma2=sigma2_c * st.sd**2, ranef_cov=cov, loglik=loglik,
                     blup=blup, boundary=boundary, reml=reml)
+
+
+# --------------------------------------------------------------------------------------------- missing values
+def fit_observed(Y, X, groups, mask, *, droppable: int = 0, time=None, random_slope: bool = False,
+                 reml: bool = True) -> MixedFit:
+    """:func:`fit_random_intercept` (or :func:`fit_random_slope`) of every column of ``Y`` on its observed
+    rows (``mask`` True = missing; ``docs/methods.md`` §1.8).
+
+    Features missing on the same rows (a missingness pattern) are fitted together, in one vectorized call;
+    a subject keeps the scans where the feature is observed (a subject with none of them has a BLUP of 0
+    and no say in that feature's fit). Of the first ``droppable`` columns of ``X`` (batch indicators), one
+    without an observed row is left out of that pattern's design and its coefficient is NaN; any other
+    rank deficiency is an error. Returns one :class:`MixedFit` for all features, subjects coded as in the
+    full table.
+    """
+    from ._core.missing import missingness_patterns
+
+    Y = np.asarray(Y, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    g, S = _codes(groups)
+    n, p = Y.shape
+    k = X.shape[1]
+    r = 2 if random_slope else 1
+    beta = np.full((k, p), np.nan)
+    sigma2, loglik = np.empty(p), np.empty(p)
+    cov = np.empty((p, r, r))
+    blup = np.zeros((S, r, p))
+    boundary = np.zeros(p, dtype=bool)
+    first, inverse = missingness_patterns(mask)
+    for u, col in enumerate(first):
+        feats = np.flatnonzero(inverse == u)
+        rows = ~mask[:, col]
+        Xr = X[rows]
+        cols = np.ones(k, dtype=bool)
+        cols[:droppable] = Xr[:, :droppable].any(axis=0)
+        Yr = Y[rows][:, feats]
+        if random_slope:
+            fit = fit_random_slope(Yr, Xr[:, cols], g[rows], np.asarray(time, dtype=np.float64)[rows], reml=reml)
+        else:
+            fit = fit_random_intercept(Yr, Xr[:, cols], g[rows], reml=reml)
+        beta[np.ix_(np.flatnonzero(cols), feats)] = fit.beta
+        sigma2[feats], loglik[feats], cov[feats], boundary[feats] = fit.sigma2, fit.loglik, fit.ranef_cov, fit.boundary
+        blup[:fit.blup.shape[0], :, feats] = fit.blup  # subjects coded in the full table (0 where unobserved)
+    return MixedFit(beta=beta, sigma2=sigma2, ranef_cov=cov, loglik=loglik, blup=blup, boundary=boundary, reml=reml)
 
 
 # --------------------------------------------------------------------------------------------- LRT
