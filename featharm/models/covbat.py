@@ -8,7 +8,7 @@ import pandas as pd
 from .._core import blocks, eb
 from .._validation import check_integer, check_option
 from ..design import batch_indicators
-from ..exceptions import ConvergenceWarning, InputError, warn
+from ..exceptions import ConvergenceWarning, InputError, MissingValueError, MissingValueWarning, warn
 from ._base import _Prepared
 from .._schema import DamagedState, Stored
 from .combat import ComBat
@@ -116,7 +116,7 @@ class CovBat(ComBat):
     _schema_name = "covbat"
     _stored = {**ComBat._stored, **_COVBAT_STORED}
     _compat_options = (None, "neuroCombat")
-    _supports_missing = False  # the PCA step needs complete residual rows (a later part of §1.8)
+    _supports_missing = True  # the ComBat step takes NaN cells; the covariance step uses the complete rows
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
@@ -155,7 +155,11 @@ class CovBat(ComBat):
         prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
         a = self._arr
         keep = ~a["constant"]
-        A, center, scale = self._pca_input(prep, keep)
+        complete = self._complete_rows(prep)  # None: every row (no NaN cells among the PCA's features)
+        codes = prep.codes if complete is None else prep.codes[complete]
+        if complete is not None:
+            self._check_complete_rows(codes, int(complete.size - complete.sum()), complete.size)
+        A, center, scale = self._pca_input(prep, keep, rows=complete)
         n, pk = A.shape
         if pk < 2:
             raise InputError(f"{self._owner()} needs at least 2 features with residual variance for the PCA; "
@@ -199,15 +203,15 @@ class CovBat(ComBat):
         a.update(pca_center=full_center, pca_scale=full_scale, pca_loadings=loadings, explained_variance_ratio=ratio)
         # step 4: ComBat on the K scores, no covariates. Scores S = A L of the training rows, in row blocks
         if A is None:
-            A = self._pca_input(prep, keep, center, scale)[0]
+            A = self._pca_input(prep, keep, center, scale, rows=complete)[0]
         m = len(self.batches_)
-        counts = a["batch_sizes"]
-        onehot = batch_indicators(prep.codes, m)
+        counts = a["batch_sizes"] if complete is None else np.bincount(codes, minlength=m).astype(np.float64)
+        onehot = batch_indicators(codes, m)
         means = ((onehot.T @ A) @ L) / counts[:, None]
         ss = np.zeros((m, K))
         for rows in blocks.iter_blocks(n, pk + K):
             S = A[rows] @ L
-            S -= means[prep.codes[rows]]
+            S -= means[codes[rows]]
             S *= S
             ss += onehot[rows].T @ S
         del A, S
@@ -229,6 +233,35 @@ class CovBat(ComBat):
         self._publish()
         return prep
 
+    # ------------------------------------------------------------------------------ missing values (§1.8)
+    def _complete_rows(self, prep: _Prepared) -> np.ndarray | None:
+        """Rows with no NaN cell among the features the PCA uses (those with variance), or None when every
+        row is complete. Only these rows enter the covariance step."""
+        if prep.mask is None:
+            return None
+        complete = ~prep.mask[:, ~self._arr["constant"]].any(axis=1)
+        return None if complete.all() else complete
+
+    def _check_complete_rows(self, codes: np.ndarray, n_incomplete: int, n: int) -> None:
+        """At fit: the PCA and the score model are fitted on the complete rows; each batch needs 2 of them
+        (its score variance). Warns how many rows are left out of (and not adjusted by) the covariance step."""
+        m = len(self.batches_)
+        have = np.bincount(codes, minlength=m)
+        few = [f"{self.batches_[i]!r} ({int(have[i])})" for i in range(m) if have[i] < 2]
+        if few:
+            raise MissingValueError(
+                f"{self._owner()}'s covariance step (PCA of the ComBat residuals) uses the rows without missing "
+                f"values, and needs at least 2 of them in each batch of {self.batch!r}; batch(es) {', '.join(few)} "
+                "have fewer. Use ComBat (it harmonizes every observed cell), or drop the features with many "
+                "missing values."
+            )
+        warn(
+            f"{n_incomplete} of {n} rows have missing feature values: {self._owner()}'s PCA and score model are "
+            f"fitted on the {n - n_incomplete} complete rows, and the rows with missing values keep their ComBat-step "
+            "values (observed cells harmonized by ComBat, NaN cells NaN; not adjusted in the covariance step).",
+            MissingValueWarning,
+        )
+
     def _score_eb_site(self, gh, dh, d_raw, n, pri, i, name):
         opts = eb.EBOptions(eb=True, parametric=bool(self.score_parametric), mean_only=False,
                             tol=float(self.tol), max_iter=int(self.max_iter))
@@ -243,17 +276,21 @@ class CovBat(ComBat):
         return None if self.std_var else "with std_var=False mixes the features in their own units in the PCA"
 
     # ------------------------------------------------------------------------------ applying
-    def _pca_input(self, prep: _Prepared, keep, center=None, scale=None):
+    def _pca_input(self, prep: _Prepared, keep, center=None, scale=None, rows=None):
         """The PCA's input: ComBat-adjusted residuals ``e* = y* - M`` of the features with variance, centred
         and scaled (by their own mean and SD unless ``center``/``scale`` are given), built in place in the
-        ComBat output (feature blocks; no other n × p temporary). Returns ``A, center, scale``."""
+        ComBat output (feature blocks; no other n × p temporary). ``rows`` (bool, optional): only those rows
+        (the complete rows, with missing values). Returns ``A, center, scale``."""
         E = super()._harmonize(prep)
         D = self._preserved_design(prep)
         coef = self._preserved_coef(slice(None))
         n, p = E.shape
         for blk in blocks.iter_blocks(p, n):
             E[:, blk] -= D @ coef[:, blk]
-        A = E if keep.all() else np.asfortranarray(E[:, keep])
+        if rows is not None:
+            A = np.asfortranarray(E[np.ix_(rows, keep)])
+        else:
+            A = E if keep.all() else np.asfortranarray(E[:, keep])
         del E
         pk = A.shape[1]
         if center is None:
@@ -277,8 +314,17 @@ class CovBat(ComBat):
         c0 = a["pca_center"] @ Lw
         back = np.ascontiguousarray((a["pca_loadings"] * a["pca_scale"][:, None]).T)  # K × p
 
+        complete = self._complete_rows(prep)
+        if complete is not None:  # rows with NaN among the PCA's features keep their ComBat-step values (§1.8)
+            warn(f"{int(complete.size - complete.sum())} of {complete.size} rows have missing feature values: they "
+                 f"keep their ComBat-step values ({self._owner()}'s covariance step needs complete rows; their "
+                 "observed cells are harmonized by the ComBat step, NaN cells stay NaN).", MissingValueWarning)
+
         def scores(rows):
-            S = out[rows] @ Lw
+            Yr = out[rows]
+            if complete is not None:  # NaN only in features the PCA does not use (zero loadings) or in
+                Yr = np.where(np.isnan(Yr), 0.0, Yr)  # incomplete rows (their change is set to 0 below)
+            S = Yr @ Lw
             S -= D[rows] @ shift
             S -= c0
             return S
@@ -286,6 +332,8 @@ class CovBat(ComBat):
         g, d = a["score_gamma_star"], a["score_delta_star"]
         if prep.new_levels:
             new = np.flatnonzero(prep.codes >= g.shape[0])
+            if complete is not None:
+                new = new[complete[new]]
             g, d = self._estimate_new_score_effects(prep, scores(new), prep.codes[new], g, d)
         # adjusted - original score: (S - alpha - sigma g_b) / sqrt(d_b) + alpha - S
         loc = a["score_alpha"] + a["score_sigma"] * g  # batch × K
@@ -297,6 +345,8 @@ class CovBat(ComBat):
             dS = (S - loc[b]) * inv_sd[b]
             dS += a["score_alpha"]
             dS -= S
+            if complete is not None:
+                dS[~complete[rows]] = 0.0
             out[rows] += dS @ back
         # constant features and reference rows unchanged, bit for bit (the reference's score change is 0)
         return self._keep_unadjusted(out, prep)
@@ -310,6 +360,12 @@ class CovBat(ComBat):
         gs, ds = [], []
         for j, name in enumerate(prep.new_levels):
             z = (S_new[codes_new == m + j] - a["score_alpha"]) / a["score_sigma"]
+            if len(z) < 2:  # (only with missing values: the site has enough rows, but not complete ones)
+                raise MissingValueError(
+                    f"new site {name!r} has {len(z)} row(s) without missing feature values; the covariance step "
+                    f"estimates its score mean and variance from its complete rows, so it needs at least 2. Use "
+                    "ComBat for this site, or drop the features with many missing values."
+                )
             gh, dh, d_raw = eb.batch_moments(z)
             if self.score_eb:
                 pri = eb.eb_priors(gh[None], dh[None])
