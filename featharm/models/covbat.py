@@ -24,7 +24,8 @@ _COVBAT_STORED = {
     "explained_variance_ratio": Stored(("pc",), values="nonnegative"),
     "score_alpha": Stored(("component",), values="finite"),
     "score_sigma": Stored(("component",), values="positive"),
-    "score_gamma_hat": Stored(("batch", "component"), values="finite"),
+    # NaN for a batch without 2 complete rows (fitted with missing values; not adjusted in the covariance step)
+    "score_gamma_hat": Stored(("batch", "component"), values="any"),
     "score_delta_hat": Stored(("batch", "component"), values="not_negative"),
     "score_gamma_star": Stored(("batch", "component"), values="finite"),
     "score_delta_star": Stored(("batch", "component"), values="positive"),
@@ -207,7 +208,10 @@ class CovBat(ComBat):
         m = len(self.batches_)
         counts = a["batch_sizes"] if complete is None else np.bincount(codes, minlength=m).astype(np.float64)
         onehot = batch_indicators(codes, m)
-        means = ((onehot.T @ A) @ L) / counts[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = ((onehot.T @ A) @ L) / counts[:, None]
+        few = counts < 2  # (only with missing values) a batch with fewer than 2 complete rows: not adjusted
+        means[counts == 0] = 0.0  # weight 0 in the pooled score mean
         ss = np.zeros((m, K))
         for rows in blocks.iter_blocks(n, pk + K):
             S = A[rows] @ L
@@ -217,17 +221,19 @@ class CovBat(ComBat):
         del A, S
         ref = self.ref_index_
         st = eb.standardized_moments(means, ss, counts, np.eye(m), ref=ref)
+        st.gamma_hat[few] = np.nan
         g_star, d_star = st.gamma_hat.copy(), st.delta_hat.copy()
         if self.score_eb:
             if K < 2:
                 raise InputError("score_eb pools the K harmonized components of a site, so it needs K >= 2; "
                                  f"got K = {K}. Raise n_components or percent_var, or pass score_eb=False.")
             pri = eb.eb_priors(st.gamma_hat, st.delta_hat)
-            for i in (i for i in range(m) if i != ref):
+            for i in (i for i in range(m) if i != ref and not few[i]):
                 g_star[i], d_star[i] = self._score_eb_site(st.gamma_hat[i], st.delta_hat[i], st.delta_raw[i],
                                                            counts[i], pri, i, self.batches_[i])
         if ref is not None:
             g_star[ref], d_star[ref] = 0.0, 1.0  # the reference's scores are the target: not adjusted
+        g_star[few], d_star[few] = 0.0, 1.0  # scores left as they are (only these sites' complete rows have any)
         a.update(score_alpha=st.alpha, score_sigma=st.sigma, score_gamma_hat=st.gamma_hat,
                  score_delta_hat=st.delta_hat, score_gamma_star=g_star, score_delta_star=d_star)
         self._publish()
@@ -243,22 +249,31 @@ class CovBat(ComBat):
         return None if complete.all() else complete
 
     def _check_complete_rows(self, codes: np.ndarray, n_incomplete: int, n: int) -> None:
-        """At fit: the PCA and the score model are fitted on the complete rows; each batch needs 2 of them
-        (its score variance). Warns how many rows are left out of (and not adjusted by) the covariance step."""
+        """At fit: the PCA and the score model are fitted on the complete rows; a batch needs 2 of them for its
+        score mean and variance (else it is not adjusted in the covariance step; the reference batch must
+        have them). Warns how many rows (and which batches) the covariance step leaves as ComBat gives them."""
         m = len(self.batches_)
         have = np.bincount(codes, minlength=m)
         few = [f"{self.batches_[i]!r} ({int(have[i])})" for i in range(m) if have[i] < 2]
-        if few:
+        ref = self.ref_index_
+        short = None
+        if ref is not None and have[ref] < 2:
+            short = f"the reference batch {self.batches_[ref]!r} has {int(have[ref])}"
+        elif have.sum() < 3:
+            short = f"the table has {int(have.sum())}"
+        if short:
             raise MissingValueError(
                 f"{self._owner()}'s covariance step (PCA of the ComBat residuals) uses the rows without missing "
-                f"values, and needs at least 2 of them in each batch of {self.batch!r}; batch(es) {', '.join(few)} "
-                "have fewer. Use ComBat (it harmonizes every observed cell), or drop the features with many "
-                "missing values."
+                f"values, and {short}: too few for the score model. Use ComBat (it harmonizes every observed "
+                "cell), or drop the features with many missing values."
             )
         warn(
             f"{n_incomplete} of {n} rows have missing feature values: {self._owner()}'s PCA and score model are "
             f"fitted on the {n - n_incomplete} complete rows, and the rows with missing values keep their ComBat-step "
-            "values (observed cells harmonized by ComBat, NaN cells NaN; not adjusted in the covariance step).",
+            "values (observed cells harmonized by ComBat, NaN cells NaN; not adjusted in the covariance step)."
+            + (f" Batch(es) {', '.join(few)} have fewer than 2 complete rows: their score effects cannot be "
+               "estimated, so the covariance step leaves all their rows as the ComBat step gives them "
+               "(score_gamma_hat_ NaN, score_gamma_star_ 0, score_delta_star_ 1)." if few else ""),
             MissingValueWarning,
         )
 
@@ -361,11 +376,12 @@ class CovBat(ComBat):
         for j, name in enumerate(prep.new_levels):
             z = (S_new[codes_new == m + j] - a["score_alpha"]) / a["score_sigma"]
             if len(z) < 2:  # (only with missing values: the site has enough rows, but not complete ones)
-                raise MissingValueError(
-                    f"new site {name!r} has {len(z)} row(s) without missing feature values; the covariance step "
-                    f"estimates its score mean and variance from its complete rows, so it needs at least 2. Use "
-                    "ComBat for this site, or drop the features with many missing values."
-                )
+                warn(f"new site {name!r} has {len(z)} row(s) without missing feature values; its score mean and "
+                     "variance need 2, so the covariance step leaves all its rows as the ComBat step gives them.",
+                     MissingValueWarning)
+                gs.append(np.zeros(g.shape[1]))
+                ds.append(np.ones(g.shape[1]))
+                continue
             gh, dh, d_raw = eb.batch_moments(z)
             if self.score_eb:
                 pri = eb.eb_priors(gh[None], dh[None])
