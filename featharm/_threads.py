@@ -7,6 +7,11 @@ problems below :data:`SMALL_PROBLEM` elements (rows × features) with one BLAS t
 ones to the BLAS's own threading. Only the BLAS libraries that are loaded are limited, only for the
 duration of the call, and the setting is restored afterwards. Set the environment variable
 ``FEATHARM_BLAS_THREADS=default`` to never limit.
+
+featharm's own passes over the data (the element-wise steps of the fit and the adjustment, which NumPy
+runs on one core) are split into blocks; on a large problem the blocks are shared between as many threads
+as the BLAS may use (:func:`block_workers`), so ``OPENBLAS_NUM_THREADS=1`` (or threadpoolctl's limits) keeps
+featharm on one core too. ``FEATHARM_THREADS=N`` sets that number of threads directly.
 """
 
 from __future__ import annotations
@@ -17,18 +22,9 @@ import os
 
 import numpy as np
 
-SMALL_PROBLEM = 4_000_000  # rows × features (32 MB of float64)
+from ._core.parallel import SMALL_PROBLEM, _get_controller, block_workers, run_parallel
 
-_controller = None
-
-
-def _get_controller():
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-    return _controller
+__all__ = ["SMALL_PROBLEM", "blas_threads_for", "sized_by_first_argument", "block_workers", "run_parallel"]
 
 
 @contextlib.contextmanager
@@ -57,3 +53,4 @@ def sized_by_first_argument(method):
             return method(self, X, *args, **kwargs)
 
     return wrapper
+

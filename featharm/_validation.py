@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from ._core.blocks import iter_blocks
+from ._core.blocks import column_range, column_sum, iter_blocks
 from .exceptions import (
     AlignmentError,
     BatchError,
@@ -216,18 +216,11 @@ def check_categorical_covariate(s: pd.Series, name) -> None:
         )
 
 
-def check_features(X, owner: str = "featharm", *, index=None, columns=None, allow_nan: bool = False):
-    """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric.
-
-    A 2-D NumPy array is taken as rows in the order of ``index`` (e.g. the covariates' index) and
-    columns ``columns`` when their lengths match, else as rows 0..n-1 and columns ``x0, x1, ...``.
-
-    ``allow_nan``: NaN cells (missing values) are accepted (infinite values are still refused, naming the
-    rows), and a fourth value is returned: a boolean array marking the columns that hold NaN.
-    """
+def _feature_frame(X, owner: str, index, columns) -> pd.DataFrame:
+    """``X`` as a DataFrame (a 2-D array wrapped, see :func:`check_features`), or a named error."""
     if isinstance(X, pd.DataFrame):
-        df = X
-    elif isinstance(X, np.ndarray) and X.ndim == 2:
+        return X
+    if isinstance(X, np.ndarray) and X.ndim == 2:
         n, p = X.shape
         if index is not None and len(index) != n:
             raise AlignmentError(
@@ -235,21 +228,22 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None, allo
                 f"{len(index)}; an array is matched to the covariates row by row, so give both the same "
                 "rows (or pass a DataFrame indexed by subject id)."
             )
-        df = pd.DataFrame(X, index=index,
-                          columns=list(columns) if columns is not None and len(columns) == p
-                          else [f"x{j}" for j in range(p)])
-    else:
-        raise InputError(
-            f"{owner} needs the features as a pandas DataFrame (rows = subjects, columns = features); "
-            f"got {type(X).__name__}."
-        )
+        return pd.DataFrame(X, index=index,
+                            columns=list(columns) if columns is not None and len(columns) == p
+                            else [f"x{j}" for j in range(p)])
+    raise InputError(
+        f"{owner} needs the features as a pandas DataFrame (rows = subjects, columns = features); "
+        f"got {type(X).__name__}."
+    )
+
+
+def _check_feature_frame(df: pd.DataFrame) -> None:
+    """Shape, column names and dtypes of a feature table (numbers only); raises a named error."""
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise InputError(f"the feature table is empty (shape {df.shape}).")
     if df.columns.duplicated().any():
         raise InputError(f"feature columns are repeated: {_show(df.columns[df.columns.duplicated()])}.")
-    bad_dtypes = {dt for dt in set(df.dtypes) if not (pd.api.types.is_numeric_dtype(dt)
-                                                        and not pd.api.types.is_bool_dtype(dt)
-                                                        and not pd.api.types.is_complex_dtype(dt))}
+    bad_dtypes = {dt for dt in set(df.dtypes) if not _numeric_feature_dtype(dt)}
     nonnum = [c for c, dt in df.dtypes.items() if dt in bad_dtypes] if bad_dtypes else []
     if nonnum:
         for c in nonnum:  # numbers spoiled by a few cells ("n/a?", "2,45"): name the cells
@@ -279,33 +273,129 @@ def check_features(X, owner: str = "featharm", *, index=None, columns=None, allo
             f"feature column(s) {_show(nonnum)} are not numeric{example}; fix those values, or pass only the "
             "feature columns as X and the batch and covariates in the covariate table."
         )
+
+
+def _numeric_feature_dtype(dt) -> bool:
+    return (pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
+            and not pd.api.types.is_complex_dtype(dt))
+
+
+def _missing_value_error(Y: np.ndarray, bad_cols: np.ndarray, index, columns) -> MissingValueError:
+    j = int(np.flatnonzero(bad_cols)[0])
+    rows = index[~np.isfinite(Y[:, j])]
+    return MissingValueError(
+        f"features have NaN or infinite values in {int(bad_cols.sum())} column(s), e.g. "
+        f"{columns[j]!r} at rows {_show(rows)}; featharm does not impute: drop or fill those "
+        "rows (or features) first."
+    )
+
+
+def check_features(X, owner: str = "featharm", *, index=None, columns=None, allow_nan: bool = False):
+    """Return ``(Y, index, columns)`` for a samples × features table: float64, finite, numeric.
+
+    A 2-D NumPy array is taken as rows in the order of ``index`` (e.g. the covariates' index) and
+    columns ``columns`` when their lengths match, else as rows 0..n-1 and columns ``x0, x1, ...``.
+
+    ``allow_nan``: NaN cells (missing values) are accepted (infinite values are still refused, naming the
+    rows), and a fourth value is returned: a boolean array marking the columns that hold NaN.
+    """
+    df = _feature_frame(X, owner, index, columns)
+    _check_feature_frame(df)
     Y = df.to_numpy(dtype=np.float64, copy=False)
     bad_cols = np.zeros(Y.shape[1], dtype=bool)
     for blk in iter_blocks(Y.shape[1], Y.shape[0], 16 * 2**20):  # no n × p temporary
         bad_cols[blk] = ~np.isfinite(Y[:, blk]).all(axis=0)
     if allow_nan:  # missing values (docs/methods.md §1.8): NaN accepted, infinite values refused
-        return Y, df.index, df.columns, _nan_columns(Y, bad_cols, df)
+        return Y, df.index, df.columns, _nan_columns(Y, bad_cols, df.index, df.columns)
     if bad_cols.any():
-        j = int(np.flatnonzero(bad_cols)[0])
-        rows = df.index[~np.isfinite(Y[:, j])]
-        raise MissingValueError(
-            f"features have NaN or infinite values in {int(bad_cols.sum())} column(s), e.g. "
-            f"{df.columns[j]!r} at rows {_show(rows)}; featharm does not impute: drop or fill those "
-            "rows (or features) first."
-        )
+        raise _missing_value_error(Y, bad_cols, df.index, df.columns)
     return Y, df.index, df.columns
 
 
-def _nan_columns(Y: np.ndarray, bad_cols: np.ndarray, df: pd.DataFrame) -> np.ndarray:
+def _nan_columns(Y: np.ndarray, bad_cols: np.ndarray, index, columns) -> np.ndarray:
     """The columns holding NaN among ``bad_cols`` (those not all finite); an infinite value is an error."""
     for j in np.flatnonzero(bad_cols):
         inf = np.isinf(Y[:, j])
         if inf.any():
             raise MissingValueError(
-                f"feature {df.columns[j]!r} has infinite values at rows {_show(df.index[inf])}; featharm "
+                f"feature {columns[j]!r} has infinite values at rows {_show(index[inf])}; featharm "
                 "accepts missing values (NaN) but not infinite ones: fix those cells or make them NaN."
             )
     return bad_cols
+
+
+class FeatureTable:
+    """What :func:`model_features` returns: the values ``Y`` (float64 or float32, either layout, not
+    copied when the input was a float array), the row ids, the column names and, when asked for, every
+    column's smallest and largest value (``lo``, ``hi``; else ``None``; over the observed cells of a column
+    holding NaN) and,
+    with ``allow_nan``, the columns that hold NaN cells (``nan_cols``, boolean; else ``None``)."""
+
+    __slots__ = ("Y", "index", "columns", "lo", "hi", "nan_cols")
+
+    def __init__(self, Y, index, columns, lo=None, hi=None, nan_cols=None):
+        self.Y, self.index, self.columns, self.lo, self.hi = Y, index, columns, lo, hi
+        self.nan_cols = nan_cols
+
+
+def _layout_array(A: np.ndarray) -> np.ndarray:
+    """``A`` (2-D) as float32/float64 with contiguous rows or columns: itself when it already is one."""
+    keep = A.dtype in (np.float64, np.float32) and A.dtype.isnative
+    if keep and (A.strides[0] == A.itemsize or A.strides[1] == A.itemsize or min(A.shape) <= 1):
+        return A
+    dtype = A.dtype if keep else np.float64
+    order = "C" if A.strides[1] == A.itemsize and A.strides[0] != A.itemsize else "F"
+    return np.array(A, dtype=dtype, order=order, copy=True)
+
+
+def model_features(X, owner: str = "featharm", *, index=None, columns=None, ranges: bool = False,
+                   allow_nan: bool = False) -> FeatureTable:
+    """:func:`check_features` for the estimators: the same checks and errors, but no copy of a float table.
+
+    A float64 or float32 array (or a DataFrame over one) is returned as it is, in its own layout (row- or
+    column-major; see :mod:`featharm._core.blocks`) and dtype: float32 features stay float32 (the models
+    compute in float64 blocks and return float32). Other numeric dtypes are converted to float64, and a
+    table with neither contiguous rows nor contiguous columns is copied. The finiteness check reads the
+    table once: with ``ranges`` as the per-column minimum and maximum (kept in the result), else as the
+    column sums (an overflow is checked again exactly). ``allow_nan`` as in :func:`check_features`: NaN
+    cells are accepted and marked in ``nan_cols``; an infinite value is still an error naming the rows.
+    """
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "fiu":
+        n, p = X.shape
+        if index is not None and len(index) != n:
+            _feature_frame(X, owner, index, columns)  # raises the row-count error
+        idx = index if index is not None else pd.RangeIndex(n)
+        cols = pd.Index(list(columns) if columns is not None and len(columns) == p
+                        else [f"x{j}" for j in range(p)])
+        if n == 0 or p == 0:
+            raise InputError(f"the feature table is empty (shape {(n, p)}).")
+        if cols.duplicated().any():
+            raise InputError(f"feature columns are repeated: {_show(cols[cols.duplicated()])}.")
+        Y = _layout_array(X)
+    else:
+        df = _feature_frame(X, owner, index, columns)
+        _check_feature_frame(df)
+        dtypes = set(df.dtypes)
+        dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
+        Y = _layout_array(df.to_numpy(dtype=dtype, copy=False))
+        idx, cols = df.index, df.columns
+    lo = hi = None
+    if ranges:
+        lo, hi = column_range(Y)
+        bad_cols = ~(np.isfinite(lo) & np.isfinite(hi))
+    else:
+        bad_cols = ~np.isfinite(column_sum(Y))
+        if bad_cols.any():  # a sum can overflow where every value is finite
+            bad_cols[bad_cols] = ~np.isfinite(Y[:, bad_cols]).all(axis=0)
+    if allow_nan:  # missing values (docs/methods.md §1.8): NaN accepted, infinite values refused
+        nan_cols = _nan_columns(Y, bad_cols, idx, cols)
+        if ranges:  # a column with NaN cells: its range over the observed cells (NaN when it has none)
+            for j in np.flatnonzero(nan_cols):
+                lo[j], hi[j] = np.fmin.reduce(Y[:, j]), np.fmax.reduce(Y[:, j])
+        return FeatureTable(Y, idx, cols, lo, hi, nan_cols)
+    if bad_cols.any():
+        raise _missing_value_error(Y, bad_cols, idx, cols)
+    return FeatureTable(Y, idx, cols, lo, hi)
 
 
 def rows_of(covariates):

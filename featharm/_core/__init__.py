@@ -9,8 +9,11 @@ Each piece of the maths is written once here and used by the model families abov
 * :mod:`.splines`: B-spline bases frozen at fit and their roughness penalties;
 * :mod:`.penalized`: penalized regression with a smoothing parameter per feature (REML/GCV), §2;
 * :mod:`.location_scale`: the Gaussian location–scale fit of ComBatLS, §5.1;
-* :mod:`.blocks`: feature blocks of bounded memory, and per-feature variances computed through them.
+* :mod:`.blocks`: blocks of bounded memory that follow a table's layout (features of a column-major table,
+  rows of a row-major one), and per-feature ranges, sums and variances computed through them;
+* :mod:`.parallel`: those blocks dealt between threads on a large table.
 
-Everything works on float64 arrays laid out samples × features, vectorized across features, so an
-out-of-core or distributed engine can call the same functions on a block of features.
+Everything works on arrays laid out samples × features (float64, or float32 read in float64 blocks; row- or
+column-major, never copied to the other layout), vectorized across features, so an out-of-core or
+distributed engine can call the same functions on a block of features.
 """

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg.blas import dgemm
+
+from .blocks import block_size, layout_slices, row_major, run_blocks
 
 __all__ = [
     "Priors",
@@ -31,6 +32,7 @@ __all__ = [
     "eb_mean_only",
     "eb_nonparametric",
     "adjust",
+    "adjust_blocks",
 ]
 
 
@@ -210,29 +212,111 @@ def eb_nonparametric(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np
 
 
 def adjust(Y: np.ndarray, D: np.ndarray, coef: np.ndarray, codes: np.ndarray, sigma: np.ndarray,
-           gamma_star: np.ndarray, delta_star: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """S8 for a block: ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + M`` with ``z = (y - M) / sigma``.
+           gamma_star: np.ndarray, delta_star: np.ndarray, out: np.ndarray | None = None,
+           progress=None) -> np.ndarray:
+    """S8: ``y* = sigma (z - gamma*_b) / sqrt(delta*_b) + M`` with ``z = (y - M) / sigma``, into ``out``.
 
-    The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM) is
-    given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
-    ``codes`` the batch of every row (the per-batch terms are gathered by ``codes``, not multiplied). Computed as
-    ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in place in ``out``, with one
-    GEMM (for ``M``) and block-sized temporaries.
+    ``Y`` (n × b: a whole table or a block of features) is float64 or float32, row- or column-major; it is
+    read once, in cache-sized blocks that follow its layout (:mod:`featharm._core.blocks`), and never
+    copied. The preserved part ``M = D @ coef`` (``alpha + X beta`` for ComBat; spline terms for ComBat-GAM)
+    is given as a design ``D`` (n × k) and coefficients (k × b); ``gamma_star``/``delta_star`` are m × b and
+    ``codes`` the batch of every row (the per-batch terms are gathered by ``codes``, not multiplied).
+    Computed as ``(y - M - sigma gamma*_b) / sqrt(delta*_b) + M`` (equal up to rounding) in float64, written
+    into ``out`` (n × b, float64 or float32; by default float64 in the layout of ``Y``): one small GEMM for
+    ``M`` and a few element-wise passes per block, all on block-sized buffers allocated once. ``progress``
+    (optional) is called once per block.
     """
     if out is None:
-        out = np.empty(Y.shape, dtype=np.float64, order="F")
-    np.copyto(out, Y)
-    # every temporary is Fortran-ordered like ``out``: mixed layouts make the element-wise passes strided
-    M = dgemm(1.0, D, coef) if D.shape[1] else None
-    if M is not None:
-        out -= M
-    tmp_t = np.take(np.ascontiguousarray((sigma[None, :] * gamma_star).T), codes, axis=1)  # b × n, C order
-    out -= tmp_t.T
-    np.take(np.ascontiguousarray((1.0 / np.sqrt(delta_star)).T), codes, axis=1, out=tmp_t)
-    out *= tmp_t.T
-    if M is not None:
-        out += M
+        out = np.empty(Y.shape, dtype=np.float64, order="C" if row_major(Y) else "F")
+    shift = sigma[None, :] * gamma_star  # m × b
+    inv_sd = 1.0 / np.sqrt(delta_star)
+    coef = np.asarray(coef, dtype=np.float64)
+    if row_major(Y):
+        _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress)
+    else:
+        _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress)
     return out
+
+
+def adjust_blocks(Y: np.ndarray) -> int:
+    """How many blocks :func:`adjust` processes ``Y`` in (for a progress bar)."""
+    return len(layout_slices(Y))
+
+
+def _adjust_columns(Y, D, coef, codes, shift, inv_sd, out, progress):
+    """:func:`adjust` on blocks of features (column-major ``Y``): the per-batch terms are gathered along the
+    rows of each block, into a buffer whose transpose has the block's layout."""
+    n, p = Y.shape
+    k = D.shape[1]
+    size = block_size(Y)
+    Dt = np.ascontiguousarray(D.T, dtype=np.float64)  # k × n: M.T = coef.T @ D.T, written in C order
+    shift_t = np.ascontiguousarray(shift.T)  # b × m: one batch table row per feature
+    inv_t = np.ascontiguousarray(inv_sd.T)
+    direct = out.dtype == np.float64 and not row_major(out)
+
+    def part(blocks):
+        work = None if direct else np.empty((n, size), order="F")
+        Mt = np.empty((size, n)) if k else None  # M of a block, transposed (C order)
+        T = np.empty((size, n))  # gathered terms, feature × row (C order): T.T is n × b in Fortran order
+        for cols in blocks:
+            w = cols.stop - cols.start
+            o = out[:, cols] if direct else work[:, :w]
+            if k:
+                Mb = np.matmul(coef[:, cols].T, Dt, out=Mt[:w]).T
+                np.subtract(Y[:, cols], Mb, out=o)  # float32 is promoted exactly
+            else:
+                np.copyto(o, Y[:, cols], casting="unsafe")
+            t = T[:w]
+            np.take(shift_t[cols], codes, axis=1, out=t, mode="wrap")
+            o -= t.T
+            np.take(inv_t[cols], codes, axis=1, out=t, mode="wrap")
+            o *= t.T
+            if k:
+                o += Mb
+            if not direct:
+                np.copyto(out[:, cols], o, casting="same_kind")
+            if progress is not None:
+                progress()
+
+    run_blocks(part, layout_slices(Y), Y.size)
+
+
+def _adjust_rows(Y, D, coef, codes, shift, inv_sd, out, progress):
+    """:func:`adjust` on blocks of rows (row-major ``Y``): each row of a block takes its batch's row of the
+    per-batch tables (a gather of whole rows)."""
+    n, p = Y.shape
+    k = D.shape[1]
+    size = block_size(Y)
+    Dc = np.ascontiguousarray(D, dtype=np.float64)
+    coef = np.ascontiguousarray(coef)
+    direct = out.dtype == np.float64 and out.flags.c_contiguous
+
+    def part(blocks):
+        work = None if direct else np.empty((size, p))
+        M = np.empty((size, p)) if k else None
+        T = np.empty((size, p))
+        for rows in blocks:
+            h = rows.stop - rows.start
+            o = out[rows] if direct else work[:h]
+            if k:
+                Mb = np.matmul(Dc[rows], coef, out=M[:h])
+                np.subtract(Y[rows], Mb, out=o)
+            else:
+                np.copyto(o, Y[rows], casting="unsafe")
+            t = T[:h]
+            b = codes[rows]
+            np.take(shift, b, axis=0, out=t, mode="wrap")
+            o -= t
+            np.take(inv_sd, b, axis=0, out=t, mode="wrap")
+            o *= t
+            if k:
+                o += Mb
+            if not direct:
+                np.copyto(out[rows], o, casting="same_kind")
+            if progress is not None:
+                progress()
+
+    run_blocks(part, layout_slices(Y), Y.size)
 
 
 # ---------------------------------------------------------------------------------------- the EB driver

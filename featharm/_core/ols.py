@@ -9,7 +9,9 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.linalg.blas import dgemm
 
-__all__ = ["GramSolver", "residual_ss", "batch_residual_ss", "sub_gemm"]
+from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
+
+__all__ = ["GramSolver", "residual_ss", "batch_residual_ss", "residual_blocks", "sub_gemm"]
 
 
 class GramSolver:
@@ -37,8 +39,32 @@ class GramSolver:
         self.P = np.ascontiguousarray(P)  # k × n: coef = P Y, one GEMM per block
 
     def solve(self, Y: np.ndarray) -> np.ndarray:
-        """Least-squares coefficients (k × b) of every column of ``Y`` (n × b) on ``W``: S1."""
-        return self.P @ Y
+        """Least-squares coefficients (k × b) of every column of ``Y`` (n × b) on ``W``: S1.
+
+        One GEMM on a float64 table of either layout (a long inner dimension wants it whole); a float32
+        table is converted in float64 blocks (no float64 copy of the whole table).
+        """
+        if Y.dtype == np.float64:
+            return self.P @ Y
+        n, p = Y.shape
+        if row_major(Y):  # sum over blocks of rows (large blocks: each adds to the whole k × p result)
+            coef = np.zeros((self.P.shape[0], p))
+            size = max(1, min(n, 16 * BLOCK_BYTES // (8 * p)))
+            buf = np.empty((size, p))
+            for start in range(0, n, size):
+                rows = slice(start, min(n, start + size))
+                coef += self.P[:, rows] @ to_float64(Y[rows], buf[:rows.stop - start])
+            return coef
+        coef = np.empty((self.P.shape[0], p))
+        size = block_size(Y, 4 * BLOCK_BYTES)
+
+        def part(blocks):  # feature blocks are independent: shared between threads
+            buf = np.empty((n, size), order="F")
+            for cols in blocks:
+                np.matmul(self.P, to_float64(Y[:, cols], buf[:, :cols.stop - cols.start]), out=coef[:, cols])
+
+        run_blocks(part, layout_slices(Y, 4 * BLOCK_BYTES), Y.size)
+        return coef
 
 
 def sub_gemm(A: np.ndarray, C: np.ndarray, out: np.ndarray, sign: float) -> None:
@@ -59,18 +85,106 @@ def residual_ss(Y: np.ndarray, W: np.ndarray, coef: np.ndarray, onehot: np.ndarr
 
 
 def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_x: np.ndarray,
-                      codes: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+                      codes: np.ndarray, onehot: np.ndarray | None = None, progress=None) -> np.ndarray:
     """:func:`residual_ss` for a design ``[B | X]`` whose batch part is gathered, not multiplied.
 
     ``batch_fit`` (m × b) is the fitted value of the batch columns for a row of each batch
     (``batch_rows @ coef[:m]``), ``X`` (n × q) the covariate block and ``coef_x`` (q × b) its coefficients.
     The fitted values are ``batch_fit[codes] + X @ coef_x``: a gather and a thin GEMM instead of a GEMM
     with all ``m + q`` columns.
+
+    ``Y`` (n × b) is a whole table or a block, float64 or float32, row- or column-major, read once in
+    cache-sized blocks that follow its layout (never copied), with its rows grouped by batch: for a
+    column-major table, each block of features is gathered with its rows in batch order (each batch is then
+    a contiguous range of every feature, whose squared residuals are one dot product); for a row-major one,
+    each batch's rows are gathered a block at a time and their squared residuals summed down the rows.
+    ``onehot`` is not used (kept for callers that pass it). ``progress`` (optional) is called once per block.
     """
-    R = np.take(np.ascontiguousarray(batch_fit.T), codes, axis=1).T  # n × b, Fortran order like Y
-    np.subtract(Y, R, out=R)
-    sub_gemm(np.asfortranarray(X), coef_x, R, -1.0)
-    np.square(R, out=R)
-    return dgemm(1.0, onehot, R, trans_a=1)
+    m = batch_fit.shape[0]
+    if row_major(Y):
+        return _batch_residual_ss_rows(Y, batch_fit, X, coef_x, codes, progress)
+    n, p = Y.shape
+    Xc = np.ascontiguousarray(X, dtype=np.float64)
+    q = Xc.shape[1]
+    order = np.argsort(codes, kind="stable")  # rows grouped by batch: each batch a contiguous range
+    sorted_codes = codes[order]
+    bounds = np.searchsorted(sorted_codes, np.arange(m + 1))
+    Xt = np.ascontiguousarray(Xc[order].T)  # q × n, rows in that order
+    fit_t = np.ascontiguousarray(batch_fit.T)  # b × m
+    Yt = Y.T  # b × n, C order (a view)
+    size = block_size(Y)
+    ss = np.empty((m, p))
+
+    def part(blocks):
+        T = np.empty((size, n))  # a block's residuals, rows in that order, feature × row (C order)
+        raw = T if Y.dtype == np.float64 else np.empty((size, n), dtype=Y.dtype)
+        G = np.empty((size, n))
+        for cols in blocks:
+            w = cols.stop - cols.start
+            t = T[:w]
+            np.take(Yt[cols], order, axis=1, out=raw[:w], mode="wrap")
+            if raw is not T:
+                np.copyto(t, raw[:w])
+            t -= np.take(fit_t[cols], sorted_codes, axis=1, out=G[:w], mode="wrap")
+            if q:
+                t -= np.matmul(coef_x[:, cols].T, Xt, out=G[:w])
+            for i in range(m):  # one dot product per feature and batch (accurate, as a GEMM's sums)
+                r = t[:, bounds[i]:bounds[i + 1]]
+                ss[i, cols] = np.vecdot(r, r)
+            if progress is not None:
+                progress()
+
+    run_blocks(part, layout_slices(Y), Y.size)
+    return ss
 
 
+def residual_blocks(Y: np.ndarray, m: int) -> int:
+    """How many blocks :func:`batch_residual_ss` processes ``Y`` in (for a progress bar)."""
+    return m if row_major(Y) else len(layout_slices(Y))
+
+
+def _batch_residual_ss_rows(Y, batch_fit, X, coef_x, codes, progress):
+    """:func:`batch_residual_ss` of a row-major table: each batch's rows, a block at a time (the batches
+    are dealt between the threads; each batch's sum is computed by one of them, in row order)."""
+    n, p = Y.shape
+    m = batch_fit.shape[0]
+    q = X.shape[1]
+    Xc = np.ascontiguousarray(X, dtype=np.float64)
+    coef_x = np.ascontiguousarray(coef_x)
+    order = np.argsort(codes, kind="stable")  # rows grouped by batch, in their order within a batch
+    bounds = np.searchsorted(codes[order], np.arange(m + 1))
+    size = block_size(Y)
+    ss = np.zeros((m, p))
+
+    def part(batches):
+        R = np.empty((size, p))
+        raw = R if Y.dtype == np.float64 else np.empty((size, p), dtype=Y.dtype)
+        F = np.empty((size, p)) if q else None
+        col = np.empty(p)
+        for i in batches:
+            idx_i = order[bounds[i]:bounds[i + 1]]
+            for start in range(0, idx_i.size, size):
+                idx = idx_i[start:start + size]
+                h = idx.size
+                r = R[:h]
+                np.take(Y, idx, axis=0, out=raw[:h], mode="wrap")
+                if raw is not R:
+                    np.copyto(r, raw[:h])
+                r -= batch_fit[i]
+                if q:
+                    r -= np.matmul(Xc[idx], coef_x, out=F[:h])
+                np.square(r, out=r)
+                ss[i] += np.add.reduce(r, axis=0, out=col)
+            if progress is not None:
+                progress()
+
+    # largest batches first, so that the threads get similar shares of rows
+    run_blocks(part, [int(i) for i in np.argsort(-(bounds[1:] - bounds[:-1]), kind="stable")], Y.size)
+    return ss
+
+
+def batch_indicators_f(codes: np.ndarray, m: int) -> np.ndarray:
+    """The n × m batch indicator matrix of ``codes`` in Fortran order (float64)."""
+    B = np.zeros((codes.size, m), order="F")
+    B[np.arange(codes.size), codes] = 1.0
+    return B

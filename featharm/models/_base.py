@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from .._core import eb, missing
-from .._core.blocks import iter_blocks
+from .._core.blocks import column_variance, row_major, take_columns
 from .._progress import Progress
 from .._threads import sized_by_first_argument
 from .._validation import (
@@ -22,7 +22,7 @@ from .._validation import (
     batch_levels,
     check_batch_labels,
     check_batch_sizes,
-    check_features,
+    model_features,
     check_integer,
     check_option,
     check_positive_number,
@@ -67,26 +67,22 @@ LINEAR_FEATURE_RTOL = 1e-10
 SCALE_EXPONENT = 64
 
 
-def _feature_scale(Y: np.ndarray, common: bool = False) -> np.ndarray | None:
+def _feature_scale(lo: np.ndarray, hi: np.ndarray, common: bool = False) -> np.ndarray | None:
     """Per-feature powers of two for features outside ``2^±SCALE_EXPONENT`` (1 elsewhere); ``None`` if none.
 
-    ``common``: one power of two for every feature (for computations that mix features, such as an
-    unstandardized PCA, where only a common factor is exact).
+    ``lo``/``hi`` are every feature's smallest and largest value. ``common``: one power of two for every
+    feature (for computations that mix features, such as an unstandardized PCA, where only a common factor
+    is exact).
     """
-    n, p = Y.shape
-    big = np.empty(p)
-    for blk in iter_blocks(p, n):
-        big[blk] = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0))
-    if np.isnan(big).any():  # missing values: the largest |value| over each column's observed cells
-        for j in np.flatnonzero(np.isnan(big)):
-            big[j] = np.fmax.reduce(np.abs(Y[:, j]))
+    big = np.maximum(hi, -lo)  # (over the observed cells of a feature with missing values)
+    big[np.isnan(big)] = 0.0  # a feature without observed values: nothing to scale
     e = np.frexp(big)[1]  # big = f 2^e with f in [0.5, 1)
     outside = (big > 0) & ((e > SCALE_EXPONENT) | (e < -SCALE_EXPONENT))
     if not outside.any():
         return None
     if common:
-        e = np.full(p, np.frexp(big.max())[1])
-        outside = np.ones(p, dtype=bool)
+        e = np.full(big.size, np.frexp(big.max())[1])
+        outside = np.ones(big.size, dtype=bool)
     return np.where(outside, np.ldexp(1.0, np.clip(-e, -1022, 1023)), 1.0)  # normal powers of two: exact
 
 
@@ -116,14 +112,27 @@ _STORED = {
 _ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
 
 
+def _new_output(Y: np.ndarray) -> np.ndarray:
+    """An empty output like ``Y``: the same layout (row- or column-major), float32 for float32 features."""
+    return np.empty(Y.shape, dtype=np.float32 if Y.dtype == np.float32 else np.float64,
+                    order="C" if row_major(Y) else "F")
+
+
 class _Prepared:
-    """Validated arrays for one call: features (n × p float64, fit-time column order) and encodings."""
+    """Validated arrays for one call: features (n × p, fit-time column order) and encodings.
+
+    ``Y`` is float64, or float32 for a family computing in float64 blocks (``_float32_blocks``), in the
+    layout the caller gave (row- or column-major, never copied to the other); ``dtype`` is the dtype of the
+    output (float32 for float32 input). ``lo``/``hi`` are the features' smallest and largest values (at fit).
+    """
 
     __slots__ = ("Y", "index", "columns", "order", "covariates", "codes", "X", "levels", "new_levels", "effects",
-                 "new_random", "scale", "mask", "rows_out")
+                 "new_random", "scale", "dtype", "lo", "hi", "mask", "rows_out")
 
-    def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None):
+    def __init__(self, Y, index, columns, order, covariates, codes, X, levels=(), new_levels=(), scale=None,
+                 dtype=np.float64, lo=None, hi=None):
         self.Y, self.index, self.columns, self.order = Y, index, columns, order
+        self.dtype, self.lo, self.hi = np.dtype(dtype), lo, hi
         self.scale = scale  # powers of two Y was multiplied by (None: not rescaled; see _feature_scale)
         self.covariates, self.codes, self.X = covariates, codes, X
         self.levels = list(levels)  # the batch levels (codes 0..m-1): at fit, the sorted levels seen
@@ -165,6 +174,14 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # entries it adds to the shared ones of ``_get_state``.
     _stored: ClassVar[dict[str, Stored]] = _STORED
     _state_extra: ClassVar[tuple[str, ...]] = ()
+
+    # Whether the family computes float32 features in float64 blocks (the output stays float32 and no float64
+    # copy of the input is made); otherwise float32 features are converted to float64 once, and the output
+    # cast back to float32.
+    _float32_blocks: ClassVar[bool] = False
+    # Whether the family computes a row-major (C-ordered) table in its own layout; otherwise it is copied to
+    # column-major order once (a family whose fit is dominated by per-feature work on small tables).
+    _row_major_blocks: ClassVar[bool] = True
 
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
@@ -223,22 +240,34 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 f"{owner} needs `covariates`: a DataFrame with the batch column {self.batch!r} (and the "
                 "formula's columns), aligned with the features by index."
             )
+        index = cols = None
         is_array = isinstance(X, np.ndarray)
         if is_array and isinstance(covariates, pd.DataFrame) and X.ndim == 2 and X.shape[0] == len(covariates):
             cols = list(self.feature_names_in_) if (not fitting and hasattr(self, "feature_names_in_")) \
                 else [f"x{j}" for j in range(X.shape[1])]
             if len(cols) != X.shape[1]:
                 raise AlignmentError(f"X has {X.shape[1]} features but {owner} was fitted with {len(cols)}.")
-            X = pd.DataFrame(X, index=covariates.index, columns=cols)
-        Y, index, columns, nan_cols = check_features(X, owner, allow_nan=True)
+            index = covariates.index
+        # an array (or a DataFrame over one) is used in place, in its own layout: no copy of the data
+        table = model_features(X, owner, index=index, columns=cols, ranges=fitting, allow_nan=True)
+        Y, index, columns, lo, hi = table.Y, table.index, table.columns, table.lo, table.hi
+        nan_cols = table.nan_cols
+        dtype = Y.dtype
+        if nan_cols.any() and self._supports_missing and (Y.dtype != np.float64 or row_major(Y)):
+            Y = np.asfortranarray(Y, dtype=np.float64)  # the missing-value path computes on whole columns
+        if Y.dtype != np.float64 and not self._float32_blocks:
+            Y = Y.astype(np.float64)  # the family computes on whole float64 arrays; the output is cast back
+        if not self._row_major_blocks and row_major(Y):
+            Y = np.asfortranarray(Y)
         cov = align_covariates(index, covariates, owner)
         order = None
         if not fitting:
             fitted = list(self.feature_names_in_)
             if list(columns) != fitted:
                 cols = [str(c) for c in columns]
-                missing = [c for c in fitted if c not in set(cols)]
-                extra = [c for c in cols if c not in set(fitted)]
+                have, want = set(cols), set(fitted)
+                missing = [c for c in fitted if c not in have]
+                extra = [c for c in cols if c not in want]
                 if missing or extra:
                     raise AlignmentError(
                         f"the features differ from those {owner} was fitted on: missing {missing[:5]}"
@@ -247,14 +276,19 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                     )
                 pos = {c: i for i, c in enumerate(cols)}
                 order = np.array([pos[c] for c in fitted])
-                Y = np.asfortranarray(Y[:, order])
-                nan_cols = nan_cols[order]
+                if np.array_equal(order, np.arange(order.size)):
+                    order = None  # the same columns in the same order (named differently, e.g. 0 and "0")
+                else:
+                    Y = take_columns(Y, order)
+                    nan_cols = nan_cols[order]
         common = self._common_feature_scale()
-        scale = _feature_scale(Y, bool(common)) if fitting else self._arr.get("feature_scale")
+        scale = _feature_scale(lo, hi, bool(common)) if fitting else self._arr.get("feature_scale")
         if scale is not None:
             if fitting and common:
-                self._check_common_scale(Y, scale, columns, common)
-            Y = Y * scale  # a new array: the caller's data are never modified
+                self._check_common_scale(lo, hi, scale, columns, common)
+            Y = Y * scale  # a new float64 array: the caller's data are never modified
+            if fitting:
+                lo, hi = lo * scale, hi * scale
         bser = get_batch(cov, self.batch)
         if fitting:
             levels = batch_levels(bser)
@@ -268,9 +302,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 seen = set(known) | {str(k) for k in known}  # 3 and "3" are the same site
                 new = [v for v in vals if v not in seen and str(v) not in seen]
             codes = encode_batches(bser, known + new, self.batch)
-            return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale),
-                                      nan_cols)
-        return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale), nan_cols)
+            return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, known, new, scale=scale,
+                                                dtype=dtype), nan_cols)
+        return self._with_missing(_Prepared(Y, index, columns, order, cov, codes, None, levels, scale=scale,
+                                            dtype=dtype, lo=lo, hi=hi), nan_cols)
 
     # Whether the family estimates with missing feature values (NaN cells, docs/methods.md §1.8).
     _supports_missing: ClassVar[bool] = False
@@ -297,13 +332,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """Why features must be rescaled by one common factor (a family mixing them in their own units), or None."""
         return None
 
-    def _check_common_scale(self, Y: np.ndarray, scale: np.ndarray, columns, why: str) -> None:
+    def _check_common_scale(self, lo: np.ndarray, hi: np.ndarray, scale: np.ndarray, columns, why: str) -> None:
         """With one common factor, features far smaller than the largest would underflow: refuse them."""
-        n, p = Y.shape
-        small = np.zeros(p, dtype=bool)
-        for blk in iter_blocks(p, n):
-            big = np.maximum(Y[:, blk].max(axis=0), -Y[:, blk].min(axis=0)) * scale[blk]
-            small[blk] = (big > 0) & (big < np.ldexp(1.0, -SCALE_EXPONENT))
+        big = np.maximum(hi, -lo) * scale
+        small = (big > 0) & (big < np.ldexp(1.0, -SCALE_EXPONENT))
         if small.any():
             raise InputError(
                 f"{self._owner()} {why}, but their magnitudes differ by more than 2^{SCALE_EXPONENT}: e.g. "
@@ -546,17 +578,23 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         ``self._delta_raw`` and flags constant features (:meth:`_mark_constant`)."""
         raise NotImplementedError(f"{type(self).__name__} must define _fit_location")
 
-    def _mark_constant(self, scale: np.ndarray, variance: np.ndarray | None = None) -> None:
+    def _mark_constant(self, scale: np.ndarray, variance: np.ndarray | None = None, *,
+                       prep: _Prepared | None = None) -> None:
         """Flag the features with no variance left after the location fit; warn naming them.
 
         Flagged: ``sigma`` is 0, not finite, or below ``1e-11`` of the feature's magnitude ``scale``
         (``|alpha|``), or ``sigma^2`` is below :data:`LINEAR_FEATURE_RTOL` of the feature's own ``variance``
         (a linear function of the batch and covariates). Both tests are relative, so they do not depend on
         the units. The warning calls a feature constant when its own variance is negligible too.
+
+        With ``prep`` instead of ``variance``, the variance is computed only where the test could flag a
+        feature (see :meth:`_feature_variance`), not in a pass over all the data.
         """
         sigma = self._arr["sigma"]
         const = (sigma == 0) | (sigma <= 1e-11 * scale) | ~np.isfinite(sigma)
         explained = np.zeros_like(const)
+        if variance is None and prep is not None:
+            variance = self._feature_variance(prep, const)
         if variance is not None:
             const |= sigma * sigma <= LINEAR_FEATURE_RTOL * variance
             # named by what they are: constant columns, or columns that vary but are explained by the design
@@ -582,6 +620,28 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             a["gamma_hat"][:, const] = 0.0
             a["delta_hat"][:, const] = 1.0
             self._delta_raw[:, const] = 1.0
+
+    def _feature_variance(self, prep: _Prepared, const: np.ndarray) -> np.ndarray:
+        """Each feature's variance (ddof 0) where :meth:`_mark_constant` needs it, an upper bound elsewhere.
+
+        A feature's variance is at most a quarter of its squared range (Popoviciu's inequality), and
+        ``sigma`` is at most its SD. So a feature with ``sigma^2 > LINEAR_FEATURE_RTOL (max - min)^2`` cannot
+        be flagged, and its variance is not needed: it gets the bound ``(max - min)^2 / 4``. The others
+        (in practice the constant and the design-explained features, if any) get their exact variance,
+        computed on those columns only; the result of the test is the same as with every exact variance.
+        """
+        Y = prep.Y
+        if prep.lo is None:
+            return column_variance(Y)
+        sigma = self._arr["sigma"]
+        bound = (prep.hi - prep.lo) ** 2
+        with np.errstate(invalid="ignore", over="ignore"):
+            need = const | ~(sigma * sigma > LINEAR_FEATURE_RTOL * bound)
+        variance = bound / 4.0
+        if need.any():
+            cols = np.flatnonzero(need)
+            variance[cols] = column_variance(take_columns(Y, cols))
+        return variance
 
     def _fit_eb(self, counts: np.ndarray, ref) -> None:
         """S6–S7: priors and the EB posterior of every batch (or the raw estimates when eb=False)."""
@@ -756,14 +816,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         Y = prep.Y
         n, p = Y.shape
         g_all, d_all = self._site_effects(prep)
-        out = np.empty((n, p), order="F")
+        out = _new_output(Y)
         D = self._preserved_design(prep)
-        blocks = list(iter_blocks(p, n))
-        with Progress(len(blocks), "harmonizing") as bar:
-            for blk in blocks:
-                eb.adjust(Y[:, blk], D, self._preserved_coef(blk), prep.codes, a["sigma"][blk],
-                          g_all[:, blk], d_all[:, blk], out=out[:, blk])
-                bar.update()
+        with Progress(eb.adjust_blocks(Y), "harmonizing") as bar:
+            eb.adjust(Y, D, self._preserved_coef(slice(None)), prep.codes, a["sigma"], g_all, d_all, out=out,
+                      progress=bar.update)
         return self._keep_unadjusted(out, prep)
 
     def _keep_unadjusted(self, out: np.ndarray, prep: _Prepared) -> np.ndarray:
@@ -785,13 +842,15 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                     f"the harmonized values of {list(self.feature_names_in_[bad][:5])} exceed the range of "
                     "float64 numbers (about 1.8e308); express those features in other units first."
                 )
+        if out.dtype != prep.dtype:  # float32 features computed on whole float64 arrays
+            out = out.astype(prep.dtype)
         if prep.order is not None:
             inv = np.empty_like(prep.order)
             inv[prep.order] = np.arange(prep.order.size)
-            out = out[:, inv]
+            out = take_columns(out, inv)
         if prep.rows_out is not None:  # missing_covariates="exclude": the left-out rows come back NaN
             keep, index = prep.rows_out
-            full = np.full((keep.size, out.shape[1]), np.nan, order="F")
+            full = np.full((keep.size, out.shape[1]), np.nan, dtype=out.dtype, order="C" if row_major(out) else "F")
             full[keep] = out
             out, prep.index = full, index
         df = pd.DataFrame(out, index=prep.index, columns=prep.columns, copy=False)

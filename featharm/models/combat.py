@@ -139,6 +139,7 @@ class ComBat(BaseHarmonizer):
     """
 
     _schema_name = "combat"
+    _float32_blocks = True
     _compat_options = (None, "neuroCombat", "sva")
     _supports_missing = True
 
@@ -176,23 +177,16 @@ class ComBat(BaseHarmonizer):
         m = B.shape[1]
         W = np.hstack([B, prep.X])
         qr = ols.GramSolver(W)
-        onehot = np.asfortranarray(batch_indicators(prep.codes, m))
         coef = qr.solve(Y)  # one GEMM for all features (a long inner dimension wants it whole)
-        ss = np.empty((m, p))
         batch_rows = batch_indicators(np.arange(m), m, ref)
         batch_fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
-        Xf = np.asfortranarray(prep.X)
-        blocks = list(iter_blocks(p, n))
-        with Progress(len(blocks), "fitting location/scale") as bar:
-            for blk in blocks:
-                ss[:, blk] = ols.batch_residual_ss(Y[:, blk], batch_fit[:, blk], Xf, coef[m:, blk],
-                                                  prep.codes, onehot)
-                bar.update()
+        with Progress(ols.residual_blocks(Y, m), "fitting location/scale") as bar:
+            ss = ols.batch_residual_ss(Y, batch_fit, prep.X, coef[m:], prep.codes, progress=bar.update)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha), column_variance(Y))
+        self._mark_constant(np.abs(st.alpha), prep=prep)
 
     # ------------------------------------------------------------------------------ missing values (§1.8)
     def _fit_location_missing(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:

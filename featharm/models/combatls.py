@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._core import eb, missing, ols
 from .._core.location_scale import fit_location_scale, scale_rank_deficient
-from .._core.blocks import column_variance, iter_blocks
+from .._core.blocks import iter_blocks
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
@@ -188,7 +188,7 @@ class ComBatLS(BaseHarmonizer):
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
-        self._mark_constant(np.abs(alpha), column_variance(Y))
+        self._mark_constant(np.abs(alpha), prep=prep)
         const = self._arr["constant"]
         scale_coef = np.zeros((S.shape[1], p))
         dev = np.full(p, np.nan)

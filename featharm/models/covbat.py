@@ -115,6 +115,7 @@ class CovBat(ComBat):
     """
 
     _schema_name = "covbat"
+    _float32_blocks = False  # the PCA works on the whole float64 ComBat output
     _stored = {**ComBat._stored, **_COVBAT_STORED}
     _compat_options = (None, "neuroCombat")
     _supports_missing = True  # the ComBat step takes NaN cells; the covariance step uses the complete rows

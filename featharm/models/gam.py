@@ -315,7 +315,7 @@ class ComBatGAM(BaseHarmonizer):
                          spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
                          smoothing=lam, edf=edf)
         self._delta_raw = st.delta_raw
-        self._mark_constant(np.abs(st.alpha), column_variance(Y))
+        self._mark_constant(np.abs(st.alpha), prep=prep)
 
     def _fit_location_missing(self, prep, B, counts, ref, Z, penalties, terms) -> None:
         """S1–S5 with NaN cells (§1.8): each feature's penalized fit, smoothing parameter included, on its

@@ -147,6 +147,7 @@ class LongComBat(BaseHarmonizer):
     """
 
     _schema_name = "longcombat"
+    _row_major_blocks = False  # mixed-model fits per feature: column-major, as they were written
     _feature_units = {**BaseHarmonizer._feature_units, "batch_effect": 1, "residual_var": 2, "ranef_var": 2}
     _stored = {
         **BaseHarmonizer._stored,
@@ -264,7 +265,7 @@ class LongComBat(BaseHarmonizer):
             fit = fit_random_slope(Y, W, g, t, reml=True) if self.random_slope else fit_random_intercept(Y, W, g, reml=True)
             self._arr.update(self._standardize_fit(Y, W, g, Z, prep.codes, counts, fit))
             self._delta_raw = self._arr.pop("delta_raw")
-            self._mark_constant(np.abs(self._arr["alpha"]), column_variance(Y))
+            self._mark_constant(np.abs(self._arr["alpha"]), prep=prep)
         sing = self._arr["singular"].astype(bool) & ~self._arr["constant"]
         if sing.any():
             names = list(self.feature_names_in_[sing])
