@@ -18,7 +18,8 @@ import scipy.linalg as sla
 from ..exceptions import ConfoundingError
 from .blocks import column_variance, iter_blocks
 
-__all__ = ["fit_penalized", "fit_penalized_observed", "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
+__all__ = ["fit_penalized", "fit_penalized_observed",
+           "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
 
 NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
 N_GRID = 121  # log-lambda grid points of the default criterion search

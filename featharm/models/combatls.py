@@ -80,6 +80,15 @@ class ComBatLS(BaseHarmonizer):
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8): NaN cells stay NaN and every observed cell is harmonized.
+    Each feature's mean and scale models are fitted on the rows where it is observed (missing cells have
+    weight 0; the scale step's information ``2 S'S`` is that of the observed rows); ``gamma_hat`` and
+    ``delta_hat`` come from the observed standardized values; the grand mean weights the batches by their
+    full sizes over those present (ComBat's rule); ``n_obs_`` holds the counts. Empty or single site ×
+    feature cells, errors and warnings are ComBat's. A feature without NaN equals its complete-data fit to
+    the fit tolerance (``fit_tol``), not bit for bit: a block of features is iterated until all of its
+    features have converged.
+
     With ``ref_batch`` the scale model is fitted on all rows (as ComBatFamily), whereas ComBat takes the
     pooled variance from the reference rows only (sva/neuroCombat); the reference rows come back unchanged.
     R's gamlss stops when the global deviance changes by less than 0.001, so it agrees with this exact

@@ -56,7 +56,7 @@ class CovBat(ComBat):
     ----------
     batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat, missing_covariates
         The ComBat step; see :class:`~featharm.ComBat` (``compat`` is None or ``"neuroCombat"``). Missing
-        feature values (NaN cells) are refused: the PCA step needs complete rows (ComBat handles them).
+        feature values (NaN cells) are taken: see Notes.
     ref_batch : str or None, default None
         Reference batch (Zhang et al. 2018, as :class:`~featharm.ComBat`): the ComBat step maps every other
         batch onto the reference's location and scale, the PCA is taken of all the adjusted residuals, and
@@ -98,6 +98,16 @@ class CovBat(ComBat):
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8). The ComBat step harmonizes every observed cell, each
+    feature on its observed rows. The PCA needs complete residual rows, so **the PCA and the score model
+    are fitted on the complete rows** (no NaN among the features with variance), and **a row with a NaN
+    keeps its ComBat-step values**: observed cells adjusted for location and scale, NaN cells NaN, no
+    covariance adjustment (nothing is imputed). A :class:`~featharm.exceptions.MissingValueWarning` says how
+    many rows that is, at fit and at every ``transform``. A batch with fewer than 2 complete rows has no
+    score model and all its rows are left as the ComBat step gives them (``score_gamma_hat_`` NaN,
+    ``score_gamma_star_`` 0, ``score_delta_star_`` 1; named in the warning); a reference batch needs 2.
+    With many features and scattered NaN few rows are complete, so little is covariance-adjusted.
+
     One Python peer runs the PCA on the ComBat output *with* the covariate effects added back; the
     leading components then carry age or diagnosis, and adjusting them removes most of those effects.
     Here the PCA sees only the residuals. ``transform(..., new_sites="estimate")`` also estimates the

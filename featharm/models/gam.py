@@ -121,12 +121,22 @@ class ComBatGAM(BaseHarmonizer):
         As in :class:`~featharm.ComBat`.
     n_features_in_, fit_warnings_ : int, list
         As in :class:`~featharm.ComBat`.
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: observed values of each feature at each batch.
 
     Notes
     -----
     With several smooth terms, one smoothing parameter per feature is shared by the terms; each term's
     penalty is first scaled to the size of its basis cross-product, so that the terms are penalized on a
     comparable scale. (mgcv estimates one parameter per term.)
+
+    *Missing values* (``docs/methods.md`` §1.8). NaN feature cells stay NaN and every observed cell is
+    harmonized. The spline basis and its penalty are frozen from all rows' covariates; each feature's
+    penalized fit, smoothing parameter (REML/GCV) included, uses the rows where it is observed (features
+    missing on the same rows are solved together). A feature without NaN keeps its complete-data fit bit
+    for bit; with ``shared_smoothing`` the one smoothing parameter pools every feature's criterion, so it
+    moves with the others' NaN. Empty or single site × feature cells, errors and warnings are ComBat's.
+    ``compat="neuroHarmonize"`` refuses NaN cells (neuroHarmonize takes none).
 
     Examples
     --------

@@ -101,9 +101,20 @@ class LongComBat(BaseHarmonizer):
         As :class:`~featharm.ComBat` (``n_iter_`` counts the Jacobi EB iterations run per batch).
     singular_features_ : list
         Features whose random-intercept variance was estimated at 0.
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: observed scans of each feature at each batch.
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8; longCombat requires complete data). NaN cells stay NaN and
+    every observed cell is harmonized. Each feature's mixed model is fitted on the scans where it is
+    observed (one vectorized fit per missingness pattern, :func:`featharm.mixed.fit_observed`), so a subject
+    with a missing visit for one feature keeps its other visits there; the grand mean weights the batches
+    by their full sizes over those present (ComBat's rule); the batch moments and the Jacobi EB use each
+    batch's observed scans (an empty batch × feature gets the site's prior, as in ComBat). A feature without
+    NaN keeps its complete-data fit bit for bit. New subjects' random effects at ``new_sites="estimate"``
+    are predicted per feature from their observed scans.
+
     ``transform(X, covariates, new_sites=...)`` is the shared one (:meth:`BaseHarmonizer.transform`); for
     scans of batches not seen at fit, ``new_sites="estimate"`` estimates their location, scale and EB
     posterior (``n_iter`` Jacobi iterations, as at fit) from their own scans against the frozen model, each
@@ -262,7 +273,10 @@ class LongComBat(BaseHarmonizer):
         if prep.mask is not None:  # NaN cells: each feature's mixed model on its observed scans (§1.8)
             self._fit_location_missing(prep, B, W, g, t, Z, counts, ref)
         else:
-            fit = fit_random_slope(Y, W, g, t, reml=True) if self.random_slope else fit_random_intercept(Y, W, g, reml=True)
+            if self.random_slope:
+                fit = fit_random_slope(Y, W, g, t, reml=True)
+            else:
+                fit = fit_random_intercept(Y, W, g, reml=True)
             self._arr.update(self._standardize_fit(Y, W, g, Z, prep.codes, counts, fit))
             self._delta_raw = self._arr.pop("delta_raw")
             self._mark_constant(np.abs(self._arr["alpha"]), prep=prep)
