@@ -390,12 +390,14 @@ def fit_observed(Y, X, groups, mask, *, droppable: int = 0, time=None, random_sl
     """:func:`fit_random_intercept` (or :func:`fit_random_slope`) of every column of ``Y`` on its observed
     rows (``mask`` True = missing; ``docs/methods.md`` §1.8).
 
-    Features missing on the same rows (a missingness pattern) are fitted together, in one vectorized call;
-    a subject keeps the scans where the feature is observed (a subject with none of them has a BLUP of 0
-    and no say in that feature's fit). Of the first ``droppable`` columns of ``X`` (batch indicators), one
-    without an observed row is left out of that pattern's design and its coefficient is NaN; any other
-    rank deficiency is an error. Returns one :class:`MixedFit` for all features, subjects coded as in the
-    full table.
+    A subject keeps the scans where the feature is observed (a subject with none of them has a BLUP of 0
+    and no say in that feature's fit). Random intercept: the features whose first ``droppable`` columns of
+    ``X`` (batch indicators) all have an observed row are fitted in one vectorized call whatever their
+    missingness patterns (:func:`_fit_intercept_masked`: per-feature sufficient statistics). The others, and
+    the random-slope model, are fitted per missingness pattern (features missing on the same rows
+    together), a droppable column without an observed row left out of that pattern's design (its
+    coefficient is NaN); any other rank deficiency is an error. Returns one :class:`MixedFit` for all
+    features, subjects coded as in the full table.
     """
     from ._core.missing import missingness_patterns
 

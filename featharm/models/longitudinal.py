@@ -108,7 +108,7 @@ class LongComBat(BaseHarmonizer):
     -----
     *Missing values* (``docs/methods.md`` §1.8; longCombat requires complete data). NaN cells stay NaN and
     every observed cell is harmonized. Each feature's mixed model is fitted on the scans where it is
-    observed (one vectorized fit per missingness pattern, :func:`featharm.mixed.fit_observed`), so a subject
+    observed (vectorized over features, :func:`featharm.mixed.fit_observed`), so a subject
     with a missing visit for one feature keeps its other visits there; the grand mean weights the batches
     by their full sizes over those present (ComBat's rule); the batch moments and the Jacobi EB use each
     batch's observed scans (an empty batch × feature gets the site's prior, as in ComBat). A feature without
@@ -323,7 +323,7 @@ class LongComBat(BaseHarmonizer):
 
     def _fit_location_missing(self, prep, B, W, g, t, Z, counts, ref) -> None:
         """The mixed model and S2–S5 with NaN cells (§1.8): each feature's REML fit on the scans where it is
-        observed (:func:`featharm.mixed.fit_observed`, one vectorized fit per missingness pattern), the grand
+        observed (:func:`featharm.mixed.fit_observed`), the grand
         mean over the batches present weighted by the full batch sizes (ComBat's rule), ``sigma`` and the
         batch moments over the observed cells. Fills ``self._arr`` (with ``n_obs``)."""
         Y, mask, codes = prep.Y, prep.mask, prep.codes
