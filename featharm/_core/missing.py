@@ -21,7 +21,8 @@ observed and no cell is ever filled. The formulas are R neuroCombat 1.0.14's mis
   ``b / (a - 1)``; non-parametric: the unweighted prior sample); the non-parametric prior sample leaves out
   features whose estimates are undefined.
 
-S8 (the adjustment) needs nothing new: :func:`featharm._core.eb.adjust` is cell-wise, so NaN cells stay NaN.
+S6–S7 over all batches is :func:`featharm._core.eb.posterior`'s driver with the m × p counts and this
+module's :func:`eb_priors` and :func:`site_posterior` (:func:`posterior`). S8 (the adjustment) needs nothing new: :func:`featharm._core.eb.adjust` is cell-wise, so NaN cells stay NaN.
 Arrays only, samples × features, float64; ``mask`` is True where a cell is missing.
 """
 
@@ -381,29 +382,11 @@ def site_posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.n
 def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n_obs: np.ndarray,
               opts: eb.EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
               progress=None) -> eb.Posterior:
-    """S6–S7 over all batches with ``n_obs`` (m × p) observed values (:func:`featharm._core.eb.posterior`).
+    """S6–S7 over all batches with ``n_obs`` (m × p) observed values: :func:`featharm._core.eb.posterior`
+    with this module's priors (undefined estimates left out) and per-feature posteriors.
 
     Priors from the features in ``keep`` whose estimates are defined; features outside ``keep`` keep
     ``gamma_hat`` / ``delta_hat``; the reference batch gets ``gamma* = 0``, ``delta* = 1`` and NaN priors.
     """
-    m, p = gamma_hat.shape
-    keep = np.ones(p, dtype=bool) if keep is None else keep
-    g_star, d_star = gamma_hat.copy(), delta_hat.copy()
-    n_iter = np.zeros(m)
-    not_converged = []
-    pri = eb_priors(gamma_hat[:, keep], delta_hat[:, keep], mean_only=opts.mean_only)
-    for i in range(m):
-        if i == ref or not opts.eb:
-            continue
-        gs, ds, n_iter[i], ok = site_posterior(gamma_hat[i, keep], delta_hat[i, keep], delta_raw[i, keep],
-                                               n_obs[i, keep].astype(np.float64), pri, i, opts)
-        if not ok:
-            not_converged.append(i)
-        g_star[i, keep], d_star[i, keep] = gs, ds
-        if progress is not None:
-            progress()
-    if ref is not None:
-        g_star[ref], d_star[ref] = 0.0, 1.0
-        for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
-            arr[ref] = np.nan
-    return eb.Posterior(g_star, d_star, pri, n_iter, not_converged)
+    return eb.posterior(gamma_hat, delta_hat, delta_raw, n_obs, opts, keep=keep, ref=ref, progress=progress,
+                        estimators=(eb_priors, site_posterior))
