@@ -36,7 +36,7 @@ from scipy.linalg import solve_triangular
 
 from .exceptions import ConvergenceWarning, InputError, warn
 
-__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "site_lrt", "batch_lrt"]
+__all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "fit_observed", "site_lrt", "batch_lrt"]
 
 _LOG2PI = np.log(2.0 * np.pi)
 _GRID = np.arange(-12.0, 12.0001, 0.5)  # log(lam) grid: lam from 6e-6 to 1.6e5
@@ -382,6 +382,130 @@ def fit_random_slope(Y, X, groups, time, *, reml: bool = True) -> MixedFit:
              "last iterate is used.", ConvergenceWarning)
     return MixedFit(beta=st.beta(beta_q), sigma2=sigma2_c * st.sd**2, ranef_cov=cov, loglik=loglik,
                     blup=blup, boundary=boundary, reml=reml)
+
+
+# --------------------------------------------------------------------------------------------- missing values
+def fit_observed(Y, X, groups, mask, *, droppable: int = 0, time=None, random_slope: bool = False,
+                 reml: bool = True) -> MixedFit:
+    """:func:`fit_random_intercept` (or :func:`fit_random_slope`) of every column of ``Y`` on its observed
+    rows (``mask`` True = missing; ``docs/methods.md`` §1.8).
+
+    A subject keeps the scans where the feature is observed (a subject with none of them has a BLUP of 0
+    and no say in that feature's fit). Random intercept: the features whose first ``droppable`` columns of
+    ``X`` (batch indicators) all have an observed row are fitted in one vectorized call whatever their
+    missingness patterns (:func:`_fit_intercept_masked`: per-feature sufficient statistics). The others, and
+    the random-slope model, are fitted per missingness pattern (features missing on the same rows
+    together), a droppable column without an observed row left out of that pattern's design (its
+    coefficient is NaN); any other rank deficiency is an error. Returns one :class:`MixedFit` for all
+    features, subjects coded as in the full table.
+    """
+    from ._core.missing import missingness_patterns
+
+    Y = np.asarray(Y, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    g, S = _codes(groups)
+    n, p = Y.shape
+    k = X.shape[1]
+    r = 2 if random_slope else 1
+    beta = np.full((k, p), np.nan)
+    sigma2, loglik = np.empty(p), np.empty(p)
+    cov = np.empty((p, r, r))
+    blup = np.zeros((S, r, p))
+    boundary = np.zeros(p, dtype=bool)
+    todo = np.ones(p, dtype=bool)
+    if not random_slope:  # features with every droppable column observed: one masked fit, whatever the pattern
+        obs = ~mask
+        full = (X[:, :droppable].T @ obs > 0).all(axis=0) if droppable else np.ones(p, dtype=bool)
+        cols = np.flatnonzero(full)
+        step = max(1, int(4e6 // max(1, S * k)))  # bounded per-subject sums (S × k × block)
+        for start in range(0, cols.size, step):
+            f = cols[start:start + step]
+            b, s2, t2, ll, bl, bd = _fit_intercept_masked(Y[:, f], obs[:, f], X, g, S, reml)
+            beta[:, f], sigma2[f], cov[f, 0, 0], loglik[f], blup[:, 0, f], boundary[f] = b, s2, t2, ll, bl, bd
+        todo = ~full
+    sub = np.flatnonzero(todo)
+    first, inverse = missingness_patterns(mask[:, sub])
+    for u, col in enumerate(first):
+        feats = sub[inverse == u]
+        col = sub[col]
+        rows = ~mask[:, col]
+        Xr = X[rows]
+        cols = np.ones(k, dtype=bool)
+        cols[:droppable] = Xr[:, :droppable].any(axis=0)
+        Yr = Y[rows][:, feats]
+        if random_slope:
+            fit = fit_random_slope(Yr, Xr[:, cols], g[rows], np.asarray(time, dtype=np.float64)[rows], reml=reml)
+        else:
+            fit = fit_random_intercept(Yr, Xr[:, cols], g[rows], reml=reml)
+        beta[np.ix_(np.flatnonzero(cols), feats)] = fit.beta
+        sigma2[feats], loglik[feats], cov[feats], boundary[feats] = fit.sigma2, fit.loglik, fit.ranef_cov, fit.boundary
+        blup[:fit.blup.shape[0], :, feats] = fit.blup  # subjects coded in the full table (0 where unobserved)
+    return MixedFit(beta=beta, sigma2=sigma2, ranef_cov=cov, loglik=loglik, blup=blup, boundary=boundary, reml=reml)
+
+
+def _fit_intercept_masked(Y, obs, X, g, S, reml):
+    """:func:`fit_random_intercept` of every column of ``Y`` on its observed rows (``obs``), all at once.
+
+    The same profiled (RE)ML as the complete-data fit, with every sufficient statistic taken per feature
+    over its observed rows: the design's Gram matrix ``Q_v'Q_v`` (one product ``obs' (Q ⊙ Q)``), the
+    subjects' visit counts ``n_sv`` and sums, and the per-visit-count sums of their outer products (a few
+    distinct counts). ``X`` must have full column rank on each feature's observed rows. Returns ``beta``,
+    ``sigma2``, ``tau2``, ``loglik``, ``blup`` (S × p) and ``boundary``.
+    """
+    n, p = Y.shape
+    k = X.shape[1]
+    st = _Standardized(np.zeros((n, 1)), X)  # the design part only: Q (orthonormal), R, c, log|X'X|
+    Q = st.Q
+    of = obs.astype(np.float64)
+    n_v = of.sum(axis=0)
+    Y0 = np.where(obs, Y, 0.0)
+    mu = Y0.sum(axis=0) / n_v
+    D = (Y0 - mu) * of
+    sd = np.sqrt((D * D).sum(axis=0) / n_v)
+    sd = np.where(sd > 0, sd, 1.0)
+    Yc = D / sd  # 0 in the missing cells
+    XtX = (of.T @ (Q[:, :, None] * Q[:, None, :]).reshape(n, k * k)).reshape(p, k, k)
+    XtY = Q.T @ Yc
+    yty = np.einsum("np,np->p", Yc, Yc)
+    ns = _group_sums(of, g, S)  # S × p
+    T = _group_sums(Yc, g, S)
+    Sx = np.stack([_group_sums(Q[:, [j]] * of, g, S) for j in range(k)], axis=1)  # S × k × p
+    sizes = np.unique(ns)
+    A = np.empty((sizes.size, p, k, k))
+    C = np.empty((sizes.size, p, k))
+    qq = np.empty((sizes.size, p))
+    counts = np.empty((sizes.size, p))
+    for j, size in enumerate(sizes):
+        ind = (ns == size).astype(np.float64)
+        Si = Sx * ind[:, None, :]
+        A[j] = np.einsum("skp,slp->pkl", Si, Sx)
+        C[j] = np.einsum("skp,sp->pk", Si, T)
+        qq[j] = np.einsum("sp,sp->p", ind * T, T)
+        counts[j] = ind.sum(axis=0)
+    dof = n_v - k if reml else n_v
+
+    def evaluate(lam):
+        w = lam[None, :] / (1.0 + sizes[:, None] * lam[None, :])  # G × p
+        M = XtX - np.einsum("gp,gpkl->pkl", w, A)
+        b = XtY.T - np.einsum("gp,gpk->pk", w, C)
+        L = np.linalg.cholesky(M)
+        beta = np.linalg.solve(M, b[..., None])[..., 0]
+        rss = np.maximum(yty - np.einsum("gp,gp->p", w, qq) - np.einsum("pk,pk->p", b, beta), 1e-300)
+        obj = dof * np.log(rss) + np.einsum("gp,gp->p", counts, np.log1p(sizes[:, None] * lam[None, :]))
+        if reml:
+            obj = obj + 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        return obj, beta.T, rss
+
+    lam = _minimize_profile(lambda lam: evaluate(lam)[0], p)
+    obj, beta_q, rss = evaluate(lam)
+    sigma2_c = rss / dof
+    loglik = -0.5 * (obj + dof * (1.0 + _LOG2PI + 2.0 * np.log(sd) - np.log(dof))
+                     + (st.logdet_xtx if reml else 0.0))
+    w = lam[None, :] / (1.0 + ns * lam[None, :])  # S × p
+    blup = w * (T - np.einsum("skp,kp->sp", Sx, beta_q)) * sd
+    sigma2 = sigma2_c * sd**2
+    beta = solve_triangular(st.R, beta_q, check_finite=False) * sd + np.outer(st.c, mu)
+    return beta, sigma2, lam * sigma2, loglik, blup, lam == 0.0
 
 
 # --------------------------------------------------------------------------------------------- LRT

@@ -369,20 +369,28 @@ class Posterior:
 
 def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, counts: np.ndarray,
               opts: EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
-              progress=None) -> Posterior:
+              progress=None, estimators=None) -> Posterior:
     """S6–S7 over all batches: priors from the features in ``keep`` (default all; at least 2 needed for
     priors, else they are NaN), then each batch's posterior (or the raw estimates with ``opts.eb`` off).
 
     Features outside ``keep`` keep ``gamma_hat``/``delta_hat``; the reference batch ``ref`` gets
     ``gamma* = 0``, ``delta* = 1`` and NaN priors (it is not adjusted). ``progress`` (optional) is called
-    once per batch.
+    once per batch. ``counts`` are the batch sizes (m,), or with missing values the observed values of each
+    feature in each batch (m × p, ``docs/methods.md`` §1.8), given with ``estimators``: the ``(priors,
+    site_posterior)`` functions that take them (:func:`featharm._core.missing.posterior` passes its own,
+    which skip undefined estimates and give each feature its own count).
     """
     m, p = gamma_hat.shape
     keep = np.ones(p, dtype=bool) if keep is None else keep
     g_star, d_star = gamma_hat.copy(), delta_hat.copy()
     n_iter = np.zeros(m)
     not_converged = []
-    if keep.sum() >= 2:
+    site = site_posterior
+    per_feature = np.ndim(counts) == 2
+    if estimators is not None:  # missing values (§1.8): m × p counts
+        priors_fn, site = estimators
+        pri = priors_fn(gamma_hat[:, keep], delta_hat[:, keep], mean_only=opts.mean_only)
+    elif keep.sum() >= 2:
         pri = eb_priors(gamma_hat[:, keep], delta_hat[:, keep], mean_only=opts.mean_only)
     else:  # priors need a spread across features; with eb off they are only reported
         nan = np.full(m, np.nan)
@@ -391,8 +399,9 @@ def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarra
         for i in range(m):
             if i == ref:
                 continue
-            gs, ds, n_iter[i], ok = site_posterior(gamma_hat[i, keep], delta_hat[i, keep], delta_raw[i, keep],
-                                                   float(counts[i]), pri, i, opts)
+            n = counts[i, keep].astype(np.float64) if per_feature else float(counts[i])
+            gs, ds, n_iter[i], ok = site(gamma_hat[i, keep], delta_hat[i, keep], delta_raw[i, keep], n, pri, i,
+                                         opts)
             if not ok:
                 not_converged.append(i)
             g_star[i, keep], d_star[i, keep] = gs, ds

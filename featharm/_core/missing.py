@@ -21,7 +21,8 @@ observed and no cell is ever filled. The formulas are R neuroCombat 1.0.14's mis
   ``b / (a - 1)``; non-parametric: the unweighted prior sample); the non-parametric prior sample leaves out
   features whose estimates are undefined.
 
-S8 (the adjustment) needs nothing new: :func:`featharm._core.eb.adjust` is cell-wise, so NaN cells stay NaN.
+S6–S7 over all batches is :func:`featharm._core.eb.posterior`'s driver with the m × p counts and this
+module's :func:`eb_priors` and :func:`site_posterior` (:func:`posterior`). S8 (the adjustment) needs nothing new: :func:`featharm._core.eb.adjust` is cell-wise, so NaN cells stay NaN.
 Arrays only, samples × features, float64; ``mask`` is True where a cell is missing.
 """
 
@@ -45,6 +46,8 @@ __all__ = [
     "standardized_moments",
     "observed_variance",
     "batch_moments",
+    "grouped_moments",
+    "pooled_mean",
     "eb_priors",
     "eb_nonparametric",
     "site_posterior",
@@ -242,6 +245,40 @@ def batch_moments(Z: np.ndarray, mean_only: bool = False) -> tuple[np.ndarray, n
     return gamma_hat, delta_hat, delta_raw, cnt
 
 
+def grouped_moments(Z: np.ndarray, mask: np.ndarray, codes: np.ndarray, n_obs: np.ndarray,
+                    mean_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S5 for every batch at once from standardized values ``Z`` (n × p) whose cells ``mask`` are missing:
+    ``gamma_hat``, ``delta_hat``, ``delta_raw`` (m × p) over the observed cells of each batch and feature
+    (``n_obs`` of them; variance with ``n_iv - 1``). NaN where undefined: both when ``n_iv = 0``,
+    ``delta_raw`` / ``delta_hat`` when ``n_iv = 1``. For families whose residuals do not average to zero
+    within a batch by construction (a scale model, a mixed model), so the moments are taken of ``Z`` itself."""
+    m = n_obs.shape[0]
+    onehot = np.zeros((codes.size, m))
+    onehot[np.arange(codes.size), codes] = 1.0
+    Z0 = np.where(mask, 0.0, Z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = (onehot.T @ Z0) / n_obs
+        D = Z0 - np.where(n_obs > 0, g, 0.0)[codes]
+        np.copyto(D, 0.0, where=mask)
+        delta_raw = np.where(n_obs > 1, (onehot.T @ (D * D)) / (n_obs - 1.0), np.nan)
+    present = n_obs > 0
+    gamma_hat = np.where(present, g, np.nan)
+    delta_hat = np.where(present, eb.delta_from_raw(delta_raw, mean_only), np.nan)
+    return gamma_hat, delta_hat, delta_raw
+
+
+def pooled_mean(batch_coef: np.ndarray, n_obs: np.ndarray, counts: np.ndarray, ref: int | None = None) -> np.ndarray:
+    """S2 with missing values: the batch intercepts (m × p, NaN for a batch without observed values of a
+    feature) weighted by the **full** batch sizes ``counts``, over the batches present for each feature
+    (:func:`standardized_moments`'s rule); with a reference batch, its intercept."""
+    present = n_obs > 0
+    beta_b = np.where(present, batch_coef, 0.0)
+    if ref is not None:
+        return beta_b[ref].copy()
+    w = np.where(present, counts[:, None], 0.0)
+    return (w * beta_b).sum(axis=0) / w.sum(axis=0)
+
+
 def _row_moments(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance (ddof 1) of each row of ``A`` over its finite entries."""
     ok = np.isfinite(A)
@@ -310,6 +347,16 @@ def site_posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.n
         return gamma_hat.copy(), delta_hat.copy(), 0, True
     g_bar, t2 = priors.gamma_bar[i], priors.tau2[i]
     has = n > 0
+    if opts.jacobi_iter is not None:  # longCombat's fixed Jacobi updates (LongComBat), the same rules
+        a, b = priors.a_prior[i], priors.b_prior[i]
+        prior_d = b / (a - 1.0)
+        gs = np.full(gamma_hat.shape, g_bar, dtype=np.float64)
+        ds = np.full(gamma_hat.shape, prior_d, dtype=np.float64)
+        if has.any():
+            start = np.where(np.isfinite(delta_hat), delta_hat, prior_d)  # n_iv = 1: from the prior mean
+            gs[has], ds[has] = eb.eb_jacobi(gamma_hat[has], start[has], delta_raw[has], n[has], g_bar, t2, a, b,
+                                            n_iter=opts.jacobi_iter)
+        return gs, ds, int(opts.jacobi_iter), True
     if not opts.parametric:
         dh = np.ones_like(delta_hat) if opts.mean_only else delta_hat
         gs, ds = eb_nonparametric(gamma_hat, np.where(has, dh, np.nan), delta_raw, n)
@@ -335,29 +382,11 @@ def site_posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.n
 def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n_obs: np.ndarray,
               opts: eb.EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
               progress=None) -> eb.Posterior:
-    """S6–S7 over all batches with ``n_obs`` (m × p) observed values (:func:`featharm._core.eb.posterior`).
+    """S6–S7 over all batches with ``n_obs`` (m × p) observed values: :func:`featharm._core.eb.posterior`
+    with this module's priors (undefined estimates left out) and per-feature posteriors.
 
     Priors from the features in ``keep`` whose estimates are defined; features outside ``keep`` keep
     ``gamma_hat`` / ``delta_hat``; the reference batch gets ``gamma* = 0``, ``delta* = 1`` and NaN priors.
     """
-    m, p = gamma_hat.shape
-    keep = np.ones(p, dtype=bool) if keep is None else keep
-    g_star, d_star = gamma_hat.copy(), delta_hat.copy()
-    n_iter = np.zeros(m)
-    not_converged = []
-    pri = eb_priors(gamma_hat[:, keep], delta_hat[:, keep], mean_only=opts.mean_only)
-    for i in range(m):
-        if i == ref or not opts.eb:
-            continue
-        gs, ds, n_iter[i], ok = site_posterior(gamma_hat[i, keep], delta_hat[i, keep], delta_raw[i, keep],
-                                               n_obs[i, keep].astype(np.float64), pri, i, opts)
-        if not ok:
-            not_converged.append(i)
-        g_star[i, keep], d_star[i, keep] = gs, ds
-        if progress is not None:
-            progress()
-    if ref is not None:
-        g_star[ref], d_star[ref] = 0.0, 1.0
-        for arr in (pri.gamma_bar, pri.tau2, pri.a_prior, pri.b_prior):
-            arr[ref] = np.nan
-    return eb.Posterior(g_star, d_star, pri, n_iter, not_converged)
+    return eb.posterior(gamma_hat, delta_hat, delta_raw, n_obs, opts, keep=keep, ref=ref, progress=progress,
+                        estimators=(eb_priors, site_posterior))

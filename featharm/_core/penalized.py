@@ -18,7 +18,8 @@ import scipy.linalg as sla
 from ..exceptions import ConfoundingError
 from .blocks import column_variance, iter_blocks
 
-__all__ = ["fit_penalized", "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
+__all__ = ["fit_penalized", "fit_penalized_observed",
+           "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
 
 NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
 N_GRID = 121  # log-lambda grid points of the default criterion search
@@ -116,6 +117,55 @@ def select_lambda(d2, c2, r_perp, n, ku, method, shared, use=None):
     return np.broadcast_to(np.exp(rho), (c2.shape[1],)).copy()
 
 
+def _unpenalized_qr(Wu: np.ndarray):
+    """Thin QR of the unpenalized columns and whether they have full rank (no diagonal of R below 1e-9
+    of the largest)."""
+    Q, R = np.linalg.qr(Wu, mode="reduced")
+    diag = np.abs(np.diag(R))
+    return Q, R, not (diag.size and diag.min() <= 1e-9 * diag.max())
+
+
+def _spline_svd(Q: np.ndarray, Zp: np.ndarray):
+    """The penalized directions projected off the unpenalized span, ``Z~ = U D V'`` (Demmler–Reinsch),
+    without the directions the projection removed entirely."""
+    Zt = Zp - Q @ (Q.T @ Zp)
+    U, d, Vt = np.linalg.svd(Zt, full_matrices=False)
+    keep = d > 1e-10 * max(d.max(), 1e-300)
+    return U[:, keep], d[keep], Vt[keep]
+
+
+def _projections(Y: np.ndarray, Q: np.ndarray, U: np.ndarray):
+    """``Q'Y``, ``c = U'(I - H_u) y = U'y`` (U is orthogonal to the span of W_u) and
+    ``r_perp = ||(I - H_u) y||^2 - ||c||^2`` of every column of ``Y``."""
+    n, p = Y.shape
+    QtY = Q.T @ Y
+    c = U.T @ Y
+    r_perp = np.empty(p)
+    for blk in iter_blocks(p, n):
+        Rb = Y[:, blk] - Q @ QtY[:, blk]
+        r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
+    r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
+    return QtY, c, r_perp
+
+
+def _degenerate(r_perp, n, Y, linear_rtol):
+    """Features the spline and covariates fit exactly (constant, a covariate passed again): their criterion
+    is the log of rounding, so they are left out of a shared smoothing parameter's sum."""
+    resid = r_perp / n
+    return (resid > linear_rtol * column_variance(Y)) & (resid > (1e-11 * Y.mean(axis=0)) ** 2)
+
+
+def _solve_coef(Q, R, Zp, U, d, Vt, QtY, c, lam, T0, Tp, k):
+    """Coefficients on ``[Wfix | Z]`` and the effective degrees of freedom at smoothing ``lam``."""
+    d2 = d * d
+    shrink = d[:, None] / (d2[:, None] + lam[None, :])  # (r, p)
+    b = Vt.T @ (shrink * c)  # coefficients on Zp
+    theta_u = sla.solve_triangular(R, QtY - (Q.T @ Zp) @ b, check_finite=False)
+    spline = T0 @ theta_u[k:] + Tp @ b
+    edf = T0.shape[1] + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
+    return np.vstack([theta_u[:k], spline]), edf
+
+
 def fit_penalized(Y, Wfix, Z, penalties, terms, *, method, shared, batch_name, linear_rtol):
     """Penalized least squares of every feature with its own smoothing parameter (see module docstring).
 
@@ -125,43 +175,126 @@ def fit_penalized(Y, Wfix, Z, penalties, terms, *, method, shared, batch_name, l
     n, p = Y.shape
     Z0, Zp, T0, Tp = penalty_reparam(Z, penalties)
     Wu = np.hstack([Wfix, Z0])
-    Q, R = np.linalg.qr(Wu, mode="reduced")
-    diag = np.abs(np.diag(R))
-    if diag.size and diag.min() <= 1e-9 * diag.max():
+    Q, R, full_rank = _unpenalized_qr(Wu)
+    if not full_rank:
         raise ConfoundingError(
             f"the linear trend of smooth term(s) {terms} is confounded with {batch_name!r} and the linear "
             f"covariates (e.g. the covariate is constant within each {batch_name}); its effect cannot be told "
             "apart from the site effects. Drop it or model it differently."
         )
     ku = Wu.shape[1]
-    Zt = Zp - Q @ (Q.T @ Zp)
-    U, d, Vt = np.linalg.svd(Zt, full_matrices=False)
-    keep = d > 1e-10 * max(d.max(), 1e-300)
-    U, d, Vt = U[:, keep], d[keep], Vt[keep]
+    U, d, Vt = _spline_svd(Q, Zp)
     d2 = d * d
-    # c = U' (I - H_u) y = U' y (U is orthogonal to the span of W_u); r_perp = ||(I - H_u) y||^2 - ||c||^2
-    QtY = Q.T @ Y
-    c = U.T @ Y
-    r_perp = np.empty(p)
-    for blk in iter_blocks(p, n):
-        Rb = Y[:, blk] - Q @ QtY[:, blk]
-        r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
-    r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
+    QtY, c, r_perp = _projections(Y, Q, U)
     c2 = c * c
-    use = None
-    if shared:  # features the spline and covariates fit exactly (constant, a covariate passed again) have a
-        # degenerate criterion (log of rounding) that would pick everyone's lambda: left out of the sum
-        # (``linear_rtol``: the family's test for such features, on the residual of the unpenalized fit)
-        resid = r_perp / n
-        use = (resid > linear_rtol * column_variance(Y)) & (resid > (1e-11 * Y.mean(axis=0)) ** 2)
+    use = _degenerate(r_perp, n, Y, linear_rtol) if shared else None
     lam = select_lambda(d2, c2, r_perp, n, ku, method, shared, use)
-    shrink = d[:, None] / (d2[:, None] + lam[None, :])  # (r, p)
-    b = Vt.T @ (shrink * c)  # coefficients on Zp
-    theta_u = sla.solve_triangular(R, QtY - (Q.T @ Zp) @ b, check_finite=False)
+    coef, edf = _solve_coef(Q, R, Zp, U, d, Vt, QtY, c, lam, T0, Tp, Wfix.shape[1])
+    return coef, lam, edf
+
+
+def _select_shared(groups, method):
+    """One smoothing parameter for features fitted on different rows (missingness patterns): the minimum of
+    the criterion summed over every group's features (:func:`select_lambda` with ``shared``, over groups).
+    ``groups``: ``(d2, c2, r_perp, n, ku, use)`` of each group."""
+    if not any(g[5].any() for g in groups):
+        groups = [(*g[:5], np.ones_like(g[5])) for g in groups]
+    lo = min(np.log(max(g[0].min(), 1e-300)) for g in groups) - 12.0
+    hi = max(np.log(g[0].max()) for g in groups) + 12.0
+    grid = np.linspace(lo, hi, N_GRID)
+    total = np.zeros(N_GRID)
+    for d2, c2, r_perp, n, ku, use in groups:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crit = np.stack([criterion(np.exp(x), d2[:, None], c2[:, use], r_perp[use], n, ku, method) for x in grid])
+        total += np.where(np.isnan(crit), np.inf, crit).sum(axis=1)
+    best = int(np.argmin(total))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, N_GRID - 1)]
+
+    def slope(rho):
+        out = 0.0
+        for d2, c2, r_perp, n, ku, use in groups:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out += criterion_slope(np.exp(rho), d2[:, None], c2[:, use], r_perp[use], n, ku, method).sum()
+        return out
+
+    if not (slope(a) < 0 < slope(b)):
+        return float(np.exp(grid[best]))
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (a + b)
+        if slope(mid) > 0:
+            b = mid
+        else:
+            a = mid
+    return float(np.exp(0.5 * (a + b)))
+
+
+def fit_penalized_observed(Y, mask, Wfix, Z, penalties, *, n_batch, method, shared, linear_rtol, names):
+    """:func:`fit_penalized` of every feature on its observed rows (``mask`` True = missing, §1.8).
+
+    The basis ``Z`` and its penalty reparametrization are those of all rows (frozen, as without missing
+    values); each feature's unpenalized QR, spline SVD, criterion and smoothing parameter come from its own
+    observed rows. Features missing on the same rows (a missingness pattern) share one decomposition and
+    are solved at once. A batch indicator (one of the first ``n_batch`` columns of ``Wfix``) without an
+    observed row is dropped from that pattern's regression and its coefficient is NaN. ``shared``: one
+    smoothing parameter for all features (the criterion summed over every pattern's features).
+    ``Y`` holds 0 in the missing cells. Returns coefficients ((k + K) × p), smoothing parameters and edf.
+    """
+    from .missing import missingness_patterns
+
+    n, p = Y.shape
     k = Wfix.shape[1]
-    spline = T0 @ theta_u[k:] + Tp @ b
-    edf = Z0.shape[1] + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
-    return np.vstack([theta_u[:k], spline]), lam, edf
+    Z0, Zp, T0, Tp = penalty_reparam(Z, penalties)  # frozen on all rows: the same basis and penalty as the fit
+    coef = np.full((k + Z.shape[1], p), np.nan)
+    lam = np.empty(p)
+    edf = np.empty(p)
+    first, inverse = missingness_patterns(mask)
+
+    def decompose(u):
+        rows = ~mask[:, first[u]]
+        feats = np.flatnonzero(inverse == u)
+        Wr = Wfix[rows]
+        cols = np.ones(k, dtype=bool)
+        cols[:n_batch] = Wr[:, :n_batch].any(axis=0)
+        Wu = np.hstack([Wr[:, cols], Z0[rows]])
+        Q, R, full_rank = _unpenalized_qr(Wu)
+        if not full_rank:
+            bad = [str(names[j]) for j in feats]
+            raise ConfoundingError(
+                f"on the rows where they are observed, the design (batch, covariates and the linear trend of the "
+                f"smooth terms) of {len(bad)} feature(s) is rank deficient: {bad[:5]}{' ...' if len(bad) > 5 else ''} "
+                "(a covariate constant within batches, or a combination of the others, once the missing rows are "
+                "left out). Drop those features or that covariate."
+            )
+        Zr = Zp[rows]
+        U, d, Vt = _spline_svd(Q, Zr)
+        Yr = Y[rows][:, feats]
+        QtY, c, r_perp = _projections(Yr, Q, U)
+        return rows, feats, cols, Wu.shape[1], Q, R, Zr, U, d, Vt, QtY, c, r_perp, Yr
+
+    def finish(parts, lam_u):
+        rows, feats, cols, ku, Q, R, Zr, U, d, Vt, QtY, c, r_perp, Yr = parts
+        kk = int(cols.sum())
+        cf, e = _solve_coef(Q, R, Zr, U, d, Vt, QtY, c, lam_u, T0, Tp, kk)
+        coef[np.ix_(np.flatnonzero(cols), feats)] = cf[:kk]
+        coef[k:, feats] = cf[kk:]
+        lam[feats], edf[feats] = lam_u, e
+
+    if not shared:
+        for u in range(first.size):
+            parts = decompose(u)
+            rows, feats, cols, ku, *_, d, Vt, QtY, c, r_perp, Yr = parts
+            finish(parts, select_lambda(d * d, c * c, r_perp, int(rows.sum()), ku, method, False))
+        return coef, lam, edf
+    stats = []
+    for u in range(first.size):  # first pass: the criterion's ingredients (small) of every pattern
+        rows, feats, cols, ku, *_, d, Vt, QtY, c, r_perp, Yr = decompose(u)
+        nu = int(rows.sum())
+        stats.append((d * d, c * c, r_perp, nu, ku, _degenerate(r_perp, nu, Yr, linear_rtol)))
+    shared_lam = _select_shared(stats, method)
+    for u in range(first.size):  # second pass: the decompositions again (not kept: one n × k per pattern)
+        parts = decompose(u)
+        finish(parts, np.full(parts[1].size, shared_lam))
+    return coef, lam, edf
 
 
 def fit_kfold_neuroharmonize(Y, Wlin, Z, penalties, seed, progress=None):

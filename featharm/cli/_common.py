@@ -38,7 +38,8 @@ def add_missing_option(p: argparse.ArgumentParser) -> None:
     """--missing of ``harmonize`` and ``apply``: empty feature cells allowed (default) or refused."""
     p.add_argument("--missing", choices=["allow", "error"], default="allow",
                    help="empty (NaN) feature cells: 'allow' (default: each feature is harmonized on its observed "
-                        "rows and empty cells stay empty; ComBat only) or 'error' (refuse them)")
+                        "rows and empty cells stay empty; CovBat's covariance step skips rows with one) or 'error' "
+                        "(refuse them)")
 
 
 def check_missing(args, data: pd.DataFrame, feats, *, report: bool = False) -> int:
@@ -53,7 +54,7 @@ def check_missing(args, data: pd.DataFrame, feats, *, report: bool = False) -> i
         c = na.any().idxmax()
         raise MissingValueError(
             f"--missing error: {n} feature cell(s) are empty, e.g. {c!r} at {show_rows(data.index, na[c].to_numpy())}. "
-            "Fill or drop them, or leave out --missing error (ComBat harmonizes each feature on its observed rows "
+            "Fill or drop them, or leave out --missing error (every family harmonizes each feature on its observed rows "
             "and leaves empty cells empty)."
         )
     if n and report:

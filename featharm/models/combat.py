@@ -297,19 +297,21 @@ class ComBat(BaseHarmonizer):
                     "pooled variance is estimated in the reference batch alone. Drop those features or choose "
                     "another reference batch."
                 )
-        if not self.eb:
-            need = 1 if self.mean_only else 2
+        opts = self._eb_options()  # (also called by the other families that take missing values)
+        if not opts.eb:
+            need = 1 if opts.mean_only else 2
             bad = n_obs < need
             if ref is not None:
                 bad[ref] = False
             if bad.any():
                 cells = [f"{levels[a]!r} × {names[b]!r} ({int(n_obs[a, b])})" for a, b in zip(*np.nonzero(bad))]
+                alt = "" if opts.mean_only or self._param("mean_only") is None else \
+                    ", mean_only=True (one value suffices)"
                 raise MissingValueError(
                     f"eb=False uses each site's own estimates, which need at least {need} observed value(s) of a "
                     f"feature at a site; {len(cells)} site × feature cell(s) have fewer: "
                     f"{', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}. Use eb=True (the site's prior "
-                    f"fills in){'' if self.mean_only else ', mean_only=True (one value suffices)'}, or drop those "
-                    "features."
+                    f"fills in){alt}, or drop those features."
                 )
 
     def _warn_sparse_cells(self, n_obs: np.ndarray, ref) -> None:
@@ -336,7 +338,7 @@ class ComBat(BaseHarmonizer):
                 MissingValueWarning,
             )
         single = (n_obs == 1) & checked[:, None]
-        if single.any() and not self.mean_only:
+        if single.any() and not self._eb_options().mean_only:
             warn(
                 f"{int(single.sum())} site × feature cell(s) have a single observed value ({listing(single)}): "
                 "the site's scale for that feature cannot be estimated from it and is left out of the priors; "

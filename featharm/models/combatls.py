@@ -7,14 +7,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._core import eb, ols
-from .._core.location_scale import fit_location_scale
+from .._core import eb, missing, ols
+from .._core.location_scale import fit_location_scale, scale_rank_deficient
 from .._core.blocks import iter_blocks
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import ConfoundingError, ConvergenceWarning, FormulaError, warn
 from ._base import BaseHarmonizer, _Prepared
+from .combat import ComBat
 from .._schema import Stored, check_design
 
 __all__ = ["ComBatLS"]
@@ -79,6 +80,15 @@ class ComBatLS(BaseHarmonizer):
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8): NaN cells stay NaN and every observed cell is harmonized.
+    Each feature's mean and scale models are fitted on the rows where it is observed (missing cells have
+    weight 0; the scale step's information ``2 S'S`` is that of the observed rows); ``gamma_hat`` and
+    ``delta_hat`` come from the observed standardized values; the grand mean weights the batches by their
+    full sizes over those present (ComBat's rule); ``n_obs_`` holds the counts. Empty or single site ×
+    feature cells, errors and warnings are ComBat's. A feature without NaN equals its complete-data fit to
+    the fit tolerance (``fit_tol``), not bit for bit: a block of features is iterated until all of its
+    features have converged.
+
     With ``ref_batch`` the scale model is fitted on all rows (as ComBatFamily), whereas ComBat takes the
     pooled variance from the reference rows only (sva/neuroCombat); the reference rows come back unchanged.
     R's gamlss stops when the global deviance changes by less than 0.001, so it agrees with this exact
@@ -104,6 +114,7 @@ class ComBatLS(BaseHarmonizer):
         "fit_n_iter": Stored(("one",), values="count"),
     }
     _state_extra = ("scale_design",)
+    _supports_missing = True
 
     def __init__(self, *, batch="site", formula=None, scale_formula=None, eb=True, parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
@@ -165,6 +176,8 @@ class ComBatLS(BaseHarmonizer):
             check_full_rank(B, S[:, 1:], self.scale_design_.columns, batch_name=str(self.batch))
         except ConfoundingError as exc:
             raise ConfoundingError(f"scale_formula {self.scale_formula!r}: {exc}") from None
+        if prep.mask is not None:  # NaN cells: each feature on its observed rows (§1.8)
+            return self._fit_location_missing(prep, B, counts, ref, S)
         W = np.hstack([B, prep.X])
         qr = ols.GramSolver(W)
         onehot = batch_indicators(prep.codes, m)
@@ -223,6 +236,86 @@ class ComBatLS(BaseHarmonizer):
                          fit_n_iter=np.array([n_iter], dtype=float))
         self._delta_raw = d_raw
 
+    def _fit_location_missing(self, prep: _Prepared, B: np.ndarray, counts: np.ndarray, ref, S: np.ndarray) -> None:
+        """The location–scale fit with NaN cells (§1.8): every feature's mean and scale models on its observed
+        rows (OLS start from ``featharm._core.missing``, then :func:`fit_location_scale` with the observed
+        cells), ``gamma_hat`` / ``delta_hat`` from the observed standardized values. Fills ``self._arr``
+        (with ``n_obs``)."""
+        Y, mask, codes = prep.Y, prep.mask, prep.codes
+        n, p = Y.shape
+        m = B.shape[1]
+        X = prep.X
+        q = X.shape[1]
+        names = self.feature_names_in_
+        n_obs = missing.observed_counts(mask, codes, counts)
+        ComBat._check_observed(self, n_obs, q + S.shape[1] - 1, ref)  # ComBat's rules; scale columns counted
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        grams = missing.observed_grams(X, codes, batch_rows, mask)
+        bad_scale = scale_rank_deficient(S, ~mask)
+        if grams.deficient.size or bad_scale.any():
+            which = sorted(set(grams.deficient.tolist()) | set(np.flatnonzero(bad_scale).tolist()))
+            bad = [str(names[j]) for j in which]
+            raise ConfoundingError(
+                f"on the rows where they are observed, the mean or scale design (batch, formula, scale_formula) of "
+                f"{len(bad)} feature(s) is rank deficient: {bad[:5]}{' ...' if len(bad) > 5 else ''} (a covariate "
+                "constant within batches, or a combination of the others, once the missing rows are left out). "
+                "Drop those features or that covariate."
+            )
+        W = np.hstack([B, X])
+        Y0 = np.where(mask, 0.0, Y)
+        onehot = np.asfortranarray(batch_indicators(codes, m))
+        # OLS start (and the constant-feature check on the OLS residual SD), on the observed rows
+        coef = missing.observed_coef(grams, np.arange(p), W.T @ Y0)
+        present = n_obs > 0
+        fit = np.where(present, batch_rows @ np.where(present, coef[:m], 0.0), np.nan)
+        ss_ols = missing.observed_residual_ss(np.asfortranarray(Y0), mask, fit, np.asfortranarray(X), coef[m:],
+                                              codes, onehot)
+        alpha = missing.pooled_mean(coef[:m], n_obs, counts, ref)
+        n_v = n_obs.sum(axis=0)
+        self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n_v), n_obs=n_obs.astype(np.float64))
+        self._delta_raw = np.ones((m, p))
+        self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
+        self._mark_constant(np.abs(alpha), missing.observed_variance(Y0, mask))
+        const = self._arr["constant"]
+        scale_coef = np.zeros((S.shape[1], p))
+        dev = np.full(p, np.nan)
+        n_iter, failed = 0, False
+        kept = np.flatnonzero(~const)
+        absent = np.zeros((p, W.shape[1]), dtype=bool)
+        absent[:, :m] = ~present.T
+        start = np.nan_to_num(coef, nan=0.0)
+        kept_blocks = list(iter_blocks(kept.size, n))
+        with Progress(len(kept_blocks), "fitting location-scale models (missing values)") as bar:
+            for blk in kept_blocks:
+                cols = kept[blk]
+                b, c, d, it = fit_location_scale(Y0[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
+                                                 coef=start[:, cols], observed=~mask[:, cols], absent=absent[cols])
+                coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
+                n_iter, failed = max(n_iter, abs(it)), failed or it < 0
+                bar.update()
+        coef[:m][~present] = np.nan  # a batch without observed values of a feature has no coefficient there
+        if failed:
+            warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
+                 f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
+                 "fit_max_iter, or simplify scale_formula.", ConvergenceWarning)
+        alpha = missing.pooled_mean(coef[:m], n_obs, counts, ref)
+        # z of the training rows, standardized by each subject's pooled-batch prediction: site moments over
+        # each feature's observed cells
+        g_hat, d_hat, d_raw = np.zeros((m, p)), np.ones((m, p)), np.ones((m, p))
+        sigma = self._arr["sigma"].copy()
+        for blk in iter_blocks(p, n):
+            lin = S @ scale_coef[:, blk]
+            Z = (Y[:, blk] - alpha[blk] - X @ coef[m:, blk]) / np.exp(lin)
+            g_hat[:, blk], d_hat[:, blk], d_raw[:, blk] = missing.grouped_moments(
+                Z, mask[:, blk], codes, n_obs[:, blk], mean_only=bool(self.mean_only))
+            sigma[blk] = np.where(const[blk], sigma[blk], np.exp(lin.mean(axis=0)))
+        g_hat[:, const], d_hat[:, const], d_raw[:, const] = 0.0, 1.0, 1.0
+        self._arr.update(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=g_hat,
+                         delta_hat=d_hat, scale_coef=scale_coef, deviance=dev,
+                         fit_n_iter=np.array([n_iter], dtype=float))
+        self._delta_raw = d_raw
+        ComBat._warn_sparse_cells(self, n_obs, ref)
+
     # ------------------------------------------------------------------------------ applying
     def _row_sd(self, prep: _Prepared, rows=slice(None)) -> np.ndarray:
         """Predicted SD ``sigma~(x)`` of every (selected) row and feature; 1 for constant features."""
@@ -269,7 +362,8 @@ class ComBatLS(BaseHarmonizer):
             log_s = np.log(a["feature_scale"])
             coef = coef.copy()
             coef[0] -= log_s
-            dev = dev - 2.0 * a["batch_sizes"].sum() * log_s
+            n_v = a["n_obs"].sum(axis=0) if "n_obs" in a else a["batch_sizes"].sum()  # observed values (§1.8)
+            dev = dev - 2.0 * n_v * log_s
         self.scale_coef_ = pd.DataFrame(
             coef, index=pd.Index(["Intercept", *self.scale_design_.columns], name="scale_covariate"),
             columns=self._axis("feature"))

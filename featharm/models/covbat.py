@@ -8,7 +8,7 @@ import pandas as pd
 from .._core import blocks, eb
 from .._validation import check_integer, check_option
 from ..design import batch_indicators
-from ..exceptions import ConvergenceWarning, InputError, warn
+from ..exceptions import ConvergenceWarning, InputError, MissingValueError, MissingValueWarning, warn
 from ._base import _Prepared
 from .._schema import DamagedState, Stored
 from .combat import ComBat
@@ -24,7 +24,8 @@ _COVBAT_STORED = {
     "explained_variance_ratio": Stored(("pc",), values="nonnegative"),
     "score_alpha": Stored(("component",), values="finite"),
     "score_sigma": Stored(("component",), values="positive"),
-    "score_gamma_hat": Stored(("batch", "component"), values="finite"),
+    # NaN for a batch without 2 complete rows (fitted with missing values; not adjusted in the covariance step)
+    "score_gamma_hat": Stored(("batch", "component"), values="any"),
     "score_delta_hat": Stored(("batch", "component"), values="not_negative"),
     "score_gamma_star": Stored(("batch", "component"), values="finite"),
     "score_delta_star": Stored(("batch", "component"), values="positive"),
@@ -55,7 +56,7 @@ class CovBat(ComBat):
     ----------
     batch, formula, eb, parametric, mean_only, mean_only_form, tol, max_iter, compat, missing_covariates
         The ComBat step; see :class:`~featharm.ComBat` (``compat`` is None or ``"neuroCombat"``). Missing
-        feature values (NaN cells) are refused: the PCA step needs complete rows (ComBat handles them).
+        feature values (NaN cells) are taken: see Notes.
     ref_batch : str or None, default None
         Reference batch (Zhang et al. 2018, as :class:`~featharm.ComBat`): the ComBat step maps every other
         batch onto the reference's location and scale, the PCA is taken of all the adjusted residuals, and
@@ -97,6 +98,16 @@ class CovBat(ComBat):
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8). The ComBat step harmonizes every observed cell, each
+    feature on its observed rows. The PCA needs complete residual rows, so **the PCA and the score model
+    are fitted on the complete rows** (no NaN among the features with variance), and **a row with a NaN
+    keeps its ComBat-step values**: observed cells adjusted for location and scale, NaN cells NaN, no
+    covariance adjustment (nothing is imputed). A :class:`~featharm.exceptions.MissingValueWarning` says how
+    many rows that is, at fit and at every ``transform``. A batch with fewer than 2 complete rows has no
+    score model and all its rows are left as the ComBat step gives them (``score_gamma_hat_`` NaN,
+    ``score_gamma_star_`` 0, ``score_delta_star_`` 1; named in the warning); a reference batch needs 2.
+    With many features and scattered NaN few rows are complete, so little is covariance-adjusted.
+
     One Python peer runs the PCA on the ComBat output *with* the covariate effects added back; the
     leading components then carry age or diagnosis, and adjusting them removes most of those effects.
     Here the PCA sees only the residuals. ``transform(..., new_sites="estimate")`` also estimates the
@@ -117,7 +128,7 @@ class CovBat(ComBat):
     _float32_blocks = False  # the PCA works on the whole float64 ComBat output
     _stored = {**ComBat._stored, **_COVBAT_STORED}
     _compat_options = (None, "neuroCombat")
-    _supports_missing = False  # the PCA step needs complete residual rows (a later part of §1.8)
+    _supports_missing = True  # the ComBat step takes NaN cells; the covariance step uses the complete rows
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
@@ -156,7 +167,11 @@ class CovBat(ComBat):
         prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
         a = self._arr
         keep = ~a["constant"]
-        A, center, scale = self._pca_input(prep, keep)
+        complete = self._complete_rows(prep)  # None: every row (no NaN cells among the PCA's features)
+        codes = prep.codes if complete is None else prep.codes[complete]
+        if complete is not None:
+            self._check_complete_rows(codes, int(complete.size - complete.sum()), complete.size)
+        A, center, scale = self._pca_input(prep, keep, rows=complete)
         n, pk = A.shape
         if pk < 2:
             raise InputError(f"{self._owner()} needs at least 2 features with residual variance for the PCA; "
@@ -200,35 +215,78 @@ class CovBat(ComBat):
         a.update(pca_center=full_center, pca_scale=full_scale, pca_loadings=loadings, explained_variance_ratio=ratio)
         # step 4: ComBat on the K scores, no covariates. Scores S = A L of the training rows, in row blocks
         if A is None:
-            A = self._pca_input(prep, keep, center, scale)[0]
+            A = self._pca_input(prep, keep, center, scale, rows=complete)[0]
         m = len(self.batches_)
-        counts = a["batch_sizes"]
-        onehot = batch_indicators(prep.codes, m)
-        means = ((onehot.T @ A) @ L) / counts[:, None]
+        counts = a["batch_sizes"] if complete is None else np.bincount(codes, minlength=m).astype(np.float64)
+        onehot = batch_indicators(codes, m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = ((onehot.T @ A) @ L) / counts[:, None]
+        few = counts < 2  # (only with missing values) a batch with fewer than 2 complete rows: not adjusted
+        means[counts == 0] = 0.0  # weight 0 in the pooled score mean
         ss = np.zeros((m, K))
         for rows in blocks.iter_blocks(n, pk + K):
             S = A[rows] @ L
-            S -= means[prep.codes[rows]]
+            S -= means[codes[rows]]
             S *= S
             ss += onehot[rows].T @ S
         del A, S
         ref = self.ref_index_
         st = eb.standardized_moments(means, ss, counts, np.eye(m), ref=ref)
+        st.gamma_hat[few] = np.nan
         g_star, d_star = st.gamma_hat.copy(), st.delta_hat.copy()
         if self.score_eb:
             if K < 2:
                 raise InputError("score_eb pools the K harmonized components of a site, so it needs K >= 2; "
                                  f"got K = {K}. Raise n_components or percent_var, or pass score_eb=False.")
             pri = eb.eb_priors(st.gamma_hat, st.delta_hat)
-            for i in (i for i in range(m) if i != ref):
+            for i in (i for i in range(m) if i != ref and not few[i]):
                 g_star[i], d_star[i] = self._score_eb_site(st.gamma_hat[i], st.delta_hat[i], st.delta_raw[i],
                                                            counts[i], pri, i, self.batches_[i])
         if ref is not None:
             g_star[ref], d_star[ref] = 0.0, 1.0  # the reference's scores are the target: not adjusted
+        g_star[few], d_star[few] = 0.0, 1.0  # scores left as they are (only these sites' complete rows have any)
         a.update(score_alpha=st.alpha, score_sigma=st.sigma, score_gamma_hat=st.gamma_hat,
                  score_delta_hat=st.delta_hat, score_gamma_star=g_star, score_delta_star=d_star)
         self._publish()
         return prep
+
+    # ------------------------------------------------------------------------------ missing values (§1.8)
+    def _complete_rows(self, prep: _Prepared) -> np.ndarray | None:
+        """Rows with no NaN cell among the features the PCA uses (those with variance), or None when every
+        row is complete. Only these rows enter the covariance step."""
+        if prep.mask is None:
+            return None
+        complete = ~prep.mask[:, ~self._arr["constant"]].any(axis=1)
+        return None if complete.all() else complete
+
+    def _check_complete_rows(self, codes: np.ndarray, n_incomplete: int, n: int) -> None:
+        """At fit: the PCA and the score model are fitted on the complete rows; a batch needs 2 of them for its
+        score mean and variance (else it is not adjusted in the covariance step; the reference batch must
+        have them). Warns how many rows (and which batches) the covariance step leaves as ComBat gives them."""
+        m = len(self.batches_)
+        have = np.bincount(codes, minlength=m)
+        few = [f"{self.batches_[i]!r} ({int(have[i])})" for i in range(m) if have[i] < 2]
+        ref = self.ref_index_
+        short = None
+        if ref is not None and have[ref] < 2:
+            short = f"the reference batch {self.batches_[ref]!r} has {int(have[ref])}"
+        elif have.sum() < 3:
+            short = f"the table has {int(have.sum())}"
+        if short:
+            raise MissingValueError(
+                f"{self._owner()}'s covariance step (PCA of the ComBat residuals) uses the rows without missing "
+                f"values, and {short}: too few for the score model. Use ComBat (it harmonizes every observed "
+                "cell), or drop the features with many missing values."
+            )
+        warn(
+            f"{n_incomplete} of {n} rows have missing feature values: {self._owner()}'s PCA and score model are "
+            f"fitted on the {n - n_incomplete} complete rows, and the rows with missing values keep their ComBat-step "
+            "values (observed cells harmonized by ComBat, NaN cells NaN; not adjusted in the covariance step)."
+            + (f" Batch(es) {', '.join(few)} have fewer than 2 complete rows: their score effects cannot be "
+               "estimated, so the covariance step leaves all their rows as the ComBat step gives them "
+               "(score_gamma_hat_ NaN, score_gamma_star_ 0, score_delta_star_ 1)." if few else ""),
+            MissingValueWarning,
+        )
 
     def _score_eb_site(self, gh, dh, d_raw, n, pri, i, name):
         opts = eb.EBOptions(eb=True, parametric=bool(self.score_parametric), mean_only=False,
@@ -244,17 +302,21 @@ class CovBat(ComBat):
         return None if self.std_var else "with std_var=False mixes the features in their own units in the PCA"
 
     # ------------------------------------------------------------------------------ applying
-    def _pca_input(self, prep: _Prepared, keep, center=None, scale=None):
+    def _pca_input(self, prep: _Prepared, keep, center=None, scale=None, rows=None):
         """The PCA's input: ComBat-adjusted residuals ``e* = y* - M`` of the features with variance, centred
         and scaled (by their own mean and SD unless ``center``/``scale`` are given), built in place in the
-        ComBat output (feature blocks; no other n × p temporary). Returns ``A, center, scale``."""
+        ComBat output (feature blocks; no other n × p temporary). ``rows`` (bool, optional): only those rows
+        (the complete rows, with missing values). Returns ``A, center, scale``."""
         E = super()._harmonize(prep)
         D = self._preserved_design(prep)
         coef = self._preserved_coef(slice(None))
         n, p = E.shape
         for blk in blocks.iter_blocks(p, n):
             E[:, blk] -= D @ coef[:, blk]
-        A = E if keep.all() else np.asfortranarray(E[:, keep])
+        if rows is not None:
+            A = np.asfortranarray(E[np.ix_(rows, keep)])
+        else:
+            A = E if keep.all() else np.asfortranarray(E[:, keep])
         del E
         pk = A.shape[1]
         if center is None:
@@ -278,8 +340,17 @@ class CovBat(ComBat):
         c0 = a["pca_center"] @ Lw
         back = np.ascontiguousarray((a["pca_loadings"] * a["pca_scale"][:, None]).T)  # K × p
 
+        complete = self._complete_rows(prep)
+        if complete is not None:  # rows with NaN among the PCA's features keep their ComBat-step values (§1.8)
+            warn(f"{int(complete.size - complete.sum())} of {complete.size} rows have missing feature values: they "
+                 f"keep their ComBat-step values ({self._owner()}'s covariance step needs complete rows; their "
+                 "observed cells are harmonized by the ComBat step, NaN cells stay NaN).", MissingValueWarning)
+
         def scores(rows):
-            S = out[rows] @ Lw
+            Yr = out[rows]
+            if complete is not None:  # NaN only in features the PCA does not use (zero loadings) or in
+                Yr = np.where(np.isnan(Yr), 0.0, Yr)  # incomplete rows (their change is set to 0 below)
+            S = Yr @ Lw
             S -= D[rows] @ shift
             S -= c0
             return S
@@ -287,6 +358,8 @@ class CovBat(ComBat):
         g, d = a["score_gamma_star"], a["score_delta_star"]
         if prep.new_levels:
             new = np.flatnonzero(prep.codes >= g.shape[0])
+            if complete is not None:
+                new = new[complete[new]]
             g, d = self._estimate_new_score_effects(prep, scores(new), prep.codes[new], g, d)
         # adjusted - original score: (S - alpha - sigma g_b) / sqrt(d_b) + alpha - S
         loc = a["score_alpha"] + a["score_sigma"] * g  # batch × K
@@ -298,6 +371,8 @@ class CovBat(ComBat):
             dS = (S - loc[b]) * inv_sd[b]
             dS += a["score_alpha"]
             dS -= S
+            if complete is not None:
+                dS[~complete[rows]] = 0.0
             out[rows] += dS @ back
         # constant features and reference rows unchanged, bit for bit (the reference's score change is 0)
         return self._keep_unadjusted(out, prep)
@@ -311,6 +386,13 @@ class CovBat(ComBat):
         gs, ds = [], []
         for j, name in enumerate(prep.new_levels):
             z = (S_new[codes_new == m + j] - a["score_alpha"]) / a["score_sigma"]
+            if len(z) < 2:  # (only with missing values: the site has enough rows, but not complete ones)
+                warn(f"new site {name!r} has {len(z)} row(s) without missing feature values; its score mean and "
+                     "variance need 2, so the covariance step leaves all its rows as the ComBat step gives them.",
+                     MissingValueWarning)
+                gs.append(np.zeros(g.shape[1]))
+                ds.append(np.ones(g.shape[1]))
+                continue
             gh, dh, d_raw = eb.batch_moments(z)
             if self.score_eb:
                 pri = eb.eb_priors(gh[None], dh[None])

@@ -30,15 +30,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._core import eb, ols, penalized
-from .._core.blocks import iter_blocks
+from .._core import eb, missing, ols, penalized
+from .._core.blocks import column_variance, iter_blocks
 from .._core.splines import SplineBasis
 from .._progress import Progress
 from .._validation import check_integer, check_option, numeric_covariate
 from ..design import CovariateDesign, batch_indicators
 from ..formula import parse_formula, render
-from ..exceptions import FormulaError, InputError
+from ..exceptions import FormulaError, InputError, MissingValueError
 from ._base import LINEAR_FEATURE_RTOL, BaseHarmonizer
+from .combat import ComBat
 from .._schema import DamagedState, Stored, check_int, check_keys, describe
 
 __all__ = ["ComBatGAM", "from_neuroharmonize"]
@@ -120,12 +121,22 @@ class ComBatGAM(BaseHarmonizer):
         As in :class:`~featharm.ComBat`.
     n_features_in_, fit_warnings_ : int, list
         As in :class:`~featharm.ComBat`.
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: observed values of each feature at each batch.
 
     Notes
     -----
     With several smooth terms, one smoothing parameter per feature is shared by the terms; each term's
     penalty is first scaled to the size of its basis cross-product, so that the terms are penalized on a
     comparable scale. (mgcv estimates one parameter per term.)
+
+    *Missing values* (``docs/methods.md`` §1.8). NaN feature cells stay NaN and every observed cell is
+    harmonized. The spline basis and its penalty are frozen from all rows' covariates; each feature's
+    penalized fit, smoothing parameter (REML/GCV) included, uses the rows where it is observed (features
+    missing on the same rows are solved together). A feature without NaN keeps its complete-data fit bit
+    for bit; with ``shared_smoothing`` the one smoothing parameter pools every feature's criterion, so it
+    moves with the others' NaN. Empty or single site × feature cells, errors and warnings are ComBat's.
+    ``compat="neuroHarmonize"`` refuses NaN cells (neuroHarmonize takes none).
 
     Examples
     --------
@@ -148,6 +159,7 @@ class ComBatGAM(BaseHarmonizer):
         "edf": Stored(("feature",)),
     }
     _state_extra = ("smooth_bases",)
+    _supports_missing = True
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
@@ -288,6 +300,8 @@ class ComBatGAM(BaseHarmonizer):
         m = B.shape[1]
         X = prep.X
         q = X.shape[1]
+        if prep.mask is not None:  # NaN cells: each feature on its observed rows (§1.8)
+            return self._fit_location_missing(prep, B, counts, ref, Z, penalties, terms)
         if self.compat == "neuroHarmonize":
             with Progress(p, "k-fold penalty search (neuroHarmonize)") as bar:
                 coef, lam = penalized.fit_kfold_neuroharmonize(Y, np.hstack([B, X]), Z, penalties,
@@ -312,6 +326,82 @@ class ComBatGAM(BaseHarmonizer):
                          smoothing=lam, edf=edf)
         self._delta_raw = st.delta_raw
         self._mark_constant(np.abs(st.alpha), prep=prep)
+
+    def _fit_location_missing(self, prep, B, counts, ref, Z, penalties, terms) -> None:
+        """S1–S5 with NaN cells (§1.8): each feature's penalized fit, smoothing parameter included, on its
+        observed rows (``penalized.fit_penalized_observed``: one decomposition per missingness pattern), the
+        spline basis frozen from all rows. Features without NaN keep the complete-data fit number for number
+        (unless ``shared_smoothing``: their smoothing parameter is shared with the others). Fills
+        ``self._arr`` (with ``n_obs``)."""
+        if self.compat == "neuroHarmonize":
+            j = int(np.flatnonzero(prep.mask.any(axis=0))[0])
+            raise MissingValueError(
+                f"compat='neuroHarmonize' reproduces neuroHarmonize, which does not take missing values, but "
+                f"{int(prep.mask.any(axis=0).sum())} feature(s) have NaN cells (e.g. {self.feature_names_in_[j]!r}). "
+                "Use compat=None (each feature fitted on its observed rows, smoothing by REML/GCV), or drop or "
+                "fill those cells first."
+            )
+        Y, mask, codes = prep.Y, prep.mask, prep.codes
+        n, p = Y.shape
+        m = B.shape[1]
+        X = prep.X
+        q = X.shape[1]
+        K = Z.shape[1]
+        n_obs = missing.observed_counts(mask, codes, counts)
+        ComBat._check_observed(self, n_obs, q + K, ref)  # ComBat's rules (§1.8), spline columns counted
+        inc = mask.any(axis=0)
+        Y0 = np.array(Y, order="K", copy=True)  # the same memory layout as Y: BLAS rounds layouts differently
+        Y0[mask] = 0.0
+        Wfix = np.hstack([B, X])
+        W = np.asfortranarray(np.hstack([B, X, Z]))
+        onehot = np.asfortranarray(batch_indicators(codes, m))
+        batch_rows = batch_indicators(np.arange(m), m, ref)
+        mean_only = bool(self.mean_only)
+        opts = dict(method=self.method, linear_rtol=LINEAR_FEATURE_RTOL)
+        coef = np.empty((m + q + K, p))
+        lam, edf = np.empty(p), np.empty(p)
+        ss = np.zeros((m, p))
+        full = None
+        if not self.shared_smoothing and not inc.all():
+            # features without NaN: _fit_location's computation on the whole table (the same calls on the same
+            # shapes, so the same numbers to the last bit); the NaN columns are replaced below
+            c_c, l_c, e_c = penalized.fit_penalized(Y0, Wfix, Z, penalties, terms, shared=False,
+                                                    batch_name=str(self.batch), **opts)
+            ss_c = np.full((m, p), np.nan)
+            for blk in iter_blocks(p, n):
+                if not inc[blk].all():
+                    ss_c[:, blk] = ols.residual_ss(Y0[:, blk], W, c_c[:, blk], onehot)
+            full = eb.standardized_moments(c_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only)
+            keep = ~inc
+            coef[:, keep], lam[keep], edf[keep], ss[:, keep] = c_c[:, keep], l_c[keep], e_c[keep], ss_c[:, keep]
+        cols = np.arange(p) if full is None else np.flatnonzero(inc)
+        with Progress(1, "fitting penalized splines (missing values)") as bar:
+            c_m, lam[cols], edf[cols] = penalized.fit_penalized_observed(
+                Y0[:, cols], mask[:, cols], Wfix, Z, penalties, n_batch=m, shared=bool(self.shared_smoothing),
+                names=self.feature_names_in_[cols], **opts)
+            bar.update()
+        coef[:, cols] = c_m
+        for blk in iter_blocks(cols.size, n):  # observed squared residuals (absent batches: no rows)
+            cb = cols[blk]
+            R = np.array(Y0[:, cb], order="F", copy=True)
+            ols.sub_gemm(W, np.nan_to_num(c_m[:, blk], nan=0.0), R, -1.0)
+            np.copyto(R, 0.0, where=mask[:, cb])
+            np.square(R, out=R)
+            ss[:, cb] = onehot.T @ R
+        st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only)
+        variance = missing.observed_variance(Y0, mask)
+        if full is not None:  # the features without NaN: exactly the complete-data numbers
+            for name in ("alpha", "sigma"):
+                getattr(st, name)[keep] = getattr(full, name)[keep]
+            for name in ("gamma_hat", "delta_hat", "delta_raw"):
+                getattr(st, name)[:, keep] = getattr(full, name)[:, keep]
+            variance[keep] = column_variance(Y[:, keep])
+        self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:m + q], batch_coef=coef[:m],
+                         spline_coef=coef[m + q:], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat,
+                         smoothing=lam, edf=edf, n_obs=n_obs.astype(np.float64))
+        self._delta_raw = st.delta_raw
+        ComBat._warn_sparse_cells(self, n_obs, ref)
+        self._mark_constant(np.abs(st.alpha), variance)
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep) -> np.ndarray:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._core import eb
+from .._core import eb, missing
+from .._core.blocks import column_variance
 from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
 from ..design import batch_indicators
 from ..formula import formula_columns
 from ..exceptions import (
     BatchError,
+    ConfoundingError,
     FormulaError,
     InputError,
     SingleScanWarning,
     SingularFitWarning,
     warn,
 )
-from ..mixed import fit_random_intercept, fit_random_slope
+from ..mixed import MixedFit, fit_observed, fit_random_intercept, fit_random_slope
 from ._base import BaseHarmonizer
+from .combat import ComBat
 from .._schema import DamagedState, Stored, check_levels
 
 __all__ = ["LongComBat"]
@@ -98,9 +101,20 @@ class LongComBat(BaseHarmonizer):
         As :class:`~featharm.ComBat` (``n_iter_`` counts the Jacobi EB iterations run per batch).
     singular_features_ : list
         Features whose random-intercept variance was estimated at 0.
+    n_obs_ : DataFrame
+        Only when fitted with missing feature values: observed scans of each feature at each batch.
 
     Notes
     -----
+    *Missing values* (``docs/methods.md`` §1.8; longCombat requires complete data). NaN cells stay NaN and
+    every observed cell is harmonized. Each feature's mixed model is fitted on the scans where it is
+    observed (vectorized over features, :func:`featharm.mixed.fit_observed`), so a subject
+    with a missing visit for one feature keeps its other visits there; the grand mean weights the batches
+    by their full sizes over those present (ComBat's rule); the batch moments and the Jacobi EB use each
+    batch's observed scans (an empty batch × feature gets the site's prior, as in ComBat). A feature without
+    NaN keeps its complete-data fit bit for bit. New subjects' random effects at ``new_sites="estimate"``
+    are predicted per feature from their observed scans.
+
     ``transform(X, covariates, new_sites=...)`` is the shared one (:meth:`BaseHarmonizer.transform`); for
     scans of batches not seen at fit, ``new_sites="estimate"`` estimates their location, scale and EB
     posterior (``n_iter`` Jacobi iterations, as at fit) from their own scans against the frozen model, each
@@ -148,7 +162,7 @@ class LongComBat(BaseHarmonizer):
     _feature_units = {**BaseHarmonizer._feature_units, "batch_effect": 1, "residual_var": 2, "ranef_var": 2}
     _stored = {
         **BaseHarmonizer._stored,
-        "batch_effect": Stored(("batch", "feature"), values="finite"),
+        "batch_effect": Stored(("batch", "feature"), values="observed"),
         "residual_var": Stored(("feature",), values="sd"),
         "ranef_var": Stored(("feature",), values="nonnegative"),
         "ranef_cov": Stored(("feature", "random", "random"), values="finite"),
@@ -157,6 +171,7 @@ class LongComBat(BaseHarmonizer):
         "singular": Stored(("feature",), values="flag"),
     }
     _state_extra = ("subjects",)
+    _supports_missing = True
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, random_slope=False,
                  standardize="reml", eb=True, n_iter=30):
@@ -254,12 +269,32 @@ class LongComBat(BaseHarmonizer):
         n, p = Y.shape
         m = B.shape[1]
         W = np.hstack([B, prep.X])
-        if self.random_slope:
-            fit = fit_random_slope(Y, W, g, t, reml=True)
-            Z = np.column_stack([np.ones(n), t])
+        Z = np.column_stack([np.ones(n), t]) if self.random_slope else None
+        if prep.mask is not None:  # NaN cells: each feature's mixed model on its observed scans (§1.8)
+            self._fit_location_missing(prep, B, W, g, t, Z, counts, ref)
         else:
-            fit = fit_random_intercept(Y, W, g, reml=True)
-            Z = None
+            if self.random_slope:
+                fit = fit_random_slope(Y, W, g, t, reml=True)
+            else:
+                fit = fit_random_intercept(Y, W, g, reml=True)
+            self._arr.update(self._standardize_fit(Y, W, g, Z, prep.codes, counts, fit))
+            self._delta_raw = self._arr.pop("delta_raw")
+            self._mark_constant(np.abs(self._arr["alpha"]), prep=prep)
+        sing = self._arr["singular"].astype(bool) & ~self._arr["constant"]
+        if sing.any():
+            names = list(self.feature_names_in_[sing])
+            warn(
+                f"singular fit: the subject random-effect variance is estimated at 0 for {len(names)} "
+                f"feature(s) ({_show(names, 5)}); for them the model reduces to fixed effects only (no "
+                "subject effect kept). Check that the subject column is right and subjects have repeat scans.",
+                SingularFitWarning,
+            )
+
+    def _standardize_fit(self, Y, W, g, Z, codes, counts, fit) -> dict:
+        """longCombat's steps 2–5 from the mixed-model fit of complete features: grand mean, batch effects,
+        ``sigma``, standardized residuals and their batch moments (the learned arrays, ``delta_raw`` too)."""
+        n = Y.shape[0]
+        m = counts.shape[0]
         coef = fit.beta
         alpha = (counts / n) @ coef[:m]  # sum_i n_i gamma_i = 0 (docs/methods.md §3 step 3)
         batch_effect = coef[:m] - alpha
@@ -273,29 +308,97 @@ class LongComBat(BaseHarmonizer):
             sigma = R.std(axis=0)  # sqrt(sum (r - rbar)^2 / L), as longCombat's MSR
         else:
             sigma = np.sqrt(fit.sigma2 + fit.ranef_cov[:, 0, 0])
-        R += batch_effect[prep.codes]
+        R += batch_effect[codes]
         with np.errstate(divide="ignore", invalid="ignore"):
             R /= sigma
-        onehot = batch_indicators(prep.codes, m)
+        onehot = batch_indicators(codes, m)
         gamma_hat = (onehot.T @ R) / counts[:, None]
-        R -= gamma_hat[prep.codes]
+        R -= gamma_hat[codes]
         delta_raw = (onehot.T @ (R * R)) / (counts - 1.0)[:, None]
         delta_hat = eb.delta_from_raw(delta_raw)
+        return dict(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=gamma_hat,
+                    delta_hat=delta_hat, batch_effect=batch_effect, residual_var=fit.sigma2,
+                    ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
+                    loglik=fit.loglik, singular=fit.boundary.astype(np.float64), delta_raw=delta_raw)
+
+    def _fit_location_missing(self, prep, B, W, g, t, Z, counts, ref) -> None:
+        """The mixed model and S2–S5 with NaN cells (§1.8): each feature's REML fit on the scans where it is
+        observed (:func:`featharm.mixed.fit_observed`), the grand
+        mean over the batches present weighted by the full batch sizes (ComBat's rule), ``sigma`` and the
+        batch moments over the observed cells. Fills ``self._arr`` (with ``n_obs``)."""
+        Y, mask, codes = prep.Y, prep.mask, prep.codes
+        n, p = Y.shape
+        m = B.shape[1]
+        names = self.feature_names_in_
+        n_obs = missing.observed_counts(mask, codes, counts)
+        ComBat._check_observed(self, n_obs, prep.X.shape[1], ref)  # ComBat's rules (§1.8)
+        grams = missing.observed_grams(prep.X, codes, np.eye(m), mask)
+        if grams.deficient.size:
+            bad = [str(names[j]) for j in grams.deficient]
+            raise ConfoundingError(
+                f"on the scans where they are observed, the fixed-effects design (batch and formula) of {len(bad)} "
+                f"feature(s) is rank deficient: {bad[:5]}{' ...' if len(bad) > 5 else ''} (a covariate constant "
+                "within batches, or a combination of the others, once the missing scans are left out). Drop those "
+                "features or that covariate."
+            )
+        inc = mask.any(axis=0)
+        Y0 = np.array(Y, order="K", copy=True)  # the same memory layout as Y: BLAS rounds layouts differently
+        Y0[mask] = 0.0
+        full = None
+        if not inc.all():
+            # features without NaN: the complete-data computation on the whole table (the same calls on the
+            # same shapes, so the same numbers to the last bit); the NaN columns are replaced below
+            fit_c = fit_random_slope(Y0, W, g, t, reml=True) if self.random_slope else \
+                fit_random_intercept(Y0, W, g, reml=True)
+            full = self._standardize_fit(Y0, W, g, Z, codes, counts, fit_c)
+        cols = np.flatnonzero(inc)
+        fit = fit_observed(Y[:, cols], W, g, mask[:, cols], droppable=m, time=t,
+                           random_slope=bool(self.random_slope), reml=True)
+        r = fit.ranef_cov.shape[1]
+        fit_all = MixedFit(beta=np.zeros((W.shape[1], p)), sigma2=np.ones(p), ranef_cov=np.zeros((p, r, r)),
+                           loglik=np.zeros(p), blup=np.zeros((fit.blup.shape[0], r, p)),
+                           boundary=np.zeros(p, dtype=bool), reml=True)
+        for name in ("beta", "blup"):
+            getattr(fit_all, name)[..., cols] = getattr(fit, name)
+        for name in ("sigma2", "ranef_cov", "loglik", "boundary"):
+            getattr(fit_all, name)[cols] = getattr(fit, name)
+        fit = fit_all
+        coef = fit.beta  # NaN for a batch without observed values of a feature
+        present = n_obs > 0
+        alpha = missing.pooled_mean(coef[:m], n_obs, counts)
+        batch_effect = np.where(present, coef[:m] - alpha, np.nan)
+        U = fit.random_part(g, Z)
+        R = Y - W @ np.nan_to_num(coef, nan=0.0)  # marginal residuals (NaN cells stay NaN)
+        if self.standardize != "marginal":
+            R -= U  # conditional residuals
+        if self.standardize == "reml":
+            sigma = np.sqrt(fit.sigma2)
+        elif self.standardize == "msr":
+            sigma = np.nanstd(R, axis=0)  # over the observed scans
+        else:
+            sigma = np.sqrt(fit.sigma2 + fit.ranef_cov[:, 0, 0])
+        R += np.nan_to_num(batch_effect, nan=0.0)[codes]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            R /= sigma
+        gamma_hat, delta_hat, delta_raw = missing.grouped_moments(R, mask, codes, n_obs)
         self._arr.update(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=gamma_hat,
                          delta_hat=delta_hat, batch_effect=batch_effect, residual_var=fit.sigma2,
                          ranef_var=fit.ranef_cov[:, 0, 0].copy(), ranef_cov=fit.ranef_cov, blup=fit.blup,
-                         loglik=fit.loglik, singular=fit.boundary.astype(np.float64))
+                         loglik=fit.loglik, singular=fit.boundary.astype(np.float64), n_obs=n_obs.astype(np.float64))
         self._delta_raw = delta_raw
-        self._mark_constant(np.abs(alpha), prep=prep)
-        sing = fit.boundary & ~self._arr["constant"]
-        if sing.any():
-            names = list(self.feature_names_in_[sing])
-            warn(
-                f"singular fit: the subject random-effect variance is estimated at 0 for {len(names)} "
-                f"feature(s) ({_show(names, 5)}); for them the model reduces to fixed effects only (no "
-                "subject effect kept). Check that the subject column is right and subjects have repeat scans.",
-                SingularFitWarning,
-            )
+        variance = missing.observed_variance(Y0, mask)
+        if full is not None:  # the features without NaN: exactly the complete-data numbers
+            keep = ~inc
+            a = self._arr
+            for name, arr in full.items():
+                dest = self._delta_raw if name == "delta_raw" else a[name]
+                if name == "ranef_cov":  # features first
+                    dest[keep] = arr[keep]
+                else:
+                    dest[..., keep] = arr[..., keep]
+            variance[keep] = column_variance(Y[:, keep])
+        ComBat._warn_sparse_cells(self, n_obs, ref)
+        self._mark_constant(np.abs(self._arr["alpha"]), variance)
 
     # ------------------------------------------------------------------------------ applying
     def _random_part(self, prep, rows=None) -> np.ndarray:
@@ -346,7 +449,7 @@ class LongComBat(BaseHarmonizer):
             if unknown.any():
                 t = self._time_values(cov)[unknown] if self.random_slope else None
                 U_new = np.zeros((int(unknown.sum()), R.shape[1]))
-                U_new[:, keep] = _predict_new_subjects(
+                U_new[:, keep] = _predict_new_subjects_observed(
                     R[:, keep], prep.codes[rows] - len(self.batches_), len(prep.new_levels), unknown,
                     pd.factorize(subj[unknown])[0], t, a["residual_var"][keep], a["ranef_cov"][keep])
                 U[unknown] = U_new
@@ -392,7 +495,10 @@ class LongComBat(BaseHarmonizer):
         self.icc_ = pd.Series(icc, index=feats, name="icc")
         self.singular_features_ = list(self.feature_names_in_[a["singular"].astype(bool)])
         if "feature_scale" in a:  # REML log-likelihood of y, not of the rescaled s y: + (n - k) log s
-            dof = a["batch_sizes"].sum() - len(self.batches_) - len(self.design_.columns)
+            if "n_obs" in a:  # each feature's observed scans and the batches present (§1.8)
+                dof = a["n_obs"].sum(axis=0) - (a["n_obs"] > 0).sum(axis=0) - len(self.design_.columns)
+            else:
+                dof = a["batch_sizes"].sum() - len(self.batches_) - len(self.design_.columns)
             self.loglik_ = self.loglik_ + dof * np.log(a["feature_scale"])
 
     def _get_state(self):
@@ -454,8 +560,34 @@ def _predict_new_subjects(R, site, k, unknown, h, t, sigma2, G) -> np.ndarray:
     P = np.linalg.solve(M, np.broadcast_to(G, M.shape))  # nu × p × q × q
     counts = np.bincount(site, minlength=k).astype(np.float64)
     C = np.diag(counts)[None] - np.einsum("sqk,sfqr,srl->fkl", ZtA, P, ZtA)
+    empty = np.flatnonzero(counts == 0)  # a new batch without rows here (missing values): intercept held at 0
+    C[:, empty, empty] = 1.0
     Atr = np.stack([R[site == j].sum(axis=0) for j in range(k)], axis=1)  # p × k
     rhs = Atr - np.einsum("sqk,sfqr,srf->fk", ZtA, P, Ztr)
     c = np.linalg.solve(C, rhs[..., None])[..., 0]  # p × k
     u = np.einsum("sfqr,srf->sfq", P, Ztr - np.einsum("sqk,fk->sqf", ZtA, c))
     return np.einsum("nq,nfq->nf", Zu, u[h])
+
+
+def _predict_new_subjects_observed(R, site, k, unknown, h, t, sigma2, G) -> np.ndarray:
+    """:func:`_predict_new_subjects` with NaN cells in ``R`` (§1.8): the same equations for each feature on
+    the rows where it is observed, features missing on the same rows solved together. The random part of a
+    row is 0 where the feature is missing (that cell's output is NaN anyway)."""
+    nan = np.isnan(R)
+    if not nan.any():
+        return _predict_new_subjects(R, site, k, unknown, h, t, sigma2, G)
+    from .._core.missing import missingness_patterns
+
+    out = np.zeros((int(unknown.sum()), R.shape[1]))
+    first, inverse = missingness_patterns(nan)
+    for u, col in enumerate(first):
+        feats = np.flatnonzero(inverse == u)
+        rows = ~nan[:, col]
+        sub = rows[unknown]  # the unknown subjects' rows observed for these features
+        if not sub.any():
+            continue
+        h_sub = pd.factorize(h[sub])[0]
+        t_sub = None if t is None else t[sub]
+        out[np.ix_(np.flatnonzero(sub), feats)] = _predict_new_subjects(
+            R[rows][:, feats], site[rows], k, unknown[rows], h_sub, t_sub, sigma2[feats], G[feats])
+    return out

@@ -1,5 +1,5 @@
-"""The command line with missing values (``docs/methods.md`` §1.8): empty feature cells are harmonized by
-ComBat and written empty, the summary says how many there were, ``--missing error`` refuses them, and
+"""The command line with missing values (``docs/methods.md`` §1.8): empty feature cells are harmonized
+(every family: each feature on its observed rows) and written empty, the summary says how many there were, ``--missing error`` refuses them, and
 ``--missing-covariates exclude`` leaves out rows without a batch or covariate."""
 
 from __future__ import annotations
@@ -68,11 +68,26 @@ def test_missing_error_refuses_empty_cells(table, tmp_path, capsys, command):
     assert not (tmp_path / "h.csv").exists()
 
 
-def test_families_without_missing_values_say_so(table, tmp_path, capsys):
+@pytest.mark.filterwarnings("default::featharm.exceptions.MissingValueWarning")  # CovBat's complete rows
+@pytest.mark.parametrize("method, words, model", [
+    ("covbat", (), lambda: fh.CovBat(batch="site", formula="age + sex")),
+    ("combatls", ("--scale-formula", "age"), lambda: fh.ComBatLS(batch="site", formula="age + sex",
+                                                                  scale_formula="age")),
+])
+def test_other_families_write_empty_cells(table, tmp_path, capsys, method, words, model):
+    """Every family takes empty cells (each feature on its observed rows) and writes them empty."""
     path, X, cov = table
-    assert main(_harmonize(path, tmp_path / "h.csv", "--method", "covbat")) == 2
-    err = capsys.readouterr().err
-    assert "CovBat does not handle missing feature values yet" in err and "ComBat harmonizes" in err
+    out = tmp_path / "h.csv"
+    assert main(_harmonize(path, out, "--method", method, *words)) == 0
+    assert "196 of 6,000 feature cells missing" in capsys.readouterr().out
+    h = pd.read_csv(out).set_index("subject_id")[X.columns]
+    assert np.array_equal(h.isna().to_numpy(), X.isna().to_numpy())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = model().fit_transform(X, cov)
+    np.testing.assert_allclose(h.to_numpy(), expected.to_numpy(), rtol=1e-15, atol=0)
 
 
 def test_report_needs_complete_features(table, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """ComBat with missing feature values (NaN cells), ``docs/methods.md`` §1.8, beyond the R parity of
 ``tests/reference/test_parity_na.py``: what featharm does where R stops, the properties the available-case
-fit must have, transform and new sites, model files, ``missing_covariates``, and the families that refuse."""
+fit must have, transform and new sites, model files, ``missing_covariates``. The other families:
+``test_missing_families.py``."""
 
 from __future__ import annotations
 
@@ -461,27 +462,15 @@ def test_missing_covariates_exclude(data, tmp_path):
     assert cb.loc[left_out].isna().all().all() and np.isfinite(cb[keep].to_numpy()).all()
 
 
-# ------------------------------------------------------------------------------------ families that refuse
-@pytest.mark.parametrize("family, kw", [
-    ("CovBat", dict(formula="age + sex")),
-    ("ComBatGAM", dict(formula="sex", smooth=["age"])),
-    ("ComBatLS", dict(formula="age + sex")),
-])
-def test_other_families_refuse_nan(data, family, kw):
+# ------------------------------------------------------------------------------------ what other families refuse
+def test_neuroharmonize_compat_refuses_nan(data):
+    """neuroHarmonize takes no missing values, so its compat mode does not invent a behaviour for them;
+    the default ComBatGAM fits each feature on its observed rows (tests/models/test_missing_families.py)."""
     X, cov = data
     Xn = X.copy()
     Xn.iloc[4, 2] = np.nan
-    with pytest.raises(MissingValueError, match=rf"{family} does not handle missing.*{X.columns[2]!r}.*"
-                                                rf"{X.index[4]!r}.*ComBat harmonizes"):
-        getattr(fh, family)(batch="site", **kw).fit(Xn, cov)
-
-
-def test_longcombat_refuses_nan():
-    sim = fh.datasets.make_longitudinal(n_subjects=30, n_sites=3, n_features=4, random_state=0)
-    X = sim.X.copy()
-    X.iloc[2, 1] = np.nan
-    with pytest.raises(MissingValueError, match="LongComBat does not handle missing"):
-        fh.LongComBat(batch="site", subject="subject", formula="age").fit(X, sim.covariates)
+    with pytest.raises(MissingValueError, match=rf"compat='neuroHarmonize'.*{X.columns[2]!r}.*compat=None"):
+        fh.ComBatGAM(batch="site", formula="sex", smooth=["age"], compat="neuroHarmonize").fit(Xn, cov)
 
 
 # ------------------------------------------------------------------------------------------ the core pieces
