@@ -100,6 +100,14 @@ def report_parameters(args) -> dict:
             if k not in ("func", "command") and v not in (None, False)}
 
 
+def add_include_option(p: argparse.ArgumentParser) -> None:
+    """--include of the commands that pick the features themselves (harmonize, diagnose, report)."""
+    p.add_argument("--include", nargs="+", metavar="PATTERN",
+                   help="without --features, the QC and global columns left out of the features (Euler number "
+                        "such as avg_en, surface holes, eTIV/ICV, BrainSegVol, MaskVol, SupraTentorialVol ...) "
+                        "that are features after all (names or globs, e.g. eTIV 'BrainSegVol*')")
+
+
 # --------------------------------------------------------------------------------------------- inputs
 _UNNAMED = re.compile(r"Unnamed: \d+")
 
@@ -158,7 +166,8 @@ def possible_features(args, exclude=()):
         cols = [c for c in labels if str(c) not in skip]
         if getattr(args, "features", None):
             return [c for c in cols if any(fnmatch.fnmatchcase(str(c), p) for p in args.features)]
-        return [c for c in cols if not _UNNAMED.fullmatch(str(c))]
+        cols = [c for c in cols if not _UNNAMED.fullmatch(str(c))]
+        return qc_split(cols, getattr(args, "include", None))[0]  # the others are read as they are typed
 
     return numeric
 
@@ -203,8 +212,9 @@ _FEATURES_FIX = ("Fix those cells in the file (featharm does not guess numbers),
                  "the features by naming them with --features PATTERN.")
 
 
-def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
-    """The feature columns: those matching ``--features`` globs, else every other numeric column.
+def feature_columns(data: pd.DataFrame, patterns, exclude, candidates=None) -> list[str]:
+    """The feature columns: those matching ``--features`` globs, else every other numeric column (of
+    ``candidates``, when given: the measure columns of a FreeSurfer, ENIGMA or ABCD table).
 
     A column is judged by what most of its values are: a column of numbers spoiled by a few text cells
     (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
@@ -226,7 +236,8 @@ def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
                              text_fix="Choose patterns that match only the feature columns.")
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
         cols, text = [], []
-        for c in data.columns:
+        pool = data.columns if candidates is None else [c for c in data.columns if c in set(candidates)]
+        for c in pool:
             if str(c) in exclude or _UNNAMED.fullmatch(str(c)):
                 continue
             s = data[c]
@@ -240,6 +251,63 @@ def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
                              + (f" (text columns: {show_columns(text, 6)})" if text else "")
                              + "; name the feature columns with --features PATTERN.")
     return cols
+
+
+def qc_split(cols, include=None) -> tuple[list, list]:
+    """(``cols`` without the QC and global columns, those left out); ``include``: globs of the QC and
+    global columns kept as features after all."""
+    from ..io.freesurfer import not_a_feature
+
+    kept, left = [], []
+    for c in cols:
+        if not_a_feature(c) and not any(fnmatch.fnmatchcase(str(c), p) for p in include or ()):
+            left.append(c)
+        else:
+            kept.append(c)
+    return kept, left
+
+
+def choose_features(args, data: pd.DataFrame, exclude, candidates=None) -> list:
+    """The features of a command that picks them (harmonize, diagnose, report): ``--features`` globs, else
+    every other numeric column (of ``candidates`` when DATA's format says which columns are measures)
+    except the QC and global columns (Euler number, surface holes, head size ...: see
+    :func:`featharm.io.not_a_feature`), which are left out with one line saying so and how to include
+    them (``--include PATTERN``)."""
+    import sys
+
+    from .._validation import show_columns
+    from ..exceptions import ColumnNotFoundError, InputError
+
+    include = getattr(args, "include", None)
+    if args.features and include:
+        raise InputError("--include adds QC or global columns to the features featharm picks itself; with "
+                         "--features, add those patterns to --features instead.")
+    feats = feature_columns(data, args.features, exclude, candidates)
+    if args.features:
+        return feats
+    unmatched = [p for p in include or () if not any(fnmatch.fnmatchcase(str(c), p) for c in data.columns)]
+    if unmatched:
+        raise ColumnNotFoundError(f"--include {unmatched}: no column of DATA matches; columns: "
+                                  f"{show_columns(data.columns)}")
+    feats, left = qc_split(feats, include)
+    if left and not feats:
+        raise InputError(f"the only numeric columns are QC or global measures ({show_columns(left, 6)}); "
+                         "harmonize them with --include PATTERN or name the features with --features PATTERN.")
+    if left and not getattr(args, "quiet", False):
+        from ..io.freesurfer import not_a_feature
+
+        kinds = sorted({not_a_feature(c) for c in left})
+        sys.stderr.write(f"featharm: note: left out {len(left)} {' and '.join(kinds)} column(s) from the features: "
+                         f"{', '.join(map(str, left[:8]))}{' ...' if len(left) > 8 else ''}; to harmonize them "
+                         f"too pass --include {' '.join(_shell_word(c) for c in left[:3])}"
+                         f"{' ...' if len(left) > 3 else ''} (or name every feature with --features PATTERN)\n")
+    return feats
+
+
+def _shell_word(name) -> str:
+    import shlex
+
+    return shlex.quote(str(name))
 
 
 def check_feature_values(data: pd.DataFrame, cols, how: str, fix: str, *, text_fix: str | None = None) -> None:

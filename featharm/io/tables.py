@@ -270,6 +270,9 @@ class SourceTable:
     block_columns: list = field(default_factory=list)
     text: dict = field(default_factory=dict)
     _where: dict | None = field(default=None, repr=False)
+    #: the measure columns, when the file's format tells them apart from ids and covariates (FreeSurfer
+    #: group tables, ENIGMA and ABCD tables: see :mod:`featharm.io.formats`); None for a plain table
+    measures: list | None = None
 
     def features(self, feats) -> pd.DataFrame:
         """The columns ``feats`` (numbers) as a DataFrame indexed like ``frame``: a view of ``block`` when they

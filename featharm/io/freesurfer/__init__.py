@@ -17,7 +17,8 @@ The layouts read are those of FreeSurfer 5.x, 6.0 and 7.x (FastSurfer writes the
 * :mod:`~featharm.io.freesurfer.subjects_dir`: whole SUBJECTS_DIRs (:func:`scan_subjects_dir`,
   :func:`collect_subjects`).
 * :mod:`~featharm.io.freesurfer.ids`: subject ids (:func:`parse_fsid`).
-* ``_names``: measure and structure names (:data:`STRUCTURE_RENAMES`, :func:`normalize_structure_names`).
+* ``_names``: measure and structure names (:data:`STRUCTURE_RENAMES`, :func:`normalize_structure_names`), and
+  the QC and global columns that are not regional features (:func:`not_a_feature`).
 """
 
 from ._names import (
@@ -26,6 +27,7 @@ from ._names import (
     SEG_MEASURES,
     STRUCTURE_RENAMES,
     normalize_structure_names,
+    not_a_feature,
 )
 from .enigma import read_enigma_table
 from .group_tables import read_fs_table, read_fs_tables
@@ -42,6 +44,7 @@ __all__ = [
     "normalize_structure_names",
     "STRUCTURE_RENAMES",
     "APARC_MEASURES",
+    "not_a_feature",
     "parse_fsid",
     "scan_subjects_dir",
     "collect_subjects",
