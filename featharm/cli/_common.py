@@ -21,6 +21,12 @@ KB, MB = 1024, 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- options
+DATA_HELP = ("table(s) with the features (and covariates): CSV, TSV or Parquet; also FreeSurfer asegstats2table/"
+             "aparcstats2table tables, ENIGMA CSVs and ABCD 5.x tables (mri_y_smr_*.csv, mri_y_adm_info.csv, "
+             "abcd_y_lt.csv ...), told by their header. Several files are joined on their ids (FreeSurfer and "
+             "ENIGMA: the first column; ABCD: src_subject_id and eventname; plain tables: --id)")
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """--covariates, --id, --out, --float-format and --quiet of ``harmonize`` and ``apply``."""
     p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
@@ -90,8 +96,10 @@ def float_format(value: str) -> str:
 
 def report_inputs(args) -> dict:
     """The input files of the command, as the report's provenance lists them."""
-    names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
-    return {label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}
+    names = (("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
+    paths = data_paths(args)
+    found = {("data" if len(paths) == 1 else f"data {k + 1}"): p for k, p in enumerate(paths)}
+    return {**found, **{label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}}
 
 
 def report_parameters(args) -> dict:
@@ -128,7 +136,12 @@ def load_source(args, numeric=None):
     from ..io import read_table
     from ..io.tables import read_source
 
-    source = read_source(args.data, index_col=args.id, numeric=numeric)
+    from ..io.formats import sniff_format
+
+    paths = data_paths(args)
+    if len(paths) > 1 or sniff_format(paths[0]) != "table":
+        return _load_formats(args, paths)
+    source = read_source(paths[0], index_col=args.id, numeric=numeric)
     data = source.frame
     if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
         first = 1 if source.fmt == "parquet" else 2
@@ -137,18 +150,83 @@ def load_source(args, numeric=None):
         if not args.id:
             raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
         cov = read_table(args.covariates, index_col=args.id)
-        data, cov = same_id_type(data, cov)
-        missing = data.index.difference(cov.index, sort=False)
-        if len(missing):
-            raise InputError(
-                f"{len(missing)} id(s) of {args.data} are not in {args.covariates}: "
-                f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
-            )
-        cov = cov.loc[data.index]
-        source.frame = data
+        return _join_covariates(args, source, cov)
+    return source, data
+
+
+def _load_formats(args, paths):
+    """DATA of several files, or of a FreeSurfer, ENIGMA or ABCD table (see :mod:`featharm.io.formats`)."""
+    import pandas as pd
+
+    from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
+    from ..io import read_table
+    from ..io.formats import ABCD_KEYS, read_feature_tables
+    from ..io.tables import SourceTable
+
+    tables = read_feature_tables(paths, args.id)
+    source = SourceTable(tables.frame, Path(paths[0]), "joined", measures=tables.measures)
+    data = source.frame
+    abcd = tables.id_columns == list(ABCD_KEYS)
+    if abcd and args.id:  # one event per subject: the rows are named by --id (it joins --covariates)
+        if args.id not in data.columns:
+            raise ColumnNotFoundError(f"--id {args.id!r}: the ABCD tables have no such column.")
+        if data[args.id].duplicated().any():
+            dup = data.loc[data[args.id].duplicated(), args.id].iloc[0]
+            raise DuplicateIndexError(
+                f"--id {args.id}: {dup!r} is on several rows (several events per subject); leave out --id (rows "
+                "are then src_subject_id and eventname) and give covariates keyed by both, or keep one event.")
+        data.index = pd.Index(data[args.id].astype(str).to_numpy())
+    if not args.covariates:
+        return source, data
+    if abcd and not args.id:
+        cov = read_table(args.covariates)
+        lacking = [k for k in ABCD_KEYS if k not in cov.columns]
+        if lacking:
+            raise ColumnNotFoundError(f"--covariates {args.covariates} has no {' or '.join(lacking)} column: with "
+                                      "ABCD DATA it is joined on src_subject_id and eventname (or pass --id COL "
+                                      "for data with one event per subject).")
+        cov.index = pd.Index([f"{a}/{b}" for a, b in zip(cov[ABCD_KEYS[0]], cov[ABCD_KEYS[1]])])
+        if cov.index.has_duplicates:
+            raise DuplicateIndexError(f"--covariates {args.covariates} repeats the subject and event "
+                                      f"{cov.index[cov.index.duplicated()][0]!r}.")
     else:
-        cov = data
-    return source, cov
+        key = args.id or tables.id_columns[0]
+        try:
+            cov = read_table(args.covariates, index_col=key)
+        except ColumnNotFoundError as exc:
+            if args.id:
+                raise
+            raise ColumnNotFoundError(f"{exc} The ids of DATA are in its column {key!r}: name the id column of "
+                                      f"the covariate file with --id COL (DATA's is renamed to match).") from None
+        cov.index = pd.Index([str(i) for i in cov.index])
+    return _join_covariates(args, source, cov)
+
+
+def _join_covariates(args, source, cov):
+    """(DATA, the covariate rows of its ids in its order): every id must have covariates."""
+    from ..exceptions import InputError
+
+    data, cov = same_id_type(source.frame, cov)
+    missing = data.index.difference(cov.index, sort=False)
+    if len(missing):
+        raise InputError(
+            f"{len(missing)} id(s) of {data_name(args)} are not in {args.covariates}: "
+            f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
+        )
+    source.frame = data
+    return source, cov.loc[data.index]
+
+
+def data_paths(args) -> list:
+    """The DATA files of the command (one or more)."""
+    d = args.data
+    return list(d) if isinstance(d, (list, tuple)) else [d]
+
+
+def data_name(args) -> str:
+    """DATA as messages name it: its path, or the paths joined by ' + '."""
+    paths = data_paths(args)
+    return str(paths[0]) if len(paths) == 1 else " + ".join(map(str, paths))
 
 
 def possible_features(args, exclude=()):
@@ -203,7 +281,7 @@ def check_model_features(args, data: pd.DataFrame, feats) -> None:
         from ..exceptions import ColumnNotFoundError
 
         raise ColumnNotFoundError(
-            f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
+            f"{data_name(args)} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}."
         )
 
@@ -359,12 +437,12 @@ def read_harmonized(args, data: pd.DataFrame, feats: list):
     if args.id:
         absent = data.index.difference(hdata.index, sort=False)
         if len(absent):
-            raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+            raise InputError(f"{len(absent)} id(s) of {data_name(args)} are not in {args.harmonized}: "
                              f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
         values = hsource.features(feats).set_axis(hdata.index, axis=0)  # a view of the numbers, ids as DATA's
         return values if values.index.equals(data.index) else values.loc[data.index]
     if len(hdata) != len(data):
-        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {data_name(args)} has {len(data)}; "
                          "pass --id COL to match them by id.")
     return hsource.features(feats).set_axis(data.index, axis=0)
 
@@ -378,12 +456,16 @@ def _inputs(args) -> list:
     found = []
     for attr, label in _INPUTS:
         path = getattr(args, attr, None)
-        if path:  # `featharm apply MODEL DATA`: the model is a positional argument
-            found.append(("MODEL" if attr == "model" and args.command == "apply" else label, path))
+        for p in (path if isinstance(path, (list, tuple)) else [path] if path else []):
+            # `featharm apply MODEL DATA`: the model is a positional argument
+            found.append(("MODEL" if attr == "model" and args.command == "apply" else label, p))
     return found
 
 
 def file_size(path) -> int:
+    """The size of a file (the sum of several), 0 if unknown."""
+    if isinstance(path, (list, tuple)):
+        return sum(file_size(p) for p in path)
     try:
         return os.path.getsize(path)
     except (OSError, TypeError):

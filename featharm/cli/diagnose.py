@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import KB, add_include_option
+from ._common import DATA_HELP, KB, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "classification and covariate balance on DATA (and on --harmonized FILE, with "
                                    "preservation-of-biology tables); writes site_effects.csv and the other tables "
                                    "into --out DIR.")
-    g.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    g.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     g.add_argument("--batch", required=True, metavar="COL", help="batch (site/scanner) column")
     g.add_argument("--formula", metavar="RHS", help='covariates of the diagnostic models, e.g. "age + sex"')
     g.add_argument("--features", nargs="+", metavar="PATTERN",

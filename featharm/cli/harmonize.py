@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._common import KB, MB, add_data_options, add_include_option, add_missing_option
+from ._common import DATA_HELP, KB, MB, add_data_options, add_include_option, add_missing_option
 
 # --method NAME -> the estimator's class, by name in featharm.models (imported only to build the model).
 METHODS: dict[str, str] = {
@@ -159,7 +159,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Fit a harmonization model (ComBat by default) on DATA and write DATA with its "
                                    "feature columns harmonized. An option that does not apply to the --method "
                                    "is an error.")
-    h.add_argument("data", metavar="DATA", help="table with features (and covariates): CSV, TSV or Parquet")
+    h.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     h.add_argument("--method", default="combat", choices=sorted(METHODS),
                    help="harmonization model (default: combat)")
     groups = {}  # the model's options, listed by the methods they apply to

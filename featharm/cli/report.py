@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import MB, add_include_option
+from ._common import DATA_HELP, MB, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "effects before and after harmonization, preservation of biology, model "
                                    "parameters, warnings and provenance. DATA holds the raw features; the "
                                    "harmonized ones come from --harmonized FILE or from applying --model MODEL.")
-    r.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    r.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     r.add_argument("--model", metavar="MODEL", help="fitted model (its batch, formula and features are used)")
     r.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
     r.add_argument("--batch", metavar="COL", help="batch (site/scanner) column (default: the model's)")

@@ -307,7 +307,7 @@ class SourceTable:
         positions = list(positions)
         if all(j in self.text for j in positions):
             return {j: self.text[j] for j in positions}
-        if self.fmt == "parquet" or not positions:
+        if self.fmt not in ("csv", "tsv") or not positions:  # Parquet, or joined from several files
             return None if positions else {}
         text = read_text_columns(self.path, positions)
         if text is None or text.shape != (len(self.frame), len(positions)):
