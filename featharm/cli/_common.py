@@ -134,9 +134,8 @@ def load_source(args, numeric=None):
 
     from ..exceptions import InputError
     from ..io import read_table
-    from ..io.tables import read_source
-
     from ..io.formats import sniff_format
+    from ..io.tables import read_source
 
     paths = data_paths(args)
     if len(paths) > 1 or sniff_format(paths[0]) != "table":
@@ -158,7 +157,7 @@ def _load_formats(args, paths):
     """DATA of several files, or of a FreeSurfer, ENIGMA or ABCD table (see :mod:`featharm.io.formats`)."""
     import pandas as pd
 
-    from ..exceptions import ColumnNotFoundError, DuplicateIndexError, InputError
+    from ..exceptions import ColumnNotFoundError, DuplicateIndexError
     from ..io import read_table
     from ..io.formats import ABCD_KEYS, read_feature_tables
     from ..io.tables import SourceTable

@@ -4,6 +4,8 @@
 * :mod:`featharm.io.freesurfer`: ``*.stats`` files, asegstats2table/aparcstats2table/ENIGMA group tables and
   whole SUBJECTS_DIRs (units: volumes mm^3, areas mm^2, thickness mm, read exactly as written).
 * :mod:`featharm.io.covariates`: covariate tables (CSV/TSV/Parquet/Excel, BIDS) joined on ids.
+* :mod:`featharm.io.formats`: the formats users have, told by their header and joined into one table
+  (FreeSurfer group tables, ENIGMA CSVs, ABCD 5.x tables: :func:`read_feature_tables`, :func:`read_abcd`).
 """
 
 from .covariates import (
@@ -28,6 +30,7 @@ from .freesurfer import (
     read_stats,
     scan_subjects_dir,
 )
+from .formats import read_abcd, read_abcd_table, read_feature_tables, sniff_format
 from .tables import read_table, write_table
 
 __all__ = [
@@ -38,6 +41,10 @@ __all__ = [
     "read_fs_table",
     "read_fs_tables",
     "read_enigma_table",
+    "read_abcd",
+    "read_abcd_table",
+    "read_feature_tables",
+    "sniff_format",
     "collect_subjects",
     "list_measures",
     "scan_subjects_dir",

@@ -28,15 +28,28 @@ import numpy as np
 import pandas as pd
 
 from .._validation import show_columns
-from ..exceptions import AlignmentError, ColumnNotFoundError, DuplicateIndexError, InputError, NonNumericFeatureError
+from ..exceptions import (
+    AlignmentError,
+    ColumnNotFoundError,
+    DuplicateIndexError,
+    InputError,
+    NonNumericFeatureError,
+)
 from ._common import fmt_list, require_file
+from .freesurfer._delimited import _sniff_delimiter
 from .freesurfer.enigma import is_enigma_header, read_enigma_table
 from .freesurfer.group_tables import _FIRST_CELL, read_fs_table
-from .freesurfer._delimited import _sniff_delimiter
 from .tables import read_table
 
-__all__ = ["sniff_format", "read_abcd_table", "read_abcd", "read_feature_tables", "FeatureTables",
-           "ABCD_KEYS", "ABCD_MEASURE_PREFIXES"]
+__all__ = [
+    "ABCD_KEYS",
+    "ABCD_MEASURE_PREFIXES",
+    "FeatureTables",
+    "read_abcd",
+    "read_abcd_table",
+    "read_feature_tables",
+    "sniff_format",
+]
 
 #: The columns every ABCD 5.x tabulated table is keyed by.
 ABCD_KEYS = ("src_subject_id", "eventname")
@@ -81,7 +94,7 @@ def sniff_format(path) -> str:
             import pyarrow.parquet as pq
 
             names = set(pq.read_schema(path).names)
-        except Exception:  # not readable as Parquet: read_table says why
+        except (OSError, ValueError, ImportError):  # not readable as Parquet: read_table says why
             return "table"
         return "abcd" if set(ABCD_KEYS) <= names else "table"
     line = _first_line(path)

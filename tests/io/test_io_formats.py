@@ -7,8 +7,6 @@ shared with ``tests/cli/test_cli_formats.py``): no real data are read.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +19,12 @@ from featharm.exceptions import (
     NonNumericFeatureError,
 )
 from featharm.io import read_enigma_table, read_fs_table
-from featharm.io.formats import read_abcd, read_abcd_table, read_feature_tables, sniff_format
+from featharm.io.formats import (
+    read_abcd,
+    read_abcd_table,
+    read_feature_tables,
+    sniff_format,
+)
 
 DK = ["bankssts", "caudalanteriorcingulate", "cuneus", "entorhinal", "insula"]
 ASEG = ["Left-Lateral-Ventricle", "Left-Thalamus", "Left-Hippocampus", "Right-Hippocampus", "CSF"]
