@@ -61,15 +61,20 @@ _HEADER_BYTES = 4 * 2**20  # the header line is looked for in this many bytes at
 
 def _first_line(path: Path) -> str | None:
     """The first line of a text file (gzip-compressed too), from at most 4 MB; None if there is none."""
+    head = b""
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rb") as fh:
-            head = fh.read(_HEADER_BYTES)
+            while len(head) < _HEADER_BYTES and b"\n" not in head:
+                chunk = fh.read(64 * 1024)
+                if not chunk:
+                    break
+                head += chunk
     except (OSError, EOFError):
         return None
     if b"\0" in head[:4096]:  # binary (Parquet, Excel, a model file): not a text table
         return None
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    line = head[:_HEADER_BYTES].split(b"\n", 1)[0].rstrip(b"\r")
     return line.decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
