@@ -1052,7 +1052,7 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     shown = ", ".join(f"{b} ({int(n)})" for b, n in list(sizes.items())[:40]) if sizes is not None else \
         ", ".join(map(str, model.batches_[:40]))
     more = f" ... (+{len(model.batches_) - 40} more)" if len(model.batches_) > 40 else ""
-    total = f"; {int(sizes.sum())} subjects" if sizes is not None else ""
+    total = f"; {int(sizes.sum())} rows" if sizes is not None else ""
     facts.append(("sites", f"{len(model.batches_)} in column {model.batch!r}{total}: {shown}{more}"))
     names = [str(f) for f in model.feature_names_in_]
     facts.append(("features", f"{len(names)}: {', '.join(names[:n_names])}"

@@ -38,7 +38,7 @@ def test_info_prints_what_the_model_holds(tmp_path, capsys, table):
     sizes = df["site"].value_counts()
     for site, n in sizes.items():
         assert f"{site} ({n})" in lines["sites"]
-    assert f"3 in column 'site'; {len(df)} subjects" in lines["sites"]
+    assert f"3 in column 'site'; {len(df)} rows" in lines["sites"]
     assert "7: roi000, roi001, roi002, roi003, roi004 ... (+2 more)" in lines["features"]
     assert "1 feature cells empty at fit, in 1 feature(s)" in out
     assert main(["info", str(model), "--features"]) == 0
