@@ -34,6 +34,7 @@ from ..exceptions import (
     DuplicateIndexError,
     InputError,
     NonNumericFeatureError,
+    StatsFileError,
 )
 from ._common import fmt_list, require_file
 from .freesurfer._delimited import _sniff_delimiter
@@ -304,7 +305,15 @@ def read_feature_tables(paths, id_col: str | None = None) -> FeatureTables:
     parts, measures = [], []
     for p, f in zip(paths, formats):
         if f == "freesurfer":
-            t = read_fs_table(p, parse_ids=False)
+            try:
+                t = read_fs_table(p, parse_ids=False)
+            except StatsFileError as exc:
+                if "not a number" not in str(exc):
+                    raise
+                raise StatsFileError(f"{exc} Its first header cell ({_first_line(p).split(_sniff_delimiter(_first_line(p)))[0]!r}) "
+                                     "marks an asegstats2table/aparcstats2table table, whose every other column is a "
+                                     "measure: give covariates with --covariates FILE, or rename that cell to read "
+                                     "the file as a plain table.") from None
         elif f == "enigma":
             t = read_enigma_table(p, allow_missing=True)
         else:

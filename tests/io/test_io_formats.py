@@ -284,3 +284,11 @@ def test_abcd_feature_tables_for_the_command_line(tmp_path):
     assert t.id_columns == ["src_subject_id", "eventname"] and list(t.frame.columns[:2]) == t.id_columns
     assert t.frame.index[1] == "NDAR_INV00000000/2_year_follow_up_y_arm_1"
     assert t.measures == ABCD_THK and "mri_info_deviceserialnumber" in t.frame.columns
+
+
+def test_freesurfer_table_with_a_covariate_column_says_how_to_fix(tmp_path):
+    df = write_aparc_table(tmp_path / "lh.txt", "lh")
+    df.insert(1, "site", "A")
+    df.to_csv(tmp_path / "lh.txt", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"column 'site' holds 'A'.*'lh.aparc.thickness'.*--covariates FILE"):
+        read_feature_tables([tmp_path / "lh.txt"])
