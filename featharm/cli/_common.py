@@ -21,6 +21,12 @@ KB, MB = 1024, 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- options
+DATA_HELP = ("table(s) with the features (and covariates): CSV, TSV or Parquet; also FreeSurfer asegstats2table/"
+             "aparcstats2table tables, ENIGMA CSVs and ABCD 5.x tables (mri_y_smr_*.csv, mri_y_adm_info.csv, "
+             "abcd_y_lt.csv ...), told by their header. Several files are joined on their ids (FreeSurfer and "
+             "ENIGMA: the first column; ABCD: src_subject_id and eventname; plain tables: --id)")
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """--covariates, --id, --out, --float-format and --quiet of ``harmonize`` and ``apply``."""
     p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
@@ -91,14 +97,24 @@ def float_format(value: str) -> str:
 
 def report_inputs(args) -> dict:
     """The input files of the command, as the report's provenance lists them."""
-    names = (("data", "data"), ("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
-    return {label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}
+    names = (("covariates", "covariates"), ("model", "model"), ("harmonized", "harmonized"))
+    paths = data_paths(args)
+    found = {("data" if len(paths) == 1 else f"data {k + 1}"): p for k, p in enumerate(paths)}
+    return {**found, **{label: getattr(args, attr) for label, attr in names if getattr(args, attr, None)}}
 
 
 def report_parameters(args) -> dict:
     """The options given on the command line, as the report's provenance lists them."""
     return {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
             if k not in ("func", "command") and v not in (None, False)}
+
+
+def add_include_option(p: argparse.ArgumentParser) -> None:
+    """--include of the commands that pick the features themselves (harmonize, diagnose, report)."""
+    p.add_argument("--include", nargs="+", metavar="PATTERN",
+                   help="without --features, the QC and global columns left out of the features (Euler number "
+                        "such as avg_en, surface holes, eTIV/ICV, BrainSegVol, MaskVol, SupraTentorialVol ...) "
+                        "that are features after all (names or globs, e.g. eTIV 'BrainSegVol*')")
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -119,9 +135,13 @@ def load_source(args, numeric=None):
 
     from ..exceptions import InputError
     from ..io import read_table
+    from ..io.formats import sniff_format
     from ..io.tables import read_source
 
-    source = read_source(args.data, index_col=args.id, numeric=numeric)
+    paths = data_paths(args)
+    if len(paths) > 1 or sniff_format(paths[0]) != "table":
+        return _load_formats(args, paths)
+    source = read_source(paths[0], index_col=args.id, numeric=numeric)
     data = source.frame
     if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
         first = 1 if source.fmt == "parquet" else 2
@@ -130,18 +150,83 @@ def load_source(args, numeric=None):
         if not args.id:
             raise InputError("--covariates needs --id COL: the id column that joins DATA and the covariate file.")
         cov = read_table(args.covariates, index_col=args.id)
-        data, cov = same_id_type(data, cov)
-        missing = data.index.difference(cov.index, sort=False)
-        if len(missing):
-            raise InputError(
-                f"{len(missing)} id(s) of {args.data} are not in {args.covariates}: "
-                f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
-            )
-        cov = cov.loc[data.index]
-        source.frame = data
+        return _join_covariates(args, source, cov)
+    return source, data
+
+
+def _load_formats(args, paths):
+    """DATA of several files, or of a FreeSurfer, ENIGMA or ABCD table (see :mod:`featharm.io.formats`)."""
+    import pandas as pd
+
+    from ..exceptions import ColumnNotFoundError, DuplicateIndexError
+    from ..io import read_table
+    from ..io.formats import ABCD_KEYS, read_feature_tables
+    from ..io.tables import SourceTable
+
+    tables = read_feature_tables(paths, args.id)
+    source = SourceTable(tables.frame, Path(paths[0]), "joined", measures=tables.measures)
+    data = source.frame
+    abcd = tables.id_columns == list(ABCD_KEYS)
+    if abcd and args.id:  # one event per subject: the rows are named by --id (it joins --covariates)
+        if args.id not in data.columns:
+            raise ColumnNotFoundError(f"--id {args.id!r}: the ABCD tables have no such column.")
+        if data[args.id].duplicated().any():
+            dup = data.loc[data[args.id].duplicated(), args.id].iloc[0]
+            raise DuplicateIndexError(
+                f"--id {args.id}: {dup!r} is on several rows (several events per subject); leave out --id (rows "
+                "are then src_subject_id and eventname) and give covariates keyed by both, or keep one event.")
+        data.index = pd.Index(data[args.id].astype(str).to_numpy())
+    if not args.covariates:
+        return source, data
+    if abcd and not args.id:
+        cov = read_table(args.covariates)
+        lacking = [k for k in ABCD_KEYS if k not in cov.columns]
+        if lacking:
+            raise ColumnNotFoundError(f"--covariates {args.covariates} has no {' or '.join(lacking)} column: with "
+                                      "ABCD DATA it is joined on src_subject_id and eventname (or pass --id COL "
+                                      "for data with one event per subject).")
+        cov.index = pd.Index([f"{a}/{b}" for a, b in zip(cov[ABCD_KEYS[0]], cov[ABCD_KEYS[1]])])
+        if cov.index.has_duplicates:
+            raise DuplicateIndexError(f"--covariates {args.covariates} repeats the subject and event "
+                                      f"{cov.index[cov.index.duplicated()][0]!r}.")
     else:
-        cov = data
-    return source, cov
+        key = args.id or tables.id_columns[0]
+        try:
+            cov = read_table(args.covariates, index_col=key)
+        except ColumnNotFoundError as exc:
+            if args.id:
+                raise
+            raise ColumnNotFoundError(f"{exc} The ids of DATA are in its column {key!r}: name the id column of "
+                                      f"the covariate file with --id COL (DATA's is renamed to match).") from None
+        cov.index = pd.Index([str(i) for i in cov.index])
+    return _join_covariates(args, source, cov)
+
+
+def _join_covariates(args, source, cov):
+    """(DATA, the covariate rows of its ids in its order): every id must have covariates."""
+    from ..exceptions import InputError
+
+    data, cov = same_id_type(source.frame, cov)
+    missing = data.index.difference(cov.index, sort=False)
+    if len(missing):
+        raise InputError(
+            f"{len(missing)} id(s) of {data_name(args)} are not in {args.covariates}: "
+            f"{list(missing[:5])}{' ...' if len(missing) > 5 else ''}. Every subject needs covariates."
+        )
+    source.frame = data
+    return source, cov.loc[data.index]
+
+
+def data_paths(args) -> list:
+    """The DATA files of the command (one or more)."""
+    d = args.data
+    return list(d) if isinstance(d, (list, tuple)) else [d]
+
+
+def data_name(args) -> str:
+    """DATA as messages name it: its path, or the paths joined by ' + '."""
+    paths = data_paths(args)
+    return str(paths[0]) if len(paths) == 1 else " + ".join(map(str, paths))
 
 
 def possible_features(args, exclude=()):
@@ -159,7 +244,8 @@ def possible_features(args, exclude=()):
         cols = [c for c in labels if str(c) not in skip]
         if getattr(args, "features", None):
             return [c for c in cols if any(fnmatch.fnmatchcase(str(c), p) for p in args.features)]
-        return [c for c in cols if not _UNNAMED.fullmatch(str(c))]
+        cols = [c for c in cols if not _UNNAMED.fullmatch(str(c))]
+        return qc_split(cols, getattr(args, "include", None))[0]  # the others are read as they are typed
 
     return numeric
 
@@ -195,7 +281,7 @@ def check_model_features(args, data: pd.DataFrame, feats) -> None:
         from ..exceptions import ColumnNotFoundError
 
         raise ColumnNotFoundError(
-            f"{args.data} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
+            f"{data_name(args)} lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}."
         )
 
@@ -204,8 +290,9 @@ _FEATURES_FIX = ("Fix those cells in the file (featharm does not guess numbers),
                  "the features by naming them with --features PATTERN.")
 
 
-def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
-    """The feature columns: those matching ``--features`` globs, else every other numeric column.
+def feature_columns(data: pd.DataFrame, patterns, exclude, candidates=None) -> list[str]:
+    """The feature columns: those matching ``--features`` globs, else every other numeric column (of
+    ``candidates``, when given: the measure columns of a FreeSurfer, ENIGMA or ABCD table).
 
     A column is judged by what most of its values are: a column of numbers spoiled by a few text cells
     (``n/a?``, ``"2,45"``, ``45y``: pandas reads it as text) is an error naming the cells, not silently
@@ -227,7 +314,8 @@ def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
                              text_fix="Choose patterns that match only the feature columns.")
     else:  # "Unnamed: 0": a column without a header, usually an index written by pandas' to_csv
         cols, text = [], []
-        for c in data.columns:
+        pool = data.columns if candidates is None else [c for c in data.columns if c in set(candidates)]
+        for c in pool:
             if str(c) in exclude or _UNNAMED.fullmatch(str(c)):
                 continue
             s = data[c]
@@ -241,6 +329,63 @@ def feature_columns(data: pd.DataFrame, patterns, exclude) -> list[str]:
                              + (f" (text columns: {show_columns(text, 6)})" if text else "")
                              + "; name the feature columns with --features PATTERN.")
     return cols
+
+
+def qc_split(cols, include=None) -> tuple[list, list]:
+    """(``cols`` without the QC and global columns, those left out); ``include``: globs of the QC and
+    global columns kept as features after all."""
+    from ..io.freesurfer import not_a_feature
+
+    kept, left = [], []
+    for c in cols:
+        if not_a_feature(c) and not any(fnmatch.fnmatchcase(str(c), p) for p in include or ()):
+            left.append(c)
+        else:
+            kept.append(c)
+    return kept, left
+
+
+def choose_features(args, data: pd.DataFrame, exclude, candidates=None) -> list:
+    """The features of a command that picks them (harmonize, diagnose, report): ``--features`` globs, else
+    every other numeric column (of ``candidates`` when DATA's format says which columns are measures)
+    except the QC and global columns (Euler number, surface holes, head size ...: see
+    :func:`featharm.io.not_a_feature`), which are left out with one line saying so and how to include
+    them (``--include PATTERN``)."""
+    import sys
+
+    from .._validation import show_columns
+    from ..exceptions import ColumnNotFoundError, InputError
+
+    include = getattr(args, "include", None)
+    if args.features and include:
+        raise InputError("--include adds QC or global columns to the features featharm picks itself; with "
+                         "--features, add those patterns to --features instead.")
+    feats = feature_columns(data, args.features, exclude, candidates)
+    if args.features:
+        return feats
+    unmatched = [p for p in include or () if not any(fnmatch.fnmatchcase(str(c), p) for c in data.columns)]
+    if unmatched:
+        raise ColumnNotFoundError(f"--include {unmatched}: no column of DATA matches; columns: "
+                                  f"{show_columns(data.columns)}")
+    feats, left = qc_split(feats, include)
+    if left and not feats:
+        raise InputError(f"the only numeric columns are QC or global measures ({show_columns(left, 6)}); "
+                         "harmonize them with --include PATTERN or name the features with --features PATTERN.")
+    if left and not getattr(args, "quiet", False):
+        from ..io.freesurfer import not_a_feature
+
+        kinds = sorted({not_a_feature(c) for c in left})
+        sys.stderr.write(f"featharm: note: left out {len(left)} {' and '.join(kinds)} column(s) from the features: "
+                         f"{', '.join(map(str, left[:8]))}{' ...' if len(left) > 8 else ''}; to harmonize them "
+                         f"too pass --include {' '.join(_shell_word(c) for c in left[:3])}"
+                         f"{' ...' if len(left) > 3 else ''} (or name every feature with --features PATTERN)\n")
+    return feats
+
+
+def _shell_word(name) -> str:
+    import shlex
+
+    return shlex.quote(str(name))
 
 
 def check_feature_values(data: pd.DataFrame, cols, how: str, fix: str, *, text_fix: str | None = None) -> None:
@@ -292,12 +437,12 @@ def read_harmonized(args, data: pd.DataFrame, feats: list):
     if args.id:
         absent = data.index.difference(hdata.index, sort=False)
         if len(absent):
-            raise InputError(f"{len(absent)} id(s) of {args.data} are not in {args.harmonized}: "
+            raise InputError(f"{len(absent)} id(s) of {data_name(args)} are not in {args.harmonized}: "
                              f"{list(absent[:5])}{' ...' if len(absent) > 5 else ''}.")
         values = hsource.features(feats).set_axis(hdata.index, axis=0)  # a view of the numbers, ids as DATA's
         return values if values.index.equals(data.index) else values.loc[data.index]
     if len(hdata) != len(data):
-        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {args.data} has {len(data)}; "
+        raise InputError(f"{args.harmonized} has {len(hdata)} rows but {data_name(args)} has {len(data)}; "
                          "pass --id COL to match them by id.")
     return hsource.features(feats).set_axis(data.index, axis=0)
 
@@ -311,12 +456,16 @@ def _inputs(args) -> list:
     found = []
     for attr, label in _INPUTS:
         path = getattr(args, attr, None)
-        if path:  # `featharm apply MODEL DATA`: the model is a positional argument
-            found.append(("MODEL" if attr == "model" and args.command == "apply" else label, path))
+        for p in (path if isinstance(path, (list, tuple)) else [path] if path else []):
+            # `featharm apply MODEL DATA`: the model is a positional argument
+            found.append(("MODEL" if attr == "model" and args.command == "apply" else label, p))
     return found
 
 
 def file_size(path) -> int:
+    """The size of a file (the sum of several), 0 if unknown."""
+    if isinstance(path, (list, tuple)):
+        return sum(file_size(p) for p in path)
     try:
         return os.path.getsize(path)
     except (OSError, TypeError):

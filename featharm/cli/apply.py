@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_data_options, add_missing_option
+from ._common import DATA_HELP, add_data_options, add_missing_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     a = sub.add_parser("apply", help="apply a saved model to new subjects",
                        description="Harmonize DATA with a model saved by 'featharm harmonize --save-model'.")
     a.add_argument("model", metavar="MODEL", help="model file")
-    a.add_argument("data", metavar="DATA", help="table with the model's features and covariates")
+    a.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     a.add_argument("--new-sites", choices=["error", "estimate"], default="error",
                    help="sites not seen at fit: 'error' (default) or 'estimate' their effects against the "
                         "frozen model (each needs --min-new-site-size subjects)")

@@ -6,6 +6,11 @@ import argparse
 from pathlib import Path
 
 
+#: What ``featharm collect`` reads without ``--measures``: aseg volumes (with the aseg global measures) and
+#: aparc (Desikan-Killiany) thickness, area and volume.
+DEFAULT_MEASURES = ("aseg", "aparc")
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser(
         "collect", help="collect FreeSurfer stats of a SUBJECTS_DIR into one table",
@@ -15,11 +20,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     "thickness mm, exactly as written by FreeSurfer. Optionally join a covariate table, so the "
                     "output goes straight into 'featharm harmonize OUT --id fsid --batch SITE ...'.")
     c.add_argument("subjects_dir", nargs="+", metavar="SUBJECTS_DIR", help="FreeSurfer SUBJECTS_DIR(s)")
-    c.add_argument("--measures", nargs="+", required=True, metavar="MEASURE",
+    c.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES), metavar="MEASURE",
                    help="aseg, aseg.mean, wmparc, brainvol, or PARC.MEAS such as aparc.thickness, aparc.area, "
                         "aparc.volume, aparc.a2009s.thickness, aparc.DKTatlas.area, BA_exvivo.thickness; a bare "
-                        "PARC (aparc) means thickness, area and volume")
-    c.add_argument("--out", required=True, metavar="TABLE", help="output table (.csv, .tsv or .parquet)")
+                        "PARC (aparc) means thickness, area and volume (default: aseg aparc, i.e. aseg volumes "
+                        "and aparc thickness, area and volume); 'list' prints what SUBJECTS_DIR holds and "
+                        "writes nothing")
+    c.add_argument("--out", metavar="TABLE", help="output table (.csv, .tsv or .parquet); required unless "
+                                                 "--measures list")
     c.add_argument("--hemis", nargs="+", default=["lh", "rh"], choices=["lh", "rh"], help="hemispheres (default both)")
     c.add_argument("--runs", default="all", choices=["all", "cross", "long"],
                    help="cross-sectional runs, longitudinal TP.long.BASE runs, or both (default)")
@@ -53,6 +61,12 @@ def cmd_collect(args) -> int:
     from ..io.tables import table_bytes
     from ._common import stage
 
+    if args.measures == ["list"]:
+        return _list(args)
+    if "list" in args.measures:
+        raise InputError("--measures list prints what SUBJECTS_DIR holds; give it alone (no other measures).")
+    if not args.out:
+        raise InputError("featharm collect needs --out TABLE (or --measures list to see what it can read).")
     if args.covariates and args.bids:
         raise InputError("give --covariates or --bids, not both.")
     inputs = [("SUBJECTS_DIR", d) for d in args.subjects_dir] + [("--covariates", args.covariates)]
@@ -128,3 +142,44 @@ def _summary(args, df, out, info, join, notes) -> None:
     lines.append(f"  next: featharm harmonize {args.out} --id fsid --batch SITE_COLUMN [--formula ...] "
                  "[--features PATTERN ...: needed if numeric covariates are not all in the formula]")
     print("\n".join(lines))
+
+
+def _list(args) -> int:
+    """``--measures list``: the stats files of the runs, how many runs have each, and the measures that read
+    them (nothing is written)."""
+    from ..io.freesurfer import list_measures
+
+    found = list_measures(args.subjects_dir, hemis=args.hemis, runs=args.runs, id_pattern=args.id_pattern)
+    n = int(found["of"].iloc[0]) if len(found) else 0
+    skipped = {k: v for k, v in found.attrs["featharm"]["skipped"].items() if v}
+    lines = [f"{' '.join(args.subjects_dir)}: {n} run(s)"
+             + (" (skipped: " + "; ".join(f"{k}: {len(v)}" for k, v in skipped.items()) + ")" if skipped else "")]
+    if not len(found):
+        lines.append("  no stats/*.stats files found")
+    width = max([len("stats file")] + [len(k) for k in found.index])
+    counts = [f"{r}/{n}" for r in found["runs"]]
+    cw = max([len("runs")] + [len(c) for c in counts])
+    lines.append(f"  {'stats file':<{width}}  {'runs':>{cw}}  --measures")
+    for (kind, row), count in zip(found.iterrows(), counts):
+        lines.append(f"  {kind:<{width}}  {count:>{cw}}  {_tokens_text(kind, row['measures'].split())}")
+    lines.append(f"default (no --measures): {' '.join(DEFAULT_MEASURES)}")
+    print("\n".join(lines))
+    return 0
+
+
+def _tokens_text(kind: str, tokens: list) -> str:
+    """The --measures that read a stats file kind, shortly: 'aparc (thickness, area, volume); also
+    aparc.thicknessstd, .meancurv ...'."""
+    if not tokens:
+        return "(not read by featharm collect)"
+    main = {"aseg": "volumes", "wmparc": "volumes", "brainvol": "global measures"}.get(kind)
+    if main is None:
+        bare = [t for t in tokens if t.rpartition(".")[2] in ("thickness", "area", "volume")]
+        main = ", ".join(t.rpartition(".")[2] for t in bare)
+    else:
+        bare = [kind] if kind in tokens else []
+    rest = [t for t in tokens if t not in bare and t != kind]
+    text = f"{kind} ({main})" if bare else ""
+    if rest:
+        text += ("; also " if text else "") + rest[0] + "".join(", ." + t.rpartition(".")[2] for t in rest[1:])
+    return text

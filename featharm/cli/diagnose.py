@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import KB
+from ._common import DATA_HELP, KB, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -17,11 +17,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "classification and covariate balance on DATA (and on --harmonized FILE, with "
                                    "preservation-of-biology tables); writes site_effects.csv and the other tables "
                                    "into --out DIR.")
-    g.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    g.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     g.add_argument("--batch", required=True, metavar="COL", help="batch (site/scanner) column")
     g.add_argument("--formula", metavar="RHS", help='covariates of the diagnostic models, e.g. "age + sex"')
     g.add_argument("--features", nargs="+", metavar="PATTERN",
-                   help="feature columns (globs); default: every other numeric column")
+                   help="feature columns (globs); default: every other numeric column except QC and global "
+                        "columns (see --include)")
+    add_include_option(g)
     g.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
     g.add_argument("--model", metavar="MODEL",
                    help="saved model (featharm harmonize --save-model): harmonizes DATA when --harmonized is not "
@@ -77,14 +79,14 @@ def _diagnose(args):
     """The DiagnosticsResult of ``featharm diagnose`` (and the feature names and DATA it covers)."""
     from ..diagnostics import diagnose
     from ..exceptions import ColumnNotFoundError
-    from ._common import (check_batch, feature_columns, formula_columns, load_source, possible_features,
+    from ._common import (check_batch, choose_features, formula_columns, load_source, possible_features,
                           read_harmonized)
 
     source, cov = load_source(args, possible_features(args, [args.random]))
     data = source.frame
     check_batch(cov, args.batch)
     used = formula_columns(args.formula, cov)
-    feats = feature_columns(data, args.features, [args.batch, args.id, args.random, *used])
+    feats = choose_features(args, data, [args.batch, args.id, args.random, *used], source.measures)
     X = source.features(feats)  # the numbers as read: no copy
     Xh = read_harmonized(args, data, feats)
     harmonizer = None

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._common import KB, MB, add_data_options, add_missing_option
+from ._common import DATA_HELP, KB, MB, add_data_options, add_include_option, add_missing_option
 
 # --method NAME -> the estimator's class, by name in featharm.models (imported only to build the model).
 METHODS: dict[str, str] = {
@@ -159,7 +159,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Fit a harmonization model (ComBat by default) on DATA and write DATA with its "
                                    "feature columns harmonized. An option that does not apply to the --method "
                                    "is an error.")
-    h.add_argument("data", metavar="DATA", help="table with features (and covariates): CSV, TSV or Parquet")
+    h.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     h.add_argument("--method", default="combat", choices=sorted(METHODS),
                    help="harmonization model (default: combat)")
     groups = {}  # the model's options, listed by the methods they apply to
@@ -169,7 +169,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
             groups[opt.methods] = h.add_argument_group(f"options of {which}")
         opt.add_to(groups[opt.methods])
     h.add_argument("--features", nargs="+", metavar="PATTERN",
-                   help="feature columns (globs such as '*_thickness'); default: every other numeric column")
+                   help="feature columns (globs such as '*_thickness'); default: every other numeric column "
+                        "except QC and global columns (see --include)")
+    add_include_option(h)
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     add_missing_option(h)
@@ -181,7 +183,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, check_missing, feature_columns, file_size, formula_columns, load_source,
+    from ._common import (check_batch, check_missing, choose_features, file_size, formula_columns, load_source,
                           missing_summary, output_table, possible_features, report_inputs, report_parameters,
                           stage)
 
@@ -195,7 +197,7 @@ def cmd_harmonize(args) -> int:
         data = source.frame
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
-        feats = feature_columns(data, args.features, [*not_features, *used])
+        feats = choose_features(args, data, [*not_features, *used], source.measures)
         n_missing = check_missing(args, data, feats, report=bool(args.report))
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)

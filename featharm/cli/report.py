@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import MB
+from ._common import DATA_HELP, MB, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,13 +16,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "effects before and after harmonization, preservation of biology, model "
                                    "parameters, warnings and provenance. DATA holds the raw features; the "
                                    "harmonized ones come from --harmonized FILE or from applying --model MODEL.")
-    r.add_argument("data", metavar="DATA", help="table with the raw features (and covariates)")
+    r.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
     r.add_argument("--model", metavar="MODEL", help="fitted model (its batch, formula and features are used)")
     r.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
     r.add_argument("--batch", metavar="COL", help="batch (site/scanner) column (default: the model's)")
     r.add_argument("--formula", metavar="RHS", help='covariates of the diagnostic models (default: the model\'s)')
     r.add_argument("--features", nargs="+", metavar="PATTERN",
-                   help="feature columns without --model (globs); default: every other numeric column")
+                   help="feature columns without --model (globs); default: every other numeric column except "
+                        "QC and global columns (see --include)")
+    add_include_option(r)
     r.add_argument("--plot-features", nargs="+", metavar="NAME",
                    help="features drawn one by one (default: the 3 with the largest site effect)")
     r.add_argument("--figure-format", choices=["svg", "png"], default="svg", help="embedded figure format")
@@ -51,20 +53,21 @@ def _report(args):
     from ..exceptions import InputError
     from ..models import load_model
     from ..report import make_report
-    from ._common import (check_batch, check_model_features, feature_columns, formula_columns, load_inputs,
+    from ._common import (check_batch, check_model_features, choose_features, formula_columns, load_source,
                           read_harmonized, report_inputs, report_parameters)
 
     model = load_model(args.model) if args.model else None
     batch = args.batch or (model.batch if model is not None else None)
     if batch is None:
         raise InputError("featharm report needs --batch COL (or --model MODEL, whose batch column is used).")
-    data, cov = load_inputs(args)
+    source, cov = load_source(args)
+    data = source.frame
     check_batch(cov, batch)
     if model is not None:
         feats = list(model.feature_names_in_)
         check_model_features(args, data, feats)
     else:
-        feats = feature_columns(data, args.features, [batch, args.id, *formula_columns(args.formula, cov)])
+        feats = choose_features(args, data, [batch, args.id, *formula_columns(args.formula, cov)], source.measures)
     Xh = read_harmonized(args, data, feats)
     rep = make_report(data[feats], cov, model=model, X_harmonized=Xh, batch=batch, formula=args.formula,
                       features=args.plot_features, inputs=report_inputs(args),

@@ -4,6 +4,8 @@
 * :mod:`featharm.io.freesurfer`: ``*.stats`` files, asegstats2table/aparcstats2table/ENIGMA group tables and
   whole SUBJECTS_DIRs (units: volumes mm^3, areas mm^2, thickness mm, read exactly as written).
 * :mod:`featharm.io.covariates`: covariate tables (CSV/TSV/Parquet/Excel, BIDS) joined on ids.
+* :mod:`featharm.io.formats`: the formats users have, told by their header and joined into one table
+  (FreeSurfer group tables, ENIGMA CSVs, ABCD 5.x tables: :func:`read_feature_tables`, :func:`read_abcd`).
 """
 
 from .covariates import (
@@ -18,7 +20,9 @@ from .freesurfer import (
     STRUCTURE_RENAMES,
     StatsFile,
     collect_subjects,
+    list_measures,
     normalize_structure_names,
+    not_a_feature,
     parse_fsid,
     read_enigma_table,
     read_fs_table,
@@ -26,6 +30,7 @@ from .freesurfer import (
     read_stats,
     scan_subjects_dir,
 )
+from .formats import read_abcd, read_abcd_table, read_feature_tables, sniff_format
 from .tables import read_table, write_table
 
 __all__ = [
@@ -36,11 +41,17 @@ __all__ = [
     "read_fs_table",
     "read_fs_tables",
     "read_enigma_table",
+    "read_abcd",
+    "read_abcd_table",
+    "read_feature_tables",
+    "sniff_format",
     "collect_subjects",
+    "list_measures",
     "scan_subjects_dir",
     "parse_fsid",
     "normalize_structure_names",
     "STRUCTURE_RENAMES",
+    "not_a_feature",
     "read_covariates",
     "read_bids_participants",
     "read_bids_sessions",

@@ -270,6 +270,9 @@ class SourceTable:
     block_columns: list = field(default_factory=list)
     text: dict = field(default_factory=dict)
     _where: dict | None = field(default=None, repr=False)
+    #: the measure columns, when the file's format tells them apart from ids and covariates (FreeSurfer
+    #: group tables, ENIGMA and ABCD tables: see :mod:`featharm.io.formats`); None for a plain table
+    measures: list | None = None
 
     def features(self, feats) -> pd.DataFrame:
         """The columns ``feats`` (numbers) as a DataFrame indexed like ``frame``: a view of ``block`` when they
@@ -304,7 +307,7 @@ class SourceTable:
         positions = list(positions)
         if all(j in self.text for j in positions):
             return {j: self.text[j] for j in positions}
-        if self.fmt == "parquet" or not positions:
+        if self.fmt not in ("csv", "tsv") or not positions:  # Parquet, or joined from several files
             return None if positions else {}
         text = read_text_columns(self.path, positions)
         if text is None or text.shape != (len(self.frame), len(positions)):

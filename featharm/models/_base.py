@@ -1027,3 +1027,43 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         tags.input_tags.allow_nan = self._supports_missing  # NaN feature cells (§1.8)
         tags.requires_fit = True
         return tags
+
+    def _repr_html_(self) -> str:
+        """A small HTML table for notebooks: family, options, formula, sites and their sizes, features,
+        missing values and the warnings of the fit (unfitted: the parameters); see :func:`model_facts`."""
+        import html
+
+        rows = "".join(f'<tr><th style="text-align:left;vertical-align:top">{html.escape(k)}</th>'
+                       f'<td style="text-align:left">{html.escape(v)}</td></tr>' for k, v in model_facts(self))
+        return f'<table class="featharm-model">{rows}</table>'
+
+    _html_repr = _repr_html_  # what scikit-learn's _repr_mimebundle_ (Jupyter's first choice) shows
+
+
+def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
+    """What a model holds, as (label, text) rows: those of ``model._repr_html_()`` and ``featharm info``."""
+    params = model.get_params(deep=False)
+    facts = [("family", type(model).__name__),
+             ("options", ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "formula") or "none"),
+             ("formula", str(params.get("formula")) if params.get("formula") else "none (intercept only)")]
+    if not model.__sklearn_is_fitted__():
+        return [*facts, ("fitted", "no")]
+    sizes = getattr(model, "batch_sizes_", None)
+    shown = ", ".join(f"{b} ({int(n)})" for b, n in list(sizes.items())[:40]) if sizes is not None else \
+        ", ".join(map(str, model.batches_[:40]))
+    more = f" ... (+{len(model.batches_) - 40} more)" if len(model.batches_) > 40 else ""
+    total = f"; {int(sizes.sum())} rows" if sizes is not None else ""
+    facts.append(("sites", f"{len(model.batches_)} in column {model.batch!r}{total}: {shown}{more}"))
+    names = [str(f) for f in model.feature_names_in_]
+    facts.append(("features", f"{len(names)}: {', '.join(names[:n_names])}"
+                              + (f" ... (+{len(names) - n_names} more)" if len(names) > n_names else "")))
+    n_obs = getattr(model, "n_obs_", None)
+    if n_obs is not None and sizes is not None:
+        lacking = sizes.to_numpy()[:, None] - n_obs.to_numpy()
+        facts.append(("missing values", f"{int(lacking.sum())} feature cells empty at fit, in "
+                                        f"{int((lacking.sum(axis=0) > 0).sum())} feature(s)"))
+    if getattr(model, "excluded_rows_", None):
+        facts.append(("rows left out", f"{len(model.excluded_rows_)} (a missing batch or covariate)"))
+    log = getattr(model, "fit_warnings_", [])
+    facts.append(("warnings at fit", "; ".join(f"{w['category']}: {w['message']}" for w in log) if log else "none"))
+    return facts

@@ -91,3 +91,47 @@ def test_collect_with_bids_sessions(tmp_path, capsys):
     df = pd.read_csv(out).set_index("fsid")
     assert list(df["age"]) == [30.5, 32.0, 61.2] and list(df["site"]) == ["A", "A", "B"]
     assert list(df["subject"]) == ["sub-01", "sub-01", "sub-02"] and list(df["timepoint"]) == ["ses-1", "ses-2", "ses-1"]
+
+
+# ---------------------------------------------------------------------------------------- default, list
+def test_collect_without_measures_reads_aseg_and_aparc(tree, capsys):
+    out = tree / "x.csv"
+    assert main(["collect", str(tree / "subjects"), "--out", str(out), "--quiet"]) == 0
+    df = pd.read_csv(out).set_index("fsid")
+    s = read_stats(tree / "subjects" / "sub-03" / "stats" / "rh.aparc.stats")
+    for meas, col in (("thickness", "ThickAvg"), ("area", "SurfArea"), ("volume", "GrayVol")):
+        assert df.at["sub-03", f"rh_insula_{meas}"] == s.table.at["insula", col]
+    aseg = read_stats(tree / "subjects" / "sub-03" / "stats" / "aseg.stats")
+    assert df.at["sub-03", "Left-Hippocampus"] == aseg.table.at["Left-Hippocampus", "Volume_mm3"]
+    assert "EstimatedTotalIntraCranialVol" in df.columns  # the aseg globals come along (left out by harmonize)
+    assert not any(c.endswith("_thicknessstd") for c in df.columns)
+
+
+def test_measures_list_prints_what_subjects_dir_holds(tmp_path, capsys):
+    sd = tmp_path / "sd"
+    for i in range(3):
+        write_subject(sd / f"s{i}", "7.4", seed=i, files=FILES + (["lh.aparc.a2009s.stats", "rh.aparc.a2009s.stats",
+                                                                  "brainvol.stats"] if i == 0 else []))
+    (sd / "s1" / "stats" / "lh.w-g.pct.stats").write_text(
+        "# Title Segmentation Statistics\n# ColHeaders Index SegId NVertices Area_mm2 StructName Mean StdDev\n")
+    (sd / "fsaverage" / "surf").mkdir(parents=True)
+    assert main(["collect", str(sd), "--measures", "list"]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
+    assert "3 run(s)" in out and "template: 1" in out
+    assert rows["aseg"].split()[1] == "3/3" and "aseg (volumes); also aseg.mean" in rows["aseg"]
+    assert rows["aparc"].split()[1] == "3/3" and "aparc (thickness, area, volume)" in rows["aparc"]
+    assert rows["aparc.a2009s"].split()[1] == "1/3"
+    assert rows["brainvol"].split()[1] == "1/3"
+    assert "not read by featharm collect" in rows["w-g.pct"]
+    assert "default (no --measures): aseg aparc" in out
+    assert not list(tmp_path.glob("*.csv"))  # nothing written
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "needs --out TABLE (or --measures list"),
+    (["--measures", "list", "aseg", "--out", "x.csv"], "give it alone"),
+])
+def test_collect_refusals(tree, capsys, argv, words):
+    assert main(["collect", str(tree / "subjects"), *argv]) == 2
+    assert words in capsys.readouterr().err

@@ -690,3 +690,25 @@ def test_real_freesurfer_files_read_exactly():
         sep = "\t" if "\t" in lines[0] else ","
         last = lines[-1].split(sep)
         np.testing.assert_array_equal(t.iloc[-1].to_numpy(), [float(v) for v in last[1:]])
+
+
+def test_list_measures(tmp_path):
+    from featharm.io import list_measures
+
+    root = tmp_path / "subjects"
+    write_subject(root / "a", "7.4", seed=1, files=file_kinds("7.4"))
+    write_subject(root / "b", "6.0", seed=2, files=SMALL)
+    write_subject(root / "c", "7.4", seed=3, files=["lh.aparc.stats"])  # one hemisphere only
+    (root / "fsaverage" / "surf").mkdir(parents=True)
+    found = list_measures(root)
+    assert found.loc["aseg", "runs"] == 2 and found.loc["aparc", "runs"] == 2 and set(found["of"]) == {3}
+    assert found.loc["aparc", "files"] == "lh.aparc.stats rh.aparc.stats"
+    assert found.loc["aparc.a2009s", "measures"].split()[:3] == ["aparc.a2009s.thickness", "aparc.a2009s.area",
+                                                                 "aparc.a2009s.volume"]
+    assert found.loc["aseg", "measures"].split()[0] == "aseg"
+    assert found.attrs["featharm"]["skipped"]["template"] == ["fsaverage"]
+    assert list(list_measures(root, hemis=["lh"]).loc[["aparc"], "runs"]) == [3]
+    # every token it lists is one collect_subjects reads
+    for token in found.loc["aparc.DKTatlas", "measures"].split():
+        df = collect_subjects(root, [token], subjects=["a"])
+        assert df.shape[1] > 3

@@ -15,9 +15,10 @@ The layouts read are those of FreeSurfer 5.x, 6.0 and 7.x (FastSurfer writes the
   :func:`read_fs_tables`).
 * :mod:`~featharm.io.freesurfer.enigma`: ENIGMA-protocol tables (:func:`read_enigma_table`).
 * :mod:`~featharm.io.freesurfer.subjects_dir`: whole SUBJECTS_DIRs (:func:`scan_subjects_dir`,
-  :func:`collect_subjects`).
+  :func:`collect_subjects`, :func:`list_measures`).
 * :mod:`~featharm.io.freesurfer.ids`: subject ids (:func:`parse_fsid`).
-* ``_names``: measure and structure names (:data:`STRUCTURE_RENAMES`, :func:`normalize_structure_names`).
+* ``_names``: measure and structure names (:data:`STRUCTURE_RENAMES`, :func:`normalize_structure_names`), and
+  the QC and global columns that are not regional features (:func:`not_a_feature`).
 """
 
 from ._names import (
@@ -26,12 +27,13 @@ from ._names import (
     SEG_MEASURES,
     STRUCTURE_RENAMES,
     normalize_structure_names,
+    not_a_feature,
 )
 from .enigma import read_enigma_table
 from .group_tables import read_fs_table, read_fs_tables
 from .ids import parse_fsid
 from .stats_file import StatsFile, read_stats
-from .subjects_dir import DEFAULT_TEMPLATES, collect_subjects, scan_subjects_dir
+from .subjects_dir import DEFAULT_TEMPLATES, collect_subjects, list_measures, scan_subjects_dir
 
 __all__ = [
     "StatsFile",
@@ -42,7 +44,9 @@ __all__ = [
     "normalize_structure_names",
     "STRUCTURE_RENAMES",
     "APARC_MEASURES",
+    "not_a_feature",
     "parse_fsid",
     "scan_subjects_dir",
     "collect_subjects",
+    "list_measures",
 ]

@@ -57,7 +57,9 @@ def _split_ids(df: pd.DataFrame, path: Path, what: str, hint: str = "") -> pd.Da
     return body
 
 
-def _to_numeric_frame(df: pd.DataFrame, path: Path, first_line: int = 2) -> pd.DataFrame:
+def _to_numeric_frame(df: pd.DataFrame, path: Path, first_line: int = 2, missing_ok: bool = False) -> pd.DataFrame:
+    """The cells of ``df`` as float64 (the file and line of a cell that is not a number are named);
+    ``missing_ok``: empty, ``NA``, ``NaN`` and ``n/a`` cells are NaN instead of an error."""
     out = {}
     for c in df.columns:
         col = df[c].to_numpy(dtype=object)
@@ -65,6 +67,9 @@ def _to_numeric_frame(df: pd.DataFrame, path: Path, first_line: int = 2) -> pd.D
         for k, v in enumerate(col):
             v = v.strip() if isinstance(v, str) else v
             if v in ("", "NA", "NaN", "nan", "n/a"):
+                if missing_ok:
+                    vals[k] = np.nan
+                    continue
                 raise StatsFileError(
                     f"{path}:{k + first_line}: column {c!r} is empty for {df.index[k]!r} (the group table has a "
                     "missing value)."

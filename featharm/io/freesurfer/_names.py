@@ -123,3 +123,43 @@ def normalize_structure_names(obj, axis: str = "columns", renames: dict | None =
     else:
         out = [mapping.get(n, n) for n in names]
     return out, mapping
+
+
+# --------------------------------------------------------------------------------------------- not features
+#: Quality-control numbers FreeSurfer (and tools around it) write next to the measures: the Euler number
+#: of the surfaces before topology correction (``avg_en``, ``euler_number``, ``lh_euler`` ...) and the
+#: number of surface holes (aseg.stats ``# Measure lhSurfaceHoles/rhSurfaceHoles/SurfaceHoles``, FS >= 6).
+#: Lower-case fragments: a column whose lower-cased name contains one of them is QC; also the exact names
+#: in :data:`QC_NAMES`.
+QC_FRAGMENTS = ("euler", "surfaceholes")
+QC_NAMES = frozenset({"avg_en", "mean_en", "lh_en", "rh_en"})
+
+#: Head-size and whole-brain measures: the normalizers of regional measures, not regional measures
+#: themselves (lower-cased). FreeSurfer aseg.stats/brainvol.stats ``# Measure`` names, as asegstats2table
+#: and aparcstats2table (FS 7 appends ``BrainSegVolNotVent`` and ``eTIV`` to every aparc table) write
+#: them; FS 5.x ``IntraCranialVol``; ENIGMA ``ICV``; ABCD 5.x ``smri_vol_scs_intracranialv`` (ICV),
+#: ``smri_vol_scs_wholeb`` (whole brain) and ``smri_vol_scs_suprateialv`` (supratentorial). Tissue totals
+#: (``TotalGrayVol``, ``CortexVol``, ``CerebralWhiteMatterVol``, ``SubCortGrayVol``), mean thickness and
+#: total area are measures in their own right and stay features.
+GLOBAL_NAMES = frozenset(n.lower() for n in (
+    "EstimatedTotalIntraCranialVol", "eTIV", "IntraCranialVol", "ICV", "TIV",
+    "BrainSegVol", "BrainSegVolNotVent", "BrainSegVolNotVentSurf", "BrainSegVol-to-eTIV",
+    "MaskVol", "MaskVol-to-eTIV",
+    "SupraTentorialVol", "SupraTentorialVolNotVent", "SupraTentorialVolNotVentVox",
+    "smri_vol_scs_intracranialv", "smri_vol_scs_wholeb", "smri_vol_scs_suprateialv",
+))
+
+
+def not_a_feature(name) -> str | None:
+    """Why the column ``name`` is not a regional feature: ``"QC"`` (Euler number, surface holes),
+    ``"global"`` (head size, whole-brain volume: :data:`GLOBAL_NAMES`), or ``None`` for any other name.
+
+    The command line leaves such columns out when it picks the features itself (every numeric column);
+    they can be harmonized on request (``--include``). Names are compared without regard to case.
+    """
+    low = str(name).strip().lower()
+    if low in QC_NAMES or any(f in low for f in QC_FRAGMENTS):
+        return "QC"
+    if low in GLOBAL_NAMES:
+        return "global"
+    return None

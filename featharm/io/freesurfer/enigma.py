@@ -40,7 +40,18 @@ def _enigma_name(col: str) -> str:
     return col
 
 
-def read_enigma_table(path, rename: bool = False) -> pd.DataFrame:
+def is_enigma_header(cells) -> bool:
+    """Whether header cells are an ENIGMA-protocol table's: ``SubjID`` then only ENIGMA measure names
+    (``L_bankssts_thickavg``, ``Lhippo``, ``LThickness``, ``ICV`` ...)."""
+    cells = [str(c).strip() for c in cells]
+    return (len(cells) > 1 and cells[0] == "SubjID"
+            and all(c in _ENIGMA_SUBCORT or c in _ENIGMA_GLOBAL or _ENIGMA_CORTICAL.fullmatch(c) for c in cells[1:]))
+
+
+_ENIGMA_CORTICAL = re.compile(r"[LR]_.+_(?:thickavg|surfavg|grayvol|volavg)", re.IGNORECASE)
+
+
+def read_enigma_table(path, rename: bool = False, allow_missing: bool = False) -> pd.DataFrame:
     """Read an ENIGMA-protocol CSV (``CorticalMeasuresENIGMA_ThickAvg.csv``, ``LandRvolumes.csv``, ...).
 
     The first column is ``SubjID``; every other column must be numeric (cortical ``*_thickavg`` in mm,
@@ -54,6 +65,9 @@ def read_enigma_table(path, rename: bool = False) -> pd.DataFrame:
         ``lh_bankssts_thickness``, ``Lhippo`` -> ``Left-Hippocampus``, ``LThickness`` ->
         ``lh_MeanThickness_thickness``, ``ICV`` -> ``EstimatedTotalIntraCranialVol``); the map used is in
         ``df.attrs["featharm"]["renamed"]``.
+    allow_missing : bool, default False
+        Read empty and ``NA`` cells (ENIGMA's mark of a region that failed quality control) as NaN instead
+        of refusing them.
 
     Returns
     -------
@@ -65,7 +79,7 @@ def read_enigma_table(path, rename: bool = False) -> pd.DataFrame:
     if str(df.columns[0]).strip() != "SubjID":
         raise StatsFileError(f"{path}:1: an ENIGMA table starts with a 'SubjID' column, not {df.columns[0]!r}.")
     body = _split_ids(df, path, "SubjID")
-    out = _to_numeric_frame(body, path)
+    out = _to_numeric_frame(body, path, missing_ok=allow_missing)
     renamed = {}
     if rename:
         renamed = {c: _enigma_name(c) for c in out.columns if _enigma_name(c) != c}

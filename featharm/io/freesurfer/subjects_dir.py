@@ -1,5 +1,5 @@
 """Whole SUBJECTS_DIRs: :func:`scan_subjects_dir` tells what each directory is, :func:`collect_subjects`
-reads the stats files of every run into one table."""
+reads the stats files of every run into one table, :func:`list_measures` tells what it can read there."""
 
 from __future__ import annotations
 
@@ -397,4 +397,90 @@ def _index_by_subject(df: pd.DataFrame) -> pd.DataFrame:
         )
     out = df.set_index(keys)
     out.attrs = df.attrs
+    return out
+
+
+# ---------------------------------------------------------------- what a SUBJECTS_DIR holds
+_HEAD_BYTES = 64 * 1024  # enough for the header of any stats file (read at most this much of one per kind)
+
+
+def _columns_of(path: Path) -> list[str] | None:
+    """The ``# ColHeaders`` of a stats file, from its first bytes only (None: no such line there)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in head.splitlines():
+        if line.startswith("# ColHeaders"):
+            return line.split()[2:]
+    return None
+
+
+def _tokens_for(name: str, example: Path) -> list[str]:
+    """The ``measures`` tokens of :func:`collect_subjects` that read the stats file kind ``name`` (``aseg``,
+    ``brainvol``, ``wmparc`` or a parcellation such as ``aparc.a2009s``); [] when collect cannot read it."""
+    from ._names import APARC_MEASURES, SEG_MEASURES
+
+    cols = _columns_of(example)
+    if name == "brainvol":
+        return ["brainvol"]
+    if name in ("aseg", "wmparc"):
+        have = [m for m, c in SEG_MEASURES.items() if cols and c in cols and "StructName" in cols]
+        return [name if m == "volume" else f"{name}.{m}" for m in have]
+    have = [m for m, c in APARC_MEASURES.items() if cols and c in cols and "StructName" in cols]
+    return [f"{name}.{m}" for m in have]
+
+
+def list_measures(subjects_dir, *, hemis=("lh", "rh"), runs: str = "all", templates=DEFAULT_TEMPLATES,
+                  id_pattern: str | None = None) -> pd.DataFrame:
+    """What :func:`collect_subjects` can read in one or more SUBJECTS_DIRs: every kind of stats file found,
+    in how many of the runs, and the ``measures`` that read it.
+
+    Only the names under each run's ``stats/`` are listed, and the first 64 KB of one file per kind read
+    (its ``# ColHeaders`` tell which measures it has); a parcellation counts for a run when it has the
+    file of every hemisphere in ``hemis``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per kind (index ``stats``: ``aseg``, ``brainvol``, ``wmparc``, or a parcellation such as
+        ``aparc.a2009s`` for its ``?h.<parc>.stats`` files), sorted by name, with columns ``files`` (the
+        file names), ``runs`` (how many runs have them), ``of`` (the number of runs) and ``measures``
+        (the tokens of ``collect_subjects`` that read it, space-separated; empty when collect cannot read
+        it, e.g. ``lh.w-g.pct.stats``). ``df.attrs["featharm"]`` holds ``skipped`` as in
+        :func:`collect_subjects`.
+    """
+    hemis = _check_options("raise", "fsid", runs, hemis)
+    dirs = [subjects_dir] if isinstance(subjects_dir, (str, os.PathLike)) else list(subjects_dir)
+    chosen, skipped = _choose_runs(dirs, runs, None, templates, id_pattern)
+    found: dict = {}  # kind -> {"files": set, "runs": count, "example": path}
+    for path in chosen["path"]:
+        stats = Path(path) / "stats"
+        try:
+            names = {e.name for e in os.scandir(stats) if e.name.endswith(".stats") and e.is_file()}
+        except OSError:
+            continue
+        kinds: dict = {}
+        for n in names:
+            stem = n[: -len(".stats")]
+            hemi, _, parc = stem.partition(".")
+            if hemi in ("lh", "rh") and parc:
+                kinds.setdefault(parc, set()).add(n)
+            else:
+                kinds.setdefault(stem, set()).add(n)
+        for kind, files in kinds.items():
+            hemi_files = {f"{h}.{kind}.stats" for h in hemis}
+            is_surface = any(f.startswith(("lh.", "rh.")) for f in files)
+            complete = hemi_files <= files if is_surface else True
+            entry = found.setdefault(kind, {"files": set(), "runs": 0, "example": stats / sorted(files)[0]})
+            entry["files"] |= files
+            entry["runs"] += int(complete)
+    rows = []
+    for kind in sorted(found, key=lambda k: (k not in ("aseg", "brainvol", "wmparc"), k.lower())):
+        e = found[kind]
+        rows.append({"stats": kind, "files": " ".join(sorted(e["files"])), "runs": e["runs"], "of": len(chosen),
+                     "measures": " ".join(_tokens_for(kind, e["example"]))})
+    out = pd.DataFrame(rows, columns=["stats", "files", "runs", "of", "measures"]).set_index("stats")
+    out.attrs["featharm"] = {"skipped": skipped, "subjects_dir": [str(d) for d in dirs]}
     return out
