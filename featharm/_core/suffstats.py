@@ -1,0 +1,548 @@
+"""ComBat from mergeable per-batch sufficient statistics (``docs/methods.md`` §1.9).
+
+Everything ComBat estimates (S1–S7) is a function of a few sums over the rows of each batch ``i``:
+the count ``n_i``, ``Σx``, ``Σxxᵀ`` (``x`` the covariate row, ``q`` values) and, per feature, the observed
+count ``n_iv``, ``Σy``, ``Σx y`` and ``Σy²``. :class:`SuffStats` holds them for every batch; it is updated
+from row blocks in any order (:meth:`SuffStats.update`), merged by addition (:meth:`SuffStats.combine`),
+and written as plain arrays (:meth:`SuffStats.to_arrays` / :meth:`SuffStats.from_arrays`). The fit
+(:func:`location_fit`, :func:`frozen_moments`) turns them into the inputs of :mod:`featharm._core.eb`
+and :mod:`featharm._core.missing`, which then run S2–S7 unchanged.
+
+**Shift.** Sums of squares of volumes (mean ~1e4, SD ~1e2) lose digits to cancellation when centred
+afterwards (``Σy² - (Σy)²/n``). So every batch's sums are taken around a shift stored with them: the
+means of that batch's rows in the first block that had any (of ``x``; and of ``y``, per feature, in the
+first block where the feature is observed). Sums around different shifts are moved to a common one
+before they are added (:meth:`SuffStats.combine`; exact in exact arithmetic, and the terms are of the
+size of the spread, not of the mean, so nothing cancels).
+
+**Missing values** (NaN cells, §1.8): the feature sums run over observed cells, with a count ``n_iv``
+per batch and feature; ``Σx`` and ``Σxxᵀ`` over a feature's observed rows differ from the batch's by
+their sums over its missing rows, which are stored only for the (batch, feature) cells that have a
+missing row (``q + q²`` numbers each): no cost for complete features.
+
+**Order.** :meth:`SuffStats.combine` sums the pieces of each batch in a canonical order (by a digest of
+their contents), so any order of the same pieces gives the same statistics, bit for bit; pieces of
+different batches never mix. Associativity (combining partial combinations) holds to rounding.
+
+Arrays only (numpy); batches are codes ``0..m-1`` chosen by the caller; float64 throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..exceptions import InputError, MissingValueError
+
+__all__ = ["SuffStats", "LocationFit", "location_fit", "frozen_moments", "within_covariates", "total_variance"]
+
+# Names of the arrays of :meth:`SuffStats.to_arrays`, with their axes (m batches, q covariates, p
+# features, k (batch, feature) cells with missing rows).
+ARRAYS = {
+    "counts": ("m",), "x_shift": ("m", "q"), "y_shift": ("m", "p"), "sx": ("m", "q"), "sxx": ("m", "q", "q"),
+    "n_obs": ("m", "p"), "sy": ("m", "p"), "sxy": ("m", "q", "p"), "syy": ("m", "p"),
+    "miss_batch": ("k",), "miss_feature": ("k",), "miss_sx": ("k", "q"), "miss_sxx": ("k", "q", "q"),
+}
+
+
+class SuffStats:
+    """Per-batch sufficient statistics of ComBat, taken around a per-batch shift.
+
+    Attributes (``m`` batches, ``q`` covariate columns, ``p`` features; sums over the rows of each batch):
+
+    * ``counts`` (m,): rows; ``x_shift`` (m, q), ``y_shift`` (m, p): the shifts ``a_i``, ``c_i``;
+    * ``sx`` (m, q) ``= Σ(x - a_i)``, ``sxx`` (m, q, q) ``= Σ(x - a_i)(x - a_i)ᵀ``;
+    * ``n_obs`` (m, p): observed values; over them ``sy = Σ(y - c_i)``, ``sxy`` (m, q, p)
+      ``= Σ(x - a_i)(y - c_i)ᵀ``, ``syy = Σ(y - c_i)²``;
+    * ``miss_key`` (k,) = ``i * p + v`` for each (batch, feature) cell with missing rows (sorted);
+      ``miss_sx`` (k, q), ``miss_sxx`` (k, q, q): ``Σ(x - a_i)`` and ``Σ(x - a_i)(x - a_i)ᵀ`` over those rows.
+
+    ``center=False`` keeps every shift at 0 (the naive accumulation; only to show what the shift buys).
+    """
+
+    def __init__(self, n_batches: int, n_covariates: int, n_features: int, *, center: bool = True):
+        m, q, p = int(n_batches), int(n_covariates), int(n_features)
+        if m < 1 or q < 0 or p < 1:
+            raise InputError(f"statistics need at least 1 batch and 1 feature; got {m} batch(es), {p} feature(s).")
+        self.m, self.q, self.p, self.center = m, q, p, bool(center)
+        self.counts = np.zeros(m)
+        self.x_shift = np.zeros((m, q))
+        self.y_shift = np.zeros((m, p))
+        self.sx = np.zeros((m, q))
+        self.sxx = np.zeros((m, q, q))
+        self.n_obs = np.zeros((m, p))
+        self.sy = np.zeros((m, p))
+        self.sxy = np.zeros((m, q, p))
+        self.syy = np.zeros((m, p))
+        self.miss_key = np.zeros(0, dtype=np.int64)
+        self.miss_sx = np.zeros((0, q))
+        self.miss_sxx = np.zeros((0, q, q))
+
+    def __repr__(self) -> str:
+        return (f"SuffStats({self.m} batches, {self.q} covariates, {self.p} features, {int(self.counts.sum())} rows, "
+                f"{self.miss_key.size} cells with missing rows)")
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether any feature has a missing value in any batch."""
+        return bool((self.n_obs < self.counts[:, None]).any())
+
+    def nbytes(self) -> int:
+        """Memory held: ``8 m (2q + q² + 5p + qp)`` plus ``8 k (q + q² + 1)`` for cells with missing rows."""
+        return sum(getattr(self, a).nbytes for a in ("counts", "x_shift", "y_shift", "sx", "sxx", "n_obs", "sy",
+                                                    "sxy", "syy", "miss_key", "miss_sx", "miss_sxx"))
+
+    # ------------------------------------------------------------------------------ accumulate
+    def update(self, X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> "SuffStats":
+        """Add a block of rows: covariates ``X`` (r × q), features ``Y`` (r × p, NaN = missing) and the
+        batch code of every row (0..m-1). Returns ``self``."""
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64)
+        codes = np.asarray(codes)
+        r = Y.shape[0] if Y.ndim == 2 else -1
+        if Y.ndim != 2 or Y.shape[1] != self.p:
+            raise InputError(f"the feature block must be rows × {self.p} features; got shape {Y.shape}.")
+        if X.ndim != 2 or X.shape != (r, self.q):
+            raise InputError(f"the covariate block must be {r} rows × {self.q} columns (one row per feature "
+                             f"row); got shape {X.shape}.")
+        if codes.shape != (r,) or not np.issubdtype(codes.dtype, np.integer):
+            raise InputError(f"batch codes must be {r} integers (one per row); got {codes.dtype} of shape {codes.shape}.")
+        if r and (codes.min() < 0 or codes.max() >= self.m):
+            bad = int(codes[(codes < 0) | (codes >= self.m)][0])
+            raise InputError(f"batch code {bad} is outside 0..{self.m - 1}; code the batches as the statistics were "
+                             "made (one code per batch level).")
+        if not np.isfinite(X).all():
+            row = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+            raise MissingValueError(f"the covariate block has a missing or infinite value in row {row}; covariates "
+                                    "must be complete (leave such rows out first).")
+        if np.isinf(Y).any():
+            row, col = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
+            raise MissingValueError(f"feature {col} has an infinite value in row {row} of the block; only NaN marks "
+                                    "a missing value.")
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        for rows in np.split(order, bounds):
+            if rows.size:
+                self._add_rows(int(codes[rows[0]]), X[rows], Y[rows])
+        return self
+
+    def _add_rows(self, i: int, x: np.ndarray, y: np.ndarray) -> None:
+        r = x.shape[0]
+        obs = ~np.isnan(y)
+        complete = bool(obs.all())
+        if self.center:
+            if self.counts[i] == 0:
+                self.x_shift[i] = x.mean(axis=0)
+            new = (self.n_obs[i] == 0) & obs.any(axis=0)  # features first observed in this block
+            if new.any():
+                yo = np.where(obs[:, new], y[:, new], 0.0)
+                self.y_shift[i, new] = yo.sum(axis=0) / obs[:, new].sum(axis=0)
+        xc = x - self.x_shift[i]
+        yc = y - self.y_shift[i]
+        if not complete:
+            yc[~obs] = 0.0
+        self.counts[i] += r
+        self.sx[i] += xc.sum(axis=0)
+        self.sxx[i] += xc.T @ xc
+        self.n_obs[i] += obs.sum(axis=0) if not complete else r
+        self.sy[i] += yc.sum(axis=0)
+        self.sxy[i] += xc.T @ yc
+        self.syy[i] += np.einsum("ij,ij->j", yc, yc)
+        if not complete:
+            cols = np.flatnonzero(~obs.all(axis=0))
+            M = (~obs[:, cols]).astype(np.float64)  # r × k: the missing rows of each such feature
+            msx = M.T @ xc
+            msxx = (M.T @ (xc[:, :, None] * xc[:, None, :]).reshape(r, self.q * self.q)).reshape(-1, self.q, self.q)
+            self._add_missing(i * self.p + cols.astype(np.int64), msx, msxx)
+
+    def _add_missing(self, keys: np.ndarray, msx: np.ndarray, msxx: np.ndarray) -> None:
+        """Add missing-row sums for the cells ``keys`` (sorted, unique) to the stored ones."""
+        union = np.union1d(self.miss_key, keys)
+        if union.size != self.miss_key.size:
+            sx = np.zeros((union.size, self.q))
+            sxx = np.zeros((union.size, self.q, self.q))
+            at = np.searchsorted(union, self.miss_key)
+            sx[at], sxx[at] = self.miss_sx, self.miss_sxx
+            self.miss_key, self.miss_sx, self.miss_sxx = union, sx, sxx
+        at = np.searchsorted(self.miss_key, keys)
+        self.miss_sx[at] += msx
+        self.miss_sxx[at] += msxx
+
+    # ------------------------------------------------------------------------------ merge
+    def merge(self, other: "SuffStats") -> "SuffStats":
+        """The statistics of the rows of both (a new object): :meth:`combine` of the two."""
+        return SuffStats.combine([self, other])
+
+    @classmethod
+    def combine(cls, pieces) -> "SuffStats":
+        """Sum statistics of disjoint sets of rows (a new object; the pieces are not modified).
+
+        For each batch, the pieces that hold rows of it are put in a canonical order (a digest of their
+        contents for that batch), moved to the shift of the first and added in that order: the result does
+        not depend on the order of ``pieces``, bit for bit.
+        """
+        pieces = list(pieces)
+        if not pieces or not all(isinstance(s, SuffStats) for s in pieces):
+            raise InputError("combine needs a non-empty list of SuffStats.")
+        m, q, p = pieces[0].m, pieces[0].q, pieces[0].p
+        for s in pieces[1:]:
+            if (s.m, s.q, s.p) != (m, q, p):
+                raise InputError(f"statistics of different shapes cannot be merged: {m} batches × {q} covariates × "
+                                 f"{p} features and {s.m} × {s.q} × {s.p}; make them with the same plan.")
+        out = cls(m, q, p, center=all(s.center for s in pieces))
+        keys, msx, msxx = [], [], []
+        for i in range(m):
+            views = sorted((_BatchView.of(s, i) for s in pieces if s.counts[i] > 0), key=lambda v: v.digest())
+            if not views:
+                continue
+            acc = views[0]
+            for v in views[1:]:
+                acc = acc.plus(v)
+            acc.store(out, i)
+            keys.append(i * p + acc.miss_v)
+            msx.append(acc.miss_sx)
+            msxx.append(acc.miss_sxx)
+        if keys:
+            out.miss_key = np.concatenate(keys).astype(np.int64)
+            out.miss_sx = np.concatenate(msx).reshape(-1, q)
+            out.miss_sxx = np.concatenate(msxx).reshape(-1, q, q)
+        return out
+
+    # ------------------------------------------------------------------------------ arrays
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The statistics as named arrays (float64; ``miss_batch``/``miss_feature`` int64): see :data:`ARRAYS`."""
+        d = {name: getattr(self, name).copy() for name in ARRAYS if not name.startswith("miss_")}
+        d["miss_batch"] = self.miss_key // self.p
+        d["miss_feature"] = self.miss_key % self.p
+        d["miss_sx"] = self.miss_sx.copy()
+        d["miss_sxx"] = self.miss_sxx.copy()
+        return d
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "SuffStats":
+        """Rebuild from :meth:`to_arrays`, checking names, shapes, dtypes and values (:class:`InputError`
+        naming the array)."""
+        names = set(arrays)
+        if names != set(ARRAYS):
+            raise InputError(f"statistics arrays must be exactly {sorted(ARRAYS)}; missing "
+                             f"{sorted(set(ARRAYS) - names)}, unexpected {sorted(names - set(ARRAYS))}.")
+        a = {k: np.asarray(v) for k, v in arrays.items()}
+        if a["counts"].ndim != 1 or a["y_shift"].ndim != 2 or a["x_shift"].ndim != 2:
+            raise InputError("statistics array 'counts' must be 1-d and 'x_shift'/'y_shift' 2-d.")
+        dims = {"m": a["counts"].shape[0], "q": a["x_shift"].shape[1], "p": a["y_shift"].shape[1],
+                "k": a["miss_batch"].shape[0] if a["miss_batch"].ndim == 1 else -1}
+        for name, axes in ARRAYS.items():
+            want = tuple(dims[x] for x in axes)
+            if a[name].shape != want:
+                raise InputError(f"statistics array {name!r} has shape {a[name].shape}; expected {want} "
+                                 f"({' × '.join(axes)}).")
+            kind = "iu" if name in ("miss_batch", "miss_feature") else "f"
+            if a[name].dtype.kind not in kind:
+                raise InputError(f"statistics array {name!r} has dtype {a[name].dtype}; expected "
+                                 f"{'integers' if kind == 'iu' else 'floating point'}.")
+            if kind == "f" and not np.isfinite(a[name]).all():
+                raise InputError(f"statistics array {name!r} has non-finite values.")
+        m, q, p = dims["m"], dims["q"], dims["p"]
+        counts, n_obs = a["counts"], a["n_obs"]
+        for name, c in (("counts", counts), ("n_obs", n_obs)):
+            if (c < 0).any() or (c != np.round(c)).any():
+                raise InputError(f"statistics array {name!r} must hold non-negative whole numbers.")
+        if (n_obs > counts[:, None]).any():
+            i, v = (int(x[0]) for x in np.nonzero(n_obs > counts[:, None]))
+            raise InputError(f"statistics: feature {v} has more observed values ({int(n_obs[i, v])}) than batch {i} has "
+                             f"rows ({int(counts[i])}).")
+        mb, mf = a["miss_batch"].astype(np.int64), a["miss_feature"].astype(np.int64)
+        if mb.size and (mb.min() < 0 or mb.max() >= m or mf.min() < 0 or mf.max() >= p):
+            raise InputError("statistics arrays 'miss_batch'/'miss_feature' point outside the batches or features.")
+        key = mb * p + mf
+        if key.size and (np.diff(key) <= 0).any():
+            raise InputError("statistics cells with missing rows ('miss_batch', 'miss_feature') must be sorted and "
+                             "unique.")
+        if key.size and not (n_obs[mb, mf] < counts[mb]).all():
+            raise InputError("statistics list missing-row sums for a cell without missing rows.")
+        if ((n_obs < counts[:, None]) & (counts[:, None] > 0)).sum() != key.size:
+            raise InputError("statistics: every (batch, feature) cell with missing rows needs its missing-row sums.")
+        s = cls(m, q, p)
+        for name in ("counts", "x_shift", "y_shift", "sx", "sxx", "n_obs", "sy", "sxy", "syy", "miss_sx", "miss_sxx"):
+            setattr(s, name, np.array(a[name], dtype=np.float64))
+        s.miss_key = key
+        return s
+
+    # ------------------------------------------------------------------------------ per-feature covariate sums
+    def observed_x(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``Σ(x - a_i)`` (m, b, q) and ``Σ(x - a_i)(x - a_i)ᵀ`` (m, b, q, q) over the observed rows of each of
+        the ``features`` in every batch: the batch's sums less those over the feature's missing rows."""
+        features = np.asarray(features, dtype=np.int64)
+        b = features.size
+        sx = np.broadcast_to(self.sx[:, None, :], (self.m, b, self.q)).copy()
+        sxx = np.broadcast_to(self.sxx[:, None, :, :], (self.m, b, self.q, self.q)).copy()
+        if self.miss_key.size:
+            bi, vi = self.miss_key // self.p, self.miss_key % self.p
+            pos = np.full(self.p, -1, dtype=np.int64)
+            pos[features] = np.arange(b)
+            hit = pos[vi] >= 0
+            sx[bi[hit], pos[vi[hit]]] -= self.miss_sx[hit]
+            sxx[bi[hit], pos[vi[hit]]] -= self.miss_sxx[hit]
+        return sx, sxx
+
+
+@dataclass
+class _BatchView:
+    """One batch's statistics (a copy), which can be moved to another shift and added to another."""
+
+    n: float
+    a: np.ndarray  # (q,) x shift
+    c: np.ndarray  # (p,) y shift
+    sx: np.ndarray
+    sxx: np.ndarray
+    n_obs: np.ndarray
+    sy: np.ndarray
+    sxy: np.ndarray  # (q, p)
+    syy: np.ndarray
+    miss_v: np.ndarray  # (k,) features with missing rows, sorted
+    miss_sx: np.ndarray  # (k, q)
+    miss_sxx: np.ndarray  # (k, q, q)
+
+    @classmethod
+    def of(cls, s: SuffStats, i: int) -> "_BatchView":
+        lo, hi = np.searchsorted(s.miss_key, [i * s.p, (i + 1) * s.p])
+        return cls(float(s.counts[i]), s.x_shift[i].copy(), s.y_shift[i].copy(), s.sx[i].copy(), s.sxx[i].copy(),
+                   s.n_obs[i].copy(), s.sy[i].copy(), s.sxy[i].copy(), s.syy[i].copy(),
+                   s.miss_key[lo:hi] - i * s.p, s.miss_sx[lo:hi].copy(), s.miss_sxx[lo:hi].copy())
+
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for arr in (np.array([self.n]), self.a, self.c, self.sx, self.sxx, self.n_obs, self.sy, self.sxy, self.syy,
+                    self.miss_v, self.miss_sx, self.miss_sxx):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.digest()
+
+    def shifted(self, a: np.ndarray, c: np.ndarray) -> "_BatchView":
+        """The same sums around the shifts ``a`` (q,) and ``c`` (p,); ``c`` only matters where ``n_obs > 0``."""
+        d = self.a - a  # x - a = (x - a_old) + d
+        e = np.where(self.n_obs > 0, self.c - c, 0.0)
+        if not d.any() and not e.any():
+            return self
+        sx_obs = np.broadcast_to(self.sx[:, None], self.sxy.shape).copy()  # (q, p): Σ(x - a_old) on observed rows
+        if self.miss_v.size:
+            sx_obs[:, self.miss_v] -= self.miss_sx.T
+        n_miss = self.n - self.n_obs[self.miss_v]
+        dd = np.outer(d, d)
+        ms, mss = self.miss_sx, self.miss_sxx
+        return _BatchView(
+            self.n, a.copy(), np.where(self.n_obs > 0, c, self.c),
+            self.sx + self.n * d,
+            self.sxx + np.outer(self.sx, d) + np.outer(d, self.sx) + self.n * dd,
+            self.n_obs,
+            self.sy + self.n_obs * e,
+            self.sxy + np.outer(d, self.sy) + sx_obs * e[None, :] + np.outer(d, self.n_obs * e),
+            self.syy + 2.0 * e * self.sy + self.n_obs * e * e,
+            self.miss_v,
+            ms + n_miss[:, None] * d[None, :],
+            mss + ms[:, :, None] * d[None, None, :] + d[None, :, None] * ms[:, None, :] + n_miss[:, None, None] * dd,
+        )
+
+    def plus(self, other: "_BatchView") -> "_BatchView":
+        """The sums of both, around this view's shifts (a feature this view has no value of takes the other's)."""
+        c = np.where(self.n_obs > 0, self.c, other.c)
+        o = other.shifted(self.a, c)
+        v = np.union1d(self.miss_v, o.miss_v)
+        ms = np.zeros((v.size, self.a.size))
+        mss = np.zeros((v.size, self.a.size, self.a.size))
+        for part in (self, o):
+            at = np.searchsorted(v, part.miss_v)
+            ms[at] += part.miss_sx
+            mss[at] += part.miss_sxx
+        return _BatchView(self.n + o.n, self.a, c, self.sx + o.sx, self.sxx + o.sxx, self.n_obs + o.n_obs,
+                          self.sy + o.sy, self.sxy + o.sxy, self.syy + o.syy, v, ms, mss)
+
+    def store(self, s: SuffStats, i: int) -> None:
+        s.counts[i], s.x_shift[i], s.y_shift[i] = self.n, self.a, self.c
+        s.sx[i], s.sxx[i], s.n_obs[i], s.sy[i], s.sxy[i], s.syy[i] = (self.sx, self.sxx, self.n_obs, self.sy,
+                                                                       self.sxy, self.syy)
+
+
+# ---------------------------------------------------------------------------------------- the fit
+@dataclass
+class LocationFit:
+    """S1 and the within-batch residual sums of squares from the statistics (inputs of
+    :func:`featharm._core.eb.standardized_moments` / :func:`featharm._core.missing.standardized_moments`)."""
+
+    coef: np.ndarray  # (m + q, p): batch coefficients in the coding of ``batch_rows``, then the covariates
+    ss: np.ndarray  # (m, p) within-batch residual sums of squares over observed cells
+    n_obs: np.ndarray  # (m, p)
+    deficient: np.ndarray  # features whose design is rank deficient on their observed rows (coef NaN)
+
+
+def _centred(stats: SuffStats, features: np.ndarray | None):
+    """Within-batch centred cross-products of the ``features`` (all when None) over their observed rows:
+    ``Sxx`` (m, b, q, q) or (m, q, q) when shared, ``Sxy`` (m, q, b), ``Syy`` (m, b), the batch means
+    of ``x - a_i`` (m, b, q) or (m, q) and of ``y - c_i`` (m, b); absent batches (no observed value) give 0."""
+    sl = slice(None) if features is None else features
+    n = stats.n_obs[:, sl]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(n > 0, 1.0 / n, 0.0)
+    sy, sxy, syy = stats.sy[:, sl], stats.sxy[:, :, sl], stats.syy[:, sl]
+    ybar = sy * inv
+    if features is None:  # complete features: the batch's covariate sums are shared
+        cnt = stats.counts
+        with np.errstate(divide="ignore", invalid="ignore"):
+            icnt = np.where(cnt > 0, 1.0 / cnt, 0.0)
+        xbar = stats.sx * icnt[:, None]
+        Sxx = stats.sxx - stats.sx[:, :, None] * xbar[:, None, :]
+        Sxy = sxy - xbar[:, :, None] * sy[:, None, :]
+    else:
+        sx, sxx = stats.observed_x(features)  # (m, b, q), (m, b, q, q)
+        xbar = sx * inv[:, :, None]
+        Sxx = sxx - sx[:, :, :, None] * xbar[:, :, None, :]
+        Sxy = sxy - np.swapaxes(xbar, 1, 2) * sy[:, None, :]
+    Syy = syy - sy * ybar
+    return Sxx, Sxy, Syy, xbar, ybar
+
+
+def _within_ss(Sxx, Sxy, Syy, beta, shared: bool) -> np.ndarray:
+    """``Σ r²`` per batch and feature: ``Syy - 2 βᵀSxy + βᵀ Sxx β`` (within-batch centred sums)."""
+    cross = np.einsum("mqb,qb->mb", Sxy, beta)
+    if shared:
+        quad = np.einsum("qb,mqr,rb->mb", beta, Sxx, beta)
+    else:
+        quad = np.einsum("qb,mbqr,rb->mb", beta, Sxx, beta)
+    return np.maximum(Syy - 2.0 * cross + quad, 0.0)
+
+
+def within_covariates(stats: SuffStats) -> np.ndarray:
+    """``Σ_i Σ_j (x_ij - x̄_i)(x_ij - x̄_i)ᵀ`` (q × q): the covariates' within-batch cross-products over all rows."""
+    cnt = stats.counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        icnt = np.where(cnt > 0, 1.0 / cnt, 0.0)
+    return (stats.sxx - stats.sx[:, :, None] * (stats.sx * icnt[:, None])[:, None, :]).sum(axis=0)
+
+
+def location_fit(stats: SuffStats, batch_rows: np.ndarray, *, rank_rtol: float = 1e-12,
+                 block: int = 2048) -> LocationFit:
+    """S1 and the residual sums of squares from the statistics (``docs/methods.md`` §1.9).
+
+    The least squares of ``y`` on ``[B | X]`` are solved in their within-batch form (the batch
+    indicators absorb each batch's mean and shift): ``β_X = (Σ_i Sxx_i)⁻¹ Σ_i Sxy_i`` with the
+    within-batch centred cross-products, then each batch's intercept ``b_i = ȳ_i - x̄_iᵀβ_X``, expressed in
+    the coding ``batch_rows`` (the identity, or with a reference batch ``r`` the identity plus a column of
+    ones, so that row ``r`` holds ``b_r`` and the others ``b_i - b_r``). The same coefficients as the
+    normal equations of :class:`featharm._core.ols.GramSolver`, better conditioned. A feature with missing
+    values uses its own observed rows (a batch without any has NaN coefficients, as
+    :func:`featharm._core.missing.observed_coef`); its design is rank deficient when the within-batch
+    cross-products, scaled to unit diagonal, have an eigenvalue below ``rank_rtol`` (then ``coef`` is NaN).
+    """
+    m, q, p = stats.m, stats.q, stats.p
+    coef = np.empty((m + q, p))
+    ss = np.empty((m, p))
+    plain = np.empty((m, p))  # b_i (intercept of each batch's own indicator)
+    incomplete = np.flatnonzero((stats.n_obs < stats.counts[:, None]).any(axis=0))
+    complete = np.setdiff1d(np.arange(p), incomplete)
+    deficient = []
+    if complete.size:
+        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, None)
+        A = Sxx.sum(axis=0)
+        beta = _solve_spd(A, Sxy[:, :, complete].sum(axis=0)) if q else np.zeros((0, complete.size))
+        coef[m:, complete] = beta
+        ss[:, complete] = _within_ss(Sxx, Sxy[:, :, complete], Syy[:, complete], beta, True)
+        plain[:, complete] = (stats.y_shift[:, complete] + ybar[:, complete]
+                              - (stats.x_shift + xbar) @ beta)
+    for start in range(0, incomplete.size, block):
+        f = incomplete[start:start + block]
+        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, f)
+        if q:
+            A = Sxx.sum(axis=0)  # (b, q, q)
+            bad = _rank_deficient(A, rank_rtol)
+            A[bad] = np.eye(q)
+            beta = np.linalg.solve(A, Sxy.sum(axis=0).T[:, :, None])[:, :, 0].T
+            beta[:, bad] = np.nan
+            deficient.extend(f[bad].tolist())
+        else:
+            beta = np.zeros((0, f.size))
+        coef[m:, f] = beta
+        ss[:, f] = _within_ss(Sxx, Sxy, Syy, beta, False)
+        b = stats.y_shift[:, f] + ybar - np.einsum("mbq,qb->mb", stats.x_shift[:, None, :] + xbar, beta)
+        plain[:, f] = np.where(stats.n_obs[:, f] > 0, b, np.nan)
+    # from each batch's own intercept to the coding of batch_rows (rows_coef = batch_rows⁻¹ b)
+    present = stats.n_obs > 0
+    ref = _reference_column(batch_rows)
+    if ref is None:
+        coef[:m] = plain
+    else:
+        coef[:m] = plain - plain[ref]
+        coef[ref] = plain[ref]
+    coef[:m][~present] = np.nan
+    ss[~present] = 0.0
+    return LocationFit(coef, ss, stats.n_obs.copy(), np.asarray(deficient, dtype=np.intp))
+
+
+def _reference_column(batch_rows: np.ndarray) -> int | None:
+    m = batch_rows.shape[0]
+    if np.array_equal(batch_rows, np.eye(m)):
+        return None
+    ones = np.flatnonzero((batch_rows == 1.0).all(axis=0))
+    if ones.size != 1:
+        raise InputError("batch_rows must be the identity or the identity with one column of ones (reference batch).")
+    return int(ones[0])
+
+
+def _solve_spd(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A⁻¹ B`` for a symmetric positive definite ``A`` (Cholesky; LU should it fail)."""
+    import scipy.linalg as sla
+
+    try:
+        return sla.cho_solve(sla.cho_factor(A, lower=False, check_finite=False), B, check_finite=False)
+    except np.linalg.LinAlgError:
+        return np.linalg.solve(A, B)
+
+
+def _rank_deficient(A: np.ndarray, rtol: float) -> np.ndarray:
+    """Which of the stacked cross-product matrices ``A`` (b, q, q), scaled to unit diagonal, have an
+    eigenvalue below ``rtol`` (a column constant within batches on these rows, or a combination of others)."""
+    d = np.sqrt(np.einsum("bii->bi", A))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        C = A / d[:, :, None] / d[:, None, :]
+    C[~np.isfinite(C)] = 0.0
+    return ~(np.linalg.eigvalsh(C)[:, 0] > rtol)
+
+
+def total_variance(stats: SuffStats) -> np.ndarray:
+    """Variance (ddof 0) of every feature over all its observed values (all batches)."""
+    n = stats.n_obs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ybar = np.where(n > 0, stats.y_shift + stats.sy / n, 0.0)  # batch means
+        within = np.where(n > 0, stats.syy - stats.sy * (stats.sy / n), 0.0)
+        N = n.sum(axis=0)
+        grand = (n * ybar).sum(axis=0) / N
+        dev = np.where(n > 0, ybar - grand, 0.0)
+        return (within.sum(axis=0) + (n * dev * dev).sum(axis=0)) / N
+
+
+def frozen_moments(stats: SuffStats, alpha: np.ndarray, beta: np.ndarray,
+                   sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """S5 of every batch of ``stats`` against a frozen model (``docs/methods.md`` §5.7): the batch mean of
+    ``z = (y - alpha - xᵀbeta) / sigma`` and its variance (ddof 1) over each feature's observed rows.
+
+    Returns ``gamma_hat`` (m, p; NaN without observed values), ``delta_raw`` (m, p; NaN below 2) and
+    ``n_obs`` (m, p), as :func:`featharm._core.missing.batch_moments` computes them from ``z``.
+    """
+    m, q, p = stats.m, stats.q, stats.p
+    beta = np.asarray(beta, dtype=np.float64).reshape(q, p)
+    incomplete = np.flatnonzero((stats.n_obs < stats.counts[:, None]).any(axis=0))
+    loc = np.empty((m, p))
+    ss = np.empty((m, p))
+    Sxx, Sxy, Syy, xbar, ybar = _centred(stats, None)
+    loc[:] = stats.y_shift + ybar - (stats.x_shift + xbar) @ beta
+    ss[:] = _within_ss(Sxx, Sxy, Syy, beta, True)
+    if incomplete.size:
+        f = incomplete
+        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, f)
+        loc[:, f] = stats.y_shift[:, f] + ybar - np.einsum("mbq,qb->mb", stats.x_shift[:, None, :] + xbar, beta[:, f])
+        ss[:, f] = _within_ss(Sxx, Sxy, Syy, beta[:, f], False)
+    n = stats.n_obs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gamma_hat = np.where(n > 0, (loc - alpha) / sigma, np.nan)
+        delta_raw = np.where(n > 1, ss / ((n - 1.0) * (sigma * sigma)), np.nan)
+    return gamma_hat, delta_raw, n.copy()
