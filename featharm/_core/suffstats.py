@@ -206,8 +206,8 @@ class SuffStats:
             msxx.append(acc.miss_sxx)
         if keys:
             out.miss_key = np.concatenate(keys).astype(np.int64)
-            out.miss_sx = np.concatenate(msx).reshape(-1, q)
-            out.miss_sxx = np.concatenate(msxx).reshape(-1, q, q)
+            out.miss_sx = np.concatenate(msx, axis=0)
+            out.miss_sxx = np.concatenate(msxx, axis=0)
         return out
 
     # ------------------------------------------------------------------------------ arrays
