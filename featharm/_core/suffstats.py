@@ -9,11 +9,14 @@ and written as plain arrays (:meth:`SuffStats.to_arrays` / :meth:`SuffStats.from
 and :mod:`featharm._core.missing`, which then run S2–S7 unchanged.
 
 **Shift.** Sums of squares of volumes (mean ~1e4, SD ~1e2) lose digits to cancellation when centred
-afterwards (``Σy² - (Σy)²/n``). So every batch's sums are taken around a shift stored with them: the
-means of that batch's rows in the first block that had any (of ``x``; and of ``y``, per feature, in the
-first block where the feature is observed). Sums around different shifts are moved to a common one
-before they are added (:meth:`SuffStats.combine`; exact in exact arithmetic, and the terms are of the
-size of the spread, not of the mean, so nothing cancels).
+afterwards (``Σy² - (Σy)²/n``), and so do residual sums of squares computed as the total less the part the
+covariates explain when they explain most of it. So every batch's sums are taken around an affine shift
+stored with them: ``x`` around ``a_i`` and ``y`` around ``c_i + (x - a_i)ᵀB_i``, where ``a_i``, ``c_i`` are the
+means of that batch's rows in the first block that had any (per feature, the first block where it is
+observed) and ``B_i`` (q × p) a pilot regression slope of the first block (0 for a feature where it does
+not lower that block's sum of squares). The sums are then of the size of the residuals, not of the mean
+or of the covariate effects. Sums around different shifts are moved to a common one before they are
+added (:meth:`SuffStats.combine`; exact in exact arithmetic, with terms of the size of the spread).
 
 **Missing values** (NaN cells, §1.8): the feature sums run over observed cells, with a count ``n_iv``
 per batch and feature; ``Σx`` and ``Σxxᵀ`` over a feature's observed rows differ from the batch's by
@@ -41,7 +44,8 @@ __all__ = ["SuffStats", "LocationFit", "location_fit", "frozen_moments", "within
 # Names of the arrays of :meth:`SuffStats.to_arrays`, with their axes (m batches, q covariates, p
 # features, k (batch, feature) cells with missing rows).
 ARRAYS = {
-    "counts": ("m",), "x_shift": ("m", "q"), "y_shift": ("m", "p"), "sx": ("m", "q"), "sxx": ("m", "q", "q"),
+    "counts": ("m",), "x_shift": ("m", "q"), "y_shift": ("m", "p"), "y_slope": ("m", "q", "p"),
+    "sx": ("m", "q"), "sxx": ("m", "q", "q"),
     "n_obs": ("m", "p"), "sy": ("m", "p"), "sxy": ("m", "q", "p"), "syy": ("m", "p"),
     "miss_batch": ("k",), "miss_feature": ("k",), "miss_sx": ("k", "q"), "miss_sxx": ("k", "q", "q"),
 }
@@ -52,13 +56,14 @@ class SuffStats:
 
     Attributes (``m`` batches, ``q`` covariate columns, ``p`` features; sums over the rows of each batch):
 
-    * ``counts`` (m,): rows; ``x_shift`` (m, q), ``y_shift`` (m, p): the shifts ``a_i``, ``c_i``;
-    * ``sx`` (m, q) ``= Σ(x - a_i)``, ``sxx`` (m, q, q) ``= Σ(x - a_i)(x - a_i)ᵀ``;
-    * ``n_obs`` (m, p): observed values; over them ``sy = Σ(y - c_i)``, ``sxy`` (m, q, p)
-      ``= Σ(x - a_i)(y - c_i)ᵀ``, ``syy = Σ(y - c_i)²``;
+    * ``counts`` (m,): rows; ``x_shift`` (m, q), ``y_shift`` (m, p), ``y_slope`` (m, q, p): the shifts
+      ``a_i``, ``c_i``, ``B_i``; below ``u = x - a_i`` and ``ŷ = y - c_i - uᵀB_i`` (per feature);
+    * ``sx`` (m, q) ``= Σu``, ``sxx`` (m, q, q) ``= Σuuᵀ``;
+    * ``n_obs`` (m, p): observed values; over them ``sy = Σŷ``, ``sxy`` (m, q, p) ``= Σuŷᵀ``, ``syy = Σŷ²``;
     * ``miss_key`` (k,) = ``i * p + v`` for each (batch, feature) cell with missing rows (sorted);
-      ``miss_sx`` (k, q), ``miss_sxx`` (k, q, q): ``Σ(x - a_i)`` and ``Σ(x - a_i)(x - a_i)ᵀ`` over those rows.
+      ``miss_sx`` (k, q), ``miss_sxx`` (k, q, q): ``Σu`` and ``Σuuᵀ`` over those rows.
 
+    Memory: ``8 m (1 + 2q + q² + 5p + 2qp)`` bytes, plus ``8 (1 + q + q²)`` per cell with missing rows.
     ``center=False`` keeps every shift at 0 (the naive accumulation; only to show what the shift buys).
     """
 
@@ -70,6 +75,7 @@ class SuffStats:
         self.counts = np.zeros(m)
         self.x_shift = np.zeros((m, q))
         self.y_shift = np.zeros((m, p))
+        self.y_slope = np.zeros((m, q, p))
         self.sx = np.zeros((m, q))
         self.sxx = np.zeros((m, q, q))
         self.n_obs = np.zeros((m, p))
@@ -79,6 +85,32 @@ class SuffStats:
         self.miss_key = np.zeros(0, dtype=np.int64)
         self.miss_sx = np.zeros((0, q))
         self.miss_sxx = np.zeros((0, q, q))
+        self._pilot = None  # slopes (q × p) given to batches first seen by this object (set by update)
+        self._x_set = np.zeros(m, dtype=bool)  # batches whose shifts a_i, B_i are set
+        self._c_set = np.zeros((m, p), dtype=bool)  # (batch, feature) cells whose shift c_i is set
+
+    @classmethod
+    def empty_like(cls, template: "SuffStats") -> "SuffStats":
+        """Empty statistics with the shifts of ``template`` (for its batches and features with values; other
+        batches get ``template``'s pilot slopes). Pieces made this way share their shifts, so merging them is
+        plain addition; with features almost explained by the covariates (1 - R² below ~1e-6) this keeps
+        small pieces (fewer rows than batches + covariates + 2, too few for their own pilot) exact."""
+        s = cls(template.m, template.q, template.p, center=template.center)
+        if not template.center:
+            return s
+        s._x_set = template.counts > 0
+        s._c_set = template.n_obs > 0
+        s.x_shift[s._x_set] = template.x_shift[s._x_set]
+        s.y_slope[s._x_set] = template.y_slope[s._x_set]
+        s.y_shift[s._c_set] = template.y_shift[s._c_set]
+        if s._x_set.any() and template.q:
+            s._pilot = template.y_slope[int(np.argmax(template.counts))].copy()
+        return s
+
+    def _mark_set(self) -> None:
+        """Shifts are set where the sums have rows (after combine / from_arrays)."""
+        self._x_set = self.counts > 0
+        self._c_set = self.n_obs > 0
 
     def __repr__(self) -> str:
         return (f"SuffStats({self.m} batches, {self.q} covariates, {self.p} features, {int(self.counts.sum())} rows, "
@@ -90,9 +122,9 @@ class SuffStats:
         return bool((self.n_obs < self.counts[:, None]).any())
 
     def nbytes(self) -> int:
-        """Memory held: ``8 m (2q + q² + 5p + qp)`` plus ``8 k (q + q² + 1)`` for cells with missing rows."""
-        return sum(getattr(self, a).nbytes for a in ("counts", "x_shift", "y_shift", "sx", "sxx", "n_obs", "sy",
-                                                    "sxy", "syy", "miss_key", "miss_sx", "miss_sxx"))
+        """Memory held by the statistics, in bytes."""
+        return sum(getattr(self, a).nbytes for a in ("counts", "x_shift", "y_shift", "y_slope", "sx", "sxx", "n_obs",
+                                                    "sy", "sxy", "syy", "miss_key", "miss_sx", "miss_sxx"))
 
     # ------------------------------------------------------------------------------ accumulate
     def update(self, X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> "SuffStats":
@@ -121,6 +153,12 @@ class SuffStats:
             row, col = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
             raise MissingValueError(f"feature {col} has an infinite value in row {row} of the block; only NaN marks "
                                     "a missing value.")
+        if self.center and self._pilot is None and self.q and r:
+            self._pilot = _pilot_slopes(X, Y, codes)
+            if self._pilot is not None:  # batches seen before there was a pilot: move them onto it
+                for i in np.flatnonzero(self._x_set & ~self.y_slope.any(axis=(1, 2))):
+                    _BatchView.of(self, int(i)).shifted(self.x_shift[i], self.y_shift[i], self._pilot).store(self, int(i))
+                    self.y_slope[i][:, self.n_obs[i] == 0] = self._pilot[:, self.n_obs[i] == 0]  # no sums yet
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         for rows in np.split(order, bounds):
@@ -133,14 +171,21 @@ class SuffStats:
         obs = ~np.isnan(y)
         complete = bool(obs.all())
         if self.center:
-            if self.counts[i] == 0:
+            if not self._x_set[i]:
                 self.x_shift[i] = x.mean(axis=0)
-            new = (self.n_obs[i] == 0) & obs.any(axis=0)  # features first observed in this block
+                if self._pilot is not None:
+                    self.y_slope[i] = self._pilot
+                self._x_set[i] = True
+            new = ~self._c_set[i] & obs.any(axis=0)  # features first observed in this block
             if new.any():
-                yo = np.where(obs[:, new], y[:, new], 0.0)
+                yo = y[:, new] - (x - self.x_shift[i]) @ self.y_slope[i][:, new]
+                yo = np.where(obs[:, new], yo, 0.0)
                 self.y_shift[i, new] = yo.sum(axis=0) / obs[:, new].sum(axis=0)
+                self._c_set[i, new] = True
         xc = x - self.x_shift[i]
         yc = y - self.y_shift[i]
+        if self.q and self.y_slope[i].any():
+            yc -= xc @ self.y_slope[i]
         if not complete:
             yc[~obs] = 0.0
         self.counts[i] += r
@@ -179,9 +224,9 @@ class SuffStats:
     def combine(cls, pieces) -> "SuffStats":
         """Sum statistics of disjoint sets of rows (a new object; the pieces are not modified).
 
-        For each batch, the pieces that hold rows of it are put in a canonical order (a digest of their
-        contents for that batch), moved to the shift of the first and added in that order: the result does
-        not depend on the order of ``pieces``, bit for bit.
+        For each batch, the pieces that hold rows of it are put in a canonical order (most rows first, ties
+        by a digest of their contents for that batch), moved to the shift of the first and added in that
+        order: the result does not depend on the order of ``pieces``, bit for bit.
         """
         pieces = list(pieces)
         if not pieces or not all(isinstance(s, SuffStats) for s in pieces):
@@ -194,7 +239,7 @@ class SuffStats:
         out = cls(m, q, p, center=all(s.center for s in pieces))
         keys, msx, msxx = [], [], []
         for i in range(m):
-            views = sorted((_BatchView.of(s, i) for s in pieces if s.counts[i] > 0), key=lambda v: v.digest())
+            views = sorted((_BatchView.of(s, i) for s in pieces if s.counts[i] > 0), key=lambda v: (-v.n, v.digest()))
             if not views:
                 continue
             acc = views[0]
@@ -208,6 +253,7 @@ class SuffStats:
             out.miss_key = np.concatenate(keys).astype(np.int64)
             out.miss_sx = np.concatenate(msx, axis=0)
             out.miss_sxx = np.concatenate(msxx, axis=0)
+        out._mark_set()
         return out
 
     # ------------------------------------------------------------------------------ arrays
@@ -268,6 +314,7 @@ class SuffStats:
         for name in ("counts", "x_shift", "y_shift", "sx", "sxx", "n_obs", "sy", "sxy", "syy", "miss_sx", "miss_sxx"):
             setattr(s, name, np.array(a[name], dtype=np.float64))
         s.miss_key = key
+        s._mark_set()
         return s
 
     # ------------------------------------------------------------------------------ per-feature covariate sums
@@ -288,6 +335,29 @@ class SuffStats:
         return sx, sxx
 
 
+def _pilot_slopes(X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
+    """Slopes (q × p) of a within-batch least-squares fit of the block's features on its covariates, to shift
+    ``y`` by (the affine shift of :class:`SuffStats`); 0 for a feature with missing values in the block or
+    where they do not lower the block's within-batch sum of squares. ``None`` when the block is too small."""
+    r, q = X.shape
+    levels, inv = np.unique(codes, return_inverse=True)
+    if r < levels.size + q + 2:
+        return None
+    cnt = np.bincount(inv).astype(np.float64)
+    complete = np.flatnonzero(~np.isnan(Y).any(axis=0))
+    Xw = X - (np.stack([np.bincount(inv, weights=X[:, j]) for j in range(q)], axis=1) / cnt[:, None])[inv]
+    Yc = Y[:, complete]
+    onehot = np.zeros((r, levels.size))
+    onehot[np.arange(r), inv] = 1.0
+    Yw = Yc - ((onehot.T @ Yc) / cnt[:, None])[inv]
+    B = np.linalg.lstsq(Xw, Yw, rcond=None)[0]
+    R = Yw - Xw @ B
+    better = np.einsum("ij,ij->j", R, R) < np.einsum("ij,ij->j", Yw, Yw)
+    out = np.zeros((q, Y.shape[1]))
+    out[:, complete[better]] = B[:, better]
+    return out if np.isfinite(out).all() else None
+
+
 @dataclass
 class _BatchView:
     """One batch's statistics (a copy), which can be moved to another shift and added to another."""
@@ -295,6 +365,7 @@ class _BatchView:
     n: float
     a: np.ndarray  # (q,) x shift
     c: np.ndarray  # (p,) y shift
+    B: np.ndarray  # (q, p) y slope
     sx: np.ndarray
     sxx: np.ndarray
     n_obs: np.ndarray
@@ -308,46 +379,59 @@ class _BatchView:
     @classmethod
     def of(cls, s: SuffStats, i: int) -> "_BatchView":
         lo, hi = np.searchsorted(s.miss_key, [i * s.p, (i + 1) * s.p])
-        return cls(float(s.counts[i]), s.x_shift[i].copy(), s.y_shift[i].copy(), s.sx[i].copy(), s.sxx[i].copy(),
-                   s.n_obs[i].copy(), s.sy[i].copy(), s.sxy[i].copy(), s.syy[i].copy(),
+        return cls(float(s.counts[i]), s.x_shift[i].copy(), s.y_shift[i].copy(), s.y_slope[i].copy(), s.sx[i].copy(),
+                   s.sxx[i].copy(), s.n_obs[i].copy(), s.sy[i].copy(), s.sxy[i].copy(), s.syy[i].copy(),
                    s.miss_key[lo:hi] - i * s.p, s.miss_sx[lo:hi].copy(), s.miss_sxx[lo:hi].copy())
 
     def digest(self) -> bytes:
         h = hashlib.sha256()
-        for arr in (np.array([self.n]), self.a, self.c, self.sx, self.sxx, self.n_obs, self.sy, self.sxy, self.syy,
-                    self.miss_v, self.miss_sx, self.miss_sxx):
+        for arr in (np.array([self.n]), self.a, self.c, self.B, self.sx, self.sxx, self.n_obs, self.sy, self.sxy,
+                    self.syy, self.miss_v, self.miss_sx, self.miss_sxx):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.digest()
 
-    def shifted(self, a: np.ndarray, c: np.ndarray) -> "_BatchView":
-        """The same sums around the shifts ``a`` (q,) and ``c`` (p,); ``c`` only matters where ``n_obs > 0``."""
-        d = self.a - a  # x - a = (x - a_old) + d
-        e = np.where(self.n_obs > 0, self.c - c, 0.0)
-        if not d.any() and not e.any():
+    def shifted(self, a: np.ndarray, c: np.ndarray, B: np.ndarray) -> "_BatchView":
+        """The same sums around the shifts ``a`` (q,), ``c`` (p,), ``B`` (q, p) (those of a feature only matter
+        where it has observed values).
+
+        With ``u = x - a_old``, ``d = a_old - a``: ``x - a = u + d`` and ``y - c - (x - a)ᵀB = ŷ + e + uᵀΔ``
+        with ``e = c_old - c - dᵀB`` and ``Δ = B_old - B``; the new sums follow from the old ones and
+        the covariate sums over each feature's observed rows.
+        """
+        has = self.n_obs > 0
+        d = self.a - a
+        delta = np.where(has[None, :], self.B - B, 0.0)
+        e = np.where(has, self.c - c - d @ B, 0.0)
+        if not d.any() and not e.any() and not delta.any():
             return self
-        sx_obs = np.broadcast_to(self.sx[:, None], self.sxy.shape).copy()  # (q, p): Σ(x - a_old) on observed rows
+        s_obs = np.broadcast_to(self.sx[:, None], self.sxy.shape).copy()  # (q, p): Σu over observed rows
+        S_delta = self.sxx @ delta  # (q, p): (Σuuᵀ over observed rows) Δ
         if self.miss_v.size:
-            sx_obs[:, self.miss_v] -= self.miss_sx.T
+            s_obs[:, self.miss_v] -= self.miss_sx.T
+            S_delta[:, self.miss_v] -= np.einsum("kqr,rk->qk", self.miss_sxx, delta[:, self.miss_v])
+        s_delta = np.einsum("qp,qp->p", s_obs, delta)
+        sy = self.sy + self.n_obs * e + s_delta
+        sxy = self.sxy + s_obs * e[None, :] + S_delta + np.outer(d, sy)
+        syy = (self.syy + self.n_obs * e * e + np.einsum("qp,qp->p", delta, S_delta) + 2.0 * e * self.sy
+               + 2.0 * np.einsum("qp,qp->p", delta, self.sxy) + 2.0 * e * s_delta)
         n_miss = self.n - self.n_obs[self.miss_v]
         dd = np.outer(d, d)
         ms, mss = self.miss_sx, self.miss_sxx
         return _BatchView(
-            self.n, a.copy(), np.where(self.n_obs > 0, c, self.c),
+            self.n, a.copy(), np.where(has, c, self.c), np.where(has[None, :], B, self.B),
             self.sx + self.n * d,
             self.sxx + np.outer(self.sx, d) + np.outer(d, self.sx) + self.n * dd,
-            self.n_obs,
-            self.sy + self.n_obs * e,
-            self.sxy + np.outer(d, self.sy) + sx_obs * e[None, :] + np.outer(d, self.n_obs * e),
-            self.syy + 2.0 * e * self.sy + self.n_obs * e * e,
-            self.miss_v,
+            self.n_obs, sy, sxy, syy, self.miss_v,
             ms + n_miss[:, None] * d[None, :],
             mss + ms[:, :, None] * d[None, None, :] + d[None, :, None] * ms[:, None, :] + n_miss[:, None, None] * dd,
         )
 
     def plus(self, other: "_BatchView") -> "_BatchView":
         """The sums of both, around this view's shifts (a feature this view has no value of takes the other's)."""
-        c = np.where(self.n_obs > 0, self.c, other.c)
-        o = other.shifted(self.a, c)
+        has = self.n_obs > 0
+        c = np.where(has, self.c, other.c)
+        B = np.where(has[None, :], self.B, other.B)
+        o = other.shifted(self.a, c, B)
         v = np.union1d(self.miss_v, o.miss_v)
         ms = np.zeros((v.size, self.a.size))
         mss = np.zeros((v.size, self.a.size, self.a.size))
@@ -355,11 +439,11 @@ class _BatchView:
             at = np.searchsorted(v, part.miss_v)
             ms[at] += part.miss_sx
             mss[at] += part.miss_sxx
-        return _BatchView(self.n + o.n, self.a, c, self.sx + o.sx, self.sxx + o.sxx, self.n_obs + o.n_obs,
+        return _BatchView(self.n + o.n, self.a, c, B, self.sx + o.sx, self.sxx + o.sxx, self.n_obs + o.n_obs,
                           self.sy + o.sy, self.sxy + o.sxy, self.syy + o.syy, v, ms, mss)
 
     def store(self, s: SuffStats, i: int) -> None:
-        s.counts[i], s.x_shift[i], s.y_shift[i] = self.n, self.a, self.c
+        s.counts[i], s.x_shift[i], s.y_shift[i], s.y_slope[i] = self.n, self.a, self.c, self.B
         s.sx[i], s.sxx[i], s.n_obs[i], s.sy[i], s.sxy[i], s.syy[i] = (self.sx, self.sxx, self.n_obs, self.sy,
                                                                        self.sxy, self.syy)
 
@@ -376,17 +460,21 @@ class LocationFit:
     deficient: np.ndarray  # features whose design is rank deficient on their observed rows (coef NaN)
 
 
-def _centred(stats: SuffStats, features: np.ndarray | None):
-    """Within-batch centred cross-products of the ``features`` (all when None) over their observed rows:
-    ``Sxx`` (m, b, q, q) or (m, q, q) when shared, ``Sxy`` (m, q, b), ``Syy`` (m, b), the batch means
-    of ``x - a_i`` (m, b, q) or (m, q) and of ``y - c_i`` (m, b); absent batches (no observed value) give 0."""
+def _centred(stats: SuffStats, features: np.ndarray | None, shared: bool):
+    """Within-batch centred cross-products over each feature's observed rows, in the shifted variables ``u``,
+    ``ŷ`` of :class:`SuffStats`, for the ``features`` (all when None); ``shared``: features without missing
+    values, whose covariate sums are the batch's:
+
+    ``Sxx`` (m, q, q) when shared, else (m, b, q, q); ``Sxy`` (m, q, b); ``Syy`` (m, b); the batch means
+    of ``u`` (``xbar``: (m, q) or (m, b, q)) and of ``ŷ`` (``ybar``: (m, b)); ``B`` (m, q, b) the slopes.
+    A batch without observed values of a feature contributes 0."""
     sl = slice(None) if features is None else features
     n = stats.n_obs[:, sl]
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = np.where(n > 0, 1.0 / n, 0.0)
     sy, sxy, syy = stats.sy[:, sl], stats.sxy[:, :, sl], stats.syy[:, sl]
     ybar = sy * inv
-    if features is None:  # complete features: the batch's covariate sums are shared
+    if shared:  # complete features: the batch's covariate sums
         cnt = stats.counts
         with np.errstate(divide="ignore", invalid="ignore"):
             icnt = np.where(cnt > 0, 1.0 / cnt, 0.0)
@@ -397,19 +485,34 @@ def _centred(stats: SuffStats, features: np.ndarray | None):
         sx, sxx = stats.observed_x(features)  # (m, b, q), (m, b, q, q)
         xbar = sx * inv[:, :, None]
         Sxx = sxx - sx[:, :, :, None] * xbar[:, :, None, :]
+        Sxx[n == 0] = 0.0  # all rows missing: the difference of two sums of the same rows is rounding
         Sxy = sxy - np.swapaxes(xbar, 1, 2) * sy[:, None, :]
     Syy = syy - sy * ybar
-    return Sxx, Sxy, Syy, xbar, ybar
+    return Sxx, Sxy, Syy, xbar, ybar, stats.y_slope[:, :, sl]
 
 
-def _within_ss(Sxx, Sxy, Syy, beta, shared: bool) -> np.ndarray:
-    """``Σ r²`` per batch and feature: ``Syy - 2 βᵀSxy + βᵀ Sxx β`` (within-batch centred sums)."""
-    cross = np.einsum("mqb,qb->mb", Sxy, beta)
+def _y_cross(Sxx, Sxy, B, shared: bool) -> np.ndarray:
+    """``Σ(x - x̄_i)(y - ȳ_i)ᵀ`` per batch (m, q, b) from the shifted sums: ``Sxy + Sxx B``."""
+    return Sxy + (np.einsum("mqr,mrb->mqb", Sxx, B) if shared else np.einsum("mbqr,mrb->mqb", Sxx, B))
+
+
+def _within_ss(Sxx, Sxy, Syy, delta, shared: bool) -> np.ndarray:
+    """``Σ r²`` per batch and feature for the slopes ``beta``, with ``delta = beta - B_i`` (m, q, b):
+    ``Syy - 2 Δᵀ Sxy + Δᵀ Sxx Δ`` in the shifted sums (residuals of the size of ``ŷ`` minus a small
+    correction, so nothing large cancels when the shift's slopes are near ``beta``)."""
+    cross = np.einsum("mqb,mqb->mb", delta, Sxy)
     if shared:
-        quad = np.einsum("qb,mqr,rb->mb", beta, Sxx, beta)
+        quad = np.einsum("mqb,mqr,mrb->mb", delta, Sxx, delta)
     else:
-        quad = np.einsum("qb,mbqr,rb->mb", beta, Sxx, beta)
+        quad = np.einsum("mqb,mbqr,mrb->mb", delta, Sxx, delta)
     return np.maximum(Syy - 2.0 * cross + quad, 0.0)
+
+
+def _location(stats: SuffStats, f, xbar, ybar, delta, beta, shared: bool) -> np.ndarray:
+    """Each batch's mean of ``y - xᵀbeta`` (m, b): ``c_i + ŷ̄_i - ūᵢᵀΔ_i - a_iᵀbeta``."""
+    sl = slice(None) if f is None else f
+    corr = np.einsum("mq,mqb->mb", xbar, delta) if shared else np.einsum("mbq,mqb->mb", xbar, delta)
+    return stats.y_shift[:, sl] + ybar - corr - stats.x_shift @ beta
 
 
 def within_covariates(stats: SuffStats) -> np.ndarray:
@@ -442,29 +545,31 @@ def location_fit(stats: SuffStats, batch_rows: np.ndarray, *, rank_rtol: float =
     complete = np.setdiff1d(np.arange(p), incomplete)
     deficient = []
     if complete.size:
-        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, None)
-        A = Sxx.sum(axis=0)
-        beta = _solve_spd(A, Sxy[:, :, complete].sum(axis=0)) if q else np.zeros((0, complete.size))
+        Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, complete if incomplete.size else None, True)
+        if q:
+            beta = _solve_spd(Sxx.sum(axis=0), _y_cross(Sxx, Sxy, B, True).sum(axis=0))
+        else:
+            beta = np.zeros((0, complete.size))
+        delta = beta[None] - B
         coef[m:, complete] = beta
-        ss[:, complete] = _within_ss(Sxx, Sxy[:, :, complete], Syy[:, complete], beta, True)
-        plain[:, complete] = (stats.y_shift[:, complete] + ybar[:, complete]
-                              - (stats.x_shift + xbar) @ beta)
+        ss[:, complete] = _within_ss(Sxx, Sxy, Syy, delta, True)
+        plain[:, complete] = _location(stats, complete, xbar, ybar, delta, beta, True)
     for start in range(0, incomplete.size, block):
         f = incomplete[start:start + block]
-        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, f)
+        Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, f, False)
         if q:
             A = Sxx.sum(axis=0)  # (b, q, q)
             bad = _rank_deficient(A, rank_rtol)
             A[bad] = np.eye(q)
-            beta = np.linalg.solve(A, Sxy.sum(axis=0).T[:, :, None])[:, :, 0].T
+            beta = np.linalg.solve(A, _y_cross(Sxx, Sxy, B, False).sum(axis=0).T[:, :, None])[:, :, 0].T
             beta[:, bad] = np.nan
             deficient.extend(f[bad].tolist())
         else:
             beta = np.zeros((0, f.size))
+        delta = beta[None] - B
         coef[m:, f] = beta
-        ss[:, f] = _within_ss(Sxx, Sxy, Syy, beta, False)
-        b = stats.y_shift[:, f] + ybar - np.einsum("mbq,qb->mb", stats.x_shift[:, None, :] + xbar, beta)
-        plain[:, f] = np.where(stats.n_obs[:, f] > 0, b, np.nan)
+        ss[:, f] = _within_ss(Sxx, Sxy, Syy, delta, False)
+        plain[:, f] = np.where(stats.n_obs[:, f] > 0, _location(stats, f, xbar, ybar, delta, beta, False), np.nan)
     # from each batch's own intercept to the coding of batch_rows (rows_coef = batch_rows⁻¹ b)
     present = stats.n_obs > 0
     ref = _reference_column(batch_rows)
@@ -508,20 +613,33 @@ def _rank_deficient(A: np.ndarray, rtol: float) -> np.ndarray:
     return ~(np.linalg.eigvalsh(C)[:, 0] > rtol)
 
 
-def total_variance(stats: SuffStats) -> np.ndarray:
+def total_variance(stats: SuffStats, block: int = 2048) -> np.ndarray:
     """Variance (ddof 0) of every feature over all its observed values (all batches)."""
-    n = stats.n_obs
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ybar = np.where(n > 0, stats.y_shift + stats.sy / n, 0.0)  # batch means
-        within = np.where(n > 0, stats.syy - stats.sy * (stats.sy / n), 0.0)
-        N = n.sum(axis=0)
-        grand = (n * ybar).sum(axis=0) / N
-        dev = np.where(n > 0, ybar - grand, 0.0)
-        return (within.sum(axis=0) + (n * dev * dev).sum(axis=0)) / N
+    p = stats.p
+    out = np.empty(p)
+    incomplete = (stats.n_obs < stats.counts[:, None]).any(axis=0)
+    for start in range(0, p, block):
+        f = np.arange(start, min(p, start + block))
+        shared = not incomplete[f].any()
+        Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, f, shared)
+        n = stats.n_obs[:, f]
+        # within-batch sums of squares of y and batch means of y, from the shifted sums
+        if shared:
+            within = Syy + 2.0 * np.einsum("mqb,mqb->mb", B, Sxy) + np.einsum("mqb,mqr,mrb->mb", B, Sxx, B)
+            mean = stats.y_shift[:, f] + ybar + np.einsum("mq,mqb->mb", xbar, B)
+        else:
+            within = Syy + 2.0 * np.einsum("mqb,mqb->mb", B, Sxy) + np.einsum("mqb,mbqr,mrb->mb", B, Sxx, B)
+            mean = stats.y_shift[:, f] + ybar + np.einsum("mbq,mqb->mb", xbar, B)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            N = n.sum(axis=0)
+            grand = np.where(n > 0, n * mean, 0.0).sum(axis=0) / N
+            dev = np.where(n > 0, mean - grand, 0.0)
+            out[f] = (np.where(n > 0, within, 0.0).sum(axis=0) + (n * dev * dev).sum(axis=0)) / N
+    return out
 
 
 def frozen_moments(stats: SuffStats, alpha: np.ndarray, beta: np.ndarray,
-                   sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   sigma: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """S5 of every batch of ``stats`` against a frozen model (``docs/methods.md`` §5.7): the batch mean of
     ``z = (y - alpha - xᵀbeta) / sigma`` and its variance (ddof 1) over each feature's observed rows.
 
@@ -530,17 +648,16 @@ def frozen_moments(stats: SuffStats, alpha: np.ndarray, beta: np.ndarray,
     """
     m, q, p = stats.m, stats.q, stats.p
     beta = np.asarray(beta, dtype=np.float64).reshape(q, p)
-    incomplete = np.flatnonzero((stats.n_obs < stats.counts[:, None]).any(axis=0))
+    incomplete = (stats.n_obs < stats.counts[:, None]).any(axis=0)
     loc = np.empty((m, p))
     ss = np.empty((m, p))
-    Sxx, Sxy, Syy, xbar, ybar = _centred(stats, None)
-    loc[:] = stats.y_shift + ybar - (stats.x_shift + xbar) @ beta
-    ss[:] = _within_ss(Sxx, Sxy, Syy, beta, True)
-    if incomplete.size:
-        f = incomplete
-        Sxx, Sxy, Syy, xbar, ybar = _centred(stats, f)
-        loc[:, f] = stats.y_shift[:, f] + ybar - np.einsum("mbq,qb->mb", stats.x_shift[:, None, :] + xbar, beta[:, f])
-        ss[:, f] = _within_ss(Sxx, Sxy, Syy, beta[:, f], False)
+    for start in range(0, p, block):
+        f = np.arange(start, min(p, start + block))
+        shared = not incomplete[f].any()
+        Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, f, shared)
+        delta = beta[None, :, f] - B
+        loc[:, f] = _location(stats, f, xbar, ybar, delta, beta[:, f], shared)
+        ss[:, f] = _within_ss(Sxx, Sxy, Syy, delta, shared)
     n = stats.n_obs
     with np.errstate(divide="ignore", invalid="ignore"):
         gamma_hat = np.where(n > 0, (loc - alpha) / sigma, np.nan)
