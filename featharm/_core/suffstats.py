@@ -311,7 +311,9 @@ class SuffStats:
         if ((n_obs < counts[:, None]) & (counts[:, None] > 0)).sum() != key.size:
             raise InputError("statistics: every (batch, feature) cell with missing rows needs its missing-row sums.")
         s = cls(m, q, p)
-        for name in ("counts", "x_shift", "y_shift", "sx", "sxx", "n_obs", "sy", "sxy", "syy", "miss_sx", "miss_sxx"):
+        for name in ARRAYS:
+            if name in ("miss_batch", "miss_feature"):
+                continue
             setattr(s, name, np.array(a[name], dtype=np.float64))
         s.miss_key = key
         s._mark_set()
