@@ -63,7 +63,7 @@ class SuffStats:
     * ``miss_key`` (k,) = ``i * p + v`` for each (batch, feature) cell with missing rows (sorted);
       ``miss_sx`` (k, q), ``miss_sxx`` (k, q, q): ``Σu`` and ``Σuuᵀ`` over those rows.
 
-    Memory: ``8 m (1 + 2q + q² + 5p + 2qp)`` bytes, plus ``8 (1 + q + q²)`` per cell with missing rows.
+    Memory: ``8 m (1 + 2q + q² + 4p + 2qp)`` bytes, plus ``8 (1 + q + q²)`` per cell with missing rows.
     ``center=False`` keeps every shift at 0 (the naive accumulation; only to show what the shift buys).
     """
 
@@ -149,7 +149,8 @@ class SuffStats:
             row = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
             raise MissingValueError(f"the covariate block has a missing or infinite value in row {row}; covariates "
                                     "must be complete (leave such rows out first).")
-        if np.isinf(Y).any():
+        has_nan = not np.isfinite(Y).all()
+        if has_nan and np.isinf(Y).any():
             row, col = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
             raise MissingValueError(f"feature {col} has an infinite value in row {row} of the block; only NaN marks "
                                     "a missing value.")
@@ -163,13 +164,16 @@ class SuffStats:
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         for rows in np.split(order, bounds):
             if rows.size:
-                self._add_rows(int(codes[rows[0]]), X[rows], Y[rows])
+                self._add_rows(int(codes[rows[0]]), X[rows], Y[rows], has_nan)
         return self
 
-    def _add_rows(self, i: int, x: np.ndarray, y: np.ndarray) -> None:
+    def _add_rows(self, i: int, x: np.ndarray, y: np.ndarray, has_nan: bool) -> None:
+        """Add the rows ``x``, ``y`` (copies: ``y`` is modified) of batch ``i``."""
         r = x.shape[0]
-        obs = ~np.isnan(y)
-        complete = bool(obs.all())
+        obs = ~np.isnan(y) if has_nan else None
+        complete = not has_nan or bool(obs.all())
+        if complete:
+            obs = np.ones((1, self.p), dtype=bool)  # broadcasts as "every row observed"
         if self.center:
             if not self._x_set[i]:
                 self.x_shift[i] = x.mean(axis=0)
@@ -179,11 +183,15 @@ class SuffStats:
             new = ~self._c_set[i] & obs.any(axis=0)  # features first observed in this block
             if new.any():
                 yo = y[:, new] - (x - self.x_shift[i]) @ self.y_slope[i][:, new]
-                yo = np.where(obs[:, new], yo, 0.0)
-                self.y_shift[i, new] = yo.sum(axis=0) / obs[:, new].sum(axis=0)
+                if complete:
+                    self.y_shift[i, new] = yo.mean(axis=0)
+                else:
+                    yo = np.where(obs[:, new], yo, 0.0)
+                    self.y_shift[i, new] = yo.sum(axis=0) / obs[:, new].sum(axis=0)
                 self._c_set[i, new] = True
         xc = x - self.x_shift[i]
-        yc = y - self.y_shift[i]
+        yc = y  # a copy made by the caller's row selection: shifted in place
+        yc -= self.y_shift[i]
         if self.q and self.y_slope[i].any():
             yc -= xc @ self.y_slope[i]
         if not complete:
@@ -339,25 +347,26 @@ class SuffStats:
 
 def _pilot_slopes(X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
     """Slopes (q × p) of a within-batch least-squares fit of the block's features on its covariates, to shift
-    ``y`` by (the affine shift of :class:`SuffStats`); 0 for a feature with missing values in the block or
-    where they do not lower the block's within-batch sum of squares. ``None`` when the block is too small."""
+    ``y`` by (the affine shift of :class:`SuffStats`); 0 for a feature with missing values in the block.
+    ``None`` when the block has too few rows. Any slopes keep the statistics exact; good ones keep the
+    shifted sums small. The covariates centred within batch are orthogonal to the batch means of ``y``,
+    so ``Xwᵀ Y`` needs no centring of ``Y`` (one GEMM); a covariate constant on the block gets slope 0
+    (pseudo-inverse of the small q × q matrix)."""
     r, q = X.shape
     levels, inv = np.unique(codes, return_inverse=True)
     if r < levels.size + q + 2:
         return None
     cnt = np.bincount(inv).astype(np.float64)
-    complete = np.flatnonzero(~np.isnan(Y).any(axis=0))
-    Xw = X - (np.stack([np.bincount(inv, weights=X[:, j]) for j in range(q)], axis=1) / cnt[:, None])[inv]
-    Yc = Y[:, complete]
-    onehot = np.zeros((r, levels.size))
-    onehot[np.arange(r), inv] = 1.0
-    Yw = Yc - ((onehot.T @ Yc) / cnt[:, None])[inv]
-    B = np.linalg.lstsq(Xw, Yw, rcond=None)[0]
-    R = Yw - Xw @ B
-    better = np.einsum("ij,ij->j", R, R) < np.einsum("ij,ij->j", Yw, Yw)
-    out = np.zeros((q, Y.shape[1]))
-    out[:, complete[better]] = B[:, better]
-    return out if np.isfinite(out).all() else None
+    means = np.stack([np.bincount(inv, weights=X[:, j]) for j in range(q)], axis=1) / cnt[:, None]
+    Xw = X - means[inv]
+    G = Xw.T @ Xw
+    d = np.sqrt(np.diag(G))
+    scale = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0)
+    Ginv = scale[:, None] * np.linalg.pinv(G * scale[:, None] * scale[None, :], rcond=1e-8, hermitian=True) * scale[None, :]
+    with np.errstate(invalid="ignore"):
+        B = Ginv @ (Xw.T @ Y)
+    B[:, ~np.isfinite(B).all(axis=0)] = 0.0  # features with missing values in the block
+    return B
 
 
 @dataclass
