@@ -162,8 +162,6 @@ def fit_from_statistics(model, stats: SuffStats, *, batches, design: CovariateDe
 
 def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature_names: list) -> None:
     model._check_params()
-    if model._param("missing_covariates") == "exclude":
-        pass  # rows with missing covariates were never summarized: nothing was left out here
     counts = stats.counts.copy()
     m, q, p = stats.m, stats.q, stats.p
     check_batch_sizes(levels, counts.astype(int), model.batch, allow_single=model._allow_single_subject())

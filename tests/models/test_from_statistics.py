@@ -29,6 +29,8 @@ OPTIONS = {
     "ref_batch": {"ref_batch": "site1"},
     "ref_batch_nonparametric": {"ref_batch": "site0", "parametric": False},
     "ref_batch_eb_false": {"ref_batch": "site2", "eb": False},
+    "mean_only_form_n": {"mean_only": True, "mean_only_form": "n"},
+    "compat_neuroCombat": {"compat": "neuroCombat"},
 }
 
 
@@ -259,6 +261,37 @@ def test_features_almost_explained_by_the_covariates(shared_shifts):
     errors = stored_errors(fitted, model)
     assert max(errors.values()) <= TOL, errors
     assert output_error(out2, out, model._arr["sigma"]) <= TOL
+
+
+@pytest.mark.parametrize("spread", [0.08, 0.003], ids=["warning", "error"])
+def test_confounding_checked_from_statistics_as_in_memory(spread):
+    """A covariate mostly explained by the site (``check_full_rank``'s rho below 0.1: a warning; below 0.01: an
+    error): the statistics give the same warning (same message) or refuse the same way, without the rows."""
+    X, cov = make_volumes(81, 4)
+    rng = np.random.default_rng(0)
+    level = cov["site"].map({"site0": 1.0, "site1": 2.0, "site2": 3.0, "site3": 4.0}).to_numpy()
+    cov = cov.assign(field=level + spread * rng.standard_normal(len(cov)))
+    params = dict(batch="site", formula="age + field")
+    frozen = freeze_design(featharm.ComBat(**params), cov)
+    stats = summarize(frozen, X.to_numpy(), 1)
+
+    def from_stats():
+        return featharm.ComBat.from_statistics(stats, batches=frozen.batches, design=frozen.design,
+                                               feature_names=X.columns, **params)
+
+    if spread > 0.01:
+        with pytest.warns(featharm.exceptions.CollinearityWarning) as rec_mem:
+            model = featharm.ComBat(**params).fit(X, cov)
+        with pytest.warns(featharm.exceptions.CollinearityWarning) as rec_stats:
+            fitted = from_stats()
+        assert [str(w.message) for w in rec_stats] == [str(w.message) for w in rec_mem]
+        assert fitted.fit_warnings_ == model.fit_warnings_
+    else:
+        with pytest.raises(ConfoundingError) as mem:
+            featharm.ComBat(**params).fit(X, cov)
+        with pytest.raises(ConfoundingError) as st:
+            from_stats()
+        assert str(st.value) == str(mem.value)
 
 
 def test_merge_order_gives_the_same_model_bit_for_bit():
