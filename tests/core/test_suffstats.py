@@ -204,3 +204,47 @@ def test_memory_is_independent_of_the_number_of_rows():
     X2, Y2, codes2 = make_rows(10, n=4000)
     large = SuffStats(4, 2, Y.shape[1]).update(X2, Y2, codes2)
     assert small.nbytes() == large.nbytes()
+
+
+def _direct_fit(X, Y, codes, m):
+    """Per-feature least squares on the observed rows, and per-batch residual sums of squares."""
+    W = np.hstack([np.eye(m)[codes], X])
+    coef = np.empty((W.shape[1], Y.shape[1]))
+    ss = np.empty((m, Y.shape[1]))
+    for v in range(Y.shape[1]):
+        obs = ~np.isnan(Y[:, v])
+        coef[:, v] = np.linalg.lstsq(W[obs], Y[obs, v], rcond=None)[0]
+        r = Y[obs, v] - W[obs] @ coef[:, v]
+        ss[:, v] = np.bincount(codes[obs], weights=r * r, minlength=m)
+    return coef, ss
+
+
+def test_shifts_set_late_are_exact():
+    """A batch seen before the object had a pilot (a first update too small to fit slopes) is moved onto the pilot
+    when it comes; a feature not observed in a batch's first rows gets its shift when it is first observed. Both
+    keep the fit equal to the direct one."""
+    m = 3
+    X, Y, codes = make_rows(11, m=m, n=300)
+    Y[:40, 4] = np.nan  # feature 4 first observed after the first block
+    s = SuffStats(m, 2, Y.shape[1]).update(X[:4], Y[:4], codes[:4])  # 4 rows: no pilot yet
+    assert not s.y_slope.any()
+    s.update(X[4:40], Y[4:40], codes[4:40])  # the pilot: earlier batches are moved onto it
+    assert all(s.y_slope[i].any() for i in np.unique(codes[:40]))
+    assert not s._c_set[:, 4].any()
+    s.update(X[40:], Y[40:], codes[40:])
+    assert s._c_set[:, 4].all()
+    coef, ss = _direct_fit(X, Y, codes, m)
+    fit = location_fit(s, np.eye(m))
+    assert np.abs(fit.coef - coef).max(axis=0).max() / np.abs(coef).max() < 1e-12
+    assert (np.abs(fit.ss - ss).max(axis=0) / ss.max(axis=0)).max() < 1e-11
+
+
+def test_rebuilt_statistics_keep_accumulating_exactly():
+    m = 4
+    X, Y, codes = make_rows(12, m=m, n=300, nan_fraction=0.05)
+    first = SuffStats(m, 2, Y.shape[1]).update(X[:150], Y[:150], codes[:150])
+    again = SuffStats.from_arrays(first.to_arrays()).update(X[150:], Y[150:], codes[150:])
+    coef, ss = _direct_fit(X, Y, codes, m)
+    fit = location_fit(again, np.eye(m))
+    assert np.abs(fit.coef - coef).max() / np.abs(coef).max() < 1e-12
+    assert (np.abs(fit.ss - ss).max(axis=0) / ss.max(axis=0)).max() < 1e-11
