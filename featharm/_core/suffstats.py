@@ -36,6 +36,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import dgemm
 
 from ..exceptions import InputError, MissingValueError
 
@@ -190,18 +191,24 @@ class SuffStats:
                     self.y_shift[i, new] = yo.sum(axis=0) / obs[:, new].sum(axis=0)
                 self._c_set[i, new] = True
         xc = x - self.x_shift[i]
-        yc = y  # a copy made by the caller's row selection: shifted in place
+        yc = np.ascontiguousarray(y)  # a copy made by the caller's row selection: shifted in place
         yc -= self.y_shift[i]
-        if self.q and self.y_slope[i].any():
-            yc -= xc @ self.y_slope[i]
+        if self.q and self.y_slope[i].any():  # yc -= xc @ B in place: (ycᵀ -= Bᵀ xcᵀ), ycᵀ is Fortran-ordered
+            res = dgemm(-1.0, self.y_slope[i], xc, beta=1.0, c=yc.T, trans_a=True, trans_b=True, overwrite_c=True)
+            if not np.shares_memory(res, yc):  # pragma: no cover - BLAS copied
+                yc[...] = res.T
         if not complete:
             yc[~obs] = 0.0
         self.counts[i] += r
         self.sx[i] += xc.sum(axis=0)
         self.sxx[i] += xc.T @ xc
         self.n_obs[i] += obs.sum(axis=0) if not complete else r
-        self.sy[i] += yc.sum(axis=0)
-        self.sxy[i] += xc.T @ yc
+        u1 = np.empty((r, self.q + 1))  # [1 | u]: Σŷ and Σuŷ in one pass over the block
+        u1[:, 0] = 1.0
+        u1[:, 1:] = xc
+        cross = u1.T @ yc
+        self.sy[i] += cross[0]
+        self.sxy[i] += cross[1:]
         self.syy[i] += np.einsum("ij,ij->j", yc, yc)
         if not complete:
             cols = np.flatnonzero(~obs.all(axis=0))
