@@ -6,6 +6,7 @@ Each piece of the maths is written once here and used by the model families abov
   driver over batches, the adjustment), ``docs/methods.md`` §1.2;
 * :mod:`.ols`: the least-squares solver of a design and the within-batch residual sums of squares (S1);
 * :mod:`.missing`: S1–S7 with missing values (NaN cells), each feature on its observed rows (§1.8);
+* :mod:`.suffstats`: per-batch sufficient statistics (mergeable, shifted) and S1 from them (§1.9);
 * :mod:`.splines`: B-spline bases frozen at fit and their roughness penalties;
 * :mod:`.penalized`: penalized regression with a smoothing parameter per feature (REML/GCV), §2;
 * :mod:`.location_scale`: the Gaussian location–scale fit of ComBatLS, §5.1;

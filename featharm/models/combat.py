@@ -158,6 +158,19 @@ class ComBat(BaseHarmonizer):
         self.compat = compat
         self.missing_covariates = missing_covariates
 
+    @classmethod
+    def from_statistics(cls, stats, *, batches, design, feature_names, **params) -> "ComBat":
+        """A ComBat fitted from per-batch sufficient statistics instead of rows (``docs/methods.md`` §1.9).
+
+        ``stats`` is a :class:`featharm._core.suffstats.SuffStats` of the training rows, summarized with the
+        batch codes and covariate block of :func:`featharm.models._from_stats.freeze_design` (which also
+        gives ``batches`` and ``design``); ``feature_names`` name its features; ``params`` are ComBat's
+        parameters. The learned attributes equal those of ``fit`` on the same rows to rounding.
+        """
+        from ._from_stats import fit_from_statistics
+
+        return fit_from_statistics(cls(**params), stats, batches=batches, design=design, feature_names=feature_names)
+
     def _check_params(self) -> None:
         super()._check_params()
         if self.compat == "sva" and self.ref_batch is not None:
