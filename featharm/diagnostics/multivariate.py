@@ -12,7 +12,7 @@ from scipy import stats
 from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
-from ._common import Prepared, group_sums, prepare
+from ._common import Prepared, complete_rows, group_sums, prepare
 from ._parallel import _serial, sized_by_features, workers
 from ._permutation import STOP_AFTER, CellPermuter, cv_cells, sequential_null
 from ._wchisq import mdmr_pvalue
@@ -22,10 +22,10 @@ __all__ = ["permanova", "pc_covariance_tests", "site_classification", "MULTIVARI
            "CLASSIFICATION_COLUMNS"]
 
 #: Columns of :func:`permanova` and :func:`pc_covariance_tests` tables.
-MULTIVARIATE_COLUMNS = ["test", "variant", "statistic", "df1", "df2", "p_unc", "p_method", "effect_size",
+MULTIVARIATE_COLUMNS = ["test", "n", "variant", "statistic", "df1", "df2", "p_unc", "p_method", "effect_size",
                         "effect_size_name", "n_components", "n_permutations"]
 #: Columns of :func:`site_classification` tables.
-CLASSIFICATION_COLUMNS = ["metric", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
+CLASSIFICATION_COLUMNS = ["metric", "n", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
                           "n_splits", "n_repeats", "classifier", "n_components", "max_permutations"]
 #: Classifiers of :func:`site_classification`.
 CLASSIFIERS = ("lda", "logistic")
@@ -233,10 +233,28 @@ def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
             "df2": float(n - m), "p": p, "p_analytic": p_analytic}
 
 
-def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> tuple[Prepared, np.ndarray]:
+def multivariate_data(P: Prepared, owner: str = "diagnostics") -> Prepared | None:
+    """The data of the multivariate checks: ``P`` for complete features; with missing values the rows
+    without a missing feature (:func:`~._common.complete_rows`; None when none can be used, with a warning)."""
+    return complete_rows(P, owner).sub if P.missing else P
+
+
+def unavailable_table(P: Prepared, tests, columns, owner: str = "diagnostics", **fixed) -> pd.DataFrame:
+    """The rows of multivariate checks that cannot run on missing data: NaN statistics and the reason."""
+    c = complete_rows(P, owner)
+    why = f"not computed: {c.reason} (the multivariate checks use the rows without a missing feature)"
+    rows = [{**{k: np.nan for k in columns}, **fixed, key: name, "n": c.n, "variant": why}
+            for key, name in tests]
+    return pd.DataFrame(rows)[columns]
+
+
+def _prepared_additive(X, covariates, batch, formula, owner, residuals=None):
+    """``(P, Pm, r_add)``: the inputs, the data of the multivariate checks (:func:`multivariate_data`) and
+    its additive residuals (None when there is nothing to test)."""
     P = prepare(X, covariates, batch, formula, owner)
-    r_add = residuals if residuals is not None else ols_residuals(P)[0]
-    return P, r_add
+    Pm = multivariate_data(P, owner)
+    r_add = None if Pm is None else (residuals if residuals is not None else ols_residuals(Pm)[0])
+    return P, Pm, r_add
 
 
 @sized_by_features
@@ -265,8 +283,11 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
         ``"permutation"``) and ``"mdmr"`` (``statistic`` = tr(HGH)/tr((I-H)G(I-H)), ``p_method`` =
         ``"analytic"``); both with ``df1`` = m-1, ``df2`` = n-m, ``effect_size`` = pseudo-R² = tr(HGH)/tr(G).
     """
-    P, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
-    return permanova_table(P, r_add, n_permutations, random_state)
+    P, Pm, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
+    if Pm is None:
+        return unavailable_table(P, [("test", "permanova"), ("test", "mdmr")], MULTIVARIATE_COLUMNS + ["mdmr_statistic"],
+                                 "permanova", n_permutations=int(n_permutations))
+    return permanova_table(Pm, r_add, n_permutations, random_state)
 
 
 def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state,
@@ -278,10 +299,10 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
     common = {"df1": res["df1"], "df2": res["df2"], "effect_size": res["pseudo_R2"],
               "effect_size_name": "pseudo_R2", "n_components": np.nan}
     return pd.DataFrame([
-        {"test": "permanova", "variant": "Euclidean distance of standardized additive residuals",
+        {"test": "permanova", "n": P.n, "variant": "Euclidean distance of standardized additive residuals",
          "statistic": res["pseudo_F"], "p_unc": res["p"], "p_method": "permutation",
          "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"], **common},
-        {"test": "mdmr", "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
+        {"test": "mdmr", "n": P.n, "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
          "statistic": res["mdmr_statistic"], "p_unc": res["p_analytic"], "p_method": "analytic",
          "n_permutations": 0, "mdmr_statistic": res["mdmr_statistic"], **common},
     ])[MULTIVARIATE_COLUMNS + ["mdmr_statistic"]]
@@ -363,8 +384,11 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         (1 - c) M, chi-square with ``df1`` = k(k+1)(m-1)/2; ``effect_size`` NaN.
         ``n_components`` = k; ``explained_variance`` = share of the total variance in the k components.
     """
-    P, r_add = _prepared_additive(X, covariates, batch, formula, "pc_covariance_tests")
-    return pc_tests_table(P, r_add, n_components)
+    P, Pm, r_add = _prepared_additive(X, covariates, batch, formula, "pc_covariance_tests")
+    if Pm is None:
+        return unavailable_table(P, [("test", "manova_pillai"), ("test", "box_m")],
+                                 MULTIVARIATE_COLUMNS + ["explained_variance"], "pc_covariance_tests")
+    return pc_tests_table(Pm, r_add, n_components)
 
 
 def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> pd.DataFrame:
@@ -380,7 +404,7 @@ def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> 
     T, explained = _pc_scores(r_add, k)
     Vp, F, df1, df2, p = pillai(T, P.codes, P.counts)
     bm, bdf, bp = box_m(T, P.codes, P.counts)
-    base = {"p_method": None, "n_components": k, "n_permutations": 0, "explained_variance": explained}
+    base = {"n": P.n, "p_method": None, "n_components": k, "n_permutations": 0, "explained_variance": explained}
     return pd.DataFrame([
         {**base, "test": "manova_pillai", "variant": f"Pillai's trace, F approximation, top {k} PCs",
          "statistic": F, "df1": df1, "df2": df2, "p_unc": p, "p_method": "F",
@@ -532,7 +556,10 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         ``max_permutations``.
     """
     P = prepare(X, covariates, batch, formula, "site_classification")
-    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups,
+    Pm = multivariate_data(P, "site_classification")
+    if Pm is None:
+        return unavailable_classification(P, n_splits, n_repeats, n_permutations, classifier)
+    return classification_table(Pm, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups,
                                 classifier=classifier, n_components=n_components, stop_after=stop_after)
 
 
@@ -550,6 +577,8 @@ def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
         what = "subjects"
     else:
         units, what = P.counts, "rows"
+    if P.complete_of is not None:
+        what += f" without a missing feature (there are {P.n} of {P.complete_of} rows)"
     if int(units.min()) < n_splits:
         small = [f"{lv!r} ({what}={c})" for lv, c in zip(P.levels, units) if c < n_splits]
         raise InputError(
@@ -609,11 +638,21 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
             p = float(null.p[j])
         else:
             nm = ns = p = np.nan
-        rows.append({"metric": name, "value": stats_obs[j], "sd": sds[j], "chance": chance, "null_mean": nm,
+        rows.append({"metric": name, "n": P.n, "value": stats_obs[j], "sd": sds[j], "chance": chance, "null_mean": nm,
                      "null_sd": ns, "p_perm": p, "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
                      "n_splits": n_splits, "n_repeats": n_repeats, "classifier": classifier, "n_components": k,
                      "max_permutations": int(n_permutations)})
     return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]
+
+
+def unavailable_classification(P: Prepared, n_splits, n_repeats, n_permutations, classifier) -> pd.DataFrame:
+    """The classification table when no row without a missing feature can be used: NaN values."""
+    fixed = dict(n_permutations=0, n_splits=n_splits, n_repeats=n_repeats, classifier=classifier,
+                 max_permutations=int(n_permutations))
+    t = unavailable_table(P, [("metric", "balanced_accuracy"), ("metric", "auc_macro_ovr")],
+                          CLASSIFICATION_COLUMNS + ["variant"], "site_classification", **fixed)
+    t["chance"] = [1.0 / P.m, 0.5]
+    return t[CLASSIFICATION_COLUMNS]
 
 
 def _without_constant(P: Prepared) -> Prepared:
