@@ -196,7 +196,7 @@ def cmd_harmonize(args) -> int:
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
         feats = feature_columns(data, args.features, [*not_features, *used])
-        n_missing = check_missing(args, data, feats, report=bool(args.report))
+        n_missing = check_missing(args, data, feats)
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
         if args.save_model:

@@ -142,7 +142,7 @@ def restrict(P: Prepared, rows: np.ndarray, cols: np.ndarray, min_per_site: int 
     """
     per = np.bincount(P.codes[rows], minlength=P.m)
     sites = np.flatnonzero(per >= min_per_site)
-    dropped = tuple(str(P.levels[g]) for g in np.flatnonzero((per > 0) & (per < min_per_site)))
+    dropped = tuple(str(P.levels[g]) for g in np.flatnonzero(per < min_per_site))
     if len(sites) < P.m:
         rows = rows[np.isin(P.codes[rows], sites)]
     if len(sites) < 2:
@@ -373,7 +373,8 @@ def complete_rows(P: Prepared, owner: str = "diagnostics") -> Complete:
              MissingValueWarning)
     elif dropped:
         warn(f"{owner}: the multivariate checks use the {out.n} of {P.n} rows without a missing feature; "
-             f"site(s) {', '.join(dropped)} have fewer than {MIN_PER_SITE} such rows and are left out of them.",
+             f"site(s) {', '.join(dropped)} have fewer than {MIN_PER_SITE} such rows and are left out of them "
+             "(leave out the features missing there to keep them).",
              MissingValueWarning)
     P._complete = out
     return out

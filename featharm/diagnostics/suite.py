@@ -11,7 +11,8 @@ from . import _stages
 from ._common import prepare
 from ._parallel import sized_by_features
 from ._permutation import STOP_AFTER
-from ._results import TABLES, DiagnosticsResult
+from ._common import complete_rows
+from ._results import TABLES, DiagnosticsResult, missingness_table
 from .balance import covariate_balance
 from .multivariate import (CLASSIFIERS, MULTIVARIATE_COLUMNS, _check_classifier_options, check_cv_sites,
                            classification_table, multivariate_data, pc_tests_table, permanova_table,
@@ -226,6 +227,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
             t = pd.concat(parts, ignore_index=True)
             out[key] = t[["data"] + [c for c in t.columns if c != "data"]]
     out["covariate_balance"] = covariate_balance(P.covariates, batch=batch, formula=formula, columns=balance_columns)
+    if P.missing:
+        out["missingness"] = missingness_table(P.observed, P.features, P.levels, P.codes)
     if X_harmonized is not None and P.Xc.shape[1] > 0:
         pres = preservation_tables(P, Yh)
         out["preservation"], out["preservation_summary"] = pres.table, pres.summary
@@ -243,4 +246,6 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         batch_sizes=pd.Series(P.counts.astype(int), index=pd.Index([str(v) for v in P.levels], name=str(batch)),
                               name="n"),
         formula=formula, design_columns=P.design.columns, tests=chosen, data=[label for label, _ in runs],
-        options=options, refit_warnings=refit_warnings)
+        options=options, refit_warnings=refit_warnings,
+        n_missing=int((~P.observed).sum()) if P.missing else 0,
+        n_complete=complete_rows(P, "diagnose").n if P.missing else P.n)
