@@ -61,7 +61,11 @@ class Prepared:
 
 
 def prepare(X, covariates, batch: str, formula: str | None, owner: str, *, min_per_site: int = 2) -> Prepared:
-    """Check and align the inputs of a diagnostic (named errors for every user mistake)."""
+    """Check and align the inputs of a diagnostic (named errors for every user mistake).
+
+    NaN feature cells are accepted (infinite ones are refused): ``observed`` then marks the observed cells
+    and the tests run by missingness pattern (:func:`parts`, :func:`complete_rows`; ``docs/methods.md`` §6.9).
+    """
     Y, index, columns, nan_cols = check_features(X, owner, index=rows_of(covariates), allow_nan=True)
     cov = align_covariates(index, covariates, owner)
     s = get_batch(cov, batch)
@@ -87,7 +91,7 @@ def prepare(X, covariates, batch: str, formula: str | None, owner: str, *, min_p
             f"({len(levels)} batches + {Xc.shape[1]} covariate columns)."
         )
     observed = None
-    if nan_cols.any():  # missing values (docs/methods.md §1.8): per-feature tests on the observed rows
+    if nan_cols.any():  # missing values (docs/methods.md §6.9): per-feature tests on the observed rows
         observed = ~np.isnan(Y)
         constant = np.zeros(Y.shape[1], dtype=bool)
         full = ~nan_cols

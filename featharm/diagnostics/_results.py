@@ -87,7 +87,8 @@ class DiagnosticsResult(Mapping):
     ``shift`` and ``log_var_ratio`` per site and feature), ``multivariate`` (:func:`permanova` and
     :func:`pc_covariance_tests`), ``site_classification`` (:func:`site_classification`),
     ``covariate_balance`` (:func:`covariate_balance`), ``preservation`` and ``preservation_summary``
-    (:func:`biology_preservation`, with harmonized data and covariates).
+    (:func:`biology_preservation`, with harmonized data and covariates), ``missingness`` (only when feature
+    cells are missing: :func:`missingness_table`).
 
     Attributes
     ----------

@@ -262,6 +262,10 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
               n_permutations: int = 999, random_state=None) -> pd.DataFrame:
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
 
+    With missing values (NaN cells) it runs on the rows without a missing feature (``n`` in the table; the
+    same as calling it on ``X.dropna()``), and gives NaN statistics with the reason in ``variant`` when they
+    cannot be used (``docs/methods.md`` §6.9).
+
     ComBatFamQC's MDMR (``MDMR::mdmr`` on ``dist(scale(R_add))``): its ``Statistic`` is our
     ``mdmr_statistic`` = tr(HGH)/tr((I-H)G(I-H)) and its ``Pseudo.R2`` our pseudo-R². Two p-values:
 
@@ -278,7 +282,7 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
     Returns
     -------
     DataFrame
-        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic``: ``test`` = ``"permanova"``
+        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic`` (``n``: the rows used): ``test`` = ``"permanova"``
         (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
         ``"permutation"``) and ``"mdmr"`` (``statistic`` = tr(HGH)/tr((I-H)G(I-H)), ``p_method`` =
         ``"analytic"``); both with ``df1`` = m-1, ``df2`` = n-m, ``effect_size`` = pseudo-R² = tr(HGH)/tr(G).
@@ -368,7 +372,8 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
 
     The additive residuals are column-standardized (as ComBatFamQC's PCA) and their first
     ``n_components`` principal component scores tested: MANOVA for a site difference in their means,
-    Box's M (chi-square approximation) for a difference in their covariance matrices.
+    Box's M (chi-square approximation) for a difference in their covariance matrices. With missing values
+    (NaN cells) both use the rows without a missing feature, as :func:`permanova` (``n``: their number).
 
     Parameters
     ----------
@@ -491,7 +496,8 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
                         stop_after: int | None = STOP_AFTER) -> pd.DataFrame:
     """Can the site be predicted from the features? Cross-validated classification against a permutation null.
 
-    Repeated stratified k-fold CV. Inside every training fold the features are regressed on the
+    Repeated stratified k-fold CV on all rows, or with missing values (NaN cells) on the rows without a
+    missing feature (``n`` in the table; ``docs/methods.md`` §6.9). Inside every training fold the features are regressed on the
     covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows) and
     standardized with the training moments; residualizing the covariates keeps site from being predicted
     through biology that differs by site (§6.5). Then the classifier predicts the site:
@@ -549,7 +555,7 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     -------
     DataFrame
         Two rows (``metric`` = ``"balanced_accuracy"``, ``"auc_macro_ovr"``), columns
-        :data:`CLASSIFICATION_COLUMNS`: ``value`` (mean over folds × repeats), ``sd`` (over folds),
+        :data:`CLASSIFICATION_COLUMNS`: ``n`` (rows classified), ``value`` (mean over folds × repeats), ``sd`` (over folds),
         ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
         permutations run, ``p_perm`` (NaN without permutations), ``n_permutations`` (the permutations run),
         ``n_splits``, ``n_repeats``, ``classifier``, ``n_components`` (LDA; NaN for logistic regression),

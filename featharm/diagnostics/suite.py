@@ -121,6 +121,11 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
              classification_stop_after: int | None = STOP_AFTER) -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
+    Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): the per-feature tests,
+    effect sizes and preservation use each feature's observed rows, the multivariate checks and the site
+    classification the rows without a missing feature; every table's ``n`` column says how many rows were
+    used, and the result gets a ``missingness`` table (missing cells per site and feature).
+
     Parameters
     ----------
     X, covariates, batch, formula, tests, model, random
@@ -176,7 +181,9 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         ``site_effects`` (the columns of :func:`test_site_effects` with a leading ``data`` column,
         ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_classification``
         (each with ``data``), ``covariate_balance``, and with ``X_harmonized`` and covariates in the
-        formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`). It also
+        formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`), and with
+        missing feature cells ``missingness`` (:data:`~featharm.diagnostics._results.MISSINGNESS_COLUMNS`;
+        ``n_missing`` and ``n_complete`` of the result count the missing cells and the complete rows). It also
         describes the run (rows, features, batches, formula, tests, options) and has ``summary()``,
         ``to_dir()``, ``to_csv()`` and ``plot_*`` accessors.
     """
@@ -211,14 +218,13 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
             _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None},
                            progress=steps_h)
             if classification and harmonizer is not None:
-                Pm = multivariate_data(P, "diagnose")
+                Pm = multivariate_data(P, "diagnose")  # the raw rows without a missing feature (or all)
                 with record_warnings() as refit_warnings:
-                    harm["site_classification"] = (unavailable_classification(
-                        P, n_splits, n_repeats, classification_permutations, classifier) if Pm is None else
-                        _classify(Pm, n_splits, n_repeats, classification_permutations,
-                                                            seeds[2], harmonizer, groups, classifier,
-                                                            classification_components, classification_stop_after,
-                                                            steps_h))
+                    harm["site_classification"] = (
+                        unavailable_classification(P, n_splits, n_repeats, classification_permutations, classifier)
+                        if Pm is None else
+                        _classify(Pm, n_splits, n_repeats, classification_permutations, seeds[2], harmonizer,
+                                  groups, classifier, classification_components, classification_stop_after, steps_h))
             runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
     for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):

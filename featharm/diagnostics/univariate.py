@@ -408,6 +408,12 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
     the model comparison or the *additive* residuals (covariate effects removed, site effect kept);
     scale tests use the *full* residuals (ComBatFamQC's convention).
 
+    Missing values (NaN cells) are allowed (``docs/methods.md`` §6.9): each feature is tested on its observed
+    rows, exactly as if it were given alone without its NaN rows (features missing on the same rows are
+    tested together); a site with fewer than 2 observed values of a feature is left out of that feature's
+    tests, and a feature left with fewer than 2 sites or too few rows gets NaN statistics. A
+    :class:`~featharm.exceptions.MissingValueWarning` names those features.
+
     Parameters
     ----------
     X : DataFrame
@@ -448,6 +454,9 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
         ``test``
             ``"anova"``, ``"lmm_lrt"``, ``"kruskal_wallis"``, ``"levene"``, ``"brown_forsythe"``,
             ``"bartlett"``, ``"fligner_killeen"`` or ``"anderson_darling"``.
+        ``n``
+            Rows the test used: all rows for a complete feature; with missing values the feature's observed
+            rows (without sites left out for fewer than 2 of them; its observed count when not tested).
         ``variant``
             What exactly was computed (centre of Levene's test, tie handling ...).
         ``residuals``
@@ -456,12 +465,14 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
             F (anova, levene, brown_forsythe), chi-square (lmm_lrt = 2 Δ log-likelihood under ML,
             kruskal_wallis = H, bartlett = T, fligner_killeen), or A2akN (anderson_darling).
         ``df1``, ``df2``
-            Degrees of freedom of the reference distribution (``df2`` NaN for chi-square tests).
+            Degrees of freedom of the reference distribution (``df2`` NaN for chi-square tests); with
+            missing values they follow the feature's rows and sites.
         ``p_unc``
             Unadjusted p-value of the test (upper tail of F / chi-square; permutation p-value
             ``(1 + #exceed) / (1 + n_permutations)`` for anderson_darling).
         ``p_fdr``
-            Benjamini–Hochberg adjusted p-value within this test's family (all features, one test).
+            Benjamini–Hochberg adjusted p-value within this test's family (all features with a p-value,
+            one test).
         ``p_bonf``
             Bonferroni adjusted p-value within the family, ``min(1, V p_unc)``: ComBatFamQC's
             ``p.value.raw``.

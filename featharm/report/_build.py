@@ -13,6 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .._validation import align_covariates, batch_levels, check_features, get_batch, rows_of, show_columns
@@ -112,6 +113,7 @@ class ReportData:
     features: list | None  # drawn individually; None: the largest site effects
     cov_cols: list
     x: str | None  # continuous covariate of the trajectories and the PCA colouring
+    excluded: list = field(default_factory=list)  # rows left out (model with missing_covariates="exclude")
 
     @property
     def has_after(self) -> bool:
@@ -170,11 +172,21 @@ def _validate(X, covariates, *, model, X_harmonized, batch, formula, features, c
     _, index, columns, _ = check_features(X, "make_report", index=rows_of(covariates),
                                           columns=getattr(model, "feature_names_in_", None), allow_nan=True)
     cov = align_covariates(index, covariates, "make_report")
+    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
+    excluded = _excluded_rows(model, cov, batch, formula)
+    if excluded is not None:  # rows the model leaves out (missing_covariates="exclude"): out of the report too
+        if X_harmonized is None:
+            X_harmonized = model.transform(X, cov)
+        if isinstance(X_harmonized, pd.DataFrame):
+            X_harmonized = X_harmonized.loc[~excluded.to_numpy()]
+        elif X_harmonized is not None:
+            X_harmonized = np.asarray(X_harmonized)[~excluded.to_numpy()]
+        X, cov = X.loc[~excluded.to_numpy()], cov.loc[~excluded.to_numpy()]
+        index = X.index
     levels = batch_levels(get_batch(cov, batch))
     if len(levels) < 2:  # every section compares sites
         raise BatchError(f"a report compares sites, so it needs at least 2 batches in {batch!r}; found only "
                          f"{levels}. Give the data of all the sites.")
-    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
     if X_harmonized is None and model is not None:
         X_harmonized = model.transform(X, cov)
     if X_harmonized is not None:
@@ -196,7 +208,19 @@ def _validate(X, covariates, *, model, X_harmonized, batch, formula, features, c
         raise ColumnNotFoundError(f"make_report: covariates have no column(s) {missing}; columns present: "
                                   f"{show_columns(cov.columns)}.")
     return ReportData(X=X, Xh=X_harmonized, cov=cov, batch=batch, formula=formula, features=features,
-                      cov_cols=cov_cols, x=x)
+                      cov_cols=cov_cols, x=x,
+                      excluded=[] if excluded is None else list(excluded.index[excluded.to_numpy()]))
+
+
+def _excluded_rows(model, cov: pd.DataFrame, batch, formula) -> pd.Series | None:
+    """Rows without a batch label or a formula covariate, when the model leaves such rows out
+    (``missing_covariates="exclude"``): a boolean Series, or None (no such row, or a model that refuses them:
+    the diagnostics then name the rows in their error)."""
+    if model is None or model.get_params(deep=False).get("missing_covariates") != "exclude":
+        return None
+    used = [c for c in [batch, *_formula_columns(formula, cov)] if c in cov.columns]
+    bad = cov[used].isna().any(axis=1)
+    return bad if bad.any() else None
 
 
 def run_diagnostics(data: ReportData, model=None, classification: bool = True):
@@ -223,7 +247,8 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
                 extra_warnings=None, parameters=None, date=None, command=None, classification=True) -> HTMLReport:
     """Build the one-file HTML report of a harmonization (or of raw data alone).
 
-    Sections: data summary, covariate balance, site effects before and after (summary numbers, tables,
+    Sections: data summary, missing values (only when feature cells are missing: per feature and per site,
+    a heat map; ``docs/methods.md`` §6.9), covariate balance, site effects before and after (summary numbers, tables,
     figures), preservation of biology, the model's parameters, the warnings raised during the fit and
     while computing the report, and provenance (versions, parameters, input hashes, date). The numbers
     come from one :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes
@@ -232,7 +257,7 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     Parameters
     ----------
     X : DataFrame
-        Raw features (subjects × features).
+        Raw features (subjects × features); NaN cells (missing values) are allowed.
     covariates : DataFrame
         The batch column and covariates, matched to ``X`` by index.
     model : fitted harmonizer, optional
@@ -363,6 +388,10 @@ def data_section(data: ReportData) -> Section:
             g = col.groupby(cov[batch].astype(str).to_numpy())
             per_site[f"{c} mean (sd)"] = [f"{g.mean()[lv]:.3g} ({g.std()[lv]:.2g})" for lv in counts.index]
     s.tables.append(table(per_site, "Subjects per site"))
+    if data.excluded:
+        s.notes.append(f"{len(data.excluded)} row(s) left out of the model and of this report: their batch or a "
+                       "covariate of the formula is missing (missing_covariates='exclude'): "
+                       + ", ".join(map(str, data.excluded[:20])) + (" ..." if len(data.excluded) > 20 else "") + ".")
     miss = pd.DataFrame({"column": [str(c) for c in cov.columns], "missing values": cov.isna().sum().to_numpy()})
     s.stats.append(("missing values in the features", str(int(X.isna().sum().sum()))))
     s.stats.append(("covariate columns with missing values", str(int((miss["missing values"] > 0).sum()))))

@@ -98,3 +98,21 @@ def test_plots_draw_observed_values(data):
     np.testing.assert_array_equal(im.get_array(), z.to_numpy())
     with pytest.raises(fh.exceptions.InputError):
         fh.plots.missing_heatmap(z.to_numpy())
+
+
+def test_report_leaves_out_the_rows_the_model_excluded():
+    sim = fh.datasets.make_multisite(n_subjects=120, n_sites=3, n_features=5, random_state=0)
+    X, cov = sim.X.copy(), sim.covariates.copy()
+    X.iloc[[1, 2], 0] = np.nan
+    cov.iloc[[3, 8], cov.columns.get_loc("age")] = np.nan
+    hm = fh.ComBat(batch="site", formula="age + sex", missing_covariates="exclude")
+    with pytest.warns(fh.exceptions.MissingValueWarning, match="sub-00003"):
+        hm.fit(X, cov)
+    with pytest.warns(fh.exceptions.MissingValueWarning):
+        rep = hm.report(X, cov, date=DATE, classification=False)
+    text = _text(_section(rep.html, "data"))
+    assert "2 row(s) left out of the model and of this report" in text and "sub-00003, sub-00008" in text
+    assert "subjects 118" in text and "Missing values" in rep.sections
+    # a model that refuses such rows: the report names them in its error
+    with pytest.raises(fh.exceptions.MissingValueError, match="sub-00003"):
+        fh.report.make_report(X, cov, batch="site", formula="age + sex", classification=False)
