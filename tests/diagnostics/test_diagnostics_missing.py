@@ -224,3 +224,12 @@ def test_diagnose_survives_sparse_features(sim):
     assert r.n_complete == 0
     assert r["site_effects"].loc[lambda d: d.feature == "roi002", "statistic"].isna().all()
     assert r["site_effects"].loc[lambda d: d.feature != "roi002", "statistic"].notna().all()
+
+
+def test_site_mixing_uses_the_complete_rows(sim, X_na):
+    cov = sim.covariates
+    keep = X_na.notna().all(axis=1)
+    a = dg.site_mixing(X_na, cov, batch="site", formula=FORMULA, random_state=0)
+    b = dg.site_mixing(X_na[keep], cov[keep], batch="site", formula=FORMULA, random_state=0)
+    assert (a["n"] == int(keep.sum())).all()
+    _same(a, b, ["value", "ideal", "neighbours", "n_components", "rows_averaged"], rtol=1e-10)
