@@ -583,13 +583,15 @@ def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
         what = "subjects"
     else:
         units, what = P.counts, "rows"
-    if P.complete_of is not None:
-        what += f" without a missing feature (there are {P.n} of {P.complete_of} rows)"
+    where = ""
+    if P.complete_of is not None:  # missing values: the classification uses the rows without a missing feature
+        where = (f" without a missing feature (the classification uses those rows: {P.n} of {P.complete_of}; "
+                 "leaving out the features with the most missing cells keeps more)")
     if int(units.min()) < n_splits:
         small = [f"{lv!r} ({what}={c})" for lv, c in zip(P.levels, units) if c < n_splits]
         raise InputError(
-            f"site_classification: every site needs at least n_splits={n_splits} {what} for stratified CV; "
-            f"too small: {', '.join(small)}. Lower n_splits (command line: --n-splits), skip the "
+            f"site_classification: every site needs at least n_splits={n_splits} {what}{where} for stratified "
+            f"CV; too small: {', '.join(small)}. Lower n_splits (command line: --n-splits), skip the "
             "classification (classification=False, --no-classification) or merge those sites."
         )
     return g

@@ -233,3 +233,12 @@ def test_site_mixing_uses_the_complete_rows(sim, X_na):
     b = dg.site_mixing(X_na[keep], cov[keep], batch="site", formula=FORMULA, random_state=0)
     assert (a["n"] == int(keep.sum())).all()
     _same(a, b, ["value", "ideal", "neighbours", "n_components", "rows_averaged"], rtol=1e-10)
+
+
+def test_classification_names_the_complete_rows_it_lacks(sim):
+    X, cov = sim.X.copy(), sim.covariates
+    rows = np.flatnonzero(cov["site"] == "site01")[3:]
+    X.iloc[rows, 0] = np.nan  # site01 keeps 3 complete rows: too few for 5 folds
+    with pytest.raises(fh.exceptions.InputError, match=r"rows without a missing feature \(the classification uses "
+                                                       r"those rows: \d+ of 240.*'site01' \(rows=3\)"):
+        dg.diagnose(X, cov, batch="site", formula=FORMULA)
