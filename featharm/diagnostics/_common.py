@@ -93,12 +93,9 @@ def prepare(X, covariates, batch: str, formula: str | None, owner: str, *, min_p
     observed = None
     if nan_cols.any():  # missing values (docs/methods.md §6.9): per-feature tests on the observed rows
         observed = ~np.isnan(Y)
-        constant = np.zeros(Y.shape[1], dtype=bool)
-        full = ~nan_cols
-        constant[full] = np.ptp(Y[:, full], axis=0) == 0
-        for j in np.flatnonzero(nan_cols):
-            y = Y[observed[:, j], j]
-            constant[j] = y.size > 0 and np.ptp(y) == 0
+        hi = np.where(observed, Y, -np.inf).max(axis=0)
+        lo = np.where(observed, Y, np.inf).min(axis=0)
+        constant = observed.any(axis=0) & (hi == lo)  # one value on the observed rows (never observed: untested)
     else:
         constant = np.ptp(Y, axis=0) == 0
     if constant.any():
@@ -371,7 +368,8 @@ def complete_rows(P: Prepared, owner: str = "diagnostics") -> Complete:
             sub.complete_of = P.n
     out = Complete(sub, rows if sub is not None else np.zeros(0, dtype=np.intp), reason, dropped)
     if reason is not None:
-        warn(f"{owner}: the multivariate checks (PERMANOVA, MANOVA, Box's M, site classification) use the rows "
+        warn(f"{owner}: the multivariate checks (PERMANOVA, MANOVA, Box's M, site classification, site mixing) use "
+             "the rows "
              f"without a missing feature, and they cannot run ({rows.size} such rows of {P.n}: {reason}); "
              "their statistics are NaN. Leave out the features with the most missing cells to keep more rows.",
              MissingValueWarning)

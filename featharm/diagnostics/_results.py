@@ -244,9 +244,10 @@ class DiagnosticsResult(Mapping):
             cells = self.n_samples * self.n_features
             mt = self._tables.get("missingness")
             k = int((mt.groupby("feature", sort=False)["n_missing"].sum() > 0).sum()) if mt is not None else 0
-            lines.append(f"  missing: {self.n_missing} of {cells} feature cells ({format_number(100 * self.n_missing / cells)} "
-                         f"%, in {k} features); per-feature tests on each feature's observed rows, multivariate "
-                         f"checks on the {self.n_complete} rows without a missing feature")
+            share = format_number(100 * self.n_missing / cells)
+            lines.append(f"  missing: {self.n_missing} of {cells} feature cells ({share} %, in {k} features); "
+                         "per-feature tests on each feature's observed rows, multivariate checks on the "
+                         f"{self.n_complete} rows without a missing feature")
         summ = self.summary_table(alpha)
         for data in self.data:
             s = summ[summ["data"] == data]

@@ -282,15 +282,16 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
     Returns
     -------
     DataFrame
-        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic`` (``n``: the rows used): ``test`` = ``"permanova"``
-        (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
+        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic`` (``n``: the rows used):
+        ``test`` = ``"permanova"`` (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
         ``"permutation"``) and ``"mdmr"`` (``statistic`` = tr(HGH)/tr((I-H)G(I-H)), ``p_method`` =
         ``"analytic"``); both with ``df1`` = m-1, ``df2`` = n-m, ``effect_size`` = pseudo-R² = tr(HGH)/tr(G).
     """
     P, Pm, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
     if Pm is None:
-        return unavailable_table(P, [("test", "permanova"), ("test", "mdmr")], MULTIVARIATE_COLUMNS + ["mdmr_statistic"],
-                                 "permanova", n_permutations=int(n_permutations))
+        return unavailable_table(P, [("test", "permanova"), ("test", "mdmr")],
+                                 MULTIVARIATE_COLUMNS + ["mdmr_statistic"], "permanova",
+                                 n_permutations=int(n_permutations))
     return permanova_table(Pm, r_add, n_permutations, random_state)
 
 
@@ -306,7 +307,8 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
         {"test": "permanova", "n": P.n, "variant": "Euclidean distance of standardized additive residuals",
          "statistic": res["pseudo_F"], "p_unc": res["p"], "p_method": "permutation",
          "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"], **common},
-        {"test": "mdmr", "n": P.n, "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
+        {"test": "mdmr", "n": P.n,
+         "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
          "statistic": res["mdmr_statistic"], "p_unc": res["p_analytic"], "p_method": "analytic",
          "n_permutations": 0, "mdmr_statistic": res["mdmr_statistic"], **common},
     ])[MULTIVARIATE_COLUMNS + ["mdmr_statistic"]]
@@ -497,10 +499,10 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     """Can the site be predicted from the features? Cross-validated classification against a permutation null.
 
     Repeated stratified k-fold CV on all rows, or with missing values (NaN cells) on the rows without a
-    missing feature (``n`` in the table; ``docs/methods.md`` §6.9). Inside every training fold the features are regressed on the
-    covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows) and
-    standardized with the training moments; residualizing the covariates keeps site from being predicted
-    through biology that differs by site (§6.5). Then the classifier predicts the site:
+    missing feature (``n`` in the table; ``docs/methods.md`` §6.9). Inside every training fold the features
+    are regressed on the covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to
+    the test rows) and standardized with the training moments; residualizing the covariates keeps site from
+    being predicted through biology that differs by site (§6.5). Then the classifier predicts the site:
 
     * ``classifier="lda"`` (default): a PCA of the fold's standardized training residuals (the first
       ``n_components``, default ``min(20, features, n_train - sites - 1)``) and linear discriminant analysis
@@ -555,8 +557,8 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     -------
     DataFrame
         Two rows (``metric`` = ``"balanced_accuracy"``, ``"auc_macro_ovr"``), columns
-        :data:`CLASSIFICATION_COLUMNS`: ``n`` (rows classified), ``value`` (mean over folds × repeats), ``sd`` (over folds),
-        ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
+        :data:`CLASSIFICATION_COLUMNS`: ``n`` (rows classified), ``value`` (mean over folds × repeats),
+        ``sd`` (over folds), ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
         permutations run, ``p_perm`` (NaN without permutations), ``n_permutations`` (the permutations run),
         ``n_splits``, ``n_repeats``, ``classifier``, ``n_components`` (LDA; NaN for logistic regression),
         ``max_permutations``.
@@ -646,8 +648,9 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
             p = float(null.p[j])
         else:
             nm = ns = p = np.nan
-        rows.append({"metric": name, "n": P.n, "value": stats_obs[j], "sd": sds[j], "chance": chance, "null_mean": nm,
-                     "null_sd": ns, "p_perm": p, "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
+        rows.append({"metric": name, "n": P.n, "value": stats_obs[j], "sd": sds[j], "chance": chance,
+                     "null_mean": nm, "null_sd": ns, "p_perm": p,
+                     "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
                      "n_splits": n_splits, "n_repeats": n_repeats, "classifier": classifier, "n_components": k,
                      "max_permutations": int(n_permutations)})
     return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]

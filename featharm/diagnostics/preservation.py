@@ -162,7 +162,8 @@ def biology_preservation(X_raw: pd.DataFrame, X_harmonized: pd.DataFrame, covari
     Preservation
         ``table``: one row per feature × covariate column, columns :data:`PRESERVATION_COLUMNS`:
         ``n`` (rows of both models: with missing values, the rows where the feature is observed before
-        and after harmonization, without sites with fewer than 2 of them), ``t_*`` (t statistic of the coefficient), ``df_*`` (residual df), ``p_*`` (two-sided),
+        and after harmonization, without sites with fewer than 2 of them), ``t_*`` (t statistic of the
+        coefficient), ``df_*`` (residual df), ``p_*`` (two-sided),
         ``p_fdr_*`` (BH within the covariate column across features), ``partial_r2_*`` = t²/(t² + df),
         ``cohen_d_*`` = the covariate-adjusted d ≈ t sqrt(1/n1 + 1/n0) for a 0/1 column (NaN for
         continuous ones), ``delta_partial_r2`` = after - before.
