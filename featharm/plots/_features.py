@@ -124,7 +124,8 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
     ax.set_xlabel(safe_label(x))
     ax.set_ylabel(safe_label(inp.features[j]))
     ax.set_title(safe_label(feature if title is None else title), fontsize=9)
-    ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False)
+    if ax.get_legend_handles_labels()[1]:  # no curve when the feature has no observed value
+        ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False)
     return ax
 
 

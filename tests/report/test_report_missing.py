@@ -79,6 +79,11 @@ def test_plots_draw_observed_values(data):
     X, cov = data
     ax = Figure().subplots()
     fh.plots.site_distribution(X, cov, feature="roi003", batch="site", ax=ax)  # site02 has no value: empty box
+    fh.plots.site_distribution(X, cov, feature="roi003", batch="site", kind="violin", ax=Figure().subplots())
+    empty = X.assign(roi000=np.nan)
+    ax = Figure().subplots()
+    fh.plots.trajectory(empty, cov, feature="roi000", batch="site", ax=ax)  # never observed: an empty panel
+    assert not ax.lines and ax.get_legend() is None
     ax = Figure().subplots()
     fh.plots.trajectory(X, cov, feature="roi001", batch="site", ax=ax)
     assert len(ax.lines) == 3  # a curve per site, from the observed rows
