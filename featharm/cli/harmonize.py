@@ -198,7 +198,7 @@ def cmd_harmonize(args) -> int:
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
         feats = choose_features(args, data, [*not_features, *used], source.measures)
-        n_missing = check_missing(args, data, feats, report=bool(args.report))
+        n_missing = check_missing(args, data, feats)
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
         if args.save_model:
