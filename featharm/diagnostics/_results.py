@@ -19,7 +19,7 @@ from .univariate import effect_matrix
 __all__ = ["DiagnosticsResult", "TABLES", "MISSINGNESS_COLUMNS", "format_number", "missingness_table"]
 
 #: Tables :func:`~featharm.diagnostics.diagnose` returns (and ``featharm diagnose`` writes as ``<name>.csv``).
-TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classification", "covariate_balance",
+TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_mixing", "site_classification", "covariate_balance",
           "preservation", "preservation_summary", "missingness")
 
 #: Columns of the ``missingness`` table (only with missing feature cells).
@@ -85,7 +85,8 @@ class DiagnosticsResult(Mapping):
     ``site_effects`` (:func:`test_site_effects`, with a leading ``data`` column, ``"raw"`` or
     ``"harmonized"``), ``site_effect_sizes`` (:func:`site_effect_sizes`: the standardized site effect
     ``shift`` and ``log_var_ratio`` per site and feature), ``multivariate`` (:func:`permanova` and
-    :func:`pc_covariance_tests`), ``site_classification`` (:func:`site_classification`),
+    :func:`pc_covariance_tests`), ``site_mixing`` (:func:`site_mixing`: silhouette, kBET acceptance rate,
+    iLISI), ``site_classification`` (:func:`site_classification`),
     ``covariate_balance`` (:func:`covariate_balance`), ``preservation`` and ``preservation_summary``
     (:func:`biology_preservation`, with harmonized data and covariates), ``missingness`` (only when feature
     cells are missing: :func:`missingness_table`).
@@ -155,7 +156,8 @@ class DiagnosticsResult(Mapping):
             why = ""
             if name in TABLES:
                 why = (" (not computed in this run: preservation needs harmonized data and covariates; "
-                       "multivariate and site_classification can be switched off; missingness is made only "
+                       "multivariate (with site_mixing) and site_classification can be switched off; "
+                       "missingness is made only "
                        "when feature cells are missing)")
             raise KeyError(f"no table {name!r} in this DiagnosticsResult{why}; tables: {list(self._tables)}.") \
                 from None
@@ -265,6 +267,11 @@ class DiagnosticsResult(Mapping):
             if mv is not None:
                 m = mv[mv["data"] == data]
                 lines.append("    multivariate: " + ", ".join(f"{r.test} p={f(r.p_unc)}" for r in m.itertuples()))
+            mix = self._tables.get("site_mixing")
+            if mix is not None:
+                m = mix[mix["data"] == data]
+                lines.append("    site mixing: " + ", ".join(f"{r.metric} {f(r.value)} (ideal {f(r.ideal)})"
+                                                            for r in m.itertuples()))
             clf = self._tables.get("site_classification")
             if clf is not None:
                 c = clf[(clf["data"] == data) & (clf["metric"] == "balanced_accuracy")]

@@ -17,6 +17,7 @@ from .balance import covariate_balance
 from .multivariate import (CLASSIFIERS, MULTIVARIATE_COLUMNS, _check_classifier_options, check_cv_sites,
                            classification_table, multivariate_data, pc_tests_table, permanova_table,
                            unavailable_classification, unavailable_table)
+from .mixing import mixing_table
 from .preservation import preservation_tables
 from .residuals import ols_residuals
 from .univariate import _resolve_tests, per_site_table, run_tests
@@ -59,6 +60,8 @@ def _one(X, covariates, batch, formula, tests, model, random, groups, n_permutat
             perm = permanova_table(Pm, r_add, n_permutations, seeds[1], progress=progress)
             with progress(1, _stages.PC_TESTS):
                 out["multivariate"] = pd.concat([perm, _pc_tests(Pm, r_add, n_components, P)], ignore_index=True)
+            with progress(1, _stages.MIXING):  # silhouette, kBET, iLISI on the same embedding
+                out["site_mixing"] = mixing_table(Pm, r_add, random_state=seeds[1])
     del r_add  # the classification works on the features
     if classification:
         out["site_classification"] = (
@@ -179,7 +182,7 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     DiagnosticsResult
         A mapping of table name to DataFrame, keys from ``DiagnosticsResult.TABLES`` (those computed):
         ``site_effects`` (the columns of :func:`test_site_effects` with a leading ``data`` column,
-        ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_classification``
+        ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_mixing``, ``site_classification``
         (each with ``data``), ``covariate_balance``, and with ``X_harmonized`` and covariates in the
         formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`), and with
         missing feature cells ``missingness`` (:data:`~featharm.diagnostics._results.MISSINGNESS_COLUMNS`;
@@ -227,7 +230,7 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
                                   groups, classifier, classification_components, classification_stop_after, steps_h))
             runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
-    for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
+    for key in ("site_effects", "site_effect_sizes", "multivariate", "site_mixing", "site_classification"):
         parts = [r[key].assign(data=label) for label, r in runs if key in r]
         if parts:
             t = pd.concat(parts, ignore_index=True)

@@ -489,6 +489,14 @@ def site_effects_section(data: ReportData, result, figs: Figures, *, classificat
                           f"{result.options.get('n_permutations')} seeded permutations; MDMR with its analytic "
                           "p-value; "
                           "MANOVA and Box's M on the top principal components)"))
+    if "site_mixing" in result:
+        mix = result["site_mixing"]
+        s.tables.append(table(_stats.with_before_after(mix, _stats.MIXING_KEEP),
+                              "Site mixing (" + _rows_words(result) + "first principal components of the "
+                              "standardized additive residuals): silhouette of the site labels (ideal 0 or below), "
+                              "kBET acceptance rate (ideal 1 - alpha) and median iLISI (ideal: the inverse Simpson "
+                              "index of the site sizes); averaged over at most "
+                              f"{int(mix['rows_averaged'].max())} seeded rows"))
     if note is not None:
         s.notes.append(note)
     elif classification:

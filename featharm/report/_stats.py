@@ -91,6 +91,7 @@ def with_before_after(table: pd.DataFrame, keep) -> pd.DataFrame:
 
 MULTIVARIATE_KEEP = ["test", "n", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
                      "n_components", "n_permutations"]
+MIXING_KEEP = ["metric", "n", "rows_averaged", "value", "ideal", "worst", "neighbours", "n_components"]
 CLASSIFICATION_KEEP = ["metric", "n", "value", "sd", "chance", "null_mean", "p_perm", "n_permutations", "n_splits"]
 
 

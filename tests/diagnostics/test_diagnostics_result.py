@@ -39,10 +39,10 @@ def test_result_is_a_mapping_of_the_tables(result):
     assert isinstance(result, dg.DiagnosticsResult) and isinstance(result, Mapping)
     complete = [t for t in TABLES if t != "missingness"]  # made only when feature cells are missing
     assert list(result) == complete == list(result.keys()) == list(result.tables)
-    assert len(result) == 7 and "preservation" in result and "nope" not in result
+    assert len(result) == 8 and "preservation" in result and "site_mixing" in result and "nope" not in result
     for name, table in result.items():
         assert result[name] is table and isinstance(table, pd.DataFrame)
-    assert [v is result[k] for k, v in zip(result, result.values())] == [True] * 7
+    assert [v is result[k] for k, v in zip(result, result.values())] == [True] * 8
     assert result.get("nope") is None
     with pytest.raises(KeyError, match="no table 'nope'.*site_effects"):
         result["nope"]

@@ -255,3 +255,13 @@ def test_preservation_matches_statsmodels(small):
     assert row.effect_before == pytest.approx(t**2 / (t**2 + raw.df_resid), rel=1e-9)
     assert list(summary.term) == ["age", "sex[T.M]"]
     assert summary["Lin's CCC (t)"].between(0.9, 1.0).all()  # ComBat keeps the simulated effects
+
+
+@pytest.mark.slow
+def test_ixi_report_shows_site_mixing_before_and_after(ixi):
+    rep = ixi[-1]
+    i = rep.html.index("Site mixing (")
+    block = rep.html[i:i + 6000]
+    for metric in ("silhouette", "kbet_acceptance", "ilisi"):
+        assert f"<td>{metric}</td>" in block
+    assert "<td>before</td>" in block and "<td>after</td>" in block
