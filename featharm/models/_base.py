@@ -467,8 +467,18 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                              "transform (new_sites ...) do not apply to the training rows.")
         if params.get("covariates") is not None:
             return params["covariates"]
-        if positional is not None and (isinstance(positional, pd.DataFrame) or self._param("covariates") is None):
+        if isinstance(positional, pd.DataFrame):
             return positional
+        if positional is not None and self._param("covariates") is None:
+            raise InputError(
+                f"{self._owner()}.{method} got a {type(positional).__name__} where the covariates go (a DataFrame "
+                f"with the batch column {self.batch!r} and the formula's columns). In a scikit-learn Pipeline or "
+                "cross-validation, that argument is the target y: give the model the whole covariate table "
+                "(covariates=table, rows looked up by the index of X), or route it (sklearn.set_config("
+                "enable_metadata_routing=True); model.set_fit_request(covariates=True).set_transform_request("
+                "covariates=True); pass covariates=table to the Pipeline or params={'covariates': table} to the "
+                "cross-validation)."
+            )
         return self._covariates_from_table(X)
 
     def _covariates_from_table(self, X):

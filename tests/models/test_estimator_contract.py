@@ -450,8 +450,9 @@ SKLEARN_CHECKS = [
 ]
 
 # The others call ``fit(X, y)`` / ``transform(X)`` on bare arrays. A harmonizer needs a covariate table with
-# the batch column (``transform(X, covariates)``), so they fail at once with featharm's InputError ("needs the
-# covariates as a pandas DataFrame holding the batch column"); sparse and complex input are refused with
+# the batch column (``transform(X, covariates)``), so they fail at once with featharm's InputError ("got a
+# ndarray where the covariates go", naming the two ways a Pipeline gives them: tests/models/test_pipeline.py);
+# sparse and complex input are refused with
 # "needs the features as a pandas DataFrame" rather than the wording those checks look for. What they check
 # is covered above for featharm's call signature:
 SKLEARN_CHECKS_NOT_APPLICABLE = {
