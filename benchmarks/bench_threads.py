@@ -14,8 +14,8 @@ Cases (the data generators of the other benchmarks, so the cases are theirs):
 Each case runs with ``n_jobs=None`` (featharm's choice, the default), ``n_jobs=1`` and ``n_jobs=2``,
 first on the machine as it is ("idle": no process of this script competes) and then with one competing
 CPU-bound process (``python -c 'while True: pass'``, started by this script and stopped at the end of the
-phase). Within a phase the three settings run round robin, ``--repeat`` times each, after one warm-up
-run; the median is reported, with the ratio default / best of (1 thread, 2 threads) and the threads the
+phase). Within a phase the three settings run round robin (the order turning each round, a 0.3 s pause
+before each run), ``--repeat`` times each, after one warm-up run; the median is reported, with the ratio default / best of (1 thread, 2 threads) and the threads the
 default chose (each call's choice, recorded). The 1-minute load average (``/proc/loadavg``) is printed
 with each figure: the machine is shared, so other users' processes count too.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ import featharm as fh  # noqa: E402
 from featharm import _threads  # noqa: E402
 
 SETTINGS = {"default": None, "1 thread": 1, "2 threads": 2}
+PAUSE = 0.3  # seconds before each timed run
 
 
 def load1() -> float:
@@ -96,8 +98,12 @@ def run_phase(cases, repeat: int, phase: str) -> list[dict]:
             for setting, n_jobs in SETTINGS.items():  # warm-up
                 model(n_jobs).fit_transform(X, cov)
             loads = [load1()]
-            for _ in range(repeat):
-                for setting, n_jobs in SETTINGS.items():
+            order = list(SETTINGS.items())
+            for r in range(repeat):
+                # the order turns each round, and a pause precedes each run: OpenBLAS's threads keep spinning
+                # for a while after a multi-threaded call, which would slow whatever runs next
+                for setting, n_jobs in order[r % 3:] + order[:r % 3]:
+                    time.sleep(PAUSE)
                     est = model(n_jobs)
                     if n_jobs is None:
                         _threads.choose_blas_threads = recording
@@ -131,6 +137,7 @@ def main(argv=None) -> int:
     print(f"{_threads.usable_cpus()} usable CPUs; BLAS {[(i['internal_api'], i['num_threads']) for i in _threads._get_controller().info()]}; "
           f"numpy {np.__version__}; load1 {load1():.2f}", flush=True)
     rows = run_phase(cases, args.repeat, "idle")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the finally below stops the spinner
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.0)

@@ -327,3 +327,23 @@ def test_the_target_among_the_covariates_inflates_the_score():
     assert abs(clean.mean() - 0.5) < 0.07, clean
     assert leaky.mean() > 0.68, leaky
     assert leaky.mean() - clean.mean() > 0.15
+
+
+# ------------------------------------------------------------------------------------------ the README
+def test_the_readme_examples_run(cross_sectional):
+    """The code of README.md's "Pipelines and cross-validation" section runs, and its routes agree."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Pipelines and cross-validation\n", 1)[1].split("\n### ", 1)[0]
+    blocks = section.split("```python\n")[1:]
+    assert len(blocks) == 2
+    X, cov, _, y = cross_sectional
+    scope = {"fh": fh, "X": X, "data": cov[["site", "age", "sex"]], "y": y}
+    first = blocks[0].split("```", 1)[0]
+    routed_part = first.index("# (b)")
+    exec(first[:routed_part], scope)
+    by_table = scope["scores"]
+    exec(first[routed_part:], scope)
+    np.testing.assert_array_equal(scope["scores"], by_table)
+    exec(blocks[1].split("```", 1)[0], scope)
