@@ -15,8 +15,10 @@ Each case runs with ``n_jobs=None`` (featharm's choice, the default), ``n_jobs=1
 first on the machine as it is ("idle": no process of this script competes) and then with one competing
 CPU-bound process (``python -c 'while True: pass'``, started by this script and stopped at the end of the
 phase). Within a phase the three settings run round robin (the order turning each round, a 0.3 s pause
-before each run), ``--repeat`` times each, after one warm-up run; the median is reported, with the ratio default / best of (1 thread, 2 threads) and the threads the
-default chose (each call's choice, recorded). The 1-minute load average (``/proc/loadavg``) is printed
+before each run), ``--repeat`` times each, after one warm-up run (three times as many runs for a case whose warm-up took under 3 s); the median and the minimum are
+reported, with the ratio default / best of (1 thread, 2 threads) for each and the threads the default chose
+(each call's choice, recorded). Where the default chose one thread it runs what ``n_jobs=1`` runs, so
+their difference is the noise of the machine. The 1-minute load average (``/proc/loadavg``) is printed
 with each figure: the machine is shared, so other users' processes count too.
 
 Run it under the shared benchmark lock::
@@ -95,11 +97,13 @@ def run_phase(cases, repeat: int, phase: str) -> list[dict]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
             for setting, n_jobs in SETTINGS.items():  # warm-up
                 model(n_jobs).fit_transform(X, cov)
+            runs = repeat if time.perf_counter() - t0 > 3.0 else 3 * repeat  # more runs of the quick cases
             loads = [load1()]
             order = list(SETTINGS.items())
-            for r in range(repeat):
+            for r in range(runs):
                 # the order turns each round, and a pause precedes each run: OpenBLAS's threads keep spinning
                 # for a while after a multi-threaded call, which would slow whatever runs next
                 for setting, n_jobs in order[r % 3:] + order[:r % 3]:
@@ -115,14 +119,18 @@ def run_phase(cases, repeat: int, phase: str) -> list[dict]:
                         _threads.choose_blas_threads = original
                 loads.append(load1())
         med = {s: statistics.median(t) for s, t in times.items()}
-        best = min(med["1 thread"], med["2 threads"])
-        row = {"phase": phase, "case": name, "label": label, **{f"{s} (s)": med[s] for s in SETTINGS},
-               "default / best": med["default"] / best, "default chose": sorted(set(chosen)),
-               "load1 min-max": [min(loads), max(loads)], "repeat": repeat}
+        low = {s: min(t) for s, t in times.items()}
+        row = {"phase": phase, "case": name, "label": label, **{f"{s} median (s)": med[s] for s in SETTINGS},
+               **{f"{s} min (s)": low[s] for s in SETTINGS},
+               "default / best (median)": med["default"] / min(med["1 thread"], med["2 threads"]),
+               "default / best (min)": low["default"] / min(low["1 thread"], low["2 threads"]),
+               "default chose": sorted(set(chosen)), "load1 min-max": [min(loads), max(loads)], "runs": runs}
         rows.append(row)
-        print(f"  {phase:5s} {label:38s} default {med['default']:7.3f} s | 1 thread {med['1 thread']:7.3f} s | "
-              f"2 threads {med['2 threads']:7.3f} s | default/best {row['default / best']:.2f} | "
-              f"default chose {row['default chose']} | load1 {min(loads):.2f}-{max(loads):.2f}", flush=True)
+        print(f"  {phase:5s} {label:38s} median (min) default {med['default']:.3f} ({low['default']:.3f}) s | "
+              f"1 thread {med['1 thread']:.3f} ({low['1 thread']:.3f}) s | 2 threads {med['2 threads']:.3f} "
+              f"({low['2 threads']:.3f}) s | default/best {row['default / best (median)']:.2f} "
+              f"({row['default / best (min)']:.2f}) | default chose {row['default chose']} | {runs} runs | "
+              f"load1 {min(loads):.2f}-{max(loads):.2f}", flush=True)
     return rows
 
 
@@ -145,8 +153,9 @@ def main(argv=None) -> int:
     finally:
         spinner.kill()  # the process this script started, by its id
         spinner.wait()
-    worst = max(r["default / best"] for r in rows)
-    print(f"worst default / best: {worst:.2f} (target <= 1.10)")
+    worst = max(r["default / best (median)"] for r in rows)
+    worst_min = max(r["default / best (min)"] for r in rows)
+    print(f"worst default / best: {worst:.2f} of the medians, {worst_min:.2f} of the minima (target <= 1.10)")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     return 0
