@@ -16,8 +16,9 @@ featharm on one core too. ``FEATHARM_THREADS=N`` sets that number of threads dir
 How many BLAS threads a large problem gets (:func:`choose_blas_threads`, per call, with ``n_jobs=None``):
 the CPUs this process may use (:func:`usable_cpus`: its CPU affinity, and a cgroup CPU quota rounded down),
 at most what ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` and the BLAS's current
-setting (a threadpoolctl limit around the call) allow, minus the CPUs other processes are using at that
-moment (:func:`other_runnable`: the threads ready to run in ``/proc/loadavg``, less this process's own). A
+setting (a threadpoolctl limit around the call) allow, minus the CPUs other processes are using
+(:func:`other_load`: the larger of the threads ready to run at that moment in ``/proc/loadavg``, less this
+process's own, and the 1-minute load average less this process's own CPU use over the last minute). A
 multi-threaded BLAS waits at every product for its slowest thread: on a 2-core machine with one other busy
 process, a ComBat fit with two BLAS threads took 2.7 times as long as with one (issue 19), while on an idle
 machine two threads save a third at most (``benchmarks/README.md``, "BLAS threads"). ``n_jobs`` on a model
@@ -31,13 +32,14 @@ import contextlib
 import functools
 import math
 import os
+import time
 
 import numpy as np
 
 from ._core.parallel import SMALL_PROBLEM, _get_controller, block_workers, run_parallel
 
 __all__ = ["SMALL_PROBLEM", "blas_threads_for", "sized_by_first_argument", "block_workers", "run_parallel",
-           "choose_blas_threads", "usable_cpus", "other_runnable", "check_n_jobs"]
+           "choose_blas_threads", "usable_cpus", "other_runnable", "other_load", "check_n_jobs"]
 
 # Environment variables a user (or a batch scheduler) sets to cap the threads of OpenMP / the BLAS.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -148,6 +150,45 @@ def other_runnable() -> float:
     return float(max(0, running - max(own, 1)))
 
 
+_cpu_marks: list[tuple[float, float]] = []  # (monotonic time, CPU seconds of this process) at recent calls
+
+
+def _process_cpu() -> float:
+    t = os.times()
+    return t.user + t.system  # every thread of this process (not its children)
+
+
+_cpu_marks.append((time.monotonic(), _process_cpu()))  # at import
+
+
+def own_cpu_rate(window: float = 60.0) -> float:
+    """CPUs this process kept busy on average over about the last ``window`` seconds (since import if less).
+
+    The reference is the newest mark at least ``window`` seconds old (else the oldest); a mark is added at
+    most every 5 seconds, so the list stays short.
+    """
+    now, cpu = time.monotonic(), _process_cpu()
+    while len(_cpu_marks) > 1 and now - _cpu_marks[1][0] >= window:
+        _cpu_marks.pop(0)
+    t0, c0 = _cpu_marks[0]
+    if now - _cpu_marks[-1][0] >= 5.0:
+        _cpu_marks.append((now, cpu))
+    return (cpu - c0) / (now - t0) if now - t0 > 0.5 else 0.0
+
+
+def other_load() -> float:
+    """The CPUs other processes are busy on: the larger of the threads ready to run at this moment
+    (:func:`other_runnable`) and the 1-minute load average less this process's own CPU use over about the
+    same minute (:func:`own_cpu_rate`). The first sees a competitor that has just started; the second a
+    machine whose load comes and goes (other test suites, builds), which an instant may catch idle."""
+    now = other_runnable()
+    try:
+        recent = os.getloadavg()[0] - own_cpu_rate()
+    except (AttributeError, OSError):  # Windows
+        recent = 0.0
+    return max(now, recent, 0.0)
+
+
 def choose_blas_threads(n_elements: int, n_jobs=None, *, cpus: int | None = None, host_cpus: int | None = None,
                         env_limit: int | None = None, current: int | None = None,
                         others: float | None = None) -> int:
@@ -157,7 +198,7 @@ def choose_blas_threads(n_elements: int, n_jobs=None, *, cpus: int | None = None
     The machine's state is read where not given (for tests): ``cpus`` (:func:`usable_cpus`), ``host_cpus``
     (``os.cpu_count()``: the CPUs ``others`` are spread over), ``env_limit`` (:func:`env_thread_limit`),
     ``current`` (the BLAS's current thread count, e.g. under a threadpoolctl limit) and ``others``
-    (:func:`other_runnable`).
+    (:func:`other_load`).
     """
     check_n_jobs(n_jobs)
     if cpus is None:
@@ -173,7 +214,7 @@ def choose_blas_threads(n_elements: int, n_jobs=None, *, cpus: int | None = None
             ceiling = min(ceiling, int(cap))
     if ceiling <= 1:
         return 1
-    others = other_runnable() if others is None else others
+    others = other_load() if others is None else others
     host_cpus = (os.cpu_count() or cpus) if host_cpus is None else host_cpus
     busy = others * min(1.0, cpus / max(host_cpus, 1))  # the share of the other threads on our CPUs
     return max(1, min(ceiling, int(math.floor(cpus - busy + 0.5))))

@@ -25,7 +25,7 @@ def test_small_problem_runs_single_threaded_and_restores():
 
 def test_large_problem_and_opt_out_keep_the_setting(monkeypatch):
     """On an idle machine (mocked: no other runnable thread), a large problem keeps the BLAS's setting."""
-    monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)
+    monkeypatch.setattr(_threads, "other_load", lambda: 0.0)
     monkeypatch.setattr(_threads, "usable_cpus", lambda: 64)
     before = _blas_threads()
     with _threads.blas_threads_for(_threads.SMALL_PROBLEM):
@@ -139,8 +139,35 @@ def test_other_runnable_counts_other_processes_only(monkeypatch):
     assert got in (2.0, 3.0)  # 4 less this thread (and perhaps a BLAS thread of this process still spinning)
 
 
+def test_other_load_takes_the_larger_of_now_and_the_last_minute(monkeypatch):
+    monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)      # an instant when nothing else runs
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (2.5, 2.0, 1.5))
+    monkeypatch.setattr(_threads, "own_cpu_rate", lambda: 1.0)         # this process: one busy CPU
+    assert _threads.other_load() == 1.5                                # others kept 1.5 CPUs busy
+    monkeypatch.setattr(_threads, "own_cpu_rate", lambda: 2.0)         # all of the load was this process
+    assert _threads.other_load() == 0.5
+    monkeypatch.setattr(_threads, "other_runnable", lambda: 1.0)      # a competitor that has just started
+    assert _threads.other_load() == 1.0
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
+    monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)
+    assert _threads.other_load() == 0.0
+
+
+def test_own_cpu_rate_sees_this_process_compute(monkeypatch):
+    t = [1000.0]
+    cpu = [50.0]
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: t[0])
+    monkeypatch.setattr(_threads, "_process_cpu", lambda: cpu[0])
+    monkeypatch.setattr(_threads, "_cpu_marks", [(1000.0, 50.0)])
+    t[0], cpu[0] = 1010.0, 60.0   # one CPU busy for 10 s
+    assert _threads.own_cpu_rate() == pytest.approx(1.0)
+    t[0], cpu[0] = 1070.0, 60.0   # then idle for 60 s: the window moved past the busy part
+    assert _threads.own_cpu_rate() == pytest.approx(0.0)
+    assert len(_threads._cpu_marks) <= 3
+
+
 def test_blas_threads_for_limits_when_busy_and_restores(monkeypatch):
-    monkeypatch.setattr(_threads, "other_runnable", lambda: 1.0)
+    monkeypatch.setattr(_threads, "other_load", lambda: 1.0)
     monkeypatch.setattr(_threads, "usable_cpus", lambda: 2)
     monkeypatch.setattr(_threads.os, "cpu_count", lambda: 2)
     before = _blas_threads()
