@@ -41,6 +41,9 @@ from ._core.parallel import SMALL_PROBLEM, _get_controller, block_workers, run_p
 __all__ = ["SMALL_PROBLEM", "blas_threads_for", "sized_by_first_argument", "block_workers", "run_parallel",
            "choose_blas_threads", "usable_cpus", "other_runnable", "other_load", "check_n_jobs"]
 
+# The busy fraction of a CPU below which it still counts as free (see choose_blas_threads).
+FREE_SLACK = 0.25
+
 # Environment variables a user (or a batch scheduler) sets to cap the threads of OpenMP / the BLAS.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -217,7 +220,9 @@ def choose_blas_threads(n_elements: int, n_jobs=None, *, cpus: int | None = None
     others = other_load() if others is None else others
     host_cpus = (os.cpu_count() or cpus) if host_cpus is None else host_cpus
     busy = others * min(1.0, cpus / max(host_cpus, 1))  # the share of the other threads on our CPUs
-    return max(1, min(ceiling, int(math.floor(cpus - busy + 0.5))))
+    # a CPU counts as free when at most a quarter of it is busy: on the 2-core machine, with others using
+    # ~0.4 CPU, two threads gained nothing over one (benchmarks/README.md, "BLAS threads")
+    return max(1, min(ceiling, int(math.floor(cpus - busy + FREE_SLACK))))
 
 
 @contextlib.contextmanager

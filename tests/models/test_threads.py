@@ -69,7 +69,10 @@ def test_choice_follows_the_other_runnable_threads():
     assert choose(others=1) == 1              # one CPU-bound competitor: one thread
     assert choose(others=5) == 1              # never below one
     assert choose(cpus=8, host_cpus=8, others=3) == 5
-    assert choose(cpus=8, host_cpus=8, others=2.6) == 5   # rounded: 5.4 free CPUs
+    assert choose(cpus=8, host_cpus=8, others=2.6) == 5   # 5.4 free CPUs
+    assert choose(cpus=8, host_cpus=8, others=3.2) == 5   # 4.8 free: a CPU a fifth busy counts as free
+    assert choose(cpus=8, host_cpus=8, others=3.3) == 4   # 4.7 free: one 30 % busy does not
+    assert choose(others=0.2) == 2 and choose(others=0.4) == 1
     # 4 CPUs of a 64-CPU host: 16 busy threads elsewhere are spread over the host, 1 of them on ours
     assert choose(cpus=4, host_cpus=64, others=16) == 3
 
