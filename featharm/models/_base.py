@@ -237,9 +237,12 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             check_integer("max_iter", params["max_iter"], owner)
         if "tol" in params:
             check_positive_number("tol", params["tol"], owner)
-        if params.get("covariates") is not None and not isinstance(params["covariates"], pd.DataFrame):
-            raise bad("covariates", "None or a pandas DataFrame of covariates indexed by row id (looked up by the "
-                                    "index of X at fit and transform)")
+        table = params.get("covariates")
+        if table is not None and not isinstance(table, pd.DataFrame):
+            shown = repr(table) if isinstance(table, (str, int, float)) else f"a {type(table).__name__}"
+            raise InputError(f"The 'covariates' parameter of {owner} must be None or a pandas DataFrame of "
+                             "covariates indexed by row id (looked up by the index of X at fit and transform). "
+                             f"Got {shown} instead; read a file with featharm.io.read_table first.")
         check_n_jobs(params.get("n_jobs"), owner)
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
