@@ -15,6 +15,7 @@ __all__ = [
     "MissingValueError",
     "DuplicateIndexError",
     "AlignmentError",
+    "CovariateLookupError",
     "BatchError",
     "UnseenBatchError",
     "UnseenLevelError",
@@ -69,6 +70,11 @@ class DuplicateIndexError(InputError):
 
 class AlignmentError(InputError):
     """Features and covariates do not describe the same rows, or new data do not match the fitted features."""
+
+
+class CovariateLookupError(AlignmentError):
+    """The rows of ``X`` cannot be looked up in the covariate table given to a model's constructor
+    (``ComBat(covariates=table)``): some ids are not in the table, or ``X`` has no row ids (a NumPy array)."""
 
 
 class BatchError(InputError):

@@ -201,7 +201,10 @@ def model_bytes(model) -> bytes:
         "schema_version": SCHEMA_VERSION,
         "featharm_version": __version__,
         "model": type(model).__name__,
-        "params": _encode_params(model.get_params(deep=False)),
+        # not the covariate table given to the constructor, nor n_jobs (``_unsaved_params``): data and a
+        # setting of the machine, not the model; a loaded model has their defaults
+        "params": _encode_params({k: v for k, v in model.get_params(deep=False).items()
+                                  if k not in getattr(model, "_unsaved_params", ())}),
         "state": state,
     }
     date_time = _ZIP_EPOCH

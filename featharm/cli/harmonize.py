@@ -106,6 +106,8 @@ OPTIONS: tuple[Option, ...] = (
            "--percent-var)", ("covbat",), argparse_kw=dict(type=int, metavar="K")),
     Option("--scale-formula", "scale_formula", 'covariates of the log-SD, e.g. "age + sex" (default: constant '
            "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
+    Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
+           "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )
 
 
