@@ -505,6 +505,14 @@ def site_effects_section(data: ReportData, result, figs: Figures, *, classificat
     return s
 
 
+def param_text(value) -> str:
+    """A parameter's value for a table cell: its repr, or the shape of a table (the constructor's covariate
+    table, ``covariates=``) rather than its whole contents."""
+    if isinstance(value, pd.DataFrame):
+        return f"DataFrame of {value.shape[0]} rows × {value.shape[1]} columns"
+    return repr(value)
+
+
 def _rows_words(result) -> str:
     """How many rows the multivariate checks used, when feature cells are missing (else nothing)."""
     if not result.n_missing:
@@ -643,7 +651,7 @@ def model_section(model, batch, figs: Figures) -> Section:
     s.stats += [("model", type(model).__name__), ("batches", ", ".join(map(str, model.batches_))),
                 ("design columns", ", ".join(map(str, model.design_.columns)) or "none")]
     params = model.get_params(deep=False)
-    s.tables.append(table(pd.DataFrame({"parameter": list(params), "value": [repr(v) for v in params.values()]}),
+    s.tables.append(table(pd.DataFrame({"parameter": list(params), "value": [param_text(v) for v in params.values()]}),
                           "Parameters"))
     if hasattr(model, "priors_"):
         pri = model.priors_.copy()
@@ -681,7 +689,7 @@ def provenance_section(data: ReportData, model, prov: Provenance) -> Section:
     prm = {"batch": data.batch, "formula": data.formula or "", "features": data.X.shape[1]}
     if model is not None:
         prm["model"] = type(model).__name__
-        prm.update({f"model.{k}": repr(v) for k, v in model.get_params(deep=False).items()})
+        prm.update({f"model.{k}": param_text(v) for k, v in model.get_params(deep=False).items()})
     prm.update({str(k): v for k, v in (prov.parameters or {}).items()})
     s.tables.append(table(pd.DataFrame({"parameter": list(prm), "value": [str(v) for v in prm.values()]}),
                           "Parameters"))

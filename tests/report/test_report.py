@@ -265,3 +265,11 @@ def test_ixi_report_shows_site_mixing_before_and_after(ixi):
     for metric in ("silhouette", "kbet_acceptance", "ilisi"):
         assert f"<td>{metric}</td>" in block
     assert "<td>before</td>" in block and "<td>after</td>" in block
+
+
+def test_a_constructor_covariate_table_is_shown_by_its_shape(small):
+    X, cov = small
+    hm = fh.ComBat(batch="site", covariates=cov).fit(X)
+    rep = hm.report(X, cov, date=DATE)
+    assert f"DataFrame of {len(cov)} rows × {cov.shape[1]} columns" in rep.html
+    assert "Empty DataFrame" not in rep.html and repr(cov).splitlines()[1] not in rep.html
