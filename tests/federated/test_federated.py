@@ -427,3 +427,26 @@ def test_tampered_summaries_are_refused(tmp_path):
         zf.writestr("arrays/evil.npy", b"x")
     with pytest.raises(FederatedFileError, match="unexpected member 'arrays/evil.npy'"):
         fed.load_summary(bad)
+
+
+def test_summary_with_too_few_subjects_or_a_zip_bomb_is_refused(tmp_path):
+    X, cov = make_data(12)
+    p = make_plan(X)
+    rows = site_rows(cov, [0])
+    src = tmp_path / "site.fhs"
+    fed.summarize(X[rows], cov[rows], p).save(src)
+    a = fed.load_summary(src).stats.to_arrays()
+    bad = tmp_path / "bad.fhs"
+    _rewrite(src, bad, {"counts": np.array([4.0]), "n_obs": np.full((1, P), 4.0)})
+    with pytest.raises(FederatedFileError, match="batch 'b0' with 4 subject.*min_count of 10"):
+        fed.load_summary(bad)
+    with zipfile.ZipFile(src) as zf:  # a member that inflates far beyond what its axes allow
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["arrays/sy.npy"] = members["arrays/sy.npy"] + bytes(200 * 2**20)
+    with zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    assert bad.stat().st_size < 2**20
+    with pytest.raises(FederatedFileError, match="declare"):
+        fed.load_summary(bad)
+    assert a["counts"][0] == rows.sum()
