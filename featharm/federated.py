@@ -517,8 +517,12 @@ def load_summary(path, plan=None) -> Summary:
     also that it was made with that plan. Raises :class:`FederatedFileError` naming the file."""
     reader = _summary_reader(path)
     shown = reader.shown
-    if not os.path.exists(path):
-        raise FederatedFileError(f"summary file {shown} does not exist.")
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FederatedFileError(f"summary file {shown} does not exist.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FederatedFileError(f"{shown} is not a regular file (a folder, pipe or device); give the .fhs file.")
     with reader.open() as zf:
         raw = reader.read_member(zf, zf.getinfo("manifest.json"), MAX_PLAN_BYTES)
         from .persistence import _json_depth

@@ -25,7 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--formula", metavar="FORMULA", help='covariates whose effects are kept, e.g. "age + sex"')
     p.add_argument("--levels", action="append", default=[], metavar="VAR=L1,L2",
                    help="levels of a categorical covariate (repeat per covariate); covariates without --levels are "
-                        "continuous")
+                        "continuous. Coded as featharm codes them: sorted, the first the baseline (another with "
+                        "C(VAR, Treatment(\"L\")) in the formula)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--features", nargs="+", metavar="NAME", help="feature columns, in order")
     g.add_argument("--features-file", metavar="FILE", help="feature columns, one per line")

@@ -419,6 +419,8 @@ def test_tampered_summaries_are_refused(tmp_path):
         fed.load_summary(bad)
     with pytest.raises(FederatedFileError, match="does not exist"):
         fed.load_summary(tmp_path / "none.fhs")
+    with pytest.raises(FederatedFileError, match="not a regular file"):
+        fed.load_summary(tmp_path)
     with zipfile.ZipFile(src) as zf:  # an extra member is refused unread
         members = {n: zf.read(n) for n in zf.namelist()}
     with zipfile.ZipFile(bad, "w") as zf:
