@@ -662,9 +662,16 @@ def describe_summary(s: Summary) -> list[str]:
         planned = "" if b in p.batches else "  (not in the plan's batches: for `federated extend` only)"
         lines.append(f"batch {b!r}: sums over {n} subjects{planned}")
         xbar = st.x_shift[i] + st.sx[i] / max(n, 1)
-        for j, c in enumerate(cols):
-            if "[T." in c and ":" not in c:  # a level indicator: its sum is the level's count
-                lines.append(f"  {c:<24} {int(round(xbar[j] * n))} subjects")
+        for v, lev in sorted(p.levels.items()):  # a level indicator's sum is the level's count
+            others = [f"{v}[T.{lv}]" for lv in lev]
+            shown_cols = [c for c in others if c in cols]
+            for c in shown_cols:
+                lines.append(f"  {c:<24} {int(round(xbar[cols.index(c)] * n))} subjects")
+            if len(shown_cols) == len(lev) - 1:
+                rest = n - sum(int(round(xbar[cols.index(c)] * n)) for c in shown_cols)
+                base = next(lv for lv in lev if f"{v}[T.{lv}]" not in cols)
+                label = f"{v} = {base!r} (baseline)"
+                lines.append(f"  {label:<24} {rest} subjects")
         obs = st.n_obs[i]
         inc = np.flatnonzero(obs < n)
         if inc.size:

@@ -223,6 +223,7 @@ def test_show_lists_what_is_disclosed():
         males = int(((cov["site"] == f"b{i}") & (cov["sex"] == "M")).sum())
         assert f"batch 'b{i}': sums over {n} subjects" in text
         assert f"sex[T.M]                 {males} subjects" in text
+        assert f"sex = 'F' (baseline)     {n - males} subjects" in text
     assert "Σxy" in text and "without a value" in text
 
 
