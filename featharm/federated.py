@@ -56,11 +56,31 @@ from . import formula as _fm
 from ._core.suffstats import ARRAYS, SuffStats
 from ._version import __version__
 from .design import CovariateDesign
-from .exceptions import (ColumnNotFoundError, DisclosureError, FederatedError, FederatedFileError,
-                         FormulaError, InputError, MissingValueError, NonNumericFeatureError)
+from .exceptions import (
+    ColumnNotFoundError,
+    DisclosureError,
+    FederatedError,
+    FederatedFileError,
+    FormulaError,
+    InputError,
+    MissingValueError,
+    NonNumericFeatureError,
+)
 
-__all__ = ["Plan", "Summary", "plan", "summarize", "combine", "extend", "save_plan", "load_plan", "plan_bytes",
-           "load_summary", "describe_summary", "DEFAULT_MIN_COUNT"]
+__all__ = [
+    "DEFAULT_MIN_COUNT",
+    "Plan",
+    "Summary",
+    "combine",
+    "describe_summary",
+    "extend",
+    "load_plan",
+    "load_summary",
+    "plan",
+    "plan_bytes",
+    "save_plan",
+    "summarize",
+]
 
 DEFAULT_MIN_COUNT = 10
 PLAN_FORMAT = "featharm-federated-plan"
@@ -559,8 +579,8 @@ def load_summary(path, plan=None) -> Summary:
         dims = {"batch": m, "column": q, "feature": pf, "cell": (0, m * pf)}
         meta = man["arrays"]
         if not isinstance(meta, dict) or set(meta) != set(_SPECS):
-            raise reader.damaged(f"its manifest lists the arrays {sorted(meta)[:16] if isinstance(meta, dict) else meta!r}",
-                                 f"exactly {sorted(_SPECS)}")
+            listed = sorted(meta)[:16] if isinstance(meta, dict) else meta
+            raise reader.damaged(f"its manifest lists the arrays {listed!r}", f"exactly {sorted(_SPECS)}")
         members = {f"arrays/{k}.npy": k for k in _SPECS}
         for name in zf.namelist():
             if name != "manifest.json" and name not in members:
@@ -631,7 +651,8 @@ def _check_follows(s: Summary, p: Plan) -> None:
                         else "feature order")
             elif key in ("options", "levels"):
                 ks = sorted(set(a[key]) | set(b[key]))
-                what = f"{key} ({', '.join(f'{k}: {a[key].get(k)!r} vs {b[key].get(k)!r}' for k in ks if a[key].get(k) != b[key].get(k))})"
+                pairs = [f"{k}: {a[key].get(k)!r} vs {b[key].get(k)!r}" for k in ks if a[key].get(k) != b[key].get(k)]
+                what = f"{key} ({', '.join(pairs)})"
             else:
                 what = f"{key} ({str(a[key])[:60]} vs {str(b[key])[:60]})"
             diffs.append(what)

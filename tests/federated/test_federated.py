@@ -20,8 +20,13 @@ import pytest
 
 import featharm
 from featharm import federated as fed
-from featharm.exceptions import (ColumnNotFoundError, DisclosureError, FederatedError, FederatedFileError,
-                                 FormulaError)
+from featharm.exceptions import (
+    ColumnNotFoundError,
+    DisclosureError,
+    FederatedError,
+    FederatedFileError,
+    FormulaError,
+)
 
 TOL = 1e-10
 SIZES = (41, 57, 66, 83, 97)  # batch sizes: none equals a number of features, covariates or batches

@@ -86,7 +86,7 @@ def test_late_site_with_extend(ixi, tmp_path):
 
 
 def test_errors_write_nothing(ixi, tmp_path, capsys):
-    d, df, feats = ixi
+    d, _, feats = ixi
     plan, other = tmp_path / "plan.json", tmp_path / "other.json"
     base = ["federated", "plan", "--batch", "site", "--batches", "Guys,HH,IOP", "--formula", "age + sex",
             "--levels", "sex=F,M", "--features-file", d / "features.txt"]

@@ -56,7 +56,7 @@ def _max(a, b) -> float:
 
 
 def test_harmonized(fitted):
-    model, H, X, _ = fitted
+    _, H, X, _ = fitted
     ref = pd.read_csv(OUT / "harmonized.csv")
     assert list(ref.columns) == list(X.columns)
     assert _max(H.to_numpy(), ref.to_numpy()) <= ATOL
@@ -83,7 +83,7 @@ def test_sigma_and_priors(fitted):
 def test_what_the_r_centre_computes_from_three_rounds(fitted):
     """B̂ (batch intercepts and covariate slopes), the grand mean and the pooled variance that R's centre
     sends back after rounds 1 and 2 are what featharm's centre computes from one summary per site."""
-    model, _, X, sites = fitted
+    model, _, _, sites = fitted
     B = pd.read_csv(MESSAGES / "round1_centre_B_hat.csv").set_index("term")
     assert list(B.index) == [*sites, "age", "sexM"]
     assert _max(model._arr["batch_coef"], B.loc[sites].to_numpy()) <= ATOL
