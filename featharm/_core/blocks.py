@@ -130,21 +130,27 @@ def column_range(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def column_sum(Y: np.ndarray) -> np.ndarray:
-    """Sum of every column (float64 accumulation), in one pass over ``Y`` (either layout)."""
+    """Sum of every column (float64 accumulation), in one pass over ``Y`` (either layout).
+
+    Used as a finiteness check: a sum that overflows, or meets both +inf and -inf (NaN), issues no
+    floating-point warning (the caller names the non-finite values)."""
     n, p = Y.shape
     if row_major(Y):
         def part(blocks):
             out = np.zeros(p)
-            for rows in blocks:
-                out += Y[rows].sum(axis=0, dtype=np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):  # (per thread)
+                for rows in blocks:
+                    out += Y[rows].sum(axis=0, dtype=np.float64)
             return out
 
-        return np.add.reduce(run_blocks(part, layout_slices(Y), Y.size))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.add.reduce(run_blocks(part, layout_slices(Y), Y.size))
     out = np.empty(p)
 
     def cols_part(blocks):
-        for cols in blocks:
-            out[cols] = Y[:, cols].sum(axis=0, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # (per thread)
+            for cols in blocks:
+                out[cols] = Y[:, cols].sum(axis=0, dtype=np.float64)
 
     run_blocks(cols_part, layout_slices(Y), Y.size)
     return out
