@@ -181,3 +181,24 @@ def test_missing_values_in_every_layout(container):
         np.testing.assert_allclose(out[obs], ref[obs], rtol=2e-6, atol=2e-6)
     else:
         np.testing.assert_array_equal(out[obs], ref[obs])
+
+
+@pytest.mark.parametrize("cells", [("inf", "-inf"), ("big", "big")])
+def test_transform_names_bad_values_even_with_warnings_as_errors(cells):
+    # the transform's finiteness check (a column sum) must not turn +inf with -inf, or a sum that
+    # overflows, into a RuntimeWarning: the named error comes out, also under warnings-as-errors
+    Y, cov = _data()
+    hm = fh.ComBat(formula="age + sex").fit(np.asfortranarray(Y), cov)
+    Z = np.ascontiguousarray(Y)
+    values = {"inf": np.inf, "-inf": -np.inf, "big": 1.7e308}
+    Z[0, 3], Z[1, 3] = values[cells[0]], values[cells[1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if cells[0] == "big":  # finite values: harmonized or refused by name, never a floating-point warning
+            try:
+                hm.transform(Z, cov)
+            except (fh.exceptions.MissingValueError, fh.exceptions.InputError):
+                pass
+        else:
+            with pytest.raises(fh.exceptions.MissingValueError, match="x3"):
+                hm.transform(Z, cov)
