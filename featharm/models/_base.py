@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from .._core import eb, missing
 from .._core.blocks import column_variance, row_major, take_columns
+from .._dask import is_lazy
 from .._progress import Progress
 from .._threads import sized_by_first_argument
 from .._validation import (
@@ -182,6 +183,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # Whether the family computes a row-major (C-ordered) table in its own layout; otherwise it is copied to
     # column-major order once (a family whose fit is dominated by per-feature work on small tables).
     _row_major_blocks: ClassVar[bool] = True
+
+    # Whether ``fit``/``transform`` take an out-of-core input (Dask, Zarr, HDF5: ``featharm.models._scale``):
+    # only a family fitted from per-batch statistics (docs/methods.md §1.9).
+    _out_of_core: ClassVar[bool] = False
 
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
@@ -360,6 +365,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self
             The fitted model (a refit discards the previous fit).
         """
+        if is_lazy(X):  # a Dask/Zarr/HDF5 array or a FeatureStore: out of core (featharm.models._scale)
+            from . import _scale
+
+            return _scale.fit(self, X, covariates)
         self._fit(X, covariates)
         return self
 
@@ -381,6 +390,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             raise InputError(f"{self._owner()}.fit_transform takes X and covariates only; got "
                              f"{sorted(fit_params)}. Options of transform (new_sites ...) do not apply to "
                              "the training rows.")
+        if is_lazy(X):
+            return self.fit(X, covariates).transform(X, covariates)
         prep = self._fit(X, covariates)
         return self._output(self._harmonize(prep), prep)
 
@@ -410,6 +421,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """
         self._check_fitted()
         check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        if is_lazy(X):  # a lazy Dask array (a FeatureStore over one) with X's chunks
+            from . import _scale
+
+            return _scale.transform(self, X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
         X, covariates, rows_out, _ = self._exclude_missing_covariates(X, covariates)
         prep = self._prepare(X, covariates, fitting=False, new_sites=new_sites)
         prep.rows_out = rows_out
