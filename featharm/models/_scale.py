@@ -47,7 +47,10 @@ class _Input:
 
 
 def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.1f} GiB"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes / 2**10:.1f} KiB"
 
 
 def check_family(model, X) -> None:
@@ -64,7 +67,8 @@ def check_family(model, X) -> None:
             mem = None
         size = (f" This table ({shape[0]:,} rows × {shape[1]:,} features) is {_gib(need)} in float64; the in-memory "
                 f"fit needs about 3 times that" + (f" (this machine has {_gib(mem)})" if mem else "") +
-                ": if it fits, pass it in memory (np.asarray(X) or X.compute()).")
+                ": if it fits, pass it in memory (np.asarray(X) or X.compute(); on the command line, as a CSV or Parquet "
+                f"table).")
     why = {
         "CovBat": "CovBat's covariance step is a PCA of the residual rows, which is not a function of "
                   "per-site sums",
