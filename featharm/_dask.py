@@ -92,7 +92,7 @@ def compute(*objs, desc: str = "computing"):
         with Progress(len(futures), f"{desc} (on {client.scheduler.address})") as bar:
             import distributed
 
-            for _ in distributed.as_completed(futures):
+            for _ in distributed.as_completed(futures, loop=client.loop):
                 bar.update()
             return tuple(client.gather(futures))
     with _TaskProgress(desc):
