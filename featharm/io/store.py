@@ -201,7 +201,7 @@ def write_store(path, X, *, ids=None, features=None, chunks=None, dtype=None, ov
     def write(target: str) -> None:
         zarr = _zarr()
         fmt = 3 if int(zarr.__version__.split(".")[0]) >= 3 else 2
-        g = zarr.open_group(target, mode="w", zarr_format=fmt)
+        g = zarr.open_group(target, mode="w", **({"zarr_format": 3} if fmt == 3 else {}))
         arr = g.create_array("data", shape=data.shape, chunks=chunks, dtype=dt, fill_value=np.nan) if fmt == 3 \
             else g.create_dataset("data", shape=data.shape, chunks=chunks, dtype=dt, fill_value=np.nan)
         g.attrs["featharm"] = info

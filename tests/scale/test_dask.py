@@ -4,25 +4,20 @@ the same model and output as the in-memory fit, on the threaded scheduler and on
 from __future__ import annotations
 
 import os
-import sys
 import warnings
-from pathlib import Path
 
+import dask.array as da  # the test extra installs featharm[scale]: dask, distributed, zarr
+import distributed
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
+from test_from_statistics import make_volumes, output_error, stored_errors
 
-da = pytest.importorskip("dask.array")
-zarr = pytest.importorskip("zarr")
-
-import featharm  # noqa: E402
-from featharm import _dask  # noqa: E402
-from featharm.exceptions import (AlignmentError, FeatharmWarning, InputError, MissingValueError,  # noqa: E402
-                                 MissingValueWarning)
-from featharm.io import FeatureStore, read_store, write_store  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from test_from_statistics import make_volumes, output_error, stored_errors  # noqa: E402
+import featharm
+from featharm import _dask
+from featharm.exceptions import AlignmentError, FeatharmWarning, InputError, MissingValueError, MissingValueWarning
+from featharm.io import FeatureStore, read_store, write_store
 
 TOL = 1e-10
 
@@ -154,7 +149,6 @@ def test_same_model_for_any_chunking_to_rounding_and_any_run_bit_for_bit():
 
 
 def test_localcluster_equals_the_threaded_run_bit_for_bit():
-    distributed = pytest.importorskip("distributed")
     X, cov = volumes(800, 64, 5, seed=5, nan_fraction=0.02)
     Y = da.from_array(X.to_numpy(), chunks=(uneven(800, (150, 90)), (32, 32)))
     threaded = quiet(featharm.ComBat(batch="site", formula="age + sex").fit, Y, cov)
