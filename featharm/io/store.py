@@ -100,7 +100,7 @@ def read_store(path) -> FeatureStore:
     """Open a feature store lazily (see the module docstring); errors name the store and the fix."""
     da = require("a Zarr store")
     zarr = _zarr()
-    p = Path(path)
+    p = Path(os.path.abspath(path))  # read later (lazily), maybe from another working directory
     if not p.exists():
         raise InputError(f"{path}: no such store.")
     if not is_store(p):
