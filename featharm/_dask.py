@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 
+from ._core.parallel import _get_controller
 from ._progress import Progress
 from .exceptions import InputError
 
@@ -95,7 +96,7 @@ def compute(*objs, desc: str = "computing"):
             for _ in distributed.as_completed(futures, loop=client.loop):
                 bar.update()
             return tuple(client.gather(futures))
-    with _TaskProgress(desc):
+    with _TaskProgress(desc), _one_blas_thread():  # Dask's threads are the parallelism (one BLAS thread each)
         return dask.compute(*objs, scheduler="threads")
 
 
@@ -130,6 +131,15 @@ class _TaskProgress:
         if self.bar is not None:
             self.bar.__exit__(*exc)
         return False
+
+
+def _one_blas_thread():
+    import contextlib
+
+    try:
+        return _get_controller().limit(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
 
 
 def is_lazy(X) -> bool:
