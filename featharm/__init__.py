@@ -12,7 +12,7 @@ from ._version import __version__
 # Everything else loads on first use (``fh.ComBat``, ``fh.diagnostics``, ``from featharm import plots``):
 # ``import featharm`` and ``featharm --help`` load numpy and pandas only; scikit-learn and scipy come with
 # the models, matplotlib, seaborn, jinja2 and statsmodels with the functions that need them.
-_LAZY_SUBMODULES = ("datasets", "diagnostics", "io", "mixed", "plots", "report")
+_LAZY_SUBMODULES = ("datasets", "diagnostics", "federated", "io", "mixed", "plots", "report")
 _LAZY_NAMES = {
     "ComBat": "models", "ComBatGAM": "models", "LongComBat": "models", "CovBat": "models",
     "ComBatLS": "models", "BaseHarmonizer": "models", "CovariateDesign": "design",
@@ -37,6 +37,7 @@ __all__ = [
     "datasets",
     "diagnostics",
     "exceptions",
+    "federated",
     "io",
     "plots",
     "report",

@@ -35,6 +35,7 @@ AXIS_NAMES = {
     "pc": "principal component",
     "scale_column": "scale column",
     "one": "1",
+    "cell": "(batch, feature) cell with missing values",
 }
 
 # value rules of stored arrays: name -> wording in messages (the checks are in featharm.persistence)

@@ -15,6 +15,7 @@ __all__ = [
     "MissingValueError",
     "DuplicateIndexError",
     "AlignmentError",
+    "CovariateLookupError",
     "BatchError",
     "UnseenBatchError",
     "UnseenLevelError",
@@ -34,6 +35,9 @@ __all__ = [
     "SingleScanWarning",
     "StatsFileError",
     "MissingStatsError",
+    "FederatedError",
+    "DisclosureError",
+    "FederatedFileError",
     "FreeSurferWarning",
     "UnmatchedIdWarning",
     "LevelNameWarning",
@@ -69,6 +73,11 @@ class DuplicateIndexError(InputError):
 
 class AlignmentError(InputError):
     """Features and covariates do not describe the same rows, or new data do not match the fitted features."""
+
+
+class CovariateLookupError(AlignmentError):
+    """The rows of ``X`` cannot be looked up in the covariate table given to a model's constructor
+    (``ComBat(covariates=table)``): some ids are not in the table, or ``X`` has no row ids (a NumPy array)."""
 
 
 class BatchError(InputError):
@@ -137,6 +146,21 @@ class StatsFileError(InputError):
 
 class MissingStatsError(InputError):
     """Subjects lack stats files (or structures) that were asked for; the message lists subjects and files."""
+
+
+class FederatedError(InputError):
+    """Federated harmonization: summaries that do not follow the plan, a batch in two summaries, a plan that
+    sites could not code identically (the message names the file, batch, level or feature and the fix)."""
+
+
+class DisclosureError(FederatedError):
+    """A site summary would hold sums over fewer subjects than the plan's min-count (a small batch, a rare
+    categorical level in a batch, a feature observed in few subjects of a batch); nothing is written."""
+
+
+class FederatedFileError(FeatharmError, ValueError):
+    """A federated plan (.json) or site summary (.fhs) is not one, is damaged or tampered with, or has a newer
+    schema (the message names the file, the entry, what was found and what was expected)."""
 
 
 class FeatharmWarning(UserWarning):

@@ -201,7 +201,10 @@ def model_bytes(model) -> bytes:
         "schema_version": SCHEMA_VERSION,
         "featharm_version": __version__,
         "model": type(model).__name__,
-        "params": _encode_params(model.get_params(deep=False)),
+        # not the covariate table given to the constructor, nor n_jobs (``_unsaved_params``): data and a
+        # setting of the machine, not the model; a loaded model has their defaults
+        "params": _encode_params({k: v for k, v in model.get_params(deep=False).items()
+                                  if k not in getattr(model, "_unsaved_params", ())}),
         "state": state,
     }
     date_time = _ZIP_EPOCH
@@ -219,6 +222,35 @@ def model_bytes(model) -> bytes:
         arrays[name] = a
     manifest["arrays"] = {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in blobs}
     text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(_member(MANIFEST, date_time), text.encode("utf-8"), compresslevel=6)
+        for name, blob in blobs.items():
+            zf.writestr(_member(f"arrays/{name}.npy", date_time), blob, compresslevel=6)
+    return buf.getvalue()
+
+
+def container_bytes(manifest: dict, arrays: dict) -> bytes:
+    """A zip in the layout of a model file (``manifest.json`` then ``arrays/<name>.npy`` by name, fixed
+    metadata, the same reproducible bytes) for another featharm file kind (a federated summary): the
+    ``manifest`` (JSON-able; its ``arrays`` entry is filled here) and numeric ``arrays`` (never object)."""
+    epoch = _source_date_epoch()
+    manifest = dict(manifest)
+    date_time = _ZIP_EPOCH
+    if epoch is not None:
+        manifest["created"] = datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+        date_time = datetime.fromtimestamp(min(max(epoch, _ZIP_MIN), _ZIP_MAX), timezone.utc).timetuple()[:6]
+    blobs, meta = {}, {}
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        if a.dtype == object:
+            raise ModelFileError(f"array {name!r} has object dtype and cannot be stored without pickle")
+        b = io.BytesIO()
+        np.lib.format.write_array(b, a, allow_pickle=False)
+        blobs[name] = b.getvalue()
+        meta[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+    manifest["arrays"] = meta
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=False)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(_member(MANIFEST, date_time), text.encode("utf-8"), compresslevel=6)

@@ -23,6 +23,7 @@ LAYERS = [
     ("plots",),
     ("report",),
     ("models",),
+    ("federated",),
     ("cli", "__init__", "__main__"),
 ]
 # The one sanctioned way up: a diagnostics result hands its tables to the plotting layer from its

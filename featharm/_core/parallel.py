@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["SMALL_PROBLEM", "block_workers", "run_parallel"]
@@ -17,14 +18,18 @@ __all__ = ["SMALL_PROBLEM", "block_workers", "run_parallel"]
 SMALL_PROBLEM = 4_000_000  # rows × features (32 MB of float64): below it, one thread (and one BLAS thread)
 
 _controller = None
+_modules_seen = -1  # len(sys.modules) when the controller was made
 
 
 def _get_controller():
-    global _controller
-    if _controller is None:
+    """threadpoolctl's controller of the loaded thread pools, made again when modules were imported since (a
+    BLAS loaded later, e.g. SciPy's own OpenBLAS, would otherwise escape the limits)."""
+    global _controller, _modules_seen
+    if _controller is None or len(sys.modules) != _modules_seen:
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
+        _modules_seen = len(sys.modules)
     return _controller
 
 

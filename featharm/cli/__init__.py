@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 
 #: The commands, in the order ``featharm --help`` lists them (each is the module ``featharm.cli.NAME``).
-COMMANDS = ("harmonize", "apply", "report", "diagnose", "collect", "surfaces", "info", "demo")
+COMMANDS = ("harmonize", "apply", "report", "diagnose", "collect", "surfaces", "info", "federated", "demo")
 
 
 def _err(msg: str) -> None:

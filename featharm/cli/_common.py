@@ -52,8 +52,8 @@ def add_missing_option(p: argparse.ArgumentParser) -> None:
                         "(refuse them)")
 
 
-def check_missing(args, data: pd.DataFrame, feats, *, report: bool = False) -> int:
-    """The number of empty feature cells; with ``--missing error`` (or a ``--report``) any is an error."""
+def check_missing(args, data: pd.DataFrame, feats) -> int:
+    """The number of empty feature cells; with ``--missing error`` any is an error."""
     from ..exceptions import MissingValueError
 
     na = data[feats].isna()
@@ -66,11 +66,6 @@ def check_missing(args, data: pd.DataFrame, feats, *, report: bool = False) -> i
             f"--missing error: {n} feature cell(s) are empty, e.g. {c!r} at {show_rows(data.index, na[c].to_numpy())}. "
             "Fill or drop them, or leave out --missing error (every family harmonizes each feature on its observed rows "
             "and leaves empty cells empty)."
-        )
-    if n and report:
-        raise MissingValueError(
-            f"--report needs complete features: {n} feature cell(s) are empty, and the report's diagnostics do not "
-            "handle missing values yet. Harmonize without --report (empty cells stay empty), or fill or drop them."
         )
     return n
 

@@ -106,6 +106,8 @@ OPTIONS: tuple[Option, ...] = (
            "--percent-var)", ("covbat",), argparse_kw=dict(type=int, metavar="K")),
     Option("--scale-formula", "scale_formula", 'covariates of the log-SD, e.g. "age + sex" (default: constant '
            "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
+    Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
+           "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )
 
 
@@ -202,7 +204,7 @@ def cmd_harmonize(args) -> int:
         check_batch(cov, args.batch)
         used = formula_columns(args.formula, cov)
         feats = choose_features(args, data, [*not_features, *used], source.measures)
-        n_missing = check_missing(args, data, feats, report=bool(args.report))
+        n_missing = check_missing(args, data, feats)
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
         if args.save_model:

@@ -13,6 +13,9 @@ Public API (names and columns are stable; see each docstring for the exact colum
 * :func:`biology_preservation` — covariate effect sizes before/after harmonization and their summary;
 * :func:`covariate_balance` — which covariates differ by site (warns when one is confounded with site).
 
+Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): per-feature tests on each
+feature's observed rows, multivariate checks on the rows without a missing feature, ``n`` in every table.
+
 The lists of columns and tests are in the submodules (``featharm.diagnostics.univariate.COLUMNS``,
 ``TESTS``, ``DEFAULT_TESTS``; ``multivariate.MULTIVARIATE_COLUMNS``, ``CLASSIFICATION_COLUMNS``;
 ``preservation.PRESERVATION_COLUMNS``, ``PRESERVATION_SUMMARY_COLUMNS``; ``balance.BALANCE_COLUMNS``) and the

@@ -16,11 +16,29 @@ import pandas as pd
 
 from .univariate import effect_matrix
 
-__all__ = ["DiagnosticsResult", "TABLES", "format_number"]
+__all__ = ["DiagnosticsResult", "TABLES", "MISSINGNESS_COLUMNS", "format_number", "missingness_table"]
 
 #: Tables :func:`~featharm.diagnostics.diagnose` returns (and ``featharm diagnose`` writes as ``<name>.csv``).
-TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_classification", "covariate_balance",
-          "preservation", "preservation_summary")
+TABLES = ("site_effects", "site_effect_sizes", "multivariate", "site_mixing", "site_classification", "covariate_balance",
+          "preservation", "preservation_summary", "missingness")
+
+#: Columns of the ``missingness`` table (only with missing feature cells).
+MISSINGNESS_COLUMNS = ["feature", "site", "n", "n_missing", "fraction_missing"]
+
+
+def missingness_table(observed, features, levels, codes) -> pd.DataFrame:
+    """Missing cells per site × feature (``observed``: n × V bool), sites in sorted order: ``n`` rows of the
+    site, ``n_missing`` of them without a value of the feature, ``fraction_missing``."""
+    m = len(levels)
+    oh = np.zeros((len(codes), m))
+    oh[np.arange(len(codes)), codes] = 1.0
+    miss = (oh.T @ (~observed)).astype(np.int64)  # m × V
+    size = np.bincount(codes, minlength=m)
+    V = len(features)
+    return pd.DataFrame({"feature": np.tile([str(f) for f in features], m),
+                         "site": np.repeat(np.array([str(s) for s in levels], dtype=object), V),
+                         "n": np.repeat(size, V), "n_missing": miss.ravel(),
+                         "fraction_missing": (miss / np.maximum(size, 1)[:, None]).ravel()})
 
 #: Labels of the ``data`` column and how the report and the plots name them.
 DATA_LABELS = {"raw": "before", "harmonized": "after"}
@@ -67,9 +85,11 @@ class DiagnosticsResult(Mapping):
     ``site_effects`` (:func:`test_site_effects`, with a leading ``data`` column, ``"raw"`` or
     ``"harmonized"``), ``site_effect_sizes`` (:func:`site_effect_sizes`: the standardized site effect
     ``shift`` and ``log_var_ratio`` per site and feature), ``multivariate`` (:func:`permanova` and
-    :func:`pc_covariance_tests`), ``site_classification`` (:func:`site_classification`),
+    :func:`pc_covariance_tests`), ``site_mixing`` (:func:`site_mixing`: silhouette, kBET acceptance rate,
+    iLISI), ``site_classification`` (:func:`site_classification`),
     ``covariate_balance`` (:func:`covariate_balance`), ``preservation`` and ``preservation_summary``
-    (:func:`biology_preservation`, with harmonized data and covariates).
+    (:func:`biology_preservation`, with harmonized data and covariates), ``missingness`` (only when feature
+    cells are missing: :func:`missingness_table`).
 
     Attributes
     ----------
@@ -99,12 +119,20 @@ class DiagnosticsResult(Mapping):
     refit_warnings : list of dict
         Warnings (``category``, ``message``) featharm raised while refitting the harmonizer inside the
         classification folds (they concern subsets of the data).
+    n_missing : int
+        Missing (NaN) cells of the raw features. With missing cells the per-feature tests use each feature's
+        observed rows (``n`` in their tables), the multivariate checks the rows without a missing feature,
+        and the ``missingness`` table counts the missing cells per site and feature (columns
+        :data:`MISSINGNESS_COLUMNS`).
+    n_complete : int
+        Rows without a missing feature, those of the multivariate checks (``n_samples`` for complete data).
     """
 
     TABLES = TABLES
 
     def __init__(self, tables: dict, *, n_samples: int, features, batch, batch_sizes: pd.Series, formula,
-                 design_columns, tests, data, options: dict, refit_warnings=()):
+                 design_columns, tests, data, options: dict, refit_warnings=(), n_missing: int = 0,
+                 n_complete: int | None = None):
         self._tables = {k: tables[k] for k in TABLES if k in tables}
         self._tables.update({k: v for k, v in tables.items() if k not in self._tables})
         self.n_samples = int(n_samples)
@@ -117,6 +145,8 @@ class DiagnosticsResult(Mapping):
         self.data = tuple(data)
         self.options = dict(options)
         self.refit_warnings = list(refit_warnings)
+        self.n_missing = int(n_missing)
+        self.n_complete = self.n_samples if n_complete is None else int(n_complete)
 
     # ------------------------------------------------------------------------------ mapping
     def __getitem__(self, name: str) -> pd.DataFrame:
@@ -126,7 +156,9 @@ class DiagnosticsResult(Mapping):
             why = ""
             if name in TABLES:
                 why = (" (not computed in this run: preservation needs harmonized data and covariates; "
-                       "multivariate and site_classification can be switched off)")
+                       "multivariate (with site_mixing) and site_classification can be switched off; "
+                       "missingness is made only "
+                       "when feature cells are missing)")
             raise KeyError(f"no table {name!r} in this DiagnosticsResult{why}; tables: {list(self._tables)}.") \
                 from None
 
@@ -180,6 +212,23 @@ class DiagnosticsResult(Mapping):
             raise KeyError(f"no data set {data!r}; data sets: {list(self.data)}.")
         return effect_matrix(t[t["data"] == data], value, index_name=self.batch)
 
+    def missing_matrix(self, value: str = "fraction_missing") -> pd.DataFrame:
+        """The ``missingness`` table as a site × feature DataFrame (``"fraction_missing"`` or ``"n_missing"``);
+        zeros when no cell is missing."""
+        t = self._tables.get("missingness")
+        if t is None:
+            return pd.DataFrame(0.0 if value == "fraction_missing" else 0,
+                                index=pd.Index([str(b) for b in self.batches], name=self.batch),
+                                columns=pd.Index(self.features, name="feature"))
+        return effect_matrix(t, value, index_name=self.batch)
+
+    def plot_missing(self):
+        """Figure: heat map of the share of missing cells per site (rows) and feature (columns)
+        (:func:`featharm.plots.missing_heatmap`)."""
+        from .. import plots
+
+        return plots.missing_heatmap(self.missing_matrix())
+
     def mean_abs_site_effect(self, data: str = "raw") -> float:
         """Mean over sites and features of ``|shift|``, the standardized site effect (NaN cells left out)."""
         return float(np.nanmean(np.abs(self.site_effect_matrix(data).to_numpy())))
@@ -193,6 +242,14 @@ class DiagnosticsResult(Mapping):
         lines = [f"DiagnosticsResult: {self.n_samples} rows x {self.n_features} features; "
                  f"{len(self.batch_sizes)} batches of {self.batch!r} ({sizes}); "
                  f"formula {self.formula or 'none'!r}; tests: {', '.join(self.tests)}"]
+        if self.n_missing:
+            cells = self.n_samples * self.n_features
+            mt = self._tables.get("missingness")
+            k = int((mt.groupby("feature", sort=False)["n_missing"].sum() > 0).sum()) if mt is not None else 0
+            share = format_number(100 * self.n_missing / cells)
+            lines.append(f"  missing: {self.n_missing} of {cells} feature cells ({share} %, in {k} features); "
+                         "per-feature tests on each feature's observed rows, multivariate checks on the "
+                         f"{self.n_complete} rows without a missing feature")
         summ = self.summary_table(alpha)
         for data in self.data:
             s = summ[summ["data"] == data]
@@ -210,6 +267,11 @@ class DiagnosticsResult(Mapping):
             if mv is not None:
                 m = mv[mv["data"] == data]
                 lines.append("    multivariate: " + ", ".join(f"{r.test} p={f(r.p_unc)}" for r in m.itertuples()))
+            mix = self._tables.get("site_mixing")
+            if mix is not None:
+                m = mix[mix["data"] == data]
+                lines.append("    site mixing: " + ", ".join(f"{r.metric} {f(r.value)} (ideal {f(r.ideal)})"
+                                                            for r in m.itertuples()))
             clf = self._tables.get("site_classification")
             if clf is not None:
                 c = clf[(clf["data"] == data) & (clf["metric"] == "balanced_accuracy")]

@@ -11,6 +11,7 @@ from .._progress import Progress
 TESTS = "site tests"
 PERMANOVA = "PERMANOVA permutations"
 PC_TESTS = "MANOVA and Box's M"
+MIXING = "site mixing (silhouette, kBET, iLISI)"
 FOLDS = "site classification: fold decompositions"
 REFITS = "site classification: refitting the harmonizer in the folds"
 PERMUTATIONS = "site classification permutations"
@@ -24,7 +25,7 @@ def plan(data, *, n_permutations: int, anderson_darling: bool, multivariate: boo
     for d in data:
         steps.append((d, TESTS, 1.0 + (60.0 * n_permutations / 999 if anderson_darling else 0.0)))
         if multivariate:
-            steps += [(d, PERMANOVA, 0.6 * n_permutations / 999), (d, PC_TESTS, 0.1)]
+            steps += [(d, PERMANOVA, 0.6 * n_permutations / 999), (d, PC_TESTS, 0.1), (d, MIXING, 0.2)]
         if classification:
             refit = harmonizer and d == "harmonized"
             per = 0.8 if classifier == "lda" else 20.0

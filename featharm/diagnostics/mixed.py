@@ -20,7 +20,7 @@ import pandas as pd
 from .._validation import _show, show_columns
 from ..exceptions import ColumnNotFoundError, InputError, MissingValueError
 from ..mixed import fit_random_intercept, site_lrt
-from ._common import Prepared
+from ._common import Prepared, by_pattern
 
 __all__ = ["subject_codes", "lmm_residuals", "lmm_site_lrt"]
 
@@ -43,7 +43,10 @@ def subject_codes(covariates: pd.DataFrame, random: str | None, owner: str) -> n
 
 
 def lmm_residuals(P: Prepared, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Additive and full (conditional) residuals of the REML random-intercept fit of every feature."""
+    """Additive and full (conditional) residuals of the REML random-intercept fit of every feature (with
+    missing values: of every missingness pattern on its observed rows, NaN elsewhere)."""
+    if P.missing:
+        return by_pattern(P, lambda sub: lmm_residuals(sub, g[P.index.get_indexer(sub.index)]), n_full=2)
     W1 = np.hstack([P.onehot, P.Xc])
     fit = fit_random_intercept(P.Y, W1, g, reml=True)
     u = fit.random_part(g)

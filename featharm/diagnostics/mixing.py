@@ -279,11 +279,22 @@ def site_mixing(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site
         One row per metric, columns :data:`MIXING_COLUMNS`: ``value``, the ``ideal`` value of perfectly
         mixed sites, the ``worst`` value, the neighbourhood size used, the components, the rows, the rows
         the value is averaged over and a description.
+        With missing (NaN) feature cells the metrics use the rows without a missing feature (``n``; NaN
+        values, with the reason in ``description``, when none can be used).
     """
     from ._common import prepare
     from .residuals import ols_residuals
 
     _check(neighbours, perplexity, alpha, n_components, "site_mixing", sample_size)
     P = prepare(X, covariates, batch, formula, "site_mixing")
+    if P.missing:  # missing values: the rows without a missing feature (docs/methods.md §6.9)
+        from ._common import complete_rows
+
+        c = complete_rows(P, "site_mixing")
+        if c.sub is None:
+            return pd.DataFrame([{"metric": a, "n": 0, "description": f"not computed: {c.reason} (the rows without "
+                                  "a missing feature are used)"} for a in ("silhouette", "kbet_acceptance", "ilisi")]
+                                ).reindex(columns=MIXING_COLUMNS)
+        P = c.sub
     return mixing_table(P, ols_residuals(P)[0], n_components=n_components, neighbours=neighbours,
                         perplexity=perplexity, alpha=alpha, sample_size=sample_size, random_state=random_state)

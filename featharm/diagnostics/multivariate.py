@@ -12,7 +12,7 @@ from scipy import stats
 from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
-from ._common import Prepared, group_sums, prepare
+from ._common import Prepared, complete_rows, group_sums, prepare
 from ._parallel import _serial, sized_by_features, workers
 from ._permutation import STOP_AFTER, CellPermuter, cv_cells, sequential_null
 from ._wchisq import mdmr_pvalue
@@ -22,10 +22,10 @@ __all__ = ["permanova", "pc_covariance_tests", "site_classification", "MULTIVARI
            "CLASSIFICATION_COLUMNS"]
 
 #: Columns of :func:`permanova` and :func:`pc_covariance_tests` tables.
-MULTIVARIATE_COLUMNS = ["test", "variant", "statistic", "df1", "df2", "p_unc", "p_method", "effect_size",
+MULTIVARIATE_COLUMNS = ["test", "n", "variant", "statistic", "df1", "df2", "p_unc", "p_method", "effect_size",
                         "effect_size_name", "n_components", "n_permutations"]
 #: Columns of :func:`site_classification` tables.
-CLASSIFICATION_COLUMNS = ["metric", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
+CLASSIFICATION_COLUMNS = ["metric", "n", "value", "sd", "chance", "null_mean", "null_sd", "p_perm", "n_permutations",
                           "n_splits", "n_repeats", "classifier", "n_components", "max_permutations"]
 #: Classifiers of :func:`site_classification`.
 CLASSIFIERS = ("lda", "logistic")
@@ -233,16 +233,38 @@ def permanova_arrays(Z: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_per
             "df2": float(n - m), "p": p, "p_analytic": p_analytic}
 
 
-def _prepared_additive(X, covariates, batch, formula, owner, residuals=None) -> tuple[Prepared, np.ndarray]:
+def multivariate_data(P: Prepared, owner: str = "diagnostics") -> Prepared | None:
+    """The data of the multivariate checks: ``P`` for complete features; with missing values the rows
+    without a missing feature (:func:`~._common.complete_rows`; None when none can be used, with a warning)."""
+    return complete_rows(P, owner).sub if P.missing else P
+
+
+def unavailable_table(P: Prepared, tests, columns, owner: str = "diagnostics", **fixed) -> pd.DataFrame:
+    """The rows of multivariate checks that cannot run on missing data: NaN statistics and the reason."""
+    c = complete_rows(P, owner)
+    why = f"not computed: {c.reason} (the multivariate checks use the rows without a missing feature)"
+    rows = [{**{k: np.nan for k in columns}, **fixed, key: name, "n": c.n, "variant": why}
+            for key, name in tests]
+    return pd.DataFrame(rows)[columns]
+
+
+def _prepared_additive(X, covariates, batch, formula, owner, residuals=None):
+    """``(P, Pm, r_add)``: the inputs, the data of the multivariate checks (:func:`multivariate_data`) and
+    its additive residuals (None when there is nothing to test)."""
     P = prepare(X, covariates, batch, formula, owner)
-    r_add = residuals if residuals is not None else ols_residuals(P)[0]
-    return P, r_add
+    Pm = multivariate_data(P, owner)
+    r_add = None if Pm is None else (residuals if residuals is not None else ols_residuals(Pm)[0])
+    return P, Pm, r_add
 
 
 @sized_by_features
 def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
               n_permutations: int = 999, random_state=None) -> pd.DataFrame:
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
+
+    With missing values (NaN cells) it runs on the rows without a missing feature (``n`` in the table; the
+    same as calling it on ``X.dropna()``), and gives NaN statistics with the reason in ``variant`` when they
+    cannot be used (``docs/methods.md`` §6.9).
 
     ComBatFamQC's MDMR (``MDMR::mdmr`` on ``dist(scale(R_add))``): its ``Statistic`` is our
     ``mdmr_statistic`` = tr(HGH)/tr((I-H)G(I-H)) and its ``Pseudo.R2`` our pseudo-R². Two p-values:
@@ -260,13 +282,17 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
     Returns
     -------
     DataFrame
-        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic``: ``test`` = ``"permanova"``
-        (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
+        Two rows, columns :data:`MULTIVARIATE_COLUMNS` plus ``mdmr_statistic`` (``n``: the rows used):
+        ``test`` = ``"permanova"`` (``statistic`` = pseudo-F = (tr(HGH)/(m-1)) / (tr((I-H)G(I-H))/(n-m)), ``p_method`` =
         ``"permutation"``) and ``"mdmr"`` (``statistic`` = tr(HGH)/tr((I-H)G(I-H)), ``p_method`` =
         ``"analytic"``); both with ``df1`` = m-1, ``df2`` = n-m, ``effect_size`` = pseudo-R² = tr(HGH)/tr(G).
     """
-    P, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
-    return permanova_table(P, r_add, n_permutations, random_state)
+    P, Pm, r_add = _prepared_additive(X, covariates, batch, formula, "permanova")
+    if Pm is None:
+        return unavailable_table(P, [("test", "permanova"), ("test", "mdmr")],
+                                 MULTIVARIATE_COLUMNS + ["mdmr_statistic"], "permanova",
+                                 n_permutations=int(n_permutations))
+    return permanova_table(Pm, r_add, n_permutations, random_state)
 
 
 def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_state,
@@ -278,10 +304,11 @@ def permanova_table(P: Prepared, r_add: np.ndarray, n_permutations: int, random_
     common = {"df1": res["df1"], "df2": res["df2"], "effect_size": res["pseudo_R2"],
               "effect_size_name": "pseudo_R2", "n_components": np.nan}
     return pd.DataFrame([
-        {"test": "permanova", "variant": "Euclidean distance of standardized additive residuals",
+        {"test": "permanova", "n": P.n, "variant": "Euclidean distance of standardized additive residuals",
          "statistic": res["pseudo_F"], "p_unc": res["p"], "p_method": "permutation",
          "n_permutations": int(n_permutations), "mdmr_statistic": res["mdmr_statistic"], **common},
-        {"test": "mdmr", "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
+        {"test": "mdmr", "n": P.n,
+         "variant": "MDMR analytic null (McArtor et al. 2017), standardized additive residuals",
          "statistic": res["mdmr_statistic"], "p_unc": res["p_analytic"], "p_method": "analytic",
          "n_permutations": 0, "mdmr_statistic": res["mdmr_statistic"], **common},
     ])[MULTIVARIATE_COLUMNS + ["mdmr_statistic"]]
@@ -347,7 +374,8 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
 
     The additive residuals are column-standardized (as ComBatFamQC's PCA) and their first
     ``n_components`` principal component scores tested: MANOVA for a site difference in their means,
-    Box's M (chi-square approximation) for a difference in their covariance matrices.
+    Box's M (chi-square approximation) for a difference in their covariance matrices. With missing values
+    (NaN cells) both use the rows without a missing feature, as :func:`permanova` (``n``: their number).
 
     Parameters
     ----------
@@ -363,8 +391,11 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         (1 - c) M, chi-square with ``df1`` = k(k+1)(m-1)/2; ``effect_size`` NaN.
         ``n_components`` = k; ``explained_variance`` = share of the total variance in the k components.
     """
-    P, r_add = _prepared_additive(X, covariates, batch, formula, "pc_covariance_tests")
-    return pc_tests_table(P, r_add, n_components)
+    P, Pm, r_add = _prepared_additive(X, covariates, batch, formula, "pc_covariance_tests")
+    if Pm is None:
+        return unavailable_table(P, [("test", "manova_pillai"), ("test", "box_m")],
+                                 MULTIVARIATE_COLUMNS + ["explained_variance"], "pc_covariance_tests")
+    return pc_tests_table(Pm, r_add, n_components)
 
 
 def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> pd.DataFrame:
@@ -380,7 +411,7 @@ def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> 
     T, explained = _pc_scores(r_add, k)
     Vp, F, df1, df2, p = pillai(T, P.codes, P.counts)
     bm, bdf, bp = box_m(T, P.codes, P.counts)
-    base = {"p_method": None, "n_components": k, "n_permutations": 0, "explained_variance": explained}
+    base = {"n": P.n, "p_method": None, "n_components": k, "n_permutations": 0, "explained_variance": explained}
     return pd.DataFrame([
         {**base, "test": "manova_pillai", "variant": f"Pillai's trace, F approximation, top {k} PCs",
          "statistic": F, "df1": df1, "df2": df2, "p_unc": p, "p_method": "F",
@@ -467,10 +498,11 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
                         stop_after: int | None = STOP_AFTER) -> pd.DataFrame:
     """Can the site be predicted from the features? Cross-validated classification against a permutation null.
 
-    Repeated stratified k-fold CV. Inside every training fold the features are regressed on the
-    covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to the test rows) and
-    standardized with the training moments; residualizing the covariates keeps site from being predicted
-    through biology that differs by site (§6.5). Then the classifier predicts the site:
+    Repeated stratified k-fold CV on all rows, or with missing values (NaN cells) on the rows without a
+    missing feature (``n`` in the table; ``docs/methods.md`` §6.9). Inside every training fold the features
+    are regressed on the covariates (``y ~ 1 + covariates``, fitted on the training rows only and applied to
+    the test rows) and standardized with the training moments; residualizing the covariates keeps site from
+    being predicted through biology that differs by site (§6.5). Then the classifier predicts the site:
 
     * ``classifier="lda"`` (default): a PCA of the fold's standardized training residuals (the first
       ``n_components``, default ``min(20, features, n_train - sites - 1)``) and linear discriminant analysis
@@ -525,14 +557,17 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     -------
     DataFrame
         Two rows (``metric`` = ``"balanced_accuracy"``, ``"auc_macro_ovr"``), columns
-        :data:`CLASSIFICATION_COLUMNS`: ``value`` (mean over folds × repeats), ``sd`` (over folds),
-        ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
+        :data:`CLASSIFICATION_COLUMNS`: ``n`` (rows classified), ``value`` (mean over folds × repeats),
+        ``sd`` (over folds), ``chance`` (1/m for balanced accuracy, 0.5 for AUC), ``null_mean``/``null_sd`` of the
         permutations run, ``p_perm`` (NaN without permutations), ``n_permutations`` (the permutations run),
         ``n_splits``, ``n_repeats``, ``classifier``, ``n_components`` (LDA; NaN for logistic regression),
         ``max_permutations``.
     """
     P = prepare(X, covariates, batch, formula, "site_classification")
-    return classification_table(P, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups,
+    Pm = multivariate_data(P, "site_classification")
+    if Pm is None:
+        return unavailable_classification(P, n_splits, n_repeats, n_permutations, classifier)
+    return classification_table(Pm, n_splits, n_repeats, n_permutations, C, random_state, harmonizer, groups,
                                 classifier=classifier, n_components=n_components, stop_after=stop_after)
 
 
@@ -550,11 +585,15 @@ def check_cv_sites(P: Prepared, n_splits: int, groups: str | None = None):
         what = "subjects"
     else:
         units, what = P.counts, "rows"
+    where = ""
+    if P.complete_of is not None:  # missing values: the classification uses the rows without a missing feature
+        where = (f" without a missing feature (the classification uses those rows: {P.n} of {P.complete_of}; "
+                 "leaving out the features with the most missing cells keeps more)")
     if int(units.min()) < n_splits:
         small = [f"{lv!r} ({what}={c})" for lv, c in zip(P.levels, units) if c < n_splits]
         raise InputError(
-            f"site_classification: every site needs at least n_splits={n_splits} {what} for stratified CV; "
-            f"too small: {', '.join(small)}. Lower n_splits (command line: --n-splits), skip the "
+            f"site_classification: every site needs at least n_splits={n_splits} {what}{where} for stratified "
+            f"CV; too small: {', '.join(small)}. Lower n_splits (command line: --n-splits), skip the "
             "classification (classification=False, --no-classification) or merge those sites."
         )
     return g
@@ -609,11 +648,22 @@ def classification_table(P: Prepared, n_splits: int, n_repeats: int, n_permutati
             p = float(null.p[j])
         else:
             nm = ns = p = np.nan
-        rows.append({"metric": name, "value": stats_obs[j], "sd": sds[j], "chance": chance, "null_mean": nm,
-                     "null_sd": ns, "p_perm": p, "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
+        rows.append({"metric": name, "n": P.n, "value": stats_obs[j], "sd": sds[j], "chance": chance,
+                     "null_mean": nm, "null_sd": ns, "p_perm": p,
+                     "n_permutations": int(null.n_run) if n_permutations > 0 else 0,
                      "n_splits": n_splits, "n_repeats": n_repeats, "classifier": classifier, "n_components": k,
                      "max_permutations": int(n_permutations)})
     return pd.DataFrame(rows)[CLASSIFICATION_COLUMNS]
+
+
+def unavailable_classification(P: Prepared, n_splits, n_repeats, n_permutations, classifier) -> pd.DataFrame:
+    """The classification table when no row without a missing feature can be used: NaN values."""
+    fixed = dict(n_permutations=0, n_splits=n_splits, n_repeats=n_repeats, classifier=classifier,
+                 max_permutations=int(n_permutations))
+    t = unavailable_table(P, [("metric", "balanced_accuracy"), ("metric", "auc_macro_ovr")],
+                          CLASSIFICATION_COLUMNS + ["variant"], "site_classification", **fixed)
+    t["chance"] = [1.0 / P.m, 0.5]
+    return t[CLASSIFICATION_COLUMNS]
 
 
 def _without_constant(P: Prepared) -> Prepared:

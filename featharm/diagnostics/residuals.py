@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ._common import Prepared, prepare
+from ._common import Prepared, by_pattern, prepare
 from ._parallel import sized_by_features
 
 __all__ = ["Residuals", "site_residuals"]
@@ -39,8 +39,12 @@ def ols_residuals(P: Prepared, method: str = "lm") -> tuple[np.ndarray, np.ndarr
     first; the additive residuals are ``y - (Xc b_X + b_0)`` evaluated in that order, as ComBatFamQC does.
     ``method="lapack"`` uses numpy's blocked QR (a few ulps from R, a little faster).
 
-    Returns ``(r_add, r_full, rss1, rss0, rank1)``.
+    Returns ``(r_add, r_full, rss1, rss0, rank1)``. With missing values every missingness pattern is fitted
+    on its observed rows (:func:`by_pattern`): the residuals are NaN where the feature is missing (or its
+    site left out of its tests) and ``rank1`` is an array over the features.
     """
+    if P.missing:
+        return by_pattern(P, lambda sub: ols_residuals(sub, method), n_full=2, n_extra=3)
     n, m = P.n, P.m
     q = P.Xc.shape[1]
     W1 = np.hstack([np.ones((n, 1)), P.Xc, P.onehot[:, 1:]])
@@ -106,7 +110,10 @@ def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "s
     Returns
     -------
     Residuals
-        ``(additive, full)``, two DataFrames with the index and columns of ``X``.
+        ``(additive, full)``, two DataFrames with the index and columns of ``X``. With missing values each
+        feature is fitted on its observed rows; its residuals are NaN where it is missing, and in the rows of
+        a site with fewer than 2 observed values of it (left out of its model and tests; a
+        :class:`~featharm.exceptions.MissingValueWarning` names them).
     """
     from .._validation import check_option
 

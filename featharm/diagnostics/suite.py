@@ -6,15 +6,18 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_features, check_option
-from ..exceptions import AlignmentError, record_warnings
+from ..exceptions import AlignmentError, InputError, MissingValueWarning, record_warnings, warn
 from . import _stages
 from ._common import prepare
 from ._parallel import sized_by_features
 from ._permutation import STOP_AFTER
-from ._results import TABLES, DiagnosticsResult
+from ._common import complete_rows
+from ._results import TABLES, DiagnosticsResult, missingness_table
 from .balance import covariate_balance
-from .multivariate import (CLASSIFIERS, _check_classifier_options, check_cv_sites, classification_table,
-                           pc_tests_table, permanova_table)
+from .multivariate import (CLASSIFIERS, MULTIVARIATE_COLUMNS, _check_classifier_options, check_cv_sites,
+                           classification_table, multivariate_data, pc_tests_table, permanova_table,
+                           unavailable_classification, unavailable_table)
+from .mixing import mixing_table
 from .preservation import preservation_tables
 from .residuals import ols_residuals
 from .univariate import _resolve_tests, per_site_table, run_tests
@@ -27,8 +30,9 @@ def _one(X, covariates, batch, formula, tests, model, random, groups, n_permutat
          classifier="lda", classification_components=None, classification_stop_after=STOP_AFTER,
          progress=None):
     P = prepare(X, covariates, batch, formula, "diagnose")
-    if classification:  # fail before the slow steps, not after them
-        check_cv_sites(P, n_splits, groups)
+    Pm = multivariate_data(P, "diagnose") if (multivariate or classification) else P
+    if classification and Pm is not None:  # fail before the slow steps, not after them
+        check_cv_sites(Pm, n_splits, groups)
     fit = None
     with progress(1, _stages.TESTS):
         if model == "ols":
@@ -44,15 +48,50 @@ def _one(X, covariates, batch, formula, tests, model, random, groups, n_permutat
                "site_effect_sizes": per_site_table(P, r_add, r_full)}
     del fit, r_full  # the multivariate checks use the additive residuals only: free the rest (memory)
     if multivariate:
-        perm = permanova_table(P, r_add, n_permutations, seeds[1], progress=progress)
-        with progress(1, _stages.PC_TESTS):
-            out["multivariate"] = pd.concat([perm, pc_tests_table(P, r_add, n_components)], ignore_index=True)
+        if Pm is None:
+            out["multivariate"] = pd.concat([
+                unavailable_table(P, [("test", "permanova"), ("test", "mdmr")], MULTIVARIATE_COLUMNS, "diagnose",
+                                  n_permutations=int(n_permutations)),
+                unavailable_table(P, [("test", "manova_pillai"), ("test", "box_m")], MULTIVARIATE_COLUMNS,
+                                  "diagnose")], ignore_index=True)
+        else:
+            if Pm is not P:  # missing values: the additive residuals of the rows without a missing feature
+                r_add = _additive(Pm, model, random)
+            perm = permanova_table(Pm, r_add, n_permutations, seeds[1], progress=progress)
+            with progress(1, _stages.PC_TESTS):
+                out["multivariate"] = pd.concat([perm, _pc_tests(Pm, r_add, n_components, P)], ignore_index=True)
+            with progress(1, _stages.MIXING):  # silhouette, kBET, iLISI on the same embedding
+                out["site_mixing"] = mixing_table(Pm, r_add, random_state=seeds[1])
     del r_add  # the classification works on the features
     if classification:
-        out["site_classification"] = _classify(P, n_splits, n_repeats, classification_permutations, seeds[2], None,
-                                               groups, classifier, classification_components,
-                                               classification_stop_after, progress)
+        out["site_classification"] = (
+            _classify(Pm, n_splits, n_repeats, classification_permutations, seeds[2], None, groups, classifier,
+                      classification_components, classification_stop_after, progress) if Pm is not None
+            else unavailable_classification(P, n_splits, n_repeats, classification_permutations, classifier))
     return P, out
+
+
+def _additive(P, model, random):
+    if model == "ols":
+        return ols_residuals(P)[0]
+    from .mixed import lmm_residuals, subject_codes
+
+    return lmm_residuals(P, subject_codes(P.covariates, random, "diagnose"))[0]
+
+
+def _pc_tests(Pm, r_add, n_components, P):
+    """MANOVA and Box's M; on the rows without a missing feature, too few rows per site for the default number
+    of components gives NaN rows (and a warning) instead of an error."""
+    if Pm is P or n_components is not None:
+        return pc_tests_table(Pm, r_add, n_components)
+    try:
+        return pc_tests_table(Pm, r_add, n_components)
+    except InputError as exc:
+        warn(f"diagnose: MANOVA and Box's M not computed on the {Pm.n} rows without a missing feature: {exc}",
+             MissingValueWarning)
+        t = pd.DataFrame([{"test": name, "n": Pm.n, "variant": f"not computed: {exc}"}
+                          for name in ("manova_pillai", "box_m")])
+        return t.reindex(columns=MULTIVARIATE_COLUMNS + ["explained_variance"])
 
 
 def _classify(P, n_splits, n_repeats, permutations, seed, harmonizer, groups, classifier, components, stop_after,
@@ -84,6 +123,11 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
              classification_components: int | None = None,
              classification_stop_after: int | None = STOP_AFTER) -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
+
+    Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): the per-feature tests,
+    effect sizes and preservation use each feature's observed rows, the multivariate checks and the site
+    classification the rows without a missing feature; every table's ``n`` column says how many rows were
+    used, and the result gets a ``missingness`` table (missing cells per site and feature).
 
     Parameters
     ----------
@@ -138,9 +182,11 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     DiagnosticsResult
         A mapping of table name to DataFrame, keys from ``DiagnosticsResult.TABLES`` (those computed):
         ``site_effects`` (the columns of :func:`test_site_effects` with a leading ``data`` column,
-        ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_classification``
+        ``"raw"`` or ``"harmonized"``), ``site_effect_sizes``, ``multivariate``, ``site_mixing``, ``site_classification``
         (each with ``data``), ``covariate_balance``, and with ``X_harmonized`` and covariates in the
-        formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`). It also
+        formula, ``preservation`` and ``preservation_summary`` (see :func:`biology_preservation`), and with
+        missing feature cells ``missingness`` (:data:`~featharm.diagnostics._results.MISSINGNESS_COLUMNS`;
+        ``n_missing`` and ``n_complete`` of the result count the missing cells and the complete rows). It also
         describes the run (rows, features, batches, formula, tests, options) and has ``summary()``,
         ``to_dir()``, ``to_csv()`` and ``plot_*`` accessors.
     """
@@ -164,7 +210,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         runs = [("raw", raw)]
         refit_warnings: list = []
         if X_harmonized is not None:
-            Yh, idx_h, cols_h = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features)
+            Yh, idx_h, cols_h, _ = check_features(X_harmonized, "diagnose", index=P.index, columns=P.features,
+                                                  allow_nan=True)
             if not idx_h.equals(P.index) or [str(c) for c in cols_h] != P.features:
                 raise AlignmentError(
                     "X_harmonized must have the same rows (index, same order) and feature columns as X; "
@@ -174,19 +221,23 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
             _, harm = _one(X_harmonized, covariates, **{**kw, "classification": classification and harmonizer is None},
                            progress=steps_h)
             if classification and harmonizer is not None:
+                Pm = multivariate_data(P, "diagnose")  # the raw rows without a missing feature (or all)
                 with record_warnings() as refit_warnings:
-                    harm["site_classification"] = _classify(P, n_splits, n_repeats, classification_permutations,
-                                                            seeds[2], harmonizer, groups, classifier,
-                                                            classification_components, classification_stop_after,
-                                                            steps_h)
+                    harm["site_classification"] = (
+                        unavailable_classification(P, n_splits, n_repeats, classification_permutations, classifier)
+                        if Pm is None else
+                        _classify(Pm, n_splits, n_repeats, classification_permutations, seeds[2], harmonizer,
+                                  groups, classifier, classification_components, classification_stop_after, steps_h))
             runs.append(("harmonized", harm))
     out: dict[str, pd.DataFrame] = {}
-    for key in ("site_effects", "site_effect_sizes", "multivariate", "site_classification"):
+    for key in ("site_effects", "site_effect_sizes", "multivariate", "site_mixing", "site_classification"):
         parts = [r[key].assign(data=label) for label, r in runs if key in r]
         if parts:
             t = pd.concat(parts, ignore_index=True)
             out[key] = t[["data"] + [c for c in t.columns if c != "data"]]
     out["covariate_balance"] = covariate_balance(P.covariates, batch=batch, formula=formula, columns=balance_columns)
+    if P.missing:
+        out["missingness"] = missingness_table(P.observed, P.features, P.levels, P.codes)
     if X_harmonized is not None and P.Xc.shape[1] > 0:
         pres = preservation_tables(P, Yh)
         out["preservation"], out["preservation_summary"] = pres.table, pres.summary
@@ -204,4 +255,6 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         batch_sizes=pd.Series(P.counts.astype(int), index=pd.Index([str(v) for v in P.levels], name=str(batch)),
                               name="n"),
         formula=formula, design_columns=P.design.columns, tests=chosen, data=[label for label, _ in runs],
-        options=options, refit_warnings=refit_warnings)
+        options=options, refit_warnings=refit_warnings,
+        n_missing=int((~P.observed).sum()) if P.missing else 0,
+        n_complete=complete_rows(P, "diagnose").n if P.missing else P.n)

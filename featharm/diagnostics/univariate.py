@@ -14,7 +14,8 @@ from scipy import stats
 from .._progress import Progress
 from .._validation import check_option
 from ..exceptions import InputError
-from ._common import Prepared, bh_fdr, bonferroni, group_medians, group_sums, oneway_f, prepare, rank_columns
+from ._common import (Prepared, bh_fdr, bonferroni, group_medians, group_sums, oneway_f, parts, prepare,
+                      rank_columns)
 from ._parallel import sized_by_features, workers
 from .residuals import ols_residuals
 
@@ -34,7 +35,7 @@ TESTS = {
 #: The tests run when ``tests=None``: all but the permutation-based Anderson–Darling.
 DEFAULT_TESTS = ("anova", "kruskal_wallis", "levene", "brown_forsythe", "bartlett", "fligner_killeen")
 #: Columns of the table :func:`test_site_effects` returns, in order.
-COLUMNS = ["feature", "test", "variant", "residuals", "statistic", "df1", "df2", "p_unc", "p_fdr", "p_bonf",
+COLUMNS = ["feature", "test", "n", "variant", "residuals", "statistic", "df1", "df2", "p_unc", "p_fdr", "p_bonf",
            "p_method", "effect_size", "effect_size_name"]
 
 _EFFECT = {
@@ -281,10 +282,65 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
               fligner_ties: str = "r", progress=Progress) -> pd.DataFrame:
     """:func:`test_site_effects` on prepared inputs (used by :func:`diagnose`); ``ols_fit`` is the output
     of :func:`~featharm.diagnostics.residuals.ols_residuals` when already computed; ``progress(total, step)``
-    opens the progress bar of the Anderson–Darling permutations."""
+    opens the progress bar of the Anderson–Darling permutations.
+
+    With missing values every missingness pattern (the features observed in the same rows) is tested as a
+    complete table of its observed rows (:func:`~._common.parts`); the p-values are adjusted over all features.
+    """
     chosen = _resolve_tests(tests, model)
     check_option("fligner_ties", fligner_ties, ("r", "exact"), "test_site_effects")
+    if "anova" in chosen and residuals is not None:
+        raise InputError("test 'anova' refits the model; do not pass precomputed residuals.")
+    kw = dict(model=model, random=random, n_permutations=n_permutations, random_state=random_state,
+              fligner_ties=fligner_ties, progress=progress)
+    V = len(P.features)
+    if not P.missing:
+        res = _test_arrays(P, chosen, residuals=residuals, ols_fit=ols_fit, **kw)
+        n = np.full(V, P.n, dtype=np.int64)
+    else:
+        res = {t: tuple(np.full(V, np.nan) for _ in range(5)) for t in chosen}
+        n = P.n_obs
+        for part in parts(P, "test_site_effects"):
+            if part.sub is None:
+                continue
+            n[part.cols] = part.rows.size
+            sub_res = None if residuals is None else tuple(_part_of(a, part) for a in residuals)
+            sub_fit = None if ols_fit is None else _fit_part(ols_fit, part)
+            got = _test_arrays(part.sub, chosen, residuals=sub_res, ols_fit=sub_fit, **kw)
+            for t in chosen:
+                for full, val in zip(res[t], got[t]):
+                    full[part.cols] = val
+    rows = []
+    for t in chosen:
+        stat, df1, df2, p, eff = res[t]
+        variant, resid, method = TESTS[t]
+        if t == "anova" or t == "lmm_lrt":
+            resid = "model"
+        rows.append(pd.DataFrame({
+            "feature": P.features, "test": t, "n": n, "variant": variant, "residuals": resid,
+            "statistic": np.asarray(stat, dtype=float), "df1": df1, "df2": df2,
+            "p_unc": np.asarray(p, dtype=float), "p_fdr": bh_fdr(p), "p_bonf": bonferroni(p),
+            "p_method": method, "effect_size": np.asarray(eff, dtype=float), "effect_size_name": _EFFECT[t],
+        }))
+    return pd.concat(rows, ignore_index=True)[COLUMNS]
+
+
+def _part_of(A: np.ndarray, part) -> np.ndarray:
+    """The rows and columns of one missingness pattern of a full n × V array."""
+    return A[np.ix_(part.rows, part.cols)]
+
+
+def _fit_part(fit, part):
+    r_add, r_full, rss1, rss0, rank1 = fit
+    return (_part_of(r_add, part), _part_of(r_full, part), rss1[part.cols], rss0[part.cols],
+            int(np.asarray(rank1).ravel()[part.cols[0]] if np.ndim(rank1) else rank1))
+
+
+def _test_arrays(P: Prepared, chosen, *, model, random, n_permutations, random_state, residuals, ols_fit,
+                 fligner_ties, progress) -> dict:
+    """``test -> (statistic, df1, df2, p, effect size)``, arrays over the features of a complete table."""
     oh, counts, codes = P.onehot, P.counts, P.codes
+    V = len(P.features)
     lrt = None
     if residuals is not None:
         r_add, r_full = residuals
@@ -304,13 +360,11 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
 
             lrt = lmm_site_lrt(P, g)
     lvr = None
-    rows = []
+    out = {}
     for t in chosen:
         df2 = np.nan
-        eff = np.full(len(P.features), np.nan)
+        eff = np.full(V, np.nan)
         if t == "anova":
-            if residuals is not None:
-                raise InputError("test 'anova' refits the model; do not pass precomputed residuals.")
             df1, df2 = float(P.m - 1), float(P.n - rank1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 stat = ((rss0 - rss1) / df1) / (rss1 / df2)
@@ -337,18 +391,11 @@ def run_tests(P: Prepared, tests, *, model: str = "ols", random: str | None = No
         if _EFFECT[t] == "max_abs_log_var_ratio":
             lvr = _by_blocks(lambda a: _max_abs_lvr(a, P), r_full) if lvr is None else lvr
             eff = lvr
-        variant, resid, method = TESTS[t]
-        if t == "anova" or t == "lmm_lrt":
-            resid = "model"
         if P.constant.any():  # no test of a constant feature: its residuals are rounding noise
             stat, p, eff = (np.where(P.constant, np.nan, np.asarray(a, dtype=float)) for a in (stat, p, eff))
-        rows.append(pd.DataFrame({
-            "feature": P.features, "test": t, "variant": variant, "residuals": resid,
-            "statistic": np.asarray(stat, dtype=float), "df1": float(df1), "df2": float(df2),
-            "p_unc": np.asarray(p, dtype=float), "p_fdr": bh_fdr(p), "p_bonf": bonferroni(p),
-            "p_method": method, "effect_size": np.asarray(eff, dtype=float), "effect_size_name": _EFFECT[t],
-        }))
-    return pd.concat(rows, ignore_index=True)[COLUMNS]
+        out[t] = (np.asarray(stat, dtype=float), np.full(V, float(df1)), np.full(V, float(df2)),
+                  np.asarray(p, dtype=float), np.asarray(eff, dtype=float))
+    return out
 
 
 @sized_by_features
@@ -360,6 +407,12 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
     The model ``y ~ covariates + site`` is fitted to every feature (one QR for all). Location tests use
     the model comparison or the *additive* residuals (covariate effects removed, site effect kept);
     scale tests use the *full* residuals (ComBatFamQC's convention).
+
+    Missing values (NaN cells) are allowed (``docs/methods.md`` §6.9): each feature is tested on its observed
+    rows, exactly as if it were given alone without its NaN rows (features missing on the same rows are
+    tested together); a site with fewer than 2 observed values of a feature is left out of that feature's
+    tests, and a feature left with fewer than 2 sites or too few rows gets NaN statistics. A
+    :class:`~featharm.exceptions.MissingValueWarning` names those features.
 
     Parameters
     ----------
@@ -401,6 +454,9 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
         ``test``
             ``"anova"``, ``"lmm_lrt"``, ``"kruskal_wallis"``, ``"levene"``, ``"brown_forsythe"``,
             ``"bartlett"``, ``"fligner_killeen"`` or ``"anderson_darling"``.
+        ``n``
+            Rows the test used: all rows for a complete feature; with missing values the feature's observed
+            rows (without sites left out for fewer than 2 of them; its observed count when not tested).
         ``variant``
             What exactly was computed (centre of Levene's test, tie handling ...).
         ``residuals``
@@ -409,12 +465,14 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
             F (anova, levene, brown_forsythe), chi-square (lmm_lrt = 2 Δ log-likelihood under ML,
             kruskal_wallis = H, bartlett = T, fligner_killeen), or A2akN (anderson_darling).
         ``df1``, ``df2``
-            Degrees of freedom of the reference distribution (``df2`` NaN for chi-square tests).
+            Degrees of freedom of the reference distribution (``df2`` NaN for chi-square tests); with
+            missing values they follow the feature's rows and sites.
         ``p_unc``
             Unadjusted p-value of the test (upper tail of F / chi-square; permutation p-value
             ``(1 + #exceed) / (1 + n_permutations)`` for anderson_darling).
         ``p_fdr``
-            Benjamini–Hochberg adjusted p-value within this test's family (all features, one test).
+            Benjamini–Hochberg adjusted p-value within this test's family (all features with a p-value,
+            one test).
         ``p_bonf``
             Bonferroni adjusted p-value within the family, ``min(1, V p_unc)``: ComBatFamQC's
             ``p.value.raw``.
@@ -440,6 +498,18 @@ test_site_effects.__test__ = False  # not a pytest test, despite its name
 
 
 def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.DataFrame:
+    if P.missing:  # every missingness pattern on its rows; n = the site's observed values of the feature
+        V, m = len(P.features), P.m
+        shift, lvr = np.full((m, V), np.nan), np.full((m, V), np.nan)
+        n = (P.onehot.T @ P.observed).astype(np.int64)
+        for part in parts(P, "site_effect_sizes"):
+            if part.sub is None:
+                continue
+            t = per_site_table(part.sub, _part_of(r_add, part), _part_of(r_full, part))
+            k = len(part.cols)
+            shift[np.ix_(part.sites, part.cols)] = t["shift"].to_numpy().reshape(-1, k)
+            lvr[np.ix_(part.sites, part.cols)] = t["log_var_ratio"].to_numpy().reshape(-1, k)
+        return _site_table(P, n.ravel(), shift, lvr)
     oh, counts = P.onehot, P.counts
     V = r_full.shape[1]
     s2, sp2, sd_full = np.empty((P.m, V)), np.empty(V), np.empty(V)
@@ -452,11 +522,15 @@ def per_site_table(P: Prepared, r_add: np.ndarray, r_full: np.ndarray) -> pd.Dat
         lvr = np.log(s2 / sp2)
     shift[:, P.constant] = np.nan
     lvr[:, P.constant] = np.nan
+    return _site_table(P, np.repeat(counts, len(P.features)), shift, lvr)
+
+
+def _site_table(P: Prepared, n: np.ndarray, shift: np.ndarray, lvr: np.ndarray) -> pd.DataFrame:
     V, m = len(P.features), P.m
     return pd.DataFrame({
         "feature": np.tile(P.features, m),
         "site": np.repeat(np.array([str(s) for s in P.levels], dtype=object), V),
-        "n": np.repeat(counts, V),
+        "n": n,
         "shift": shift.ravel(),
         "log_var_ratio": lvr.ravel(),
     })
@@ -471,7 +545,8 @@ def site_effect_sizes(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
     -------
     DataFrame
         One row per site × feature (sites in sorted order, features in input order) with columns
-        ``feature``, ``site``, ``n`` (rows of the site), ``shift`` = (mean of the site's additive residuals
+        ``feature``, ``site``, ``n`` (rows of the site; with missing values, the site's observed values of
+        the feature: NaN effects where fewer than 2), ``shift`` = (mean of the site's additive residuals
         - overall mean) / sd of the full residuals, and ``log_var_ratio`` = ln(s_i² / s_p²), the site's
         variance of the full residuals over the pooled within-site variance.
     """

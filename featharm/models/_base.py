@@ -17,7 +17,7 @@ from .._core import eb, missing
 from .._core.blocks import column_variance, row_major, take_columns
 from .._dask import is_lazy
 from .._progress import Progress
-from .._threads import sized_by_first_argument
+from .._threads import check_n_jobs, sized_by_first_argument
 from .._validation import (
     align_covariates,
     batch_levels,
@@ -34,6 +34,7 @@ from .._validation import (
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import (
     AlignmentError,
+    CovariateLookupError,
     BatchError,
     ConstantFeatureWarning,
     ConvergenceWarning,
@@ -191,6 +192,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
 
+    # Parameters a model file does not store: the covariate table given to the constructor (data, not the
+    # model) and ``n_jobs`` (a setting of the machine); a loaded model has their defaults (None).
+    _unsaved_params: ClassVar[tuple[str, ...]] = ("covariates", "n_jobs")
+
     def __init_subclass__(cls, **kwargs):
         # featharm builds its own output (see ``set_output``): scikit-learn's wrapper would relabel the
         # columns in fit-time order even when ``X`` came with its columns in another order.
@@ -237,13 +242,21 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             check_integer("max_iter", params["max_iter"], owner)
         if "tol" in params:
             check_positive_number("tol", params["tol"], owner)
+        table = params.get("covariates")
+        if table is not None and not isinstance(table, pd.DataFrame):
+            shown = repr(table) if isinstance(table, (str, int, float)) else f"a {type(table).__name__}"
+            raise InputError(f"The 'covariates' parameter of {owner} must be None or a pandas DataFrame of "
+                             "covariates indexed by row id (looked up by the index of X at fit and transform). "
+                             f"Got {shown} instead; read a file with featharm.io.read_table first.")
+        check_n_jobs(params.get("n_jobs"), owner)
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
         owner = self._owner()
         if covariates is None:
             raise InputError(
                 f"{owner} needs `covariates`: a DataFrame with the batch column {self.batch!r} (and the "
-                "formula's columns), aligned with the features by index."
+                "formula's columns), aligned with the features by index. Pass it to fit/transform, or give the "
+                "model the whole table (covariates=table) to look rows up by index, e.g. in a scikit-learn Pipeline."
             )
         index = cols = None
         is_array = isinstance(X, np.ndarray)
@@ -350,15 +363,19 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     # ------------------------------------------------------------------------------ public API
     @sized_by_first_argument
-    def fit(self, X, covariates=None):
+    def fit(self, X, covariates=None, /, **params):
         """Estimate the site effects of ``X`` given ``covariates``.
 
         Parameters
         ----------
         X : DataFrame
             Features (rows = subjects, numeric columns = features).
-        covariates : DataFrame
-            The batch column and the formula's columns, aligned with ``X`` by index.
+        covariates : DataFrame, optional
+            The batch column and the formula's columns, aligned with ``X`` by index; by position or as
+            ``covariates=`` (what scikit-learn's metadata routing passes: ``set_fit_request(covariates=True)``).
+            Without it, the rows of ``X`` are looked up in the table given to the constructor (``covariates=``).
+            A scikit-learn ``Pipeline`` passes its target ``y`` by position: a second argument that is not a
+            DataFrame is ignored when the covariates come by keyword or from the constructor.
 
         Returns
         -------
@@ -368,31 +385,31 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         if is_lazy(X):  # a Dask/Zarr/HDF5 array or a FeatureStore: out of core (featharm.models._scale)
             from . import _scale
 
-            return _scale.fit(self, X, covariates)
-        self._fit(X, covariates)
+            return _scale.fit(self, X, _scale.covariates_of(self, X, covariates, params, "fit"))
+        self._fit(X, self._fit_covariates(X, covariates, params, "fit"))
         return self
 
     @sized_by_first_argument
-    def fit_transform(self, X, covariates=None, **fit_params):
+    def fit_transform(self, X, covariates=None, /, **params):
         """Fit, then harmonize the same rows (identical to ``fit(X, cov).transform(X, cov)``).
 
         Parameters
         ----------
         X, covariates : DataFrame
-            As for :meth:`fit`.
+            As for :meth:`fit` (``covariates`` by position, by keyword, or from the constructor; a
+            ``Pipeline``'s positional ``y`` is ignored as there).
 
         Returns
         -------
         DataFrame
             Harmonized features, same index and columns as ``X``.
         """
-        if fit_params:  # accepted by scikit-learn's signature only; never ignored silently
-            raise InputError(f"{self._owner()}.fit_transform takes X and covariates only; got "
-                             f"{sorted(fit_params)}. Options of transform (new_sites ...) do not apply to "
-                             "the training rows.")
-        if is_lazy(X):
-            return self.fit(X, covariates).transform(X, covariates)
-        prep = self._fit(X, covariates)
+        if is_lazy(X):  # out of core: a lazy result
+            from . import _scale
+
+            cov = _scale.covariates_of(self, X, covariates, params, "fit_transform")
+            return _scale.transform(_scale.fit(self, X, cov), X, cov)
+        prep = self._fit(X, self._fit_covariates(X, covariates, params, "fit_transform"))
         return self._output(self._harmonize(prep), prep)
 
     @sized_by_first_argument
@@ -403,8 +420,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         ----------
         X : DataFrame
             Features (rows = subjects), the columns seen at fit.
-        covariates : DataFrame
-            The batch column and the formula's columns, aligned with ``X`` by index.
+        covariates : DataFrame, optional
+            The batch column and the formula's columns, aligned with ``X`` by index. Without it, the rows of
+            ``X`` are looked up in the table given to the constructor (``covariates=``); given, it is used
+            instead of that table.
         new_sites : {"error", "estimate"}, default "error"
             What to do with batches not seen at fit. ``"error"`` raises
             :class:`~featharm.exceptions.UnseenBatchError`. ``"estimate"`` (``docs/methods.md`` §5.7) estimates
@@ -424,7 +443,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         if is_lazy(X):  # a lazy Dask array (a FeatureStore over one) with X's chunks
             from . import _scale
 
-            return _scale.transform(self, X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
+            return _scale.transform(self, X, _scale.covariates_of(self, X, covariates, {}, "transform"),
+                                    new_sites=new_sites, min_new_site_size=min_new_site_size)
+        if covariates is None:
+            covariates = self._covariates_from_table(X)
         X, covariates, rows_out, _ = self._exclude_missing_covariates(X, covariates)
         prep = self._prepare(X, covariates, fitting=False, new_sites=new_sites)
         prep.rows_out = rows_out
@@ -452,6 +474,65 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         from ..report import make_report
 
         return make_report(X, covariates, model=self, X_harmonized=X_harmonized, **kwargs)
+
+    # ------------------------------------------------------------------------------ where covariates come from
+    def _fit_covariates(self, X, positional, params: dict, method: str):
+        """The covariates of a ``fit``/``fit_transform`` call.
+
+        By keyword (a user, or scikit-learn's metadata routing): that table, and ``positional`` is a
+        ``Pipeline``'s ``y`` (ignored). Otherwise a positional DataFrame; otherwise (nothing, or a ``y`` that
+        is not a DataFrame) the rows of ``X`` looked up in the constructor's table, when there is one.
+        """
+        unknown = sorted(k for k in params if k != "covariates")
+        if unknown:  # never ignored silently
+            raise InputError(f"{self._owner()}.{method} takes X and covariates only; got {unknown}. Options of "
+                             "transform (new_sites ...) do not apply to the training rows.")
+        if params.get("covariates") is not None:
+            return params["covariates"]
+        if isinstance(positional, pd.DataFrame):
+            return positional
+        if positional is not None and self._param("covariates") is None:
+            raise InputError(
+                f"{self._owner()}.{method} got a {type(positional).__name__} where the covariates go (a DataFrame "
+                f"with the batch column {self.batch!r} and the formula's columns). In a scikit-learn Pipeline or "
+                "cross-validation, that argument is the target y: give the model the whole covariate table "
+                "(covariates=table, rows looked up by the index of X), or route it (sklearn.set_config("
+                "enable_metadata_routing=True); model.set_fit_request(covariates=True).set_transform_request("
+                "covariates=True); pass covariates=table to the Pipeline or params={'covariates': table} to the "
+                "cross-validation)."
+            )
+        return self._covariates_from_table(X)
+
+    def _covariates_from_table(self, X):
+        """The rows of the constructor's covariate table for ``X``, matched by index (None without a table)."""
+        table = self._param("covariates")
+        if table is None:
+            return None
+        owner = self._owner()
+        if not isinstance(table, pd.DataFrame):
+            raise InputError(f"The 'covariates' parameter of {owner} must be None or a pandas DataFrame of "
+                             f"covariates indexed by row id. Got {type(table).__name__} instead.")
+        if not isinstance(X, pd.DataFrame):
+            raise CovariateLookupError(
+                f"{owner} was given a covariate table (covariates=...) and looks the rows of X up in it by "
+                f"index, but X is a {type(X).__name__}, which has no row ids. Pass X as a pandas DataFrame "
+                "indexed by the ids of the covariate table (e.g. pd.DataFrame(X, index=ids)), or pass these "
+                "rows' covariates to fit/transform yourself."
+            )
+        if table.index.has_duplicates:
+            dup = table.index[table.index.duplicated()].unique()
+            raise CovariateLookupError(
+                f"the covariate table given to {owner}(covariates=...) has repeated row ids: "
+                f"{show_rows(dup, np.ones(len(dup), dtype=bool), 5)}; rows are looked up by id, so ids must be unique."
+            )
+        absent = ~X.index.isin(table.index)
+        if absent.any():
+            raise CovariateLookupError(
+                f"{int(absent.sum())} row(s) of X are not in the covariate table given to {owner}(covariates=...): "
+                f"{show_rows(X.index, absent, 5)}. Rows are looked up by the index of X: add them to the table, "
+                "or pass these rows' covariates to fit/transform yourself."
+            )
+        return table.loc[X.index]
 
     # ------------------------------------------------------------------------------ fitting
     def _fit(self, X, covariates) -> _Prepared:

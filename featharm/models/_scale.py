@@ -81,6 +81,17 @@ def check_family(model, X) -> None:
                      f"ComBat runs out of core.{size}")
 
 
+def covariates_of(model, X, positional, params: dict, method: str):
+    """The covariates of a call on an out-of-core ``X``: as ``BaseHarmonizer._fit_covariates`` (by keyword, by
+    position, or the constructor's table), except that a FeatureStore's rows are looked up in the
+    constructor's table by the store's ids (an array has none: that is an error there)."""
+    if (type(X).__name__ == "FeatureStore" and params.get("covariates") is None
+            and not isinstance(positional, pd.DataFrame) and model._param("covariates") is not None
+            and not sorted(k for k in params if k != "covariates")):
+        return model._param("covariates")
+    return model._fit_covariates(X, positional, params, method)
+
+
 def _inputs(model, X, covariates, fitting: bool) -> _Input:
     owner = model._owner()
     store = None
@@ -117,6 +128,8 @@ def _inputs(model, X, covariates, fitting: bool) -> _Input:
         if len(ids) != n or len(names) != p:
             raise InputError(f"the store's ids ({len(ids)}) and feature names ({len(names)}) do not match its "
                              f"array of {n} × {p}; rewrite it with featharm.io.write_store.")
+        if covariates.index.isin(ids).sum() == len(ids) and len(covariates) > len(ids):
+            covariates = covariates.loc[covariates.index.isin(ids)]  # a bigger table: the store's rows
         cov = align_covariates(ids, covariates, owner)
     return _Input(Y, ids, names, cov, store)
 

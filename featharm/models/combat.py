@@ -59,6 +59,20 @@ class ComBat(BaseHarmonizer):
         NaN and lists them in a :class:`~featharm.exceptions.MissingValueWarning` (and ``excluded_rows_``).
         Nothing is imputed.
 
+    covariates : DataFrame or None, default None
+        A covariate table indexed by row id (subject/session): ``fit``, ``fit_transform`` and ``transform``
+        called without covariates look the rows of ``X`` up in it by index, so the model works as a step of a
+        scikit-learn ``Pipeline`` and in ``cross_val_score``/``GridSearchCV`` (each fold's rows get their own
+        covariates). ``X`` must then be a DataFrame whose ids are all in the table
+        (:class:`~featharm.exceptions.CovariateLookupError` otherwise). Covariates passed to a call are used
+        instead of the table. Never put the prediction target in it (README, "Pipelines and
+        cross-validation"). Not saved with the model.
+    n_jobs : int or None, default None
+        BLAS threads of ``fit``/``transform``. None chooses per call from the problem size, the CPUs this
+        process may use (affinity, cgroup quota, ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/
+        ``MKL_NUM_THREADS``) and the CPUs other processes are busy on, so a busy machine gets fewer threads;
+        a positive number is used as given; -1 means every usable CPU. Not saved with the model.
+
     Attributes
     ----------
     batches_ : ndarray
@@ -146,7 +160,7 @@ class ComBat(BaseHarmonizer):
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
                  mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None,
-                 missing_covariates="error"):
+                 missing_covariates="error", covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.eb = eb
@@ -158,6 +172,8 @@ class ComBat(BaseHarmonizer):
         self.max_iter = max_iter
         self.compat = compat
         self.missing_covariates = missing_covariates
+        self.covariates = covariates
+        self.n_jobs = n_jobs
 
     @classmethod
     def from_statistics(cls, stats, *, batches, design, feature_names, **params) -> "ComBat":

@@ -58,6 +58,9 @@ class ComBatLS(BaseHarmonizer):
     fit_max_iter : int, default 200
         Cap on location–scale iterations (a :class:`~featharm.exceptions.ConvergenceWarning` when hit).
 
+    covariates, n_jobs
+        A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
+
     Attributes
     ----------
     alpha_, beta_, batch_coef_ : Series / DataFrame
@@ -118,7 +121,7 @@ class ComBatLS(BaseHarmonizer):
 
     def __init__(self, *, batch="site", formula=None, scale_formula=None, eb=True, parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
-                 fit_tol=1e-8, fit_max_iter=200):
+                 fit_tol=1e-8, fit_max_iter=200, covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.scale_formula = scale_formula
@@ -131,6 +134,8 @@ class ComBatLS(BaseHarmonizer):
         self.max_iter = max_iter
         self.fit_tol = fit_tol
         self.fit_max_iter = fit_max_iter
+        self.covariates = covariates
+        self.n_jobs = n_jobs
 
     def _eb_options(self):
         return self._combat_eb_options()

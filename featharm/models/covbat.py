@@ -75,6 +75,9 @@ class CovBat(ComBat):
     score_parametric : bool, default True
         Parametric (``True``) or non-parametric score EB (R ``score.parametric``); used with ``score_eb``.
 
+    covariates, n_jobs
+        A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
+
     Attributes
     ----------
     n_components_ : int
@@ -133,7 +136,8 @@ class CovBat(ComBat):
 
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
-                 score_parametric=True, tol=1e-4, max_iter=1000, compat=None, missing_covariates="error"):
+                 score_parametric=True, tol=1e-4, max_iter=1000, compat=None, missing_covariates="error",
+                 covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.ref_batch = ref_batch
@@ -150,6 +154,8 @@ class CovBat(ComBat):
         self.max_iter = max_iter
         self.compat = compat
         self.missing_covariates = missing_covariates
+        self.covariates = covariates
+        self.n_jobs = n_jobs
 
     def _check_params(self) -> None:
         super()._check_params()  # the ComBat step's parameters

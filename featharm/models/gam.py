@@ -98,6 +98,9 @@ class ComBatGAM(BaseHarmonizer):
         Seed of the k-fold search with ``compat="neuroHarmonize"`` (neuroHarmonize's ``seed``); recorded in
         the model. The default fit is deterministic and does not use it.
 
+    covariates, n_jobs
+        A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
+
     Attributes
     ----------
     smooth_terms_ : list of str
@@ -164,7 +167,7 @@ class ComBatGAM(BaseHarmonizer):
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
-                 compat=None, random_state=0):
+                 compat=None, random_state=0, covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.smooth = smooth
@@ -182,6 +185,8 @@ class ComBatGAM(BaseHarmonizer):
         self.max_iter = max_iter
         self.compat = compat
         self.random_state = random_state
+        self.covariates = covariates
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------------------ parameters
     def _eb_options(self):

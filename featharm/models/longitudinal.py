@@ -77,6 +77,9 @@ class LongComBat(BaseHarmonizer):
     n_iter : int, default 30
         Jacobi EB iterations (longCombat's ``niter``; no convergence test).
 
+    covariates, n_jobs
+        A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
+
     Attributes
     ----------
     batches_, batch_sizes_, feature_names_in_, design_ :
@@ -174,7 +177,7 @@ class LongComBat(BaseHarmonizer):
     _supports_missing = True
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, random_slope=False,
-                 standardize="reml", eb=True, n_iter=30):
+                 standardize="reml", eb=True, n_iter=30, covariates=None, n_jobs=None):
         self.batch = batch
         self.subject = subject
         self.time = time
@@ -183,6 +186,8 @@ class LongComBat(BaseHarmonizer):
         self.standardize = standardize
         self.eb = eb
         self.n_iter = n_iter
+        self.covariates = covariates
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------------------ checks
     def _check_params(self) -> None:

@@ -54,7 +54,8 @@ class Inputs:
 
 
 def prepare(X, covariates, batch: str, owner: str, levels=None) -> Inputs:
-    Y, index, columns = check_features(X, owner, index=rows_of(covariates))
+    """Validated inputs; missing feature cells (NaN) are accepted (each plot says what it does with them)."""
+    Y, index, columns, _ = check_features(X, owner, index=rows_of(covariates), allow_nan=True)
     cov = align_covariates(index, covariates, owner)
     s = get_batch(cov, batch)
     lv = batch_levels(s) if levels is None else list(levels)

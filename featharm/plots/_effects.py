@@ -8,6 +8,7 @@ import pandas as pd
 from ..diagnostics.preservation import lin_ccc as lins_ccc
 from ..exceptions import ColumnNotFoundError, InputError
 from ._common import (
+    Inputs,
     covariate_column,
     get_ax,
     new_figure,
@@ -63,6 +64,16 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
     from ..diagnostics.residuals import site_residuals
 
     inp = prepare(X, covariates, batch, "residual_pca")
+    missing = bool(np.isnan(inp.Y).any())
+    if missing:  # the rows without a missing feature (docs/methods.md §1.8): fitted and drawn
+        from ..diagnostics._common import complete_rows, prepare as prepare_diagnostics
+
+        c = complete_rows(prepare_diagnostics(X, covariates, batch, formula, "residual_pca"), "residual_pca")
+        if c.sub is None:
+            raise InputError(f"residual_pca: no principal components without complete rows ({c.reason}).")
+        keep, cols = c.rows, [inp.features.index(f) for f in c.sub.features]  # features never observed: out
+        inp = Inputs(inp.Y[np.ix_(keep, cols)], inp.index[keep], list(c.sub.features), inp.covariates.iloc[keep],
+                     inp.levels, inp.codes[keep], inp.batch)
     r_add = site_residuals(pd.DataFrame(inp.Y, index=inp.index, columns=inp.features), inp.covariates,
                            batch=inp.batch, formula=formula).additive.to_numpy()
     scores, ratio = _pca_scores(r_add)
@@ -93,6 +104,8 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
             ax.legend(title=safe_label(hue), fontsize=7, title_fontsize=7, frameon=False, markerscale=2)
     ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")
     ax.set_ylabel(f"PC2 ({ratio[1]:.1%})")
+    if missing:
+        title = f"{title or ''}{chr(10) if title else ''}{len(inp.index)} rows without a missing feature"
     if title is not None:
         ax.set_title(safe_label(title), fontsize=9)
     return ax
@@ -330,3 +343,25 @@ def preservation_scatter(table, *, term=None, before="effect_before", after="eff
     head = safe_label(term if title is None and term is not None else (title or "effect sizes"))
     ax.set_title(f"{head}: Lin's CCC = {lins_ccc(a, b):.3f}", fontsize=9)
     return ax
+
+
+# ------------------------------------------------------------------------------------------ missing values
+def missing_heatmap(values: pd.DataFrame, *, ax=None, title=None):
+    """Heat map of the share of missing (NaN) cells per site (rows) and feature (columns).
+
+    ``values`` is a site × feature DataFrame of fractions in [0, 1], as
+    :meth:`featharm.diagnostics.DiagnosticsResult.missing_matrix` returns (or ``X.isna().groupby(site).mean()``).
+    With ``ax`` it draws there and returns the Axes; without, it returns a new Figure.
+    """
+    if not isinstance(values, pd.DataFrame):
+        raise InputError(f"missing_heatmap needs a site × feature DataFrame of fractions; got {type(values).__name__}.")
+    fig = None
+    if ax is None:
+        p = values.shape[1]
+        fig = new_figure(min(4 + 0.16 * p, 24), 1.6 + 0.35 * values.shape[0])
+        ax = fig.subplots()
+    _heatmap(ax, values.astype(float), cmap="Greys", vmin=0.0, vmax=max(float(np.nanmax(values.to_numpy(dtype=float),
+                                                                                          initial=0.0)), 1e-12),
+             label="fraction missing")
+    ax.set_title(safe_label(title if title is not None else "missing cells per site and feature"), fontsize=9)
+    return fig if fig is not None else ax

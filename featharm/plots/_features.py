@@ -20,7 +20,7 @@ _KINDS = ("box", "violin")
 
 
 def site_distribution(X, covariates, *, feature, batch="site", kind="box", ax=None, title=None):
-    """Distribution of one feature in each site (box or violin plot).
+    """Distribution of one feature in each site (box or violin plot); missing values (NaN) are left out.
 
     Parameters
     ----------
@@ -48,7 +48,8 @@ def site_distribution(X, covariates, *, feature, batch="site", kind="box", ax=No
     j = feature_index(inp, feature, "site_distribution")
     ax = get_ax(ax)
     colors = site_colors(inp.levels)
-    groups = [inp.Y[inp.codes == i, j] for i in range(len(inp.levels))]
+    y = inp.Y[:, j]
+    groups = [y[(inp.codes == i) & ~np.isnan(y)] for i in range(len(inp.levels))]  # observed values only
     pos = np.arange(1, len(groups) + 1)
     if kind == "box":
         parts = ax.boxplot(groups, positions=pos, patch_artist=True, widths=0.6,
@@ -91,6 +92,7 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
 
     The curve of each site is the least-squares polynomial of ``degree`` in ``x`` fitted to that site's
     subjects, drawn over the site's own range of ``x`` (lower degree for sites with few distinct values).
+    Rows where the feature is missing (NaN) are left out.
 
     Returns
     -------
@@ -108,8 +110,10 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
     colors = site_colors(inp.levels)
     y = inp.Y[:, j]
     for i, lv in enumerate(inp.levels):
-        rows = inp.codes == i
+        rows = (inp.codes == i) & ~np.isnan(y)
         xi, yi = xv[rows], y[rows]
+        if xi.size == 0:
+            continue
         ax.scatter(xi, yi, s=6, alpha=0.35, color=colors[lv], linewidths=0, label="_nolegend_")
         deg = min(int(degree), len(np.unique(xi)) - 1)
         if deg >= 1:
@@ -120,7 +124,8 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
     ax.set_xlabel(safe_label(x))
     ax.set_ylabel(safe_label(inp.features[j]))
     ax.set_title(safe_label(feature if title is None else title), fontsize=9)
-    ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False)
+    if ax.get_legend_handles_labels()[1]:  # no curve when the feature has no observed value
+        ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False)
     return ax
 
 

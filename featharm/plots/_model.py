@@ -23,7 +23,8 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
 
     ``parameter="gamma"``: ``gamma_hat`` with the normal prior N(``gamma_bar``, ``tau2``);
     ``"delta"``: ``delta_hat`` (the variance ratio δ̂²) with the inverse-gamma prior of shape
-    ``a_prior`` and scale ``b_prior``. Features without residual variance are left out, as in the fit.
+    ``a_prior`` and scale ``b_prior``. Features without residual variance are left out, as in the fit, and so
+    are undefined estimates (NaN: a site with no observed value of a feature, or one for δ̂²).
     Where the prior does not exist (reference batch; the scale prior with ``mean_only``) only the
     histogram is drawn and the title says why.
 
@@ -43,6 +44,7 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
                     list(getattr(model, "constant_features_", [])))
     table = model.gamma_hat_ if parameter == "gamma" else model.delta_hat_
     est = table.to_numpy()[i, keep]
+    est = est[np.isfinite(est)]  # undefined where the site has no (one) observed value of a feature: not drawn
     pri = model.priors_.iloc[i]
     ax = get_ax(ax)
     color = site_colors(sites)[sites[i]]
@@ -53,7 +55,8 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
         ok = np.isfinite(pri["gamma_bar"]) and np.isfinite(pri["tau2"]) and pri["tau2"] > 0
         if ok:
             sd = float(np.sqrt(pri["tau2"]))
-            grid = np.linspace(min(est.min(), pri["gamma_bar"] - 4 * sd), max(est.max(), pri["gamma_bar"] + 4 * sd), 200)
+            lo = min(np.min(est, initial=np.inf), pri["gamma_bar"] - 4 * sd)
+            grid = np.linspace(lo, max(np.max(est, initial=-np.inf), pri["gamma_bar"] + 4 * sd), 200)
             ax.plot(grid, stats.norm.pdf(grid, loc=pri["gamma_bar"], scale=sd), color="black", lw=1.5,
                     label="prior")
         xlabel = "gamma_hat (location)"
@@ -61,7 +64,7 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
         a, b = pri["a_prior"], pri["b_prior"]
         ok = np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0
         if ok:
-            hi = max(float(est.max()), float(stats.invgamma.ppf(0.995, a, scale=b)))
+            hi = max(float(np.max(est, initial=0.0)), float(stats.invgamma.ppf(0.995, a, scale=b)))
             grid = np.linspace(max(1e-6, 0.0), hi, 300)
             ax.plot(grid, stats.invgamma.pdf(grid, a, scale=b), color="black", lw=1.5, label="prior")
         xlabel = "delta_hat² (scale)"

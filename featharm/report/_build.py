@@ -13,6 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .._validation import align_covariates, batch_levels, check_features, get_batch, rows_of, show_columns
@@ -112,6 +113,7 @@ class ReportData:
     features: list | None  # drawn individually; None: the largest site effects
     cov_cols: list
     x: str | None  # continuous covariate of the trajectories and the PCA colouring
+    excluded: list = field(default_factory=list)  # rows left out (model with missing_covariates="exclude")
 
     @property
     def has_after(self) -> bool:
@@ -167,18 +169,28 @@ def _validate(X, covariates, *, model, X_harmonized, batch, formula, features, c
     batch = batch if batch is not None else (getattr(model, "batch", None) or "site")
     formula = formula if formula is not None else (model_formula(model) if model is not None else None)
     # a NumPy array: rows of the covariates, in order; the model's feature names
-    _, index, columns = check_features(X, "make_report", index=rows_of(covariates),
-                                       columns=getattr(model, "feature_names_in_", None))
+    _, index, columns, _ = check_features(X, "make_report", index=rows_of(covariates),
+                                          columns=getattr(model, "feature_names_in_", None), allow_nan=True)
     cov = align_covariates(index, covariates, "make_report")
+    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
+    excluded = _excluded_rows(model, cov, batch, formula)
+    if excluded is not None:  # rows the model leaves out (missing_covariates="exclude"): out of the report too
+        if X_harmonized is None:
+            X_harmonized = model.transform(X, cov)
+        if isinstance(X_harmonized, pd.DataFrame):
+            X_harmonized = X_harmonized.loc[~excluded.to_numpy()]
+        elif X_harmonized is not None:
+            X_harmonized = np.asarray(X_harmonized)[~excluded.to_numpy()]
+        X, cov = X.loc[~excluded.to_numpy()], cov.loc[~excluded.to_numpy()]
+        index = X.index
     levels = batch_levels(get_batch(cov, batch))
     if len(levels) < 2:  # every section compares sites
         raise BatchError(f"a report compares sites, so it needs at least 2 batches in {batch!r}; found only "
                          f"{levels}. Give the data of all the sites.")
-    X = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X, index=index, columns=columns)
     if X_harmonized is None and model is not None:
         X_harmonized = model.transform(X, cov)
     if X_harmonized is not None:
-        check_features(X_harmonized, "make_report", index=index, columns=columns)
+        check_features(X_harmonized, "make_report", index=index, columns=columns, allow_nan=True)
         if not isinstance(X_harmonized, pd.DataFrame):
             X_harmonized = pd.DataFrame(X_harmonized, index=index, columns=columns)
         if list(map(str, X_harmonized.columns)) != list(map(str, columns)) or not X_harmonized.index.equals(index):
@@ -196,7 +208,19 @@ def _validate(X, covariates, *, model, X_harmonized, batch, formula, features, c
         raise ColumnNotFoundError(f"make_report: covariates have no column(s) {missing}; columns present: "
                                   f"{show_columns(cov.columns)}.")
     return ReportData(X=X, Xh=X_harmonized, cov=cov, batch=batch, formula=formula, features=features,
-                      cov_cols=cov_cols, x=x)
+                      cov_cols=cov_cols, x=x,
+                      excluded=[] if excluded is None else list(excluded.index[excluded.to_numpy()]))
+
+
+def _excluded_rows(model, cov: pd.DataFrame, batch, formula) -> pd.Series | None:
+    """Rows without a batch label or a formula covariate, when the model leaves such rows out
+    (``missing_covariates="exclude"``): a boolean Series, or None (no such row, or a model that refuses them:
+    the diagnostics then name the rows in their error)."""
+    if model is None or model.get_params(deep=False).get("missing_covariates") != "exclude":
+        return None
+    used = [c for c in [batch, *_formula_columns(formula, cov)] if c in cov.columns]
+    bad = cov[used].isna().any(axis=1)
+    return bad if bad.any() else None
 
 
 def run_diagnostics(data: ReportData, model=None, classification: bool = True):
@@ -223,7 +247,8 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
                 extra_warnings=None, parameters=None, date=None, command=None, classification=True) -> HTMLReport:
     """Build the one-file HTML report of a harmonization (or of raw data alone).
 
-    Sections: data summary, covariate balance, site effects before and after (summary numbers, tables,
+    Sections: data summary, missing values (only when feature cells are missing: per feature and per site,
+    a heat map; ``docs/methods.md`` §6.9), covariate balance, site effects before and after (summary numbers, tables,
     figures), preservation of biology, the model's parameters, the warnings raised during the fit and
     while computing the report, and provenance (versions, parameters, input hashes, date). The numbers
     come from one :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes
@@ -232,7 +257,7 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     Parameters
     ----------
     X : DataFrame
-        Raw features (subjects × features).
+        Raw features (subjects × features); NaN cells (missing values) are allowed.
     covariates : DataFrame
         The batch column and covariates, matched to ``X`` by index.
     model : fitted harmonizer, optional
@@ -339,7 +364,8 @@ def _warnings_section(rows: list[dict]) -> Section:
 def build_sections(data: ReportData, result, model, figs: Figures, prov: Provenance, *,
                    classification_note: str | None = None, classification: bool = True) -> list[Section]:
     """Every section but the warnings, in order."""
-    return [data_section(data),
+    missing = [missing_section(data, result, figs)] if result.n_missing else []
+    return [data_section(data), *missing,
             balance_section(data, result, figs),
             site_effects_section(data, result, figs, classification=classification, note=classification_note),
             preservation_section(data, result, figs),
@@ -362,6 +388,10 @@ def data_section(data: ReportData) -> Section:
             g = col.groupby(cov[batch].astype(str).to_numpy())
             per_site[f"{c} mean (sd)"] = [f"{g.mean()[lv]:.3g} ({g.std()[lv]:.2g})" for lv in counts.index]
     s.tables.append(table(per_site, "Subjects per site"))
+    if data.excluded:
+        s.notes.append(f"{len(data.excluded)} row(s) left out of the model and of this report: their batch or a "
+                       "covariate of the formula is missing (missing_covariates='exclude'): "
+                       + ", ".join(map(str, data.excluded[:20])) + (" ..." if len(data.excluded) > 20 else "") + ".")
     miss = pd.DataFrame({"column": [str(c) for c in cov.columns], "missing values": cov.isna().sum().to_numpy()})
     s.stats.append(("missing values in the features", str(int(X.isna().sum().sum()))))
     s.stats.append(("covariate columns with missing values", str(int((miss["missing values"] > 0).sum()))))
@@ -374,6 +404,55 @@ def data_section(data: ReportData) -> Section:
                                         "min": X.min().to_numpy(), "max": X.max().to_numpy()}),
                           "Features (raw)", max_rows=None))
     return s
+
+
+def missing_section(data: ReportData, result, figs: Figures) -> Section:
+    """Missing feature cells (only when there are some): per feature, per site, and a site × feature heat map."""
+    X, batch = data.X, data.batch
+    n, V = X.shape
+    mt = result["missingness"]
+    s = Section("missing", "Missing values",
+                intro="Empty (NaN) feature cells are not filled. Every per-feature test uses the feature's observed "
+                      "rows (column n of its tables); a site with fewer than 2 observed values of a feature is "
+                      "left out of that feature's tests. The multivariate checks (PERMANOVA, MDMR, MANOVA, Box's "
+                      "M, site classification) use the rows without a missing feature. Harmonization leaves "
+                      "empty cells empty.")
+    by_feature = mt.groupby("feature", sort=False)[["n_missing"]].sum()
+    sites_with = mt[mt["n_missing"] > 0].groupby("feature", sort=False)["site"].apply(lambda x: ", ".join(x))
+    by_feature = by_feature.assign(fraction=by_feature["n_missing"] / n, observed=n - by_feature["n_missing"],
+                                   sites=sites_with.reindex(by_feature.index).fillna(""))
+    with_missing = by_feature[by_feature["n_missing"] > 0]
+    s.stats += [("missing feature cells", f"{result.n_missing} of {n * V} ({fmt(100 * result.n_missing / (n * V))} %)"),
+                ("features with missing cells", f"{len(with_missing)} of {V}"),
+                ("rows without a missing feature (used by the multivariate checks)",
+                 f"{result.n_complete} of {n}")]
+    tab = with_missing.sort_values("n_missing", ascending=False, kind="mergesort").reset_index()
+    s.tables.append(table(tab.rename(columns={"n_missing": "missing cells", "fraction": "fraction missing",
+                                              "observed": "observed rows", "sites": "sites with missing cells"}),
+                          "Missing cells per feature (features with missing cells, most first)", max_rows=30))
+    by_site = mt.groupby("site", sort=False).agg(subjects=("n", "first"), missing=("n_missing", "sum"),
+                                                 features=("n_missing", lambda x: int((x > 0).sum())))
+    by_site["fraction of cells"] = by_site["missing"] / (by_site["subjects"] * V)
+    codes = data.cov[batch].astype(str).to_numpy()
+    complete = ~X.isna().to_numpy().any(axis=1)
+    by_site["rows without a missing feature"] = [int(complete[codes == st].sum()) for st in by_site.index]
+    s.tables.append(table(by_site.reset_index().rename(columns={"site": str(batch), "missing": "missing cells",
+                                                                 "features": "features with missing cells"}),
+                          "Missing cells per site"))
+    untested = _untested(result)
+    if untested:
+        s.notes.append(f"{len(untested)} feature(s) could not be tested on their observed rows (NaN statistics): "
+                       + ", ".join(untested[:20]) + (" ..." if len(untested) > 20 else "") + ".")
+    figs.add(s, result.plot_missing(), "Missing cells by site and feature",
+             "Share of each site's rows without a value of the feature (white: none missing).",
+             "heat map of the fraction of missing cells, sites by features")
+    return s
+
+
+def _untested(result) -> list:
+    se = result["site_effects"]
+    raw = se[(se["data"] == "raw") & (se["test"] == se["test"].iloc[0])]
+    return [str(f) for f in raw.loc[raw["statistic"].isna(), "feature"]]
 
 
 def balance_section(data: ReportData, result, figs: Figures) -> Section:
@@ -406,16 +485,39 @@ def site_effects_section(data: ReportData, result, figs: Figures, *, classificat
     s.tables.append(table(_stats.top_features(before, after, first), f"Features with the largest site effect "
                                                                       f"before harmonization ({first})"))
     s.tables.append(table(_stats.with_before_after(result["multivariate"], _stats.MULTIVARIATE_KEEP),
-                          "Multivariate tests of site (additive residuals; PERMANOVA with "
+                          "Multivariate tests of site (" + _rows_words(result) + "additive residuals; PERMANOVA with "
                           f"{result.options.get('n_permutations')} seeded permutations; MDMR with its analytic "
                           "p-value; "
                           "MANOVA and Box's M on the top principal components)"))
+    if "site_mixing" in result:
+        mix = result["site_mixing"]
+        s.tables.append(table(_stats.with_before_after(mix, _stats.MIXING_KEEP),
+                              "Site mixing (" + _rows_words(result) + "first principal components of the "
+                              "standardized additive residuals): silhouette of the site labels (ideal 0 or below), "
+                              "kBET acceptance rate (ideal 1 - alpha) and median iLISI (ideal: the inverse Simpson "
+                              "index of the site sizes); averaged over at most "
+                              f"{int(mix['rows_averaged'].max())} seeded rows"))
     if note is not None:
         s.notes.append(note)
     elif classification:
         _classification(s, result)
     _site_effect_figures(s, data, result, figs, before)
     return s
+
+
+def param_text(value) -> str:
+    """A parameter's value for a table cell: its repr, or the shape of a table (the constructor's covariate
+    table, ``covariates=``) rather than its whole contents."""
+    if isinstance(value, pd.DataFrame):
+        return f"DataFrame of {value.shape[0]} rows × {value.shape[1]} columns"
+    return repr(value)
+
+
+def _rows_words(result) -> str:
+    """How many rows the multivariate checks used, when feature cells are missing (else nothing)."""
+    if not result.n_missing:
+        return ""
+    return f"the {result.n_complete} of {result.n_samples} rows without a missing feature; "
 
 
 def _test_counts(s: Section, result) -> str:
@@ -467,7 +569,7 @@ def _classification(s: Section, result) -> None:
         bacc = part[part.metric == "balanced_accuracy"].iloc[0]
         s.stats.append((f"site classification balanced accuracy {d} (chance {fmt(bacc['chance'])})",
                         fmt(bacc["value"])))
-    s.tables.append(table(tab, f"Site classification: {_classifier_words(result)}, stratified "
+    s.tables.append(table(tab, f"Site classification: {_rows_words(result)}{_classifier_words(result)}, stratified "
                                f"{o.get('n_splits')}-fold CV ({o.get('n_repeats')} repeats), covariates "
                                f"residualized inside the training folds; {_null_words(o)}. Chance: 1/sites for "
                                "balanced accuracy, 0.5 for AUC." + how))
@@ -549,7 +651,7 @@ def model_section(model, batch, figs: Figures) -> Section:
     s.stats += [("model", type(model).__name__), ("batches", ", ".join(map(str, model.batches_))),
                 ("design columns", ", ".join(map(str, model.design_.columns)) or "none")]
     params = model.get_params(deep=False)
-    s.tables.append(table(pd.DataFrame({"parameter": list(params), "value": [repr(v) for v in params.values()]}),
+    s.tables.append(table(pd.DataFrame({"parameter": list(params), "value": [param_text(v) for v in params.values()]}),
                           "Parameters"))
     if hasattr(model, "priors_"):
         pri = model.priors_.copy()
@@ -587,7 +689,7 @@ def provenance_section(data: ReportData, model, prov: Provenance) -> Section:
     prm = {"batch": data.batch, "formula": data.formula or "", "features": data.X.shape[1]}
     if model is not None:
         prm["model"] = type(model).__name__
-        prm.update({f"model.{k}": repr(v) for k, v in model.get_params(deep=False).items()})
+        prm.update({f"model.{k}": param_text(v) for k, v in model.get_params(deep=False).items()})
     prm.update({str(k): v for k, v in (prov.parameters or {}).items()})
     s.tables.append(table(pd.DataFrame({"parameter": list(prm), "value": [str(v) for v in prm.values()]}),
                           "Parameters"))

@@ -89,9 +89,10 @@ def with_before_after(table: pd.DataFrame, keep) -> pd.DataFrame:
     return t[["data"] + [c for c in keep if c in t.columns]].reset_index(drop=True)
 
 
-MULTIVARIATE_KEEP = ["test", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
+MULTIVARIATE_KEEP = ["test", "n", "variant", "statistic", "df1", "df2", "p_unc", "effect_size", "effect_size_name",
                      "n_components", "n_permutations"]
-CLASSIFICATION_KEEP = ["metric", "value", "sd", "chance", "null_mean", "p_perm", "n_permutations", "n_splits"]
+MIXING_KEEP = ["metric", "n", "rows_averaged", "value", "ideal", "worst", "neighbours", "n_components"]
+CLASSIFICATION_KEEP = ["metric", "n", "value", "sd", "chance", "null_mean", "p_perm", "n_permutations", "n_splits"]
 
 
 # ------------------------------------------------------------------------------------------ covariates, biology

@@ -90,11 +90,34 @@ def test_other_families_write_empty_cells(table, tmp_path, capsys, method, words
     np.testing.assert_allclose(h.to_numpy(), expected.to_numpy(), rtol=1e-15, atol=0)
 
 
-def test_report_needs_complete_features(table, tmp_path, capsys):
+def test_harmonize_report_with_empty_cells(table, tmp_path, capsys):
     path, X, cov = table
-    assert main(_harmonize(path, tmp_path / "h.csv", "--report", str(tmp_path / "r.html"))) == 2
-    assert "--report needs complete features: 196 feature cell(s) are empty" in capsys.readouterr().err
-    assert not (tmp_path / "h.csv").exists()
+    out, rep = tmp_path / "h.csv", tmp_path / "r.html"
+    assert main(_harmonize(path, out, "--report", str(rep))) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"report -> {rep}" in line and "196 of 6,000 feature cells missing" in line
+    text = rep.read_text(encoding="utf-8")
+    assert '<section id="missing">' in text and "<h2>Missing values</h2>" in text
+    n_complete = int(X.notna().all(axis=1).sum())
+    assert f"<dd>{n_complete} of {len(X)}</dd>" in text  # rows of the multivariate checks
+    h = pd.read_csv(out).set_index("subject_id")[X.columns]
+    assert np.array_equal(h.isna().to_numpy(), X.isna().to_numpy())
+
+
+def test_diagnose_with_empty_cells(table, tmp_path, capsys):
+    path, X, cov = table
+    out = tmp_path / "diag"
+    assert main(["diagnose", str(path), "--batch", "site", "--formula", "age + sex", "--id", "subject_id",
+                 "--out", str(out), "--n-permutations", "9", "--classification-permutations", "2"]) == 0
+    assert "missing: 196 of 6000 feature cells" in capsys.readouterr().out
+    se = pd.read_csv(out / "site_effects.csv")
+    n_obs = X.notna().sum()
+    anova = se[se.test == "anova"].set_index("feature")
+    assert (anova["n"] <= n_obs.reindex(anova.index)).all() and anova["n"].min() < len(X)
+    mt = pd.read_csv(out / "missingness.csv")
+    assert int(mt["n_missing"].sum()) == 196
+    mv = pd.read_csv(out / "multivariate.csv")
+    assert (mv["n"] <= int(X.notna().all(axis=1).sum())).all()
 
 
 @pytest.mark.filterwarnings("default::featharm.exceptions.MissingValueWarning")  # printed by the CLI

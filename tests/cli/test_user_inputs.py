@@ -51,9 +51,16 @@ def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
 
 
 def test_readme_cross_validation_block_runs():
+    """The README's cross-validation code (both routes, then the loop they reproduce) on the IXI table."""
     data = fh.datasets.load_ixi()
-    ns = {"fh": fh, "data": data, "X": data[fh.datasets.ixi_feature_columns(data)]}
-    exec(compile(_python_block("### Harmonization inside cross-validation"), "README.md", "exec"), ns)
+    y = np.random.default_rng(0).integers(0, 2, len(data))  # a target that is not a covariate
+    ns = {"fh": fh, "data": data, "X": data[fh.datasets.ixi_feature_columns(data)], "y": y}
+    heading = "### Pipelines and cross-validation"
+    exec(compile(_python_block(heading), "README.md", "exec"), ns)
+    assert len(ns["scores"]) == 5
+    text = README.read_text(encoding="utf-8")
+    loop = re.findall(r"```python\n(.*?)```", text[text.index(heading):], flags=re.S)[1]
+    exec(compile(loop, "README.md", "exec"), ns)
     assert ns["X_test"].shape[1] == ns["X"].shape[1] and not ns["X_test"].isna().any().any()
 
 

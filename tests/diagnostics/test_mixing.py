@@ -153,3 +153,18 @@ def test_the_sample_is_seeded_and_capped():
     assert (fh.diagnostics.site_mixing(X, cov, formula="age", sample_size=500)["rows_averaged"] == 120).all()
     with pytest.raises(InputError, match="sample_size"):
         fh.diagnostics.site_mixing(X, cov, formula="age", sample_size=0)
+
+
+def test_diagnose_reports_site_mixing_before_and_after():
+    X, cov = _sim(1.0, n=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hm = fh.ComBat(formula="age")
+        Xh = hm.fit_transform(X, cov)
+        res = fh.diagnostics.diagnose(X, cov, formula="age", X_harmonized=Xh, classification=False,
+                                      n_permutations=0, random_state=1)
+    mix = res["site_mixing"].set_index(["data", "metric"])["value"]
+    direct = fh.diagnostics.site_mixing(X, cov, formula="age", random_state=1).set_index("metric")["value"]
+    assert mix["raw"].to_dict() == pytest.approx(direct.to_dict(), rel=1e-12)
+    assert mix["harmonized", "silhouette"] < mix["raw", "silhouette"]
+    assert "site mixing: silhouette" in res.summary()

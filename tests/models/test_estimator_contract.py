@@ -47,6 +47,7 @@ FAMILIES = {
 _COMMON_BAD = {
     "batch": 3.5, "formula": 12, "eb": "yes", "parametric": None, "mean_only": 1.5, "mean_only_form": "R",
     "ref_batch": ["a"], "tol": -1.0, "max_iter": 0, "compat": "R", "missing_covariates": "impute",
+    "covariates": "participants.tsv", "n_jobs": 0,
 }
 _FAMILY_BAD = {
     "ComBat": {},
@@ -115,7 +116,7 @@ def test_shared_parameter_names_and_defaults(name):
     """The parameters families share mean the same thing and have the same default."""
     shared = {"batch": "site", "formula": None, "eb": True, "parametric": True, "mean_only": False,
               "mean_only_form": "sva", "ref_batch": None, "tol": 1e-4, "max_iter": 1000, "compat": None,
-              "missing_covariates": "error"}
+              "missing_covariates": "error", "covariates": None, "n_jobs": None}
     params = FAMILIES[name][0]().get_params()
     for k, v in shared.items():
         if k in params:
@@ -221,7 +222,8 @@ def test_dataframe_in_out_same_index_and_columns(name, data, fitted):
 @families
 def test_fit_transform_refuses_unknown_arguments(name, data):
     X, cov = data
-    with pytest.raises(TypeError):
+    # fit takes keyword metadata (covariates=, for scikit-learn's routing): any other keyword is named
+    with pytest.raises(ValueError, match=r"fit takes X and covariates only; got \['new_sites'\]"):
         make(name).fit(X, cov, new_sites="estimate")
     with pytest.raises(ValueError, match="new_sites"):
         make(name).fit_transform(X, cov, new_sites="estimate")
@@ -448,8 +450,9 @@ SKLEARN_CHECKS = [
 ]
 
 # The others call ``fit(X, y)`` / ``transform(X)`` on bare arrays. A harmonizer needs a covariate table with
-# the batch column (``transform(X, covariates)``), so they fail at once with featharm's InputError ("needs the
-# covariates as a pandas DataFrame holding the batch column"); sparse and complex input are refused with
+# the batch column (``transform(X, covariates)``), so they fail at once with featharm's InputError ("got a
+# ndarray where the covariates go", naming the two ways a Pipeline gives them: tests/models/test_pipeline.py);
+# sparse and complex input are refused with
 # "needs the features as a pandas DataFrame" rather than the wording those checks look for. What they check
 # is covered above for featharm's call signature:
 SKLEARN_CHECKS_NOT_APPLICABLE = {

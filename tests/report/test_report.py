@@ -255,3 +255,21 @@ def test_preservation_matches_statsmodels(small):
     assert row.effect_before == pytest.approx(t**2 / (t**2 + raw.df_resid), rel=1e-9)
     assert list(summary.term) == ["age", "sex[T.M]"]
     assert summary["Lin's CCC (t)"].between(0.9, 1.0).all()  # ComBat keeps the simulated effects
+
+
+@pytest.mark.slow
+def test_ixi_report_shows_site_mixing_before_and_after(ixi):
+    rep = ixi[-1]
+    i = rep.html.index("Site mixing (")
+    block = rep.html[i:i + 6000]
+    for metric in ("silhouette", "kbet_acceptance", "ilisi"):
+        assert f"<td>{metric}</td>" in block
+    assert "<td>before</td>" in block and "<td>after</td>" in block
+
+
+def test_a_constructor_covariate_table_is_shown_by_its_shape(small):
+    X, cov = small
+    hm = fh.ComBat(batch="site", covariates=cov).fit(X)
+    rep = hm.report(X, cov, date=DATE)
+    assert f"DataFrame of {len(cov)} rows × {cov.shape[1]} columns" in rep.html
+    assert "Empty DataFrame" not in rep.html and repr(cov).splitlines()[1] not in rep.html

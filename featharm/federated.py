@@ -1,0 +1,814 @@
+"""Federated ComBat in one round: sites that cannot share their rows send one summary each (``docs/methods.md`` §5.2).
+
+The protocol::
+
+    coordinator   p = plan(batch="site", batches=[...], formula="age + sex", levels={"sex": ["F", "M"]},
+                           features=[...])                         save_plan(p, "plan.json")   -> every site
+    each site     s = summarize(data, covariates, p)             s.save("site.fhs")          -> coordinator
+    coordinator   model = combine([s1, s2, ...], p)               model.save("model.fhm")     -> every site
+    each site     model.transform(data, covariates)              (``featharm apply``)
+    late site     model2 = extend(model, summarize(new_data, new_cov, p))
+
+**The plan** fixes everything the sites must code identically: the batch column and its levels, the covariate
+formula (text, read by featharm's own grammar: never ``eval``) and the levels of its categorical covariates,
+the feature names and order, the ComBat options and ``min_count``. The covariate encoding
+(:class:`~featharm.design.CovariateDesign`) is rebuilt from the plan alone, the same at every site. Transforms
+whose state would be computed from the rows (``center``, ``scale``/``standardize``, ``bs`` without every knot
+and bound given) are refused: each site would compute a different state. Write them with fixed numbers
+(``I(age - 50)``, ``I((age - 50) / 10)``). A categorical covariate is one listed in ``levels``; every other
+covariate is continuous. ComBat-GAM is not supported yet.
+
+**The summary** of a site holds, for each of its batches ``i`` (:class:`featharm._core.suffstats.SuffStats`,
+sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxxᵀ``; per feature the observed count,
+``Σy``, ``Σxy`` and ``Σy²``; the shift (the batch's mean covariates and features and a pilot slope, themselves
+functions of those sums); with missing values, per (batch, feature) cell with missing rows, ``Σx`` and ``Σxxᵀ``
+over those rows. No array has a subject axis. :func:`summarize` refuses (:class:`DisclosureError`, nothing
+written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
+a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features) and a feature observed in
+1..min_count-1 subjects of a batch. Known residual disclosure: where a feature is missing for a few subjects
+of a batch, the covariate sums over those rows describe those few subjects' covariates (not their features);
+:func:`describe_summary` (``featharm federated show``) lists these cells.
+
+**Combine** checks every summary against the plan (same plan digest; else which of batches, levels, features,
+options differ), refuses a batch in two summaries (naming both), a batch the plan does not list, a planned
+batch without a summary, and a planned level no site holds; then merges the statistics
+(:meth:`SuffStats.combine`: canonical order, so any order of the summaries gives the same model, bit for bit)
+and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>`: the centralized fit to rounding.
+
+Files: the plan is a small JSON file (:func:`save_plan` / :func:`load_plan`); a summary (``.fhs``) is the model
+file's container (:mod:`featharm.persistence`: JSON manifest + ``.npy`` arrays, no pickle, schema-versioned),
+read with the same bounded, validating reader (:func:`load_summary`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import stat
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import formula as _fm
+from ._core.suffstats import ARRAYS, SuffStats
+from ._version import __version__
+from .design import CovariateDesign
+from .exceptions import (
+    ColumnNotFoundError,
+    DisclosureError,
+    FederatedError,
+    FederatedFileError,
+    FormulaError,
+    InputError,
+    MissingValueError,
+    NonNumericFeatureError,
+)
+
+__all__ = [
+    "DEFAULT_MIN_COUNT",
+    "Plan",
+    "Summary",
+    "combine",
+    "describe_summary",
+    "extend",
+    "load_plan",
+    "load_summary",
+    "plan",
+    "plan_bytes",
+    "save_plan",
+    "summarize",
+]
+
+DEFAULT_MIN_COUNT = 10
+PLAN_FORMAT = "featharm-federated-plan"
+SUMMARY_FORMAT = "featharm-federated-summary"
+PLAN_SCHEMA = 1
+SUMMARY_SCHEMA = 1
+MAX_PLAN_BYTES = 64 * 2**20   # room for 327,684 vertex names
+MAX_BATCHES = 100_000
+_OPTIONS = ("ref_batch", "parametric", "mean_only", "eb")
+
+
+def _show(values, k: int = 5) -> str:
+    values = list(values)
+    return ", ".join(map(repr, values[:k])) + (f" and {len(values) - k} more" if len(values) > k else "")
+
+
+# ============================================================================================== the plan
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What every site codes identically (see the module docstring). Build it with :func:`plan`."""
+
+    batch: str
+    batches: tuple  # sorted batch levels (strings)
+    formula: str  # "" for no covariates
+    levels: dict  # categorical covariate -> tuple of its levels (sorted, the first the baseline)
+    features: tuple
+    ref_batch: str | None = None
+    parametric: bool = True
+    mean_only: bool = False
+    eb: bool = True
+    min_count: int = DEFAULT_MIN_COUNT
+    method: str = "combat"
+    design: CovariateDesign = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        """The plan as JSON data (what :func:`save_plan` writes, less the format and schema entries)."""
+        return {"batch": self.batch, "batches": list(self.batches), "formula": self.formula,
+                "levels": {k: list(v) for k, v in sorted(self.levels.items())}, "features": list(self.features),
+                "options": {"ref_batch": self.ref_batch, "parametric": self.parametric, "mean_only": self.mean_only,
+                            "eb": self.eb},
+                "min_count": self.min_count, "method": self.method}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the plan's canonical JSON: summaries made with this plan carry it."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+    def model_params(self) -> dict:
+        """The :class:`~featharm.ComBat` parameters of the plan."""
+        return {"batch": self.batch, "formula": self.formula or None, "eb": self.eb, "parametric": self.parametric,
+                "mean_only": self.mean_only, "ref_batch": self.ref_batch}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Plan) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+def _names(value, what: str, *, minimum: int = 1) -> list[str]:
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise FederatedError(f"{what} must be a list of names; got {type(value).__name__} {str(value)[:60]!r}.")
+    out = list(value)
+    bad = [v for v in out if not isinstance(v, str) or not v.strip() or v != v.strip()]
+    if bad:
+        raise FederatedError(f"{what} must be non-empty names without surrounding spaces; got {bad[0]!r}.")
+    seen, dup = set(), None
+    for v in out:
+        if v in seen:
+            dup = v
+            break
+        seen.add(v)
+    if dup is not None:
+        raise FederatedError(f"{what} repeat {dup!r}; list each once.")
+    if len(out) < minimum:
+        raise FederatedError(f"{what} must list at least {minimum}; got {len(out)}.")
+    return out
+
+
+def plan(*, batch: str, batches, features, formula: str | None = None, levels: dict | None = None,
+         ref_batch: str | None = None, parametric: bool = True, mean_only: bool = False, eb: bool = True,
+         min_count: int = DEFAULT_MIN_COUNT, method: str = "combat", smooth=None, smooth_range=None) -> Plan:
+    """The coordinator's plan (see the module docstring): validated, with the covariate design built from it.
+
+    ``batches``: every batch level that will take part (the levels of ``batch`` at the sites, as text);
+    ``levels``: ``{covariate: [levels]}`` for each categorical covariate of ``formula`` (order does not matter:
+    they are coded as featharm codes them, sorted, the first the baseline unless ``C(x, Treatment("L"))``);
+    ``features``: the feature columns, in order; the options are ComBat's; ``min_count``: the fewest subjects a
+    summary may hold sums over (batch, categorical level within a batch, observed values of a feature).
+    """
+    if method != "combat" or smooth or smooth_range:
+        raise FederatedError(
+            f"federated ComBat-GAM (method {method!r}, smooth terms {list(smooth or [])}) is not supported yet: "
+            "only linear covariates (method 'combat'). Model age linearly or with fixed-knot terms, e.g. "
+            "bs(age, knots=[40, 60], lower_bound=5, upper_bound=95), or harmonize centrally.")
+    if not isinstance(batch, str) or not batch.strip():
+        raise FederatedError(f"the batch column must be a column name; got {batch!r}.")
+    batch_levels = sorted(_names(batches, "the batch levels (--batches)", minimum=2))
+    if len(batch_levels) > MAX_BATCHES:
+        raise FederatedError(f"at most {MAX_BATCHES} batches; got {len(batch_levels)}.")
+    feats = _names(features, "the features (--features)")
+    if ref_batch is not None and ref_batch not in batch_levels:
+        raise FederatedError(f"the reference batch {ref_batch!r} is not among the batches {_show(batch_levels)}; "
+                             "pick one of them.")
+    for name, v in (("parametric", parametric), ("mean_only", mean_only), ("eb", eb)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise FederatedError(f"{name} must be true or false; got {v!r}.")
+    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 2:
+        raise FederatedError(f"min_count must be a whole number of at least 2 (a summary's sums must cover "
+                             f"several subjects; default {DEFAULT_MIN_COUNT}); got {min_count!r}.")
+    if eb and len(feats) < 2:
+        raise FederatedError("empirical Bayes pools the batch effects across features, so it needs at least 2 "
+                             "features; list more, or plan with eb=False (--no-eb).")
+    levels = dict(levels or {})
+    clean_levels = {}
+    for var, lev in levels.items():
+        if not isinstance(var, str):
+            raise FederatedError(f"covariate names must be text; got {var!r}.")
+        lv = _names(lev, f"the levels of covariate {var!r} (--levels {var}=...)", minimum=2)
+        clean_levels[var] = tuple(sorted(lv))
+    text = _fm.clean_formula(formula) if formula is not None else ""
+    design = _plan_design(text, clean_levels, batch)
+    overlap = sorted(set(feats) & ({batch} | set(design.variables)))
+    if overlap:
+        raise FederatedError(f"{overlap[0]!r} is both a feature and the batch column or a covariate of the "
+                             "formula; a column is one or the other.")
+    return Plan(batch=batch, batches=tuple(batch_levels), formula=design.formula, levels=clean_levels,
+                features=tuple(feats), ref_batch=ref_batch, parametric=bool(parametric),
+                mean_only=bool(mean_only), eb=bool(eb), min_count=int(min_count), method="combat", design=design)
+
+
+def _prototype(variables, levels: dict, n: int, lo: float, hi: float) -> pd.DataFrame:
+    cols = {}
+    for v in variables:
+        if v in levels:
+            lev = list(levels[v])
+            cols[v] = [lev[k % len(lev)] for k in range(n)]
+        else:
+            cols[v] = np.linspace(lo, hi, n) ** 1.5
+    return pd.DataFrame(cols)
+
+
+def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
+    """The covariate design of the plan, from the plan alone: the same at every site."""
+    parsed = _fm.parse_formula(formula)
+    if parsed.smooth_terms():
+        raise FederatedError(f"formula {formula!r} has the smooth term s({parsed.smooth_terms()[0]}): federated "
+                             "ComBat-GAM is not supported yet. Use linear or fixed-knot terms.")
+    variables = parsed.variables()
+    if batch in variables:
+        raise FederatedError(f"formula {formula!r} uses the batch column {batch!r} as a covariate; the batch is "
+                             "added by the model itself. Remove it from the formula.")
+    unused = sorted(set(levels) - set(variables))
+    if unused:
+        raise FederatedError(f"levels were given for {unused[0]!r}, which the formula {formula!r} does not use; "
+                             "drop them or add the covariate to the formula.")
+    undeclared = [v for v in parsed.categorical_variables() if v not in levels]
+    if undeclared:
+        raise FederatedError(f"formula {formula!r} codes {undeclared[0]!r} as categorical (C()); list its levels "
+                             f"in the plan (--levels {undeclared[0]}=A,B,...).")
+    n = max([len(v) for v in levels.values()] + [2]) * 3 + 3
+    design, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 1.0, 3.0), exclude=(batch,))
+    if design.spec and design.spec.get("state"):
+        other, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 7.0, 20.0), exclude=(batch,))
+        moved = sorted(k for k in design.spec["state"] if design.spec["state"][k] != other.spec["state"].get(k))
+        if moved:
+            raise FederatedError(
+                f"formula {formula!r} uses {_show(moved)}, whose state (centre, scale or knots) would be computed "
+                "from each site's own rows, so the sites would code their covariates differently. Write it with "
+                "fixed numbers instead: I(age - 50) for center(age), I((age - 50) / 10) for scale(age), bs(age, "
+                "knots=[...], lower_bound=..., upper_bound=...) with every knot and bound given.")
+    design.ranges = {}  # ranges of the prototype mean nothing; a federated model records none
+    return design
+
+
+# ---------------------------------------------------------------------------------------- plan files
+def plan_bytes(p: Plan) -> bytes:
+    """The plan file's content: indented JSON with sorted keys (the same plan gives the same bytes)."""
+    d = {"format": PLAN_FORMAT, "schema_version": PLAN_SCHEMA, **p.to_dict()}
+    return (json.dumps(d, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def save_plan(p: Plan, path) -> None:
+    """Write the plan as JSON (atomically)."""
+    from .persistence import atomic_write_bytes
+
+    atomic_write_bytes(path, plan_bytes(p))
+
+
+def _read_bounded(path, what: str, limit: int) -> bytes:
+    shown = repr(str(path))
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FederatedFileError(f"{what} {shown} does not exist.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FederatedFileError(f"{shown} is not a regular file; give the {what} itself.")
+    if st.st_size > limit:
+        raise FederatedFileError(f"{shown} has {st.st_size:,} bytes; a {what} has at most {limit:,}.")
+    with open(path, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise FederatedFileError(f"{shown} grew beyond {limit:,} bytes while being read.")
+    return raw
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def plan_from_dict(d, source: str = "the plan") -> Plan:
+    """A :class:`Plan` from its JSON data, every entry checked (a file from someone else)."""
+    def bad(entry, found, expected):
+        return FederatedFileError(f"{source} is not a valid featharm plan: {entry} {found}; expected {expected}.")
+
+    if not isinstance(d, dict):
+        raise bad("the content", f"is a {type(d).__name__}", "a JSON object")
+    keys = {"batch", "batches", "formula", "levels", "features", "options", "min_count", "method"}
+    missing, extra = sorted(keys - set(d)), sorted(set(d) - keys)
+    if missing:
+        raise bad("the plan", f"lacks {missing}", f"the entries {sorted(keys)}")
+    if extra:
+        raise bad("the plan", f"has unexpected entries {extra[:5]}", f"only {sorted(keys)}")
+    for k, t in (("batch", str), ("formula", str), ("method", str), ("batches", list), ("features", list),
+                 ("levels", dict), ("options", dict)):
+        if not isinstance(d[k], t):
+            raise bad(k, f"is {type(d[k]).__name__}", t.__name__.replace("str", "text").replace("dict", "object"))
+    opts = d["options"]
+    if set(opts) != set(_OPTIONS):
+        raise bad("options", f"has the entries {sorted(opts)[:6]}", f"exactly {list(_OPTIONS)}")
+    for k in ("parametric", "mean_only", "eb"):
+        if not isinstance(opts[k], bool):
+            raise bad(f"options.{k}", f"is {opts[k]!r}", "true or false")
+    if opts["ref_batch"] is not None and not isinstance(opts["ref_batch"], str):
+        raise bad("options.ref_batch", f"is {opts['ref_batch']!r}", "a batch level or null")
+    if isinstance(d["min_count"], bool) or not isinstance(d["min_count"], int):
+        raise bad("min_count", f"is {d['min_count']!r}", "a whole number")
+    for k, v in d["levels"].items():
+        if not isinstance(v, list):
+            raise bad(f"levels[{k!r}]", f"is {type(v).__name__}", "a list of levels")
+    try:
+        p = plan(batch=d["batch"], batches=d["batches"], features=d["features"], formula=d["formula"],
+                 levels=d["levels"], ref_batch=opts["ref_batch"], parametric=opts["parametric"],
+                 mean_only=opts["mean_only"], eb=opts["eb"], min_count=d["min_count"], method=d["method"])
+    except (FederatedError, FormulaError, InputError) as exc:
+        raise FederatedFileError(f"{source} is not a valid featharm plan: {exc}") from None
+    if p.to_dict() != d:  # e.g. unsorted levels or batches: a file featharm did not write
+        raise FederatedFileError(f"{source} is not in canonical form (batches and levels sorted, formula as "
+                                 "featharm writes it); remake it with `featharm federated plan`.")
+    return p
+
+
+def load_plan(path) -> Plan:
+    """Read a plan written by :func:`save_plan`, with bounded cost, and check all of it."""
+    from .persistence import _json_depth
+
+    shown = repr(str(path))
+    raw = _read_bounded(path, "plan file", MAX_PLAN_BYTES)
+    if _json_depth(raw) > 8:
+        raise FederatedFileError(f"{shown} nests deeper than a plan does (at most 8 levels); not a featharm plan.")
+    try:
+        d = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FederatedFileError(f"{shown} is not a featharm plan: not JSON ({exc}).") from None
+    if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+        fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise FederatedFileError(f"{shown} is not a featharm plan (format {fmt!r}; expected {PLAN_FORMAT!r}).")
+    version = d.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FederatedFileError(f"{shown} is damaged: schema_version is {version!r}; expected an integer.")
+    if version > PLAN_SCHEMA:
+        raise FederatedFileError(f"{shown} uses plan schema {version}, newer than this featharm ({__version__}) "
+                                 f"reads ({PLAN_SCHEMA}); upgrade featharm.")
+    body = {k: v for k, v in d.items() if k not in ("format", "schema_version")}
+    return plan_from_dict(body, shown)
+
+
+def _as_plan(p) -> Plan:
+    if isinstance(p, Plan):
+        return p
+    if isinstance(p, (str, os.PathLike)):
+        return load_plan(p)
+    raise FederatedError(f"expected a featharm.federated.Plan or the path of a plan file; got {type(p).__name__}.")
+
+
+# ============================================================================================== summaries
+@dataclass(eq=False)
+class Summary:
+    """One site's statistics for its batches (``batches``, sorted; ``stats`` coded 0..k-1 in that order)."""
+
+    plan: Plan
+    batches: list
+    stats: SuffStats
+    source: str | None = None  # the file it was read from (for messages)
+    featharm_version: str = __version__
+
+    @property
+    def name(self) -> str:
+        return repr(self.source) if self.source else f"the summary of batch(es) {_show(self.batches, 3)}"
+
+    def to_bytes(self) -> bytes:
+        """The ``.fhs`` file's content (reproducible bytes, as model files)."""
+        from .persistence import container_bytes
+
+        manifest = {"format": SUMMARY_FORMAT, "schema_version": SUMMARY_SCHEMA, "featharm_version": __version__,
+                    "plan": self.plan.to_dict(), "plan_digest": self.plan.digest, "batches": list(self.batches)}
+        return container_bytes(manifest, self.stats.to_arrays())
+
+    def save(self, path) -> None:
+        """Write the summary file (atomically)."""
+        from .persistence import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_bytes())
+
+
+def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summary:
+    """One site's summary: the statistics of each of its batches (see the module docstring).
+
+    ``data``: subjects × columns holding every planned feature (other columns are ignored); ``covariates``:
+    the batch column and the formula's covariates, same rows and index as ``data`` (``None``: they are
+    columns of ``data``). Refuses (:class:`DisclosureError`, naming the batch and level) a batch with fewer
+    than ``plan.min_count`` subjects, a categorical level with 1..min_count-1 subjects in a batch, a feature
+    observed in 1..min_count-1 subjects of a batch.
+    """
+    p = _as_plan(plan)
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(f"summarize needs the data as a DataFrame; got {type(data).__name__}.")
+    cov = data if covariates is None else covariates
+    if not isinstance(cov, pd.DataFrame):
+        raise InputError(f"summarize needs the covariates as a DataFrame; got {type(cov).__name__}.")
+    if len(cov) != len(data) or not cov.index.equals(data.index):
+        raise InputError(f"the covariates ({len(cov)} rows) must have the same rows and index as the data "
+                         f"({len(data)} rows); align them first (e.g. covariates.loc[data.index]).")
+    cols = set(map(str, data.columns))
+    lacking = [f for f in p.features if f not in cols]
+    if lacking:
+        raise ColumnNotFoundError(
+            f"the data lack {len(lacking)} feature(s) of the plan: {_show(lacking)}. Every site must provide "
+            "every planned feature (in any column order); ask the coordinator for a plan without them if they "
+            "cannot be measured here.")
+    if p.batch not in cov.columns:
+        raise ColumnNotFoundError(f"the covariates lack the batch column {p.batch!r} of the plan.")
+    bser = cov[p.batch]
+    if bser.isna().any():
+        raise MissingValueError(f"batch column {p.batch!r} is empty in {int(bser.isna().sum())} row(s); every "
+                                "subject needs its batch.")
+    labels = bser.astype(str).to_numpy()
+    for v in p.design.variables:
+        if v not in cov.columns:
+            raise ColumnNotFoundError(f"the covariates lack the column {v!r} that the plan's formula "
+                                      f"{p.formula!r} uses.")
+        s = cov[v]
+        if v in p.levels:
+            vals = s.astype(str)
+            unplanned = sorted(set(vals[s.notna()]) - set(p.levels[v]))
+            if unplanned:
+                raise FederatedError(f"covariate {v!r} has level(s) {_show(unplanned)} that the plan does not list "
+                                     f"(planned: {list(p.levels[v])}); recode them to a planned level, or ask the "
+                                     "coordinator to add them to the plan.")
+        elif not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            num = pd.to_numeric(s.astype(object), errors="coerce")
+            if (num.isna() & s.notna()).any():
+                raise FederatedError(f"covariate {v!r} holds text ({_show(pd.unique(s[num.isna() & s.notna()]), 3)}) "
+                                     f"but the plan codes it as continuous; the plan must list its levels "
+                                     f"(--levels {v}=...).")
+    Y = _feature_block(data, p.features)
+    X = p.design.transform(cov)
+    site_batches = sorted(set(labels.tolist()))
+    codes = np.searchsorted(np.asarray(site_batches, dtype=object), labels.astype(object)).astype(np.int64)
+    _check_disclosure(p, site_batches, codes, cov, Y)
+    stats = SuffStats(len(site_batches), X.shape[1], Y.shape[1]).update(X, Y, codes)
+    return Summary(p, site_batches, stats)
+
+
+def _feature_block(data: pd.DataFrame, features) -> np.ndarray:
+    sub = data.loc[:, list(features)]
+    for c in sub.columns:
+        s = sub[c]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            raise NonNumericFeatureError(f"feature {c!r} is not numeric (dtype {s.dtype}); features are numbers, "
+                                         "empty cells for missing values.")
+    Y = sub.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(Y).any():
+        r, c = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
+        raise MissingValueError(f"feature {features[c]!r} is infinite at row {data.index[r]!r}; only empty cells "
+                                "mark missing values.")
+    return Y
+
+
+def _check_disclosure(p: Plan, batches, codes, cov, Y) -> None:
+    k = p.min_count
+    fix = (f"Nothing was written. Merge it with another batch of the same scanner, leave it out of the harmonization, "
+           f"or (if your data-sharing agreement allows it) ask the coordinator for a plan with a lower min_count "
+           f"(now {k}).")
+    counts = np.bincount(codes, minlength=len(batches))
+    for i, b in enumerate(batches):
+        if counts[i] < k:
+            raise DisclosureError(f"batch {b!r} of {p.batch!r} has {counts[i]} subject(s), fewer than the plan's "
+                                  f"min_count of {k}: its sums would describe too few people. {fix}")
+    for v, lev in sorted(p.levels.items()):
+        vals = cov[v].astype(str).to_numpy()
+        for i, b in enumerate(batches):
+            rows = codes == i
+            for level in lev:
+                c = int(np.count_nonzero(vals[rows] == level))
+                if 0 < c < k:
+                    raise DisclosureError(
+                        f"batch {b!r} has {c} subject(s) with {v} = {level!r}, fewer than the plan's min_count of "
+                        f"{k}: the sums of the {v} = {level!r} column would describe those few people's features. "
+                        f"{fix}")
+    if np.isnan(Y).any():
+        obs = np.stack([np.count_nonzero(~np.isnan(Y[codes == i]), axis=0) for i in range(len(batches))])
+        few = (obs > 0) & (obs < k)
+        if few.any():
+            i, j = (int(x[0]) for x in np.nonzero(few))
+            raise DisclosureError(
+                f"feature {p.features[j]!r} has {obs[i, j]} observed value(s) in batch {batches[i]!r}, fewer than "
+                f"the plan's min_count of {k}: its sums would describe too few people. Leave those values empty "
+                f"too (a batch with no value of a feature discloses nothing about it), or drop the feature from "
+                f"the plan. Nothing was written.")
+
+
+# ---------------------------------------------------------------------------------------- summary files
+@dataclass(frozen=True)
+class _Spec:
+    axes: tuple
+    dtype: str
+
+
+_AXES = {"m": "batch", "q": "column", "p": "feature", "k": "cell"}
+_SPECS = {name: _Spec(tuple(_AXES[a] for a in axes), "int64" if name in ("miss_batch", "miss_feature") else "float64")
+          for name, axes in ARRAYS.items()}
+
+
+def _summary_reader(path):
+    from .persistence import _Reader
+
+    class _SummaryReader(_Reader):
+        def damaged(self, found: str, expected: str) -> FederatedFileError:
+            return FederatedFileError(f"summary {self.shown} is damaged or was altered: {found}; expected "
+                                      f"{expected}. Ask the site to summarize again.")
+
+        def not_a_model(self, why: str) -> FederatedFileError:
+            return FederatedFileError(f"{self.shown} is not a featharm summary file (expected a zip with "
+                                      f"manifest.json, as `featharm federated summarize` writes): {why}.")
+
+    return _SummaryReader(path)
+
+
+def load_summary(path, plan=None) -> Summary:
+    """Read a site summary (``.fhs``) with bounded cost, checking all of it (container, manifest, each array's
+    dtype and shape before it is read, then the values: whole non-negative counts, finite sums); with ``plan``,
+    also that it was made with that plan. Raises :class:`FederatedFileError` naming the file."""
+    reader = _summary_reader(path)
+    shown = reader.shown
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FederatedFileError(f"summary file {shown} does not exist.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise FederatedFileError(f"{shown} is not a regular file (a folder, pipe or device); give the .fhs file.")
+    with reader.open() as zf:
+        raw = reader.read_member(zf, zf.getinfo("manifest.json"), MAX_PLAN_BYTES)
+        from .persistence import _json_depth
+
+        if _json_depth(raw) > 12:
+            raise reader.damaged("manifest.json nests too deep", "the manifest of a summary")
+        try:
+            man = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise reader.not_a_model(f"its manifest.json is not JSON ({exc})") from None
+        if not isinstance(man, dict) or man.get("format") != SUMMARY_FORMAT:
+            fmt = man.get("format") if isinstance(man, dict) else type(man).__name__
+            hint = " (a model file: give it to `featharm apply` or `featharm federated extend`)" \
+                if fmt == "featharm-model" else ""
+            raise FederatedFileError(f"{shown} is not a featharm summary file (format {fmt!r}){hint}.")
+        version = man.get("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise reader.damaged(f"schema_version is {version!r}", "an integer")
+        if version > SUMMARY_SCHEMA:
+            raise FederatedFileError(f"{shown} uses summary schema {version}, newer than this featharm "
+                                     f"({__version__}) reads ({SUMMARY_SCHEMA}); upgrade featharm.")
+        keys = {"format", "schema_version", "featharm_version", "plan", "plan_digest", "batches", "arrays"}
+        if set(man) - keys - {"created"} or keys - set(man):
+            raise reader.damaged(f"its manifest has the entries {sorted(man)[:10]}", f"{sorted(keys)}")
+        p = plan_from_dict(man["plan"], f"the plan inside {shown}")
+        if man["plan_digest"] != p.digest:
+            raise reader.damaged(f"plan_digest {str(man['plan_digest'])[:16]!r}... does not match its plan",
+                                 "the digest of the plan it carries")
+        batches = man["batches"]
+        if (not isinstance(batches, list) or not batches or len(batches) > MAX_BATCHES
+                or not all(isinstance(b, str) and b for b in batches) or batches != sorted(set(batches))):
+            raise reader.damaged("its batches are not a sorted list of distinct batch levels", "that")
+        m, q, pf = len(batches), len(p.design.columns), len(p.features)
+        dims = {"batch": m, "column": q, "feature": pf, "cell": (0, m * pf)}
+        meta = man["arrays"]
+        if not isinstance(meta, dict) or set(meta) != set(_SPECS):
+            listed = sorted(meta)[:16] if isinstance(meta, dict) else meta
+            raise reader.damaged(f"its manifest lists the arrays {listed!r}", f"exactly {sorted(_SPECS)}")
+        members = {f"arrays/{k}.npy": k for k in _SPECS}
+        for name in zf.namelist():
+            if name != "manifest.json" and name not in members:
+                raise reader.damaged(f"the zip holds an unexpected member {name!r} (not read)",
+                                     "only manifest.json and the arrays of a summary")
+        present = set(zf.namelist())
+        for member, key in members.items():
+            if member not in present:
+                raise reader.damaged(f"array {key!r} is missing", f"the {len(_SPECS)} arrays of a summary")
+            mk = meta[key]
+            if not (isinstance(mk, dict) and set(mk) == {"shape", "dtype"} and isinstance(mk["dtype"], str)
+                    and isinstance(mk["shape"], list)
+                    and all(isinstance(n, int) and not isinstance(n, bool) for n in mk["shape"])):
+                raise reader.damaged(f"the manifest entry of array {key!r} is malformed",
+                                     '{"shape": [integers], "dtype": "..."}')
+            spec = _SPECS[key]
+            most = 4096 + 8 * math.prod(d if isinstance(d, int) else d[1] for d in (dims[a] for a in spec.axes))
+            if zf.getinfo(member).file_size > most:
+                raise reader.damaged(f"array {key!r} declares {zf.getinfo(member).file_size:,} bytes",
+                                     f"at most {most:,}")
+        arrays = {}
+        for member, key in sorted(members.items(), key=lambda kv: ARRAYS_ORDER.index(kv[1])):
+            arrays[key] = reader.array(zf, zf.getinfo(member), key, _SPECS[key], dims, meta[key])
+    try:
+        stats = SuffStats.from_arrays(arrays)
+    except InputError as exc:
+        raise FederatedFileError(f"summary {shown} is damaged or was altered: {exc} Ask the site to summarize "
+                                 "again.") from None
+    for i, b in enumerate(batches):
+        if stats.counts[i] < p.min_count:
+            raise FederatedFileError(f"summary {shown} holds batch {b!r} with {int(stats.counts[i])} subject(s), "
+                                     f"fewer than its plan's min_count of {p.min_count}; featharm never writes such "
+                                     "a summary (altered?).")
+    s = Summary(p, list(batches), stats, source=str(path),
+                featharm_version=str(man.get("featharm_version", "unknown")))
+    if plan is not None:
+        _check_follows(s, _as_plan(plan))
+    return s
+
+
+ARRAYS_ORDER = ["counts", "x_shift", "y_shift", "y_slope", "sx", "sxx", "n_obs", "sy", "sxy", "syy", "miss_batch",
+                "miss_feature", "miss_sx", "miss_sxx"]  # the cell axis is fixed by miss_batch first
+
+
+def _as_summary(s, p: Plan | None) -> Summary:
+    if isinstance(s, Summary):
+        if p is not None:
+            _check_follows(s, p)
+        return s
+    if isinstance(s, (str, os.PathLike)):
+        return load_summary(s, p)
+    raise FederatedError(f"expected a featharm.federated.Summary or the path of a summary file; got "
+                         f"{type(s).__name__}.")
+
+
+def _check_follows(s: Summary, p: Plan) -> None:
+    """``s`` was made with the plan ``p`` (else say what differs)."""
+    if s.plan.digest == p.digest:
+        return
+    a, b = s.plan.to_dict(), p.to_dict()
+    diffs = []
+    for key in ("batch", "batches", "formula", "levels", "features", "options", "min_count", "method"):
+        if a[key] != b[key]:
+            if key == "features":
+                extra = [f for f in a[key] if f not in set(b[key])]
+                lack = [f for f in b[key] if f not in set(a[key])]
+                what = (f"features (it has {_show(extra, 3)} not planned, lacks {_show(lack, 3)})" if extra or lack
+                        else "feature order")
+            elif key in ("options", "levels"):
+                ks = sorted(set(a[key]) | set(b[key]))
+                pairs = [f"{k}: {a[key].get(k)!r} vs {b[key].get(k)!r}" for k in ks if a[key].get(k) != b[key].get(k)]
+                what = f"{key} ({', '.join(pairs)})"
+            else:
+                what = f"{key} ({str(a[key])[:60]} vs {str(b[key])[:60]})"
+            diffs.append(what)
+    raise FederatedError(f"{s.name} was made with another plan (digest {s.plan.digest[:12]} vs {p.digest[:12]}): "
+                         f"{'; '.join(diffs) or 'the plans differ'}. The site must summarize again with this plan.")
+
+
+def describe_summary(s: Summary) -> list[str]:
+    """What a summary discloses, line by line (``featharm federated show``): which sums, over how many subjects."""
+    st = s.stats
+    p = s.plan
+    cols = p.design.columns
+    lines = [f"{s.source or 'summary'}: featharm federated summary (schema {SUMMARY_SCHEMA}), written by featharm "
+             f"{s.featharm_version}",
+             f"  plan digest  {p.digest}",
+             f"  batch column {p.batch!r}; formula {p.formula or '(none)'}; {len(cols)} covariate column(s): "
+             f"{', '.join(cols) or '-'}",
+             f"  {len(p.features)} feature(s): {_show(p.features, 4)}",
+             f"  min_count    {p.min_count}",
+             "It discloses, for each batch below, only sums over that batch's subjects (no row of any subject):",
+             "  n (subjects); Σx (covariate columns) and Σxxᵀ (their cross-products); per feature the number of",
+             "  observed values, Σy, Σxy (each covariate column times the feature) and Σy²; all taken around the",
+             "  batch's mean covariates and features and a pilot regression slope (stored with them; functions of",
+             "  the same sums).",
+             ""]
+    for i, b in enumerate(s.batches):
+        n = int(st.counts[i])
+        planned = "" if b in p.batches else "  (not in the plan's batches: for `federated extend` only)"
+        lines.append(f"batch {b!r}: sums over {n} subjects{planned}")
+        xbar = st.x_shift[i] + st.sx[i] / max(n, 1)
+        for v, lev in sorted(p.levels.items()):  # a level indicator's sum is the level's count
+            others = [f"{v}[T.{lv}]" for lv in lev]
+            shown_cols = [c for c in others if c in cols]
+            for c in shown_cols:
+                lines.append(f"  {c:<24} {int(round(xbar[cols.index(c)] * n))} subjects")
+            if len(shown_cols) == len(lev) - 1:
+                rest = n - sum(int(round(xbar[cols.index(c)] * n)) for c in shown_cols)
+                base = next(lv for lv in lev if f"{v}[T.{lv}]" not in cols)
+                label = f"{v} = {base!r} (baseline)"
+                lines.append(f"  {label:<24} {rest} subjects")
+        obs = st.n_obs[i]
+        inc = np.flatnonzero(obs < n)
+        if inc.size:
+            lines.append(f"  {inc.size} feature(s) with missing values: feature sums over their observed subjects "
+                         f"({int(obs[inc].min())} to {int(obs[inc].max())}); Σx and Σxxᵀ over their subjects "
+                         "without a value:")
+            for v in inc:
+                lines.append(f"    {p.features[v]}: {int(obs[v])} observed, covariate sums over {n - int(obs[v])} "
+                             "subject(s) without a value")
+        else:
+            lines.append(f"  every feature observed in all {n} subjects")
+    arrays = st.to_arrays()
+    lines.append("")
+    lines.append("arrays: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(arrays.items())))
+    return lines
+
+
+# ============================================================================================== combine, extend
+def combine(summaries, plan):
+    """The fitted :class:`~featharm.ComBat` from the sites' summaries (objects or ``.fhs`` paths) and the plan.
+
+    Checks that each summary follows the plan, that no batch is in two summaries, that every planned batch
+    has one and no other batch appears, and that every planned categorical level is held by some batch.
+    The result equals ``ComBat(**plan.model_params()).fit`` on the pooled rows to rounding and does not depend
+    on the order of ``summaries`` (bit for bit)."""
+    from .models import ComBat
+
+    p = _as_plan(plan)
+    items = [_as_summary(s, p) for s in summaries]
+    if not items:
+        raise FederatedError("combine needs at least one summary.")
+    owner: dict[str, Summary] = {}
+    for s in items:
+        for b in s.batches:
+            if b in owner:
+                raise FederatedError(f"batch {b!r} is in two summaries: {owner[b].name} and {s.name}. A batch must "
+                                     "be summarized at exactly one site; drop the duplicate.")
+            owner[b] = s
+    unplanned = sorted(b for b in owner if b not in set(p.batches))
+    if unplanned:
+        raise FederatedError(f"batch {unplanned[0]!r} ({owner[unplanned[0]].name}) is not among the plan's batches "
+                             f"{_show(p.batches)}; add a late batch to a combined model with `federated extend`, "
+                             "or remake the plan with it.")
+    absent = [b for b in p.batches if b not in owner]
+    if absent:
+        raise FederatedError(f"the plan's batch(es) {_show(absent)} have no summary; pass their sites' summaries, or "
+                             "remake the plan without them.")
+    m = len(p.batches)
+    index = {b: i for i, b in enumerate(p.batches)}
+    pieces = [_expand(s, [index[b] for b in s.batches], m) for s in items]
+    stats = SuffStats.combine(pieces)
+    _check_levels_held(p, stats)
+    return ComBat.from_statistics(stats, batches=list(p.batches), design=p.design, feature_names=list(p.features),
+                                  **p.model_params())
+
+
+def _expand(s: Summary, rows: list, m: int) -> SuffStats:
+    """The summary's statistics as rows ``rows`` of statistics over ``m`` batches (zeros elsewhere)."""
+    a = s.stats.to_arrays()
+    out = {}
+    for name, axes in ARRAYS.items():
+        if axes[0] == "m":
+            full = np.zeros((m,) + a[name].shape[1:])
+            full[rows] = a[name]
+            out[name] = full
+    mb = np.asarray(rows, dtype=np.int64)[a["miss_batch"]] if a["miss_batch"].size else a["miss_batch"]
+    order = np.lexsort((a["miss_feature"], mb))
+    out["miss_batch"], out["miss_feature"] = mb[order], a["miss_feature"][order]
+    out["miss_sx"], out["miss_sxx"] = a["miss_sx"][order], a["miss_sxx"][order]
+    return SuffStats.from_arrays(out)
+
+
+def _check_levels_held(p: Plan, stats: SuffStats) -> None:
+    cols = p.design.columns
+    n = stats.counts
+    total = (stats.x_shift * n[:, None] + stats.sx).sum(axis=0)
+    for v, lev in sorted(p.levels.items()):
+        for level in lev[1:]:
+            name = f"{v}[T.{level}]"
+            if name in cols and round(float(total[cols.index(name)])) == 0:
+                raise FederatedError(f"no batch has a subject with {v} = {level!r}, a level the plan lists; remake "
+                                     f"the plan without it (--levels {v}=...).")
+        base = lev[0]
+        others = [f"{v}[T.{lv}]" for lv in lev[1:]]
+        if all(o in cols for o in others) and round(float(n.sum() - sum(total[cols.index(o)] for o in others))) == 0:
+            raise FederatedError(f"no batch has a subject with {v} = {base!r}, a level the plan lists; remake the "
+                                 f"plan without it (--levels {v}=...).")
+
+
+def extend(model, summary, plan=None):
+    """A copy of the combined ``model`` with the batches of a late site's ``summary`` (object or path) added,
+    each estimated against the frozen model (``new_sites="estimate"``); the other batches are unchanged."""
+    from .models import ComBat
+    from .models._from_stats import extend_with_statistics
+
+    if not isinstance(model, ComBat) or type(model) is not ComBat:
+        raise FederatedError(f"extend needs a fitted ComBat (a combined federated model); got "
+                             f"{type(model).__name__}.")
+    model._check_fitted()
+    s = _as_summary(summary, _as_plan(plan) if plan is not None else None)
+    p = s.plan
+    params = model.get_params()
+    want = p.model_params()
+    diff = [k for k in want if k != "formula" and params.get(k) != want[k]]
+    if list(map(str, model.feature_names_in_)) != list(p.features):
+        diff.append("features")
+    mine, theirs = model.design_.to_dict(), p.design.to_dict()
+    for k in ("columns", "levels", "spec", "transform_state"):
+        if mine.get(k) != theirs.get(k):
+            diff.append(f"covariate coding ({k})")
+    if diff:
+        raise FederatedError(f"{s.name} was made with a plan that does not match the model: {', '.join(diff)} "
+                             "differ. Summarize with the plan the model was combined from.")
+    known = set(map(str, model.batches_))
+    clash = [b for b in s.batches if b in known]
+    if clash:
+        raise FederatedError(f"batch(es) {_show(clash)} of {s.name} are already in the model; extend adds only new "
+                             "batches.")
+    return extend_with_statistics(model, s.stats, list(s.batches), min_new_site_size=p.min_count)

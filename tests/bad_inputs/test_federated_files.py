@@ -1,0 +1,102 @@
+"""Hostile federated files (a site's summary, a plan) through ``featharm federated combine``/``show``/``summarize``:
+refused with one line naming the file, nothing written, inputs untouched, bounded cost, never unpickled."""
+
+from __future__ import annotations
+
+import json
+import time
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import featharm as fh
+
+from .conftest import expect_refusal
+from .hostile import deflate_bomb, inflated_size, members, npy, raw_zip, rewrite
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A plan and one site's summary of a simulated 3-site table (the site holds batches site01 and site02)."""
+    d = tmp_path_factory.mktemp("fed")
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=6, random_state=2)
+    df = pd.concat([s.covariates.reset_index(drop=True), s.X.reset_index(drop=True)], axis=1)
+    feats = list(s.X.columns)
+    plan = fh.federated.plan(batch="site", batches=sorted(df["site"].unique()), formula="age", features=feats)
+    fh.federated.save_plan(plan, d / "plan.json")
+    rows = df["site"].isin(sorted(df["site"].unique())[:2])
+    fh.federated.summarize(df[rows], None, plan).save(d / "site.fhs")
+    return d
+
+
+def _refuse(capsys, tmp_path, site, bad, needles):
+    out = tmp_path / "model.fhm"
+    expect_refusal(capsys, ["federated", "combine", bad, "--plan", site / "plan.json", "--out", out],
+                   needles=needles, inputs=[bad, site / "plan.json"], outputs=[out])
+
+
+def test_zip_bomb_summary_is_refused_fast_and_small(capsys, tmp_path, site):
+    bomb = deflate_bomb(3 * 10**9)
+    assert inflated_size(bomb, 64 * 2**20) == 64 * 2**20
+    entries = [(n, {"data": bomb, "size": 3 * 10**9} if n == "arrays/sxy.npy" else b)
+               for n, b in members(site / "site.fhs").items()]
+    bad = raw_zip(tmp_path / "bad.fhs", entries)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        _refuse(capsys, tmp_path, site, bad, ["bad.fhs", "zip bomb"])
+        elapsed, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 5.0 and peak < 100 * 2**20
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that a pickle stream was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_array_is_never_unpickled(capsys, tmp_path, site):
+    marker = tmp_path / "pwned.txt"
+    payload = np.array([_Payload(marker)] * 2, dtype=object)
+    pickled = npy(payload, allow_pickle=True)
+    bad = rewrite(site / "site.fhs", tmp_path / "bad.fhs", replace={"arrays/counts.npy": pickled})
+    _refuse(capsys, tmp_path, site, bad, ["bad.fhs", "counts", "pickle"])
+    assert not marker.exists()
+
+
+def test_lying_npy_header_is_refused(capsys, tmp_path, site):
+    raw = npy(np.zeros((2, 6)))
+    bad = rewrite(site / "site.fhs", tmp_path / "bad.fhs", replace={"arrays/sy.npy": raw[:-8]})
+    _refuse(capsys, tmp_path, site, bad, ["bad.fhs", "'sy'"])
+
+
+@pytest.mark.parametrize("edit, needles", [
+    (lambda m: {**m, "plan": {**m["plan"], "formula": "__import__('os').system('x')"}}, ["not a valid featharm plan"]),
+    (lambda m: {**m, "plan": {**m["plan"], "features": m["plan"]["features"][::-1]}}, ["plan_digest"]),
+    (lambda m: {**m, "batches": ["site01", "site01"]}, ["batches"]),
+    (lambda m: {**m, "extra": 1}, ["manifest"]),
+], ids=["formula_code", "features_changed", "batches", "extra_entry"])
+def test_tampered_manifest_is_refused(capsys, tmp_path, site, edit, needles):
+    bad = rewrite(site / "site.fhs", tmp_path / "bad.fhs", edit)
+    _refuse(capsys, tmp_path, site, bad, ["bad.fhs", *needles])
+
+
+def test_hostile_plan_is_refused(capsys, tmp_path, site):
+    plan = json.loads((site / "plan.json").read_text())
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    out = tmp_path / "s.fhs"
+    for bad, needles in [(deep, ["deep.json", "nests"]),
+                         (tmp_path / "code.json", ["code.json", "not a valid featharm plan"])]:
+        if bad.name == "code.json":
+            bad.write_text(json.dumps({**plan, "formula": "age + __class__"}))
+        expect_refusal(capsys, ["federated", "combine", site / "site.fhs", "--plan", bad, "--out", out],
+                       needles=needles, inputs=[bad], outputs=[out])
