@@ -264,9 +264,15 @@ def test_store_round_trip(tmp_path, dtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
 
 
+def _array(group, name, shape):
+    """An array in a Zarr group (zarr 3: create_array; zarr 2: create_dataset)."""
+    make = getattr(group, "create_array", None) or group.create_dataset
+    return make(name, shape=shape, dtype="f8")
+
+
 def test_store_errors_name_the_store_and_the_fix(tmp_path):
     bare = zarr.open_group(str(tmp_path / "bare.zarr"), mode="w")
-    bare.create_array("data", shape=(4, 3), dtype="f8")
+    _array(bare, "data", (4, 3))
     with pytest.raises(InputError, match=r"bare.zarr has no subject ids.*write_store"):
         read_store(tmp_path / "bare.zarr")
     zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
@@ -278,7 +284,7 @@ def test_store_errors_name_the_store_and_the_fix(tmp_path):
     with pytest.raises(InputError, match="no such store"):
         read_store(tmp_path / "nothing.zarr")
     g = zarr.open_group(str(tmp_path / "short.zarr"), mode="w")
-    g.create_array("data", shape=(4, 3), dtype="f8")
+    _array(g, "data", (4, 3))
     g.attrs["featharm"] = {"ids": ["a", "b"], "features": ["x", "y", "z"]}
     with pytest.raises(InputError, match=r"4 × 3 but the store lists 2 ids"):
         read_store(tmp_path / "short.zarr")
