@@ -15,8 +15,10 @@ The covariates (subjects × a few columns) are in memory: the design is frozen f
 features are read (:func:`~featharm.models._from_stats.freeze_design`). What is supported is what
 ``ComBat.from_statistics`` supports (every EB option, a reference batch, NaN cells, ``compat``), plus
 ``missing_covariates="exclude"`` (such rows are not summarized and come back NaN) and
-``new_sites="estimate"`` (a second pass over the new sites' rows). Other families refuse such input with the
-size the table would take in memory.
+``new_sites="estimate"`` (a second pass over the new sites' rows). Not out of core: the warning ``transform``
+gives in memory about observed values of a (site, feature) that had none at fit (it would need a pass of its
+own), and features beyond 2^±64 in magnitude (an error). Other families refuse such input with the size the
+table would take in memory.
 """
 
 from __future__ import annotations
@@ -187,10 +189,8 @@ def _blank(template: SuffStats, xmeans: np.ndarray) -> SuffStats:
 
 def _piece(block, X, codes, template: SuffStats, xmeans, row0: int, col0: int) -> SuffStats:
     keep = codes >= 0
-    Y = np.asarray(block, dtype=np.float64)
-    if keep.all():
-        Y = np.array(Y, dtype=np.float64, copy=Y is block)  # update shifts a copy of each batch's rows
-    else:
+    Y = np.asarray(block, dtype=np.float64)  # update works on copies of each batch's rows: no copy here
+    if not keep.all():
         Y = Y[keep]
     if np.isinf(Y).any():
         r, c = (int(v[0]) for v in np.nonzero(np.isinf(Y)))
