@@ -18,6 +18,7 @@ _LAZY_NAMES = {
     "ComBatLS": "models", "BaseHarmonizer": "models", "CovariateDesign": "design",
     # through the models package, which registers every family before a file is read
     "load_model": "models", "save_model": "models",
+    "set_scheduler": "_dask", "get_scheduler": "_dask",
 }
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "CovariateDesign",
     "load_model",
     "save_model",
+    "set_scheduler",
+    "get_scheduler",
     "datasets",
     "diagnostics",
     "exceptions",

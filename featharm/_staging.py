@@ -67,6 +67,7 @@ class Output:
     path: str | os.PathLike
     size: int = 0
     optional: bool = False
+    directory: bool = False  # a folder written whole (a Zarr store): replaces a Zarr store, never another folder
 
     @property
     def label(self) -> str:
@@ -120,9 +121,15 @@ def check_outputs(outputs, inputs=()) -> None:
     inputs = [(label, p) for label, p in inputs if p]
     for o in outputs:
         p = Path(o.path)
-        if p.is_dir():
+        if o.directory:
+            if p.is_dir() and any(p.iterdir()) and not _is_zarr(p):
+                raise OutputError(f"{o.label} is a folder that is not a Zarr store; featharm would replace it. "
+                                  "Give a new name (or remove that folder).")
+            if os.path.lexists(p) and not p.is_dir():
+                raise OutputError(f"{o.label} exists and is not a folder (a Zarr store is one); give another name.")
+        elif p.is_dir():
             raise InputError(f"{o.option} {o.path} is a directory; give a file name.")
-        if os.path.lexists(p):
+        if os.path.lexists(p) and not o.directory:
             mode = os.stat(p).st_mode if p.exists() else os.lstat(p).st_mode
             if not stat.S_ISREG(mode) and not stat.S_ISLNK(mode):
                 raise OutputError(f"{o.label} is not a regular file (a device, pipe or socket); featharm "
@@ -204,8 +211,17 @@ def _write_file(path, data) -> None:
 
 
 def _unlink(path) -> None:
+    """Remove a file (or a staged folder, with everything in it)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def _is_zarr(path: Path) -> bool:
+    """Whether the folder is a Zarr store (v3 ``zarr.json``, v2 ``.zgroup``/``.zarray``)."""
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray"))
 
 
 @contextlib.contextmanager
@@ -256,8 +272,11 @@ class StagedOutputs:
                     os.mkdir(d)
                     self.created.append(d)
                 name = Path(o.path).name[:100]
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
-                os.close(fd)
+                if o.directory:
+                    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
+                else:
+                    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
+                    os.close(fd)
             except OSError as exc:
                 raise _oserror(o, exc) from None
             self.tmp[o.key] = tmp
@@ -286,6 +305,15 @@ class StagedOutputs:
             raise _oserror(o, exc) from None
         self.written.add(key)
 
+    def write_directory(self, key: str, writer) -> None:
+        """Fill the temporary folder of a ``directory`` output: ``writer(path)`` writes into it."""
+        o = self.outputs[key]
+        try:
+            writer(self.tmp[key])
+        except OSError as exc:
+            raise _oserror(o, exc) from None
+        self.written.add(key)
+
     # ------------------------------------------------------------------ commit / discard
     def commit(self) -> None:
         """Rename every written temporary over its output; on a failure undo the renames already done."""
@@ -302,7 +330,7 @@ class StagedOutputs:
                         continue
                     tmp = self.tmp[key]
                     try:
-                        os.chmod(tmp, 0o666 & ~umask)
+                        os.chmod(tmp, (0o777 if o.directory else 0o666) & ~umask)
                         backup = self._backup(o, tmp)
                         try:
                             os.replace(tmp, o.path)
@@ -320,6 +348,8 @@ class StagedOutputs:
                 for o, backup in reversed(done):
                     with contextlib.suppress(OSError):
                         if backup is not None:
+                            if o.directory:
+                                _unlink(o.path)
                             os.replace(backup, o.path)
                         else:
                             os.unlink(o.path)

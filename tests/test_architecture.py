@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "featharm"
 
 LAYERS = [
     ("_version", "exceptions"),
-    ("_core", "formula", "_progress", "_threads"),
+    ("_core", "formula", "_progress", "_threads", "_dask"),
     ("_validation", "_schema", "_staging"),
     ("design", "persistence", "io", "datasets", "mixed"),
     ("diagnostics",),

@@ -5,7 +5,8 @@ method ...) prints one line, ``featharm: error: ...``, and exits with status 2; 
 each. Anything else is a bug and keeps its traceback (exit 1). SIGTERM, SIGINT and SIGHUP discard the
 staged outputs and exit with 128 + the signal.
 
-One module per command (``harmonize``, ``apply``, ``report``, ``diagnose``, ``collect``, ``info``, ``demo``), each
+One module per command (``harmonize``, ``apply``, ``report``, ``diagnose``, ``collect``, ``info``, ``demo``;
+``surfaces`` holds ``collect-surfaces`` and ``export-surfaces``), each
 with ``add_parser(subparsers)`` and ``cmd_<name>(args)``; ``_common`` holds what they share. Parsing the
 arguments imports neither the models nor pandas: ``featharm --help`` is fast, and the libraries load when
 a command runs.
@@ -25,7 +26,7 @@ __all__ = ["main", "build_parser", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 
 #: The commands, in the order ``featharm --help`` lists them (each is the module ``featharm.cli.NAME``).
-COMMANDS = ("harmonize", "apply", "report", "diagnose", "collect", "info", "federated", "demo")
+COMMANDS = ("harmonize", "apply", "report", "diagnose", "collect", "surfaces", "info", "federated", "demo")
 
 
 def _err(msg: str) -> None:

@@ -21,14 +21,15 @@ KB, MB = 1024, 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- options
-DATA_HELP = ("table(s) with the features (and covariates): CSV, TSV or Parquet; also FreeSurfer asegstats2table/"
+DATA_HELP = ("table(s) with the features (and covariates): CSV, TSV or Parquet, or one Zarr feature store "
+             "(STORE.zarr, harmonized out of core into --out OUT.zarr); also FreeSurfer asegstats2table/"
              "aparcstats2table tables, ENIGMA CSVs and ABCD 5.x tables (mri_y_smr_*.csv, mri_y_adm_info.csv, "
              "abcd_y_lt.csv ...), told by their header. Several files are joined on their ids (FreeSurfer and "
              "ENIGMA: the first column; ABCD: src_subject_id and eventname; plain tables: --id)")
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    """--covariates, --id, --out, --float-format and --quiet of ``harmonize`` and ``apply``."""
+    """--covariates, --id, --out, --float-format, --quiet and --scheduler of ``harmonize`` and ``apply``."""
     p.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
     p.add_argument("--id", metavar="COL", help="id column (joins DATA and --covariates; kept in OUT)")
     p.add_argument("--out", required=True, metavar="OUT", help="output table (format from the extension)")
@@ -38,6 +39,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                         "has in DATA) or one printf-style conversion such as %%.6g or %%.4f (slower, except "
                         "%%.Nf); the other columns are always copied as written")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with DATA a Zarr feature store (out of core): run on the Dask cluster whose scheduler is at "
+                        "ADDRESS (tcp://host:8786); default: Dask's threads on this machine")
 
 
 def add_missing_option(p: argparse.ArgumentParser) -> None:

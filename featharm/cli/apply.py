@@ -30,7 +30,10 @@ def cmd_apply(args) -> int:
     from .._staging import Output
     from ..models import load_model
     from ._common import file_size, output_table, stage
+    from ._store import apply_store, store_input
 
+    if store_input(args):  # a Zarr feature store: out of core, into a store
+        return apply_store(args, load_model(args.model))
     with stage(args, [Output("table", "--out", args.out, size=file_size(args.data))]) as staged:
         Xh, source, feats, model, summary = _apply(args, load_model(args.model))
         n_rows = len(source.frame)

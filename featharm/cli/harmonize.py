@@ -189,6 +189,10 @@ def cmd_harmonize(args) -> int:
                           missing_summary, output_table, possible_features, report_inputs, report_parameters,
                           stage)
 
+    from ._store import harmonize_store, store_input
+
+    if store_input(args):  # a Zarr feature store: out of core, into a store
+        return harmonize_store(args, build_model(args))
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
                Output("report", "--report", args.report, size=1 * MB)]

@@ -4,6 +4,7 @@
 * :mod:`featharm.io.freesurfer`: ``*.stats`` files, asegstats2table/aparcstats2table/ENIGMA group tables and
   whole SUBJECTS_DIRs (units: volumes mm^3, areas mm^2, thickness mm, read exactly as written).
 * :mod:`featharm.io.covariates`: covariate tables (CSV/TSV/Parquet/Excel, BIDS) joined on ids.
+* :mod:`featharm.io.store`: feature stores (Zarr; subjects × features too large for memory), read lazily.
 * :mod:`featharm.io.formats`: the formats users have, told by their header and joined into one table
   (FreeSurfer group tables, ENIGMA CSVs, ABCD 5.x tables: :func:`read_feature_tables`, :func:`read_abcd`).
 """
@@ -31,9 +32,13 @@ from .freesurfer import (
     scan_subjects_dir,
 )
 from .formats import read_abcd, read_abcd_table, read_feature_tables, sniff_format
+from .store import FeatureStore, read_store, write_store
 from .tables import read_table, write_table
 
 __all__ = [
+    "read_store",
+    "write_store",
+    "FeatureStore",
     "read_table",
     "write_table",
     "read_stats",

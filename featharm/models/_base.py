@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from .._core import eb, missing
 from .._core.blocks import column_variance, row_major, take_columns
+from .._dask import is_lazy
 from .._progress import Progress
 from .._threads import check_n_jobs, sized_by_first_argument
 from .._validation import (
@@ -183,6 +184,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
     # Whether the family computes a row-major (C-ordered) table in its own layout; otherwise it is copied to
     # column-major order once (a family whose fit is dominated by per-feature work on small tables).
     _row_major_blocks: ClassVar[bool] = True
+
+    # Whether ``fit``/``transform`` take an out-of-core input (Dask, Zarr, HDF5: ``featharm.models._scale``):
+    # only a family fitted from per-batch statistics (docs/methods.md §1.9).
+    _out_of_core: ClassVar[bool] = False
 
     # Values a family's ``compat`` parameter accepts (families without the parameter ignore it).
     _compat_options: ClassVar[tuple] = (None,)
@@ -377,6 +382,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self
             The fitted model (a refit discards the previous fit).
         """
+        if is_lazy(X):  # a Dask/Zarr/HDF5 array or a FeatureStore: out of core (featharm.models._scale)
+            from . import _scale
+
+            return _scale.fit(self, X, _scale.covariates_of(self, X, covariates, params, "fit"))
         self._fit(X, self._fit_covariates(X, covariates, params, "fit"))
         return self
 
@@ -395,6 +404,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         DataFrame
             Harmonized features, same index and columns as ``X``.
         """
+        if is_lazy(X):  # out of core: a lazy result
+            from . import _scale
+
+            cov = _scale.covariates_of(self, X, covariates, params, "fit_transform")
+            return _scale.transform(_scale.fit(self, X, cov), X, cov)
         prep = self._fit(X, self._fit_covariates(X, covariates, params, "fit_transform"))
         return self._output(self._harmonize(prep), prep)
 
@@ -426,6 +440,11 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """
         self._check_fitted()
         check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        if is_lazy(X):  # a lazy Dask array (a FeatureStore over one) with X's chunks
+            from . import _scale
+
+            return _scale.transform(self, X, _scale.covariates_of(self, X, covariates, {}, "transform"),
+                                    new_sites=new_sites, min_new_site_size=min_new_site_size)
         if covariates is None:
             covariates = self._covariates_from_table(X)
         X, covariates, rows_out, _ = self._exclude_missing_covariates(X, covariates)

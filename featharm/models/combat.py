@@ -156,6 +156,7 @@ class ComBat(BaseHarmonizer):
     _float32_blocks = True
     _compat_options = (None, "neuroCombat", "sva")
     _supports_missing = True
+    _out_of_core = True  # fit/transform on Dask arrays from the statistics (featharm.models._scale)
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
                  mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None,

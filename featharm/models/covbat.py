@@ -127,6 +127,7 @@ class CovBat(ComBat):
     True
     """
 
+    _out_of_core = False  # its PCA needs the residual rows
     _schema_name = "covbat"
     _float32_blocks = False  # the PCA works on the whole float64 ComBat output
     _stored = {**ComBat._stored, **_COVBAT_STORED}

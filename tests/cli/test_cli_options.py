@@ -54,7 +54,7 @@ NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "g
           "--random-slope": ["--time"]}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
-             "--quiet", "--missing", "--float-format", "--include"}
+             "--quiet", "--missing", "--float-format", "--include", "--scheduler"}
 
 
 def _params(method) -> set:
