@@ -42,7 +42,7 @@ __all__ = ["site_mixing", "MIXING_COLUMNS"]
 DEFAULT_NEIGHBOURS = 30
 DEFAULT_PERPLEXITY = 30
 DEFAULT_COMPONENTS = 20
-DEFAULT_SAMPLE = 2000  # rows the metrics are averaged over (a seeded sample; neighbours among all rows)
+DEFAULT_SAMPLE = 1000  # rows the metrics are averaged over (a seeded sample; neighbours among all rows)
 _BLOCK = 2**21  # distances per block of rows (16 MB of float64)
 _BISECTIONS = 64
 
@@ -266,7 +266,7 @@ def site_mixing(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site
         iLISI's perplexity; its neighbourhood is the ``3 * perplexity`` nearest rows.
     alpha : float, default 0.05
         kBET's test level.
-    sample_size : int or None, default 2000
+    sample_size : int or None, default 1000
         The metrics are means (medians for iLISI) over rows: over a random sample of this many rows when
         there are more (their neighbours are sought among all rows, so each row's value is exact and the
         mean is estimated without bias), else over all rows. None: all rows (time grows as n²).
