@@ -195,7 +195,6 @@ def save_model(model, path) -> None:
 def model_bytes(model) -> bytes:
     """The content of the model file of a fitted featharm model (what :func:`save_model` writes)."""
     state, arrays = model._get_state()
-    epoch = _source_date_epoch()
     manifest = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -207,33 +206,14 @@ def model_bytes(model) -> bytes:
                                   if k not in getattr(model, "_unsaved_params", ())}),
         "state": state,
     }
-    date_time = _ZIP_EPOCH
-    if epoch is not None:
-        manifest["created"] = datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
-        date_time = datetime.fromtimestamp(min(max(epoch, _ZIP_MIN), _ZIP_MAX), timezone.utc).timetuple()[:6]
-    blobs = {}
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        if a.dtype == object:
-            raise ModelFileError(f"array {name!r} has object dtype and cannot be stored without pickle")
-        b = io.BytesIO()
-        np.lib.format.write_array(b, a, allow_pickle=False)
-        blobs[name] = b.getvalue()
-        arrays[name] = a
-    manifest["arrays"] = {k: {"shape": list(arrays[k].shape), "dtype": str(arrays[k].dtype)} for k in blobs}
-    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(_member(MANIFEST, date_time), text.encode("utf-8"), compresslevel=6)
-        for name, blob in blobs.items():
-            zf.writestr(_member(f"arrays/{name}.npy", date_time), blob, compresslevel=6)
-    return buf.getvalue()
+    return container_bytes(manifest, arrays, allow_nan=True)
 
 
-def container_bytes(manifest: dict, arrays: dict) -> bytes:
-    """A zip in the layout of a model file (``manifest.json`` then ``arrays/<name>.npy`` by name, fixed
-    metadata, the same reproducible bytes) for another featharm file kind (a federated summary): the
-    ``manifest`` (JSON-able; its ``arrays`` entry is filled here) and numeric ``arrays`` (never object)."""
+def container_bytes(manifest: dict, arrays: dict, *, allow_nan: bool = False) -> bytes:
+    """The zip of a featharm file (``manifest.json`` then ``arrays/<name>.npy`` by name, fixed metadata,
+    reproducible bytes): model files (:func:`model_bytes`) and other kinds (a federated summary). The
+    ``manifest`` is JSON-able (its ``arrays`` entry is filled here; NaN only with ``allow_nan``, as a model's
+    state may hold), ``arrays`` numeric (never object)."""
     epoch = _source_date_epoch()
     manifest = dict(manifest)
     date_time = _ZIP_EPOCH
@@ -250,7 +230,7 @@ def container_bytes(manifest: dict, arrays: dict) -> bytes:
         blobs[name] = b.getvalue()
         meta[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
     manifest["arrays"] = meta
-    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=False)
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default, allow_nan=allow_nan)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(_member(MANIFEST, date_time), text.encode("utf-8"), compresslevel=6)

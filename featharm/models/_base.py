@@ -595,13 +595,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         for name in ("_arr", "_delta_raw"):
             self.__dict__.pop(name, None)
 
-    def _fit_model(self, X, covariates) -> _Prepared:
-        self._check_params()
-        prep = self._prepare(X, covariates, fitting=True)
-        levels = prep.levels
-        m = len(levels)
-        counts = np.bincount(prep.codes, minlength=m).astype(np.float64)
-        check_batch_sizes(levels, counts.astype(int), self.batch, allow_single=self._allow_single_subject())
+    def _checked_ref_index(self, levels, counts: np.ndarray):
+        """The reference batch's code (None without one); it needs 2 rows, its variance being its own."""
         ref = self._ref_index(levels)
         if ref is not None and counts[ref] < 2:
             raise BatchError(
@@ -609,6 +604,16 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 "pooled variance is estimated in the reference batch alone, so it needs at least 2 (in "
                 "practice many more). Choose a larger reference batch."
             )
+        return ref
+
+    def _fit_model(self, X, covariates) -> _Prepared:
+        self._check_params()
+        prep = self._prepare(X, covariates, fitting=True)
+        levels = prep.levels
+        m = len(levels)
+        counts = np.bincount(prep.codes, minlength=m).astype(np.float64)
+        check_batch_sizes(levels, counts.astype(int), self.batch, allow_single=self._allow_single_subject())
+        ref = self._checked_ref_index(levels, counts)
         design, Xc = CovariateDesign.fit(self._design_formula(), prep.covariates,
                                          float32=self._param("compat") == "neuroCombat",
                                          exclude=(self.batch,))

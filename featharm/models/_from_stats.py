@@ -165,13 +165,7 @@ def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature
     counts = stats.counts.copy()
     m, q, p = stats.m, stats.q, stats.p
     check_batch_sizes(levels, counts.astype(int), model.batch, allow_single=model._allow_single_subject())
-    ref = model._ref_index(levels)
-    if ref is not None and counts[ref] < 2:
-        raise BatchError(
-            f"the reference batch {levels[ref]!r} of {model.batch!r} has {int(counts[ref])} subject: the pooled "
-            "variance is estimated in the reference batch alone, so it needs at least 2 (in practice many more). "
-            "Choose a larger reference batch."
-        )
+    ref = model._checked_ref_index(levels, counts)
     _check_design_from_stats(stats, design.columns, str(model.batch))
     opts = model._eb_options()
     if opts.eb and p < 2:

@@ -68,9 +68,9 @@ def check_family(model, X) -> None:
         except (ValueError, OSError, AttributeError):  # pragma: no cover
             mem = None
         size = (f" This table ({shape[0]:,} rows × {shape[1]:,} features) is {_gib(need)} in float64; the in-memory "
-                f"fit needs about 3 times that" + (f" (this machine has {_gib(mem)})" if mem else "") +
+                "fit needs about 3 times that" + (f" (this machine has {_gib(mem)})" if mem else "") +
                 ": if it fits, pass it in memory (np.asarray(X) or X.compute(); on the command line, as a CSV or Parquet "
-                f"table).")
+                "table).")
     why = {
         "CovBat": "CovBat's covariance step is a PCA of the residual rows, which is not a function of "
                   "per-site sums",
@@ -376,7 +376,6 @@ def transform(model, X, covariates, *, new_sites="error", min_new_site_size=5):
         stats = statistics(Y, Xd, new_codes, len(new), desc="summarizing the new sites")
         use = extend_with_statistics(model, stats, new, min_new_site_size=min_new_site_size)
     a = use._arr
-    p = Y.shape[1]
     D = np.hstack([np.ones((n, 1)), Xd])
     coef = np.vstack([a["alpha"][None, :], a["beta"]])
     out_dtype = np.float32 if Y.dtype == np.float32 else np.float64
@@ -391,7 +390,6 @@ def transform(model, X, covariates, *, new_sites="error", min_new_site_size=5):
     out = da.blockwise(_adjust_block, "ij", Y, "ij", D_d, "ik", codes_d, "i", coef_d, "kj", sigma_d, "j", g_d, "mj",
                        d_d, "mj", const_d, "j", ref=use.ref_index_, out_dtype=out_dtype, dtype=out_dtype,
                        concatenate=True, meta=np.empty((0, 0), dtype=out_dtype))
-    assert out.shape == (n, p)
     if inp.store is not None:
         return inp.store.with_data(out, features=fitted)
     return out
