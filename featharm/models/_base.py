@@ -46,6 +46,7 @@ from ..exceptions import (
     warn,
 )
 from ..persistence import FAMILIES, register
+from ._new_sites import new_site_posterior_missing
 from .._schema import DamagedState, Stored, check_design, check_int, check_keys, check_levels, check_names, describe
 
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
@@ -861,33 +862,9 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
 
     def _new_site_missing(self, Z: np.ndarray, opts: eb.EBOptions, level, keep: np.ndarray):
         """§5.7 with NaN cells: a new batch's location, scale and posterior from each feature's observed rows
-        (priors across its features with estimates; ``featharm._core.missing``). Returns ``gamma*, delta*, ok``."""
+        (``featharm._core.missing``). Returns ``gamma*, delta*, ok``."""
         gh, dh, d_raw, n = missing.batch_moments(Z, mean_only=opts.mean_only)
-        names = self.feature_names_in_[keep]
-        need = 1 if opts.mean_only else 2
-        if not opts.eb:
-            bad = np.flatnonzero(n < need)
-            if bad.size:
-                raise MissingValueError(
-                    f"new site {level!r} has fewer than {need} observed value(s) of {len(bad)} feature(s): "
-                    f"{list(names[bad][:5])}{' ...' if bad.size > 5 else ''}; without empirical Bayes its own "
-                    "estimates are used, so they are needed. Use an eb=True model, or drop those features."
-                )
-            return gh, dh, True
-        pri = missing.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
-        need_finite = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric
-                                                  else [pri.a_prior, pri.b_prior])
-        if not all(np.isfinite(x[0]) for x in need_finite):
-            raise MissingValueError(
-                f"the empirical-Bayes priors of new site {level!r} cannot be estimated: fewer than 2 of its "
-                "features are observed enough there."
-            )
-        sparse = np.flatnonzero((n > 0) & (n < need))
-        if sparse.size:
-            warn(f"new site {level!r} has a single observed value of {list(names[sparse][:5])}"
-                 f"{' ...' if sparse.size > 5 else ''}: its scale there comes from the site's prior and that value.",
-                 MissingValueWarning)
-        gs, ds, _, ok = missing.site_posterior(gh, dh, d_raw, n, pri, 0, opts)
+        gs, ds, _, ok, _ = new_site_posterior_missing(gh, dh, d_raw, n, opts, level, self.feature_names_in_[keep])
         return gs, ds, ok
 
     def _warn_cells_without_data(self, prep: _Prepared) -> None:

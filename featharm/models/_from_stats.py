@@ -28,7 +28,8 @@ from .._core.suffstats import SuffStats, frozen_moments, location_fit, total_var
 from .._validation import batch_levels, check_batch_labels, check_batch_sizes, encode_batches, get_batch
 from ..design import CovariateDesign, batch_indicators
 from ..exceptions import (BatchError, CollinearityWarning, ConfoundingError, ConvergenceWarning, InputError,
-                          MissingValueError, record_warnings, warn)
+                          record_warnings, warn)
+from ._new_sites import new_site_posterior_missing
 
 __all__ = ["FrozenDesign", "freeze_design", "fit_from_statistics", "extend_with_statistics", "new_batch_effects"]
 
@@ -258,27 +259,9 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
         dh = np.where(n > 0, eb.delta_from_raw(d_raw, opts.mean_only), np.nan) if incomplete \
             else eb.delta_from_raw(d_raw, opts.mean_only)
         out["gamma_hat"][j, keep], out["delta_hat"][j, keep] = gh, dh
-        if incomplete:  # missing values: as BaseHarmonizer._new_site_missing
-            need = 1 if opts.mean_only else 2
-            if not opts.eb:
-                bad = np.flatnonzero(n < need)
-                if bad.size:
-                    raise MissingValueError(
-                        f"new site {levels[j]!r} has fewer than {need} observed value(s) of {len(bad)} feature(s): "
-                        f"{list(names[keep][bad][:5])}{' ...' if bad.size > 5 else ''}; without empirical Bayes its "
-                        "own estimates are used, so they are needed. Use an eb=True model, or drop those features."
-                    )
-                gs, ds, it, ok = gh, dh, 0, True
-            else:
-                pri = missing.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
-                need_finite = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric
-                                                          else [pri.a_prior, pri.b_prior])
-                if not all(np.isfinite(x[0]) for x in need_finite):
-                    raise MissingValueError(
-                        f"the empirical-Bayes priors of new site {levels[j]!r} cannot be estimated: fewer than 2 of "
-                        "its features are observed enough there."
-                    )
-                gs, ds, it, ok = missing.site_posterior(gh, dh, d_raw, n, pri, 0, opts)
+        if incomplete:  # missing values: as transform(..., new_sites="estimate")
+            gs, ds, it, ok, pri = new_site_posterior_missing(gh, dh, d_raw, n, opts, levels[j], names[keep])
+            if pri is not None:
                 _priors_into(out, j, pri)
         elif opts.eb:
             pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
