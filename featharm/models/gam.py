@@ -188,6 +188,22 @@ class ComBatGAM(BaseHarmonizer):
         self.covariates = covariates
         self.n_jobs = n_jobs
 
+    @classmethod
+    def from_statistics(cls, stats, *, batches, design, bases, feature_names, **params) -> "ComBatGAM":
+        """A ComBatGAM fitted from per-batch sufficient statistics instead of rows (``docs/methods.md`` §1.9).
+
+        Freeze the design first with :func:`featharm.models._gam_from_stats.freeze_gam_design` (batch
+        levels and codes, the linear design and the spline bases, from the covariates alone), summarize the
+        rows (:class:`featharm._core.suffstats.SuffStats`) with its ``X`` (linear then spline columns) and
+        ``codes``, then pass its ``batches``, ``design`` and ``bases``. ``params`` are ComBatGAM's parameters.
+        The learned attributes equal those of ``fit`` on the same rows to rounding. Complete features only;
+        not with ``compat="neuroHarmonize"``.
+        """
+        from ._gam_from_stats import fit_gam_from_statistics
+
+        return fit_gam_from_statistics(cls(**params), stats, batches=batches, design=design, bases=bases,
+                                       feature_names=feature_names)
+
     # ------------------------------------------------------------------------------ parameters
     def _eb_options(self):
         return self._combat_eb_options()
