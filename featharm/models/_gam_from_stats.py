@@ -22,10 +22,11 @@ Two passes, as for ComBat (:mod:`featharm.models._from_stats`), with one thing m
 its cross-product, so the smallest ``d²`` carry a relative rounding of about ``1e-16 · cond(A)``; the
 tests measure the agreement with the in-memory fit (``tests/models/test_gam_from_statistics.py``).
 
-Supported: complete features, REML or GCV, one smoothing parameter per feature or ``shared_smoothing``,
-every EB option, a reference batch. Not supported from statistics (a clear error): missing feature values
-(each missingness pattern needs its own basis cross-products) and ``compat="neuroHarmonize"`` (its k-fold
-search refits on row subsets).
+Supported: REML or GCV, one smoothing parameter per feature or ``shared_smoothing``, every EB option, a
+reference batch, several smooth terms, ``smooth_bounds``, and missing feature values (§1.8: a feature with
+NaN cells is fitted on its observed rows, from the covariate sums less those over its missing rows, with its
+own decomposition; a loop over such features, the complete ones at once). Not supported from statistics (a
+clear error): ``compat="neuroHarmonize"`` (its k-fold search refits on row subsets).
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ import numpy as np
 import pandas as pd
 
 from .._core import penalized
-from .._core.blocks import iter_blocks
 from .._core.splines import SplineBasis
 from .._core.suffstats import (LocationFit, SuffStats, _centred, _location, _rank_deficient, _reference_column,
                                _solve_spd, _within_ss, _y_cross, total_variance)
-from ..exceptions import ConfoundingError, FormulaError, InputError, MissingValueError, record_warnings
+from ..exceptions import ConfoundingError, FormulaError, InputError, record_warnings
 from ._base import LINEAR_FEATURE_RTOL
 from ._from_stats import FrozenDesign, _check_stats, _fit, freeze_design
 
@@ -95,80 +95,146 @@ def _linear_view(stats: SuffStats, q: int):
                            sxx=stats.sxx[:, :q, :q])
 
 
-def _penalized_location(model, stats: SuffStats, batch_rows: np.ndarray, q: int, bases: list, feature_names):
-    """S1 of ComBat-GAM from the statistics: every feature's penalized fit with its smoothing parameter
-    (module docstring). Returns the :class:`LocationFit` (coefficients on ``[batches | linear | spline]``)
-    and the GAM's extra arrays (``spline_coef``, ``smoothing``, ``edf``)."""
-    m, Q, p = stats.m, stats.q, stats.p
+def _directions(stats: SuffStats, q: int, bases: list):
+    """``Mu`` (Q × ku') and ``Mp`` (Q × r): the in-memory fit's unpenalized columns ``[linear | Z T0]`` and
+    penalized columns ``Z Tp`` as maps of the summarized covariate row ``[linear | Z]``; and ``k0``."""
+    Q = stats.q
     K = Q - q
     penalties = [b.penalty() for b in bases]
     starts = np.cumsum([q] + [P.shape[0] for P in penalties])
     norms = None
-    if len(penalties) > 1:
+    if len(penalties) > 1:  # each term's basis cross-product over all rows, as penalty_reparam takes it
         norms = [np.linalg.norm(_raw_gram(stats, slice(starts[j], starts[j + 1]))) for j in range(len(penalties))]
     T0, Tp = penalized.penalty_transform(K, penalties, norms)
     k0, r = T0.shape[1], Tp.shape[1]
-    # the columns of the in-memory fit's [linear | Z T0] (unpenalized) and Z Tp (penalized) as maps of x
     Mu = np.zeros((Q, q + k0))
     Mu[:q, :q] = np.eye(q)
     Mu[q:, q:] = T0
     Mp = np.zeros((Q, r))
     Mp[q:] = Tp
-    Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, None, True)
-    A = Sxx.sum(axis=0)
+    return Mu, Mp, k0
+
+
+def _reduce(A, by, Sxx, Sxy, Syy, B, Mu, Mp, shared: bool):
+    """The Demmler–Reinsch ingredients of one design (within-batch cross-products ``A``) and its features
+    (within-batch ``Xᵀy`` ``by``, Q × b): ``A_uu``, ``H = A_uu⁻¹ A_up``, ``d²``, ``V``, ``c`` and ``r_perp``.
+    ``None`` for ``A_uu`` when the unpenalized columns are rank deficient."""
     Guu, Gup, Gpp = Mu.T @ A @ Mu, Mu.T @ A @ Mp, Mp.T @ A @ Mp
     if _rank_deficient(Guu[None], 1e-12)[0]:
-        terms = [b.name for b in bases]
-        raise ConfoundingError(
+        return None
+    H = _solve_spd(Guu, Gup)
+    d2, V = np.linalg.eigh(Gpp - Gup.T @ H)
+    keep = d2 > 1e-13 * max(d2.max(), 1e-300)  # directions the projection left (eigenvalues above rounding)
+    d2, V = d2[keep][::-1], V[:, keep][:, ::-1]
+    bu, bp = Mu.T @ by, Mp.T @ by
+    c = (V.T @ (bp - H.T @ bu)) / np.sqrt(d2)[:, None]
+    theta_u0 = _solve_spd(Guu, bu)  # the unpenalized least squares
+    rss_u = _within_ss(Sxx, Sxy, Syy, (Mu @ theta_u0)[None] - B, shared).sum(axis=0)
+    r_perp = np.maximum(rss_u - np.sum(c * c, axis=0), 0.0)
+    return Guu, Gup, d2, V, bu, c, r_perp
+
+
+def _solve(parts, lam, Mu, Mp, k0):
+    """Coefficients on ``[linear | Z]`` (Q × b) and edf at the smoothing parameters ``lam`` (b,)."""
+    Guu, Gup, d2, V, bu, c, r_perp = parts
+    d = np.sqrt(d2)
+    b = V @ (d[:, None] / (d2[:, None] + lam[None, :]) * c)  # coefficients on the penalized directions
+    theta_u = _solve_spd(Guu, bu - Gup @ b)
+    return Mu @ theta_u + Mp @ b, k0 + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
+
+
+def _degenerate_from_stats(stats: SuffStats, f: np.ndarray, r_perp, n) -> np.ndarray:
+    """``penalized._degenerate`` from the statistics: features whose residual is of rounding size, left
+    out of a shared smoothing parameter's sum."""
+    shared = not (stats.n_obs[:, f] < stats.counts[:, None]).any()
+    Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, f, shared)
+    nv = stats.n_obs[:, f]
+    batch_mean = np.where(nv > 0, _location(stats, f, xbar, ybar, -B, np.zeros((stats.q, f.size)), shared), 0.0)
+    mean = (nv * batch_mean).sum(axis=0) / nv.sum(axis=0)
+    resid = r_perp / n
+    return (resid > LINEAR_FEATURE_RTOL * total_variance(stats)[f]) & (resid > (1e-11 * mean) ** 2)
+
+
+def _confounded(model, bases, names):
+    terms = [b.name for b in bases]
+    if names is None:
+        return ConfoundingError(
             f"the linear trend of smooth term(s) {terms} is confounded with {model.batch!r} and the linear "
             f"covariates (e.g. the covariate is constant within each {model.batch}); its effect cannot be told "
             "apart from the site effects. Drop it or model it differently."
         )
-    H = _solve_spd(Guu, Gup)  # A_uu⁻¹ A_up
-    d2, V = np.linalg.eigh(Gpp - Gup.T @ H)
-    keep = d2 > 1e-13 * max(d2.max(), 1e-300)  # directions the projection left (eigenvalues above rounding)
-    d2, V = d2[keep][::-1], V[:, keep][:, ::-1]
-    d = np.sqrt(d2)
-    n = float(stats.counts.sum())
-    ku = m + q + k0
-    coef = np.empty((m + Q, p))
+    return ConfoundingError(
+        f"on the rows where they are observed, the design (batch, covariates and the linear trend of the smooth "
+        f"terms) of {len(names)} feature(s) is rank deficient: {names[:5]}{' ...' if len(names) > 5 else ''} (a "
+        "covariate constant within batches, or a combination of the others, once the missing rows are left out). "
+        "Drop those features or that covariate."
+    )
+
+
+def _penalized_location(model, stats: SuffStats, batch_rows: np.ndarray, q: int, bases: list, feature_names):
+    """S1 of ComBat-GAM from the statistics: every feature's penalized fit with its smoothing parameter
+    (module docstring). Returns the :class:`LocationFit` (coefficients on ``[batches | linear | spline]``)
+    and the GAM's extra arrays (``spline_coef``, ``smoothing``, ``edf``).
+
+    Features with missing values are fitted on their observed rows (the covariate sums less those over
+    their missing rows; batches without an observed value dropped), as ``ComBatGAM.fit`` does (§1.8); with
+    ``shared_smoothing`` and missing values the one smoothing parameter minimizes the criterion summed over
+    all features (``penalized._select_shared``)."""
+    m, Q, p = stats.m, stats.q, stats.p
+    Mu, Mp, k0 = _directions(stats, q, bases)
+    method, shared = model.method, bool(model.shared_smoothing)
+    n_obs = stats.n_obs
+    incomplete = np.flatnonzero((n_obs < stats.counts[:, None]).any(axis=0))
+    complete = np.setdiff1d(np.arange(p), incomplete)
+    coef = np.full((m + Q, p), np.nan)
+    ss = np.zeros((m, p))
     lam, edf = np.empty(p), np.empty(p)
-    parts = []
-    for blk in iter_blocks(p, m * Q):
-        f = np.arange(p)[blk]
-        by = _y_cross(Sxx, Sxy[:, :, f], B[:, :, f], True).sum(axis=0)  # within-batch Xᵀy (Q, b)
-        bu, bp = Mu.T @ by, Mp.T @ by
-        theta_u0 = _solve_spd(Guu, bu)  # unpenalized least squares
-        c = (V.T @ (bp - H.T @ bu)) / d[:, None]
-        rss_u = _within_ss(Sxx, Sxy[:, :, f], Syy[:, f], (Mu @ theta_u0)[None] - B[:, :, f], True).sum(axis=0)
-        r_perp = np.maximum(rss_u - np.sum(c * c, axis=0), 0.0)
-        parts.append((f, bu, c, r_perp))
-    if model.shared_smoothing:
-        c2 = np.hstack([pc[2] for pc in parts]) ** 2
-        r_perp = np.concatenate([pc[3] for pc in parts])
-        resid = r_perp / n
-        variance = total_variance(stats)
-        batch_mean = _location(stats, None, xbar, ybar, -B, np.zeros((Q, p)), True)  # each batch's mean of y
-        mean = (stats.counts[:, None] * batch_mean).sum(axis=0) / n
-        use = (resid > LINEAR_FEATURE_RTOL * variance) & (resid > (1e-11 * mean) ** 2)
-        lam[:] = penalized.select_lambda(d2, c2, r_perp, n, ku, model.method, True, use)
-    for f, bu, c, r_perp in parts:
-        if not model.shared_smoothing:
-            lam[f] = penalized.select_lambda(d2, c * c, r_perp, n, ku, model.method, False)
-        lf = lam[f]
-        b = V @ (d[:, None] / (d2[:, None] + lf[None, :]) * c)  # coefficients on the penalized directions
-        theta_u = _solve_spd(Guu, bu - Gup @ b)
-        coef[m:, f] = Mu @ theta_u + Mp @ b
-        edf[f] = k0 + np.sum(d2[:, None] / (d2[:, None] + lf[None, :]), axis=0)
-    beta = coef[m:]
-    delta = beta[None] - B
-    ss = _within_ss(Sxx, Sxy, Syy, delta, True)
-    plain = _location(stats, None, xbar, ybar, delta, beta, True)
+    n = float(stats.counts.sum())
+    groups = []  # (features, parts, n, ku, centred sums, shared)
+    if complete.size:
+        cen = _centred(stats, complete if incomplete.size else None, True)
+        Sxx, Sxy, Syy, xbar, ybar, B = cen
+        parts = _reduce(Sxx.sum(axis=0), _y_cross(Sxx, Sxy, B, True).sum(axis=0), Sxx, Sxy, Syy, B, Mu, Mp, True)
+        if parts is None:
+            raise _confounded(model, bases, None)
+        groups.append((complete, parts, n, m + q + k0, cen, True))
+    bad = []
+    for v in incomplete:
+        f = np.array([v])
+        cen = _centred(stats, f, False)
+        Sxx, Sxy, Syy, xbar, ybar, B = cen
+        nv = n_obs[:, v]
+        parts = _reduce(Sxx.sum(axis=0)[0], _y_cross(Sxx, Sxy, B, False).sum(axis=0), Sxx, Sxy, Syy, B, Mu, Mp, False)
+        if parts is None:
+            bad.append(feature_names[v])
+            continue
+        groups.append((f, parts, float(nv.sum()), int((nv > 0).sum()) + q + k0, cen, False))
+    if bad:
+        raise _confounded(model, bases, bad)
+    if shared and incomplete.size:
+        ingredients = [(parts[2], parts[5] ** 2, parts[6], nn, ku, _degenerate_from_stats(stats, f, parts[6], nn))
+                       for f, parts, nn, ku, _, _ in groups]
+        lam[:] = penalized._select_shared(ingredients, method)
+    for f, parts, nn, ku, (Sxx, Sxy, Syy, xbar, ybar, B), sh in groups:
+        d2, c, r_perp = parts[2], parts[5], parts[6]
+        if not incomplete.size or not shared:
+            use = _degenerate_from_stats(stats, f, r_perp, nn) if shared else None
+            lam[f] = penalized.select_lambda(d2, c * c, r_perp, nn, ku, method, shared, use)
+        beta, edf[f] = _solve(parts, lam[f], Mu, Mp, k0)
+        coef[m:, f] = beta
+        delta = beta[None] - B
+        ss[:, f] = _within_ss(Sxx, Sxy, Syy, delta, sh)
+        plain = _location(stats, f if incomplete.size else None, xbar, ybar, delta, beta, sh)
+        coef[:m, f] = np.where(n_obs[:, f] > 0, plain, np.nan)
     ref = _reference_column(batch_rows)
-    coef[:m] = plain if ref is None else plain - plain[ref]
     if ref is not None:
+        plain = coef[:m].copy()
+        coef[:m] = plain - plain[ref]
         coef[ref] = plain[ref]
-    fit = LocationFit(coef, ss, stats.n_obs.copy(), np.zeros(0, dtype=np.intp))
+    present = n_obs > 0
+    coef[:m][~present] = np.nan
+    ss[~present] = 0.0
+    fit = LocationFit(coef, ss, n_obs.copy(), np.zeros(0, dtype=np.intp))
     return fit, {"spline_coef": coef[m + q:], "smoothing": lam, "edf": edf}
 
 
@@ -192,13 +258,6 @@ def fit_gam_from_statistics(model, stats: SuffStats, *, batches, design, bases, 
                          "statistics do not hold; fit it in memory, or use compat=None (REML/GCV) from statistics.")
     K = sum(b.n_columns for b in bases)
     _check_stats(stats, batches, design, feature_names, n_extra=K)
-    if stats.has_missing:
-        j = int(np.flatnonzero((stats.n_obs < stats.counts[:, None]).any(axis=0))[0])
-        raise MissingValueError(
-            f"ComBatGAM from statistics needs complete features, but {feature_names[j]!r} (and maybe others) has "
-            "missing values: each missingness pattern needs its own spline cross-products. Fit it in memory, or "
-            "drop or fill those cells first."
-        )
     q = len(design.columns)
 
     def location(s, batch_rows):

@@ -196,8 +196,8 @@ class ComBatGAM(BaseHarmonizer):
         levels and codes, the linear design and the spline bases, from the covariates alone), summarize the
         rows (:class:`featharm._core.suffstats.SuffStats`) with its ``X`` (linear then spline columns) and
         ``codes``, then pass its ``batches``, ``design`` and ``bases``. ``params`` are ComBatGAM's parameters.
-        The learned attributes equal those of ``fit`` on the same rows to rounding. Complete features only;
-        not with ``compat="neuroHarmonize"``.
+        The learned attributes equal those of ``fit`` on the same rows to rounding (missing values included);
+        not with ``compat="neuroHarmonize"`` (its k-fold search needs the rows).
         """
         from ._gam_from_stats import fit_gam_from_statistics
 

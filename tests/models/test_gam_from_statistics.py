@@ -4,7 +4,8 @@ The spline basis is frozen from the covariates first (:func:`freeze_gam_design`)
 the spline columns among the covariates, over random row blocks merged in a random order; the smoothing
 parameter of every feature is then chosen by REML/GCV from the within-batch cross-products. Every stored array
 (smoothing parameters and effective degrees of freedom included) and the harmonized output must equal the
-in-memory ``ComBatGAM.fit`` to 1e-10 (relative), on volume-like features (mean ~1e4, SD ~1e2).
+in-memory ``ComBatGAM.fit`` to 1e-10 (relative), on volume-like features (mean ~1e4, SD ~1e2), complete and
+with NaN cells (each feature on its observed rows). Measured: ≤ 1.1e-12 complete, ≤ 4.5e-12 with NaN cells.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 import featharm
 from featharm._core.suffstats import SuffStats
-from featharm.exceptions import InputError, MissingValueError
+from featharm.exceptions import InputError
 from featharm.models._gam_from_stats import freeze_gam_design
 from test_from_statistics import make_volumes, output_error, stored_errors, summarize
 
@@ -78,6 +79,17 @@ def test_equals_in_memory_fit(name):
     assert (lam.max() > lam.min()) != bool(OPTIONS[name].get("shared_smoothing"))
 
 
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_equals_in_memory_fit_with_missing_values(name):
+    X, cov = data(13, nan_fraction=0.06)
+    X.iloc[:40, -1] = np.nan  # a feature missing on many rows, a batch or two with few of its values left
+    model, out, fitted, out2 = fit_both(X, cov, OPTIONS[name], seed=9)
+    assert "n_obs" in model._arr
+    errors = stored_errors(fitted, model)
+    assert max(errors.values()) <= TOL, errors
+    assert output_error(out2, out, model.sigma_.to_numpy()) <= TOL
+
+
 def test_block_order_does_not_matter():
     X, cov = data(3, n_sites=3)
     _, _, a, _ = fit_both(X, cov, {}, seed=1)
@@ -98,14 +110,6 @@ def _frozen_stats(X, cov, **params):
     model = featharm.ComBatGAM(batch="site", formula="sex", smooth=["age"], **params)
     frozen = freeze_gam_design(model, cov)
     return frozen, summarize(frozen, X.to_numpy(), 0)
-
-
-def test_missing_values_are_refused_by_name():
-    X, cov = data(5, nan_fraction=0.05)
-    frozen, stats = _frozen_stats(X, cov)
-    with pytest.raises(MissingValueError, match="complete features.*roi_"):
-        featharm.ComBatGAM.from_statistics(stats, batches=frozen.batches, design=frozen.design, bases=frozen.bases,
-                                           feature_names=X.columns, batch="site", formula="sex", smooth=["age"])
 
 
 def test_neuroharmonize_compat_is_refused():
