@@ -239,9 +239,10 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     names = model.feature_names_in_
     k = stats.m
     levels = [f"new batch {j}" for j in range(k)] if levels is None else list(levels)
-    if stats.p != len(names) or stats.q != len(model.design_.columns):
+    slopes = _slopes(model)
+    if stats.p != len(names) or stats.q != slopes.shape[0]:
         raise InputError(f"the statistics have {stats.p} features and {stats.q} covariate columns; the model has "
-                         f"{len(names)} and {len(model.design_.columns)}. Summarize with the model's design.")
+                         f"{len(names)} and {slopes.shape[0]}. Summarize with the model's design.")
     if "feature_scale" in a:
         raise InputError("this model rescaled features beyond 2^64 in magnitude; new batches from statistics are "
                          "not supported for it.")
@@ -259,7 +260,7 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     keep = ~a["constant"]
     opts = model._eb_options()
     p = keep.size
-    gh_all, d_raw_all, n_all = frozen_moments(stats, a["alpha"], a["beta"], a["sigma"])
+    gh_all, d_raw_all, n_all = frozen_moments(stats, a["alpha"], slopes, a["sigma"])
     out = {name: np.full(k, np.nan) for name in ("gamma_bar", "tau2", "a_prior", "b_prior")}
     out.update(gamma_hat=np.zeros((k, p)), delta_hat=np.ones((k, p)), n_iter=np.zeros(k), n_obs=n_all)
     g_new, d_new = np.zeros((k, p)), np.ones((k, p))
@@ -289,6 +290,13 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     with np.errstate(invalid="ignore"):
         out["location"] = np.where(n_all > 0, gh_all * a["sigma"] + a["alpha"], np.nan)
     return g_new, d_new, out
+
+
+def _slopes(model) -> np.ndarray:
+    """The model's covariate coefficients in the order of its summarized covariate row: the linear ones, then
+    (ComBat-GAM) the spline ones."""
+    a = model._arr
+    return np.vstack([a["beta"], a["spline_coef"]]) if "spline_coef" in a else a["beta"]
 
 
 def _priors_into(out: dict, j: int, pri: eb.Priors) -> None:

@@ -163,6 +163,7 @@ class ComBatGAM(BaseHarmonizer):
     }
     _state_extra = ("smooth_bases",)
     _supports_missing = True
+    _out_of_core = True  # fit/transform on Dask arrays from the statistics (featharm.models._gam_from_stats)
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
