@@ -27,7 +27,6 @@ from .._core import eb, missing
 from .._core.suffstats import SuffStats, frozen_moments, location_fit, total_variance
 from .._validation import batch_levels, check_batch_labels, check_batch_sizes, encode_batches, get_batch
 from ..design import CovariateDesign, batch_indicators
-from .combat import ComBat
 from ..exceptions import (BatchError, CollinearityWarning, ConfoundingError, ConvergenceWarning, InputError,
                           record_warnings, warn)
 from ._new_sites import new_site_posterior_missing
@@ -192,7 +191,7 @@ def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature
     has_missing = stats.has_missing
     n_obs = stats.n_obs.copy()
     if has_missing:
-        ComBat._check_observed(model, n_obs, q, ref)  # ComBat's rules (§1.8); ComBatGAM uses them too
+        model._check_observed(n_obs, q, ref)
     if location is None:
         fit, extra = location_fit(stats, batch_rows), {}
     else:
@@ -217,7 +216,7 @@ def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature
         model._arr["n_obs"] = n_obs
     model._delta_raw = st.delta_raw
     if has_missing:
-        ComBat._warn_sparse_cells(model, n_obs, ref)
+        model._warn_sparse_cells(n_obs, ref)
     model._mark_constant(np.abs(st.alpha), total_variance(stats))
     model._fit_eb(counts, ref)
     model._publish()

@@ -42,7 +42,6 @@ from .._core.splines import SplineBasis
 from .._core.suffstats import (LocationFit, SuffStats, _centred, _location, _rank_deficient, _reference_column,
                                _solve_spd, _within_ss, _y_cross, total_variance)
 from ..exceptions import ConfoundingError, FormulaError, InputError, record_warnings
-from ._base import LINEAR_FEATURE_RTOL
 from ._from_stats import FrozenDesign, _check_stats, _fit, freeze_design
 
 __all__ = ["FrozenGAMDesign", "freeze_gam_design", "fit_gam_from_statistics"]
@@ -136,23 +135,23 @@ def _reduce(A, by, Sxx, Sxy, Syy, B, Mu, Mp, shared: bool):
 
 def _solve(parts, lam, Mu, Mp, k0):
     """Coefficients on ``[linear | Z]`` (Q × b) and edf at the smoothing parameters ``lam`` (b,)."""
-    Guu, Gup, d2, V, bu, c, r_perp = parts
+    Guu, Gup, d2, V, bu, c, _ = parts
     d = np.sqrt(d2)
     b = V @ (d[:, None] / (d2[:, None] + lam[None, :]) * c)  # coefficients on the penalized directions
     theta_u = _solve_spd(Guu, bu - Gup @ b)
     return Mu @ theta_u + Mp @ b, k0 + np.sum(d2[:, None] / (d2[:, None] + lam[None, :]), axis=0)
 
 
-def _degenerate_from_stats(stats: SuffStats, f: np.ndarray, r_perp, n) -> np.ndarray:
+def _degenerate_from_stats(stats: SuffStats, f: np.ndarray, r_perp, n, linear_rtol: float) -> np.ndarray:
     """``penalized._degenerate`` from the statistics: features whose residual is of rounding size, left
     out of a shared smoothing parameter's sum."""
     shared = not (stats.n_obs[:, f] < stats.counts[:, None]).any()
-    Sxx, Sxy, Syy, xbar, ybar, B = _centred(stats, f, shared)
+    *_, xbar, ybar, B = _centred(stats, f, shared)
     nv = stats.n_obs[:, f]
     batch_mean = np.where(nv > 0, _location(stats, f, xbar, ybar, -B, np.zeros((stats.q, f.size)), shared), 0.0)
     mean = (nv * batch_mean).sum(axis=0) / nv.sum(axis=0)
     resid = r_perp / n
-    return (resid > LINEAR_FEATURE_RTOL * total_variance(stats)[f]) & (resid > (1e-11 * mean) ** 2)
+    return (resid > linear_rtol * total_variance(stats)[f]) & (resid > (1e-11 * mean) ** 2)
 
 
 def _confounded(model, bases, names):
@@ -212,13 +211,14 @@ def _penalized_location(model, stats: SuffStats, batch_rows: np.ndarray, q: int,
     if bad:
         raise _confounded(model, bases, bad)
     if shared and incomplete.size:
-        ingredients = [(parts[2], parts[5] ** 2, parts[6], nn, ku, _degenerate_from_stats(stats, f, parts[6], nn))
+        ingredients = [(parts[2], parts[5] ** 2, parts[6], nn, ku,
+                        _degenerate_from_stats(stats, f, parts[6], nn, model._linear_rtol))
                        for f, parts, nn, ku, _, _ in groups]
         lam[:] = penalized._select_shared(ingredients, method)
     for f, parts, nn, ku, (Sxx, Sxy, Syy, xbar, ybar, B), sh in groups:
         d2, c, r_perp = parts[2], parts[5], parts[6]
         if not incomplete.size or not shared:
-            use = _degenerate_from_stats(stats, f, r_perp, nn) if shared else None
+            use = _degenerate_from_stats(stats, f, r_perp, nn, model._linear_rtol) if shared else None
             lam[f] = penalized.select_lambda(d2, c * c, r_perp, nn, ku, method, shared, use)
         beta, edf[f] = _solve(parts, lam[f], Mu, Mp, k0)
         coef[m:, f] = beta

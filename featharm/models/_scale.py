@@ -18,8 +18,9 @@ features are read (:func:`~featharm.models._from_stats.freeze_design`). What is 
 ``new_sites="estimate"`` (a second pass over the new sites' rows). Not out of core: the warning ``transform``
 gives in memory about observed values of a (site, feature) that had none at fit (it would need a pass of its
 own), and features beyond 2^±64 in magnitude (an error). :class:`~featharm.ComBatGAM` runs the same way: its
-spline bases are frozen from the covariates with the design (:func:`~featharm.models._gam_from_stats.freeze_gam_design`),
-the spline columns are summarized with the covariates, and the fit is
+spline bases are frozen from the covariates with the design
+(:func:`~featharm.models._gam_from_stats.freeze_gam_design`), the spline columns are summarized with the
+covariates, and the fit is
 :func:`~featharm.models._gam_from_stats.fit_gam_from_statistics` (not with ``compat="neuroHarmonize"``). Other
 families refuse such input with the size the table would take in memory.
 """
@@ -288,9 +289,7 @@ def statistics(Y, X: np.ndarray, codes: np.ndarray, m: int, *, desc: str = "summ
 
 # --------------------------------------------------------------------------------------------- fit
 def _is_gam(model) -> bool:
-    from .gam import ComBatGAM
-
-    return isinstance(model, ComBatGAM)
+    return getattr(type(model), "_schema_name", None) == "combat_gam"  # ComBatGAM (not imported: no circle)
 
 
 def fit(model, X, covariates):

@@ -164,6 +164,10 @@ class ComBatGAM(BaseHarmonizer):
     _state_extra = ("smooth_bases",)
     _supports_missing = True
     _out_of_core = True  # fit/transform on Dask arrays from the statistics (featharm.models._gam_from_stats)
+    _linear_rtol = LINEAR_FEATURE_RTOL  # read by the fit from statistics (which cannot import _base)
+    # ComBat's rules for sparse (batch, feature) cells (§1.8), as the fit from statistics calls them
+    _check_observed = ComBat._check_observed
+    _warn_sparse_cells = ComBat._warn_sparse_cells
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
