@@ -18,7 +18,7 @@ import scipy.linalg as sla
 from ..exceptions import ConfoundingError
 from .blocks import column_variance, iter_blocks
 
-__all__ = ["fit_penalized", "fit_penalized_observed",
+__all__ = ["fit_penalized", "penalty_transform", "fit_penalized_observed",
            "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
 
 NH_ALPHAS = np.logspace(0, 7, 11)  # statsmodels' default k-fold grid (k_grid=11)
@@ -26,20 +26,20 @@ N_GRID = 121  # log-lambda grid points of the default criterion search
 BISECTIONS = 60
 
 
-def penalty_reparam(Z: np.ndarray, penalties):
-    """Split the spline block into unpenalized (null-space) and unit-penalty directions.
+def penalty_transform(K: int, penalties, gram_norms=None):
+    """The maps ``T0`` (K × k0) and ``Tp`` (K × r) onto the unpenalized (null-space) and unit-penalty
+    directions of the spline block, ``theta_spline = T0 theta_null + Tp b``.
 
-    Returns ``Z_null`` (n × k0), ``Z_pen`` (n × r) and the map ``T`` (K × (k0 + r)) with
-    ``theta_spline = T @ [theta_null; b]``.
+    ``gram_norms``: the Frobenius norm of each term's basis cross-product ``Z_j'Z_j`` (used to put several
+    terms on a comparable scale; ignored with one term). Needs no rows: :func:`penalty_reparam` computes
+    the norms from ``Z``, a fit from statistics from ``Σxxᵀ``.
     """
-    K = Z.shape[1]
     sizes = [P.shape[0] for P in penalties]
     starts = np.cumsum([0] + sizes)
     null_cols, pen_cols = [], []
     for j, P in enumerate(penalties):
-        Zj = Z[:, starts[j]:starts[j + 1]]
         # put the terms on a comparable scale (only matters with several smooth terms)
-        scale = np.linalg.norm(Zj.T @ Zj) / np.linalg.norm(P) if len(penalties) > 1 else 1.0
+        scale = gram_norms[j] / np.linalg.norm(P) if len(penalties) > 1 else 1.0
         s, U = np.linalg.eigh(P * scale)
         tol = 1e-9 * s.max()
         for col, sv in zip(U.T, s):
@@ -51,6 +51,22 @@ def penalty_reparam(Z: np.ndarray, penalties):
                 pen_cols.append(full / np.sqrt(sv))
     T0 = np.array(null_cols).T.reshape(K, -1)
     Tp = np.array(pen_cols).T.reshape(K, -1)
+    return T0, Tp
+
+
+def penalty_reparam(Z: np.ndarray, penalties):
+    """Split the spline block into unpenalized (null-space) and unit-penalty directions.
+
+    Returns ``Z_null`` (n × k0), ``Z_pen`` (n × r) and the map ``T`` (K × (k0 + r)) with
+    ``theta_spline = T @ [theta_null; b]`` (as ``T0``, ``Tp``; see :func:`penalty_transform`).
+    """
+    K = Z.shape[1]
+    starts = np.cumsum([0] + [P.shape[0] for P in penalties])
+    norms = None
+    if len(penalties) > 1:
+        norms = [np.linalg.norm(Z[:, starts[j]:starts[j + 1]].T @ Z[:, starts[j]:starts[j + 1]])
+                 for j in range(len(penalties))]
+    T0, Tp = penalty_transform(K, penalties, norms)
     return Z @ T0, Z @ Tp, T0, Tp
 
 

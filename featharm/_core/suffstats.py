@@ -370,13 +370,15 @@ def _one_blas_thread():
 def _pilot_slopes(X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
     """Slopes (q × p) of a within-batch least-squares fit of the block's features on its covariates, to shift
     ``y`` by (the affine shift of :class:`SuffStats`); 0 for a feature with missing values in the block.
-    ``None`` when the block has too few rows. Any slopes keep the statistics exact; good ones keep the
-    shifted sums small. The covariates centred within batch are orthogonal to the batch means of ``y``,
+    ``None`` when the block has too few rows: fewer than the batches + 3 q + 2 (slopes fitted on barely
+    more rows than coefficients can be far off outside the block, up to 1e3 times the true ones with the
+    ~20 spline columns of ComBat-GAM, and shifted sums that large cancel to 1e-8). Any slopes keep the
+    statistics exact; good ones keep the shifted sums small. The covariates centred within batch are orthogonal to the batch means of ``y``,
     so ``Xwᵀ Y`` needs no centring of ``Y`` (one GEMM); a covariate constant on the block gets slope 0
     (pseudo-inverse of the small q × q matrix)."""
     r, q = X.shape
     levels, inv = np.unique(codes, return_inverse=True)
-    if r < levels.size + q + 2:
+    if r < levels.size + 3 * q + 2:
         return None
     cnt = np.bincount(inv).astype(np.float64)
     means = np.stack([np.bincount(inv, weights=X[:, j]) for j in range(q)], axis=1) / cnt[:, None]

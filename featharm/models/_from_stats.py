@@ -124,15 +124,17 @@ def _check_design_from_stats(stats: SuffStats, columns, batch_name: str, rank_rt
     )
 
 
-def _check_stats(stats, batches, design, feature_names) -> None:
+def _check_stats(stats, batches, design, feature_names, n_extra: int = 0) -> None:
     if not isinstance(stats, SuffStats):
         raise InputError(f"expected featharm._core.suffstats.SuffStats; got {type(stats).__name__}.")
     if stats.m != len(batches):
         raise InputError(f"the statistics have {stats.m} batches but {len(batches)} batch levels were given "
                          f"({list(batches)[:5]}); code the batches as in freeze_design.")
-    if stats.q != len(design.columns):
-        raise InputError(f"the statistics have {stats.q} covariate columns but the design has {len(design.columns)} "
-                         f"({design.columns}); summarize the rows with the frozen design's X.")
+    if stats.q != len(design.columns) + n_extra:
+        raise InputError(f"the statistics have {stats.q} covariate columns but the design has "
+                         f"{len(design.columns) + n_extra} ({design.columns}"
+                         f"{f' and {n_extra} spline columns' if n_extra else ''}); summarize the rows with the "
+                         "frozen design's X.")
     if stats.p != len(feature_names):
         raise InputError(f"the statistics have {stats.p} features but {len(feature_names)} feature names were given.")
     big = np.abs(stats.y_shift).max() if stats.y_shift.size else 0.0
@@ -161,13 +163,18 @@ def fit_from_statistics(model, stats: SuffStats, *, batches, design: CovariateDe
     return model
 
 
-def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature_names: list) -> None:
+def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature_names: list,
+         location=None, design_stats=None) -> None:
+    """S1–S7 of ``model`` from ``stats``. ``location(stats, batch_rows)``: S1 and the residual sums as a
+    :class:`LocationFit` plus a dict of extra arrays for ``model._arr`` (default: ComBat's least squares,
+    :func:`location_fit`); ``design_stats``: the statistics whose covariate columns are checked for
+    confounding with the batch (default ``stats``)."""
     model._check_params()
     counts = stats.counts.copy()
     m, q, p = stats.m, stats.q, stats.p
     check_batch_sizes(levels, counts.astype(int), model.batch, allow_single=model._allow_single_subject())
     ref = model._checked_ref_index(levels, counts)
-    _check_design_from_stats(stats, design.columns, str(model.batch))
+    _check_design_from_stats(stats if design_stats is None else design_stats, design.columns, str(model.batch))
     opts = model._eb_options()
     if opts.eb and p < 2:
         raise InputError(f"empirical Bayes pools the site effects across features, so it needs at least 2 features; "
@@ -185,7 +192,10 @@ def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature
     n_obs = stats.n_obs.copy()
     if has_missing:
         model._check_observed(n_obs, q, ref)
-    fit = location_fit(stats, batch_rows)
+    if location is None:
+        fit, extra = location_fit(stats, batch_rows), {}
+    else:
+        fit, extra = location(stats, batch_rows)
     if fit.deficient.size:
         names = [feature_names[j] for j in fit.deficient]
         raise ConfoundingError(
@@ -200,8 +210,8 @@ def _fit(model, stats: SuffStats, levels: list, design: CovariateDesign, feature
                                           ddof=ddof)
     else:
         st = eb.standardized_moments(fit.coef, fit.ss, counts, batch_rows, ref=ref, mean_only=mean_only)
-    model._arr.update(alpha=st.alpha, sigma=st.sigma, beta=fit.coef[m:], batch_coef=fit.coef[:m],
-                      gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
+    model._arr.update(alpha=st.alpha, sigma=st.sigma, beta=fit.coef[m:m + len(design.columns)],
+                      batch_coef=fit.coef[:m], gamma_hat=st.gamma_hat, delta_hat=st.delta_hat, **extra)
     if has_missing:
         model._arr["n_obs"] = n_obs
     model._delta_raw = st.delta_raw
@@ -228,9 +238,10 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     names = model.feature_names_in_
     k = stats.m
     levels = [f"new batch {j}" for j in range(k)] if levels is None else list(levels)
-    if stats.p != len(names) or stats.q != len(model.design_.columns):
+    slopes = _slopes(model)
+    if stats.p != len(names) or stats.q != slopes.shape[0]:
         raise InputError(f"the statistics have {stats.p} features and {stats.q} covariate columns; the model has "
-                         f"{len(names)} and {len(model.design_.columns)}. Summarize with the model's design.")
+                         f"{len(names)} and {slopes.shape[0]}. Summarize with the model's design.")
     if "feature_scale" in a:
         raise InputError("this model rescaled features beyond 2^64 in magnitude; new batches from statistics are "
                          "not supported for it.")
@@ -248,7 +259,7 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     keep = ~a["constant"]
     opts = model._eb_options()
     p = keep.size
-    gh_all, d_raw_all, n_all = frozen_moments(stats, a["alpha"], a["beta"], a["sigma"])
+    gh_all, d_raw_all, n_all = frozen_moments(stats, a["alpha"], slopes, a["sigma"])
     out = {name: np.full(k, np.nan) for name in ("gamma_bar", "tau2", "a_prior", "b_prior")}
     out.update(gamma_hat=np.zeros((k, p)), delta_hat=np.ones((k, p)), n_iter=np.zeros(k), n_obs=n_all)
     g_new, d_new = np.zeros((k, p)), np.ones((k, p))
@@ -278,6 +289,13 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     with np.errstate(invalid="ignore"):
         out["location"] = np.where(n_all > 0, gh_all * a["sigma"] + a["alpha"], np.nan)
     return g_new, d_new, out
+
+
+def _slopes(model) -> np.ndarray:
+    """The model's covariate coefficients in the order of its summarized covariate row: the linear ones, then
+    (ComBat-GAM) the spline ones."""
+    a = model._arr
+    return np.vstack([a["beta"], a["spline_coef"]]) if "spline_coef" in a else a["beta"]
 
 
 def _priors_into(out: dict, j: int, pri: eb.Priors) -> None:

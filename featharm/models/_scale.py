@@ -17,8 +17,12 @@ features are read (:func:`~featharm.models._from_stats.freeze_design`). What is 
 ``missing_covariates="exclude"`` (such rows are not summarized and come back NaN) and
 ``new_sites="estimate"`` (a second pass over the new sites' rows). Not out of core: the warning ``transform``
 gives in memory about observed values of a (site, feature) that had none at fit (it would need a pass of its
-own), and features beyond 2^±64 in magnitude (an error). Other families refuse such input with the size the
-table would take in memory.
+own), and features beyond 2^±64 in magnitude (an error). :class:`~featharm.ComBatGAM` runs the same way: its
+spline bases are frozen from the covariates with the design
+(:func:`~featharm.models._gam_from_stats.freeze_gam_design`), the spline columns are summarized with the
+covariates, and the fit is
+:func:`~featharm.models._gam_from_stats.fit_gam_from_statistics` (not with ``compat="neuroHarmonize"``). Other
+families refuse such input with the size the table would take in memory.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .._core.suffstats import SuffStats
 from .._validation import align_covariates, encode_batches, get_batch, show_rows
 from ..exceptions import AlignmentError, InputError, MissingValueError, MissingValueWarning, warn
 from ._from_stats import extend_with_statistics, fit_from_statistics, freeze_design
+from ._gam_from_stats import fit_gam_from_statistics, freeze_gam_design
 
 __all__ = ["fit", "transform", "statistics", "concat_features", "check_family"]
 
@@ -76,11 +81,9 @@ def check_family(model, X) -> None:
                   "per-site sums",
         "LongComBat": "LongComBat's mixed model needs each subject's block of rows together",
         "ComBatLS": "ComBatLS reweights the rows iteratively (each iteration is another pass over them)",
-        "ComBatGAM": "ComBat-GAM from statistics (a frozen spline basis and a smoothing parameter per "
-                     "feature) is not implemented yet",
     }.get(type(model).__name__, f"{type(model).__name__} is not fitted from per-site statistics")
     raise InputError(f"{type(model).__name__} cannot take an out-of-core (Dask/Zarr/HDF5) input: {why}. Only "
-                     f"ComBat runs out of core.{size}")
+                     f"ComBat and ComBatGAM run out of core.{size}")
 
 
 def covariates_of(model, X, positional, params: dict, method: str):
@@ -285,6 +288,10 @@ def statistics(Y, X: np.ndarray, codes: np.ndarray, m: int, *, desc: str = "summ
 
 
 # --------------------------------------------------------------------------------------------- fit
+def _is_gam(model) -> bool:
+    return getattr(type(model), "_schema_name", None) == "combat_gam"  # ComBatGAM (not imported: no circle)
+
+
 def fit(model, X, covariates):
     """``model.fit(X, covariates)`` for an out-of-core ``X`` (see the module docstring). Returns ``model``."""
     check_family(model, X)
@@ -297,11 +304,17 @@ def fit(model, X, covariates):
         try:
             keep = _rows_kept(model, inp.cov)
             cov = inp.cov if keep is None else inp.cov.loc[keep]
-            frozen = freeze_design(model, cov)
+            gam = _is_gam(model)
+            frozen = freeze_gam_design(model, cov) if gam else freeze_design(model, cov)
             codes = _full(frozen.codes.astype(np.intp), keep, n, -1)
             Xc = _full(np.asarray(frozen.X, dtype=np.float64), keep, n, 0.0)
             stats = statistics(inp.Y, Xc, codes, len(frozen.batches), desc="fitting (one pass over the rows)")
-            fit_from_statistics(model, stats, batches=frozen.batches, design=frozen.design, feature_names=inp.names)
+            if gam:  # the spline columns are among the summarized covariates
+                fit_gam_from_statistics(model, stats, batches=frozen.batches, design=frozen.design,
+                                        bases=frozen.bases, feature_names=inp.names)
+            else:
+                fit_from_statistics(model, stats, batches=frozen.batches, design=frozen.design,
+                                    feature_names=inp.names)
         except BaseException:
             model._forget_fit()
             raise
@@ -368,7 +381,10 @@ def transform(model, X, covariates, *, new_sites="error", min_new_site_size=5):
         seen = set(known) | {str(k) for k in known}
         new = [v for v in vals if v not in seen and str(v) not in seen]
     codes = _full(encode_batches(bser, known + new, model.batch).astype(np.intp), keep, n, -1)
-    Xd = _full(np.asarray(model.design_.transform(cov), dtype=np.float64), keep, n, 0.0)
+    Xd = np.asarray(model.design_.transform(cov), dtype=np.float64)
+    if _is_gam(model):  # the spline columns of the frozen bases (range checks and extrapolation as in memory)
+        Xd = np.hstack([Xd, model._smooth_design(cov)])
+    Xd = _full(Xd, keep, n, 0.0)
     use = model
     if new:
         m = len(known)
@@ -377,7 +393,7 @@ def transform(model, X, covariates, *, new_sites="error", min_new_site_size=5):
         use = extend_with_statistics(model, stats, new, min_new_site_size=min_new_site_size)
     a = use._arr
     D = np.hstack([np.ones((n, 1)), Xd])
-    coef = np.vstack([a["alpha"][None, :], a["beta"]])
+    coef = np.vstack([a["alpha"][None, :], a["beta"]] + ([a["spline_coef"]] if "spline_coef" in a else []))
     out_dtype = np.float32 if Y.dtype == np.float32 else np.float64
     rc, cc = Y.chunks
     D_d = da.from_array(D, chunks=(rc, D.shape[1]))

@@ -163,6 +163,11 @@ class ComBatGAM(BaseHarmonizer):
     }
     _state_extra = ("smooth_bases",)
     _supports_missing = True
+    _out_of_core = True  # fit/transform on Dask arrays from the statistics (featharm.models._gam_from_stats)
+    _linear_rtol = LINEAR_FEATURE_RTOL  # read by the fit from statistics (which cannot import _base)
+    # ComBat's rules for sparse (batch, feature) cells (§1.8), as the fit from statistics calls them
+    _check_observed = ComBat._check_observed
+    _warn_sparse_cells = ComBat._warn_sparse_cells
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
                  shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
@@ -187,6 +192,22 @@ class ComBatGAM(BaseHarmonizer):
         self.random_state = random_state
         self.covariates = covariates
         self.n_jobs = n_jobs
+
+    @classmethod
+    def from_statistics(cls, stats, *, batches, design, bases, feature_names, **params) -> "ComBatGAM":
+        """A ComBatGAM fitted from per-batch sufficient statistics instead of rows (``docs/methods.md`` §1.9).
+
+        Freeze the design first with :func:`featharm.models._gam_from_stats.freeze_gam_design` (batch
+        levels and codes, the linear design and the spline bases, from the covariates alone), summarize the
+        rows (:class:`featharm._core.suffstats.SuffStats`) with its ``X`` (linear then spline columns) and
+        ``codes``, then pass its ``batches``, ``design`` and ``bases``. ``params`` are ComBatGAM's parameters.
+        The learned attributes equal those of ``fit`` on the same rows to rounding (missing values included);
+        not with ``compat="neuroHarmonize"`` (its k-fold search needs the rows).
+        """
+        from ._gam_from_stats import fit_gam_from_statistics
+
+        return fit_gam_from_statistics(cls(**params), stats, batches=batches, design=design, bases=bases,
+                                       feature_names=feature_names)
 
     # ------------------------------------------------------------------------------ parameters
     def _eb_options(self):

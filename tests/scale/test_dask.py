@@ -218,10 +218,40 @@ def test_new_sites_estimated_from_their_statistics():
 def test_other_families_say_why_and_what_fits_in_memory():
     X, cov = volumes(200, 10, 3, seed=9)
     Y = da.from_array(X.to_numpy(), chunks=(50, 10))
-    for model in (featharm.CovBat(batch="site"), featharm.ComBatGAM(batch="site", smooth=["age"]),
-                  featharm.ComBatLS(batch="site")):
+    for model in (featharm.CovBat(batch="site"), featharm.ComBatLS(batch="site")):
         with pytest.raises(InputError, match=r"cannot take an out-of-core.*200 rows × 10 features.*in memory"):
             model.fit(Y, cov)
+
+
+@pytest.mark.parametrize("nan_fraction", [0.0, 0.05], ids=["complete", "nan_cells"])
+@pytest.mark.parametrize("options", [{}, {"method": "GCV", "ref_batch": "site01"}, {"shared_smoothing": True}],
+                         ids=["reml", "gcv_ref", "shared"])
+def test_combat_gam_out_of_core_equals_in_memory(nan_fraction, options):
+    X, cov = volumes(600, 60, 5, seed=12, nan_fraction=nan_fraction)
+    X = X + np.outer(np.sin((cov["age"].to_numpy() - 20) / 12), X.std().to_numpy() * 0.5)  # a curved age effect
+    params = dict(batch="site", formula="sex", smooth=["age"], **options)
+    model = quiet(featharm.ComBatGAM(**params).fit, X, cov)
+    want = quiet(model.transform, X, cov)
+    Y = da.from_array(X.to_numpy(), chunks=(uneven(600, (150, 70, 230)), uneven(60, (25, 35))))
+    dmodel = quiet(featharm.ComBatGAM(**params).fit, Y, cov)
+    errors = stored_errors(dmodel, model)
+    assert max(errors.values()) <= TOL, errors
+    got = quiet(dmodel.transform, Y, cov)
+    assert isinstance(got, da.Array) and got.chunks == Y.chunks
+    got = pd.DataFrame(got.compute(), index=X.index, columns=X.columns)
+    assert output_error(got, want, model._arr["sigma"]) <= TOL
+
+
+def test_combat_gam_new_sites_out_of_core():
+    X, cov = volumes(600, 40, 5, seed=13)
+    seen = cov["site"] != "site03"
+    model = quiet(featharm.ComBatGAM(batch="site", formula="sex", smooth=["age"]).fit, X[seen], cov[seen])
+    inside = (cov["age"] >= cov.loc[seen, "age"].min()) & (cov["age"] <= cov.loc[seen, "age"].max())
+    X, cov = X[inside], cov[inside]
+    want = quiet(model.transform, X, cov, new_sites="estimate")
+    Y = da.from_array(X.to_numpy(), chunks=(128, 40))
+    got = quiet(model.transform, Y, cov, new_sites="estimate").compute()
+    assert output_error(pd.DataFrame(got, index=X.index, columns=X.columns), want, model._arr["sigma"]) <= TOL
 
 
 def test_mismatched_covariates_and_bad_cells_are_named(tmp_path):
