@@ -639,18 +639,8 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
         rel = np.linalg.norm(r) / spread if spread > 0 else 0.0
         if rel <= rank_rtol:
             rb = Xb[:, j]
-            if spread == 0 or np.linalg.norm(rb) / spread <= rank_rtol:
-                raise ConfoundingError(
-                    f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
-                    f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot "
-                    f"be told apart from the {batch_name} effect. Drop it from the formula, or merge the "
-                    f"{batch_name}s it separates."
-                )
-            raise ConfoundingError(
-                f"covariate column {name!r} is a linear combination of {batch_name!r} and the covariate "
-                f"columns before it ({show_columns(columns[:j])}); the design is rank deficient. Remove it or "
-                "the redundant term from the formula."
-            )
+            raise rank_deficiency_error(columns, j, batch_name,
+                                        within_batch=spread == 0 or np.linalg.norm(rb) / spread <= rank_rtol)
         basis = np.column_stack([basis, r / np.linalg.norm(r)])
     Xc = X - X.mean(axis=0)
     U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
@@ -663,6 +653,30 @@ def check_full_rank(B: np.ndarray, X: np.ndarray, columns, batch_name: str = "ba
         return
     coef = Vt.T @ (at[-1] / S)  # the covariate combination most aligned with the batch
     weight = np.abs(coef) * np.linalg.norm(Xc, axis=0)
+    report_near_confounding(rho, weight, columns, q, batch_name, rtol)
+
+
+def rank_deficiency_error(columns, j: int, batch_name: str, *, within_batch: bool) -> ConfoundingError:
+    """The error for covariate column ``j`` explained by the batch indicators (``within_batch``: constant
+    within each batch) or by them and the columns before it; shared by the fit from rows and from statistics."""
+    name = columns[j]
+    if within_batch:
+        return ConfoundingError(
+            f"covariate column {name!r} is confounded with {batch_name!r}: it is constant within "
+            f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot "
+            f"be told apart from the {batch_name} effect. Drop it from the formula, or merge the "
+            f"{batch_name}s it separates."
+        )
+    return ConfoundingError(
+        f"covariate column {name!r} is a linear combination of {batch_name!r} and the covariate "
+        f"columns before it ({show_columns(columns[:j])}); the design is rank deficient. Remove it or "
+        "the redundant term from the formula."
+    )
+
+
+def report_near_confounding(rho: float, weight: np.ndarray, columns, q: int, batch_name: str, rtol: float) -> None:
+    """Error (``rho <= rtol``) or warning for a covariate combination with only a fraction ``rho`` of its
+    variation within batches; ``weight`` says which covariate column carries it."""
     name = columns[int(np.argmax(weight))]
     what = (f"covariate column {name!r}" if np.sort(weight)[-2:][0] < 0.1 * weight.max() or q == 1
             else f"covariate column {name!r} (with the other covariates)")

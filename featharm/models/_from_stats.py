@@ -26,8 +26,8 @@ import pandas as pd
 from .._core import eb, missing
 from .._core.suffstats import SuffStats, frozen_moments, location_fit, total_variance
 from .._validation import batch_levels, check_batch_labels, check_batch_sizes, encode_batches, get_batch
-from ..design import CovariateDesign, batch_indicators
-from ..exceptions import (BatchError, CollinearityWarning, ConfoundingError, ConvergenceWarning, InputError,
+from ..design import CovariateDesign, batch_indicators, rank_deficiency_error, report_near_confounding
+from ..exceptions import (BatchError, ConfoundingError, ConvergenceWarning, InputError,
                           record_warnings, warn)
 from ._new_sites import new_site_posterior_missing
 
@@ -86,18 +86,8 @@ def _check_design_from_stats(stats: SuffStats, columns, batch_name: str, rank_rt
             left = Wt[j, j] - Wt[j, :j] @ np.linalg.lstsq(Wt[:j, :j], Wt[:j, j], rcond=None)[0]
         rel = np.sqrt(max(left, 0.0) / spread) if spread > 0 else 0.0
         if rel <= rank_rtol:
-            if spread <= 0 or np.sqrt(max(Wt[j, j], 0.0) / spread) <= rank_rtol:
-                raise ConfoundingError(
-                    f"covariate column {columns[j]!r} is confounded with {batch_name!r}: it is constant within "
-                    f"each {batch_name} (or a combination of {batch_name} indicators), so its effect cannot be told "
-                    f"apart from the {batch_name} effect. Drop it from the formula, or merge the {batch_name}s it "
-                    "separates."
-                )
-            raise ConfoundingError(
-                f"covariate column {columns[j]!r} is a linear combination of {batch_name!r} and the covariate "
-                f"columns before it ({list(columns[:j])}); the design is rank deficient. Remove it or the "
-                "redundant term from the formula."
-            )
+            raise rank_deficiency_error(columns, j, batch_name,
+                                        within_batch=spread <= 0 or np.sqrt(max(Wt[j, j], 0.0) / spread) <= rank_rtol)
     lam, V = np.linalg.eigh(T)
     keep = lam > 1e-18 * lam.max()
     K = V[:, keep] / np.sqrt(lam[keep])
@@ -106,22 +96,7 @@ def _check_design_from_stats(stats: SuffStats, columns, batch_name: str, rank_rt
     if rho > warn_rtol:
         return
     weight = np.abs(K @ vec[:, 0]) * np.sqrt(np.diag(T))
-    name = columns[int(np.argmax(weight))]
-    what = (f"covariate column {name!r}" if np.sort(weight)[-2:][0] < 0.1 * weight.max() or q == 1
-            else f"covariate column {name!r} (with the other covariates)")
-    if rho <= rtol:
-        raise ConfoundingError(
-            f"{what} is nearly confounded with {batch_name!r}: only a fraction {rho:.1e} of its variation lies "
-            f"within {batch_name}s, so its effect cannot be separated from the {batch_name} effect (preserving it "
-            f"would add noise amplified about {1 / max(rho, 1e-300):.0e} times). Drop it from the formula, or "
-            f"harmonize only {batch_name}s where it varies."
-        )
-    warn(
-        f"{what} is nearly confounded with {batch_name!r}: only a fraction {rho:.2f} of its variation lies within "
-        f"{batch_name}s, so its effect is poorly identified and the preserved part is uncertain (about {1 / rho:.0f} "
-        f"times the noise). Check its balance across {batch_name}s, or drop it.",
-        CollinearityWarning,
-    )
+    report_near_confounding(rho, weight, columns, q, batch_name, rtol)
 
 
 def _check_stats(stats, batches, design, feature_names, n_extra: int = 0) -> None:
