@@ -1,4 +1,5 @@
-"""Federated ComBat in one round: sites that cannot share their rows send one summary each (``docs/methods.md`` §5.2).
+"""Federated ComBat (and ComBat-GAM) in one round: sites that cannot share their rows send one summary each
+(``docs/methods.md`` §5.2).
 
 The protocol::
 
@@ -16,7 +17,19 @@ the feature names and order, the ComBat options and ``min_count``. The covariate
 whose state would be computed from the rows (``center``, ``scale``/``standardize``, ``bs`` without every knot
 and bound given) are refused: each site would compute a different state. Write them with fixed numbers
 (``I(age - 50)``, ``I((age - 50) / 10)``). A categorical covariate is one listed in ``levels``; every other
-covariate is continuous. ComBat-GAM is not supported yet.
+covariate is continuous.
+
+**ComBat-GAM** (``method="gam"``): quantile knots would be computed from each site's own rows, so the plan fixes
+each smooth term's basis from a range instead (``smooth_range={"age": (5, 90)}``, ``--smooth-range age=5,90``):
+cubic B-splines with ``df - 4`` interior knots evenly spaced over the range (``df`` as ComBatGAM's, default 10),
+boundary knots at its ends, penalty the integrated squared second derivative. The plan file (schema 2) holds the
+knots as plain numbers, checked on read against that rule. A smooth term is a continuous covariate given in
+``smooth`` (a plain term of it in the formula is replaced by its spline) or as ``s(VAR)`` in the formula. Each
+site evaluates the basis on its rows (a value outside the range is an :class:`OutOfRangeError` naming the
+covariate, value, batch and row) and summarizes with the spline columns among the covariate columns; combine
+fits :meth:`ComBatGAM.from_statistics <featharm.ComBatGAM.from_statistics>` with the plan's bases (smoothing by
+REML or GCV from the cross-products). ``ComBatGAM(**plan.model_params()).fit`` on the pooled rows
+(``knots="uniform"``, ``smooth_bounds`` at the plan's ranges) is the centralized equivalent.
 
 **The summary** of a site holds, for each of its batches ``i`` (:class:`featharm._core.suffstats.SuffStats`,
 sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxxᵀ``; per feature the observed count,
@@ -24,8 +37,9 @@ sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxx�
 functions of those sums); with missing values, per (batch, feature) cell with missing rows, ``Σx`` and ``Σxxᵀ``
 over those rows. No array has a subject axis. :func:`summarize` refuses (:class:`DisclosureError`, nothing
 written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
-a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features) and a feature observed in
-1..min_count-1 subjects of a batch. Known residual disclosure: where a feature is missing for a few subjects
+a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a feature observed in
+1..min_count-1 subjects of a batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects
+of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing for a few subjects
 of a batch, the covariate sums over those rows describe those few subjects' covariates (not their features);
 :func:`describe_summary` (``featharm federated show``) lists these cells.
 
@@ -33,7 +47,8 @@ of a batch, the covariate sums over those rows describe those few subjects' cova
 options differ), refuses a batch in two summaries (naming both), a batch the plan does not list, a planned
 batch without a summary, and a planned level no site holds; then merges the statistics
 (:meth:`SuffStats.combine`: canonical order, so any order of the summaries gives the same model, bit for bit)
-and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>`: the centralized fit to rounding.
+and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>` (ComBat-GAM:
+``ComBatGAM.from_statistics``): the centralized fit to rounding.
 
 Files: the plan is a small JSON file (:func:`save_plan` / :func:`load_plan`); a summary (``.fhs``) is the model
 file's container (:mod:`featharm.persistence`: JSON manifest + ``.npy`` arrays, no pickle, schema-versioned),
