@@ -62,6 +62,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -370,6 +371,17 @@ def _gam_plan(terms: list, smooth_range, df, smooth_method, shared_smoothing) ->
     if not isinstance(shared_smoothing, (bool, np.bool_)):
         raise FederatedError(f"shared_smoothing must be true or false; got {shared_smoothing!r}.")
     bases = tuple(SplineBasis.from_range(t, lo, hi, int(df), SPLINE_DEGREE) for t, (lo, hi) in ranges.items())
+    for b in bases:  # a range so narrow that the knots merge or the penalty overflows gives no usable basis
+        inner = b.knots[SPLINE_DEGREE:-SPLINE_DEGREE]
+        usable = bool((np.diff(inner) > 0).all())
+        if usable:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                usable = bool(np.isfinite(b.penalty()).all())
+        if not usable:
+            lo, hi = ranges[b.name]
+            raise FederatedError(f"the range [{lo:g}, {hi:g}] of smooth term {b.name!r} is too narrow for {df - 3} "
+                                 "distinct knot intervals; give the range of its values in its own units.")
     return {"smooth_range": ranges, "df": int(df), "smooth_method": smooth_method,
             "shared_smoothing": bool(shared_smoothing), "bases": bases}
 

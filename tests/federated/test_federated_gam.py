@@ -311,6 +311,8 @@ def test_plan_refuses():
         (dict(smooth_range={"age": (5, float("inf"))}), "two finite numbers"),
         (dict(smooth_range={"age": (5, True)}), "two finite numbers"),
         (dict(smooth_range={"age": "5,90"}), "two finite numbers"),
+        (dict(smooth_range={"age": (1.0, 1.0 + 1e-15)}), "too narrow"),
+        (dict(smooth_range={"age": (0.0, 1e-300)}), "too narrow"),
         (dict(smooth=[], formula="age + sex"), "at least one smooth term"),
         (dict(smooth=["sex"], smooth_range={"sex": (0, 1)}), "'sex' is categorical"),
         (dict(smooth=["site"], smooth_range={"site": (0, 1)}), "batch column 'site' cannot be a smooth term"),
