@@ -39,9 +39,11 @@ over those rows. No array has a subject axis. :func:`summarize` refuses (:class:
 written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
 a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a feature observed in
 1..min_count-1 subjects of a batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects
-of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing for a few subjects
-of a batch, the covariate sums over those rows describe those few subjects' covariates (not their features);
-:func:`describe_summary` (``featharm federated show``) lists these cells.
+of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing
+for a few subjects of a batch, the covariate sums over those rows describe those few subjects' covariates (not
+their features); :func:`describe_summary` (``featharm federated show``) lists these cells. With ComBat-GAM, a
+batch's spline column sums are a smoothed histogram of its smooth covariate over the plan's knots (``show``
+prints them).
 
 **Combine** checks every summary against the plan (same plan digest; else which of batches, levels, features,
 options differ), refuses a batch in two summaries (naming both), a batch the plan does not list, a planned
@@ -156,10 +158,6 @@ class Plan:
     def n_columns(self) -> int:
         """Covariate columns of a summary: the linear design's, then (ComBat-GAM) every smooth term's basis."""
         return len(self.design.columns) + sum(b.n_columns for b in self.bases)
-
-    @property
-    def column_names(self) -> list:
-        return list(self.design.columns) + [c for b in self.bases for c in b.column_names()]
 
     @property
     def schema_version(self) -> int:

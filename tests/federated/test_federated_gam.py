@@ -47,6 +47,8 @@ OPTIONS = {
     "ref_batch": {"ref_batch": "b1"},
     "ref_batch_gcv_nonparametric": {"ref_batch": "b3", "parametric": False, "smooth_method": "GCV"},
     "df_7": {"df": 7},
+    # a range wider than the values: knot intervals without any subject (their directions carry no data)
+    "wide_range_gcv": {"ranges": {"age": (5.0, 90.0)}, "smooth_method": "GCV"},
 }
 
 
