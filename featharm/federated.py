@@ -973,8 +973,9 @@ def describe_summary(s: Summary) -> list[str]:
     if p.method == "gam":
         lines += ["  The covariate columns include each smooth term's spline columns s(VAR)[j] (the B-spline values",
                   "  at the subject's VAR): their sums form a smoothed histogram of VAR over the plan's knots (listed",
-                  "  per batch below), and each is zero outside its knot interval, so its Σxy sums over only the",
-                  f"  subjects inside it: summarize refuses a column with 1 to {p.min_count - 1} such subjects."]
+                  "  per batch below), and each is zero outside its support (4 knot intervals), so its Σxy sums",
+                  f"  over only the subjects inside: summarize refuses a column with 1 to {p.min_count - 1} such "
+                  "subjects."]
     lines.append("")
     for i, b in enumerate(s.batches):
         n = int(st.counts[i])
