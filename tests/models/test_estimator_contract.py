@@ -52,7 +52,7 @@ _COMMON_BAD = {
 _FAMILY_BAD = {
     "ComBat": {},
     "ComBatGAM": dict(smooth=5, df=3, method="ML", shared_smoothing="no", smooth_bounds=[0, 1],
-                      extrapolate="cubic", random_state="seed"),
+                      extrapolate="cubic", random_state="seed", knots="even"),
     "LongComBat": dict(subject=7, time=1.5, random_slope="no", standardize="z", n_iter=-1),
     "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
