@@ -195,7 +195,7 @@ class TravelingSubjects(BaseHarmonizer):
         super()._check_params()  # batch, formula, ref_batch, covariates, n_jobs
         owner = self._owner()
         check_option("scale", self.scale, (True, False), owner)
-        if isinstance(self.subject, bool) or not isinstance(self.subject, (str, int, np.integer)):
+        if not isinstance(self.subject, str):
             raise InputError(f"The 'subject' parameter of {owner} must be the name of the subject id column of "
                              f"the covariates. Got {self.subject!r} instead.")
         used = formula_columns(self.formula, [self.subject, self.batch])
