@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["TwoWayFit", "site_contrasts", "site_components", "within_subject", "fit_two_way", "cell_means",
-           "group_sums", "dependent_columns"]
+           "group_sums", "dependent_columns", "GainFit", "fit_gain"]
 
 
 def site_contrasts(n_sites: int, ref: int | None = None) -> np.ndarray:
@@ -158,3 +158,111 @@ def fit_two_way(Y: np.ndarray, subject: np.ndarray, site: np.ndarray, n_subjects
     site_cov = C @ Ginv[:k1, :k1] @ C.T
     return TwoWayFit(site_effect=m, site_cov=site_cov, coef=b, intercept=intercept, subject_mean=subject_mean,
                      rss=rss, dof_site=dof_site, dof=dof, sigma2=sigma2)
+
+
+@dataclass
+class GainFit:
+    """Maximum-likelihood estimates of the affine site model ``y = offset_site + gain_site * t`` (see
+    :func:`fit_gain`); features on the last axis."""
+
+    offset: np.ndarray  # sites × p
+    gain: np.ndarray  # sites × p
+    offset_se: np.ndarray  # sites × p, conditional on the subjects' values (approximate)
+    coef: np.ndarray  # q × p, covariate effects on the corrected scale
+    intercept: np.ndarray  # p
+    sigma2: np.ndarray  # p, noise variance on the corrected scale
+    n_iter: int
+    converged: np.ndarray  # p bool
+
+
+def fit_gain(Y: np.ndarray, subject: np.ndarray, site: np.ndarray, n_subjects: int, n_sites: int,
+             X: np.ndarray | None = None, ref: int | None = None, keep: np.ndarray | None = None, *,
+             tol: float = 1e-9, max_iter: int = 1000) -> GainFit:
+    """Fit ``y = a_site + g_site (p_subject + x'b + e)`` with ``e ~ N(0, sigma^2)`` for every column of ``Y``.
+
+    A site maps the true value ``t = p_subject + x'b + e`` affinely: offset ``a`` and gain ``g`` (the gain
+    multiplies subject differences and noise alike). Identified by ``sum_k a_k = 0`` and ``prod_k g_k = 1``
+    (the corrected values ``(y - a_k) / g_k`` are on the scale of the "average site"), or by ``a_ref = 0``,
+    ``g_ref = 1``. Estimated by alternating maximization of the likelihood, started from the location-only
+    fit (``g = 1``): (1) ``t = (y - a_site) / g_site`` is fitted by the subject factor and the covariates
+    (within subject), giving each scan's fitted value ``f`` and ``sigma^2 = RSS / dof`` with
+    ``dof = n - subjects - q - 2 (sites - 1)``; (2) each site's ``(a_k, 1 / g_k)`` maximizes its likelihood
+    given ``f``: with ``w = 1 / g_k``, ``S_yy w^2 - S_yf w - n_k' sigma^2 = 0`` (``S`` the centred sums of
+    squares and products over the site's scans, ``n_k' = n_k dof / n`` its share of the degrees of freedom),
+    ``a_k = ybar_k - g_k fbar_k``; (3) the identifying constraints are restored by a common affine change of
+    ``t``. Stops when no gain changes by more than ``tol`` and no offset by more than ``tol`` times the
+    feature's SD, or after ``max_iter`` rounds. Vectorized over features.
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    n, p = Y.shape
+    X = np.zeros((n, 0)) if X is None else np.asarray(X, dtype=np.float64)
+    q_all = X.shape[1]
+    keep = np.ones(q_all, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    Xk = X[:, keep]
+    q = Xk.shape[1]
+    start = fit_two_way(Y, subject, site, n_subjects, n_sites, X, ref=ref, keep=keep)
+    a, G = start.site_effect.copy(), np.ones((n_sites, p))
+    nk = np.bincount(site, minlength=n_sites).astype(np.float64)
+    n_present = int((np.bincount(subject, minlength=n_subjects) > 0).sum())
+    dof = float(n - n_present - q - 2 * (n_sites - 1))
+    share = nk * dof / n
+    ybar = group_sums(Y, site, n_sites) / nk[:, None]
+    dy = Y - ybar[site]
+    Syy = group_sums(dy * dy, site, n_sites)
+    sd = np.sqrt(np.maximum(Y.var(axis=0), np.finfo(float).tiny))
+    if q:
+        Xt, _ = within_subject(Xk, subject, n_subjects)
+        factor = cho_factor(Xt.T @ Xt, lower=True)
+    b = np.zeros((q, p))
+    converged = np.zeros(p, dtype=bool)
+    it = 0
+    for it in range(1, max_iter + 1):
+        T = (Y - a[site]) / G[site]
+        if q:
+            Tt, _ = within_subject(T, subject, n_subjects)
+            b = cho_solve(factor, Xt.T @ Tt)
+            XB = Xk @ b
+            F = cell_means(T - XB, subject, n_subjects)[0][subject] + XB
+        else:
+            F = cell_means(T, subject, n_subjects)[0][subject]
+        R = T - F
+        sigma2 = (R * R).sum(axis=0) / dof
+        fbar = group_sums(F, site, n_sites) / nk[:, None]
+        Syf = group_sums(dy * (F - fbar[site]), site, n_sites)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = (Syf + np.sqrt(Syf * Syf + 4.0 * Syy * share[:, None] * sigma2)) / (2.0 * Syy)
+        w = np.where((Syy > 0) & np.isfinite(w) & (w > 0), w, 1.0)
+        G_new = 1.0 / w
+        a_new = ybar - G_new * fbar
+        if ref is None:
+            d = np.exp(-np.log(G_new).mean(axis=0))
+            G_new = G_new * d
+            a_new = a_new - G_new * (a_new.sum(axis=0) / G_new.sum(axis=0))
+        else:
+            d = 1.0 / G_new[ref]
+            G_new = G_new * d
+            a_new = a_new - G_new * (a_new[ref] / G_new[ref])
+            a_new[ref], G_new[ref] = 0.0, 1.0
+        change = np.maximum(np.abs(G_new - G).max(axis=0), np.abs(a_new - a).max(axis=0) / sd)
+        a, G = a_new, G_new
+        converged = change <= tol
+        if converged.all():
+            break
+    T = (Y - a[site]) / G[site]
+    XB = Xk @ b if q else np.zeros_like(T)
+    subject_mean = cell_means(T - XB, subject, n_subjects)[0]
+    R = T - XB - subject_mean[subject]
+    sigma2 = (R * R).sum(axis=0) / dof
+    F = T - R
+    fbar = group_sums(F, site, n_sites) / nk[:, None]
+    dF = F - fbar[site]
+    Sff = group_sums(dF * dF, site, n_sites)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_a = G * G * sigma2 * (1.0 / nk[:, None] + np.where(Sff > 0, fbar * fbar / Sff, 0.0))
+    if ref is not None:
+        var_a[ref] = 0.0
+    coef = np.zeros((q_all, p))
+    coef[keep] = b
+    return GainFit(offset=a, gain=G, offset_se=np.sqrt(var_a), coef=coef, intercept=(T - XB).mean(axis=0),
+                   sigma2=sigma2, n_iter=it, converged=converged)

@@ -20,13 +20,12 @@ class TravelingSimulation:
         ``subject``, ``site``, ``age`` (years at the scan: the subject's age plus the time since the first
         scan of the tour), ``sex``.
     truth : DataFrame
-        The same scans without site effects: ``alpha + b_age age + b_sex sex + u_subject + noise_sd * eps``
-        (the noise at the pooled level ``noise_sd``).
+        The same scans without site effects: ``alpha + b_age age + b_sex sex + u_subject + noise_sd * eps``.
     bias : DataFrame
-        Planted measurement bias of each site (site × feature), summing to zero over the sites.
-    noise_ratio : DataFrame
-        Planted within-subject noise SD of each site relative to ``noise_sd`` (site × feature; all 1 unless
-        ``log_noise_sd > 0``), normalized so that its square averages to 1 over the scans.
+        Planted measurement bias (offset) of each site (site × feature), summing to zero over the sites.
+    gain : DataFrame
+        Planted gain of each site (site × feature; all 1 unless ``log_gain_sd > 0``), with geometric mean 1
+        over the sites: ``X = bias_site + gain_site * truth``.
     noise_sd, subject_sd : float
         SD of the scan noise (repeat error) and of the subject effects.
     b_age : Series
@@ -37,7 +36,7 @@ class TravelingSimulation:
     covariates: pd.DataFrame
     truth: pd.DataFrame
     bias: pd.DataFrame
-    noise_ratio: pd.DataFrame
+    gain: pd.DataFrame
     noise_sd: float
     subject_sd: float
     b_age: pd.Series
@@ -45,13 +44,14 @@ class TravelingSimulation:
 
 def make_traveling(n_subjects: int = 10, n_sites: int = 4, n_features: int = 20, *, coverage: float = 1.0,
                    repeat_prob: float = 0.3, bias_sd: float = 0.5, subject_sd: float = 1.0,
-                   noise_sd: float = 0.2, log_noise_sd: float = 0.0, age_effect_sd: float = 0.02,
+                   noise_sd: float = 0.2, log_gain_sd: float = 0.0, age_effect_sd: float = 0.02,
                    random_state=None) -> TravelingSimulation:
     """Simulate traveling subjects: the same people scanned at several sites, with known site biases.
 
-    Per feature ``y = alpha + b_age age + b_sex sex + u_subject + bias_site + noise_ratio_site noise_sd eps``
-    with ``u ~ N(0, subject_sd^2)``, ``bias ~ N(0, bias_sd^2)`` centred to sum to zero over the sites and
-    ``eps ~ N(0, 1)``. Each subject is scanned at site 1 and at each other site with probability
+    Per feature ``y = bias_site + gain_site t`` with the true value
+    ``t = alpha + b_age age + b_sex sex + u_subject + noise_sd eps``, ``u ~ N(0, subject_sd^2)``,
+    ``eps ~ N(0, 1)``, ``bias ~ N(0, bias_sd^2)`` centred to sum to zero over the sites and
+    ``log gain ~ N(0, log_gain_sd^2)`` centred likewise (all gains 1 by default: additive biases only). Each subject is scanned at site 1 and at each other site with probability
     ``coverage`` (so the design is connected through site 1), once per site, or twice (a repeat on the same
     day) with probability ``repeat_prob``. The tour takes a few weeks: the age at each scan grows by
     0.02–0.1 years per site.
@@ -66,8 +66,8 @@ def make_traveling(n_subjects: int = 10, n_sites: int = 4, n_features: int = 20,
         Probability of a second scan of a subject at a site (the repeat variance of the diagnostics).
     bias_sd, subject_sd, noise_sd : float
         Spread of the site biases, of the subject effects and of the scan noise (feature units).
-    log_noise_sd : float
-        Spread of the log noise SD of the sites (0: every site has the same noise).
+    log_gain_sd : float
+        Spread of the log gains of the sites (0: no multiplicative site effect).
     age_effect_sd : float
         Spread of the per-year age effects.
     random_state : int, Generator or None
@@ -106,14 +106,13 @@ def make_traveling(n_subjects: int = 10, n_sites: int = 4, n_features: int = 20,
     b_sex = rng.normal(0.1, 0.05, size=p)
     bias = rng.normal(0.0, bias_sd, size=(n_sites, p))
     bias -= bias.mean(axis=0)
-    ratio = np.exp(rng.normal(0.0, log_noise_sd, size=(n_sites, p)))
-    counts = np.bincount(site, minlength=n_sites).astype(float)
-    ratio /= np.sqrt((counts @ ratio**2) / n)
+    log_gain = rng.normal(0.0, log_gain_sd, size=(n_sites, p))
+    gain = np.exp(log_gain - log_gain.mean(axis=0))
     u = rng.normal(0.0, subject_sd, size=(n_subjects, p))
     eps = rng.normal(0.0, 1.0, size=(n, p))
     fixed = alpha + np.outer(age, b_age) + np.outer(male, b_sex) + u[subj]
     truth = fixed + noise_sd * eps
-    obs = fixed + bias[site] + noise_sd * ratio[site] * eps
+    obs = bias[site] + gain[site] * truth
 
     ids = pd.Index([f"scan{i:04d}" for i in range(n)], name="scan")
     cols = [f"roi{j:03d}" for j in range(p)]
@@ -124,5 +123,5 @@ def make_traveling(n_subjects: int = 10, n_sites: int = 4, n_features: int = 20,
         X=pd.DataFrame(obs, index=ids, columns=cols), covariates=cov,
         truth=pd.DataFrame(truth, index=ids, columns=cols),
         bias=pd.DataFrame(bias, index=sites, columns=cols),
-        noise_ratio=pd.DataFrame(ratio, index=sites, columns=cols),
+        gain=pd.DataFrame(gain, index=sites, columns=cols),
         noise_sd=float(noise_sd), subject_sd=float(subject_sd), b_age=pd.Series(b_age, index=cols, name="b_age"))

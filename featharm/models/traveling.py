@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import missing
-from .._core.twoway import dependent_columns, fit_two_way, site_components, site_contrasts, within_subject
+from .._core.twoway import dependent_columns, fit_gain, fit_two_way, site_components, site_contrasts, within_subject
 from .._validation import _show, batch_levels, check_option, covariate_column, encode_batches
 from ..design import CovariateDesign
 from ..exceptions import (
@@ -14,6 +14,7 @@ from ..exceptions import (
     CollinearityWarning,
     ConfoundingError,
     ConstantFeatureWarning,
+    ConvergenceWarning,
     DisconnectedSitesError,
     FormulaError,
     InputError,
@@ -31,6 +32,9 @@ __all__ = ["TravelingSubjects"]
 # constant within every subject (sex, diagnosis, age at a one-day tour): aliased with the subject factor.
 ALIAS_RTOL = 1e-10
 
+# Cap on the alternating maximum-likelihood rounds of the gains (scale=True); they converge in 5-20.
+GAIN_MAX_ITER = 1000
+
 
 class TravelingSubjects(BaseHarmonizer):
     """Correct each site's measurement bias, estimated from traveling subjects scanned at several sites.
@@ -40,8 +44,9 @@ class TravelingSubjects(BaseHarmonizer):
     :meth:`fit` takes the traveling-subject scans and fits, for every feature,
     ``y = mu + p_subject + m_site + x'b + e`` by least squares (the subject factor absorbed by within-subject
     demeaning, all features at once). :meth:`transform` then corrects *any* scan from those sites:
-    ``y* = y - m_site`` (plus an optional scale correction, see ``scale``). Unlike ComBat, the scans
-    corrected need not be the ones fitted: fit on the traveling subjects, apply to the main study.
+    ``y* = y - m_site`` (or ``(y - a_site) / g_site`` with the scale correction, see ``scale``). Unlike
+    ComBat, the scans corrected need not be the ones fitted: fit on the traveling subjects, apply to the main
+    study.
 
     Parameters
     ----------
@@ -61,9 +66,9 @@ class TravelingSubjects(BaseHarmonizer):
         ``None``: sum-to-zero coding, the biases average to zero over the sites (unweighted), and corrected
         scans are on the scale of the "average site".
     scale : bool, default False
-        Also correct a site's scale: divide each scan's deviation from the population mean by the site's
-        within-subject residual SD relative to the pooled one (relative to the reference site's with
-        ``ref_batch``); see Notes.
+        Also correct a multiplicative site effect: each site maps the true value affinely,
+        ``y = a_site + g_site t`` (a gain ``g`` on subject differences and noise alike), estimated by maximum
+        likelihood; corrected ``y* = (y - a_site) / g_site``. See Notes.
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
 
@@ -79,25 +84,29 @@ class TravelingSubjects(BaseHarmonizer):
         As :class:`~featharm.ComBat`.
     bias_ : DataFrame
         Estimated measurement bias of each site (site × feature, feature units): sum-to-zero over the
-        sites, or 0 at ``ref_batch``. ``transform`` subtracts it.
+        sites, or 0 at ``ref_batch``. ``transform`` subtracts it. With ``scale=True``, the offset ``a`` of
+        the affine model.
     bias_se_ : DataFrame
         Its standard error (site × feature; 0 at the reference site), from the least-squares covariance
-        ``sigma^2 C (Z'Z)^-1 C'`` of the within-subject fit.
+        ``sigma^2 C (Z'Z)^-1 C'`` of the within-subject fit. With ``scale=True``, an approximation
+        conditional on the subjects' fitted values (it ignores the uncertainty of the gains).
     beta_ : DataFrame
         Within-subject covariate effects (design column × feature); 0 for aliased columns, listed in
         ``aliased_covariates_``.
     alpha_ : Series
-        Mean over the traveling-subject scans of ``y - m_site - x'b`` (the centre of the scale correction).
+        Mean over the traveling-subject scans of the corrected values minus ``x'b``.
     sigma_ : Series
-        Pooled within-subject residual SD, ``sqrt(RSS / dof)``; ``dof_`` its degrees of freedom (scans -
-        subjects - (sites - 1) - estimated covariate columns).
+        Pooled within-subject residual SD, ``sqrt(RSS / dof)`` (with ``scale=True``, of the corrected
+        values); ``dof_`` the degrees of freedom of the location fit (scans - subjects - (sites - 1) -
+        estimated covariate columns).
     noise_sd_ : DataFrame
-        Within-subject residual SD of each site (site × feature): the site's residual sum of squares divided
-        by its share of the degrees of freedom (the sum of ``1 - leverage`` over its scans). NaN where a
-        site has less than one degree of freedom (its subjects scanned at no other site, and once).
+        Within-subject residual SD of each site in the location-only fit (site × feature): the site's
+        residual sum of squares divided by its share of the degrees of freedom (the sum of ``1 - leverage``
+        over its scans). NaN where a site has less than one degree of freedom (its subjects scanned at no
+        other site, and once). ``noise_sd_ / sigma_`` is the plain per-site noise ratio.
     scale_ : DataFrame
-        The scale factors applied (site × feature): ``noise_sd_ / sigma_`` (``/ noise_sd_`` of the reference
-        site with ``ref_batch``) with ``scale=True``, all 1 otherwise.
+        The gains ``g`` (site × feature) with ``scale=True`` (geometric mean 1 over the sites, or 1 at
+        ``ref_batch``); all 1 otherwise.
     constant_features_ : list
         Features constant over the traveling-subject scans: passed through unchanged.
     fit_warnings_ : list of dict
@@ -118,25 +127,26 @@ class TravelingSubjects(BaseHarmonizer):
     :class:`~featharm.exceptions.DisconnectedSitesError` naming the sites not connected to the largest
     group of sites.
 
-    *Scale* (``scale=True``). Each site's within-subject residual SD ``s_k`` is compared with the pooled
-    one ``s`` (or with the reference site's): ``r_k = s_k / s``. A scan is corrected as
-    ``y* = c(x) + (y - m_k - c(x)) / r_k`` with ``c(x) = alpha + x'b`` (the covariate-adjusted mean of the
-    corrected traveling-subject scans). This assumes a site multiplies the deviation of a scan from the
-    population mean by ``r_k`` (a gain, acting on subject differences and noise alike), measured from the
-    noise because repeat scans of the same people isolate it. Location only (``scale=False``, the default)
-    is Yamashita et al.'s method. If the gain also scales the subject effects, the additive fit leaves
-    ``(gain - 1) p_s`` in the residuals and ``r_k`` is biased away from 1 in proportion to the subject
-    spread; treat ``scale=True`` as approximate unless the site scales differ little.
+    *Scale* (``scale=True``; location only, the default, is Yamashita et al.'s method). The model becomes
+    ``y = a_k + g_k t`` with ``t = mu + p_s + x'b + e``: a site's gain multiplies the subject differences and
+    the noise alike, so its within-subject residual SD is ``g_k sigma``. The gains and offsets are estimated
+    by maximum likelihood, alternating between the subject (and covariate) fit of ``(y - a_k) / g_k`` and a
+    closed-form update of each site's ``(a_k, g_k)`` (:func:`featharm._core.twoway.fit_gain`), with
+    ``sum_k a_k = 0`` and ``prod_k g_k = 1`` (or ``a_ref = 0``, ``g_ref = 1``). The plain ratio of a site's
+    residual SD to the pooled one (``noise_sd_ / sigma_``) is not used as the gain: under this model the
+    location-only residuals also hold ``(g_k - 1) p_s``, which inflates every site's residual SD whose gain
+    differs from the others in proportion to the subject spread. ``scale=True`` needs 3 or more traveling
+    subjects at every site. Corrected: ``y* = (y - a_k) / g_k``.
 
     *Missing values.* NaN cells are allowed: each feature is fitted on the scans where it is observed
     (features missing on the same scans are fitted together), and the sites must be connected on those
     scans (else the error names the features and sites); NaN cells stay NaN. A site with no observed scan of
     a feature is an error (its bias there is unknown).
 
-    *New data.* ``transform`` needs the site column only (and the formula's columns, with ``scale=True``);
-    the subject column is not read. A site without traveling subjects cannot be corrected:
-    :class:`~featharm.exceptions.UnseenBatchError` names it (``new_sites="estimate"`` is refused: a bias
-    is measured only by scans of the same people).
+    *New data.* ``transform`` reads the site column (and builds the formula's columns, which it must find,
+    though the correction does not depend on them); the subject column is not read. A site without
+    traveling subjects cannot be corrected: :class:`~featharm.exceptions.UnseenBatchError` names it
+    (``new_sites="estimate"`` is refused: a bias is measured only by scans of the same people).
 
     References
     ----------
@@ -240,8 +250,10 @@ class TravelingSubjects(BaseHarmonizer):
         a = {"batch_sizes": counts, "aliased": aliased,
              "n_subjects": np.array([np.unique(g[codes == k]).size for k in range(K)], dtype=np.float64)}
         shapes = {"bias": (K, p), "bias_se": (K, p), "beta": (Xc.shape[1], p), "alpha": (p,), "sigma2": (p,),
-                  "rss": (K, p), "dof_site": (K, p), "dof": (p,)}
+                  "rss": (K, p), "dof_site": (K, p), "dof": (p,), "gain": (K, p), "converged": (p,)}
         out = {k: np.full(shape, np.nan) for k, shape in shapes.items()}
+        out["gain"][:] = 1.0
+        out["converged"][:] = 1.0
         if prep.mask is None:
             groups = [(np.ones(n, dtype=bool), np.arange(p))]
         else:
@@ -251,37 +263,25 @@ class TravelingSubjects(BaseHarmonizer):
         names = [str(c) for c in prep.columns]
         for rows, cols in groups:
             self._fit_rows(Y, rows, cols, g, codes, S, levels, Xc, aliased, ref, design.columns, names, out)
-        Yv = np.where(np.isnan(Y), np.nan, Y) if prep.mask is not None else Y
         with np.errstate(invalid="ignore"):
-            spread = np.nanmax(Yv, axis=0) - np.nanmin(Yv, axis=0)
+            spread = np.nanmax(Y, axis=0) - np.nanmin(Y, axis=0)
         constant = ~(spread > 0)
-        sigma = np.sqrt(out["sigma2"])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            noise_sd = np.where(out["dof_site"] >= 1.0, np.sqrt(out["rss"] / out["dof_site"]), np.nan)
-        scale = np.ones((K, p))
-        if self.scale:
-            base = sigma if ref is None else noise_sd[ref]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = noise_sd / base
-            usable = ~constant & (base > 0)
-            bad = np.isnan(r) & usable
-            if bad.any():
-                k = int(np.flatnonzero(bad.any(axis=1))[0])
-                raise BatchError(
-                    f"scale=True needs each site's within-subject noise, but site {levels[k]!r} of {self.batch!r} "
-                    f"has less than 1 residual degree of freedom for {int(bad[k].sum())} feature(s) (e.g. "
-                    f"{names[int(np.flatnonzero(bad[k])[0])]!r}): its subjects were scanned at no other site, or "
-                    "too few were. Use scale=False, or scan more traveling subjects there."
-                )
-            scale = np.where(usable & (r > 0), r, 1.0)
         if constant.any():
             flat = [names[j] for j in np.flatnonzero(constant)]
             warn(f"{len(flat)} feature(s) are constant over the traveling-subject scans: {_show(flat)}. They are "
                  "passed through unchanged (bias 0).", ConstantFeatureWarning)
-        bias = np.where(constant, 0.0, out["bias"])
-        a.update(bias=bias, bias_se=np.where(constant, 0.0, out["bias_se"]), beta=np.where(constant, 0.0, out["beta"]),
-                 alpha=out["alpha"], sigma=np.where(constant, 0.0, sigma), noise_sd=np.where(constant, 0.0, noise_sd),
-                 scale=scale, dof=out["dof"], constant=constant)
+        slow = (out["converged"] == 0) & ~constant
+        if slow.any():
+            warn(f"the gains (scale=True) of {int(slow.sum())} feature(s) did not converge within "
+                 f"{GAIN_MAX_ITER} iterations: {_show([names[j] for j in np.flatnonzero(slow)])}; the last iterate is "
+                 "used. Check those features (a site with almost no spread of its subjects' values?).",
+                 ConvergenceWarning)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise_sd = np.where(out["dof_site"] >= 1.0, np.sqrt(out["rss"] / out["dof_site"]), np.nan)
+        a.update(bias=np.where(constant, 0.0, out["bias"]), bias_se=np.where(constant, 0.0, out["bias_se"]),
+                 beta=np.where(constant, 0.0, out["beta"]), alpha=out["alpha"],
+                 sigma=np.where(constant, 0.0, np.sqrt(out["sigma2"])), noise_sd=np.where(constant, 0.0, noise_sd),
+                 scale=np.where(constant, 1.0, out["gain"]), dof=out["dof"], constant=constant)
         if prep.scale is not None:
             a["feature_scale"] = prep.scale
         self._forget_fit()
@@ -369,15 +369,39 @@ class TravelingSubjects(BaseHarmonizer):
                 f"sites, {int(keep.sum())} covariate column(s)); the biases need at least 1. Add scans or "
                 "covariates fewer."
             )
-        fit = fit_two_way(np.ascontiguousarray(Y[np.ix_(rows, cols)]), subj, site, S, K, X, ref=ref, keep=keep)
-        out["bias"][:, cols] = fit.site_effect
-        out["bias_se"][:, cols] = np.sqrt(np.clip(np.diag(fit.site_cov), 0.0, None)[:, None] * fit.sigma2[None, :])
-        out["beta"][:, cols] = fit.coef
-        out["alpha"][cols] = fit.intercept
-        out["sigma2"][cols] = fit.sigma2
+        Yb = np.ascontiguousarray(Y[np.ix_(rows, cols)])
+        fit = fit_two_way(Yb, subj, site, S, K, X, ref=ref, keep=keep)
         out["rss"][:, cols] = fit.rss
         out["dof_site"][:, cols] = fit.dof_site[:, None]
         out["dof"][cols] = fit.dof
+        if not self.scale:
+            out["bias"][:, cols] = fit.site_effect
+            out["bias_se"][:, cols] = np.sqrt(np.clip(np.diag(fit.site_cov), 0.0, None)[:, None] * fit.sigma2[None, :])
+            out["beta"][:, cols] = fit.coef
+            out["alpha"][cols] = fit.intercept
+            out["sigma2"][cols] = fit.sigma2
+            return
+        travelers = np.flatnonzero(np.bincount(subj, minlength=S) > 0)
+        multi = np.zeros(S, dtype=bool)
+        multi[travelers] = [np.unique(site[subj == s_]).size >= 2 for s_ in travelers]
+        few = [(levels[k], int(np.unique(subj[(site == k) & multi[subj]]).size)) for k in range(K)]
+        few = [(lv, c) for lv, c in few if c < 3]
+        if few:
+            raise BatchError(
+                f"scale=True estimates each site's gain from the traveling subjects scanned there, and needs 3 or "
+                f"more; site(s) of {self.batch!r} with fewer"
+                f"{'' if features is None else f' (where {_show(features)} are observed)'}: "
+                f"{', '.join(f'{lv!r} ({c})' for lv, c in few)}. Use scale=False (location only), or scan more "
+                "traveling subjects there."
+            )
+        gf = fit_gain(Yb, subj, site, S, K, X, ref=ref, keep=keep, max_iter=GAIN_MAX_ITER)
+        out["bias"][:, cols] = gf.offset
+        out["bias_se"][:, cols] = gf.offset_se
+        out["gain"][:, cols] = gf.gain
+        out["beta"][:, cols] = gf.coef
+        out["alpha"][cols] = gf.intercept
+        out["sigma2"][cols] = gf.sigma2
+        out["converged"][cols] = gf.converged
 
     # ------------------------------------------------------------------------------ applying
     def transform(self, X, covariates=None, *, new_sites="error", min_new_site_size=MIN_NEW_SITE_SIZE):
@@ -432,10 +456,7 @@ class TravelingSubjects(BaseHarmonizer):
         out = np.array(Y, dtype=np.float64, order="F", copy=True)
         out -= a["bias"][codes]
         if self.scale:
-            centre = a["alpha"] + prep.X @ a["beta"]
-            out -= centre
             out /= a["scale"][codes]
-            out += centre
         const = a["constant"]
         if const.any():
             out[:, const] = Y[:, const]
