@@ -142,10 +142,13 @@ def traveling_subject_reliability(X, covariates, *, subject: str = "subject", ba
             if not isinstance(df, pd.DataFrame):
                 raise InputError(f"{owner}: harmonized[{name!r}] must be a DataFrame; got {type(df).__name__}.")
             if set(df.columns) != set(X.columns) or not df.index.sort_values().equals(X.index.sort_values()):
+                cols = [str(c) for c in X.columns if c not in set(df.columns)]
+                unexpected = [str(c) for c in df.columns if c not in set(X.columns)]
+                rows_missing = [str(r) for r in X.index.difference(df.index)]
                 raise AlignmentError(
                     f"{owner}: harmonized[{name!r}] must have the rows (index) and feature columns of X; missing "
-                    f"columns {_show([c for c in X.columns if c not in set(df.columns)])}, missing rows "
-                    f"{_show(X.index.difference(df.index))}."
+                    f"columns {cols[:5]}, unexpected columns {unexpected[:5]}, missing rows {rows_missing[:5]}. Pass the "
+                    "harmonized version of the same table."
                 )
             versions[name] = df.loc[X.index, X.columns]
     s_col = covariate_column(cov, subject, "subject", fix="Pass subject=<name of the subject id column>.",
