@@ -147,8 +147,8 @@ def traveling_subject_reliability(X, covariates, *, subject: str = "subject", ba
                 rows_missing = [str(r) for r in X.index.difference(df.index)]
                 raise AlignmentError(
                     f"{owner}: harmonized[{name!r}] must have the rows (index) and feature columns of X; missing "
-                    f"columns {cols[:5]}, unexpected columns {unexpected[:5]}, missing rows {rows_missing[:5]}. Pass the "
-                    "harmonized version of the same table."
+                    f"columns {cols[:5]}, unexpected columns {unexpected[:5]}, missing rows {rows_missing[:5]}. Pass "
+                    "the harmonized version of the same table."
                 )
             versions[name] = df.loc[X.index, X.columns]
     s_col = covariate_column(cov, subject, "subject", fix="Pass subject=<name of the subject id column>.",
