@@ -52,8 +52,9 @@ def make_traveling(n_subjects: int = 10, n_sites: int = 4, n_features: int = 20,
     ``t = alpha + b_age age + b_sex sex + u_subject + noise_sd eps``, ``u ~ N(0, subject_sd^2)``,
     ``eps ~ N(0, 1)``, ``bias ~ N(0, bias_sd^2)`` centred to sum to zero over the sites and
     ``log gain ~ N(0, log_gain_sd^2)`` centred likewise (all gains 1 by default: additive biases only).
-    Each subject is scanned at site 1 and at each other site with probability ``coverage`` (so the design is connected through site 1), once per site, or twice (a repeat on the same
-    day) with probability ``repeat_prob``. The tour takes a few weeks: the age at each scan grows by
+    Each subject is scanned at site 1 and at each other site with probability ``coverage`` (so the design is
+    connected through site 1), once per site, or twice (a repeat on the same day) with probability
+    ``repeat_prob``. The tour takes a few weeks: the age at each scan grows by
     0.02–0.1 years per site.
 
     Parameters
