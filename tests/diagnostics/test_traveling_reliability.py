@@ -125,3 +125,19 @@ def test_errors_name_what_is_wrong(complete):
         rel(X.to_numpy(), cov)
     with pytest.raises(ValueError, match="no subject column 'id'"):
         rel(X, cov, subject="id")
+
+
+def test_readme_reliability_block_runs():
+    """The README's validation block, with a ComBat and a TravelingSubjects output for its placeholders."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("Any harmonizer can be **validated**")
+    code = re.search(r"```python\n(.*?)```", text[start:], flags=re.S).group(1)
+    ts = make_traveling(n_subjects=20, n_sites=3, n_features=8, random_state=6)
+    ns = {"fh": fh, "X_ts": ts.X, "cov_ts": ts.covariates,
+          "Xh_combat": fh.ComBat().fit_transform(ts.X, ts.covariates),
+          "Xh_ts": fh.TravelingSubjects().fit_transform(ts.X, ts.covariates)}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert list(dict.fromkeys(ns["res"].table["data"])) == ["raw", "combat", "traveling"]

@@ -304,3 +304,20 @@ def test_save_load_round_trip(big, tmp_path, params):
     assert list(loaded.subjects_) == list(hm.subjects_) and loaded.aliased_covariates_ == hm.aliased_covariates_
     pd.testing.assert_frame_equal(loaded.transform(X, big.covariates), hm.transform(X, big.covariates),
                                   check_exact=True)
+
+
+# ------------------------------------------------------------------------------------------ the README
+def test_readme_traveling_block_runs():
+    """The README's first traveling-subject block, with a main study for its placeholders."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Traveling subjects")
+    code = re.search(r"```python\n(.*?)```", text[start:], flags=re.S).group(1)
+    main = make_traveling(n_subjects=30, n_sites=4, n_features=20, coverage=0.0, random_state=7)
+    ns = {"fh": fh, "X_main": main.X, "cov_main": main.covariates[["site"]]}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["hm"].bias_.shape == (4, 20)
+    np.testing.assert_array_equal(ns["X_main_h"].to_numpy(),
+                                  main.X.to_numpy() - ns["hm"].bias_.loc[main.covariates["site"]].to_numpy())
