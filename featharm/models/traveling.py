@@ -259,7 +259,7 @@ class TravelingSubjects(BaseHarmonizer):
         else:
             first, inverse = missing.missingness_patterns(prep.mask)
             groups = [(~prep.mask[:, col], np.flatnonzero(inverse == u)) for u, col in enumerate(first)]
-            a["n_obs"] = np.stack([np.bincount(codes, weights=~prep.mask[:, j], minlength=K) for j in range(p)], axis=1)
+            a["n_obs"] = np.eye(K)[codes].T @ (~prep.mask).astype(np.float64)  # observed scans per site × feature
         names = [str(c) for c in prep.columns]
         for rows, cols in groups:
             self._fit_rows(Y, rows, cols, g, codes, S, levels, Xc, aliased, ref, design.columns, names, out)
