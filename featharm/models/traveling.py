@@ -366,8 +366,8 @@ class TravelingSubjects(BaseHarmonizer):
             raise InputError(
                 f"the traveling-subject scans{'' if features is None else f' where {_show(features)} are observed'} "
                 f"leave {dof} residual degrees of freedom ({n_rows} scans, {np.unique(subj).size} subjects, {K} "
-                f"sites, {int(keep.sum())} covariate column(s)); the biases need at least 1. Add scans or "
-                "covariates fewer."
+                f"sites, {int(keep.sum())} covariate column(s)); the biases need at least 1. Add scans, or "
+                "use fewer covariates."
             )
         Yb = np.ascontiguousarray(Y[np.ix_(rows, cols)])
         fit = fit_two_way(Yb, subj, site, S, K, X, ref=ref, keep=keep)
@@ -381,11 +381,10 @@ class TravelingSubjects(BaseHarmonizer):
             out["alpha"][cols] = fit.intercept
             out["sigma2"][cols] = fit.sigma2
             return
-        travelers = np.flatnonzero(np.bincount(subj, minlength=S) > 0)
-        multi = np.zeros(S, dtype=bool)
-        multi[travelers] = [np.unique(site[subj == s_]).size >= 2 for s_ in travelers]
-        few = [(levels[k], int(np.unique(subj[(site == k) & multi[subj]]).size)) for k in range(K)]
-        few = [(lv, c) for lv, c in few if c < 3]
+        pairs = np.unique(subj * K + site)  # the (subject, site) pairs scanned
+        multi = np.bincount(pairs // K, minlength=S) >= 2  # subjects scanned at 2 or more sites
+        travelling = np.bincount(pairs % K, weights=multi[pairs // K], minlength=K)
+        few = [(levels[k], int(travelling[k])) for k in range(K) if travelling[k] < 3]
         if few:
             raise BatchError(
                 f"scale=True estimates each site's gain from the traveling subjects scanned there, and needs 3 or "
