@@ -106,8 +106,9 @@ def traveling_subject_reliability(X, covariates, *, subject: str = "subject", ba
         * ``site_var``, ``subject_var``, ``residual_var``: variance components of the two-way model
           ``y = mu + p_subject + m_site + e`` fitted by least squares (sum-to-zero site effects).
           ``residual_var = RSS / (n - subjects - sites + 1)``; ``site_var = (sum_k m_k^2 - trace Var(m)) /
-          (sites - 1)``; ``subject_var = var_s(p_s) - mean_s(residual_var / n_s)`` (moment estimators,
-          unbiased, so they can be negative when the true component is near 0);
+          (sites - 1)``; ``subject_var = var_s(p_s) - mean_s(residual_var / n_s)`` (moment estimators:
+          unbiased in a complete design, nearly so otherwise; not truncated, so they can be negative when the
+          true component is near 0);
         * ``repeat_var``: pooled variance of repeat scans (same subject, same site), with ``repeat_df``
           degrees of freedom; NaN (and ``repeat_df`` 0) when no subject was scanned twice at a site;
         * ``icc``: ICC(A,1), absolute agreement of single scans across sites,

@@ -383,8 +383,8 @@ class TravelingSubjects(BaseHarmonizer):
             return
         pairs = np.unique(subj * K + site)  # the (subject, site) pairs scanned
         multi = np.bincount(pairs // K, minlength=S) >= 2  # subjects scanned at 2 or more sites
-        travelling = np.bincount(pairs % K, weights=multi[pairs // K], minlength=K)
-        few = [(levels[k], int(travelling[k])) for k in range(K) if travelling[k] < 3]
+        linked = np.bincount(pairs % K, weights=multi[pairs // K], minlength=K)
+        few = [(levels[k], int(linked[k])) for k in range(K) if linked[k] < 3]
         if few:
             raise BatchError(
                 f"scale=True estimates each site's gain from the traveling subjects scanned there, and needs 3 or "
