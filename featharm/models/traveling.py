@@ -7,6 +7,7 @@ import pandas as pd
 
 from .._core import missing
 from .._core.twoway import dependent_columns, fit_gain, fit_two_way, site_components, site_contrasts, within_subject
+from .._dask import is_lazy
 from .._validation import _show, batch_levels, check_option, covariate_column, encode_batches
 from ..design import CovariateDesign
 from ..exceptions import (
@@ -143,8 +144,8 @@ class TravelingSubjects(BaseHarmonizer):
     scans (else the error names the features and sites); NaN cells stay NaN. A site with no observed scan of
     a feature is an error (its bias there is unknown).
 
-    *New data.* ``transform`` reads the site column (and builds the formula's columns, which it must find,
-    though the correction does not depend on them); the subject column is not read. A site without
+    *New data.* ``transform`` reads the site column only (the correction depends on neither the subject nor
+    the covariates: the formula's columns need not be present). A site without
     traveling subjects cannot be corrected: :class:`~featharm.exceptions.UnseenBatchError` names it
     (``new_sites="estimate"`` is refused: a bias is measured only by scans of the same people).
 
@@ -411,8 +412,8 @@ class TravelingSubjects(BaseHarmonizer):
         X : DataFrame
             Features of any scans (traveling subjects or not) from the sites seen at fit.
         covariates : DataFrame, optional
-            The site column (and, with ``scale=True``, the formula's columns), aligned with ``X`` by index; or
-            looked up in the constructor's table.
+            The site column, aligned with ``X`` by index (other columns, the subject's and the formula's
+            included, are not needed); or looked up in the constructor's table.
         new_sites : {"error"}, default "error"
             Sites not seen at fit raise :class:`~featharm.exceptions.UnseenBatchError`; ``"estimate"`` is
             refused (a site's bias is measured only by traveling subjects scanned there).
@@ -431,7 +432,14 @@ class TravelingSubjects(BaseHarmonizer):
                 "measured only by traveling subjects scanned there. Scan traveling subjects at the new site and "
                 "refit with their scans."
             )
-        return super().transform(X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
+        check_option("new_sites", new_sites, ("error", "estimate"), self._owner())
+        if is_lazy(X):  # refused with the shared message (not fitted from statistics)
+            return super().transform(X, covariates, new_sites=new_sites, min_new_site_size=min_new_site_size)
+        if covariates is None:
+            covariates = self._covariates_from_table(X)
+        # only the site column is read: the correction does not depend on the covariates of the formula
+        prep = self._prepare(X, covariates, fitting=False)
+        return self._output(self._harmonize(prep), prep)
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error"):
         try:

@@ -19,7 +19,7 @@ def files(tmp_path_factory):
     ts.covariates.join(ts.X).reset_index().to_csv(d / "ts.csv", index=False)
     main_study = make_traveling(n_subjects=30, n_sites=3, n_features=6, coverage=0.0, random_state=1)
     Xm = main_study.truth + ts.bias.loc[main_study.covariates["site"]].to_numpy()
-    main_study.covariates[["site", "age"]].join(Xm).reset_index().to_csv(d / "main.csv", index=False)
+    main_study.covariates[["site"]].join(Xm).reset_index().to_csv(d / "main.csv", index=False)  # no subject, age
     return d, ts, Xm, main_study.covariates
 
 

@@ -249,11 +249,11 @@ def test_unseen_sites_are_refused_naming_them(big):
 
 def test_other_scans_of_the_fitted_sites_are_corrected(big):
     """The point of the method: the biases apply to scans of people who never traveled (the main study)."""
-    hm = fh.TravelingSubjects().fit(big.X, big.covariates)
+    hm = fh.TravelingSubjects(formula="age").fit(big.X, big.covariates)
     main = make_traveling(n_subjects=50, n_sites=4, n_features=300, coverage=0.0, random_state=9)
     # same features and sites, new people scanned at one site each: plant the same biases
     Xm = main.truth + big.bias.loc[main.covariates["site"]].to_numpy()
-    out = hm.transform(Xm, main.covariates[["site"]])
+    out = hm.transform(Xm, main.covariates[["site"]])  # the site column only: no subject, no age
     resid = (out - main.truth).to_numpy()
     bias_err = (hm.bias_ - big.bias).loc[main.covariates["site"]].to_numpy()
     np.testing.assert_allclose(resid, -bias_err, atol=1e-12)
