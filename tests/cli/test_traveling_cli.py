@@ -83,3 +83,4 @@ def test_harmonize_with_a_report(files, tmp_path):
                  str(report), "--quiet"]) == 0
     html = report.read_text(encoding="utf-8")
     assert "TravelingSubjects" in html and "scale" in html
+    assert "Site biases (feature units) and gains measured on the traveling subjects" in html
