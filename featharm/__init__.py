@@ -19,6 +19,7 @@ _LAZY_NAMES = {
     # through the models package, which registers every family before a file is read
     "load_model": "models", "save_model": "models",
     "set_scheduler": "_dask", "get_scheduler": "_dask",
+    "TravelingSubjects": "models",
 }
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "LongComBat",
     "CovBat",
     "ComBatLS",
+    "TravelingSubjects",
     "BaseHarmonizer",
     "CovariateDesign",
     "load_model",
