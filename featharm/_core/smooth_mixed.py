@@ -44,14 +44,15 @@ from scipy import sparse
 from ..exceptions import ConfoundingError
 from . import penalized
 
-__all__ = ["SmoothMixedFit", "fit_smooth_mixed", "LOG_RHO_GRID", "RHO_BISECTIONS", "BISECTIONS"]
+__all__ = ["SmoothMixedFit", "fit_smooth_mixed", "LOG_RHO_GRID", "RHO_STEPS", "LAMBDA_STEPS"]
 
 LOG_RHO_GRID = np.arange(-12.0, 12.0001, 0.5)  # rho = tau2 / sigma2 from 6e-6 to 1.6e5
-RHO_BISECTIONS = 52  # bracket width 1 on log rho -> 2^-52: the root of the derivative to rounding
-BISECTIONS = penalized.BISECTIONS  # 60 halvings of the log-lambda bracket
+RHO_STEPS = 40  # regula falsi (Illinois) steps on log rho: the root of the derivative to rounding
+LAMBDA_STEPS = 16  # safeguarded Newton steps on log lam
 N_LAMBDA_GRID = 97
 _LOG2PI = np.log(2.0 * np.pi)
 _BLOCK = 2048  # features per block: bounds the (features × k × k) work arrays
+_GRID_CHUNK = 4096  # (rho grid point, feature) pairs evaluated at once
 
 
 @dataclass
@@ -162,30 +163,49 @@ class _Stats:
         return d2.T, c2.T, r_perp, const
 
 
+def _lambda_derivatives(t, d2, c2, r_perp, dof):
+    """First and second derivatives of the REML criterion in ``t = log lam`` (features on the last axis)."""
+    w = 1.0 / (1.0 + d2 * np.exp(-t))  # lam / (d2 + lam)
+    dw = w * (1.0 - w)
+    quad = r_perp + np.sum(w * c2, axis=-2)
+    s1 = np.sum(dw * c2, axis=-2)
+    first = -np.sum(1.0 - w, axis=-2) + dof * s1 / quad
+    second = np.sum(dw, axis=-2) + dof * (np.sum(dw * (1.0 - 2.0 * w) * c2, axis=-2) / quad - (s1 / quad) ** 2)
+    return first, second
+
+
 def _best_lambda(d2, c2, r_perp, dof, grid):
-    """Per feature, the ``log lam`` minimizing the REML criterion at fixed ``rho`` and the minimum."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crit = np.stack([penalized.criterion(np.exp(x), d2, c2, np.maximum(r_perp, 1e-300), dof, 0, "REML")
-                         for x in grid])
+    """Per feature, the ``lam`` minimizing the REML criterion at fixed ``rho``, and the minimum.
+
+    The grid (all points at once) brackets the global minimum between the neighbours of its best point; the
+    root of the derivative there is found by Newton's method on ``log lam``, safeguarded by the bracket
+    (a step leaving it, or made with a non-positive curvature, is a bisection): ``LAMBDA_STEPS`` steps reach
+    rounding from a bracket of two grid cells.
+    """
+    r_perp = np.maximum(r_perp, 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        crit = penalized.criterion(np.exp(grid)[:, None, None], d2, c2, r_perp, dof, 0, "REML")  # G × p
     crit = np.where(np.isnan(crit), np.inf, crit)
     best = np.argmin(crit, axis=0)
     a = grid[np.maximum(best - 1, 0)]
     b = grid[np.minimum(best + 1, grid.size - 1)]
-
-    def slope(t):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return penalized.criterion_slope(np.exp(t)[None, :], d2, c2, np.maximum(r_perp, 1e-300), dof, 0, "REML")
-
-    bracketed = (slope(a) < 0) & (slope(b) > 0)
-    for _ in range(BISECTIONS):
-        mid = 0.5 * (a + b)
-        up = slope(mid) > 0
-        b = np.where(up, mid, b)
-        a = np.where(up, a, mid)
-    t = np.where(bracketed, 0.5 * (a + b), grid[best])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        fa = _lambda_derivatives(a[None, :], d2, c2, r_perp, dof)[0]
+        fb = _lambda_derivatives(b[None, :], d2, c2, r_perp, dof)[0]
+        bracketed = (fa < 0) & (fb > 0)
+        t = grid[best].astype(np.float64)
+        for _ in range(LAMBDA_STEPS):
+            g1, g2 = _lambda_derivatives(t[None, :], d2, c2, r_perp, dof)
+            up = g1 > 0  # the root is below t
+            b = np.where(up, np.minimum(b, t), b)
+            a = np.where(up, a, np.maximum(a, t))
+            step = t - g1 / g2
+            ok = (g2 > 0) & (step >= a) & (step <= b)
+            t = np.where(g1 == 0, t, np.where(ok, step, 0.5 * (a + b)))
+    t = np.where(bracketed, t, grid[best])
     lam = np.exp(t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        val = penalized.criterion(lam, d2, c2, np.maximum(r_perp, 1e-300), dof, 0, "REML")
+        val = penalized.criterion(lam, d2, c2, r_perp, dof, 0, "REML")
     return lam, val
 
 
@@ -223,30 +243,40 @@ def _slope_log_rho(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid) -> n
     return rho * (trace - dof * quad / rss)
 
 
-def _minimize_rho(st: _Stats, f: slice, p: int, dof: float, grid) -> np.ndarray:
-    """Grid on ``log rho``; bisection of the profile's derivative in the cells around the best grid point;
-    then the boundary ``rho = 0`` when it is no worse."""
-    def fun(rho):
-        return _profile(st, rho, f, dof, grid)[0]
+def _minimize_rho(st: _Stats, f: np.ndarray, dof: float, grid) -> np.ndarray:
+    """Grid on ``log rho`` (all grid points of all features in one call); the root of the profile's derivative
+    in the cells around the best grid point by the Illinois variant of regula falsi (superlinear, the bracket
+    kept); then the boundary ``rho = 0`` when it is no worse."""
+    p = f.size
+    G = LOG_RHO_GRID.size
+    rho_all, f_all = np.repeat(np.exp(LOG_RHO_GRID), p), np.tile(f, G)
+    vals = np.concatenate([_profile(st, rho_all[i:i + _GRID_CHUNK], f_all[i:i + _GRID_CHUNK], dof, grid)[0]
+                           for i in range(0, rho_all.size, _GRID_CHUNK)]).reshape(G, p)
+    zero = _profile(st, np.zeros(p), f, dof, grid)[0]
+    best = vals.argmin(axis=0)
+    a = LOG_RHO_GRID[np.maximum(best - 1, 0)]
+    b = LOG_RHO_GRID[np.minimum(best + 1, G - 1)]
 
     def slope(t):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return _slope_log_rho(st, np.exp(t), f, dof, grid)
 
-    vals = np.stack([fun(np.full(p, np.exp(t))) for t in LOG_RHO_GRID])
-    zero = fun(np.zeros(p))
-    best = vals.argmin(axis=0)
-    lo = LOG_RHO_GRID[np.maximum(best - 1, 0)]
-    hi = LOG_RHO_GRID[np.minimum(best + 1, LOG_RHO_GRID.size - 1)]
-    bracketed = (slope(lo) < 0) & (slope(hi) > 0)
-    for _ in range(RHO_BISECTIONS):
-        mid = 0.5 * (lo + hi)
-        up = slope(mid) > 0
-        hi = np.where(up, mid, hi)
-        lo = np.where(up, lo, mid)
-    t = np.where(bracketed, 0.5 * (lo + hi), LOG_RHO_GRID[best])
+    fa, fb = slope(a), slope(b)
+    bracketed = (fa < 0) & (fb > 0)
+    fa, fb = np.where(bracketed, fa, -1.0), np.where(bracketed, fb, 1.0)
+    for _ in range(RHO_STEPS):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = b - fb * (b - a) / (fb - fa)
+        c = np.where(np.isfinite(c), c, 0.5 * (a + b))
+        fc = slope(c)
+        swap = fc * fb < 0  # the root is between b and c: the old b is the other end
+        a, fa = np.where(swap, b, a), np.where(swap, fb, 0.5 * fa)  # Illinois: else halve the kept end's value
+        b, fb = c, fc
+        if (np.abs(b - a) < 1e-12).all():
+            break
+    t = np.where(bracketed, b, LOG_RHO_GRID[best])
     rho = np.exp(t)
-    f_t = fun(rho)
+    f_t = _profile(st, rho, f, dof, grid)[0]
     return np.where((zero <= f_t) & (zero <= vals.min(axis=0)), 0.0, rho)
 
 
@@ -323,7 +353,7 @@ def fit_smooth_mixed(Y, Wfix, Z, penalties, groups, *, n_groups=None, terms=(), 
     for start in range(0, p, _BLOCK):  # blocks of features (memory), each vectorized
         f = slice(start, min(start + _BLOCK, p))
         pb = f.stop - f.start
-        rho_b = _minimize_rho(st, f, pb, dof, grid) if identified else np.zeros(pb)
+        rho_b = _minimize_rho(st, np.arange(f.start, f.stop), dof, grid) if identified else np.zeros(pb)
         val, lam_b = _profile(st, rho_b, f, dof, grid)
         G, h, yy, logdet_v = st.gram(rho_b, f)
         P = G.copy()

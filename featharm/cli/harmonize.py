@@ -22,12 +22,14 @@ METHODS: dict[str, str] = {
     "combatls": "ComBatLS",
     "gam": "ComBatGAM",
     "longitudinal": "LongComBat",
+    "longgam": "LongComBatGAM",
 }
 
 # --method NAME -> options it cannot do without (the estimator's default would guess a column name).
 REQUIRED: dict[str, dict[str, str]] = {
     "longitudinal": {"--subject": "--method longitudinal needs --subject COL: the column identifying each "
                                   "scan's subject."},
+    "longgam": {"--subject": "--method longgam needs --subject COL: the column identifying each scan's subject."},
 }
 
 
@@ -86,15 +88,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--missing-covariates", "missing_covariates", "rows missing the batch or a --formula covariate: "
            "'error' (default) or 'exclude' them (their features come back empty)", ("combat", "covbat"),
            argparse_kw=dict(choices=["error", "exclude"])),
-    Option("--subject", "subject", "subject id column (random effect)", ("longitudinal",),
+    Option("--subject", "subject", "subject id column (random effect)", ("longitudinal", "longgam"),
            columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
-    Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal",),
+    Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal", "longgam"),
            columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
     Option("--random-slope", "random_slope", "random slope on --time as well as a random intercept",
            ("longitudinal",), switch=True),
     Option("--standardize", "standardize", "residual standardization (default reml = longCombat)",
-           ("longitudinal",), argparse_kw=dict(choices=["reml", "msr", "marginal"])),
-    Option("--smooth", "smooth", "covariate column(s) with smooth (spline) effects, e.g. age", ("gam",),
+           ("longitudinal", "longgam"), argparse_kw=dict(choices=["reml", "msr", "marginal"])),
+    Option("--smooth", "smooth", "covariate column(s) with smooth (spline) effects, e.g. age", ("gam", "longgam"),
            columns=list, argparse_kw=dict(nargs="+", metavar="COL")),
     Option("--smooth-method", "method", "criterion for the smoothing parameter (default REML)", ("gam",),
            argparse_kw=dict(choices=["REML", "GCV"])),

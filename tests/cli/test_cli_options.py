@@ -51,6 +51,7 @@ SAMPLES = {
 }
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
+          "longgam": list(REQUIRED["longgam"]),
           "--random-slope": ["--time"]}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
@@ -96,7 +97,7 @@ def _harmonize(table, out_dir, method, *words, flag=None):
 
 # ---------------------------------------------------------------------------------------------- the tables
 def test_the_tables_cover_every_option_and_method():
-    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls"}
+    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls", "longgam"}
     assert set(SAMPLES) == set(_BY_FLAG), "give every option of OPTIONS a sample value in SAMPLES"
     assert len({o.dest for o in OPTIONS}) == len(OPTIONS)
     for opt in OPTIONS:  # every option sets a parameter some estimator has

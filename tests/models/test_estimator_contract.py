@@ -39,6 +39,7 @@ FAMILIES = {
     "LongComBat": (fh.LongComBat, dict(subject="subject", time="time", formula="age + sex + time")),
     "CovBat": (fh.CovBat, dict(formula="age + sex")),
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex", scale_formula="age")),
+    "LongComBatGAM": (fh.LongComBatGAM, dict(subject="subject", time="time", formula="sex", smooth=["age"])),
 }
 
 # One invalid value of EVERY constructor parameter: the shared ones, then each family's own (the test below
@@ -56,6 +57,8 @@ _FAMILY_BAD = {
     "LongComBat": dict(subject=7, time=1.5, random_slope="no", standardize="z", n_iter=-1),
     "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
+    "LongComBatGAM": dict(subject=7, time=1.5, smooth=5, df=3, smooth_bounds=[0, 1], extrapolate="cubic",
+                          standardize="z", n_iter=-1),
 }
 
 
@@ -369,6 +372,8 @@ NON_DEFAULT = {
     "LongComBat": dict(random_slope=True, standardize="marginal", eb=False, n_iter=10),
     "CovBat": dict(n_components=2, score_eb=True, std_var=False),
     "ComBatLS": dict(ref_batch="site03", eb=False, fit_tol=1e-6),
+    "LongComBatGAM": dict(smooth_bounds={"age": (0, 120)}, extrapolate="linear", df=8, standardize="marginal",
+                          eb=False, n_iter=10),
 }
 
 
@@ -422,7 +427,7 @@ def test_docstring_documents_every_parameter(name):
     assert [a for a in COMMON_ATTRIBUTES if a not in attributes] == []
 
 
-@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal"])
+@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal", "longgam"])
 def test_model_docstring_examples_run(module):
     """The Examples sections run as doctests: on the bundled IXI data, LongComBat's on simulated repeated
     scans (IXI is cross-sectional)."""
