@@ -44,7 +44,7 @@ from scipy import sparse
 from ..exceptions import ConfoundingError
 from . import penalized
 
-__all__ = ["SmoothMixedFit", "fit_smooth_mixed", "LOG_RHO_GRID", "RHO_STEPS", "LAMBDA_STEPS"]
+__all__ = ["SmoothMixedFit", "fit_smooth_mixed", "fit_smooth_mixed_observed", "LOG_RHO_GRID", "RHO_STEPS", "LAMBDA_STEPS"]
 
 LOG_RHO_GRID = np.arange(-12.0, 12.0001, 0.5)  # rho = tau2 / sigma2 from 6e-6 to 1.6e5
 RHO_STEPS = 40  # regula falsi (Illinois) steps on log rho: the root of the derivative to rounding
@@ -77,8 +77,8 @@ class SmoothMixedFit:
         Predicted subject intercepts (0 for a subject without rows).
     boundary : ndarray (p,) of bool
         ``rho`` estimated at 0.
-    identified : bool
-        False when every subject has one scan (``rho`` set to 0).
+    identified : ndarray (p,) of bool
+        False where every subject has one (observed) scan: ``rho`` is not identified and set to 0.
     """
 
     coef: np.ndarray
@@ -89,7 +89,7 @@ class SmoothMixedFit:
     loglik: np.ndarray
     blup: np.ndarray
     boundary: np.ndarray
-    identified: bool
+    identified: np.ndarray
 
 
 def _group_sums(A: np.ndarray, g: np.ndarray, S: int) -> np.ndarray:
@@ -99,20 +99,29 @@ def _group_sums(A: np.ndarray, g: np.ndarray, S: int) -> np.ndarray:
 
 
 class _Stats:
-    """The ``V^-1`` cross-products of ``M = [Q | Zp]`` and the (standardized) responses, by visit count."""
+    """The ``V^-1`` cross-products of ``M = [Q | Zp]`` and the standardized responses, grouped by visit count
+    (complete data: one design for every feature). ``f`` (an index array or slice) picks features, repeated
+    ones included (the grid stage evaluates several ``rho`` of one feature at once)."""
 
     def __init__(self, M: np.ndarray, Y: np.ndarray, g: np.ndarray, S: int, ku: int):
+        n, p = Y.shape
         self.ku = ku
         self.r = M.shape[1] - ku
+        self.mu = Y.mean(axis=0)
+        sd = Y.std(axis=0)
+        self.sd = np.where(sd > 0, sd, 1.0)
+        Y = (Y - self.mu) / self.sd
+        self.dof = np.full(p, float(n - ku))
         ns = np.bincount(g, minlength=S).astype(np.float64)
         self.ns = ns
+        self.identified = np.full(p, bool((ns > 1).any()))
         self.Sx = _group_sums(M, g, S)  # S × kk
         T = _group_sums(Y, g, S)  # S × p
         self.T = T
         sizes, inv = np.unique(ns, return_inverse=True)
         self.sizes = sizes
         self.counts = np.bincount(inv, minlength=sizes.size).astype(np.float64)
-        kk, p = M.shape[1], Y.shape[1]
+        kk = M.shape[1]
         self.A = np.empty((sizes.size, kk, kk))
         self.C = np.empty((sizes.size, kk, p))
         self.qq = np.empty((sizes.size, p))
@@ -126,19 +135,29 @@ class _Stats:
         self.MtY = M.T @ Y
         self.yty = np.einsum("np,np->p", Y, Y)
 
-    def weights(self, rho: np.ndarray) -> np.ndarray:
-        return rho[None, :] / (1.0 + self.sizes[:, None] * rho[None, :])  # G × p
-
-    def gram(self, rho: np.ndarray, f: slice):
+    def gram(self, rho: np.ndarray, f):
         """``M'V^-1 M`` (p × kk × kk), ``M'V^-1 y`` (p × kk), ``y'V^-1 y`` and ``log|V|`` of features ``f``."""
-        w = self.weights(rho)
+        w = rho[None, :] / (1.0 + self.sizes[:, None] * rho[None, :])  # G × p
         G = self.MtM[None] - np.einsum("gp,gkl->pkl", w, self.A)
         h = self.MtY[:, f].T - np.einsum("gp,gkp->pk", w, self.C[:, :, f])
         yy = self.yty[f] - np.einsum("gp,gp->p", w, self.qq[:, f])
         logdet_v = self.counts @ np.log1p(self.sizes[:, None] * rho[None, :])
         return G, h, yy, logdet_v
 
-    def ingredients(self, rho: np.ndarray, f: slice):
+    def slope_terms(self, rho, f, Pinv, coef):
+        """``tr(P Z_s Z_s')`` and ``y'P Z_s Z_s' P y`` (see :func:`_slope_log_rho`)."""
+        a = 1.0 / (1.0 + self.sizes[:, None] * rho[None, :])  # G × p
+        trace = (self.counts * self.sizes) @ a - np.einsum("gp,pkl,glk->p", a * a, Pinv, self.A)
+        quad = (self.qq[:, f] - 2.0 * np.einsum("pk,gkp->gp", coef, self.C[:, :, f])
+                + np.einsum("pk,gkl,pl->gp", coef, self.A, coef))
+        return trace, np.einsum("gp,gp->p", a * a, quad)
+
+    def blup(self, rho, f, coef):
+        """Subject BLUPs (S × p, standardized units) at the coefficients ``coef`` (p × kk)."""
+        w = rho[None, :] / (1.0 + self.ns[:, None] * rho[None, :])
+        return w * (self.T[:, f] - self.Sx @ coef.T)
+
+    def ingredients(self, rho: np.ndarray, f):
         """At ``rho`` (per feature): ``d2``, ``c2`` (r × p), ``r_perp`` and the ``rho`` terms of the criterion."""
         ku, r = self.ku, self.r
         G, h, yy, logdet_v = self.gram(rho, f)
@@ -161,6 +180,69 @@ class _Stats:
             c2 = np.where(gone, 0.0, e * e / d2)
         r_perp = np.maximum(base - c2.sum(axis=1), 0.0)
         return d2.T, c2.T, r_perp, const
+
+
+class _MaskedStats(_Stats):
+    """:class:`_Stats` of every feature on its observed rows (``obs``): the same sums taken per feature, the
+    visit counts ``n_sv`` too (a subject's scans where the feature is observed), so features with different
+    missing cells are still evaluated together."""
+
+    def __init__(self, M: np.ndarray, Y: np.ndarray, obs: np.ndarray, g: np.ndarray, S: int, ku: int):
+        n, p = Y.shape
+        kk = M.shape[1]
+        self.ku = ku
+        self.r = kk - ku
+        of = obs.astype(np.float64)
+        n_v = of.sum(axis=0)
+        Y0 = np.where(obs, Y, 0.0)
+        self.mu = Y0.sum(axis=0) / n_v
+        D = (Y0 - self.mu) * of
+        sd = np.sqrt((D * D).sum(axis=0) / n_v)
+        self.sd = np.where(sd > 0, sd, 1.0)
+        Yc = D / self.sd  # 0 in the missing cells
+        self.dof = n_v - ku
+        self.MtM = (of.T @ (M[:, :, None] * M[:, None, :]).reshape(n, kk * kk)).reshape(p, kk, kk)
+        self.MtY = M.T @ Yc
+        self.yty = np.einsum("np,np->p", Yc, Yc)
+        ns = _group_sums(of, g, S)  # S × p
+        self.ns = ns
+        self.identified = (ns > 1).any(axis=0)
+        self.T = _group_sums(Yc, g, S)
+        self.Sx = np.stack([_group_sums(M[:, [j]] * of, g, S) for j in range(kk)], axis=1)  # S × kk × p
+        sizes = np.unique(ns)
+        self.sizes = sizes
+        self.A = np.empty((sizes.size, p, kk, kk))
+        self.C = np.empty((sizes.size, p, kk))
+        self.qq = np.empty((sizes.size, p))
+        self.counts = np.empty((sizes.size, p))
+        for j, size in enumerate(sizes):
+            ind = (ns == size).astype(np.float64)
+            Si = self.Sx * ind[:, None, :]
+            self.A[j] = np.einsum("skp,slp->pkl", Si, self.Sx)
+            self.C[j] = np.einsum("skp,sp->pk", Si, self.T)
+            self.qq[j] = np.einsum("sp,sp->p", ind * self.T, self.T)
+            self.counts[j] = ind.sum(axis=0)
+
+    def gram(self, rho: np.ndarray, f):
+        w = rho[None, :] / (1.0 + self.sizes[:, None] * rho[None, :])  # G × p
+        G = self.MtM[f] - np.einsum("gp,gpkl->pkl", w, self.A[:, f])
+        h = self.MtY[:, f].T - np.einsum("gp,gpk->pk", w, self.C[:, f])
+        yy = self.yty[f] - np.einsum("gp,gp->p", w, self.qq[:, f])
+        logdet_v = np.einsum("gp,gp->p", self.counts[:, f], np.log1p(self.sizes[:, None] * rho[None, :]))
+        return G, h, yy, logdet_v
+
+    def slope_terms(self, rho, f, Pinv, coef):
+        a = 1.0 / (1.0 + self.sizes[:, None] * rho[None, :])
+        A = self.A[:, f]
+        trace = np.einsum("gp,g,gp->p", self.counts[:, f], self.sizes, a) - np.einsum("gp,pkl,gplk->p", a * a, Pinv, A)
+        quad = (self.qq[:, f] - 2.0 * np.einsum("pk,gpk->gp", coef, self.C[:, f])
+                + np.einsum("pk,gpkl,pl->gp", coef, A, coef))
+        return trace, np.einsum("gp,gp->p", a * a, quad)
+
+    def blup(self, rho, f, coef):
+        ns = self.ns[:, f]
+        w = rho[None, :] / (1.0 + ns * rho[None, :])
+        return w * (self.T[:, f] - np.einsum("skp,pk->sp", self.Sx[:, :, f], coef))
 
 
 def _lambda_derivatives(t, d2, c2, r_perp, dof):
@@ -209,8 +291,9 @@ def _best_lambda(d2, c2, r_perp, dof, grid):
     return lam, val
 
 
-def _profile(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid):
+def _profile(st: _Stats, rho: np.ndarray, f, grid):
     """``min_lam -2 l_R(rho, lam)`` (up to constants) and its ``lam``, per feature."""
+    dof = st.dof[f]
     d2, c2, r_perp, const = st.ingredients(rho, f)
     if d2 is None:
         return dof * np.log(np.maximum(r_perp, 1e-300)) + const, np.full(rho.shape, np.nan)
@@ -218,7 +301,7 @@ def _profile(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid):
     return val + const, lam
 
 
-def _slope_log_rho(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid) -> np.ndarray:
+def _slope_log_rho(st: _Stats, rho: np.ndarray, f, grid) -> np.ndarray:
     """Derivative of the profile ``min_lam -2 l_R`` with respect to ``log rho``, per feature.
 
     At the inner optimum the derivative of the profile is the partial derivative at fixed ``lam``
@@ -226,7 +309,7 @@ def _slope_log_rho(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid) -> n
     ``P = V^-1 - V^-1 M (M'V^-1 M + Lambda)^-1 M'V^-1``. Per subject ``V_s^-1 1 = 1 / (1 + n_s rho)``, so both
     terms are sums over the visit-count groups of the stored cross-products.
     """
-    _, lam = _profile(st, rho, f, dof, grid)
+    _, lam = _profile(st, rho, f, grid)
     G, h, yy, _ = st.gram(rho, f)
     ku, r = st.ku, st.r
     if r:
@@ -235,31 +318,27 @@ def _slope_log_rho(st: _Stats, rho: np.ndarray, f: slice, dof: float, grid) -> n
     Pinv = np.linalg.inv(G)
     coef = np.einsum("pkl,pl->pk", Pinv, h)
     rss = np.maximum(yy - np.einsum("pk,pk->p", h, coef), 1e-300)
-    a = 1.0 / (1.0 + st.sizes[:, None] * rho[None, :])  # G × p
-    trace = (st.counts * st.sizes) @ a - np.einsum("gp,pkl,glk->p", a * a, Pinv, st.A)
-    quad = (st.qq[:, f] - 2.0 * np.einsum("pk,gkp->gp", coef, st.C[:, :, f])
-            + np.einsum("pk,gkl,pl->gp", coef, st.A, coef))
-    quad = np.einsum("gp,gp->p", a * a, quad)
-    return rho * (trace - dof * quad / rss)
+    trace, quad = st.slope_terms(rho, f, Pinv, coef)
+    return rho * (trace - st.dof[f] * quad / rss)
 
 
-def _minimize_rho(st: _Stats, f: np.ndarray, dof: float, grid) -> np.ndarray:
+def _minimize_rho(st: _Stats, f: np.ndarray, grid) -> np.ndarray:
     """Grid on ``log rho`` (all grid points of all features in one call); the root of the profile's derivative
     in the cells around the best grid point by the Illinois variant of regula falsi (superlinear, the bracket
     kept); then the boundary ``rho = 0`` when it is no worse."""
     p = f.size
     G = LOG_RHO_GRID.size
     rho_all, f_all = np.repeat(np.exp(LOG_RHO_GRID), p), np.tile(f, G)
-    vals = np.concatenate([_profile(st, rho_all[i:i + _GRID_CHUNK], f_all[i:i + _GRID_CHUNK], dof, grid)[0]
+    vals = np.concatenate([_profile(st, rho_all[i:i + _GRID_CHUNK], f_all[i:i + _GRID_CHUNK], grid)[0]
                            for i in range(0, rho_all.size, _GRID_CHUNK)]).reshape(G, p)
-    zero = _profile(st, np.zeros(p), f, dof, grid)[0]
+    zero = _profile(st, np.zeros(p), f, grid)[0]
     best = vals.argmin(axis=0)
     a = LOG_RHO_GRID[np.maximum(best - 1, 0)]
     b = LOG_RHO_GRID[np.minimum(best + 1, G - 1)]
 
     def slope(t):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return _slope_log_rho(st, np.exp(t), f, dof, grid)
+            return _slope_log_rho(st, np.exp(t), f, grid)
 
     fa, fb = slope(a), slope(b)
     bracketed = (fa < 0) & (fb > 0)
@@ -276,8 +355,71 @@ def _minimize_rho(st: _Stats, f: np.ndarray, dof: float, grid) -> np.ndarray:
             break
     t = np.where(bracketed, b, LOG_RHO_GRID[best])
     rho = np.exp(t)
-    f_t = _profile(st, rho, f, dof, grid)[0]
+    f_t = _profile(st, rho, f, grid)[0]
     return np.where((zero <= f_t) & (zero <= vals.min(axis=0)), 0.0, rho)
+
+
+def _design(Wfix, Z, penalties, terms, batch_name):
+    """The unpenalized columns' QR and the spline's unit-penalty directions (see the module docstring)."""
+    n = Wfix.shape[0]
+    if Z.shape[1]:
+        Z0, Zp, T0, Tp = penalized.penalty_reparam(Z, penalties)
+    else:
+        Z0, Zp, T0, Tp = np.zeros((n, 0)), np.zeros((n, 0)), np.zeros((0, 0)), np.zeros((0, 0))
+    Wu = np.hstack([Wfix, Z0])
+    Q, R, full_rank = penalized._unpenalized_qr(Wu)
+    if not full_rank:
+        what = f"the linear trend of smooth term(s) {list(terms)}" if Z.shape[1] else "the fixed-effects design"
+        raise ConfoundingError(
+            f"{what} is confounded with {batch_name!r} and the linear covariates (e.g. a covariate constant "
+            f"within each {batch_name}, or a combination of the others); its effect cannot be told apart from "
+            "the site effects. Drop it or model it differently."
+        )
+    return Zp, T0, Tp, Wu, Q, R
+
+
+def _lambda_grid(st: _Stats):
+    """The log-lambda grid: 14 e-folds beyond the spline directions' eigenvalues at ``rho = 0``."""
+    if not st.r:
+        return None
+    d2_0 = st.ingredients(np.zeros(1), np.array([0]))[0][:, 0]
+    pos = d2_0[d2_0 > 0]
+    return np.linspace(np.log(max(pos.min(), 1e-300)) - 14.0, np.log(pos.max()) + 14.0, N_LAMBDA_GRID)
+
+
+def _fit_features(st: _Stats, f: np.ndarray, grid, k: int, log_r: float):
+    """REML estimates of features ``f`` (standardized units): coefficients (kk × p), rho, lam, sigma2, edf,
+    log-likelihood and BLUPs."""
+    ku, r = st.ku, st.r
+    p = f.size
+    ident = st.identified[f]
+    rho = np.zeros(p)
+    if ident.any():
+        rho[ident] = _minimize_rho(st, f[ident], grid)
+    val, lam = _profile(st, rho, f, grid)
+    G, h, yy, _ = st.gram(rho, f)
+    if r:
+        idx = np.arange(ku, ku + r)
+        G[:, idx, idx] += lam[:, None]
+    cf = np.linalg.solve(G, h[..., None])[..., 0]  # p × kk
+    dof = st.dof[f]
+    rss = np.maximum(yy - np.einsum("pk,pk->p", h, cf), 1e-300)
+    edf = np.zeros(p)
+    if r:
+        d2 = st.ingredients(rho, f)[0]
+        edf = (ku - k) + np.sum(d2 / (d2 + lam[None, :]), axis=0)
+    # -2 l_R at the optimum with lme4's constants (as featharm.mixed): val = dof log rss + the log dets
+    loglik = -0.5 * (val + dof * (1.0 + _LOG2PI + 2.0 * np.log(st.sd[f]) - np.log(dof)) + log_r)
+    return cf.T, rho, lam, rss / dof, edf, loglik, st.blup(rho, f, cf)
+
+
+def _to_original(coef_c, mu, sd, R, c_int, T0, Tp, k):
+    """Coefficients on ``[Wfix | Z]`` in the features' units: ``Y = mu + sd Yc``, ``Q theta = Wu R^-1 theta``,
+    ``Wu c = 1``."""
+    ku = R.shape[0]
+    theta_u = sla.solve_triangular(R, coef_c[:ku], check_finite=False) * sd + np.outer(c_int, mu)
+    spline = T0 @ theta_u[k:] + Tp @ (coef_c[ku:] * sd) if T0.shape[0] else np.zeros((0, coef_c.shape[1]))
+    return np.vstack([theta_u[:k], spline])
 
 
 def fit_smooth_mixed(Y, Wfix, Z, penalties, groups, *, n_groups=None, terms=(), batch_name="batch") -> SmoothMixedFit:
@@ -306,77 +448,98 @@ def fit_smooth_mixed(Y, Wfix, Z, penalties, groups, *, n_groups=None, terms=(), 
     Y = np.asarray(Y, dtype=np.float64)
     n, p = Y.shape
     k = Wfix.shape[1]
+    g = np.asarray(groups, dtype=np.intp)
+    S = (int(g.max()) + 1 if g.size else 0) if n_groups is None else int(n_groups)
+    Zp, T0, Tp, Wu, Q, R = _design(Wfix, Z, penalties, terms, batch_name)
+    ku = Wu.shape[1]
+    if n - ku <= 0:
+        raise ConfoundingError(f"the model has {ku} unpenalized coefficients but only {n} rows.")
+    c_int = sla.solve_triangular(R, Q.T @ np.ones(n), check_finite=False)  # Wu c = 1 (intercept in the span)
+    st = _Stats(np.hstack([Q, Zp]), Y, g, S, ku)
+    grid = _lambda_grid(st)
+    log_r = 2.0 * np.log(np.abs(np.diag(R))).sum()  # log|Wu'Wu|, as mixed.py's logdet_xtx
+    coef_c = np.empty((ku + Zp.shape[1], p))
+    rho, lam, s2, edf, loglik = (np.empty(p) for _ in range(5))
+    blup_c = np.empty((S, p))
+    for start in range(0, p, _BLOCK):  # blocks of features (memory), each vectorized
+        f = np.arange(start, min(start + _BLOCK, p))
+        coef_c[:, f], rho[f], lam[f], s2[f], edf[f], loglik[f], blup_c[:, f] = _fit_features(st, f, grid, k, log_r)
+    sigma2 = s2 * st.sd**2
+    return SmoothMixedFit(coef=_to_original(coef_c, st.mu, st.sd, R, c_int, T0, Tp, k), sigma2=sigma2,
+                          tau2=rho * sigma2, smoothing=lam, edf=edf, loglik=loglik, blup=blup_c * st.sd,
+                          boundary=rho == 0.0, identified=st.identified.copy())
+
+
+def fit_smooth_mixed_observed(Y, mask, Wfix, Z, penalties, groups, *, droppable=0, n_groups=None, terms=(),
+                              batch_name="batch") -> SmoothMixedFit:
+    """:func:`fit_smooth_mixed` of every column of ``Y`` on its observed rows (``mask`` True = missing,
+    ``docs/methods.md`` §1.8).
+
+    The spline basis, its penalty directions and the unpenalized QR are those of all rows (frozen, as
+    without missing values). Features whose first ``droppable`` columns of ``Wfix`` (batch indicators) all
+    have an observed row are fitted together whatever their missing cells, from per-feature sums
+    (:class:`_MaskedStats`, in blocks of bounded memory). The others are fitted per missingness pattern on
+    their observed rows, with the indicator columns that have no observed row left out (their coefficient is
+    NaN). Returns one :class:`SmoothMixedFit` for all features, subjects coded as in the full table.
+    """
+    from .missing import missingness_patterns
+
+    Y = np.asarray(Y, dtype=np.float64)
+    n, p = Y.shape
+    k = Wfix.shape[1]
     K = Z.shape[1]
     g = np.asarray(groups, dtype=np.intp)
     S = (int(g.max()) + 1 if g.size else 0) if n_groups is None else int(n_groups)
-    if K:
-        Z0, Zp, T0, Tp = penalized.penalty_reparam(Z, penalties)
-    else:
-        Z0, Zp, T0, Tp = np.zeros((n, 0)), np.zeros((n, 0)), np.zeros((0, 0)), np.zeros((0, 0))
-    Wu = np.hstack([Wfix, Z0])
-    Q, R, full_rank = penalized._unpenalized_qr(Wu)
-    if not full_rank:
-        what = f"the linear trend of smooth term(s) {list(terms)}" if K else "the fixed-effects design"
-        raise ConfoundingError(
-            f"{what} is confounded with {batch_name!r} and the linear covariates (e.g. a covariate constant "
-            f"within each {batch_name}, or a combination of the others); its effect cannot be told apart from "
-            "the site effects. Drop it or model it differently."
-        )
-    ku = Wu.shape[1]
-    dof = float(n - ku)
-    if dof <= 0:
-        raise ConfoundingError(f"the model has {ku} unpenalized coefficients but only {n} rows.")
-    c_int = sla.solve_triangular(R, Q.T @ np.ones(n), check_finite=False)  # Wu c = 1 (intercept in the span)
-    mu = Y.mean(axis=0)
-    sd = Y.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    Yc = (Y - mu) / sd
-    M = np.hstack([Q, Zp])
-    st = _Stats(M, Yc, g, S, ku)
-    identified = bool((st.ns > 1).any())
-    r = Zp.shape[1]
-    if r:
-        d2_0 = st.ingredients(np.zeros(1), slice(0, 1))[0][:, 0]
-        pos = d2_0[d2_0 > 0]
-        grid = np.linspace(np.log(max(pos.min(), 1e-300)) - 14.0, np.log(pos.max()) + 14.0, N_LAMBDA_GRID)
-    else:
+    obs = ~mask
+    out = SmoothMixedFit(coef=np.full((k + K, p), np.nan), sigma2=np.empty(p), tau2=np.empty(p),
+                         smoothing=np.empty(p), edf=np.empty(p), loglik=np.empty(p), blup=np.zeros((S, p)),
+                         boundary=np.zeros(p, dtype=bool), identified=np.ones(p, dtype=bool))
+    full = (Wfix[:, :droppable].T @ obs > 0).all(axis=0) if droppable else np.ones(p, dtype=bool)
+    cols = np.flatnonzero(full)
+    if cols.size:
+        Zp, T0, Tp, Wu, Q, R = _design(Wfix, Z, penalties, terms, batch_name)
+        ku = Wu.shape[1]
+        M = np.hstack([Q, Zp])
+        c_int = sla.solve_triangular(R, Q.T @ np.ones(n), check_finite=False)
+        log_r = 2.0 * np.log(np.abs(np.diag(R))).sum()
+        step = max(1, int(4e6 // max(1, S * M.shape[1])))  # bounded per-subject sums (S × kk × block)
         grid = None
-    kk = ku + r
-    coef_c = np.empty((kk, p))
-    rho = np.zeros(p)
-    lam = np.full(p, np.nan)
-    edf = np.zeros(p)
-    sigma2_c = np.empty(p)
-    loglik = np.empty(p)
-    blup_c = np.empty((S, p))
-    log_r = 2.0 * np.log(np.abs(np.diag(R))).sum()  # log|Wu'Wu| / 2 ... as mixed.py's logdet_xtx
-    for start in range(0, p, _BLOCK):  # blocks of features (memory), each vectorized
-        f = slice(start, min(start + _BLOCK, p))
-        pb = f.stop - f.start
-        rho_b = _minimize_rho(st, np.arange(f.start, f.stop), dof, grid) if identified else np.zeros(pb)
-        val, lam_b = _profile(st, rho_b, f, dof, grid)
-        G, h, yy, logdet_v = st.gram(rho_b, f)
-        P = G.copy()
-        if r:
-            idx = np.arange(ku, kk)
-            P[:, idx, idx] += lam_b[:, None]
-        cf = np.linalg.solve(P, h[..., None])[..., 0]  # p × kk
-        rss = np.maximum(yy - np.einsum("pk,pk->p", h, cf), 1e-300)
-        coef_c[:, f] = cf.T
-        rho[f], lam[f] = rho_b, lam_b
-        sigma2_c[f] = rss / dof
-        if r:
-            d2, c2, r_perp, const = st.ingredients(rho_b, f)
-            edf[f] = (ku - k) + np.sum(d2 / (d2 + lam_b[None, :]), axis=0)
-        # -2 l_R at the optimum, with lme4's constants (as featharm.mixed): val holds dof log rss + the log dets
-        loglik[f] = -0.5 * (val + dof * (1.0 + _LOG2PI + 2.0 * np.log(sd[f]) - np.log(dof)) + log_r)
-        w = rho_b[None, :] / (1.0 + st.ns[:, None] * rho_b[None, :])  # S × p
-        blup_c[:, f] = w * (st.T[:, f] - st.Sx @ cf.T)
-    # back to the original columns and units: Y = mu + sd Yc, Q theta = Wu R^-1 theta, Wu c = 1
-    theta_u = sla.solve_triangular(R, coef_c[:ku], check_finite=False) * sd + np.outer(c_int, mu)
-    b = coef_c[ku:] * sd
-    spline = T0 @ theta_u[k:] + Tp @ b if K else np.zeros((0, p))
-    coef = np.vstack([theta_u[:k], spline])
-    sigma2 = sigma2_c * sd**2
-    return SmoothMixedFit(coef=coef, sigma2=sigma2, tau2=rho * sigma2, smoothing=lam, edf=edf, loglik=loglik,
-                          blup=blup_c * sd, boundary=rho == 0.0, identified=identified)
+        for start in range(0, cols.size, step):
+            f_all = cols[start:start + step]
+            st = _MaskedStats(M, Y[:, f_all], obs[:, f_all], g, S, ku)
+            if (st.dof <= 0).any():
+                j = f_all[int(np.argmax(st.dof <= 0))]
+                raise ConfoundingError(f"feature column {j} has {int(obs[:, j].sum())} observed rows for {ku} "
+                                       "unpenalized coefficients.")
+            if grid is None:
+                grid = _lambda_grid(st)
+            try:
+                cf, rho, lam, s2, edf, ll, bl = _fit_features(st, np.arange(f_all.size), grid, k, log_r)
+            except np.linalg.LinAlgError:
+                raise ConfoundingError(
+                    f"on the rows where they are observed, the design (batch, covariates and the linear trend of "
+                    f"the smooth terms) of feature column(s) {list(f_all[:5])} is rank deficient (a covariate "
+                    "constant within batches once the missing rows are left out). Drop those features or that "
+                    "covariate.") from None
+            sigma2 = s2 * st.sd**2
+            out.coef[:, f_all] = _to_original(cf, st.mu, st.sd, R, c_int, T0, Tp, k)
+            out.sigma2[f_all], out.tau2[f_all], out.smoothing[f_all] = sigma2, rho * sigma2, lam
+            out.edf[f_all], out.loglik[f_all], out.blup[:, f_all] = edf, ll, bl * st.sd
+            out.boundary[f_all], out.identified[f_all] = rho == 0.0, st.identified
+    sub = np.flatnonzero(~full)
+    if sub.size:
+        first, inverse = missingness_patterns(mask[:, sub])
+        for u, col in enumerate(first):  # a batch without observed rows: that pattern's own design
+            feats = sub[inverse == u]
+            rows = obs[:, sub[col]]
+            keep = np.ones(k, dtype=bool)
+            keep[:droppable] = Wfix[rows][:, :droppable].any(axis=0)
+            fit = fit_smooth_mixed(Y[rows][:, feats], Wfix[rows][:, keep], Z[rows], penalties, g[rows], n_groups=S,
+                                   terms=terms, batch_name=batch_name)
+            kk = int(keep.sum())
+            out.coef[np.ix_(np.flatnonzero(keep), feats)] = fit.coef[:kk]
+            out.coef[k:, feats] = fit.coef[kk:]
+            for name in ("sigma2", "tau2", "smoothing", "edf", "loglik", "boundary", "identified"):
+                getattr(out, name)[feats] = getattr(fit, name)
+            out.blup[:, feats] = fit.blup
+    return out

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from .._core import smooth_mixed
-from .._core.missing import missingness_patterns
 from .._core.splines import SplineBasis
 from .._validation import check_integer, check_option
 from ..exceptions import FormulaError, InputError, SingleScanWarning, warn
@@ -261,36 +260,15 @@ class LongComBatGAM(LongComBat):
         return self._to_mixed(fit)
 
     def _mixed_fit_observed(self, Y, W, g, mask, droppable: int, t) -> MixedFit:
-        """Each missingness pattern's features fitted together on their observed rows (§1.8); a batch
-        indicator without an observed row is left out of that pattern's design (its coefficient NaN)."""
-        n, p = Y.shape
+        """Each feature on its observed rows (§1.8; :func:`featharm._core.smooth_mixed.fit_smooth_mixed_observed`:
+        features fitted together from per-feature sums; a batch indicator without an observed row is left out
+        of that feature's design, its coefficient NaN)."""
         Wfix, Z = self._split(W)
-        k = Wfix.shape[1]
-        S = int(g.max()) + 1
-        beta = np.full((W.shape[1], p), np.nan)
-        sigma2, tau2, loglik = np.empty(p), np.empty(p), np.empty(p)
-        lam, edf = np.empty(p), np.empty(p)
-        blup = np.zeros((S, 1, p))
-        boundary = np.zeros(p, dtype=bool)
-        first, inverse = missingness_patterns(mask)
-        terms = [b.name for b in self._bases]
-        for u, col in enumerate(first):  # one vectorized fit per pattern (features missing on the same rows)
-            feats = np.flatnonzero(inverse == u)
-            rows = ~mask[:, col]
-            cols = np.ones(k, dtype=bool)
-            cols[:droppable] = Wfix[rows][:, :droppable].any(axis=0)
-            fit = smooth_mixed.fit_smooth_mixed(Y[rows][:, feats], Wfix[rows][:, cols], Z[rows], self._penalties,
-                                                g[rows], terms=terms, batch_name=str(self.batch), n_groups=S)
-            kk = int(cols.sum())
-            beta[np.ix_(np.flatnonzero(cols), feats)] = fit.coef[:kk]
-            beta[k:, feats] = fit.coef[kk:]
-            sigma2[feats], tau2[feats], loglik[feats] = fit.sigma2, fit.tau2, fit.loglik
-            lam[feats], edf[feats] = fit.smoothing, fit.edf
-            blup[:, 0, feats] = fit.blup
-            boundary[feats] = fit.boundary & fit.identified
-        self._smooth_parts["observed"] = (lam, edf)
-        return MixedFit(beta=beta, sigma2=sigma2, ranef_cov=tau2[:, None, None], loglik=loglik, blup=blup,
-                        boundary=boundary, reml=True)
+        fit = smooth_mixed.fit_smooth_mixed_observed(Y, mask, Wfix, Z, self._penalties, g, droppable=droppable,
+                                                     n_groups=int(g.max()) + 1, terms=[b.name for b in self._bases],
+                                                     batch_name=str(self.batch))
+        self._smooth_parts["observed"] = (fit.smoothing, fit.edf)
+        return self._to_mixed(fit)
 
     # ------------------------------------------------------------------------------ applying
     def _preserved_design(self, prep) -> np.ndarray:

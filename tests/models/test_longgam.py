@@ -60,22 +60,50 @@ def _core_inputs(sim):
     return sim.X.to_numpy(), Wfix, Z, [basis.penalty()], g
 
 
-def test_profile_derivative_matches_finite_differences(life):
-    Y, Wfix, Z, pen, g = _core_inputs(life)
+def _stats(Y, Wfix, Z, pen, g, mask=None):
     Z0, Zp, _, _ = penalized.penalty_reparam(Z, pen)
     Wu = np.hstack([Wfix, Z0])
     Q, _, _ = penalized._unpenalized_qr(Wu)
-    Yc = (Y - Y.mean(0)) / Y.std(0)
-    st = smooth_mixed._Stats(np.hstack([Q, Zp]), Yc, g, g.max() + 1, Wu.shape[1])
-    dof = len(Y) - Wu.shape[1]
+    M = np.hstack([Q, Zp])
+    if mask is None:
+        return smooth_mixed._Stats(M, Y, g, g.max() + 1, Wu.shape[1])
+    return smooth_mixed._MaskedStats(M, Y, ~mask, g, g.max() + 1, Wu.shape[1])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_profile_derivative_matches_finite_differences(life, masked):
+    Y, Wfix, Z, pen, g = _core_inputs(life)
+    mask = np.random.default_rng(3).random(Y.shape) < 0.1 if masked else None
+    st = _stats(Y, Wfix, Z, pen, g, mask)
     grid = np.linspace(-10, 30, 97)
-    f = slice(0, Y.shape[1])
+    f = np.arange(Y.shape[1])
     for t in (-2.0, 0.0, 1.5):
         rho, e = np.full(Y.shape[1], np.exp(t)), 1e-5
-        num = (smooth_mixed._profile(st, rho * np.exp(e), f, dof, grid)[0]
-               - smooth_mixed._profile(st, rho * np.exp(-e), f, dof, grid)[0]) / (2 * e)
-        ana = smooth_mixed._slope_log_rho(st, rho, f, dof, grid)
+        num = (smooth_mixed._profile(st, rho * np.exp(e), f, grid)[0]
+               - smooth_mixed._profile(st, rho * np.exp(-e), f, grid)[0]) / (2 * e)
+        ana = smooth_mixed._slope_log_rho(st, rho, f, grid)
         np.testing.assert_allclose(ana, num, rtol=1e-6, atol=1e-6)
+
+
+def test_masked_statistics_equal_the_fit_on_observed_rows(life):
+    """The per-feature sums of the missing-value path give each feature the fit of its observed rows alone
+    (the same REML optimum: only the frozen design's parametrization differs)."""
+    Y, Wfix, Z, pen, g = _core_inputs(life)
+    mask = np.random.default_rng(4).random(Y.shape) < 0.1
+    fit = smooth_mixed.fit_smooth_mixed_observed(Y, mask, Wfix, Z, pen, g, droppable=4)
+    interior = 0
+    for j in range(Y.shape[1]):
+        rows = ~mask[:, j]
+        ref = smooth_mixed.fit_smooth_mixed(Y[rows][:, [j]], Wfix[rows], Z[rows], pen, g[rows], n_groups=g.max() + 1)
+        for name in ("coef", "sigma2", "tau2", "edf", "blup", "loglik"):
+            np.testing.assert_allclose(getattr(fit, name)[..., j], getattr(ref, name)[..., 0], rtol=1e-6,
+                                       atol=1e-9, err_msg=name)
+        if ref.smoothing[0] < 1e8:  # an interior REML minimum (else a linear fit at either grid's end)
+            interior += 1
+            np.testing.assert_allclose(fit.smoothing[j], ref.smoothing[0], rtol=1e-7)
+        else:
+            assert fit.smoothing[j] > 1e9
+    assert interior >= 3
 
 
 def test_reml_optimum_is_stationary_and_beats_neighbours(life):
@@ -84,18 +112,13 @@ def test_reml_optimum_is_stationary_and_beats_neighbours(life):
     fit = smooth_mixed.fit_smooth_mixed(Y, Wfix, Z, pen, g)
     rho = fit.tau2 / fit.sigma2
     assert (rho > 0.5).all() and np.isfinite(fit.loglik).all()
-    Z0, Zp, _, _ = penalized.penalty_reparam(Z, pen)
-    Wu = np.hstack([Wfix, Z0])
-    Q, _, _ = penalized._unpenalized_qr(Wu)
-    Yc = (Y - Y.mean(0)) / Y.std(0)
-    st = smooth_mixed._Stats(np.hstack([Q, Zp]), Yc, g, g.max() + 1, Wu.shape[1])
-    dof = len(Y) - Wu.shape[1]
+    st = _stats(Y, Wfix, Z, pen, g)
     grid = np.linspace(-10, 30, 97)
-    f = slice(0, Y.shape[1])
-    best = smooth_mixed._profile(st, rho, f, dof, grid)[0]
+    f = np.arange(Y.shape[1])
+    best = smooth_mixed._profile(st, rho, f, grid)[0]
     for step in (np.exp(0.01), np.exp(-0.01)):
-        assert (smooth_mixed._profile(st, rho * step, f, dof, grid)[0] > best).all()
-    assert np.abs(smooth_mixed._slope_log_rho(st, rho, f, dof, grid)).max() < 1e-6
+        assert (smooth_mixed._profile(st, rho * step, f, grid)[0] > best).all()
+    assert np.abs(smooth_mixed._slope_log_rho(st, rho, f, grid)).max() < 1e-6
 
 
 def test_features_fitted_together_equal_each_alone(life):
@@ -340,3 +363,22 @@ def test_single_scan_subjects_are_allowed_but_warned(life):
     with pytest.warns(SingleScanWarning, match="single scan"):
         hm = LongComBatGAM(subject="subject", formula="sex", smooth="age").fit(sim.X, sim.covariates)
     assert (hm.ranef_var_ > 0).all()
+
+
+def test_scattered_missing_cells_close_to_complete_fit(life):
+    """5 % of the cells missing at random (every feature its own pattern, fitted together from per-feature
+    sums): NaN in, NaN out, and about as close to the truth as the complete-data fit."""
+    X, cov = life.X, life.covariates
+    mask = np.random.default_rng(7).random(X.shape) < 0.05
+    Xn = X.mask(mask)
+    out = quiet(LongComBatGAM(subject="subject", formula="sex", smooth="age").fit_transform, Xn, cov)
+    full = quiet(LongComBatGAM(subject="subject", formula="sex", smooth="age").fit_transform, X, cov)
+    assert np.array_equal(np.isnan(out.to_numpy()), mask)
+    obs = ~mask
+
+    def rmse(Y):
+        return float(np.sqrt(np.mean((((Y.to_numpy() - life.truth.to_numpy()) / life.sigma)[obs]) ** 2)))
+
+    assert rmse(out) < 1.1 * rmse(full)
+    diff = np.sqrt(np.mean((((out.to_numpy() - full.to_numpy()) / life.sigma)[obs]) ** 2))
+    assert diff < 0.05
