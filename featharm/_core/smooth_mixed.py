@@ -24,11 +24,13 @@ with ``c`` the coordinates of ``y`` on those directions: a closed form in ``lam`
 is fixed, the criterion of :func:`featharm._core.penalized.criterion` plus two terms that depend on ``rho`` only.
 
 *Optimization.* ``rho`` is profiled: for each feature, ``f(rho) = min_lam -2 l_R(rho, lam)``. The inner
-minimum over ``log lam`` is located on a grid and pinned down by 60 bisections of the criterion's derivative
-(as the cross-sectional GAM does); the outer one over ``log rho`` by a grid (step 0.5 on [-12, 12]), then 48
-golden-section steps in the bracketing grid cell (width 1 -> 0.618^48 = 1e-10 on ``log rho``), then the
-boundary ``rho = 0`` (a singular fit) is taken when it is no worse. Every step is vectorized over features
-(each feature has its own ``rho`` and ``lam``; only the grid points are looped over). When every subject has a
+minimum over ``log lam`` is located on a grid (all points at once) and pinned down by Newton's method on the
+criterion's derivative, safeguarded by the bracketing grid cells; the outer one over ``log rho`` by a grid
+(step 0.5 on [-12, 12], all grid points of all features in one call), then the root of the profile's
+analytic derivative (:func:`_slope_log_rho`) by regula falsi (Illinois) in the bracketing cells; the
+boundary ``rho = 0`` (a singular fit) is taken when it is no worse. Both refinements work on derivatives,
+so the estimates are fixed to rounding. Every step is vectorized over features (each feature has its own
+``rho`` and ``lam``; only grid points and iterations are looped over). When every subject has a
 single scan ``rho`` is not identified (only ``sigma2 (1 + rho)`` is): it is set to 0, and the fit is the
 cross-sectional penalized spline of :func:`featharm._core.penalized.fit_penalized` with REML.
 """
@@ -333,8 +335,8 @@ def _minimize_rho(st: _Stats, f: np.ndarray, grid) -> np.ndarray:
                            for i in range(0, rho_all.size, _GRID_CHUNK)]).reshape(G, p)
     zero = _profile(st, np.zeros(p), f, grid)[0]
     best = vals.argmin(axis=0)
-    a = LOG_RHO_GRID[np.maximum(best - 1, 0)]
-    b = LOG_RHO_GRID[np.minimum(best + 1, G - 1)]
+    a = LOG_RHO_GRID[np.maximum(best - 1, 0)].copy()
+    b = LOG_RHO_GRID[np.minimum(best + 1, G - 1)].copy()
 
     def slope(t):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -342,17 +344,21 @@ def _minimize_rho(st: _Stats, f: np.ndarray, grid) -> np.ndarray:
 
     fa, fb = slope(a), slope(b)
     bracketed = (fa < 0) & (fb > 0)
-    fa, fb = np.where(bracketed, fa, -1.0), np.where(bracketed, fb, 1.0)
+    active = bracketed.copy()  # a feature stops when its bracket is below 1e-12 (independent of the others)
     for _ in range(RHO_STEPS):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = b - fb * (b - a) / (fb - fa)
-        c = np.where(np.isfinite(c), c, 0.5 * (a + b))
-        fc = slope(c)
-        swap = fc * fb < 0  # the root is between b and c: the old b is the other end
-        a, fa = np.where(swap, b, a), np.where(swap, fb, 0.5 * fa)  # Illinois: else halve the kept end's value
-        b, fb = c, fc
-        if (np.abs(b - a) < 1e-12).all():
+        if not active.any():
             break
+        i = np.flatnonzero(active)
+        a_i, b_i, fa_i, fb_i = a[i], b[i], fa[i], fb[i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = b_i - fb_i * (b_i - a_i) / (fb_i - fa_i)
+        c = np.where(np.isfinite(c), c, 0.5 * (a_i + b_i))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            fc = _slope_log_rho(st, np.exp(c), f[i], grid)
+        swap = fc * fb_i < 0  # the root is between b and c: the old b is the other end
+        a[i], fa[i] = np.where(swap, b_i, a_i), np.where(swap, fb_i, 0.5 * fa_i)  # Illinois: else halve fa
+        b[i], fb[i] = c, fc
+        active[i] = (np.abs(b[i] - a[i]) >= 1e-12) & (fc != 0)
     t = np.where(bracketed, b, LOG_RHO_GRID[best])
     rho = np.exp(t)
     f_t = _profile(st, rho, f, grid)[0]
@@ -378,12 +384,16 @@ def _design(Wfix, Z, penalties, terms, batch_name):
     return Zp, T0, Tp, Wu, Q, R
 
 
-def _lambda_grid(st: _Stats):
-    """The log-lambda grid: 14 e-folds beyond the spline directions' eigenvalues at ``rho = 0``."""
-    if not st.r:
+def _lambda_grid(M: np.ndarray, ku: int):
+    """The log-lambda grid: 14 e-folds beyond the eigenvalues of the spline directions projected off the
+    unpenalized ones on all rows at ``rho = 0`` (the design only: the same grid for every feature)."""
+    r = M.shape[1] - ku
+    if not r:
         return None
-    d2_0 = st.ingredients(np.zeros(1), np.array([0]))[0][:, 0]
-    pos = d2_0[d2_0 > 0]
+    G = M.T @ M
+    Gpp = G[ku:, ku:] - G[ku:, :ku] @ np.linalg.solve(G[:ku, :ku], G[:ku, ku:])
+    d2_0 = np.linalg.eigvalsh(0.5 * (Gpp + Gpp.T))
+    pos = d2_0[d2_0 > 1e-12 * max(d2_0.max(), 1e-300)]
     return np.linspace(np.log(max(pos.min(), 1e-300)) - 14.0, np.log(pos.max()) + 14.0, N_LAMBDA_GRID)
 
 
@@ -455,8 +465,9 @@ def fit_smooth_mixed(Y, Wfix, Z, penalties, groups, *, n_groups=None, terms=(), 
     if n - ku <= 0:
         raise ConfoundingError(f"the model has {ku} unpenalized coefficients but only {n} rows.")
     c_int = sla.solve_triangular(R, Q.T @ np.ones(n), check_finite=False)  # Wu c = 1 (intercept in the span)
-    st = _Stats(np.hstack([Q, Zp]), Y, g, S, ku)
-    grid = _lambda_grid(st)
+    M = np.hstack([Q, Zp])
+    st = _Stats(M, Y, g, S, ku)
+    grid = _lambda_grid(M, ku)
     log_r = 2.0 * np.log(np.abs(np.diag(R))).sum()  # log|Wu'Wu|, as mixed.py's logdet_xtx
     coef_c = np.empty((ku + Zp.shape[1], p))
     rho, lam, s2, edf, loglik = (np.empty(p) for _ in range(5))
@@ -503,7 +514,7 @@ def fit_smooth_mixed_observed(Y, mask, Wfix, Z, penalties, groups, *, droppable=
         c_int = sla.solve_triangular(R, Q.T @ np.ones(n), check_finite=False)
         log_r = 2.0 * np.log(np.abs(np.diag(R))).sum()
         step = max(1, int(4e6 // max(1, S * M.shape[1])))  # bounded per-subject sums (S × kk × block)
-        grid = None
+        grid = _lambda_grid(M, ku)
         for start in range(0, cols.size, step):
             f_all = cols[start:start + step]
             st = _MaskedStats(M, Y[:, f_all], obs[:, f_all], g, S, ku)
@@ -511,8 +522,6 @@ def fit_smooth_mixed_observed(Y, mask, Wfix, Z, penalties, groups, *, droppable=
                 j = f_all[int(np.argmax(st.dof <= 0))]
                 raise ConfoundingError(f"feature column {j} has {int(obs[:, j].sum())} observed rows for {ku} "
                                        "unpenalized coefficients.")
-            if grid is None:
-                grid = _lambda_grid(st)
             try:
                 cf, rho, lam, s2, edf, ll, bl = _fit_features(st, np.arange(f_all.size), grid, k, log_r)
             except np.linalg.LinAlgError:

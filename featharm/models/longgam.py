@@ -112,8 +112,9 @@ class LongComBatGAM(LongComBat):
     *New data* (``transform``), *new sites* (``new_sites="estimate"``) and *missing values* (NaN cells) are
     handled as by :class:`~featharm.LongComBat`, with the fitted curves kept in the preserved part. A scan of a
     known subject keeps its BLUP; a new subject is harmonized at the population level. With NaN cells each
-    feature's model, both variance ratios included, is fitted on its observed scans, features missing on the
-    same scans together (one vectorized fit per missingness pattern); the spline basis is frozen from all scans.
+    feature's model, both variance ratios included, is fitted on its observed scans, all features together from
+    per-feature sums (per missingness pattern only where a batch has no observed scan of the feature); the
+    spline basis is frozen from all scans. A feature without NaN keeps its complete-data fit.
     Smooth covariates outside the fitted range are refused or extrapolated as by ComBatGAM. No random slope.
 
     References
