@@ -386,3 +386,17 @@ def test_scattered_missing_cells_close_to_complete_fit(life):
     assert rmse(out) < 1.1 * rmse(full)
     diff = np.sqrt(np.mean((((out.to_numpy() - full.to_numpy()) / life.sigma)[obs]) ** 2))
     assert diff < 0.05
+
+
+def test_row_order_does_not_matter(life, fitted):
+    """The REML estimates are roots of derivatives, fixed to rounding: a fit on the rows in another order
+    gives the same variance ratios and output (to 1e-9)."""
+    hm, Xh = fitted
+    rows = np.random.default_rng(11).permutation(len(life.X))
+    hm2 = quiet(LongComBatGAM(subject="subject", formula="sex", smooth="age").fit, life.X.iloc[rows],
+                life.covariates.iloc[rows])
+    interior = (hm.lambda_ < 1e8).to_numpy()
+    np.testing.assert_allclose(hm2.lambda_[interior], hm.lambda_[interior], rtol=1e-8)
+    np.testing.assert_allclose(hm2.ranef_var_, hm.ranef_var_, rtol=1e-8)
+    np.testing.assert_allclose(hm2.transform(life.X, life.covariates).to_numpy(), Xh.to_numpy(), rtol=0,
+                               atol=1e-9 * life.sigma)
