@@ -20,6 +20,7 @@ _LAZY_NAMES = {
     "load_model": "models", "save_model": "models",
     "set_scheduler": "_dask", "get_scheduler": "_dask",
     "TravelingSubjects": "models",
+    "LongComBatGAM": "models",
 }
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "plots",
     "report",
     "mixed",
+    "LongComBatGAM",
 ]
 
 

@@ -278,7 +278,7 @@ class ComBatGAM(BaseHarmonizer):
         elif isinstance(smooth, (list, tuple)) and all(isinstance(s, str) for s in smooth):
             terms = list(smooth)
         else:
-            raise InputError(f"The 'smooth' parameter of ComBatGAM must be a column name or a list of column "
+            raise InputError(f"The 'smooth' parameter of {self._owner()} must be a column name or a list of column "
                              f"names, e.g. ['age']. Got {smooth!r} instead.")
         parsed = parse_formula(self.formula)  # featharm's grammar: s(column) is a smooth term
         for t in parsed.terms:

@@ -52,7 +52,8 @@ SAMPLES = {
 }
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
-          "--random-slope": ["--time"], "traveling": list(REQUIRED["traveling"])}
+          "--random-slope": ["--time"], "traveling": list(REQUIRED["traveling"]),
+          "longgam": list(REQUIRED["longgam"])}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
              "--quiet", "--missing", "--float-format", "--include", "--scheduler"}
@@ -97,7 +98,7 @@ def _harmonize(table, out_dir, method, *words, flag=None):
 
 # ---------------------------------------------------------------------------------------------- the tables
 def test_the_tables_cover_every_option_and_method():
-    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls", "traveling"}
+    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls", "traveling", "longgam"}
     assert set(SAMPLES) == set(_BY_FLAG), "give every option of OPTIONS a sample value in SAMPLES"
     assert len({o.dest for o in OPTIONS}) == len(OPTIONS)
     for opt in OPTIONS:  # every option sets a parameter some estimator has

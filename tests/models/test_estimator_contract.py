@@ -41,6 +41,7 @@ FAMILIES = {
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex", scale_formula="age")),
     # fitted on the subjects scanned at several sites; age changes between a subject's scans
     "TravelingSubjects": (fh.TravelingSubjects, dict(subject="subject", formula="age")),
+    "LongComBatGAM": (fh.LongComBatGAM, dict(subject="subject", time="time", formula="sex", smooth=["age"])),
 }
 
 # One invalid value of EVERY constructor parameter: the shared ones, then each family's own (the test below
@@ -59,6 +60,8 @@ _FAMILY_BAD = {
     "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
     "TravelingSubjects": dict(subject=7, scale="no"),
+    "LongComBatGAM": dict(subject=7, time=1.5, smooth=5, df=3, smooth_bounds=[0, 1], extrapolate="cubic",
+                          standardize="z", n_iter=-1),
 }
 
 
@@ -390,6 +393,8 @@ NON_DEFAULT = {
     "CovBat": dict(n_components=2, score_eb=True, std_var=False),
     "ComBatLS": dict(ref_batch="site03", eb=False, fit_tol=1e-6),
     "TravelingSubjects": dict(ref_batch="site02", scale=True),
+    "LongComBatGAM": dict(smooth_bounds={"age": (0, 120)}, extrapolate="linear", df=8, standardize="marginal",
+                          eb=False, n_iter=10),
 }
 
 
@@ -443,7 +448,8 @@ def test_docstring_documents_every_parameter(name):
     assert [a for a in attributes(name) if a not in documented_attributes] == []
 
 
-@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal", "traveling"])
+@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal", "traveling",
+                                    "longgam"])
 def test_model_docstring_examples_run(module):
     """The Examples sections run as doctests: on the bundled IXI data, LongComBat's on simulated repeated
     scans (IXI is cross-sectional)."""
