@@ -111,7 +111,7 @@ def feature_groups(columns) -> dict[str, str]:
     return {str(c): measure_of(c) for c in columns}
 
 
-def check_feature_groups(groups, features, source: str = "the feature groups") -> dict[str, str]:
+def check_feature_groups(groups, features, source: str = "the feature-group mapping") -> dict[str, str]:
     """``groups`` (a mapping or Series feature -> group name) checked against ``features``: every feature has
     a group (a non-empty string) and every name in ``groups`` is a feature. Returns ``{feature: group}``.
 
@@ -120,7 +120,7 @@ def check_feature_groups(groups, features, source: str = "the feature groups") -
     if isinstance(groups, pd.Series):
         if groups.index.has_duplicates:
             dup = groups.index[groups.index.duplicated()].unique()
-            raise FeatureGroupError(f"{source} list feature(s) {fmt_list([str(d) for d in dup], 5)} more than "
+            raise FeatureGroupError(f"{source} lists feature(s) {fmt_list([str(d) for d in dup], 5)} more than "
                                     "once; give each feature one group.")
         groups = groups.to_dict()
     if not isinstance(groups, Mapping):
@@ -129,17 +129,17 @@ def check_feature_groups(groups, features, source: str = "the feature groups") -
     out = {str(k): v for k, v in groups.items()}
     bad = [k for k, v in out.items() if not isinstance(v, str) or not v.strip()]
     if bad:
-        raise FeatureGroupError(f"{source} give feature(s) {fmt_list(bad, 5)} no group name (each group must be "
+        raise FeatureGroupError(f"{source} gives feature(s) {fmt_list(bad, 5)} no group name (each group must be "
                                 "a non-empty string such as 'thickness').")
     names = [str(f) for f in features]
     have = set(names)
     missing = [f for f in names if f not in out]
     unknown = [k for k in out if k not in have]
     if missing:
-        raise FeatureGroupError(f"{source} give no group to {len(missing)} feature(s): {fmt_list(missing, 5)}; "
+        raise FeatureGroupError(f"{source} gives no group to {len(missing)} feature(s): {fmt_list(missing, 5)}; "
                                 "list every feature (e.g. with the group 'other').")
     if unknown:
-        raise FeatureGroupError(f"{source} name {len(unknown)} column(s) that are not features of this table: "
+        raise FeatureGroupError(f"{source} names {len(unknown)} column(s) that are not features of this table: "
                                 f"{fmt_list(unknown, 5)}; remove them, or check their spelling.")
     return {f: out[f].strip() for f in names}
 
