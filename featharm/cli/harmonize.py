@@ -106,6 +106,9 @@ OPTIONS: tuple[Option, ...] = (
            "--percent-var)", ("covbat",), argparse_kw=dict(type=int, metavar="K")),
     Option("--scale-formula", "scale_formula", 'covariates of the log-SD, e.g. "age + sex" (default: constant '
            "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
+    Option("--priors", "priors", "empirical-Bayes priors: 'group' = one per site and measure (thickness, area, "
+           "volume ... from the feature names, or --feature-groups FILE; the default) or 'pool' = one per site "
+           "across all features (sva/neuroCombat)", argparse_kw=dict(choices=["group", "pool"])),
     Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
            "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )
@@ -174,6 +177,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="feature columns (globs such as '*_thickness'); default: every other numeric column "
                         "except QC and global columns (see --include)")
     add_include_option(h)
+    h.add_argument("--feature-groups", metavar="FILE",
+                   help="CSV/TSV with the columns 'feature' and 'group' (one row per feature): the measure groups "
+                        "whose features share empirical-Bayes priors, instead of those read from the names")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     add_missing_option(h)
@@ -192,11 +198,13 @@ def cmd_harmonize(args) -> int:
     from ._store import harmonize_store, store_input
 
     if store_input(args):  # a Zarr feature store: out of core, into a store
+        check_feature_groups_option(args)
         return harmonize_store(args, build_model(args))
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
                Output("report", "--report", args.report, size=1 * MB)]
     model = build_model(args)  # an option that does not apply: refused before anything is read or staged
+    check_feature_groups_option(args)
     with stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
         not_features = [args.batch, args.id, *option_columns(args)]
         source, cov = load_source(args, possible_features(args, not_features))
@@ -205,6 +213,7 @@ def cmd_harmonize(args) -> int:
         used = formula_columns(args.formula, cov)
         feats = choose_features(args, data, [*not_features, *used], source.measures)
         n_missing = check_missing(args, data, feats)
+        set_feature_groups(args, model, feats)
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
         if args.save_model:
@@ -222,5 +231,34 @@ def cmd_harmonize(args) -> int:
               f"batches with {type(model).__name__} -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
               + (f"; report -> {args.report}" if args.report else "")
-              + summary)
+              + summary + "; " + priors_summary(model))
     return 0
+
+
+def check_feature_groups_option(args) -> None:
+    """``--feature-groups`` goes with per-group priors only (checked before anything is read)."""
+    if getattr(args, "feature_groups", None) and getattr(args, "priors", None) == "pool":
+        from ..exceptions import InputError
+
+        raise InputError("--feature-groups gives the measure groups of --priors group; it does not go with "
+                         "--priors pool (one prior across all features). Drop one of them.")
+
+
+def set_feature_groups(args, model, feats) -> None:
+    """``--feature-groups FILE``: the model's priors per the groups of the file, checked against the features."""
+    path = getattr(args, "feature_groups", None)
+    if not path:
+        return
+    from ..io.groups import read_feature_groups
+
+    model.set_params(priors=read_feature_groups(path, [str(f) for f in feats]))
+
+
+def priors_summary(model) -> str:
+    """The summary line's words about the empirical-Bayes priors: the groups and their feature counts."""
+    groups = getattr(model, "feature_groups_", None)
+    if groups is None:
+        return "one empirical-Bayes prior across all features"
+    counts = groups.value_counts(sort=False)
+    shown = ", ".join(f"{g} ({int(n)})" for g, n in counts.items())
+    return f"empirical-Bayes priors per measure group: {shown}"

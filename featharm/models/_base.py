@@ -1280,6 +1280,16 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     names = [str(f) for f in model.feature_names_in_]
     facts.append(("features", f"{len(names)}: {', '.join(names[:n_names])}"
                               + (f" ... (+{len(names) - n_names} more)" if len(names) > n_names else "")))
+    if hasattr(model, "priors_"):
+        groups = getattr(model, "feature_groups_", None)
+        if groups is None:
+            facts.append(("priors", "one empirical-Bayes prior per site across all features"))
+        else:
+            pooled = [g for g, flag in zip(model._groups["names"], model._groups["pooled"]) if flag]
+            counts = ", ".join(f"{g} ({int(n)})" for g, n in groups.value_counts(sort=False).items())
+            facts.append(("priors", f"per site and measure group: {counts}"
+                          + (f"; on the prior pooled across all features (too few features): {', '.join(pooled)}"
+                             if pooled and groups.nunique() > 1 else "")))
     n_obs = getattr(model, "n_obs_", None)
     if n_obs is not None and sizes is not None:
         lacking = sizes.to_numpy()[:, None] - n_obs.to_numpy()

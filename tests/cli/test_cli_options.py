@@ -48,13 +48,15 @@ SAMPLES = {
     "--scale-formula": (["--scale-formula", "age"], "age"),
     "--missing-covariates": (["--missing-covariates", "exclude"], "exclude"),
     "--n-jobs": (["--n-jobs", "1"], 1),
+    "--priors": (["--priors", "pool"], "pool"),
 }
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
           "--random-slope": ["--time"]}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
-             "--quiet", "--missing", "--float-format", "--include", "--scheduler"}
+             "--quiet", "--missing", "--float-format", "--include", "--scheduler",
+             "--feature-groups"}  # --feature-groups FILE: a priors mapping read once the features are known
 
 
 def _params(method) -> set:
