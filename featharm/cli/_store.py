@@ -57,7 +57,7 @@ def _check_options(args, command: str) -> None:
     if not args.covariates or not args.id:
         raise InputError("a feature store holds no covariates: pass --covariates FILE and --id COL (the column of "
                          "FILE holding the store's subject ids).")
-    for flag, attr in (("--report", "report"), ("--include", "include")):
+    for flag, attr in (("--report", "report"), ("--include", "include"), ("--abcd-event", "abcd_event")):
         if getattr(args, attr, None):
             raise InputError(f"{flag} does not apply to a feature store (DATA.zarr); leave it out.")
     if getattr(args, "missing", "allow") == "error":

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._common import DATA_HELP, KB, MB, add_data_options, add_include_option, add_missing_option
+from ._common import DATA_HELP, KB, MB, add_abcd_event_option, add_data_options, add_include_option, add_missing_option
 
 # --method NAME -> the estimator's class, by name in featharm.models (imported only to build the model).
 METHODS: dict[str, str] = {
@@ -184,6 +184,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     add_missing_option(h)
     add_data_options(h)
+    add_abcd_event_option(h)
     h.set_defaults(func=cmd_harmonize)
     return h
 

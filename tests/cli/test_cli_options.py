@@ -56,7 +56,7 @@ NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "g
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
              "--quiet", "--missing", "--float-format", "--include", "--scheduler",
-             "--feature-groups"}  # --feature-groups FILE: a priors mapping read once the features are known
+             "--feature-groups", "--abcd-event"}  # --feature-groups FILE: a priors mapping read once the features are known
 
 
 def _params(method) -> set:
