@@ -548,3 +548,33 @@ def output_table(source, harmonized: pd.DataFrame, out, float_format: str = "sho
     from ..io.tables import source_chunks
 
     return source_chunks(source, harmonized, out, float_format, release=release)
+
+
+# --------------------------------------------------------------------------------------------- priors
+def check_feature_groups_option(args) -> None:
+    """``--feature-groups`` goes with per-group priors only (checked before anything is read)."""
+    if getattr(args, "feature_groups", None) and getattr(args, "priors", None) == "pool":
+        from ..exceptions import InputError
+
+        raise InputError("--feature-groups gives the measure groups of --priors group; it does not go with "
+                         "--priors pool (one prior across all features). Drop one of them.")
+
+
+def set_feature_groups(args, model, feats) -> None:
+    """``--feature-groups FILE``: the model's priors per the groups of the file, checked against the features."""
+    path = getattr(args, "feature_groups", None)
+    if not path:
+        return
+    from ..io.groups import read_feature_groups
+
+    model.set_params(priors=read_feature_groups(path, [str(f) for f in feats]))
+
+
+def priors_summary(model) -> str:
+    """The summary line's words about the empirical-Bayes priors: the groups and their feature counts."""
+    groups = getattr(model, "feature_groups_", None)
+    if groups is None:
+        return "one empirical-Bayes prior across all features"
+    counts = groups.value_counts(sort=False)
+    shown = ", ".join(f"{g} ({int(n)})" for g, n in counts.items())
+    return f"empirical-Bayes priors per measure group: {shown}"

@@ -126,7 +126,7 @@ def harmonize_store(args, model) -> int:
     _check_options(args, "harmonize")
     store, cov = _open(args)
     store = _select(args, store)
-    from .harmonize import priors_summary, set_feature_groups
+    from ._common import priors_summary, set_feature_groups
 
     set_feature_groups(args, model, list(store.features))
     with scheduler_option(args), stage(args, _outputs(args, store, args.save_model)) as staged:

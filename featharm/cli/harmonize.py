@@ -192,9 +192,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, check_missing, choose_features, file_size, formula_columns, load_source,
-                          missing_summary, output_table, possible_features, report_inputs, report_parameters,
-                          stage)
+    from ._common import (check_batch, check_feature_groups_option, check_missing, choose_features, file_size,
+                          formula_columns, load_source, missing_summary, output_table, possible_features,
+                          priors_summary, report_inputs, report_parameters, set_feature_groups, stage)
 
     from ._store import harmonize_store, store_input
 
@@ -234,32 +234,3 @@ def cmd_harmonize(args) -> int:
               + (f"; report -> {args.report}" if args.report else "")
               + summary + "; " + priors_summary(model))
     return 0
-
-
-def check_feature_groups_option(args) -> None:
-    """``--feature-groups`` goes with per-group priors only (checked before anything is read)."""
-    if getattr(args, "feature_groups", None) and getattr(args, "priors", None) == "pool":
-        from ..exceptions import InputError
-
-        raise InputError("--feature-groups gives the measure groups of --priors group; it does not go with "
-                         "--priors pool (one prior across all features). Drop one of them.")
-
-
-def set_feature_groups(args, model, feats) -> None:
-    """``--feature-groups FILE``: the model's priors per the groups of the file, checked against the features."""
-    path = getattr(args, "feature_groups", None)
-    if not path:
-        return
-    from ..io.groups import read_feature_groups
-
-    model.set_params(priors=read_feature_groups(path, [str(f) for f in feats]))
-
-
-def priors_summary(model) -> str:
-    """The summary line's words about the empirical-Bayes priors: the groups and their feature counts."""
-    groups = getattr(model, "feature_groups_", None)
-    if groups is None:
-        return "one empirical-Bayes prior across all features"
-    counts = groups.value_counts(sort=False)
-    shown = ", ".join(f"{g} ({int(n)})" for g, n in counts.items())
-    return f"empirical-Bayes priors per measure group: {shown}"

@@ -1,5 +1,5 @@
 """Which measure each feature is (thickness, area, volume ...): the groups of features whose site effects share
-one empirical-Bayes prior (``docs/methods.md``, "Priors per measure group"; ``methods.md`` S6).
+one empirical-Bayes prior (``docs/methods.md`` §1.10 and S6).
 
 ComBat's priors are moments of the standardized site effects *across features*; features of different
 measures (cortical thickness, surface area, volumes) have site effects of different sizes, so one prior over

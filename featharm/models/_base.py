@@ -121,7 +121,7 @@ PRIOR_ARRAYS = ("gamma_bar", "tau2", "a_prior", "b_prior")
 _GROUP_STORED = {name: Stored(("batch", "group")) for name in PRIOR_ARRAYS}
 
 # Fewest features (with variance) a measure group needs for empirical-Bayes priors of its own
-# (``priors="group"``, docs/methods.md "Priors per measure group"). The prior variances (tau2 and the
+# (``priors="group"``, docs/methods.md §1.10). The prior variances (tau2 and the
 # variance of delta^2, S6) are sample variances across the group's features: with 2 features they have one
 # degree of freedom. A smaller group takes the prior pooled across all features (the ``priors="pool"``
 # posterior for its features), with a FeatureGroupWarning.

@@ -59,7 +59,7 @@ class ComBat(BaseHarmonizer):
         NaN and lists them in a :class:`~featharm.exceptions.MissingValueWarning` (and ``excluded_rows_``).
         Nothing is imputed.
     priors : {"auto", "group", "pool"} or mapping, default "auto"
-        How the empirical-Bayes priors (``methods.md`` S6) pool the features. ``"group"``: one prior per site
+        How the empirical-Bayes priors (``docs/methods.md`` S6) pool the features. ``"group"``: one prior per site
         and *measure group* (thickness, area, volume ... recognized from FreeSurfer, ENIGMA and ABCD column
         names by :func:`featharm.io.feature_groups`; unrecognized names form the group ``"other"``), because
         the site effects of different measures are not exchangeable. ``"pool"``: one prior per site across
@@ -67,7 +67,7 @@ class ComBat(BaseHarmonizer):
         yourself (every feature, no other names). ``"auto"`` is ``"group"``, or ``"pool"`` when ``compat`` is
         set (reference parity). A group with fewer than 3 features with variance takes the pooled prior (a
         :class:`~featharm.exceptions.FeatureGroupWarning`). With all features in one group, ``"group"`` is
-        ``"pool"`` bit for bit. See ``docs/methods.md``, "Priors per measure group".
+        ``"pool"`` bit for bit. See ``docs/methods.md`` §1.10.
 
     covariates : DataFrame or None, default None
         A covariate table indexed by row id (subject/session): ``fit``, ``fit_transform`` and ``transform``
