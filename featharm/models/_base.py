@@ -1267,7 +1267,8 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     """What a model holds, as (label, text) rows: those of ``model._repr_html_()`` and ``featharm info``."""
     params = model.get_params(deep=False)
     facts = [("family", type(model).__name__),
-             ("options", ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "formula") or "none"),
+             ("options", ", ".join(f"{k}=<{len(v)} feature groups>" if isinstance(v, (dict, pd.Series)) else f"{k}={v!r}"
+                                   for k, v in params.items() if k != "formula") or "none"),
              ("formula", str(params.get("formula")) if params.get("formula") else "none (intercept only)")]
     if not model.__sklearn_is_fitted__():
         return [*facts, ("fitted", "no")]

@@ -280,6 +280,20 @@ def test_groups_given_as_a_mapping():
     assert np.array_equal(clone(ComBat(formula="age", priors=s)).fit_transform(X, cov).to_numpy(), out.to_numpy())
 
 
+def test_a_mapping_is_saved_with_the_model(tmp_path):
+    X, cov = two_measures(7)
+    X.columns = [f"f{j}" for j in range(X.shape[1])]
+    groups = pd.Series({c: ("a" if j < 12 else "b") for j, c in enumerate(X.columns)})
+    h = ComBat(formula="age", priors=groups).fit(X, cov)
+    h.save(tmp_path / "m.fhm")
+    back = featharm.load_model(tmp_path / "m.fhm")
+    assert back.priors == groups.to_dict()  # a Series is saved as a dict
+    pd.testing.assert_series_equal(back.feature_groups_, h.feature_groups_)
+    assert np.array_equal(back.transform(X, cov).to_numpy(), h.transform(X, cov).to_numpy())
+    facts = dict(featharm.models._base.model_facts(back))
+    assert "priors=<24 feature groups>" in facts["options"] and facts["priors"].endswith("a (12), b (12)")
+
+
 @pytest.mark.parametrize("priors, error, match", [
     ({"f0": "a"}, FeatureGroupError, r"no group to 23 feature\(s\): f1"),
     ("measure", InputError, r"'priors'"),
