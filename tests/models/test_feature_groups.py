@@ -433,3 +433,15 @@ def test_group_priors_are_closer_to_the_truth(seed):
     assert rms["group"][0] < 0.8 * rms["pool"][0], rms  # the small-effect measure gains most
     assert rms["group"][1] < rms["pool"][1], rms
     assert rms["group"][2] < rms["pool"][2], rms
+
+
+@pytest.mark.parametrize("nan_fraction", [0.0, 0.04], ids=["complete", "nan_cells"])
+def test_gam_statistics_fit_equals_in_memory_fit_with_groups(nan_fraction):
+    from test_gam_from_statistics import data, fit_both as gam_fit_both
+
+    X, cov = data(31, nan_fraction=nan_fraction)
+    model, out, fitted, out2 = gam_fit_both(X, cov, {"priors": _volume_groups()}, 3)
+    assert model._arr["gamma_bar"].shape == (4, 2)
+    errors = stored_errors(fitted, model)
+    assert max(errors.values()) <= TOL, errors
+    assert output_error(out2, out, model._arr["sigma"]) <= TOL
