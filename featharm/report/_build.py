@@ -510,6 +510,8 @@ def param_text(value) -> str:
     table, ``covariates=``) rather than its whole contents."""
     if isinstance(value, pd.DataFrame):
         return f"DataFrame of {value.shape[0]} rows × {value.shape[1]} columns"
+    if isinstance(value, (dict, pd.Series)):  # priors= a mapping feature -> measure group
+        return f"mapping of {len(value)} features to {len(set(dict(value).values()))} groups"
     return repr(value)
 
 

@@ -105,3 +105,13 @@ def test_small_group_is_warned_on_one_line(tmp_path, capsys, data):
     warned = [ln for ln in cap.err.splitlines() if "FeatureGroupWarning" in ln]
     assert len(warned) == 1 and "'area' (2)" in warned[0], cap.err
     assert "empirical-Bayes priors per measure group: thickness (5), area (2)" in cap.out
+
+
+def test_report_shows_the_groups(tmp_path, capsys, data):
+    groups = tmp_path / "groups.csv"
+    groups.write_text("feature,group\n" + "".join(f"{c},{'t' if c in THICK else 'a'}\n" for c in THICK + AREA))
+    html = tmp_path / "r.html"
+    code, cap = _run(capsys, data, tmp_path / "h.csv", "--feature-groups", str(groups), "--report", str(html))
+    assert code == 0, cap.err
+    text = html.read_text()
+    assert "mapping of 9 features to 2 groups" in text and "measure group" in text
