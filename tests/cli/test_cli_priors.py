@@ -115,3 +115,23 @@ def test_report_shows_the_groups(tmp_path, capsys, data):
     assert code == 0, cap.err
     text = html.read_text()
     assert "mapping of 9 features to 2 groups" in text and "measure group" in text
+
+
+def test_feature_store_with_a_groups_file(tmp_path, capsys, data):
+    pytest.importorskip("zarr")
+    from featharm.io import read_store, write_store
+
+    df = pd.read_csv(data).set_index("subject_id")
+    write_store(tmp_path / "in.zarr", df[THICK + AREA])
+    df[["site", "age"]].reset_index().to_csv(tmp_path / "cov.csv", index=False)
+    groups = tmp_path / "groups.csv"
+    mapping = {c: ("t" if c in THICK[:3] else "u") for c in THICK + AREA}
+    groups.write_text("feature,group\n" + "".join(f"{k},{v}\n" for k, v in mapping.items()))
+    code = main(["harmonize", str(tmp_path / "in.zarr"), "--covariates", str(tmp_path / "cov.csv"), "--id",
+                 "subject_id", "--batch", "site", "--formula", "age", "--feature-groups", str(groups),
+                 "--out", str(tmp_path / "out.zarr")])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "empirical-Bayes priors per measure group: t (3), u (6)" in cap.out
+    got = read_store(tmp_path / "out.zarr").to_frame().to_numpy()
+    np.testing.assert_allclose(got, _api(data, mapping).to_numpy(), rtol=1e-10)
