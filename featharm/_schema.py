@@ -36,6 +36,7 @@ AXIS_NAMES = {
     "scale_column": "scale column",
     "one": "1",
     "cell": "(batch, feature) cell with missing values",
+    "group": "measure group",
 }
 
 # value rules of stored arrays: name -> wording in messages (the checks are in featharm.persistence)

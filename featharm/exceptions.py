@@ -42,6 +42,8 @@ __all__ = [
     "UnmatchedIdWarning",
     "LevelNameWarning",
     "DisconnectedSitesError",
+    "FeatureGroupError",
+    "FeatureGroupWarning",
 ]
 
 
@@ -169,6 +171,11 @@ class FederatedFileError(FeatharmError, ValueError):
     schema (the message names the file, the entry, what was found and what was expected)."""
 
 
+class FeatureGroupError(InputError):
+    """Measure groups of the features (``priors=`` a mapping, ``--feature-groups FILE``) that do not match the
+    features: a feature without a group, a group for a name that is not a feature, a feature listed twice."""
+
+
 class FeatharmWarning(UserWarning):
     """Base class of featharm's warnings (filter them all with this category)."""
 
@@ -212,6 +219,11 @@ class SingularFitWarning(FeatharmWarning):
 
 class SingleScanWarning(FeatharmWarning):
     """Longitudinal data with subjects scanned once (or repeated subject/time pairs)."""
+
+
+class FeatureGroupWarning(FeatharmWarning):
+    """A measure group with too few features for its own empirical-Bayes priors takes the prior pooled
+    across all features."""
 
 
 def warn(message: str, category: type[Warning] = FeatharmWarning) -> None:

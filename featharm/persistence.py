@@ -116,6 +116,8 @@ def _encode_params(value):
         return [_encode_params(v) for v in value]
     if isinstance(value, dict):
         return {k: _encode_params(v) for k, v in value.items()}
+    if type(value).__name__ == "Series" and hasattr(value, "to_dict"):  # a pandas Series (priors=): as a dict
+        return {str(k): _encode_params(v) for k, v in value.to_dict().items()}
     return value
 
 

@@ -369,7 +369,8 @@ class Posterior:
 
 def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, counts: np.ndarray,
               opts: EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
-              progress=None, estimators=None) -> Posterior:
+              progress=None, estimators=None, groups: np.ndarray | None = None,
+              pooled: np.ndarray | None = None) -> Posterior:
     """S6–S7 over all batches: priors from the features in ``keep`` (default all; at least 2 needed for
     priors, else they are NaN), then each batch's posterior (or the raw estimates with ``opts.eb`` off).
 
@@ -379,7 +380,54 @@ def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarra
     feature in each batch (m × p, ``docs/methods.md`` §1.8), given with ``estimators``: the ``(priors,
     site_posterior)`` functions that take them (:func:`featharm._core.missing.posterior` passes its own,
     which skip undefined estimates and give each feature its own count).
+
+    ``groups`` (p,) — the measure group (0..G-1) of every feature: S6 is taken per batch *and group*, over
+    the features of the group in ``keep``, and each group's features get the posterior under their group's
+    priors (the non-parametric prior sample is the group's other features). ``pooled`` (G,) marks groups
+    whose features instead get the posterior under one prior across all the features in ``keep`` (a group
+    too small for priors of its own). The priors are then m × G. With one group (not pooled) every result
+    is that of ``groups=None``, bit for bit.
     """
+    if groups is None:
+        return _posterior_pool(gamma_hat, delta_hat, delta_raw, counts, opts, keep=keep, ref=ref,
+                               progress=progress, estimators=estimators)
+    m, p = gamma_hat.shape
+    keep = np.ones(p, dtype=bool) if keep is None else keep
+    G = int(pooled.size) if pooled is not None else int(groups.max(initial=-1)) + 1
+    pooled = np.zeros(G, dtype=bool) if pooled is None else np.asarray(pooled, dtype=bool)
+    g_star, d_star = gamma_hat.copy(), delta_hat.copy()
+    pri = Priors(*(np.full((m, G), np.nan) for _ in range(4)))
+    n_iter = np.zeros(m)
+    not_converged: set = set()
+
+    def take(post: Posterior, cols: np.ndarray, g: int) -> None:
+        g_star[:, cols], d_star[:, cols] = post.gamma_star[:, cols], post.delta_star[:, cols]
+        for name in ("gamma_bar", "tau2", "a_prior", "b_prior"):
+            getattr(pri, name)[:, g] = getattr(post.priors, name)
+        np.maximum(n_iter, post.n_iter, out=n_iter)
+        not_converged.update(post.not_converged)
+
+    whole = None
+    for g in range(G):
+        cols = keep & (groups == g)
+        if pooled[g]:
+            if whole is None:
+                whole = _posterior_pool(gamma_hat, delta_hat, delta_raw, counts, opts, keep=keep, ref=ref,
+                                        estimators=estimators)
+            take(whole, cols, g)
+        elif cols.any():
+            take(_posterior_pool(gamma_hat, delta_hat, delta_raw, counts, opts, keep=cols, ref=ref,
+                                 estimators=estimators), cols, g)
+    if progress is not None and opts.eb:
+        for _ in range(m - (ref is not None)):
+            progress()
+    return Posterior(g_star, d_star, pri, n_iter, sorted(not_converged))
+
+
+def _posterior_pool(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, counts: np.ndarray,
+                    opts: EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
+                    progress=None, estimators=None) -> Posterior:
+    """:func:`posterior` with one prior per batch across the features in ``keep``."""
     m, p = gamma_hat.shape
     keep = np.ones(p, dtype=bool) if keep is None else keep
     g_star, d_star = gamma_hat.copy(), delta_hat.copy()

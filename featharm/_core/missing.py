@@ -381,12 +381,13 @@ def site_posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.n
 
 def posterior(gamma_hat: np.ndarray, delta_hat: np.ndarray, delta_raw: np.ndarray, n_obs: np.ndarray,
               opts: eb.EBOptions, *, keep: np.ndarray | None = None, ref: int | None = None,
-              progress=None) -> eb.Posterior:
+              progress=None, groups: np.ndarray | None = None, pooled: np.ndarray | None = None) -> eb.Posterior:
     """S6–S7 over all batches with ``n_obs`` (m × p) observed values: :func:`featharm._core.eb.posterior`
     with this module's priors (undefined estimates left out) and per-feature posteriors.
 
     Priors from the features in ``keep`` whose estimates are defined; features outside ``keep`` keep
     ``gamma_hat`` / ``delta_hat``; the reference batch gets ``gamma* = 0``, ``delta* = 1`` and NaN priors.
+    ``groups``/``pooled``: priors per measure group, as :func:`featharm._core.eb.posterior`.
     """
     return eb.posterior(gamma_hat, delta_hat, delta_raw, n_obs, opts, keep=keep, ref=ref, progress=progress,
-                        estimators=(eb_priors, site_posterior))
+                        estimators=(eb_priors, site_posterior), groups=groups, pooled=pooled)

@@ -44,6 +44,47 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                         "ADDRESS (tcp://host:8786); default: Dask's threads on this machine")
 
 
+def add_abcd_event_option(p: argparse.ArgumentParser) -> None:
+    """--abcd-event of the commands that read DATA (harmonize, apply, diagnose, report)."""
+    p.add_argument("--abcd-event", nargs="+", metavar="EVENT",
+                   help="with ABCD tables: keep the rows of these eventname values (e.g. baseline_year_1_arm_1), "
+                        "or 'all'. Without it, tables holding several events are refused (repeated scans of a "
+                        "subject are not independent rows) unless the method models them (--method longitudinal, "
+                        "diagnose --random, a longitudinal MODEL)")
+
+
+def abcd_events(args, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the ABCD table ``frame`` (a column ``eventname``) at the events of ``--abcd-event``.
+
+    Without the option, one event is kept as it is; several are an error listing them, unless the command
+    models repeated scans (``--method longitudinal``, ``--random``, a longitudinal model) or has no such option.
+    """
+    from ..exceptions import InputError
+
+    if not hasattr(args, "abcd_event"):  # a command without the option: every row
+        return frame
+    present = sorted(set(frame["eventname"].astype(str)))
+    chosen = args.abcd_event
+    if not chosen:
+        repeated = (getattr(args, "method", None) == "longitudinal" or getattr(args, "random", None)
+                    or getattr(args, "repeated_measures", False))
+        if len(present) <= 1 or repeated:
+            return frame
+        counts = frame["eventname"].astype(str).value_counts()
+        shown = ", ".join(f"{e} ({int(counts[e])} rows)" for e in present)
+        raise InputError(
+            f"the ABCD tables hold {len(present)} events: {shown}. Repeated scans of a subject are not independent "
+            f"rows: pass --abcd-event EVENT to keep one (e.g. --abcd-event {present[0]}), --abcd-event all to take "
+            "every scan as its own row, or model them (harmonize --method longitudinal --subject src_subject_id).")
+    if [str(e) for e in chosen] == ["all"]:
+        return frame
+    unknown = [e for e in chosen if str(e) not in present]
+    if unknown:
+        raise InputError(f"--abcd-event {' '.join(map(str, unknown))}: no rows at that event; the ABCD tables hold "
+                         f"{', '.join(present)} (or pass --abcd-event all).")
+    return frame[frame["eventname"].astype(str).isin([str(e) for e in chosen])]
+
+
 def add_missing_option(p: argparse.ArgumentParser) -> None:
     """--missing of ``harmonize`` and ``apply``: empty feature cells allowed (default) or refused."""
     p.add_argument("--missing", choices=["allow", "error"], default="allow",
@@ -140,6 +181,9 @@ def load_source(args, numeric=None):
     paths = data_paths(args)
     if len(paths) > 1 or sniff_format(paths[0]) != "table":
         return _load_formats(args, paths)
+    if getattr(args, "abcd_event", None):
+        raise InputError(f"--abcd-event selects rows of ABCD tables (keyed by src_subject_id and eventname); "
+                         f"{paths[0]} is not one. Drop the option.")
     source = read_source(paths[0], index_col=args.id, numeric=numeric)
     data = source.frame
     if not args.id:  # rows are named in messages as the user sees them: by their line (header = line 1)
@@ -163,9 +207,16 @@ def _load_formats(args, paths):
     from ..io.tables import SourceTable
 
     tables = read_feature_tables(paths, args.id)
+    abcd = tables.id_columns == list(ABCD_KEYS)
+    if abcd:
+        tables.frame = abcd_events(args, tables.frame)
+    elif getattr(args, "abcd_event", None):
+        from ..exceptions import InputError
+
+        raise InputError("--abcd-event selects rows of ABCD tables (keyed by src_subject_id and eventname); DATA "
+                         "is not one. Drop the option.")
     source = SourceTable(tables.frame, Path(paths[0]), "joined", measures=tables.measures)
     data = source.frame
-    abcd = tables.id_columns == list(ABCD_KEYS)
     if abcd and args.id:  # one event per subject: the rows are named by --id (it joins --covariates)
         if args.id not in data.columns:
             raise ColumnNotFoundError(f"--id {args.id!r}: the ABCD tables have no such column.")
@@ -497,3 +548,33 @@ def output_table(source, harmonized: pd.DataFrame, out, float_format: str = "sho
     from ..io.tables import source_chunks
 
     return source_chunks(source, harmonized, out, float_format, release=release)
+
+
+# --------------------------------------------------------------------------------------------- priors
+def check_feature_groups_option(args) -> None:
+    """``--feature-groups`` goes with per-group priors only (checked before anything is read)."""
+    if getattr(args, "feature_groups", None) and getattr(args, "priors", None) == "pool":
+        from ..exceptions import InputError
+
+        raise InputError("--feature-groups gives the measure groups of --priors group; it does not go with "
+                         "--priors pool (one prior across all features). Drop one of them.")
+
+
+def set_feature_groups(args, model, feats) -> None:
+    """``--feature-groups FILE``: the model's priors per the groups of the file, checked against the features."""
+    path = getattr(args, "feature_groups", None)
+    if not path:
+        return
+    from ..io.groups import read_feature_groups
+
+    model.set_params(priors=read_feature_groups(path, [str(f) for f in feats]))
+
+
+def priors_summary(model) -> str:
+    """The summary line's words about the empirical-Bayes priors: the groups and their feature counts."""
+    groups = getattr(model, "feature_groups_", None)
+    if groups is None:
+        return "one empirical-Bayes prior across all features"
+    counts = groups.value_counts(sort=False)
+    shown = ", ".join(f"{g} ({int(n)})" for g, n in counts.items())
+    return f"empirical-Bayes priors per measure group: {shown}"

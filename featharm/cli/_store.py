@@ -57,7 +57,7 @@ def _check_options(args, command: str) -> None:
     if not args.covariates or not args.id:
         raise InputError("a feature store holds no covariates: pass --covariates FILE and --id COL (the column of "
                          "FILE holding the store's subject ids).")
-    for flag, attr in (("--report", "report"), ("--include", "include")):
+    for flag, attr in (("--report", "report"), ("--include", "include"), ("--abcd-event", "abcd_event")):
         if getattr(args, attr, None):
             raise InputError(f"{flag} does not apply to a feature store (DATA.zarr); leave it out.")
     if getattr(args, "missing", "allow") == "error":
@@ -126,6 +126,9 @@ def harmonize_store(args, model) -> int:
     _check_options(args, "harmonize")
     store, cov = _open(args)
     store = _select(args, store)
+    from ._common import priors_summary, set_feature_groups
+
+    set_feature_groups(args, model, list(store.features))
     with scheduler_option(args), stage(args, _outputs(args, store, args.save_model)) as staged:
         model.fit(store, cov)
         _write(staged, args, model.transform(store, cov))
@@ -137,7 +140,8 @@ def harmonize_store(args, model) -> int:
         print(f"harmonized {p} features of {n} subjects from {len(model.batches_)} batches with "
               f"{type(model).__name__} (out of core) -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
-              + (f"; {left} row(s) left out for a missing batch or covariate, written empty" if left else ""))
+              + (f"; {left} row(s) left out for a missing batch or covariate, written empty" if left else "")
+              + "; " + priors_summary(model))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import DATA_HELP, add_data_options, add_missing_option
+from ._common import DATA_HELP, add_abcd_event_option, add_data_options, add_missing_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default: such rows are an error)")
     add_missing_option(a)
     add_data_options(a)
+    add_abcd_event_option(a)
     a.set_defaults(func=cmd_apply)
     return a
 
@@ -67,6 +68,7 @@ def _apply(args, model):
         model.set_params(extrapolate=args.extrapolate)
     feats = list(model.feature_names_in_)
     wanted = set(map(str, feats))
+    args.repeated_measures = type(model).__name__ == "LongComBat"  # ABCD tables with several events: modelled
     source, cov = load_source(args, lambda labels: [c for c in labels if str(c) in wanted])
     data = source.frame
     check_model_features(args, data, feats)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import DATA_HELP, KB, add_include_option
+from ._common import DATA_HELP, KB, add_abcd_event_option, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="feature columns (globs); default: every other numeric column except QC and global "
                         "columns (see --include)")
     add_include_option(g)
+    add_abcd_event_option(g)
     g.add_argument("--harmonized", metavar="FILE", help="harmonized table (e.g. the OUT of featharm harmonize)")
     g.add_argument("--model", metavar="MODEL",
                    help="saved model (featharm harmonize --save-model): harmonizes DATA when --harmonized is not "

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ._common import DATA_HELP, KB, MB, add_data_options, add_include_option, add_missing_option
+from ._common import DATA_HELP, KB, MB, add_abcd_event_option, add_data_options, add_include_option, add_missing_option
 
 # --method NAME -> the estimator's class, by name in featharm.models (imported only to build the model).
 METHODS: dict[str, str] = {
@@ -114,6 +114,10 @@ OPTIONS: tuple[Option, ...] = (
            "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
     Option("--scale", "scale", "also correct each site's gain (multiplicative effect), estimated by maximum "
            "likelihood from the traveling subjects", ("traveling",), switch=True),
+    Option("--priors", "priors", "empirical-Bayes priors: 'group' = one per site and measure (thickness, area, "
+           "volume ... from the feature names, or --feature-groups FILE; the default) or 'pool' = one per site "
+           "across all features (sva/neuroCombat)", (*_COMBAT_EB, "longitudinal", "longgam"),
+           argparse_kw=dict(choices=["group", "pool"])),
     Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
            "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )
@@ -182,10 +186,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="feature columns (globs such as '*_thickness'); default: every other numeric column "
                         "except QC and global columns (see --include)")
     add_include_option(h)
+    h.add_argument("--feature-groups", metavar="FILE",
+                   help="CSV/TSV with the columns 'feature' and 'group' (one row per feature): the measure groups "
+                        "whose features share empirical-Bayes priors, instead of those read from the names")
     h.add_argument("--save-model", metavar="MODEL", help="save the fitted model to this file")
     h.add_argument("--report", metavar="HTML", help="also write the one-file HTML report of the fit")
     add_missing_option(h)
     add_data_options(h)
+    add_abcd_event_option(h)
     h.set_defaults(func=cmd_harmonize)
     return h
 
@@ -193,18 +201,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_harmonize(args) -> int:
     from .._staging import Output
     from ..persistence import model_bytes
-    from ._common import (check_batch, check_missing, choose_features, file_size, formula_columns, load_source,
-                          missing_summary, output_table, possible_features, report_inputs, report_parameters,
-                          stage)
+    from ._common import (check_batch, check_feature_groups_option, check_missing, choose_features, file_size,
+                          formula_columns, load_source, missing_summary, output_table, possible_features,
+                          priors_summary, report_inputs, report_parameters, set_feature_groups, stage)
 
     from ._store import harmonize_store, store_input
 
     if store_input(args):  # a Zarr feature store: out of core, into a store
+        check_feature_groups_option(args)
         return harmonize_store(args, build_model(args))
     outputs = [Output("table", "--out", args.out, size=file_size(args.data)),
                Output("model", "--save-model", args.save_model, size=64 * KB),
                Output("report", "--report", args.report, size=1 * MB)]
     model = build_model(args)  # an option that does not apply: refused before anything is read or staged
+    check_feature_groups_option(args)
     with stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
         not_features = [args.batch, args.id, *option_columns(args)]
         source, cov = load_source(args, possible_features(args, not_features))
@@ -213,6 +223,7 @@ def cmd_harmonize(args) -> int:
         used = formula_columns(args.formula, cov)
         feats = choose_features(args, data, [*not_features, *used], source.measures)
         n_missing = check_missing(args, data, feats)
+        set_feature_groups(args, model, feats)
         X = source.features(feats)  # the numbers as read: no copy
         Xh = model.fit_transform(X, cov)
         if args.save_model:
@@ -230,5 +241,5 @@ def cmd_harmonize(args) -> int:
               f"batches with {type(model).__name__} -> {args.out}"
               + (f"; model -> {args.save_model}" if args.save_model else "")
               + (f"; report -> {args.report}" if args.report else "")
-              + summary)
+              + summary + "; " + priors_summary(model))
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import DATA_HELP, MB, add_include_option
+from ._common import DATA_HELP, MB, add_abcd_event_option, add_include_option
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="feature columns without --model (globs); default: every other numeric column except "
                         "QC and global columns (see --include)")
     add_include_option(r)
+    add_abcd_event_option(r)
     r.add_argument("--plot-features", nargs="+", metavar="NAME",
                    help="features drawn one by one (default: the 3 with the largest site effect)")
     r.add_argument("--figure-format", choices=["svg", "png"], default="svg", help="embedded figure format")

@@ -7,6 +7,8 @@
 * :mod:`featharm.io.store`: feature stores (Zarr; subjects × features too large for memory), read lazily.
 * :mod:`featharm.io.formats`: the formats users have, told by their header and joined into one table
   (FreeSurfer group tables, ENIGMA CSVs, ABCD 5.x tables: :func:`read_feature_tables`, :func:`read_abcd`).
+* :mod:`featharm.io.groups`: the measure (thickness, area, volume ...) of each feature from its name, and
+  groups files (:func:`feature_groups`, :func:`read_feature_groups`), for empirical-Bayes priors per measure.
 """
 
 from .covariates import (
@@ -32,6 +34,7 @@ from .freesurfer import (
     scan_subjects_dir,
 )
 from .formats import read_abcd, read_abcd_table, read_feature_tables, sniff_format
+from .groups import feature_groups, measure_of, read_feature_groups
 from .store import FeatureStore, read_store, write_store
 from .tables import read_table, write_table
 
@@ -63,4 +66,7 @@ __all__ = [
     "join_covariates",
     "match_ids",
     "IdMatch",
+    "feature_groups",
+    "measure_of",
+    "read_feature_groups",
 ]

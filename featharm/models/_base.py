@@ -34,6 +34,8 @@ from .._validation import (
 from ..design import CovariateDesign, batch_indicators, check_full_rank
 from ..exceptions import (
     AlignmentError,
+    FeatureGroupError,
+    FeatureGroupWarning,
     CovariateLookupError,
     BatchError,
     ConstantFeatureWarning,
@@ -46,7 +48,7 @@ from ..exceptions import (
     warn,
 )
 from ..persistence import FAMILIES, register
-from ._new_sites import new_site_posterior_missing
+from ._new_sites import new_site_posterior, new_site_posterior_missing
 from .._schema import DamagedState, Stored, check_design, check_int, check_keys, check_levels, check_names, describe
 
 # Fewest rows of a batch unseen at fit that ``transform(..., new_sites="estimate")`` accepts by default.
@@ -113,6 +115,17 @@ _STORED = {
     "n_obs": Stored(("batch", "feature"), values="count", optional=True),
 }
 _ARRAY_AXES = {name: spec.axes for name, spec in _STORED.items()}
+
+# The empirical-Bayes hyperparameters: batch arrays, or batch × group arrays with several measure groups.
+PRIOR_ARRAYS = ("gamma_bar", "tau2", "a_prior", "b_prior")
+_GROUP_STORED = {name: Stored(("batch", "group")) for name in PRIOR_ARRAYS}
+
+# Fewest features (with variance) a measure group needs for empirical-Bayes priors of its own
+# (``priors="group"``, docs/methods.md §1.10). The prior variances (tau2 and the
+# variance of delta^2, S6) are sample variances across the group's features: with 2 features they have one
+# degree of freedom. A smaller group takes the prior pooled across all features (the ``priors="pool"``
+# posterior for its features), with a FeatureGroupWarning.
+MIN_GROUP_FEATURES = 3
 
 
 def _new_output(Y: np.ndarray) -> np.ndarray:
@@ -236,6 +249,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             check_option("compat", params["compat"], self._compat_options, owner)
         if "missing_covariates" in params:
             check_option("missing_covariates", params["missing_covariates"], ("error", "exclude"), owner)
+        if "priors" in params:
+            self._check_priors_param(params["priors"], owner)
         ref = params.get("ref_batch")
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, np.integer))):
             raise bad("ref_batch", "None or a level of the batch column")
@@ -250,6 +265,39 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                              "covariates indexed by row id (looked up by the index of X at fit and transform). "
                              f"Got {shown} instead; read a file with featharm.io.read_table first.")
         check_n_jobs(params.get("n_jobs"), owner)
+
+    @staticmethod
+    def _check_priors_param(value, owner: str) -> None:
+        """``priors``: "auto", "group", "pool", or a mapping feature -> group name (dict or Series)."""
+        if isinstance(value, str):
+            check_option("priors", value, ("auto", "group", "pool"), owner)
+            return
+        if isinstance(value, (dict, pd.Series)):
+            items = value.items()
+            if all(isinstance(v, str) and v.strip() for _, v in items):
+                return
+            raise FeatureGroupError(f"The 'priors' mapping of {owner} must give every feature a group name (a "
+                                    "non-empty string such as 'thickness').")
+        raise InputError(f"The 'priors' parameter of {owner} must be 'auto', 'group', 'pool' or a mapping "
+                         f"feature -> group name (dict or pandas Series). Got {value!r} instead.")
+
+    def _prior_groups(self, names) -> tuple[list[str], np.ndarray] | None:
+        """The measure groups of the features ``names`` (group names in order of first appearance, the group
+        code of every feature), or None for one prior across all features (``priors="pool"``, or ``"auto"``
+        under ``compat``)."""
+        value = self._param("priors")
+        if value is None or (isinstance(value, str) and (value == "pool" or (value == "auto" and
+                                                                             self._param("compat") is not None))):
+            return None
+        from ..io.groups import check_feature_groups, feature_groups
+
+        if isinstance(value, str):
+            mapping = feature_groups(names)
+        else:
+            mapping = check_feature_groups(value, names, source=f"the 'priors' mapping of {self._owner()}")
+        order: dict[str, int] = {}
+        codes = np.array([order.setdefault(mapping[str(f)], len(order)) for f in names], dtype=np.intp)
+        return list(order), codes
 
     def _prepare(self, X, covariates, *, fitting: bool, new_sites: str = "error") -> _Prepared:
         owner = self._owner()
@@ -593,7 +641,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """Drop every learned attribute (``*_``) and the arrays behind them."""
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
-        for name in ("_arr", "_delta_raw"):
+        for name in ("_arr", "_delta_raw", "_groups"):
             self.__dict__.pop(name, None)
 
     def _checked_ref_index(self, levels, counts: np.ndarray):
@@ -756,14 +804,18 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 f"with variance; {int(keep.sum())} of {keep.size} have any. Pass eb=False."
             )
         m = a["gamma_hat"].shape[0]
+        grouping = self._fit_groups(keep)
+        groups = pooled = None
+        if grouping is not None and len(grouping["names"]) > 1:
+            groups, pooled = grouping["codes"], grouping["pooled"]
         with Progress(m - (ref is not None) if opts.eb else 0, "empirical Bayes") as bar:
             if "n_obs" in a:  # fitted with missing values: each feature's observed counts (§1.8)
                 post = missing.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, a["n_obs"], opts,
-                                         keep=keep, ref=ref, progress=bar.update)
+                                         keep=keep, ref=ref, progress=bar.update, groups=groups, pooled=pooled)
                 self._check_missing_priors(post.priors, opts, ref)
             else:
                 post = eb.posterior(a["gamma_hat"], a["delta_hat"], self._delta_raw, counts, opts, keep=keep,
-                                    ref=ref, progress=bar.update)
+                                    ref=ref, progress=bar.update, groups=groups, pooled=pooled)
         if post.not_converged:
             warn(
                 f"parametric EB did not converge within max_iter={opts.max_iter} iterations for "
@@ -776,19 +828,63 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                  a_prior=pri.a_prior, b_prior=pri.b_prior, n_iter=post.n_iter)
         del self._delta_raw
 
+    def _fit_groups(self, keep: np.ndarray) -> dict | None:
+        """The measure groups of this fit (``priors``), stored as ``self._groups``: ``names``, ``codes`` (the
+        group of every feature) and ``pooled`` (groups with fewer than :data:`MIN_GROUP_FEATURES` features with
+        variance, which take the prior pooled across all features; warned when there are other groups).
+        None with one pooled prior."""
+        found = self._prior_groups(list(self.feature_names_in_))
+        if found is None:
+            self._groups = None
+            return None
+        names, codes = found
+        sizes = np.bincount(codes[keep], minlength=len(names))
+        pooled = sizes < MIN_GROUP_FEATURES
+        if len(names) > 1 and pooled.any() and self._eb_options().eb:
+            small = [f"{names[g]!r} ({int(sizes[g])})" for g in np.flatnonzero(pooled)]
+            warn(
+                f"measure group(s) {', '.join(small)} have fewer than {MIN_GROUP_FEATURES} features with variance, "
+                "too few for empirical-Bayes priors of their own: their features take the prior pooled across all "
+                f"{int(keep.sum())} features (as priors='pool'). Harmonize such measures with more of their kind, "
+                "give them another group (priors= a mapping, or --feature-groups FILE), or pass priors='pool'.",
+                FeatureGroupWarning,
+            )
+        self._groups = {"names": names, "codes": codes, "pooled": pooled}
+        return self._groups
+
+    def _group_names(self) -> list[str] | None:
+        """The measure groups of the fitted model's priors (None: one pooled prior)."""
+        g = getattr(self, "_groups", None)
+        return None if g is None else list(g["names"])
+
+    def _grouping(self, keep: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``groups``, ``pooled`` for :func:`featharm._core.eb.posterior` over the features ``keep`` (None, None:
+        one prior across them)."""
+        g = getattr(self, "_groups", None)
+        if g is None or len(g["names"]) < 2:
+            return None, None
+        return g["codes"][keep], g["pooled"]
+
     def _check_missing_priors(self, pri: eb.Priors, opts: eb.EBOptions, ref) -> None:
         """With missing values, a site's priors need 2 features with estimates: name the sites without."""
         if not opts.eb:
             return
         need = [pri.gamma_bar, pri.tau2] + ([] if opts.mean_only or not opts.parametric else [pri.a_prior,
                                                                                              pri.b_prior])
-        bad = [self.batches_[i] for i in range(len(self.batches_))
-               if i != ref and not all(np.isfinite(x[i]) for x in need)]
+        groups = self._group_names() if np.ndim(pri.gamma_bar) == 2 else None
+        bad = []
+        for i in range(len(self.batches_)):
+            if i == ref:
+                continue
+            ok = np.logical_and.reduce([np.isfinite(x[i]) for x in need])
+            if not np.all(ok):
+                bad.append(repr(self.batches_[i]) if groups is None else
+                           f"{self.batches_[i]!r} (group(s) {[groups[g] for g in np.flatnonzero(~ok)]})")
         if bad:
             raise MissingValueError(
-                f"the empirical-Bayes priors of batch(es) {bad} of {self.batch!r} cannot be estimated: they "
-                "need the site effects of at least 2 features (and their spread), and too few features are "
-                "observed enough there. Pass eb=False, or drop those sites."
+                f"the empirical-Bayes priors of batch(es) {', '.join(bad)} of {self.batch!r} cannot be estimated: "
+                "they need the site effects of at least 2 features (and their spread) in each measure group, and "
+                "too few features are observed enough there. Pass eb=False, priors='pool', or drop those sites."
             )
 
     # ------------------------------------------------------------------------------ applying
@@ -847,9 +943,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
                 g_new[j, keep], d_new[j, keep] = gs, ds
                 continue
             gh, dh, d_raw = eb.batch_moments(Z[codes == j], mean_only=opts.mean_only)
-            if opts.eb:  # the priors of one batch: across its own features
-                pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
-                gs, ds, _, ok = eb.site_posterior(gh, dh, d_raw, float(sizes[j]), pri, 0, opts)
+            if opts.eb:  # the priors of one batch: across its own features (of each measure group)
+                gs, ds, _, ok, _ = new_site_posterior(gh, dh, d_raw, float(sizes[j]), opts, *self._grouping(keep))
                 if not ok:
                     not_converged.append(prep.new_levels[j])
             else:
@@ -864,7 +959,8 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         """§5.7 with NaN cells: a new batch's location, scale and posterior from each feature's observed rows
         (``featharm._core.missing``). Returns ``gamma*, delta*, ok``."""
         gh, dh, d_raw, n = missing.batch_moments(Z, mean_only=opts.mean_only)
-        gs, ds, _, ok, _ = new_site_posterior_missing(gh, dh, d_raw, n, opts, level, self.feature_names_in_[keep])
+        gs, ds, _, ok, _ = new_site_posterior_missing(gh, dh, d_raw, n, opts, level, self.feature_names_in_[keep],
+                                                      *self._grouping(keep), self._group_names())
         return gs, ds, ok
 
     def _warn_cells_without_data(self, prep: _Prepared) -> None:
@@ -996,18 +1092,29 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             return built[name].copy()
 
         extra = self._extra_axes()
+        groups = self._group_names()
+        if groups is not None and a["gamma_bar"].ndim == 2:  # priors per batch and measure group
+            built["group"] = pd.Index(groups, name="group")
         for name, arr in a.items():
             axes = _ARRAY_AXES.get(name) or extra.get(name)
             if axes is None:
                 continue
+            if name in PRIOR_ARRAYS and arr.ndim == 2:
+                axes = ("batch", "group")
             arr = self._in_input_units(arr, self._feature_units.get(name, 0))
             if len(axes) == 1:
                 obj = pd.Series(arr, index=axis(axes[0]), name=name)
             else:
                 obj = pd.DataFrame(arr, index=axis(axes[0]), columns=axis(axes[1]))
             setattr(self, name + "_", obj)
-        self.priors_ = pd.DataFrame({k: a[k] for k in ("gamma_bar", "tau2", "a_prior", "b_prior")},
-                                    index=axis("batch"))
+        if a["gamma_bar"].ndim == 2:  # one row per batch and measure group
+            rows = pd.MultiIndex.from_product([axis("batch"), axis("group")])
+            self.priors_ = pd.DataFrame({k: a[k].reshape(-1) for k in PRIOR_ARRAYS}, index=rows)
+        else:
+            self.priors_ = pd.DataFrame({k: a[k] for k in PRIOR_ARRAYS}, index=axis("batch"))
+        g = getattr(self, "_groups", None)
+        self.feature_groups_ = None if g is None else pd.Series(
+            np.asarray(g["names"], dtype=object)[g["codes"]], index=axis("feature"), name="group")
         self.constant_features_ = list(self.feature_names_in_[a["constant"]])
         self.n_iter_ = pd.Series(a["n_iter"].astype(int), index=axis("batch"), name="n_iter")
 
@@ -1044,6 +1151,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         }
         if hasattr(self, "excluded_rows_"):  # rows left out by missing_covariates="exclude"
             state["excluded_rows"] = list(self.excluded_rows_)
+        g = getattr(self, "_groups", None)
+        if g is not None:  # priors per measure group (a file without this entry has one pooled prior)
+            state["feature_groups"] = {"names": list(g["names"]), "codes": [int(c) for c in g["codes"]],
+                                       "pooled": [g["names"][i] for i in np.flatnonzero(g["pooled"])]}
         return state, dict(self._arr)
 
     def _check_state(self, state: Any) -> dict[str, int | tuple[int, int]]:
@@ -1054,7 +1165,7 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         A family checks its own entries in an override that calls this first.
         """
         shared = ("batches", "feature_names", "design", "ref_index")
-        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings", "excluded_rows"))
+        check_keys(state, "state", (*shared, *self._state_extra), ("fit_warnings", "excluded_rows", "feature_groups"))
         batches = check_levels(state["batches"], "state.batches", "batch names")
         features = check_names(state["feature_names"], "state.feature_names", "feature names")
         n_columns = check_design(state["design"], "state.design")
@@ -1081,7 +1192,37 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
             for k in ("category", "message"):
                 if not isinstance(w[k], str):
                     raise DamagedState(f"state.fit_warnings[{i}].{k}", f"is {describe(w[k])}", "a string")
-        return {"batch": len(batches), "feature": len(features), "column": n_columns, "one": 1}
+        dims = {"batch": len(batches), "feature": len(features), "column": n_columns, "one": 1}
+        if "feature_groups" in state:
+            G = self._check_groups_state(state["feature_groups"], len(features))
+            if G > 1:  # the priors are batch × group arrays
+                self._stored = {**type(self)._stored, **_GROUP_STORED}
+                dims["group"] = G
+        return dims
+
+    @staticmethod
+    def _check_groups_state(g: Any, p: int) -> int:
+        """``state.feature_groups``: group names, the group code of each of the ``p`` features, the groups on
+        the pooled prior. Returns the number of groups."""
+        check_keys(g, "state.feature_groups", ("names", "codes", "pooled"))
+        names = check_names(g["names"], "state.feature_groups.names", "group names")
+        codes = g["codes"]
+        if not isinstance(codes, list) or len(codes) != p:
+            raise DamagedState("state.feature_groups.codes", f"is {describe(codes)}",
+                               f"a list of {p} group codes (one per feature)")
+        bad = next((i for i, c in enumerate(codes) if isinstance(c, bool) or not isinstance(c, int)
+                    or not 0 <= c < len(names)), None)
+        if bad is not None:
+            raise DamagedState(f"state.feature_groups.codes[{bad}]", f"is {describe(codes[bad])}",
+                               f"an integer from 0 to {len(names) - 1}")
+        if set(codes) != set(range(len(names))):
+            raise DamagedState("state.feature_groups.codes", "leaves a group without features",
+                               "every group named in state.feature_groups.names used")
+        pooled = check_names(g["pooled"], "state.feature_groups.pooled", "group names", allow_empty=True)
+        unknown = [x for x in pooled if x not in names]
+        if unknown:
+            raise DamagedState("state.feature_groups.pooled", f"names {unknown[:3]}", "groups of state.feature_groups.names")
+        return len(names)
 
     def _check_arrays(self, state: dict[str, Any], arrays: dict[str, np.ndarray], dims: dict[str, int]) -> None:
         """Checks relating several loaded arrays (after each passed its own ``_stored`` rule); raises
@@ -1096,6 +1237,10 @@ class BaseHarmonizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto
         self.fit_warnings_ = list(state.get("fit_warnings", []))
         if "excluded_rows" in state:
             self.excluded_rows_ = list(state["excluded_rows"])
+        g = state.get("feature_groups")
+        self._groups = None if g is None else {
+            "names": list(g["names"]), "codes": np.asarray(g["codes"], dtype=np.intp),
+            "pooled": np.isin(np.asarray(g["names"], dtype=object), list(g["pooled"]))}
         self._arr = {k: np.asarray(v) for k, v in arrays.items()}
         self._arr["constant"] = self._arr["constant"].astype(bool)
         self._publish()
@@ -1122,7 +1267,8 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     """What a model holds, as (label, text) rows: those of ``model._repr_html_()`` and ``featharm info``."""
     params = model.get_params(deep=False)
     facts = [("family", type(model).__name__),
-             ("options", ", ".join(f"{k}={v!r}" for k, v in params.items() if k != "formula") or "none"),
+             ("options", ", ".join(f"{k}=<{len(v)} feature groups>" if isinstance(v, (dict, pd.Series)) else f"{k}={v!r}"
+                                   for k, v in params.items() if k != "formula") or "none"),
              ("formula", str(params.get("formula")) if params.get("formula") else "none (intercept only)")]
     if not model.__sklearn_is_fitted__():
         return [*facts, ("fitted", "no")]
@@ -1135,6 +1281,16 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     names = [str(f) for f in model.feature_names_in_]
     facts.append(("features", f"{len(names)}: {', '.join(names[:n_names])}"
                               + (f" ... (+{len(names) - n_names} more)" if len(names) > n_names else "")))
+    if hasattr(model, "priors_"):
+        groups = getattr(model, "feature_groups_", None)
+        if groups is None:
+            facts.append(("priors", "one empirical-Bayes prior per site across all features"))
+        else:
+            pooled = [g for g, flag in zip(model._groups["names"], model._groups["pooled"]) if flag]
+            counts = ", ".join(f"{g} ({int(n)})" for g, n in groups.value_counts(sort=False).items())
+            facts.append(("priors", f"per site and measure group: {counts}"
+                          + (f"; on the prior pooled across all features (too few features): {', '.join(pooled)}"
+                             if pooled and groups.nunique() > 1 else "")))
     n_obs = getattr(model, "n_obs_", None)
     if n_obs is not None and sizes is not None:
         lacking = sizes.to_numpy()[:, None] - n_obs.to_numpy()

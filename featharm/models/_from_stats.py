@@ -29,7 +29,7 @@ from .._validation import batch_levels, check_batch_labels, check_batch_sizes, e
 from ..design import CovariateDesign, batch_indicators, rank_deficiency_error, report_near_confounding
 from ..exceptions import (BatchError, ConfoundingError, ConvergenceWarning, InputError,
                           record_warnings, warn)
-from ._new_sites import new_site_posterior_missing
+from ._new_sites import new_site_posterior, new_site_posterior_missing
 
 __all__ = ["FrozenDesign", "freeze_design", "fit_from_statistics", "extend_with_statistics", "new_batch_effects"]
 
@@ -235,7 +235,9 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
     opts = model._eb_options()
     p = keep.size
     gh_all, d_raw_all, n_all = frozen_moments(stats, a["alpha"], slopes, a["sigma"])
-    out = {name: np.full(k, np.nan) for name in ("gamma_bar", "tau2", "a_prior", "b_prior")}
+    groups, pooled = model._grouping(keep)  # priors per measure group, as at fit
+    shape = (k,) if a["gamma_bar"].ndim == 1 else (k, a["gamma_bar"].shape[1])
+    out = {name: np.full(shape, np.nan) for name in ("gamma_bar", "tau2", "a_prior", "b_prior")}
     out.update(gamma_hat=np.zeros((k, p)), delta_hat=np.ones((k, p)), n_iter=np.zeros(k), n_obs=n_all)
     g_new, d_new = np.zeros((k, p)), np.ones((k, p))
     not_converged = []
@@ -246,12 +248,12 @@ def new_batch_effects(model, stats: SuffStats, *, levels=None,
             else eb.delta_from_raw(d_raw, opts.mean_only)
         out["gamma_hat"][j, keep], out["delta_hat"][j, keep] = gh, dh
         if incomplete:  # missing values: as transform(..., new_sites="estimate")
-            gs, ds, it, ok, pri = new_site_posterior_missing(gh, dh, d_raw, n, opts, levels[j], names[keep])
+            gs, ds, it, ok, pri = new_site_posterior_missing(gh, dh, d_raw, n, opts, levels[j], names[keep], groups,
+                                                             pooled, model._group_names())
             if pri is not None:
                 _priors_into(out, j, pri)
         elif opts.eb:
-            pri = eb.eb_priors(gh[None], dh[None], mean_only=opts.mean_only)
-            gs, ds, it, ok = eb.site_posterior(gh, dh, d_raw, float(stats.counts[j]), pri, 0, opts)
+            gs, ds, it, ok, pri = new_site_posterior(gh, dh, d_raw, float(stats.counts[j]), opts, groups, pooled)
             _priors_into(out, j, pri)
         else:
             gs, ds, it, ok = gh, dh, 0, True

@@ -58,6 +58,16 @@ class ComBat(BaseHarmonizer):
         names them; ``"exclude"`` leaves them out of the fit (and of ``transform``), returns their features as
         NaN and lists them in a :class:`~featharm.exceptions.MissingValueWarning` (and ``excluded_rows_``).
         Nothing is imputed.
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        How the empirical-Bayes priors (``docs/methods.md`` S6) pool the features. ``"group"``: one prior per site
+        and *measure group* (thickness, area, volume ... recognized from FreeSurfer, ENIGMA and ABCD column
+        names by :func:`featharm.io.feature_groups`; unrecognized names form the group ``"other"``), because
+        the site effects of different measures are not exchangeable. ``"pool"``: one prior per site across
+        all features (sva/neuroCombat). A mapping (dict or Series) feature -> group name gives the groups
+        yourself (every feature, no other names). ``"auto"`` is ``"group"``, or ``"pool"`` when ``compat`` is
+        set (reference parity). A group with fewer than 3 features with variance takes the pooled prior (a
+        :class:`~featharm.exceptions.FeatureGroupWarning`). With all features in one group, ``"group"`` is
+        ``"pool"`` bit for bit. See ``docs/methods.md`` §1.10.
 
     covariates : DataFrame or None, default None
         A covariate table indexed by row id (subject/session): ``fit``, ``fit_transform`` and ``transform``
@@ -96,7 +106,12 @@ class ComBat(BaseHarmonizer):
     priors_ : DataFrame
         Per-batch hyperparameters ``gamma_bar``, ``tau2``, ``a_prior`` (lambda), ``b_prior`` (theta); the
         scale priors are NaN with ``mean_only`` and all are NaN for the reference batch. Each column is also
-        an attribute of its own (``gamma_bar_``, ``tau2_``, ``a_prior_``, ``b_prior_``).
+        an attribute of its own (``gamma_bar_``, ``tau2_``, ``a_prior_``, ``b_prior_``). With priors per
+        measure group and more than one group, one row per batch and group (index ``(batch, group)``; the
+        attributes are batch × group tables).
+    feature_groups_ : Series or None
+        The measure group of every feature whose prior it shares (``priors="group"`` or a mapping), in
+        saved models too; None with one pooled prior.
     n_iter_ : Series
         Parametric EB iterations per batch (0 where not iterated).
     ref_index_ : int or None
@@ -160,7 +175,7 @@ class ComBat(BaseHarmonizer):
 
     def __init__(self, *, batch="site", formula=None, eb=True, parametric=True, mean_only=False,
                  mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000, compat=None,
-                 missing_covariates="error", covariates=None, n_jobs=None):
+                 missing_covariates="error", priors="auto", covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.eb = eb
@@ -172,6 +187,7 @@ class ComBat(BaseHarmonizer):
         self.max_iter = max_iter
         self.compat = compat
         self.missing_covariates = missing_covariates
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

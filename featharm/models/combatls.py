@@ -57,6 +57,9 @@ class ComBatLS(BaseHarmonizer):
         The location–scale fit stops when no feature's deviance changes by more than this.
     fit_max_iter : int, default 200
         Cap on location–scale iterations (a :class:`~featharm.exceptions.ConvergenceWarning` when hit).
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        Empirical-Bayes priors per measure group (thickness, area, volume ...) or pooled across all features,
+        as in :class:`~featharm.ComBat` (``"auto"``: ``"group"`` (this family has no ``compat``)).
 
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
@@ -121,7 +124,7 @@ class ComBatLS(BaseHarmonizer):
 
     def __init__(self, *, batch="site", formula=None, scale_formula=None, eb=True, parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
-                 fit_tol=1e-8, fit_max_iter=200, covariates=None, n_jobs=None):
+                 fit_tol=1e-8, fit_max_iter=200, priors="auto", covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.scale_formula = scale_formula
@@ -134,6 +137,7 @@ class ComBatLS(BaseHarmonizer):
         self.max_iter = max_iter
         self.fit_tol = fit_tol
         self.fit_max_iter = fit_max_iter
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

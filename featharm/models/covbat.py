@@ -74,6 +74,10 @@ class CovBat(ComBat):
         Empirical Bayes in the score step (R ``score.eb``); the priors pool the ``K`` components of a site.
     score_parametric : bool, default True
         Parametric (``True``) or non-parametric score EB (R ``score.parametric``); used with ``score_eb``.
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        Empirical-Bayes priors per measure group (thickness, area, volume ...) or pooled across all features,
+        as in :class:`~featharm.ComBat` (``"auto"``: ``"group"``, ``"pool"`` with ``compat``).
+        Only the ComBat step: the score step's priors pool the principal components (which mix measures).
 
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
@@ -137,7 +141,7 @@ class CovBat(ComBat):
     def __init__(self, *, batch="site", formula=None, ref_batch=None, percent_var=0.95, n_components=None,
                  std_var=True, eb=True, parametric=True, mean_only=False, mean_only_form="sva", score_eb=False,
                  score_parametric=True, tol=1e-4, max_iter=1000, compat=None, missing_covariates="error",
-                 covariates=None, n_jobs=None):
+                 priors="auto", covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.ref_batch = ref_batch
@@ -154,6 +158,7 @@ class CovBat(ComBat):
         self.max_iter = max_iter
         self.compat = compat
         self.missing_covariates = missing_covariates
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

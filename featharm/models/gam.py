@@ -102,6 +102,9 @@ class ComBatGAM(BaseHarmonizer):
     random_state : int, default 0
         Seed of the k-fold search with ``compat="neuroHarmonize"`` (neuroHarmonize's ``seed``); recorded in
         the model. The default fit is deterministic and does not use it.
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        Empirical-Bayes priors per measure group (thickness, area, volume ...) or pooled across all features,
+        as in :class:`~featharm.ComBat` (``"auto"``: ``"group"``, ``"pool"`` with ``compat``).
 
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
@@ -178,7 +181,7 @@ class ComBatGAM(BaseHarmonizer):
                  shared_smoothing=False, smooth_bounds=None, knots="quantile", extrapolate=None, eb=True,
                  parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
-                 compat=None, random_state=0, covariates=None, n_jobs=None):
+                 compat=None, random_state=0, priors="auto", covariates=None, n_jobs=None):
         self.batch = batch
         self.formula = formula
         self.smooth = smooth
@@ -197,6 +200,7 @@ class ComBatGAM(BaseHarmonizer):
         self.max_iter = max_iter
         self.compat = compat
         self.random_state = random_state
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

@@ -74,6 +74,9 @@ class LongComBatGAM(LongComBat):
         Empirical-Bayes shrinkage of the site effects.
     n_iter : int, default 30
         Jacobi EB iterations (longCombat's ``niter``).
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        Empirical-Bayes priors per measure group (thickness, area, volume ...) or pooled across all features,
+        as in :class:`~featharm.ComBat` (``"auto"`` is ``"group"``: this family has no ``compat``).
 
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
@@ -145,8 +148,8 @@ class LongComBatGAM(LongComBat):
     random_slope = False  # a random intercept only (read by LongComBat's shared code; not a parameter)
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, smooth=None, df=10,
-                 smooth_bounds=None, extrapolate=None, standardize="reml", eb=True, n_iter=30, covariates=None,
-                 n_jobs=None):
+                 smooth_bounds=None, extrapolate=None, standardize="reml", eb=True, n_iter=30, priors="auto",
+                 covariates=None, n_jobs=None):
         self.batch = batch
         self.subject = subject
         self.time = time
@@ -158,6 +161,7 @@ class LongComBatGAM(LongComBat):
         self.standardize = standardize
         self.eb = eb
         self.n_iter = n_iter
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

@@ -76,6 +76,9 @@ class LongComBat(BaseHarmonizer):
         Empirical-Bayes shrinkage of the site effects (``False``: raw batch moments).
     n_iter : int, default 30
         Jacobi EB iterations (longCombat's ``niter``; no convergence test).
+    priors : {"auto", "group", "pool"} or mapping, default "auto"
+        Empirical-Bayes priors per measure group (thickness, area, volume ...) or pooled across all features,
+        as in :class:`~featharm.ComBat` (``"auto"``: ``"group"`` (this family has no ``compat``; pass ``priors="pool"`` to reproduce R longCombat)).
 
     covariates, n_jobs
         A covariate table looked up by the index of ``X``, and the BLAS threads; see :class:`~featharm.ComBat`.
@@ -177,7 +180,7 @@ class LongComBat(BaseHarmonizer):
     _supports_missing = True
 
     def __init__(self, *, batch="site", subject="subject", time=None, formula=None, random_slope=False,
-                 standardize="reml", eb=True, n_iter=30, covariates=None, n_jobs=None):
+                 standardize="reml", eb=True, n_iter=30, priors="auto", covariates=None, n_jobs=None):
         self.batch = batch
         self.subject = subject
         self.time = time
@@ -186,6 +189,7 @@ class LongComBat(BaseHarmonizer):
         self.standardize = standardize
         self.eb = eb
         self.n_iter = n_iter
+        self.priors = priors
         self.covariates = covariates
         self.n_jobs = n_jobs
 

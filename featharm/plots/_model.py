@@ -18,7 +18,13 @@ def _check_model(model, owner):
                                  f"{type(model).__name__} has no {name!r}.")
 
 
-def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
+def _groups(model) -> list | None:
+    """The measure groups of a model with priors per group (``priors_`` indexed by batch and group), else None."""
+    pri = model.priors_
+    return list(pri.index.get_level_values(1).unique()) if pri.index.nlevels > 1 else None
+
+
+def eb_prior(model, *, site, parameter="gamma", group=None, bins=25, ax=None, title=None):
     """Histogram of one site's estimates over features with the fitted prior density.
 
     ``parameter="gamma"``: ``gamma_hat`` with the normal prior N(``gamma_bar``, ``tau2``);
@@ -26,7 +32,8 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
     ``a_prior`` and scale ``b_prior``. Features without residual variance are left out, as in the fit, and so
     are undefined estimates (NaN: a site with no observed value of a feature, or one for δ̂²).
     Where the prior does not exist (reference batch; the scale prior with ``mean_only``) only the
-    histogram is drawn and the title says why.
+    histogram is drawn and the title says why. A model with priors per measure group (``feature_groups_``)
+    needs ``group``: the estimates of that group's features and its prior.
 
     Returns
     -------
@@ -42,10 +49,18 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
     i = sites.index(str(site))
     keep = ~np.isin(np.asarray(model.feature_names_in_, dtype=object),
                     list(getattr(model, "constant_features_", [])))
+    groups = _groups(model)
+    if groups is not None:
+        if group not in groups:
+            raise InputError(f"eb_prior: this model has priors per measure group; pass group= one of {groups} "
+                             f"(got {group!r}).")
+        keep &= (model.feature_groups_ == group).to_numpy()
+        pri = model.priors_.xs(group, level=1).iloc[i]
+    else:
+        pri = model.priors_.iloc[i]
     table = model.gamma_hat_ if parameter == "gamma" else model.delta_hat_
     est = table.to_numpy()[i, keep]
     est = est[np.isfinite(est)]  # undefined where the site has no (one) observed value of a feature: not drawn
-    pri = model.priors_.iloc[i]
     ax = get_ax(ax)
     color = site_colors(sites)[sites[i]]
     flat = est.size == 0 or np.ptp(est) <= 1e-9 * max(1.0, float(np.max(np.abs(est))))
@@ -73,18 +88,21 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
         note = " (reference batch: no prior)" if ref is not None and ref == i else " (no prior)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
-    ax.set_title(safe_label(f"{sites[i]}{note}" if title is None else title), fontsize=9)
+    label = sites[i] if group is None else f"{sites[i]}, {group}"
+    ax.set_title(safe_label(f"{label}{note}" if title is None else title), fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     return ax
 
 
 def eb_diagnostics(model, *, bins=25):
-    """Figure: :func:`eb_prior` for every site (rows), location (left) and scale (right)."""
+    """Figure: :func:`eb_prior` for every site (rows; every site and measure group with priors per group),
+    location (left) and scale (right)."""
     _check_model(model, "eb_diagnostics")
     sites = [str(s) for s in model.batches_]
-    fig = new_figure(7.5, 2.4 * len(sites))
-    axes = fig.subplots(len(sites), 2, squeeze=False)
-    for r, s in enumerate(sites):
+    rows = [(s, g) for s in sites for g in (_groups(model) or [None])]
+    fig = new_figure(7.5, 2.4 * len(rows))
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for r, (s, g) in enumerate(rows):
         for c, par in enumerate(_PARAMS):
-            eb_prior(model, site=s, parameter=par, bins=bins, ax=axes[r, c])
+            eb_prior(model, site=s, parameter=par, group=g, bins=bins, ax=axes[r, c])
     return fig

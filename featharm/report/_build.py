@@ -510,6 +510,8 @@ def param_text(value) -> str:
     table, ``covariates=``) rather than its whole contents."""
     if isinstance(value, pd.DataFrame):
         return f"DataFrame of {value.shape[0]} rows × {value.shape[1]} columns"
+    if isinstance(value, (dict, pd.Series)):  # priors= a mapping feature -> measure group
+        return f"mapping of {len(value)} features to {len(set(dict(value).values()))} groups"
     return repr(value)
 
 
@@ -655,11 +657,14 @@ def model_section(model, batch, figs: Figures) -> Section:
                           "Parameters"))
     if hasattr(model, "priors_"):
         pri = model.priors_.copy()
-        pri.insert(0, str(batch), [str(v) for v in pri.index])
+        site = pri.index.get_level_values(0)  # with priors per measure group: rows (site, group)
+        if pri.index.nlevels > 1:
+            pri.insert(0, "measure group", [str(v) for v in pri.index.get_level_values(1)])
+        pri.insert(0, str(batch), [str(v) for v in site])
         if hasattr(model, "n_iter_"):
-            pri["EB iterations"] = model.n_iter_.to_numpy()
+            pri["EB iterations"] = model.n_iter_.reindex(site).to_numpy()
         if hasattr(model, "batch_sizes_"):
-            pri["subjects"] = model.batch_sizes_.to_numpy().astype(int)
+            pri["subjects"] = model.batch_sizes_.reindex(site).to_numpy().astype(int)
         s.tables.append(table(pri.reset_index(drop=True), "Empirical-Bayes hyperparameters per site "
                               "(a_prior, b_prior: inverse-gamma shape and scale of δ²)"))
     if hasattr(model, "gamma_star_") and hasattr(model, "delta_star_"):

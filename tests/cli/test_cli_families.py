@@ -27,18 +27,18 @@ def table(tmp_path):
 def test_covbat_cli_matches_r(table, tmp_path):
     path, X, _ = table
     out, model = tmp_path / "h.csv", tmp_path / "m.fhm"
-    assert main(["harmonize", str(path), "--batch", "site", "--method", "covbat", "--formula", "age + sex",
+    assert main(["harmonize", str(path), "--batch", "site", "--priors", "pool", "--method", "covbat", "--formula", "age + sex",
                  "--id", "subject_id", "--out", str(out), "--save-model", str(model), "--quiet"]) == 0
     h = pd.read_csv(out)
     assert list(h.columns[:4]) == ["subject_id", "site", "age", "sex"]
     R = pd.read_csv(OUTPUTS / "covbat__covbatpkg" / "harmonized.csv")
     np.testing.assert_allclose(h[X.columns].to_numpy(), R.to_numpy(), rtol=0, atol=1e-8)
     assert featharm.load_model(model).n_components_ == 19
-    assert main(["harmonize", str(path), "--batch", "site", "--method", "covbat", "--formula", "age + sex",
+    assert main(["harmonize", str(path), "--batch", "site", "--priors", "pool", "--method", "covbat", "--formula", "age + sex",
                  "--n-components", "3", "--out", str(out), "--save-model", str(model), "--quiet"]) == 0
     assert featharm.load_model(model).n_components_ == 3
     # with a reference batch: its rows come out unchanged (test_covbat.py::test_reference_batch)
-    assert main(["harmonize", str(path), "--batch", "site", "--method", "covbat", "--formula", "age + sex",
+    assert main(["harmonize", str(path), "--batch", "site", "--priors", "pool", "--method", "covbat", "--formula", "age + sex",
                  "--ref-batch", "site01", "--out", str(out), "--save-model", str(model), "--quiet"]) == 0
     h, raw = pd.read_csv(out), pd.read_csv(path)
     ref = (raw["site"] == "site01").to_numpy()
@@ -50,7 +50,7 @@ def test_covbat_cli_matches_r(table, tmp_path):
 def test_combatls_cli_matches_r(table, tmp_path):
     path, X, _ = table
     out = tmp_path / "h.csv"
-    assert main(["harmonize", str(path), "--batch", "site", "--method", "combatls", "--formula", "age + sex",
+    assert main(["harmonize", str(path), "--batch", "site", "--priors", "pool", "--method", "combatls", "--formula", "age + sex",
                  "--scale-formula", "age + sex", "--out", str(out), "--quiet"]) == 0
     h = pd.read_csv(out)
     R = pd.read_csv(OUTPUTS / "combatls__comfamily" / "harmonized.csv")
@@ -63,7 +63,7 @@ def test_scale_formula_column_is_not_a_feature(table, tmp_path):
     data = pd.read_csv(path).assign(icv=np.linspace(1.0, 2.0, len(X)))
     data.to_csv(path, index=False)
     out = tmp_path / "h.csv"
-    assert main(["harmonize", str(path), "--batch", "site", "--method", "combatls", "--formula", "age",
+    assert main(["harmonize", str(path), "--batch", "site", "--priors", "pool", "--method", "combatls", "--formula", "age",
                  "--scale-formula", "icv", "--out", str(out), "--quiet"]) == 0
     h = pd.read_csv(out)
     assert np.array_equal(h["icv"].to_numpy(), data["icv"].to_numpy())  # kept, not harmonized
@@ -76,7 +76,7 @@ def test_apply_new_sites(table, tmp_path, capsys, method):
     train, model, out = tmp_path / "train.csv", tmp_path / "m.fhm", tmp_path / "o.csv"
     data[data["site"] != "site03"].to_csv(train, index=False)
     extra = ["--scale-formula", "age"] if method == "combatls" else []
-    assert main(["harmonize", str(train), "--batch", "site", "--method", method, "--formula", "age + sex",
+    assert main(["harmonize", str(train), "--batch", "site", "--priors", "pool", "--method", method, "--formula", "age + sex",
                  "--id", "subject_id", "--save-model", str(model), "--out", str(tmp_path / "h.csv"), "--quiet",
                  *extra]) == 0
     # default: a one-line error naming the unseen site

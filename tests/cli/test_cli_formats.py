@@ -26,6 +26,12 @@ from featharm.cli import main
 from featharm.io import read_fs_tables
 from featharm.io.formats import read_abcd
 
+# Small tables mixing measures (2 thickness, 2 volumes ...): with the default priors per measure group their
+# groups take the pooled prior with a FeatureGroupWarning, which these tests do not check
+# (tests/models/test_feature_groups.py and tests/cli/test_cli_priors.py do).
+pytestmark = pytest.mark.filterwarnings("ignore::featharm.exceptions.FeatureGroupWarning")
+
+
 
 def _run(capsys, *argv):
     code = main([str(a) for a in argv])
@@ -110,7 +116,7 @@ def test_abcd_tables_with_scanner_from_adm_info(tmp_path, capsys):
             f["abcd_y_lt"]]
     out = tmp_path / "harmonized.csv"
     code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber",
-                     "--formula", "interview_age", "--out", out)
+                     "--formula", "interview_age", "--out", out, "--abcd-event", "all")
     assert code == 0, cap.err
     left = ["smri_vol_scs_wholeb", "smri_vol_scs_intracranialv", "smri_vol_scs_suprateialv"]
     note = next(ln for ln in cap.err.splitlines() if "left out" in ln)
@@ -143,15 +149,15 @@ def test_abcd_covariates_file_joined_on_both_keys(tmp_path, capsys):
     f = write_abcd(tmp_path, n_subjects=30)
     lt = pd.read_csv(f["abcd_y_lt"])
     code, cap = _run(capsys, "harmonize", f["mri_y_smr_thk_dsk"], "--covariates", f["abcd_y_lt"], "--batch",
-                     "site_id_l", "--out", tmp_path / "h.csv", "--quiet")
+                     "site_id_l", "--out", tmp_path / "h.csv", "--quiet", "--abcd-event", "all")
     assert code == 0, cap.err
     assert "site_id_l" not in pd.read_csv(tmp_path / "h.csv").columns  # OUT is DATA: covariates stay in their file
     lt.drop(columns="eventname").to_csv(tmp_path / "noevent.csv", index=False)
     code, cap = _run(capsys, "harmonize", f["mri_y_smr_thk_dsk"], "--covariates", tmp_path / "noevent.csv",
-                     "--batch", "site_id_l", "--out", tmp_path / "h2.csv")
+                     "--batch", "site_id_l", "--out", tmp_path / "h2.csv", "--abcd-event", "all")
     assert code == 2 and "has no eventname column" in cap.err
     code, cap = _run(capsys, "harmonize", f["mri_y_smr_thk_dsk"], "--covariates", f["abcd_y_lt"], "--id",
-                     "src_subject_id", "--batch", "site_id_l", "--out", tmp_path / "h3.csv")
+                     "src_subject_id", "--batch", "site_id_l", "--out", tmp_path / "h3.csv", "--abcd-event", "all")
     assert code == 2 and "several events per subject" in cap.err
 
 
@@ -169,3 +175,71 @@ def test_refusals_name_the_files(fs, capsys, case):
     code, cap = _run(capsys, "harmonize", *argv, "--batch", "site", "--out", fs / "out.csv")
     assert code == 2 and words in cap.err, cap.err
     assert not (fs / "out.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------- ABCD events
+def test_abcd_several_events_are_refused_and_listed(tmp_path, capsys):
+    f = write_abcd(tmp_path, n_subjects=30)
+    data = [f["mri_y_smr_thk_dsk"], f["mri_y_adm_info"]]
+    out = tmp_path / "h.csv"
+    code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--out", out)
+    err = [ln for ln in cap.err.splitlines() if ln.startswith("featharm: error:")]
+    assert code == 2 and len(err) == 1 and not out.exists(), cap.err
+    assert "2 events: 2_year_follow_up_y_arm_1 (30 rows), baseline_year_1_arm_1 (30 rows)" in err[0]
+    assert "--abcd-event" in err[0] and "--method longitudinal" in err[0]
+
+
+@pytest.mark.filterwarnings("ignore::featharm.exceptions.SmallBatchWarning")  # 5 subjects per scanner
+def test_abcd_event_keeps_one_event(tmp_path, capsys):
+    f = write_abcd(tmp_path, n_subjects=30)
+    data = [f["mri_y_smr_thk_dsk"], f["mri_y_adm_info"], f["abcd_y_lt"]]
+    out = tmp_path / "h.csv"
+    code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--formula",
+                     "interview_age", "--abcd-event", "baseline_year_1_arm_1", "--out", out)
+    assert code == 0, cap.err
+    h = pd.read_csv(out)
+    assert len(h) == 30 and set(h["eventname"]) == {"baseline_year_1_arm_1"}
+    df = read_abcd(data, events=["baseline_year_1_arm_1"])
+    feats = [c for c in ABCD_THK if c in h.columns and c != "eventname"]
+    expected = fh.ComBat(batch="mri_info_deviceserialnumber", formula="interview_age").fit_transform(df[feats], df)
+    assert np.allclose(h[feats].to_numpy(), expected.to_numpy(), rtol=1e-12, equal_nan=True)
+    # one event per subject: --id names the rows, and the harmonized table is joined on it
+    code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--id", "src_subject_id",
+                     "--abcd-event", "baseline_year_1_arm_1", "--out", tmp_path / "h2.csv", "--quiet")
+    assert code == 0, cap.err
+
+
+@pytest.mark.filterwarnings("ignore::featharm.exceptions.SmallBatchWarning")
+@pytest.mark.filterwarnings("ignore::featharm.exceptions.SingularFitWarning")  # the simulated scans: no subject effect
+def test_abcd_event_all_and_longitudinal(tmp_path, capsys):
+    f = write_abcd(tmp_path, n_subjects=30)
+    data = [f["mri_y_smr_thk_dsk"], f["mri_y_adm_info"], f["abcd_y_lt"]]
+    code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--abcd-event", "all",
+                     "--out", tmp_path / "a.csv", "--quiet")
+    assert code == 0 and len(pd.read_csv(tmp_path / "a.csv")) == 60, cap.err
+    code, cap = _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--method",
+                     "longitudinal", "--subject", "src_subject_id", "--formula", "interview_age",
+                     "--out", tmp_path / "l.csv", "--save-model", tmp_path / "l.fhm", "--quiet")
+    assert code == 0 and len(pd.read_csv(tmp_path / "l.csv")) == 60, cap.err
+    # a longitudinal model applies to every event; a cross-sectional one needs --abcd-event
+    code, cap = _run(capsys, "apply", tmp_path / "l.fhm", *data, "--out", tmp_path / "la.csv", "--quiet")
+    assert code == 0, cap.err
+    _run(capsys, "harmonize", *data, "--batch", "mri_info_deviceserialnumber", "--abcd-event", "baseline_year_1_arm_1",
+         "--out", tmp_path / "b.csv", "--save-model", tmp_path / "b.fhm", "--quiet")
+    code, cap = _run(capsys, "apply", tmp_path / "b.fhm", *data, "--out", tmp_path / "ba.csv")
+    assert code == 2 and "--abcd-event" in cap.err
+    code, cap = _run(capsys, "apply", tmp_path / "b.fhm", *data, "--abcd-event", "2_year_follow_up_y_arm_1",
+                     "--out", tmp_path / "ba.csv", "--quiet")
+    assert code == 0 and set(pd.read_csv(tmp_path / "ba.csv")["eventname"]) == {"2_year_follow_up_y_arm_1"}, cap.err
+
+
+def test_abcd_event_errors(tmp_path, capsys):
+    f = write_abcd(tmp_path, n_subjects=30)
+    code, cap = _run(capsys, "harmonize", f["mri_y_smr_thk_dsk"], f["mri_y_adm_info"], "--batch",
+                     "mri_info_deviceserialnumber", "--abcd-event", "4_year_follow_up_y_arm_1", "--out", tmp_path / "h.csv")
+    assert code == 2 and "no rows at that event" in cap.err and "baseline_year_1_arm_1" in cap.err
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"id": ["a", "b"], "site": ["x", "y"], "f": [1.0, 2.0]}).to_csv(plain, index=False)
+    code, cap = _run(capsys, "harmonize", plain, "--batch", "site", "--id", "id", "--abcd-event", "all",
+                     "--out", tmp_path / "p.csv")
+    assert code == 2 and "is not one" in cap.err

@@ -49,6 +49,7 @@ SAMPLES = {
     "--missing-covariates": (["--missing-covariates", "exclude"], "exclude"),
     "--n-jobs": (["--n-jobs", "1"], 1),
     "--scale": (["--scale"], True),
+    "--priors": (["--priors", "pool"], "pool"),
 }
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
@@ -56,7 +57,8 @@ NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "g
           "longgam": list(REQUIRED["longgam"])}
 # harmonize's options that are not the model's
 NOT_MODEL = {"-h", "--help", "--method", "--features", "--save-model", "--report", "--covariates", "--id", "--out",
-             "--quiet", "--missing", "--float-format", "--include", "--scheduler"}
+             "--quiet", "--missing", "--float-format", "--include", "--scheduler",
+             "--feature-groups", "--abcd-event"}  # --feature-groups FILE: a priors mapping read once the features are known
 
 
 def _params(method) -> set:

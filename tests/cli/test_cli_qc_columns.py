@@ -12,6 +12,12 @@ import featharm as fh
 from featharm.cli import main
 from featharm.io import not_a_feature
 
+# Small tables mixing measures (2 thickness, 2 volumes ...): with the default priors per measure group their
+# groups take the pooled prior with a FeatureGroupWarning, which these tests do not check
+# (tests/models/test_feature_groups.py and tests/cli/test_cli_priors.py do).
+pytestmark = pytest.mark.filterwarnings("ignore::featharm.exceptions.FeatureGroupWarning")
+
+
 # Real FreeSurfer / ENIGMA / ABCD column names: QC, global, and regional measures that stay features.
 QC = ["avg_en", "lhSurfaceHoles", "rhSurfaceHoles", "SurfaceHoles", "euler_number", "lh_euler"]
 GLOBAL = ["EstimatedTotalIntraCranialVol", "eTIV", "BrainSegVol", "BrainSegVolNotVent", "BrainSegVolNotVentSurf",

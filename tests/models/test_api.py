@@ -15,7 +15,7 @@ import featharm as fh
 from featharm.exceptions import NotFittedError
 
 PARAMS = ["batch", "formula", "eb", "parametric", "mean_only", "mean_only_form", "ref_batch", "tol",
-          "max_iter", "compat", "missing_covariates", "covariates", "n_jobs"]
+          "max_iter", "compat", "missing_covariates", "priors", "covariates", "n_jobs"]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ class CheckCovBatR(CheckComBatR):
     @classmethod
     def setup_class(cls):
         cls.X, cls.cov = load_small_cs()
-        cls.model = featharm.CovBat(batch="site", formula="age + sex", **cls.options)
+        cls.model = featharm.CovBat(batch="site", formula="age + sex", priors="pool", **cls.options)  # R pools all features
         cls.harmonized = cls.model.fit_transform(cls.X, cls.cov)
         cls.out = OUTPUTS / cls.folder
 

@@ -50,7 +50,7 @@ FAMILIES = {
 _COMMON_BAD = {
     "batch": 3.5, "formula": 12, "eb": "yes", "parametric": None, "mean_only": 1.5, "mean_only_form": "R",
     "ref_batch": ["a"], "tol": -1.0, "max_iter": 0, "compat": "R", "missing_covariates": "impute",
-    "covariates": "participants.tsv", "n_jobs": 0,
+    "covariates": "participants.tsv", "n_jobs": 0, "priors": "measure",
 }
 _FAMILY_BAD = {
     "ComBat": {},

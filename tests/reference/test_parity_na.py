@@ -50,7 +50,7 @@ class CheckComBatNA(CheckComBatR):
     @classmethod
     def setup_class(cls):
         cls.X, cls.cov = load_small_cs_na()
-        cls.model = featharm.ComBat(batch="site", formula="age + sex", **cls.options)
+        cls.model = featharm.ComBat(batch="site", formula="age + sex", priors="pool", **cls.options)  # R pools all features
         cls.harmonized = cls.model.fit_transform(cls.X, cls.cov)
         cls.out = OUTPUTS / cls.folder
 
@@ -180,13 +180,13 @@ class TestSvaNA:
         np.testing.assert_allclose(h.to_numpy()[~missing], self.expected[~missing], rtol=0, atol=1e-9)
 
     def test_default_is_neurocombat_not_sva(self):
-        h = featharm.ComBat(batch="site", formula="age + sex").fit_transform(self.X, self.cov).to_numpy()
+        h = featharm.ComBat(batch="site", formula="age + sex", priors="pool").fit_transform(self.X, self.cov).to_numpy()
         assert 1e-3 < _max_abs(h, self.expected) < 5e-3  # README: up to 2.9e-3
 
     def test_sva_changes_nothing_without_nan(self):
         X = self.X.fillna(1.0)
         a = featharm.ComBat(batch="site", formula="age + sex", compat="sva").fit_transform(X, self.cov)
-        b = featharm.ComBat(batch="site", formula="age + sex").fit_transform(X, self.cov)
+        b = featharm.ComBat(batch="site", formula="age + sex", priors="pool").fit_transform(X, self.cov)
         assert np.array_equal(a.to_numpy(), b.to_numpy())
 
 
@@ -207,7 +207,7 @@ def test_r_stops_on_small_cs_na_empty():
 def test_small_cs_na_empty_runs_where_r_stops(setting):
     X, cov = load_small_cs_na("small_cs_na_empty")
     assert int(X.isna().to_numpy().sum()) == 322
-    model = featharm.ComBat(batch="site", formula="age + sex", **EMPTY_SETTINGS[setting])
+    model = featharm.ComBat(batch="site", formula="age + sex", priors="pool", **EMPTY_SETTINGS[setting])
     with pytest.warns(MissingValueWarning) as rec:
         h = model.fit_transform(X, cov).to_numpy()
     text = " ".join(str(w.message) for w in rec)
