@@ -19,6 +19,7 @@ _LAZY_NAMES = {
     # through the models package, which registers every family before a file is read
     "load_model": "models", "save_model": "models",
     "set_scheduler": "_dask", "get_scheduler": "_dask",
+    "NestedComBat": "models",
 }
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "plots",
     "report",
     "mixed",
+    "NestedComBat",
 ]
 
 

@@ -9,6 +9,7 @@ from .gam import ComBatGAM
 from .longitudinal import LongComBat
 from .covbat import CovBat
 from .combatls import ComBatLS
+from .nested import NestedComBat
 
 __all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat", "CovBat", "ComBatLS", "load_model",
-           "save_model"]
+           "save_model", "NestedComBat"]
