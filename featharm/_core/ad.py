@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ad_ksamp", "ad_critical", "SIGNIFICANCE", "P_FLOOR", "P_CAP"]
+__all__ = ["P_CAP", "P_FLOOR", "SIGNIFICANCE", "ad_critical", "ad_ksamp"]
 
 # Scholz & Stephens (1987), Table 2: critical values b0 + b1 / sqrt(m) + b2 / m of the standardized
 # statistic with m = k - 1, at the significance levels SIGNIFICANCE (the coefficients scipy uses).

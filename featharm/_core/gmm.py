@@ -46,7 +46,7 @@ def gmm_fit(Y: np.ndarray, *, random_state=None, n_init: int = 5, max_iter: int 
     parameters), ``minor_share`` (share of the smaller cluster) and ``labels`` (0/1 per row).
     """
     Y = np.asarray(Y, dtype=np.float64)
-    n, p = Y.shape
+    n = Y.shape[0]
     rng = np.random.default_rng(random_state)
     with np.errstate(invalid="ignore"):
         center = Y.mean(axis=0)

@@ -33,7 +33,6 @@ from .._validation import (
     show_rows,
 )
 from ..exceptions import (
-    BatchError,
     ColumnNotFoundError,
     FormulaError,
     InputError,
@@ -295,11 +294,10 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
                 for v in ref.values())):
             raise bad("ref_batch", f"None or a dict {{variable: level}} over the batch variables {variables}", ref)
         sp = self.step_params
-        if sp is not None:
-            if not isinstance(sp, dict) or not set(sp) <= set(variables) or not all(
-                    isinstance(v, dict) and set(v) <= set(_PER_STEP) for v in sp.values()):
-                raise bad("step_params", f"None or a dict {{variable: {{option: value}}}} over the batch "
-                          f"variables {variables} with options among {list(_PER_STEP)}", sp)
+        if sp is not None and (not isinstance(sp, dict) or not set(sp) <= set(variables) or not all(
+                isinstance(v, dict) and set(v) <= set(_PER_STEP) for v in sp.values())):
+            raise bad("step_params", f"None or a dict {{variable: {{option: value}}}} over the batch "
+                      f"variables {variables} with options among {list(_PER_STEP)}", sp)
         table = self.covariates
         if table is not None and not isinstance(table, pd.DataFrame):
             shown = repr(table) if isinstance(table, (str, int, float)) else f"a {type(table).__name__}"
