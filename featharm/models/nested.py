@@ -453,6 +453,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
         -------
         self
         """
+        self._check_params()
         self._fit(X, self._covariates(X, covariates, params, "fit"))
         return self
 
@@ -464,6 +465,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
         DataFrame
             Harmonized features, same index and columns as ``X``.
         """
+        self._check_params()
         out, rows_out = self._fit(X, self._covariates(X, covariates, params, "fit_transform"))
         return self._output(out, rows_out)
 

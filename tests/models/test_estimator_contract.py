@@ -39,6 +39,7 @@ FAMILIES = {
     "LongComBat": (fh.LongComBat, dict(subject="subject", time="time", formula="age + sex + time")),
     "CovBat": (fh.CovBat, dict(formula="age + sex")),
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex", scale_formula="age")),
+    "NestedComBat": (fh.NestedComBat, dict(batches=["site", "scanner"], formula="age + sex")),
 }
 
 # One invalid value of EVERY constructor parameter: the shared ones, then each family's own (the test below
@@ -56,6 +57,8 @@ _FAMILY_BAD = {
     "LongComBat": dict(subject=7, time=1.5, random_slope="no", standardize="z", n_iter=-1),
     "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
+    "NestedComBat": dict(batches="site", order="best", criterion="ks", sweeps=0, gmm="yes", random_state="seed",
+                         step_params=5),
 }
 
 
@@ -68,12 +71,21 @@ def bad_values(name):
 COMMON_ATTRIBUTES = ["batches_", "batch_sizes_", "n_features_in_", "feature_names_in_", "design_", "alpha_",
                      "beta_", "batch_coef_", "sigma_", "gamma_hat_", "delta_hat_", "gamma_star_",
                      "delta_star_", "priors_", "n_iter_", "constant_features_", "fit_warnings_"]
+# A family made of ComBat steps publishes its own (each step has the common ones).
+ATTRIBUTES = {"NestedComBat": ["order_", "steps_", "order_counts_", "batches_", "batch_sizes_", "levels_",
+                               "n_features_in_", "feature_names_in_", "design_", "gmm_", "fit_warnings_"]}
+
+
+def attributes(name):
+    return ATTRIBUTES.get(name, COMMON_ATTRIBUTES)
 
 
 @pytest.fixture(scope="module")
 def data():
     sim = make_longitudinal(n_subjects=60, n_sites=3, n_features=6, random_state=0)
-    return sim.X, sim.covariates
+    # a second batch variable (scanner) crossed with site, for NestedComBat
+    scanner = np.where(np.random.default_rng(5).random(len(sim.X)) < 0.5, "A", "B")
+    return sim.X, sim.covariates.assign(scanner=scanner)
 
 
 def make(name, **kw):
@@ -121,7 +133,7 @@ def test_shared_parameter_names_and_defaults(name):
     for k, v in shared.items():
         if k in params:
             assert params[k] == v, (name, k)
-    assert params["batch"] == "site" and "formula" in params and "eb" in params
+    assert params.get("batch", params.get("batches", ("site",))[0]) == "site" and "formula" in params and "eb" in params
 
 
 @families
@@ -176,16 +188,17 @@ def test_fit_returns_self_and_publishes_common_attributes(name, data):
     X, cov = data
     est = make(name)
     assert est.fit(X, cov) is est
-    for attr in COMMON_ATTRIBUTES:
+    for attr in attributes(name):
         assert hasattr(est, attr), (name, attr)
     assert est.n_features_in_ == X.shape[1]
     assert list(est.feature_names_in_) == list(X.columns)
     assert list(est.batches_) == sorted(cov["site"].unique())
     assert est.batch_sizes_.sum() == len(X)
-    for attr in ("gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_"):
+    for attr in [a for a in ("gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_") if a in attributes(name)]:
         tab = getattr(est, attr)
         assert list(tab.index) == list(est.batches_) and list(tab.columns) == list(X.columns)
-    assert list(est.priors_.columns) == ["gamma_bar", "tau2", "a_prior", "b_prior"]
+    if "priors_" in attributes(name):
+        assert list(est.priors_.columns) == ["gamma_bar", "tau2", "a_prior", "b_prior"]
     assert list(est.get_feature_names_out()) == list(X.columns)
 
 
@@ -351,9 +364,11 @@ def test_save_load_round_trip_is_exact(name, data, fitted, tmp_path):
     est.save(path)
     loaded = fh.load_model(path)
     assert type(loaded) is type(est) and loaded.get_params() == est.get_params()
-    for attr in COMMON_ATTRIBUTES:
+    for attr in attributes(name):
         a, b = getattr(est, attr), getattr(loaded, attr)
-        if isinstance(a, (pd.Series, pd.DataFrame)):
+        if attr == "steps_":  # fitted steps: compared by what they transform (below)
+            assert [type(s) for s in a] == [type(s) for s in b]
+        elif isinstance(a, (pd.Series, pd.DataFrame)):
             assert a.equals(b), attr
         elif isinstance(a, np.ndarray):
             assert np.array_equal(a, b), attr
@@ -369,6 +384,8 @@ NON_DEFAULT = {
     "LongComBat": dict(random_slope=True, standardize="marginal", eb=False, n_iter=10),
     "CovBat": dict(n_components=2, score_eb=True, std_var=False),
     "ComBatLS": dict(ref_batch="site03", eb=False, fit_tol=1e-6),
+    "NestedComBat": dict(order=["scanner", "site"], ref_batch={"site": "site02"}, criterion="ad", sweeps=2,
+                         step_params={"scanner": {"eb": False}}, mean_only=True),
 }
 
 
@@ -419,10 +436,10 @@ def test_docstring_documents_every_parameter(name):
             documented |= {n.strip() for n in line.split(" : ")[0].split(",")}
     assert sorted(set(cls().get_params()) - documented) == []
     attributes = _section(doc, "Attributes")
-    assert [a for a in COMMON_ATTRIBUTES if a not in attributes] == []
+    assert [a for a in globals()["attributes"](name) if a not in attributes] == []
 
 
-@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal"])
+@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal", "nested"])
 def test_model_docstring_examples_run(module):
     """The Examples sections run as doctests: on the bundled IXI data, LongComBat's on simulated repeated
     scans (IXI is cross-sectional)."""

@@ -180,11 +180,11 @@ def opnested_loop(X, cov, variables, formula, residuals=False):
 def skewed_case():
     """A small case ComBat cannot fully harmonize: one level of each of 3 variables has skewed noise (same
     mean and variance) on half of the features, so some differences remain after every order."""
-    X, cov, truth, variables = simulate("crossed", n=150, p=12, seed=2, effect=0.5)
+    X, cov, _, variables = simulate("crossed", n=150, p=12, seed=2, effect=0.5)
     rng = np.random.default_rng(102)
     X = X.copy()
     for v in variables[:3]:
-        rows = (cov[v] == sorted(cov[v].unique())[0]).to_numpy()
+        rows = (cov[v] == min(cov[v].unique())).to_numpy()
         for j in range(0, X.shape[1], 2):
             X.iloc[rows, j] += 0.25 * X.iloc[:, j].std() * (rng.exponential(1.0, rows.sum()) - 1.0)
     return X, cov, variables[:3]
@@ -214,7 +214,7 @@ def test_order_search_matches_opnested_loop(criterion):
 
 def test_ties_go_to_the_first_order():
     """Without any batch effect and 2 features every order counts 0: the variables' own order is kept."""
-    X, cov, truth, variables = simulate("crossed", n=200, p=2, seed=5, effect=0.0)
+    _, cov, truth, _ = simulate("crossed", n=200, p=2, seed=5, effect=0.0)
     hm = fh.NestedComBat(batches=["coil", "field"], formula=FORMULA, eb=False).fit(truth, cov)
     assert (hm.order_counts_["total"] == hm.order_counts_["total"].iloc[0]).all()
     assert hm.order_ == ["coil", "field"]
@@ -223,7 +223,7 @@ def test_ties_go_to_the_first_order():
 def test_residual_criterion_counts_batch_differences_not_covariate_imbalance():
     """On batch-free data (the truth) where one vendor scanned older subjects, the count of "ad" counts the
     age difference as a vendor difference in most features; "ad_residuals" stays at the null rate."""
-    X, cov, truth, variables = simulate("crossed", n=400, p=60, seed=1, older=15.0)
+    _, cov, truth, variables = simulate("crossed", n=400, p=60, seed=1, older=15.0)
     ad = fh.NestedComBat(batches=variables, formula=FORMULA, criterion="ad", order=variables).fit(truth, cov)
     res = fh.NestedComBat(batches=variables, formula=FORMULA, order=variables).fit(truth, cov)
     n_tests = 60 * len(variables)
@@ -234,7 +234,7 @@ def test_residual_criterion_counts_batch_differences_not_covariate_imbalance():
 # ------------------------------------------------------------------------------------------ life cycle
 @pytest.fixture(scope="module")
 def small():
-    X, cov, truth, variables = simulate("crossed", n=240, p=20, seed=8)
+    X, cov, _, _ = simulate("crossed", n=240, p=20, seed=8)
     return X, cov, ["vendor", "field"]
 
 
@@ -276,7 +276,7 @@ def test_missing_values_and_new_sites(small):
 @pytest.mark.parametrize("gmm", ["batch", "covariate"])
 def test_gmm_latent_batch(gmm):
     """A hidden protocol splits the subjects in two groups that shift every feature: the mixture finds it."""
-    X, cov, truth, variables = simulate("crossed", n=300, p=20, seed=9, effect=0.5)
+    X, cov, _, _ = simulate("crossed", n=300, p=20, seed=9, effect=0.5)
     rng = np.random.default_rng(0)
     hidden = rng.random(len(X)) < 0.45
     X = X.copy()
