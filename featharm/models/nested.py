@@ -110,8 +110,9 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
         than 25 % of the rows define a latent batch ``gmm_latent`` (0 = the lower mode). ``"batch"`` adds it
         as one more batch variable (OPNested+GMM); ``"covariate"`` protects it as a covariate of every step
         (OPNested−GMM). ``transform`` assigns new rows to the latent batch with the stored mixture.
-    random_state : int, numpy Generator or None, default None
-        Seeds the starting points of the mixture fit (``gmm``); the order search is deterministic.
+    random_state : int, numpy Generator or None, default 0
+        Seeds the starting points of the mixture fit (``gmm``), so a fit is reproducible by default; the order
+        search itself is deterministic.
     eb, parametric, mean_only, mean_only_form, tol, max_iter, compat
         ComBat's options, the same for every step (see :class:`~featharm.ComBat`; defaults True, True,
         False, "sva", 1e-4, 1000, None).
@@ -199,7 +200,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
     _supports_missing = True
 
     def __init__(self, *, batches=("site",), formula=None, order="search", criterion="ad_residuals", sweeps=1,
-                 gmm=False, random_state=None,
+                 gmm=False, random_state=0,
                  eb=True, parametric=True, mean_only=False, mean_only_form="sva", ref_batch=None,
                  step_params=None, tol=1e-4, max_iter=1000, compat=None, missing_covariates="error",
                  covariates=None, n_jobs=None):
