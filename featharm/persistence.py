@@ -413,7 +413,7 @@ class _Reader:
                                f"only the arrays of a {kind}: {sorted(stored)}")
         members = {f"arrays/{prefix}{k}.npy": k for k in stored if k in meta}
         for name in zf.namelist():
-            if name != MANIFEST and name.startswith(f"arrays/{prefix}") and name not in members:
+            if name != MANIFEST and (not prefix or name.startswith(f"arrays/{prefix}")) and name not in members:
                 raise self.damaged(f"the zip holds an unexpected member {name!r} (not read)",
                                    f"only {MANIFEST} and arrays/<name>.npy for the arrays of a {kind}")
         present = set(zf.namelist())
