@@ -27,6 +27,9 @@ _B2 = np.array([-0.105, -0.305, -0.362, -0.391, -0.396, -0.345, -0.154])
 SIGNIFICANCE = np.array([0.25, 0.1, 0.05, 0.025, 0.01, 0.005, 0.001])
 P_FLOOR, P_CAP = 0.001, 0.25
 
+# Cells (rows × features) of the block of features computed at once: its dozen temporaries fit in cache.
+_BLOCK_CELLS = 2 ** 16
+
 
 def ad_critical(k: int) -> np.ndarray:
     """The critical values of the standardized statistic for ``k`` groups at :data:`SIGNIFICANCE`."""
@@ -72,41 +75,12 @@ def ad_ksamp(Y: np.ndarray, codes: np.ndarray, n_groups: int | None = None) -> t
     n, p = Y.shape
     codes = np.asarray(codes)
     k_all = int(codes.max()) + 1 if n_groups is None else int(n_groups)
-    order = np.argsort(Y, axis=0, kind="stable")  # NaN last
-    S = np.take_along_axis(Y, order, axis=0)
-    valid = ~np.isnan(S)
-    N = valid.sum(axis=0)  # observed values per feature
-    labels = codes[order]
-    rows = np.arange(n)[:, None]
-    # tie groups of equal observed values: where each starts, where it ends (exclusive)
-    start = valid.copy()
-    start[1:] &= S[1:] != S[:-1]
-    pos = np.where(start, rows, n)
-    nxt = np.minimum.accumulate(pos[::-1], axis=0)[::-1]  # first start at or after each row
-    end = np.minimum(np.vstack([nxt[1:], np.full((1, p), n)]), N[None, :])
-    lj = (end - rows).astype(np.float64)  # group size (at the starts)
-    Nf = N.astype(np.float64)[None, :]
-    Bj = rows + lj / 2.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = Bj * (Nf - Bj) - Nf * lj / 4.0
-        weight = np.where(start, lj / Nf / denom, 0.0)  # zero outside the starts
-    A2 = np.zeros(p)
-    sizes = np.zeros((k_all, p))
-    for i in range(k_all):
-        inside = (labels == i) & valid
-        cnt = np.zeros((n + 1, p))
-        np.cumsum(inside, axis=0, out=cnt[1:])
-        ni = cnt[-1]
-        sizes[i] = ni
-        before = cnt[:-1]  # values of group i below each row
-        at = np.take_along_axis(cnt, np.where(start, end, rows), axis=0) - before  # ... equal to it
-        Mij = before + at / 2.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            term = np.where(start, weight * (Nf * Mij - Bj * ni) ** 2, 0.0).sum(axis=0) / ni
-        A2 += np.where(ni > 0, term, 0.0)
-    A2 *= (N - 1.0) / np.where(N > 0, N, 1)
+    A2, sizes, N, distinct = np.zeros(p), np.zeros((k_all, p)), np.zeros(p, dtype=np.int64), np.zeros(p, dtype=np.int64)
+    width = max(1, _BLOCK_CELLS // max(n, 1))  # features per block: its temporaries stay in cache
+    for lo in range(0, p, width):
+        blk = slice(lo, min(lo + width, p))
+        A2[blk], sizes[:, blk], N[blk], distinct[blk] = _ad_block(Y[:, blk], codes, k_all)
     k = (sizes > 0).sum(axis=0)
-    distinct = start.sum(axis=0)
     stat = np.full(p, np.nan)
     pval = np.full(p, np.nan)
     ok = (N >= 4) & (k >= 2) & (distinct >= 2)
@@ -129,3 +103,51 @@ def ad_ksamp(Y: np.ndarray, codes: np.ndarray, n_groups: int | None = None) -> t
         pv = np.where(t < crit.min(), P_CAP, np.where(t > crit.max(), P_FLOOR, pv))
         pval[sel] = pv
     return stat, pval
+
+
+def _ad_block(Y: np.ndarray, codes: np.ndarray, k_all: int):
+    """``A2akN`` of each column of ``Y`` (a block of features), the observed size of each group, the observed
+    values and the distinct observed values of each column."""
+    n, p = Y.shape
+    order = np.argsort(np.asfortranarray(Y), axis=0)  # NaN last
+    S = np.take_along_axis(Y, order, axis=0)
+    valid = ~np.isnan(S)
+    N = valid.sum(axis=0)  # observed values per feature
+    labels = codes[order]
+    rows = np.arange(n)[:, None]
+    # tie groups of equal observed values: where each starts, where it ends (exclusive)
+    start = valid.copy()
+    start[1:] &= S[1:] != S[:-1]
+    no_ties = bool((start == valid).all())  # every observed value distinct: each group is one row
+    Nf = N.astype(np.float64)[None, :]
+    if no_ties:
+        end, lj = rows + 1, 1.0
+    else:
+        pos = np.where(start, rows, n)
+        nxt = np.minimum.accumulate(pos[::-1], axis=0)[::-1]  # first start at or after each row
+        end = np.minimum(np.vstack([nxt[1:], np.full((1, p), n)]), N[None, :])
+        lj = (end - rows).astype(np.float64)  # group size (at the starts)
+    Bj = rows + lj / 2.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(start, lj / Nf / (Bj * (Nf - Bj) - Nf * lj / 4.0), 0.0)  # zero outside the starts
+    A2 = np.zeros(p)
+    sizes = np.zeros((k_all, p))
+    cnt = np.zeros((n + 1, p))
+    for i in range(k_all):
+        inside = (labels == i) & valid
+        np.cumsum(inside, axis=0, out=cnt[1:])
+        ni = cnt[-1].copy()
+        sizes[i] = ni
+        before = cnt[:-1]  # values of group i below each row
+        if no_ties:  # ... equal to it: the row itself
+            Mij = before + inside * 0.5
+        else:
+            Mij = before + (np.take_along_axis(cnt, np.where(start, end, rows), axis=0) - before) * 0.5
+        Mij *= Nf
+        Mij -= Bj * ni
+        Mij *= Mij
+        with np.errstate(divide="ignore", invalid="ignore"):  # a feature without a test: NaN, never counted
+            Mij *= weight
+            A2 += np.where(ni > 0, Mij.sum(axis=0) / ni, 0.0)
+    A2 *= (N - 1.0) / np.where(N > 0, N, 1)
+    return A2, sizes, N, start.sum(axis=0)
