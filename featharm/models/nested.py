@@ -473,6 +473,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
+        self.__dict__.pop("_step_messages", None)
 
     def _fit(self, X, cov):
         self._check_params()
@@ -484,12 +485,12 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
             except BaseException:
                 self._forget_fit()
                 raise
-        own = [w for w in log if not w["message"].startswith("[")]
-        steps = [{"category": w["category"], "message": f"[{s.batch}] {w['message']}"}
-                 for s in self.steps_ for w in s.fit_warnings_]
-        self.fit_warnings_ = list({(w["category"], w["message"]): w for w in own
-                                   if not any(w["message"] == s_w["message"] for s in self.steps_
-                                              for s_w in s.fit_warnings_)}.values()) + steps
+        # the model's own warnings (the mixture, rows left out), then those of the chosen steps, each named by its
+        # variable; the warnings of steps of orders not chosen were shown during the fit but are not kept
+        of_steps = self.__dict__.pop("_step_messages")
+        own = {(w["category"], w["message"]): w for w in log if w["message"] not in of_steps}
+        self.fit_warnings_ = [*own.values(), *({"category": w["category"], "message": f"[{s.batch}] {w['message']}"}
+                                               for s in self.steps_ for w in s.fit_warnings_)]
         if excluded:
             self.excluded_rows_ = [r.item() if hasattr(r, "item") else r if isinstance(r, (str, int, float))
                                    else str(r) for r in excluded]
@@ -516,6 +517,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
         return [int((ad_ksamp(Y, c, k)[1] < ALPHA).sum()) for c, k in codes]
 
     def _fit_steps(self, X, cov) -> pd.DataFrame:
+        self._step_messages: set[str] = set()  # what the steps warned, to tell the model's own warnings apart
         cov_steps = self._with_latent(X, cov, fitting=True)
         variables = self._variables()
         for v in variables:
@@ -552,6 +554,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
                     continue
                 step = self._step(v)
                 out = step.fit_transform(current, cov_steps)
+                self._step_messages.update(w["message"] for w in step.fit_warnings_)
                 visit((*path, v), out, [*fitted, step])
 
         visit((), X, [])
@@ -562,6 +565,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
             for v in self.order_:
                 step = self._step(v)
                 out = step.fit_transform(out, cov_steps)
+                self._step_messages.update(w["message"] for w in step.fit_warnings_)
                 self.steps_.append(step)
         first = self.steps_[self.order_.index(self.batch)] if self.batch in self.order_ else self.steps_[0]
         self.batches_ = first.batches_

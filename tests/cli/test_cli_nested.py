@@ -65,3 +65,13 @@ def test_several_batches_need_nested(data, tmp_path, capsys):
     assert main(_harmonize(path, tmp_path / "h.csv", "--batch", "vendor", "--batch", "scanner")) == 2
     assert "'scanner'" in capsys.readouterr().err
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_info_lists_the_steps(data, tmp_path, capsys):
+    path, _, _ = data
+    model = tmp_path / "m.fhm"
+    assert main([*_harmonize(path, tmp_path / "h.csv", "--batch", "vendor", "--batch", "field", "--order", "field",
+                             "vendor"), "--save-model", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    assert "field (2 levels) > vendor (3 levels); 2 ComBat steps" in capsys.readouterr().out

@@ -404,3 +404,18 @@ def test_damaged_files_are_refused_with_the_entry_named(small, tmp_path):
     _rewrite(path, bad, drop="arrays/step0/delta_star.npy", add=("arrays/step0/delta_star.npy", buf.getvalue()))
     with pytest.raises(ModelFileError, match="delta_star"):
         fh.load_model(bad)
+
+
+def test_fit_warnings_name_the_step(small):
+    """The chosen steps' warnings are kept, each named by its variable (a refit keeps no stale ones)."""
+    X, cov, batches = small
+    X = X.copy()
+    X["f03"] = 1.0  # constant: each ComBat step passes it through and warns
+    hm = fh.NestedComBat(batches=batches, formula=FORMULA)
+    with pytest.warns(fh.exceptions.ConstantFeatureWarning, match="f03"):
+        Xh = hm.fit_transform(X, cov)
+    assert [w["message"][:len(v) + 2] for w, v in zip(hm.fit_warnings_, hm.order_)] == [f"[{v}]" for v in hm.order_]
+    assert len(hm.fit_warnings_) == 2 and (Xh["f03"] == 1.0).all()
+    assert not hasattr(hm, "_step_messages")
+    hm.fit(X.assign(f03=np.arange(len(X), dtype=float) % 5), cov)
+    assert hm.fit_warnings_ == []
