@@ -1,4 +1,4 @@
-"""One estimator contract, run over every model family (ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS).
+"""One estimator contract, run over every model family (ComBat, ComBatGAM, LongComBat, CovBat, ComBatLS, NestedComBat).
 
 What scikit-learn's ``check_estimator`` asserts for array estimators, restated for featharm's harmonizers,
 whose ``fit``/``transform`` need a covariate table next to the features: parameters stored untouched by
