@@ -30,6 +30,7 @@ from .._validation import (
     check_positive_number,
     encode_batches,
     get_batch,
+    model_features,
     show_rows,
 )
 from ..exceptions import (
@@ -425,7 +426,7 @@ class NestedComBat(OneToOneFeatureMixin, TransformerMixin, BaseEstimator, auto_w
         return out
 
     def _fit_gmm(self, frame: pd.DataFrame) -> dict:
-        Y = frame.to_numpy(dtype=np.float64)
+        Y = np.asarray(model_features(frame, self._owner(), allow_nan=True).Y, dtype=np.float64)  # named errors
         res = gmm_fit(Y, random_state=self.random_state)
         if res is None:
             raise InputError(
