@@ -21,6 +21,7 @@ _LAZY_NAMES = {
     "set_scheduler": "_dask", "get_scheduler": "_dask",
     "TravelingSubjects": "models",
     "LongComBatGAM": "models",
+    "NestedComBat": "models",
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "report",
     "mixed",
     "LongComBatGAM",
+    "NestedComBat",
 ]
 
 

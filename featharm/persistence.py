@@ -95,7 +95,7 @@ FORMAT = "featharm-model"
 MANIFEST = "manifest.json"
 
 # Bounds of load_model (see the module docstring).
-MAX_MEMBERS = 64                      # a model has at most ~25 arrays
+MAX_MEMBERS = 1024                    # a model has at most ~25 arrays; a NestedComBat ~17 per step (<= 40 steps)
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_JSON_DEPTH = 64                   # saved manifests nest about 8 levels deep
 MAX_NPY_HEADER = 4096                 # numpy writes 128-byte headers for these arrays
@@ -401,9 +401,10 @@ class _Reader:
         return model
 
     # ---------------------------------------------------------------------------------- the arrays
-    def arrays(self, zf: zipfile.ZipFile, model, manifest: dict, dims: dict) -> dict[str, np.ndarray]:
-        stored, meta = model._stored, manifest["arrays"]
-        kind = type(model).__name__
+    def arrays(self, zf: zipfile.ZipFile, model, manifest: dict, dims: dict, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays of ``model`` (a part of a composite model: those listed as ``prefix<name>``), checked."""
+        stored, kind = model._stored, type(model).__name__
+        meta = {k[len(prefix):]: v for k, v in manifest["arrays"].items() if k.startswith(prefix)}
         missing = [k for k in stored if k not in meta and not stored[k].optional]
         if missing:
             raise self.damaged(f"the manifest does not list the array {missing[0]!r}",
@@ -412,9 +413,9 @@ class _Reader:
         if extra:
             raise self.damaged(f"the manifest lists an unexpected array {extra[0]!r}",
                                f"only the arrays of a {kind}: {sorted(stored)}")
-        members = {f"arrays/{k}.npy": k for k in stored if k in meta}
+        members = {f"arrays/{prefix}{k}.npy": k for k in stored if k in meta}
         for name in zf.namelist():
-            if name != MANIFEST and name not in members:
+            if name != MANIFEST and (not prefix or name.startswith(f"arrays/{prefix}")) and name not in members:
                 raise self.damaged(f"the zip holds an unexpected member {name!r} (not read)",
                                    f"only {MANIFEST} and arrays/<name>.npy for the arrays of a {kind}")
         present = set(zf.namelist())
@@ -647,6 +648,8 @@ def load_model(path):
         manifest = reader.manifest(zf)
         model = reader.estimator(manifest)
         state = manifest["state"]
+        if hasattr(model, "_check_parts"):  # a model made of fitted models (NestedComBat's steps)
+            return _load_parts(reader, zf, model, manifest)
         try:
             dims = model._check_state(state)
         except DamagedState as exc:
@@ -666,4 +669,53 @@ def load_model(path):
         raise ModelFileError(
             f"{reader.shown} is damaged: the stored {name} state is incomplete or malformed "
             f"({type(exc).__name__}: {exc}).") from None
+    return model
+
+
+def _load_parts(reader: _Reader, zf: zipfile.ZipFile, model, manifest: dict):
+    """A composite model: its state names its parts, each a (array prefix, manifest of a model) checked and
+    built exactly as a model file of its own (parameters, state, arrays under ``arrays/<prefix><name>.npy``,
+    values); then the composite is built from them (``model._set_parts``). A part may not be composite."""
+    from ._schema import DamagedState
+
+    state = manifest["state"]
+    try:
+        parts = model._check_parts(state)
+    except DamagedState as exc:
+        raise reader.damaged(f"{exc.entry} {exc.found}", exc.expected) from None
+    prefixes = [prefix for prefix, _ in parts]
+    stray = sorted(k for k in manifest["arrays"] if not any(k.startswith(p) for p in prefixes))
+    if stray:
+        raise reader.damaged(f"the manifest lists an array {stray[0]!r} of no part",
+                             f"arrays named <part>/<name> for the parts {prefixes}")
+    for name in zf.namelist():
+        if name != MANIFEST and not any(name.startswith(f"arrays/{p}") for p in prefixes):
+            raise reader.damaged(f"the zip holds an unexpected member {name!r} (not read)",
+                                 f"only {MANIFEST} and arrays/<part>/<name>.npy")
+    built = []
+    for i, (prefix, sub) in enumerate(parts):
+        part = reader.estimator(sub)
+        if hasattr(part, "_check_parts"):
+            raise reader.damaged(f"part {i} is a {sub['model']}", "parts that are not composite models")
+        try:
+            dims = part._check_state(sub["state"])
+        except DamagedState as exc:
+            raise reader.damaged(f"part {prefix!r}: {exc.entry} {exc.found}", exc.expected) from None
+        arrays = reader.arrays(zf, part, manifest, dims, prefix=prefix)
+        reader.check_values(arrays, part._stored, sub["state"])
+        try:
+            part._check_arrays(sub["state"], arrays, dims)
+        except DamagedState as exc:
+            raise reader.damaged(f"part {prefix!r}: {exc.entry} {exc.found}", exc.expected) from None
+        try:
+            part._set_state(sub["state"], arrays)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise reader.damaged(f"part {prefix!r} is incomplete or malformed ({type(exc).__name__}: {exc})",
+                                 "a complete model state") from None
+        built.append(part)
+    try:
+        model._set_parts(state, built)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise reader.damaged(f"the stored {type(model).__name__} state is incomplete or malformed "
+                             f"({type(exc).__name__}: {exc})", "a complete model state") from None
     return model

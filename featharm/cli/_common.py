@@ -286,7 +286,8 @@ def possible_features(args, exclude=()):
     def numeric(labels) -> list:
         from ..exceptions import FeatharmError
 
-        skip = {str(c) for c in (args.batch, args.id, *exclude) if c}
+        batch = args.batch if isinstance(args.batch, list) else [args.batch]  # harmonize: --batch repeatable
+        skip = {str(c) for c in (*batch, args.id, *exclude) if c}
         try:
             skip.update(formula_columns(args.formula, labels))
         except FeatharmError:  # a bad formula: said later, where it is said today
@@ -307,8 +308,13 @@ def same_id_type(a: pd.DataFrame, b: pd.DataFrame):
     return a, b
 
 
-def check_batch(cov: pd.DataFrame, batch: str) -> None:
-    """The batch column must be in the covariates."""
+def check_batch(cov: pd.DataFrame, batch) -> None:
+    """The batch column (each of a list of them: harmonize's repeated --batch) must be in the covariates."""
+    for b in batch if isinstance(batch, list) else [batch]:
+        _check_batch(cov, b)
+
+
+def _check_batch(cov: pd.DataFrame, batch: str) -> None:
     if batch not in cov.columns:
         from .._validation import show_columns
         from ..exceptions import ColumnNotFoundError

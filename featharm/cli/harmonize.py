@@ -24,6 +24,7 @@ METHODS: dict[str, str] = {
     "longitudinal": "LongComBat",
     "traveling": "TravelingSubjects",
     "longgam": "LongComBatGAM",
+    "nested": "NestedComBat",
 }
 
 # --method NAME -> options it cannot do without (the estimator's default would guess a column name).
@@ -48,7 +49,9 @@ class Option:
 
     ``flag`` (``--ref-batch``) sets ``param`` (``ref_batch``) to the option's value, or, for an on/off
     switch, to ``switch`` (``--nonparametric``: ``parametric=False``). ``columns`` lists the covariate
-    columns the value names (they are not features). ``methods`` only titles the ``--help`` section the
+    columns the value names (they are not features). A repeatable option (``--batch``) names in ``alias``
+    the list parameter of the estimators that take several values (NestedComBat's ``batches``); the others
+    take one value, and are given it only when the option was given once. ``methods`` only titles the ``--help`` section the
     option is listed in; whether an option applies is decided by the estimator's parameters (and
     ``tests/cli/test_cli_options.py`` checks that the two agree).
     """
@@ -60,6 +63,7 @@ class Option:
     switch: Any = None  # a switch (no value): the parameter's value when the option is given
     columns: Callable | None = None
     argparse_kw: dict = field(default_factory=dict)
+    alias: str | None = None
 
     @property
     def dest(self) -> str:
@@ -78,18 +82,21 @@ class Option:
             group.add_argument(self.flag, default=None, help=self.help, **self.argparse_kw)
 
 
-_COMBAT_EB = ("combat", "combatls", "covbat", "gam")  # built on ComBat's step: reference batch, EB variants
+_COMBAT_EB = ("combat", "combatls", "covbat", "gam", "nested")  # built on ComBat's step: reference batch, EB variants
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--batch", "batch", "batch (site/scanner) column", argparse_kw=dict(metavar="COL", required=True)),
+    Option("--batch", "batch", "batch (site/scanner) column; repeat it for several batch variables "
+           "(--batch manufacturer --batch field: Nested ComBat, --method nested, chosen by default)",
+           argparse_kw=dict(metavar="COL", required=True, action="append"), alias="batches"),
     Option("--formula", "formula", 'covariates to preserve, e.g. "age + sex"', argparse_kw=dict(metavar="RHS")),
     Option("--no-eb", "eb", "no empirical Bayes shrinkage", (*_COMBAT_EB, "longitudinal", "longgam"), switch=False),
-    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged", (*_COMBAT_EB, "traveling"),
+    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged (--method nested: "
+           "VARIABLE=LEVEL, the reference of that variable's step)", (*_COMBAT_EB, "traveling"),
            argparse_kw=dict(metavar="LEVEL")),
     Option("--nonparametric", "parametric", "non-parametric empirical Bayes", _COMBAT_EB, switch=False),
     Option("--mean-only", "mean_only", "adjust location only", _COMBAT_EB, switch=True),
     Option("--missing-covariates", "missing_covariates", "rows missing the batch or a --formula covariate: "
-           "'error' (default) or 'exclude' them (their features come back empty)", ("combat", "covbat"),
+           "'error' (default) or 'exclude' them (their features come back empty)", ("combat", "covbat", "nested"),
            argparse_kw=dict(choices=["error", "exclude"])),
     Option("--subject", "subject", "subject id column (longitudinal, longgam: random effect; traveling: the "
            "traveling subject)", ("longitudinal", "longgam", "traveling"),
@@ -118,6 +125,16 @@ OPTIONS: tuple[Option, ...] = (
            "volume ... from the feature names, or --feature-groups FILE; the default) or 'pool' = one per site "
            "across all features (sva/neuroCombat)", (*_COMBAT_EB, "longitudinal", "longgam"),
            argparse_kw=dict(choices=["group", "pool"])),
+    Option("--order", "order", "order of the batch variables' ComBat steps (default: searched, OPNested)",
+           ("nested",), argparse_kw=dict(nargs="+", metavar="COL")),
+    Option("--criterion", "criterion", "what the order search counts: Anderson-Darling tests of the covariate "
+           "residuals (ad_residuals, default) or of the harmonized features (ad, OPNested)", ("nested",),
+           argparse_kw=dict(choices=["ad_residuals", "ad"])),
+    Option("--sweeps", "sweeps", "passes through the order (default 1; more remove what unevenly crossed "
+           "variables leave)", ("nested",), argparse_kw=dict(type=int, metavar="N")),
+    Option("--gmm", "gmm", "latent batch from a 2-component Gaussian mixture: one more batch variable "
+           "(batch) or a protected covariate (covariate)", ("nested",),
+           argparse_kw=dict(choices=["batch", "covariate"])),
     Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
            "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )
@@ -136,7 +153,14 @@ def estimator_params(method: str) -> set:
 
 def methods_of(opt: Option) -> list:
     """The methods whose estimator has the parameter ``opt`` sets."""
-    return [m for m in METHODS if opt.param in estimator_params(m)]
+    return [m for m in METHODS if opt.param in estimator_params(m) or opt.alias in estimator_params(m)]
+
+
+def resolve_method(args) -> str:
+    """``--method``, or its default: nested with several ``--batch``, else combat (stored in ``args``)."""
+    if args.method is None:
+        args.method = "nested" if len(set(args.batch or [])) > 1 else "combat"
+    return args.method
 
 
 def build_model(args):
@@ -147,20 +171,44 @@ def build_model(args):
     """
     from ..exceptions import InputError
 
-    cls = estimator_class(args.method)
+    cls = estimator_class(resolve_method(args))
     params = estimator_params(args.method)
     kwargs = {}
     for opt in OPTIONS:
         if not opt.given(args):
             continue
+        if opt.alias in params:  # a repeated option for an estimator taking a list (--batch: batches)
+            kwargs[opt.alias] = list(dict.fromkeys(opt.value(args)))  # a column given twice counts once
+            continue
         if opt.param not in params:
             raise InputError(f"{opt.flag} does not apply to --method {args.method} ({cls.__name__} has no "
                              f"{opt.param!r} parameter); it applies to --method {', '.join(methods_of(opt))}.")
-        kwargs[opt.param] = opt.value(args)
+        value = opt.value(args)
+        if opt.alias is not None:  # a repeatable option, for an estimator taking one value
+            value = list(dict.fromkeys(value))
+            if len(value) > 1:
+                raise InputError(f"{opt.flag} was given {len(value)} times ({', '.join(map(str, value))}), but "
+                                 f"--method {args.method} takes one {opt.param} column; several batch variables "
+                                 "need --method nested (the default with several --batch).")
+            value = value[0]
+        kwargs[opt.param] = value
+    if args.method == "nested" and isinstance(kwargs.get("ref_batch"), str):
+        kwargs["ref_batch"] = _step_level(kwargs["ref_batch"], kwargs.get("batches", []))
     for flag, message in REQUIRED.get(args.method, {}).items():
         if not next(o for o in OPTIONS if o.flag == flag).given(args):
             raise InputError(message)
     return cls(**kwargs)
+
+
+def _step_level(text: str, batches: list) -> dict:
+    """``--ref-batch VARIABLE=LEVEL`` of --method nested as NestedComBat's ``ref_batch={VARIABLE: LEVEL}``."""
+    from ..exceptions import InputError
+
+    variable, sep, level = text.partition("=")
+    if not sep or variable not in batches or not level:
+        raise InputError(f"--ref-batch {text!r}: with --method nested give VARIABLE=LEVEL, the reference level of "
+                         f"one batch variable (one of {batches}), e.g. --ref-batch {(batches or ['site'])[0]}=LEVEL.")
+    return {variable: level}
 
 
 def option_columns(args) -> list:
@@ -174,8 +222,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "feature columns harmonized. An option that does not apply to the --method "
                                    "is an error.")
     h.add_argument("data", nargs="+", metavar="DATA", help=DATA_HELP)
-    h.add_argument("--method", default="combat", choices=sorted(METHODS),
-                   help="harmonization model (default: combat)")
+    h.add_argument("--method", default=None, choices=sorted(METHODS),
+                   help="harmonization model (default: combat; nested when --batch is given more than once)")
     groups = {}  # the model's options, listed by the methods they apply to
     for opt in OPTIONS:
         if opt.methods not in groups:
@@ -216,7 +264,7 @@ def cmd_harmonize(args) -> int:
     model = build_model(args)  # an option that does not apply: refused before anything is read or staged
     check_feature_groups_option(args)
     with stage(args, outputs) as staged:  # OUT, MODEL and HTML appear together at the end, or none
-        not_features = [args.batch, args.id, *option_columns(args)]
+        not_features = [*args.batch, args.id, *option_columns(args)]
         source, cov = load_source(args, possible_features(args, not_features))
         data = source.frame
         check_batch(cov, args.batch)

@@ -11,6 +11,7 @@ from .covbat import CovBat
 from .combatls import ComBatLS
 from .traveling import TravelingSubjects
 from .longgam import LongComBatGAM
+from .nested import NestedComBat
 
 __all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat", "CovBat", "ComBatLS", "load_model",
-           "save_model", "TravelingSubjects", "LongComBatGAM"]
+           "save_model", "TravelingSubjects", "LongComBatGAM", "NestedComBat"]

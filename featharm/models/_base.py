@@ -1278,6 +1278,10 @@ def model_facts(model, n_names: int = 5) -> list[tuple[str, str]]:
     more = f" ... (+{len(model.batches_) - 40} more)" if len(model.batches_) > 40 else ""
     total = f"; {int(sizes.sum())} rows" if sizes is not None else ""
     facts.append(("sites", f"{len(model.batches_)} in column {model.batch!r}{total}: {shown}{more}"))
+    if getattr(model, "order_", None):  # NestedComBat: one ComBat step per batch variable
+        levels = getattr(model, "levels_", {})
+        facts.append(("steps", " > ".join(f"{v} ({len(levels.get(v, []))} levels)" for v in model.order_)
+                      + f"; {len(model.steps_)} ComBat steps"))
     names = [str(f) for f in model.feature_names_in_]
     facts.append(("features", f"{len(names)}: {', '.join(names[:n_names])}"
                               + (f" ... (+{len(names) - n_names} more)" if len(names) > n_names else "")))

@@ -249,8 +249,10 @@ def test_oversized_manifest(capsys, tmp_path, family_model):
 
 def test_too_many_members(capsys, tmp_path, family_model):
     _, model, data = family_model
-    bad = rewrite(model, _bad(tmp_path), add={f"junk/{i}.txt": b"x" for i in range(100)})
-    refuse(capsys, tmp_path, bad, data, ["members", "at most 64"])
+    from featharm.persistence import MAX_MEMBERS
+
+    bad = rewrite(model, _bad(tmp_path), add={f"junk/{i}.txt": b"x" for i in range(MAX_MEMBERS + 36)})
+    refuse(capsys, tmp_path, bad, data, ["members", f"at most {MAX_MEMBERS}"])
 
 
 def test_repeated_member(capsys, tmp_path, family_model):

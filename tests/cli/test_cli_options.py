@@ -50,7 +50,19 @@ SAMPLES = {
     "--n-jobs": (["--n-jobs", "1"], 1),
     "--scale": (["--scale"], True),
     "--priors": (["--priors", "pool"], "pool"),
+    "--order": (["--order", "scanner"], ["scanner"]),
+    "--criterion": (["--criterion", "ad"], "ad"),
+    "--sweeps": (["--sweeps", "2"], 2),
+    "--gmm": (["--gmm", "covariate"], "covariate"),
 }
+# A sample of an option whose value a method reads differently: NestedComBat's reference is per batch variable.
+METHOD_SAMPLES = {("--ref-batch", "nested"): (["--ref-batch", "scanner=site01"], {"scanner": "site01"})}
+
+
+def _sample(flag, method):
+    return METHOD_SAMPLES.get((flag, method), SAMPLES[flag])
+
+
 # What a fit needs besides the option tested: options of every fit, of a method, of an option.
 NEEDED = {"all": ["--batch"], "longitudinal": list(REQUIRED["longitudinal"]), "gam": ["--smooth"],
           "--random-slope": ["--time"], "traveling": list(REQUIRED["traveling"]),
@@ -68,7 +80,14 @@ def _params(method) -> set:
 
 
 def _applies(opt, method) -> bool:
-    return opt.param in _params(method)
+    return _param(opt, method) is not None
+
+
+def _param(opt, method):
+    """The parameter ``opt`` sets on the method's estimator: its own, or its list alias (``--batch`` sets
+    NestedComBat's ``batches``); None when it has neither."""
+    params = _params(method)
+    return opt.param if opt.param in params else opt.alias if opt.alias in params else None
 
 
 REFUSED = [(o.flag, m) for o in OPTIONS for m in METHODS if not _applies(o, m)]
@@ -100,7 +119,7 @@ def _harmonize(table, out_dir, method, *words, flag=None):
 
 # ---------------------------------------------------------------------------------------------- the tables
 def test_the_tables_cover_every_option_and_method():
-    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls", "traveling", "longgam"}
+    assert set(METHODS) == {"combat", "gam", "longitudinal", "covbat", "combatls", "traveling", "longgam", "nested"}
     assert set(SAMPLES) == set(_BY_FLAG), "give every option of OPTIONS a sample value in SAMPLES"
     assert len({o.dest for o in OPTIONS}) == len(OPTIONS)
     for opt in OPTIONS:  # every option sets a parameter some estimator has
@@ -150,25 +169,28 @@ def test_a_required_option_is_asked_for(table, tmp_path, capsys):
 # --formula sex with --method traveling: sex is constant within subjects, left out with a CollinearityWarning
 @pytest.mark.filterwarnings("ignore::featharm.exceptions.CollinearityWarning")
 def test_an_option_that_applies_reaches_the_estimator(table, tmp_path, flag, method):
-    opt, (words, expected) = _BY_FLAG[flag], SAMPLES[flag]
-    assert getattr(fh, METHODS[method])().get_params()[opt.param] != expected  # a sample the default is not
+    opt, (words, expected) = _BY_FLAG[flag], _sample(flag, method)
+    param = _param(opt, method)
+    if param != opt.param:  # the list alias of a repeatable option gets the values given
+        expected = [expected]
+    assert getattr(fh, METHODS[method])().get_params()[param] != expected  # a sample the default is not
     model = tmp_path / "m.fhm"
     argv = _harmonize(table, tmp_path, method, *words, flag=flag)
     assert main([*argv, "--save-model", str(model)]) == 0
     fitted = fh.load_model(model)
     assert type(fitted).__name__ == METHODS[method]
-    if opt.param in fitted._unsaved_params:  # a setting of the run (n_jobs), not stored in the model file:
-        assert fitted.get_params()[opt.param] is None  # the loaded model has the default; the command's has it
-        assert build_model(build_parser().parse_args(argv)).get_params()[opt.param] == expected
+    if param in fitted._unsaved_params:  # a setting of the run (n_jobs), not stored in the model file:
+        assert fitted.get_params()[param] is None  # the loaded model has the default; the command's has it
+        assert build_model(build_parser().parse_args(argv)).get_params()[param] == expected
     else:
-        assert fitted.get_params()[opt.param] == expected
+        assert fitted.get_params()[param] == expected
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_options_not_given_leave_the_estimators_defaults(table, tmp_path, method):
     model = tmp_path / "m.fhm"
     assert main([*_harmonize(table, tmp_path, method), "--save-model", str(model)]) == 0
-    given = {_BY_FLAG[f].param for f in _needed(method)}
+    given = {_param(_BY_FLAG[f], method) for f in _needed(method)}
     defaults = getattr(fh, METHODS[method])().get_params()
     params = fh.load_model(model).get_params()
     assert {k: v for k, v in params.items() if k not in given} == {k: v for k, v in defaults.items()

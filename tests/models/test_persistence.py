@@ -612,10 +612,12 @@ def test_member_sizes_are_checked_before_reading(saved, tmp_path):
 def test_container_limits(saved, tmp_path):
     many = tmp_path / "many.fhm"
     _rewrite(saved, many, replace=None)
+    from featharm.persistence import MAX_MEMBERS
+
     with zipfile.ZipFile(many, "a") as zf:
-        for i in range(60):
+        for i in range(MAX_MEMBERS):
             zf.writestr(f"x/{i}", b"")
-    _refused(many, "holds 76 members", "at most 64")
+    _refused(many, f"holds {MAX_MEMBERS + 16} members", f"at most {MAX_MEMBERS}")
     extra = tmp_path / "extra.fhm"
     _rewrite(saved, extra)
     with zipfile.ZipFile(extra, "a") as zf:

@@ -42,6 +42,7 @@ FAMILIES = {
     "CovBat": (fh.CovBat, dict(formula="age + sex + dx")),
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex + dx", scale_formula="age")),
     "LongComBat": (fh.LongComBat, dict(subject="subject", time="time", formula="age + sex + time")),
+    "NestedComBat": (fh.NestedComBat, dict(batches=["site", "scanner"], formula="age + sex + dx")),
 }
 families = pytest.mark.parametrize("name", list(FAMILIES))
 
@@ -59,6 +60,7 @@ def cross_sectional():
     cov["dx"] = rng.choice(["CN", "MCI", "AD"], len(cov))  # a covariate to preserve (not the target)
     y_reg = rng.normal(size=len(cov))  # targets for the downstream models
     y_clf = rng.integers(0, 2, len(cov))
+    cov["scanner"] = np.random.default_rng(4).choice(["A", "B"], len(cov))  # a second batch (NestedComBat)
     return sim.X, cov, y_reg, y_clf
 
 
@@ -146,7 +148,9 @@ def test_grid_search_over_a_harmonizer_parameter_equals_the_loop(name, route, cr
         np.testing.assert_array_equal(got, expected[params[f"{step}__eb"]])
     # refitted on every row: the harmonizer equals one fitted directly
     direct = make(name, eb=search.best_params_[f"{step}__eb"]).fit(X, cov)
-    pd.testing.assert_frame_equal(search.best_estimator_[0].gamma_star_, direct.gamma_star_, check_exact=True)
+    best = search.best_estimator_[0]
+    for a, b in zip(getattr(best, "steps_", [best]), getattr(direct, "steps_", [direct]), strict=True):  # Nested: its steps
+        pd.testing.assert_frame_equal(a.gamma_star_, b.gamma_star_, check_exact=True)
 
 
 def test_routing_needs_the_requests_and_the_setting(cross_sectional):
