@@ -142,6 +142,8 @@ class Plan:
     min_count: int = DEFAULT_MIN_COUNT
     method: str = "combat"
     design: CovariateDesign = field(default=None, repr=False)
+    # empirical-Bayes priors per measure group of the features' names ("group") or one pool ("pool")
+    priors: str = "group"
     # ComBat-GAM only (method "gam"): smooth terms, their bases (fixed by the ranges), criterion
     smooth_range: dict = field(default_factory=dict)  # smooth term -> (lower, upper), in the terms' order
     df: int = 10
@@ -171,6 +173,8 @@ class Plan:
              "options": {"ref_batch": self.ref_batch, "parametric": self.parametric, "mean_only": self.mean_only,
                          "eb": self.eb},
              "min_count": self.min_count, "method": self.method}
+        if self.priors == "group":  # absent: one pool (as every plan written before priors per measure group)
+            d["priors"] = "group"
         if self.method == "gam":
             d["gam"] = {"criterion": self.smooth_method, "shared_smoothing": self.shared_smoothing, "df": self.df,
                         "degree": SPLINE_DEGREE, "knot_rule": KNOT_RULE, "penalty": PENALTY,
@@ -188,7 +192,7 @@ class Plan:
         """The :class:`~featharm.ComBat` parameters of the plan (:class:`~featharm.ComBatGAM`'s for method "gam":
         ``ComBatGAM(**plan.model_params()).fit`` on the pooled rows is the centralized equivalent)."""
         d = {"batch": self.batch, "formula": self.formula or None, "eb": self.eb, "parametric": self.parametric,
-             "mean_only": self.mean_only, "ref_batch": self.ref_batch}
+             "mean_only": self.mean_only, "ref_batch": self.ref_batch, "priors": self.priors}
         if self.method == "gam":
             d.update(smooth=list(self.smooth), df=self.df, method=self.smooth_method,
                      shared_smoothing=self.shared_smoothing, knots=KNOT_RULE,
@@ -231,7 +235,7 @@ def _names(value, what: str, *, minimum: int = 1) -> list[str]:
 def plan(*, batch: str, batches, features, formula: str | None = None, levels: dict | None = None,
          ref_batch: str | None = None, parametric: bool = True, mean_only: bool = False, eb: bool = True,
          min_count: int = DEFAULT_MIN_COUNT, method: str = "combat", smooth=None, smooth_range=None,
-         df: int = 10, smooth_method: str = "REML", shared_smoothing: bool = False) -> Plan:
+         df: int = 10, smooth_method: str = "REML", shared_smoothing: bool = False, priors: str = "group") -> Plan:
     """The coordinator's plan (see the module docstring): validated, with the covariate design built from it.
 
     ``batches``: every batch level that will take part (the levels of ``batch`` at the sites, as text);
@@ -248,7 +252,15 @@ def plan(*, batch: str, batches, features, formula: str | None = None, levels: d
     :class:`~featharm.ComBatGAM`'s, default 10), boundary knots at ``lo`` and ``hi``. Every site's values must lie
     in the range. ``smooth_method`` (``"REML"`` or ``"GCV"``) and ``shared_smoothing`` are ComBatGAM's ``method``
     and ``shared_smoothing``.
+
+    ``priors``: the empirical-Bayes priors, per measure group of the feature names (``"group"``, thickness,
+    area, volume ..., as :func:`featharm.io.feature_groups` reads them; the default, as the centralized
+    default of :class:`~featharm.ComBat`) or one pool across all features (``"pool"``: sva, neuroCombat and
+    R Distributed-ComBat).
     """
+    if priors not in ("group", "pool"):
+        raise FederatedError(f"priors must be 'group' (one prior per measure group of the feature names) or 'pool' "
+                             f"(one across all features); got {priors!r}.")
     if method not in ("combat", "gam"):
         raise FederatedError(f"method must be 'combat' (linear covariates) or 'gam' (ComBat-GAM); got {method!r}.")
     if method == "combat" and (smooth or smooth_range):
@@ -292,7 +304,7 @@ def plan(*, batch: str, batches, features, formula: str | None = None, levels: d
     return Plan(batch=batch, batches=tuple(batch_levels), formula=design.formula, levels=clean_levels,
                 features=tuple(feats), ref_batch=ref_batch, parametric=bool(parametric),
                 mean_only=bool(mean_only), eb=bool(eb), min_count=int(min_count), method=method, design=design,
-                **gam)
+                priors=priors, **gam)
 
 
 def _gam_terms(text: str, smooth, levels: dict, batch: str) -> tuple[str, list]:
@@ -475,6 +487,10 @@ def plan_from_dict(d, source: str = "the plan") -> Plan:
     keys = {"batch", "batches", "formula", "levels", "features", "options", "min_count", "method"}
     if d.get("method") == "gam":
         keys.add("gam")
+    if "priors" in d:  # absent: one pool (plans written before priors per measure group have none)
+        keys.add("priors")
+        if d["priors"] != "group":
+            raise bad("priors", f"is {d['priors']!r}", "'group' (or no entry: one pool)")
     missing, extra = sorted(keys - set(d)), sorted(set(d) - keys)
     if missing:
         raise bad("the plan", f"lacks {missing}", f"the entries {sorted(keys)}")
@@ -501,7 +517,8 @@ def plan_from_dict(d, source: str = "the plan") -> Plan:
     try:
         p = plan(batch=d["batch"], batches=d["batches"], features=d["features"], formula=d["formula"],
                  levels=d["levels"], ref_batch=opts["ref_batch"], parametric=opts["parametric"],
-                 mean_only=opts["mean_only"], eb=opts["eb"], min_count=d["min_count"], method=d["method"], **gam)
+                 mean_only=opts["mean_only"], eb=opts["eb"], min_count=d["min_count"], method=d["method"],
+                 priors=d.get("priors", "pool"), **gam)
     except (FederatedError, FormulaError, InputError) as exc:
         raise FederatedFileError(f"{source} is not a valid featharm plan: {exc}") from None
     if "gam" in d:

@@ -50,6 +50,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="gam: criterion for each feature's smoothing parameter (default REML)")
     p.add_argument("--shared-smoothing", action="store_true",
                    help="gam: one smoothing parameter for all features")
+    p.add_argument("--priors", default="group", choices=["group", "pool"],
+                   help="empirical-Bayes priors: one per measure group of the feature names (thickness, area, "
+                        "volume ...; default, as featharm harmonize) or one pool across all features (pool: sva, "
+                        "neuroCombat, R Distributed-ComBat)")
     p.add_argument("--min-count", type=int, default=10, metavar="K",
                    help="fewest subjects a summary may sum over: per batch, per categorical level in a batch, per "
                         "observed feature in a batch (default 10)")
@@ -165,7 +169,8 @@ def cmd_plan(args) -> int:
     with _stage(args, "plan", args.out, inputs) as st:
         p = plan(batch=args.batch, batches=_split(args.batches, "--batches"), formula=args.formula, levels=levels,
                  features=feats, ref_batch=args.ref_batch, parametric=not args.nonparametric,
-                 mean_only=args.mean_only, eb=not args.no_eb, min_count=args.min_count, method=args.method, **gam)
+                 mean_only=args.mean_only, eb=not args.no_eb, min_count=args.min_count, method=args.method,
+                 priors=args.priors, **gam)
         st.write("plan", plan_bytes(p))
     if not args.quiet:
         smooth = "".join(f", s({t}) over [{lo:g}, {hi:g}] ({p.df - 1} spline columns)"

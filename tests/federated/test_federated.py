@@ -458,3 +458,35 @@ def test_summary_with_too_few_subjects_or_a_zip_bomb_is_refused(tmp_path):
     with pytest.raises(FederatedFileError, match="declare"):
         fed.load_summary(bad)
     assert a["counts"][0] == rows.sum()
+
+
+def test_priors_per_measure_group_follow_the_plan(tmp_path):
+    """The plan carries the priors: per measure group of the feature names (the default, as ComBat's) or one
+    pool; the federated fit equals the centralized one either way, and a plan without the entry (written
+    before priors per measure group) is read as one pool, with the digest it had."""
+    rng = np.random.default_rng(5)
+    n, sites = 240, ["A", "B", "C"]
+    site = np.repeat(sites, n // 3)
+    feats = [f"lh_r{i}_thickness" for i in range(6)] + [f"lh_r{i}_area" for i in range(6)]
+    Y = rng.normal(size=(n, 12)) + rng.normal(size=(3, 12))[np.searchsorted(sites, site)] * np.r_[[0.2] * 6, [3] * 6]
+    X = pd.DataFrame(Y, columns=feats, index=[f"s{i}" for i in range(n)])
+    cov = pd.DataFrame({"site": site, "age": rng.uniform(20, 80, n)}, index=X.index)
+    out = {}
+    for priors in ("group", "pool"):
+        p = fed.plan(batch="site", batches=sites, formula="age", features=feats, priors=priors)
+        assert p.model_params()["priors"] == priors
+        sums = [fed.summarize(X[cov.site == s], cov[cov.site == s], p) for s in sites]
+        m = fed.combine(sums, p)
+        central = featharm.ComBat(**p.model_params()).fit(X, cov)
+        np.testing.assert_allclose(m.gamma_star_.to_numpy(), central.gamma_star_.to_numpy(), rtol=1e-10, atol=1e-12)
+        out[priors] = m.gamma_star_.to_numpy()
+        d = p.to_dict()
+        assert ("priors" in d) == (priors == "group")
+        assert fed.plan_from_dict(d) == p
+    assert not np.allclose(out["group"], out["pool"])  # the two thickness/area priors differ from one pool
+    with pytest.raises(featharm.exceptions.FederatedError, match="priors"):
+        fed.plan(batch="site", batches=sites, features=feats, priors="measure")
+    d = fed.plan(batch="site", batches=sites, features=feats, priors="group").to_dict()
+    d["priors"] = "pool"
+    with pytest.raises(featharm.exceptions.FederatedFileError, match="priors"):
+        fed.plan_from_dict(d)

@@ -34,8 +34,9 @@ def fitted(tmp_path_factory):
     X = pd.read_csv(INPUTS / "features.csv")
     X.index = cov.index
     sites = sorted(cov["site"].unique())
+    # R pools the priors across all features (small_cs mixes volumes and thicknesses)
     p = fed.plan(batch="site", batches=sites, formula="age + sex", levels={"sex": ["F", "M"]},
-                 features=list(X.columns))
+                 features=list(X.columns), priors="pool")
     folder = tmp_path_factory.mktemp("dcombat")
     paths = []
     for site in sites:  # one node per site, as the R run
