@@ -6,7 +6,7 @@ import numpy as np
 from scipy import stats
 
 from ..exceptions import InputError, NotFittedError
-from ._common import get_ax, new_figure, safe_label, site_colors
+from ._common import get_ax, new_figure, safe_label, site_colors, thin_tick_labels
 
 _PARAMS = ("gamma", "delta")
 
@@ -78,13 +78,28 @@ def eb_prior(model, *, site, parameter="gamma", bins=25, ax=None, title=None):
     return ax
 
 
-def eb_diagnostics(model, *, bins=25):
-    """Figure: :func:`eb_prior` for every site (rows), location (left) and scale (right)."""
+def eb_diagnostics(model, *, bins=25, sites=None, max_sites=None):
+    """Figure: :func:`eb_prior` for every site, location (γ̂ against its normal prior) and scale (δ̂²
+    against its inverse-gamma prior) side by side: one site per row up to 3 sites, two per row beyond.
+
+    ``sites`` picks the sites drawn (default all, in the model's order); ``max_sites`` keeps the first that
+    many of them (a report on many sites shows a few and tabulates the rest).
+    """
     _check_model(model, "eb_diagnostics")
-    sites = [str(s) for s in model.batches_]
-    fig = new_figure(7.5, 2.4 * len(sites))
-    axes = fig.subplots(len(sites), 2, squeeze=False)
-    for r, s in enumerate(sites):
+    all_sites = [str(s) for s in model.batches_]
+    chosen = all_sites if sites is None else [str(s) for s in ([sites] if isinstance(sites, str) else sites)]
+    absent = [s for s in chosen if s not in all_sites]
+    if absent:
+        raise InputError(f"eb_diagnostics: sites {absent} are not batches of the model; batches: {all_sites}.")
+    if max_sites is not None:
+        chosen = chosen[:max(1, int(max_sites))]
+    per_row = 1 if len(chosen) <= 3 else 2
+    nrow = -(-len(chosen) // per_row)
+    fig = new_figure(7.5 * per_row, 2.4 * nrow)
+    axes = fig.subplots(nrow, 2 * per_row, squeeze=False).ravel()
+    for k, s in enumerate(chosen):
         for c, par in enumerate(_PARAMS):
-            eb_prior(model, site=s, parameter=par, bins=bins, ax=axes[r, c])
-    return fig
+            eb_prior(model, site=s, parameter=par, bins=bins, ax=axes[2 * k + c])
+    for ax in axes[2 * len(chosen):]:
+        ax.remove()
+    return thin_tick_labels(fig)

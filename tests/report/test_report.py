@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -22,7 +23,8 @@ from featharm.report._build import fmt  # noqa: E402
 from featharm.report._stats import preservation, sha256_file  # noqa: E402
 
 SECTIONS = ["Data summary", "Covariate balance", "Site effects before and after harmonization",
-            "Preservation of biology", "Model parameters", "Warnings", "Provenance"]
+            "Preservation of biology", "Age trends before and after", "Model parameters", "Methods text",
+            "Warnings", "Provenance"]
 DATE = "2026-01-02T03:04:05+00:00"
 
 
@@ -125,7 +127,11 @@ def test_ixi_report_is_self_contained(ixi):
     # nothing is fetched: every src/href is an embedded image or an in-page anchor
     refs = re.findall(r'(?:src|href)="([^"]*)"', text)
     assert refs and all(r.startswith(("data:", "#")) for r in refs)
-    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert "<link" not in text.lower()
+    # two scripts, both inline: the feature explorer's data (JSON) and the page's own small script
+    assert re.findall(r"<script[^>]*>", text, flags=re.I) == ['<script type="application/json" id="fx-data">',
+                                                              "<script>"]
+    assert len(text.encode()) < 3_000_000
 
 
 # ------------------------------------------------------------------------------------------ warnings, escaping
@@ -170,7 +176,13 @@ def test_refit_forgets_old_warnings(small):
 
 def test_feature_and_site_names_are_escaped(odd):
     text = odd[-1].html
-    assert "<script" not in text.lower()
+    assert text.lower().count("<script") == 2  # the report's own: its JSON data and its inline script
+    data = re.search(r'<script type="application/json" id="fx-data">(.*?)</script>', text, flags=re.S).group(1)
+    assert "<" not in data and ">" not in data and "&" not in data  # inert inside the script element
+    parsed = json.loads(data)
+    assert "<img src=x onerror=alert(2)>" in parsed["sites"]
+    assert "<script>alert(1)</script>" in [f["name"] for f in parsed["features"]]
+    text = text.replace(data, "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "a&amp;b&#34;c" in text
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
