@@ -44,11 +44,14 @@ def site_names(n_sites: int) -> list[str]:
 
 def make_fcon1000_like(n_sites: int = 23, n_subjects: int = 1078, n_features: int = 218, *,
                        small_sites: bool = True, random_state=0) -> Simulation:
-    """A many-site table like the fcon1000 one: :func:`make_multisite` (site age shift, unbalanced sites) with
+    """A many-site table like the fcon1000 one: :func:`make_multisite` (site mean ages spread over 35 years,
+    unbalanced sites) with
     FreeSurfer column names, aseg/global columns on a volume scale (x 1000), sex coded 0/1 and, with
     ``small_sites``, the two smallest sites cut to 3 and 8 subjects. ``truth``, ``gamma`` and ``delta``
     carry the same names (``gamma``/``delta`` on the standardized scale, unchanged by the volume scaling)."""
-    sim = make_multisite(n_subjects=n_subjects, n_sites=n_sites, n_features=n_features, site_age_shift=1.5,
+    # site mean ages spread over 35 years whatever the number of sites (about 1.5 years apart at 23 sites)
+    shift = 35.0 / max(n_sites - 1, 1)
+    sim = make_multisite(n_subjects=n_subjects, n_sites=n_sites, n_features=n_features, site_age_shift=shift,
                          age_effect=-0.008, random_state=random_state)
     names = freesurfer_names(n_features)
     sites = site_names(n_sites)

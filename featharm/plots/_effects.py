@@ -92,14 +92,14 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
         for i, lv in enumerate(inp.levels):
             rows = inp.codes == i
             ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[lv], linewidths=0,
-                       label=safe_label(lv))
+                       label=safe_label(lv), rasterized=True)  # one bitmap in SVG however many points
         if legend:  # right of the axes; none beyond LEGEND_SITES sites
             legend_outside(ax, len(inp.levels), title=safe_label(inp.batch), title_fontsize=7, markerscale=2)
     else:
         s = covariate_column(inp.covariates, hue, "residual_pca")
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             pc = ax.scatter(scores[:, 0], scores[:, 1], s=8, alpha=0.7, c=s.to_numpy(dtype=float),
-                            cmap="viridis", linewidths=0)
+                            cmap="viridis", linewidths=0, rasterized=True)
             ax.figure.colorbar(pc, ax=ax, label=safe_label(hue))
         else:
             lv = sorted(pd.unique(s.astype(str)).tolist())
@@ -108,7 +108,7 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
             for level in lv:
                 rows = vals == level
                 ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[level],
-                           linewidths=0, label=safe_label(level))
+                           linewidths=0, label=safe_label(level), rasterized=True)
             if legend:
                 legend_outside(ax, len(lv), title=safe_label(hue), title_fontsize=7, markerscale=2)
     ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")

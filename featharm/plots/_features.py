@@ -112,12 +112,20 @@ def distributions_before_after(before, after, covariates, *, features, batch="si
     return thin_tick_labels(fig)
 
 
-def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=None, title=None, legend=True):
+#: Sites with fewer observed rows than this get a straight line, not a curve (a quadratic through a handful of
+#: points swings wildly and says nothing about the site).
+CURVE_MIN_ROWS = 10
+
+
+def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=None, title=None, legend=True,
+               pooled=False):
     """One feature against a continuous covariate (age), points and a fitted curve per site.
 
     The curve of each site is the least-squares polynomial of ``degree`` in ``x`` fitted to that site's
-    subjects, drawn over the site's own range of ``x`` (lower degree for sites with few distinct values).
-    Rows where the feature is missing (NaN) are left out. The legend (``legend=True``) sits to the right of
+    subjects, drawn over the site's own range of ``x`` (lower degree for sites with few distinct values; a
+    straight line for sites with fewer than :data:`CURVE_MIN_ROWS` rows). With ``pooled=True`` the same fit
+    over all sites is drawn too (black, dashed: the common trend, e.g. a lifespan curve). Rows where the
+    feature is missing (NaN) are left out. The legend (``legend=True``) sits to the right of
     the axes; with more than :data:`~featharm.plots._common.LEGEND_SITES` sites there is none (the colours
     then only tell the sites apart).
 
@@ -141,13 +149,21 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
         xi, yi = xv[rows], y[rows]
         if xi.size == 0:
             continue
-        ax.scatter(xi, yi, s=6, alpha=0.35, color=colors[lv], linewidths=0, label="_nolegend_")
-        deg = min(int(degree), len(np.unique(xi)) - 1)
+        ax.scatter(xi, yi, s=6, alpha=0.35, color=colors[lv], linewidths=0, label="_nolegend_",
+                   rasterized=True)  # points as one embedded bitmap in SVG: thousands of points stay small
+        deg = min(int(degree), len(np.unique(xi)) - 1, int(degree) if xi.size >= CURVE_MIN_ROWS else 1)
         if deg >= 1:
             coef = np.polynomial.polynomial.polyfit(xi, yi, deg)
-            grid = np.linspace(xi.min(), xi.max(), 60)
+            grid = np.linspace(xi.min(), xi.max(), 30)  # smooth enough for a quadratic, half the SVG
             ax.plot(grid, np.polynomial.polynomial.polyval(grid, coef), color=colors[lv], lw=2,
                     label=safe_label(lv))
+    obs = ~np.isnan(y)
+    deg = min(int(degree), len(np.unique(xv[obs])) - 1)
+    if pooled and deg >= 1:
+        coef = np.polynomial.polynomial.polyfit(xv[obs], y[obs], deg)
+        grid = np.linspace(xv[obs].min(), xv[obs].max(), 30)
+        ax.plot(grid, np.polynomial.polynomial.polyval(grid, coef), color="black", lw=1.5, ls="--",
+                label="all sites", gid="pooled")
     ax.set_xlabel(safe_label(x))
     ax.set_ylabel(safe_label(inp.features[j]))
     ax.set_title(safe_label(feature if title is None else title), fontsize=9)
@@ -156,8 +172,10 @@ def trajectory(X, covariates, *, feature, x="age", batch="site", degree=2, ax=No
     return ax
 
 
-def trajectories_before_after(before, after, covariates, *, features, x="age", batch="site", degree=2):
-    """Figure: :func:`trajectory` of each feature before (left) and after (right) harmonization."""
+def trajectories_before_after(before, after, covariates, *, features, x="age", batch="site", degree=2,
+                              pooled=True):
+    """Figure: :func:`trajectory` of each feature before (left) and after (right) harmonization, with the
+    pooled trend over all sites (``pooled``)."""
     feats = check_features_arg(features, "trajectories_before_after")
     cols = [("before", before)] + ([("after", after)] if after is not None else [])
     n_sites = len(prepare(before, covariates, batch, "trajectories_before_after").levels)
@@ -168,9 +186,10 @@ def trajectories_before_after(before, after, covariates, *, features, x="age", b
         for c, (label, data) in enumerate(cols):
             # one legend per row, right of the last panel
             trajectory(data, covariates, feature=f, x=x, batch=batch, degree=degree, ax=axes[r, c],
-                       title=f"{f} ({label})", legend=legend and c == len(cols) - 1)
+                       title=f"{f} ({label})", legend=legend and c == len(cols) - 1, pooled=pooled)
             if c:
                 axes[r, c].set_ylabel("")
     if not legend:
-        fig.suptitle(f"{n_sites} sites, one colour each (no legend beyond {LEGEND_SITES} sites)", fontsize=8)
+        fig.suptitle(f"{n_sites} sites, one colour each (no legend beyond {LEGEND_SITES} sites); "
+                     "black dashed: all sites", fontsize=8)
     return thin_tick_labels(fig)

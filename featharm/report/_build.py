@@ -25,6 +25,8 @@ from ._protocol import model_formula, model_groups
 _FORMATS = ("svg", "png")
 #: Tables with more rows than this get a filter box (all tables sort by a click on a column header).
 FILTER_ROWS = 8
+#: Table cells longer than this (characters) wrap instead of widening the table.
+LONG_CELL = 80
 
 
 # ------------------------------------------------------------------------------------------ small pieces
@@ -333,7 +335,7 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
                                       else "featharm site-effect report"),
                    "sections": sections, "date": prov.date, "version": __version__,
                    "model": type(model).__name__ if model is not None else None, "n_warnings": len(unique),
-                   "filter_rows": FILTER_ROWS})
+                   "filter_rows": FILTER_ROWS, "long_cell": LONG_CELL})
     return HTMLReport(text, [s.title for s in sections], unique)
 
 
@@ -679,8 +681,9 @@ def lifespan_section(data: ReportData, result, figs: Figures) -> Section:
     x = data.x if data.x is not None else _pick_x(data.cov, data.cov_cols)
     s = Section("lifespan", "Age trends before and after" if x == "age" else f"Trends against {x}",
                 intro="Each feature against the continuous covariate, one colour per site: points and each site's "
-                      "quadratic least-squares curve over its own range. Harmonization should line the sites' "
-                      "curves up while keeping their common shape (the biology).")
+                      "quadratic least-squares curve over its own range (a straight line for sites with fewer than "
+                      "10 subjects); black dashed: the same fit over all sites. Harmonization should line the "
+                      "sites' curves up while keeping their common shape (the biology).")
     if x is None:
         s.notes.append("No continuous covariate (such as age) among the covariates: nothing to draw.")
         return s

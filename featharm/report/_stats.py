@@ -7,6 +7,7 @@ The diagnostics are computed once, by :func:`featharm.diagnostics.diagnose` with
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import platform
 import sys
@@ -174,10 +175,6 @@ def utc_now() -> str:
 
 
 # ------------------------------------------------------------------------------------------ feature explorer
-#: Significant digits of the numbers embedded for the feature explorer (box statistics).
-EXPLORER_DIGITS = 4
-
-
 def box_stats(X: pd.DataFrame, codes, n_levels: int):
     """Tukey box statistics of every feature in every site: an array (sites × features × 5) of the lower
     whisker (smallest value within 1.5 IQR of the lower quartile), lower quartile, median, upper quartile and
@@ -205,16 +202,27 @@ def box_stats(X: pd.DataFrame, codes, n_levels: int):
     return out, counts
 
 
-def _short(v: float):
-    """A number with :data:`EXPLORER_DIGITS` significant digits for JSON (None for NaN)."""
-    import math
+#: Levels of the 16-bit codes of the explorer's box statistics (65535 marks a missing value).
+EXPLORER_LEVELS = 65534
 
-    return None if math.isnan(v) else float(f"{v:.{EXPLORER_DIGITS}g}")
+
+def _encode(stats, lo, span) -> str:
+    """Box statistics (features × sites × 5) as base64 of little-endian uint16 codes on each feature's range
+    ``lo + code / EXPLORER_LEVELS * span`` (65535: missing); a few bytes per number, resolution span / 65534."""
+    import numpy as np
+
+    z = (stats - lo[:, None, None]) / span[:, None, None] * EXPLORER_LEVELS
+    codes = np.where(np.isfinite(z), np.clip(np.rint(z), 0, EXPLORER_LEVELS), EXPLORER_LEVELS + 1)
+    return base64.b64encode(codes.astype("<u2").tobytes()).decode("ascii")
 
 
 def explorer_data(X: pd.DataFrame, Xh: pd.DataFrame | None, cov: pd.DataFrame, batch: str, order) -> dict:
     """What the report's feature explorer draws: for each feature (in ``order``) the per-site box statistics
-    before (and after) harmonization, rounded to :data:`EXPLORER_DIGITS` significant digits, and the counts."""
+    (lower whisker, quartiles, median, upper whisker) before (and after) harmonization, packed as 16-bit
+    codes on the feature's range (``lo``, ``span``; :func:`_encode`), and the observed counts per site
+    (``n``: one list when every feature has the same counts, else one per feature)."""
+    import numpy as np
+
     from .._validation import batch_levels, encode_batches, get_batch
 
     s = get_batch(cov, batch)
@@ -222,15 +230,21 @@ def explorer_data(X: pd.DataFrame, Xh: pd.DataFrame | None, cov: pd.DataFrame, b
     codes = encode_batches(s, levels, batch)
     cols = [list(map(str, X.columns)).index(str(f)) for f in order]
     before, counts = box_stats(X.iloc[:, cols], codes, len(levels))
-    after = box_stats(Xh.iloc[:, cols], codes, len(levels))[0] if Xh is not None else None
-    feats = []
-    for j, f in enumerate(order):
-        item = {"name": str(f), "before": [[_short(v) for v in before[i, j]] for i in range(len(levels))],
-                "n": counts[:, j].tolist()}
-        if after is not None:
-            item["after"] = [[_short(v) for v in after[i, j]] for i in range(len(levels))]
-        feats.append(item)
-    return {"sites": [str(v) for v in levels], "batch": str(batch), "features": feats}
+    parts = [before.transpose(1, 0, 2)]  # features × sites × 5
+    if Xh is not None:
+        parts.append(box_stats(Xh.iloc[:, cols], codes, len(levels))[0].transpose(1, 0, 2))
+    with np.errstate(all="ignore"):
+        both = np.concatenate(parts, axis=1)
+        lo = np.nan_to_num(np.nanmin(both[:, :, 0], axis=1, initial=np.inf), posinf=0.0)
+        hi = np.nan_to_num(np.nanmax(both[:, :, 4], axis=1, initial=-np.inf), neginf=0.0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    same = bool((counts == counts[:, :1]).all())
+    out = {"sites": [str(v) for v in levels], "batch": str(batch), "features": [str(f) for f in order],
+           "lo": lo.tolist(), "span": span.tolist(), "levels": EXPLORER_LEVELS,
+           "n": counts[:, 0].tolist() if same else counts.T.tolist(), "before": _encode(parts[0], lo, span)}
+    if Xh is not None:
+        out["after"] = _encode(parts[1], lo, span)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ EB check

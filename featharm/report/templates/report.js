@@ -81,8 +81,28 @@
     for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) { out.push(+v.toPrecision(12)); }
     return out;
   }
+  function decode(text) {  /* base64 of little-endian uint16 codes */
+    var bin = atob(text), out = new Uint16Array(bin.length / 2);
+    for (var i = 0; i < out.length; i += 1) { out[i] = bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8); }
+    return out;
+  }
+  function boxes(data, codes, j) {  /* the 5 box statistics of every site for feature j (null: missing) */
+    var m = data.sites.length, out = [], lo = data.lo[j], span = data.span[j];
+    for (var i = 0; i < m; i += 1) {
+      var b = [];
+      for (var k = 0; k < 5; k += 1) {
+        var c = codes[(j * m + i) * 5 + k];
+        b.push(c > data.levels ? null : lo + c / data.levels * span);
+      }
+      out.push(b);
+    }
+    return out;
+  }
   function drawFeature(data, j, host) {
-    var f = data.features[j], sites = data.sites, palette = sites.length <= 10 ? TAB10 : TAB20;
+    var sites = data.sites, palette = sites.length <= 10 ? TAB10 : TAB20;
+    var n = Array.isArray(data.n[0]) ? data.n[j] : data.n;
+    var f = {name: data.features[j], n: n, before: boxes(data, data.codes.before, j),
+             after: data.codes.after ? boxes(data, data.codes.after, j) : null};
     var panels = [["before", f.before]];
     if (f.after) { panels.push(["after", f.after]); }
     var lo = Infinity, hi = -Infinity;
@@ -137,6 +157,7 @@
   var source = document.getElementById("fx-data");
   if (fx && source) {
     var data = JSON.parse(source.textContent);
+    data.codes = {before: decode(data.before), after: data.after ? decode(data.after) : null};
     var select = document.getElementById("fx-select"), host = document.getElementById("fx-plot");
     var info = document.getElementById("fx-effect");
     var show = function () {
