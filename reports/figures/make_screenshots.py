@@ -40,7 +40,7 @@ MAX_HEIGHT = 1500  # px of one screenshot; taller parts are cut
 
 # report -> [(file suffix, CSS selector of the part, what it shows)]
 SHOTS = {
-    "ixi": [("overview", "header", "top of the page: header, navigation, data summary"),
+    "ixi": [("overview", "body", "top of the page: header, navigation, data summary"),
             ("explorer", "#fx", "feature explorer (3 sites)"),
             ("eb_check", "#model", "model parameters with the EB check table and figure"),
             ("methods", "#methods", "methods text block")],
