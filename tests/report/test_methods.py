@@ -127,3 +127,27 @@ def test_eb_fit_table_ks_by_hand(sim):
         a, b = pri["a_prior"], pri["b_prior"]
         assert fit["prior mean δ²"].iloc[i] == pytest.approx(b / (a - 1))
         assert fit["prior mean δ²"].iloc[i] == pytest.approx(hm.delta_hat_.iloc[i].mean(), rel=1e-8)  # moments
+
+
+class _Reportable:
+    """Only the report protocol (no EB estimates, an unknown family): the report must still be made."""
+
+    def __init__(self, fitted):
+        self._m = fitted
+        self.batch, self.batches_, self.formula = fitted.batch, fitted.batches_, fitted.formula
+        self.feature_names_in_, self.design_ = fitted.feature_names_in_, fitted.design_
+
+    def get_params(self, deep=True):
+        return self._m.get_params(deep)
+
+    def transform(self, X, covariates=None):
+        return self._m.transform(X, covariates)
+
+
+@pytest.mark.slow
+def test_report_on_a_model_without_eb_priors(sim):
+    model = _Reportable(fh.ComBat(batch="site", formula="age + sex").fit(sim.X, sim.covariates))
+    rep = fh.report.make_report(sim.X, sim.covariates, model=model, classification=False)
+    assert "EB check: _Reportable has no per-site empirical-Bayes priors to check." in rep.html
+    assert "EB check per site" not in rep.html
+    assert "no specific methods wording for _Reportable" in rep.html and f"{len(sim.X)} subjects" in rep.html
