@@ -116,14 +116,15 @@
     var pad = 0.04 * (hi - lo); lo -= pad; hi += pad;
     var width = Math.max(640, Math.min(host.clientWidth || 1200, 1400) - 20);
     var longest = sites.reduce(function (m, s, i) { return Math.max(m, (s + " (n=" + f.n[i] + ")").length); }, 0);
-    var label = Math.min(260, 12 + 6.2 * longest), gap = 24, row = 16, top = 26, bottom = 34;
+    var label = Math.min(260, 12 + 6.2 * longest), gap = 24, bottom = 34;
+    var row = Math.max(16, Math.min(36, Math.floor(220 / sites.length))), top = sites.length > 20 ? 40 : 26;
     var pw = (width - label - gap * panels.length) / panels.length;
     var height = top + row * sites.length + bottom;
     var svg = el("svg", {width: width, height: height, viewBox: "0 0 " + width + " " + height,
                          role: "img", "font-size": "11", "font-family": "sans-serif"});
     svg.appendChild(el("title", {}, f.name + ": distribution by site before and after harmonization"));
     sites.forEach(function (s, i) {
-      svg.appendChild(el("text", {x: label - 6, y: top + row * i + row * 0.7, "text-anchor": "end"},
+      svg.appendChild(el("text", {x: label - 6, y: top + row * i + row / 2 + 4, "text-anchor": "end"},
                          s + " (n=" + f.n[i] + ")"));
     });
     var tks = ticks(lo, hi);
@@ -139,14 +140,17 @@
         svg.appendChild(el("line", {x1: x, x2: x, y1: top, y2: top + row * sites.length, stroke: "#eee"}));
         svg.appendChild(el("text", {x: x, y: top + row * sites.length + 14, "text-anchor": "middle"},
                            String(t)));
+        if (sites.length > 20) {  /* a long list scrolls: the scale on top too */
+          svg.appendChild(el("text", {x: x, y: top - 5, "text-anchor": "middle"}, String(t)));
+        }
       });
       p[1].forEach(function (b, i) {
         if (b[0] === null) { return; }
-        var y = top + row * i, c = palette[i % palette.length], mid = y + row / 2;
+        var y = top + row * i, c = palette[i % palette.length], mid = y + row / 2, pad = Math.max(2, row * 0.2);
         svg.appendChild(el("line", {x1: sx(b[0]), x2: sx(b[4]), y1: mid, y2: mid, stroke: "#333"}));
-        svg.appendChild(el("rect", {x: sx(b[1]), y: y + 2, width: Math.max(1, sx(b[3]) - sx(b[1])),
-                                    height: row - 4, fill: c, "fill-opacity": "0.8", stroke: "#333"}));
-        svg.appendChild(el("line", {x1: sx(b[2]), x2: sx(b[2]), y1: y + 2, y2: y + row - 2, stroke: "#000",
+        svg.appendChild(el("rect", {x: sx(b[1]), y: y + pad, width: Math.max(1, sx(b[3]) - sx(b[1])),
+                                    height: row - 2 * pad, fill: c, "fill-opacity": "0.8", stroke: "#333"}));
+        svg.appendChild(el("line", {x1: sx(b[2]), x2: sx(b[2]), y1: y + pad, y2: y + row - pad, stroke: "#000",
                                     "stroke-width": "2"}));
       });
     });
