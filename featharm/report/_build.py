@@ -146,7 +146,9 @@ class Figures:
         """The figure as a ``data:`` URI, tick labels that would overlap thinned first."""
         from ..plots._common import thin_tick_labels
 
-        return figure_uri(thin_tick_labels(fig), self.format)
+        if not getattr(fig, "_featharm_ticks_thinned", False):  # figures of featharm.plots come finished
+            thin_tick_labels(fig)
+        return figure_uri(fig, self.format)
 
     def add(self, section: Section, fig, title: str, caption: str, alt: str) -> None:
         section.figures.append({"title": title, "uri": self.uri(fig), "caption": caption, "alt": alt})
@@ -256,10 +258,14 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
 
     Sections: data summary, missing values (only when feature cells are missing: per feature and per site,
     a heat map; ``docs/methods.md`` §6.9), covariate balance, site effects before and after (summary numbers, tables,
-    figures), preservation of biology, the model's parameters, the warnings raised during the fit and
-    while computing the report, and provenance (versions, parameters, input hashes, date). The numbers
-    come from one :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes
-    for the same data and options.
+    figures, and a feature explorer of every feature's distribution by site), preservation of biology, age
+    trends (lifespan curves), the model's parameters with the EB check, a methods text
+    (:func:`featharm.report.methods_text`), the warnings raised during the fit and while computing the
+    report, and provenance (versions, parameters, input hashes, date). The numbers come from one
+    :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes for the same
+    data and options. Figures size themselves to the number of sites, tables sort and filter, sections fold
+    (a small inline script; without JavaScript every table and figure is still there); ``docs/methods.md``
+    §6.10 gives the rules.
 
     Parameters
     ----------

@@ -49,7 +49,8 @@ def test_methods_text_names_everything(sim, cls, kw, title, own):
     lines = refs.splitlines()
     assert lines == methods_references(hm)
     assert [ln.split(" (")[0] for ln in lines[:3]] == [
-        "Johnson WE, Li C, Rabinovic A", "Fortin JP, Parker D, Tunç B, et al.", "Fortin JP, Cullen N, Sheline YI, et al."]
+        "Johnson WE, Li C, Rabinovic A", "Fortin JP, Parker D, Tunç B, et al.",
+        "Fortin JP, Cullen N, Sheline YI, et al."]
     assert "Biostatistics 8(1):118-127" in lines[0] and "NeuroImage 161:149-170" in lines[1]
     assert "NeuroImage 167:104-120" in lines[2] and lines[-1] == REFERENCES[own][1]
     assert REFERENCES[own][0] in para  # cited in the text too
