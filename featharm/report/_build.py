@@ -287,8 +287,9 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
         Covariates of the diagnostic models (``"age + sex"``); default the model's (smooth terms ``s(x)``
         enter linearly).
     features : list of str, optional
-        Features drawn individually (distributions, trajectories); default the 3 with the largest site
-        effect before harmonization.
+        Features drawn individually (box plots by site, age trends). Default: no box-plot figure besides
+        the feature explorer (every feature, the largest site effect first), and the age trends of the 3
+        features with the largest age effect (``docs/methods.md`` §6.10).
     covariate_columns : list of str, optional
         Covariates in the balance section; default the formula's columns.
     x : str, optional
