@@ -27,7 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_include_option(r)
     add_abcd_event_option(r)
     r.add_argument("--plot-features", nargs="+", metavar="NAME",
-                   help="features drawn one by one (default: the 3 with the largest site effect)")
+                   help="features drawn one by one: box plots by site and age trends (default: the feature "
+                        "explorer offers every feature; age trends of the 3 with the largest age effect)")
     r.add_argument("--figure-format", choices=["svg", "png"], default="svg", help="embedded figure format")
     r.add_argument("--covariates", metavar="FILE", help="covariate table (CSV/TSV/Parquet) joined on --id")
     r.add_argument("--id", metavar="COL", help="id column (joins DATA, --covariates and --harmonized)")

@@ -108,3 +108,105 @@ def check_features_arg(features, owner: str) -> list:
     if not feats:
         raise InputError(f"{owner} needs at least one feature in `features`.")
     return feats
+
+
+# ------------------------------------------------------------------------------------------ many sites
+#: Up to this many sites, per-site panels put the sites side by side on the x axis; beyond, one row per site
+#: (horizontal boxes and bars, the site names on the y axis, where long names read without rotation).
+SIDE_BY_SIDE_SITES = 8
+#: Up to this many sites a per-site legend is drawn (outside the axes); beyond, the colours are not listed
+#: (the tables name the sites) and the figure says so.
+LEGEND_SITES = 12
+#: Height of one site row (inches) in horizontal per-site panels: the 7-point site names fit without thinning.
+SITE_ROW = 0.15
+#: Font size (points) of site names on an axis.
+SITE_FONT = 7
+
+
+def many_sites(n: int) -> bool:
+    """Whether ``n`` sites are drawn one row per site (horizontal panels)."""
+    return n > SIDE_BY_SIDE_SITES
+
+
+def rows_height(n_sites: int, minimum: float = 2.2) -> float:
+    """Height (inches) of a horizontal per-site panel: one :data:`SITE_ROW` per site plus room for the axis."""
+    return max(minimum, 0.9 + SITE_ROW * n_sites)
+
+
+def legend_outside(ax, n_entries: int, **kw):
+    """A legend to the right of the axes (never over the data), or none beyond :data:`LEGEND_SITES` entries;
+    returns the Legend or None."""
+    if n_entries > LEGEND_SITES or not ax.get_legend_handles_labels()[1]:
+        return None
+    kw.setdefault("fontsize", 7)
+    kw.setdefault("frameon", False)
+    ncol = 1 if n_entries <= 12 else 2
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=ncol, **kw)
+
+
+def _renderer(fig):
+    """A renderer for text extents (an Agg canvas is attached to a figure made outside pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # runs the (constrained) layout
+    return fig.canvas.get_renderer()
+
+
+def _visible_labels(axis) -> list:
+    return [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+
+
+def _overlapping(boxes) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)`` of boxes (matplotlib Bbox) whose interiors intersect (touching edges do not count)."""
+    out = []
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            if min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5:
+                out.append((i, j))
+    return out
+
+
+def tick_label_overlaps(fig) -> list[dict]:
+    """Overlapping tick labels of a figure, measured with the renderer's text extents after the layout: one
+    dict (``axes`` title, ``axis`` x/y, the two ``labels``) per overlapping pair on the same axis."""
+    r = _renderer(fig)
+    found = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            labels = _visible_labels(axis)
+            boxes = [t.get_window_extent(r) for t in labels]
+            found += [{"axes": ax.get_title(), "axis": name, "labels": (labels[i].get_text(), labels[j].get_text())}
+                      for i, j in _overlapping(boxes)]
+    return found
+
+
+def thin_tick_labels(fig):
+    """Hide tick labels that would overlap: on each axis whose labels collide, keep every k-th label (the
+    smallest k without collision; the ticks stay). The last resort after sizing the figure to its sites and
+    features; returns ``fig``."""
+    r = _renderer(fig)
+    changed = False
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = _visible_labels(axis)
+            if len(labels) < 2:
+                continue
+            boxes = [t.get_window_extent(r) for t in labels]
+            if not _overlapping(boxes):
+                continue
+            for k in range(2, len(labels) + 1):
+                if not _overlapping(boxes[::k]):
+                    break
+            for i, t in enumerate(labels):
+                if i % k:
+                    t.set_visible(False)
+            changed = True
+    if changed:
+        fig.draw_without_rendering()
+    fig._featharm_ticks_thinned = True  # the report does not measure a finished figure twice
+    return fig

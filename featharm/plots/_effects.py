@@ -8,14 +8,19 @@ import pandas as pd
 from ..diagnostics.preservation import lin_ccc as lins_ccc
 from ..exceptions import ColumnNotFoundError, InputError
 from ._common import (
+    LEGEND_SITES,
+    SITE_FONT,
+    SITE_ROW,
     Inputs,
     covariate_column,
     get_ax,
+    legend_outside,
     new_figure,
     prepare,
     safe_label,
     site_colors,
     site_effect_matrix,
+    thin_tick_labels,
 )
 
 #: How panels name the ``data`` labels of featharm.diagnostics.diagnose (other labels are shown as they are).
@@ -38,7 +43,7 @@ def _pca_scores(R: np.ndarray, k: int = 2):
     return scores, ratio
 
 
-def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None, title=None):
+def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None, title=None, legend=True):
     """First two principal components of the additive residuals, coloured by site or by a covariate.
 
     The residuals are the additive residuals of :func:`featharm.diagnostics.site_residuals` (``y ~ formula +
@@ -56,6 +61,8 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
         Colour by this covariate instead of the site (numeric: colour scale; otherwise categories).
     ax : matplotlib Axes, optional
     title : str, optional
+    legend : bool, default True
+        A legend right of the axes (categories; up to :data:`~featharm.plots._common.LEGEND_SITES` of them).
 
     Returns
     -------
@@ -85,13 +92,14 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
         for i, lv in enumerate(inp.levels):
             rows = inp.codes == i
             ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[lv], linewidths=0,
-                       label=safe_label(lv))
-        ax.legend(title=safe_label(inp.batch), fontsize=7, title_fontsize=7, frameon=False, markerscale=2)
+                       label=safe_label(lv), rasterized=True)  # one bitmap in SVG however many points
+        if legend:  # right of the axes; none beyond LEGEND_SITES sites
+            legend_outside(ax, len(inp.levels), title=safe_label(inp.batch), title_fontsize=7, markerscale=2)
     else:
         s = covariate_column(inp.covariates, hue, "residual_pca")
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             pc = ax.scatter(scores[:, 0], scores[:, 1], s=8, alpha=0.7, c=s.to_numpy(dtype=float),
-                            cmap="viridis", linewidths=0)
+                            cmap="viridis", linewidths=0, rasterized=True)
             ax.figure.colorbar(pc, ax=ax, label=safe_label(hue))
         else:
             lv = sorted(pd.unique(s.astype(str)).tolist())
@@ -100,8 +108,9 @@ def residual_pca(X, covariates, *, batch="site", formula=None, hue=None, ax=None
             for level in lv:
                 rows = vals == level
                 ax.scatter(scores[rows, 0], scores[rows, 1], s=8, alpha=0.6, color=colors[level],
-                           linewidths=0, label=safe_label(level))
-            ax.legend(title=safe_label(hue), fontsize=7, title_fontsize=7, frameon=False, markerscale=2)
+                           linewidths=0, label=safe_label(level), rasterized=True)
+            if legend:
+                legend_outside(ax, len(lv), title=safe_label(hue), title_fontsize=7, markerscale=2)
     ax.set_xlabel(f"PC1 ({ratio[0]:.1%})")
     ax.set_ylabel(f"PC2 ({ratio[1]:.1%})")
     if missing:
@@ -115,31 +124,44 @@ def pca_before_after(before, after, covariates, *, batch="site", formula=None, h
     """Figure: :func:`residual_pca` before and after, coloured by site (top) and by ``hue`` (bottom row)."""
     cols = [("before", before)] + ([("after", after)] if after is not None else [])
     hues = [None] + ([hue] if hue is not None and str(hue) != str(batch) else [])
-    fig = new_figure(4.2 * len(cols), 3.6 * len(hues))
+    n_sites = len(prepare(before, covariates, batch, "pca_before_after").levels)
+    legend = n_sites <= LEGEND_SITES
+    fig = new_figure(4.2 * len(cols) + (1.2 if legend else 0.6), 3.6 * len(hues))
     axes = fig.subplots(len(hues), len(cols), squeeze=False)
     for r, h in enumerate(hues):
         for c, (label, data) in enumerate(cols):
+            what = batch if h is None else h
+            if h is None and not legend:
+                what = f"{batch} ({n_sites}, no legend)"
             residual_pca(data, covariates, batch=batch, formula=formula, hue=h, ax=axes[r, c],
-                         title=f"{label} harmonization, colour: {batch if h is None else h}")
-    return fig
+                         title=f"{label} harmonization, colour: {what}", legend=c == len(cols) - 1)
+    return thin_tick_labels(fig)
 
 
 # ------------------------------------------------------------------------------------------ heatmaps
 def _feature_ticks(ax, names, axis="x"):
-    fs = 7 if len(names) <= 40 else (5 if len(names) <= 120 else 0)
+    """Every feature name as a tick label (7 points up to 40 features, else 5); names that would still
+    collide are thinned when the figure is finished (:func:`~featharm.plots._common.thin_tick_labels`)."""
+    fs = 7 if len(names) <= 40 else 5
     pos = np.arange(len(names))
-    labels = [safe_label(n) for n in names] if fs else []
+    labels = [safe_label(n) for n in names]
     if axis == "x":
-        ax.set_xticks(pos if fs else [], labels, rotation=90, fontsize=fs or None)
+        ax.set_xticks(pos, labels, rotation=90, fontsize=fs)
     else:
-        ax.set_yticks(pos if fs else [], labels, fontsize=fs or None)
+        ax.set_yticks(pos, labels, fontsize=fs)
+
+
+def _rows_height(n_rows: int) -> float:
+    """Height (inches) of a heat map's rows (sites): 0.35 inch each up to 10 rows, then one :data:`SITE_ROW`
+    each, at most 9 inches (beyond about 60 sites every other name is shown)."""
+    return min(max(0.35 * min(n_rows, 10), SITE_ROW * n_rows), 9.0)
 
 
 def _heatmap(ax, values: pd.DataFrame, *, cmap, vmin, vmax, label):
     im = ax.imshow(values.to_numpy(dtype=float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                    interpolation="nearest")
     _feature_ticks(ax, list(values.columns), "x")
-    ax.set_yticks(np.arange(values.shape[0]), [safe_label(r) for r in values.index], fontsize=7)
+    ax.set_yticks(np.arange(values.shape[0]), [safe_label(r) for r in values.index], fontsize=SITE_FONT)
     ax.figure.colorbar(im, ax=ax, label=label, shrink=0.9, pad=0.01)
     return im
 
@@ -194,14 +216,14 @@ def effect_sizes_before_after(table, *, value="shift"):
     zs = [site_effect_matrix(_one_data(table, d, "effect_sizes_before_after"), value) for d in labels]
     vmax = _symmetric_vmax(zs)
     p = zs[0].shape[1]
-    fig = new_figure(min(4 + 0.16 * p, 24), 1.4 + 0.35 * zs[0].shape[0] * len(zs) + 1.0 * len(zs))
+    fig = new_figure(min(4 + 0.16 * p, 24), 1.4 + (_rows_height(zs[0].shape[0]) + 1.0) * len(zs))
     axes = fig.subplots(len(zs), 1, squeeze=False)[:, 0]
     label = _VALUE_LABEL.get(value, value).replace(" ", "\n", 1)
     for ax, d, z in zip(axes, labels, zs):
         _heatmap(ax, z, cmap="RdBu_r", vmin=-vmax, vmax=vmax, label=label)
         if d is not None:
             ax.set_title(safe_label(f"{_PANEL.get(d, d)} harmonization"), fontsize=9)
-    return fig
+    return thin_tick_labels(fig)
 
 
 def _site_effect_sizes(X, covariates, batch, formula) -> pd.DataFrame:
@@ -275,7 +297,7 @@ def pvalues_before_after(before, after, *, p="p_unc"):
     axes = fig.subplots(len(cols), 1, squeeze=False)[:, 0]
     for ax, (label, t) in zip(axes, cols):
         pvalue_heatmap(t, p=p, vmax=vmax, features=feats, ax=ax, title=f"{label} harmonization")
-    return fig
+    return thin_tick_labels(fig)
 
 
 # ------------------------------------------------------------------------------------------ preservation
@@ -302,7 +324,7 @@ def preservation_scatters(table, *, terms=None, before="effect_before", after="e
         preservation_scatter(table, term=term, before=before, after=after, ax=ax)
     for ax in axes[len(terms):]:
         ax.set_visible(False)
-    return fig
+    return thin_tick_labels(fig)
 
 
 def preservation_scatter(table, *, term=None, before="effect_before", after="effect_after", ax=None,
@@ -358,10 +380,10 @@ def missing_heatmap(values: pd.DataFrame, *, ax=None, title=None):
     fig = None
     if ax is None:
         p = values.shape[1]
-        fig = new_figure(min(4 + 0.16 * p, 24), 1.6 + 0.35 * values.shape[0])
+        fig = new_figure(min(4 + 0.16 * p, 24), 1.6 + _rows_height(values.shape[0]))
         ax = fig.subplots()
     _heatmap(ax, values.astype(float), cmap="Greys", vmin=0.0, vmax=max(float(np.nanmax(values.to_numpy(dtype=float),
                                                                                           initial=0.0)), 1e-12),
              label="fraction missing")
     ax.set_title(safe_label(title if title is not None else "missing cells per site and feature"), fontsize=9)
-    return fig if fig is not None else ax
+    return thin_tick_labels(fig) if fig is not None else ax

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import stats
 
 from ..exceptions import InputError, NotFittedError
-from ._common import get_ax, new_figure, safe_label, site_colors
+from ._common import get_ax, new_figure, safe_label, site_colors, thin_tick_labels
 
 _PARAMS = ("gamma", "delta")
 
@@ -94,15 +94,30 @@ def eb_prior(model, *, site, parameter="gamma", group=None, bins=25, ax=None, ti
     return ax
 
 
-def eb_diagnostics(model, *, bins=25):
-    """Figure: :func:`eb_prior` for every site (rows; every site and measure group with priors per group),
-    location (left) and scale (right)."""
+def eb_diagnostics(model, *, bins=25, sites=None, max_sites=None):
+    """Figure: :func:`eb_prior` for every site (with priors per measure group, every site and group), location
+    (γ̂ against its normal prior) and scale (δ̂² against its inverse-gamma prior) side by side: one site (and
+    group) per row up to 3, two per row beyond.
+
+    ``sites`` picks the sites drawn (default all, in the model's order); ``max_sites`` keeps the first that
+    many of them (a report on many sites shows a few and tabulates the rest).
+    """
     _check_model(model, "eb_diagnostics")
-    sites = [str(s) for s in model.batches_]
-    rows = [(s, g) for s in sites for g in (_groups(model) or [None])]
-    fig = new_figure(7.5, 2.4 * len(rows))
-    axes = fig.subplots(len(rows), 2, squeeze=False)
-    for r, (s, g) in enumerate(rows):
+    all_sites = [str(s) for s in model.batches_]
+    chosen = all_sites if sites is None else [str(s) for s in ([sites] if isinstance(sites, str) else sites)]
+    absent = [s for s in chosen if s not in all_sites]
+    if absent:
+        raise InputError(f"eb_diagnostics: sites {absent} are not batches of the model; batches: {all_sites}.")
+    if max_sites is not None:
+        chosen = chosen[:max(1, int(max_sites))]
+    rows = [(s, g) for s in chosen for g in (_groups(model) or [None])]
+    per_row = 1 if len(rows) <= 3 else 2
+    nrow = -(-len(rows) // per_row)
+    fig = new_figure(7.5 * per_row, 2.4 * nrow)
+    axes = fig.subplots(nrow, 2 * per_row, squeeze=False).ravel()
+    for k, (s, g) in enumerate(rows):
         for c, par in enumerate(_PARAMS):
-            eb_prior(model, site=s, parameter=par, group=g, bins=bins, ax=axes[r, c])
-    return fig
+            eb_prior(model, site=s, parameter=par, group=g, bins=bins, ax=axes[2 * k + c])
+    for ax in axes[2 * len(rows):]:
+        ax.remove()
+    return thin_tick_labels(fig)

@@ -14,5 +14,7 @@ base64 SVG or PNG) that opens without network access. Fitted models have a short
 """
 
 from ._build import HTMLReport, make_report
+from ._methods import FAMILY_METHODS, REFERENCES, methods_references, methods_text, register_family
 
-__all__ = ["make_report", "HTMLReport"]
+__all__ = ["make_report", "HTMLReport", "methods_text", "methods_references", "FAMILY_METHODS", "REFERENCES",
+           "register_family"]

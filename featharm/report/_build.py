@@ -23,6 +23,10 @@ from . import _stats
 from ._protocol import model_formula, model_groups
 
 _FORMATS = ("svg", "png")
+#: Tables with more rows than this get a filter box (all tables sort by a click on a column header).
+FILTER_ROWS = 8
+#: Table cells longer than this (characters) wrap instead of widening the table.
+LONG_CELL = 80
 
 
 # ------------------------------------------------------------------------------------------ small pieces
@@ -63,6 +67,8 @@ class Section:
     tables: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    explorer: dict | None = None  # the feature explorer (site effects): JSON data and a static first figure
+    methods: str | None = None  # the methods paragraph (plain text, copyable)
 
 
 class HTMLReport:
@@ -136,8 +142,16 @@ class Figures:
     def __init__(self, figure_format: str):
         self.format = figure_format
 
+    def uri(self, fig) -> str:
+        """The figure as a ``data:`` URI, tick labels that would overlap thinned first."""
+        from ..plots._common import thin_tick_labels
+
+        if not getattr(fig, "_featharm_ticks_thinned", False):  # figures of featharm.plots come finished
+            thin_tick_labels(fig)
+        return figure_uri(fig, self.format)
+
     def add(self, section: Section, fig, title: str, caption: str, alt: str) -> None:
-        section.figures.append({"title": title, "uri": figure_uri(fig, self.format), "caption": caption, "alt": alt})
+        section.figures.append({"title": title, "uri": self.uri(fig), "caption": caption, "alt": alt})
 
 
 def _formula_columns(formula, covariates) -> list[str]:
@@ -145,11 +159,6 @@ def _formula_columns(formula, covariates) -> list[str]:
 
     cols = set(map(str, covariates.columns))
     return [v for v in parse_formula(formula).variables() if v in cols]
-
-
-def _pick_features(tests: pd.DataFrame, k: int = 3) -> list[str]:
-    t = tests[tests["test"] == tests["test"].iloc[0]]
-    return t.sort_values("effect_size", ascending=False, kind="mergesort")["feature"].head(k).tolist()
 
 
 def _pick_x(covariates: pd.DataFrame, columns) -> str | None:
@@ -249,10 +258,14 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
 
     Sections: data summary, missing values (only when feature cells are missing: per feature and per site,
     a heat map; ``docs/methods.md`` §6.9), covariate balance, site effects before and after (summary numbers, tables,
-    figures), preservation of biology, the model's parameters, the warnings raised during the fit and
-    while computing the report, and provenance (versions, parameters, input hashes, date). The numbers
-    come from one :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes
-    for the same data and options.
+    figures, and a feature explorer of every feature's distribution by site), preservation of biology, age
+    trends (lifespan curves), the model's parameters with the EB check, a methods text
+    (:func:`featharm.report.methods_text`), the warnings raised during the fit and while computing the
+    report, and provenance (versions, parameters, input hashes, date). The numbers come from one
+    :func:`featharm.diagnostics.diagnose` run, so they equal what ``featharm diagnose`` writes for the same
+    data and options. Figures size themselves to the number of sites, tables sort and filter, sections fold
+    (a small inline script; without JavaScript every table and figure is still there); ``docs/methods.md``
+    §6.11 gives the rules.
 
     Parameters
     ----------
@@ -274,8 +287,9 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
         Covariates of the diagnostic models (``"age + sex"``); default the model's (smooth terms ``s(x)``
         enter linearly).
     features : list of str, optional
-        Features drawn individually (distributions, trajectories); default the 3 with the largest site
-        effect before harmonization.
+        Features drawn individually (box plots by site, age trends). Default: no box-plot figure besides
+        the feature explorer (every feature, the largest site effect first), and the age trends of the 3
+        features with the largest age effect (``docs/methods.md`` §6.11).
     covariate_columns : list of str, optional
         Covariates in the balance section; default the formula's columns.
     x : str, optional
@@ -327,7 +341,8 @@ def make_report(X, covariates, *, model=None, X_harmonized=None, batch=None, for
     text = render({"title": title or ("featharm harmonization report" if data.has_after
                                       else "featharm site-effect report"),
                    "sections": sections, "date": prov.date, "version": __version__,
-                   "model": type(model).__name__ if model is not None else None, "n_warnings": len(unique)})
+                   "model": type(model).__name__ if model is not None else None, "n_warnings": len(unique),
+                   "filter_rows": FILTER_ROWS, "long_cell": LONG_CELL})
     return HTMLReport(text, [s.title for s in sections], unique)
 
 
@@ -369,7 +384,9 @@ def build_sections(data: ReportData, result, model, figs: Figures, prov: Provena
             balance_section(data, result, figs),
             site_effects_section(data, result, figs, classification=classification, note=classification_note),
             preservation_section(data, result, figs),
+            lifespan_section(data, result, figs),
             model_section(model, data.batch, figs),
+            methods_section(model, data),
             provenance_section(data, model, prov)]
 
 
@@ -609,14 +626,36 @@ def _site_effect_figures(s: Section, data: ReportData, result, figs: Figures, be
              "PCA of the additive residuals", "Covariate effects removed, site effects kept, features "
              "standardized; coloured by site" + (f" and by {hue}" if hue else "") + ".",
              "principal component scatter plots")
-    feats = [str(f_) for f_ in data.features] if data.features is not None else _pick_features(before)
-    figs.add(s, plots.distributions_before_after(X, Xh, cov, features=feats, batch=batch),
-             "Distributions by site", "Selected features" + (" (largest site effect before harmonization)"
-                                                             if data.features is None else "") + ".",
-             "box plots by site")
-    if hue is not None:
-        figs.add(s, plots.trajectories_before_after(X, Xh, cov, features=feats, x=hue, batch=batch),
-                 f"Trajectories against {hue}", "Points and a quadratic fit per site.", f"feature against {hue} by site")
+    if data.features is not None:
+        figs.add(s, plots.distributions_before_after(X, Xh, cov, features=[str(f) for f in data.features],
+                                                     batch=batch),
+                 "Distributions by site", "The features chosen for the report.", "box plots by site")
+    s.explorer = _explorer(data, before, figs)
+
+
+def _explorer(data: ReportData, before: pd.DataFrame, figs: Figures) -> dict:
+    """The feature explorer: every feature's per-site box statistics (before and after) as JSON for the inline
+    script, the features ordered by their site effect before harmonization (largest first), and the first
+    feature pre-drawn for readers without JavaScript."""
+    import json
+
+    from .. import plots
+
+    t = before[before["test"] == before["test"].iloc[0]]
+    effect = t.set_index("feature")["effect_size"]
+    names = [str(c) for c in data.X.columns]
+    order = sorted(names, key=lambda f: (-np.nan_to_num(float(effect.get(f, np.nan)), nan=-np.inf), names.index(f)))
+    payload = _stats.explorer_data(data.X, data.Xh, data.cov, data.batch, order)
+    payload["effect"] = [None if not np.isfinite(float(effect.get(f, np.nan))) else float(f"{effect[f]:.3g}")
+                         for f in order]
+    payload["effect_name"] = f"{t['test'].iloc[0]} {t['effect_size_name'].iloc[0]}" \
+        if "effect_size_name" in t.columns else str(t["test"].iloc[0])
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # inert in <script>
+    first = plots.distributions_before_after(data.X, data.Xh, data.cov, features=[order[0]], batch=data.batch)
+    return {"json": text, "options": [(i, f) for i, f in enumerate(order)], "first": order[0],
+            "uri": figs.uri(first), "n_features": len(order), "n_sites": len(payload["sites"]),
+            "effect_name": payload["effect_name"]}
 
 
 def preservation_section(data: ReportData, result, figs: Figures) -> Section:
@@ -642,14 +681,44 @@ def preservation_section(data: ReportData, result, figs: Figures) -> Section:
     return s
 
 
+#: Features drawn in the age-trend (lifespan) section.
+LIFESPAN_FEATURES = 3
+
+
+def lifespan_section(data: ReportData, result, figs: Figures) -> Section:
+    """Age trends before and after (lifespan curves) of the features with the largest age effect."""
+    x = data.x if data.x is not None else _pick_x(data.cov, data.cov_cols)
+    s = Section("lifespan", "Age trends before and after" if x == "age" else f"Trends against {x}",
+                intro="Each feature against the continuous covariate, one colour per site: points and each site's "
+                      "quadratic least-squares curve over its own range (a straight line for sites with fewer than "
+                      "10 subjects); black dashed: the same fit over all sites. Harmonization should line the "
+                      "sites' curves up while keeping their common shape (the biology).")
+    if x is None:
+        s.notes.append("No continuous covariate (such as age) among the covariates: nothing to draw.")
+        return s
+    if data.features is not None:
+        feats, rule = [str(f) for f in data.features], "the features chosen for the report"
+    else:
+        feats, rule = _stats.age_features(result, data.X, data.cov, x, LIFESPAN_FEATURES)
+    from .. import plots
+
+    n_sites = len(batch_levels(data.cov[data.batch]))
+    legend = "" if n_sites <= 12 else f" With {n_sites} sites there is no legend: the colours only tell sites apart."
+    figs.add(s, plots.trajectories_before_after(data.X, data.Xh, data.cov, features=feats, x=x, batch=data.batch),
+             f"{x} trends by site", f"Features: {rule}.{legend}", f"feature against {x} by site")
+    return s
+
+
+#: Sites drawn in the EB check figure; beyond, the sites whose priors fit worst (the table lists all).
+EB_FIGURE_SITES = 12
+
+
 def model_section(model, batch, figs: Figures) -> Section:
     """The fitted model's parameters and EB estimates, read through the report protocol."""
     s = Section("model", "Model parameters")
     if model is None:
         s.notes.append("No model was given: the report describes the data only.")
         return s
-    from .. import plots
-
     s.stats += [("model", type(model).__name__), ("batches", ", ".join(map(str, model.batches_))),
                 ("design columns", ", ".join(map(str, model.design_.columns)) or "none")]
     params = model.get_params(deep=False)
@@ -682,10 +751,59 @@ def model_section(model, batch, figs: Figures) -> Section:
         s.tables.append(table(est, "Site biases (feature units) and gains measured on the traveling subjects, "
                                    "summarized over features"))
     s.stats.append(("features passed through (no variance)", str(len(list(getattr(model, "constant_features_", []))))))
-    if hasattr(model, "gamma_hat_") and hasattr(model, "priors_"):
-        figs.add(s, plots.eb_diagnostics(model), "Empirical-Bayes priors", "Histograms of the per-site estimates "
-                 "over features with the fitted prior densities (normal for γ, inverse gamma for δ²).",
-                 "EB prior densities over site estimates")
+    _eb_check(s, model, batch, figs)
+    return s
+
+
+def _eb_check(s: Section, model, batch, figs: Figures) -> None:
+    """ComBatFamQC's 'EB check': per site, the histogram of γ̂ over features against the fitted normal prior
+    and of δ̂² against the inverse-gamma prior; a table of the fit for every site. Only for models with
+    empirical-Bayes priors."""
+    needed = ("gamma_hat_", "delta_hat_", "priors_", "feature_names_in_")
+    if not all(hasattr(model, a) for a in needed):
+        s.notes.append(f"EB check: {type(model).__name__} has no per-site empirical-Bayes priors to check.")
+        return
+    params = model.get_params(deep=False)
+    if params.get("eb") is False:
+        s.notes.append("EB check: the model was fitted without empirical Bayes (eb=False); the estimates are used "
+                       "as they are.")
+    try:
+        fit = _stats.eb_fit_table(model, batch)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:  # a family with other prior tables
+        s.notes.append(f"EB check not drawn: the model's priors are not in the ComBat layout ({exc}).")
+        return
+    from .. import plots
+
+    sites = [str(v) for v in model.batches_]
+    chosen, which = sites, "every site"
+    if len(sites) > EB_FIGURE_SITES:
+        worst = (fit[["KS γ̂ vs normal", "KS δ̂² vs inverse gamma"]].max(axis=1, skipna=True)
+                 .fillna(-1.0).to_numpy())
+        idx = sorted(np.argsort(-worst, kind="mergesort")[:EB_FIGURE_SITES])
+        chosen = [sites[i] for i in idx]
+        which = (f"the {EB_FIGURE_SITES} of {len(sites)} sites whose priors fit worst (largest Kolmogorov–Smirnov "
+                 "distance; the table lists every site)")
+    s.tables.append(table(fit, "EB check per site: the priors (moment estimates over features, so their mean "
+                               "and variance are those of the estimates) and the Kolmogorov–Smirnov distance of "
+                               "the estimates from them (0 = perfect fit; normal for γ̂, inverse gamma for δ̂²)"))
+    figs.add(s, plots.eb_diagnostics(model, sites=chosen), "EB check: empirical-Bayes priors",
+             "Histograms of the per-site estimates over features with the fitted prior densities (normal for "
+             f"γ̂, inverse gamma for δ̂²); {which}. A prior far from its histogram means the shrinkage pulls "
+             "that site's estimates toward a poorly fitting distribution.", "EB prior densities over site estimates")
+
+
+def methods_section(model, data: ReportData) -> Section:
+    """A methods paragraph for a paper (:func:`featharm.report.methods_text`), in a copyable block."""
+    s = Section("methods", "Methods text",
+                intro="A paragraph describing this harmonization (version, model, every option, formula, numbers "
+                      "and references), ready to paste into a paper. Also available from Python: "
+                      "featharm.report.methods_text(model, X, covariates).")
+    if model is None:
+        s.notes.append("No model was given: there is no harmonization to describe.")
+        return s
+    from ._methods import methods_text
+
+    s.methods = methods_text(model, data.X, data.cov)
     return s
 
 

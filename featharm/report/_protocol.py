@@ -49,11 +49,12 @@ class ReportableModel(Protocol):
 
 
 #: Attributes the report uses when a model has them: the covariates of the diagnostics (``formula``,
-#: ``smooth``), the classification's subject grouping (``subject``), the fit's warnings and the
-#: empirical-Bayes estimates it shows.
+#: ``smooth``), the classification's subject grouping (``subject``), the fit's warnings, the
+#: empirical-Bayes estimates it shows (and checks against their priors: the EB check) and the counts of the
+#: methods text (``batch_sizes_``, ``n_features_in_``).
 OPTIONAL_ATTRIBUTES = ("formula", "smooth", "subject", "fit_warnings_", "priors_", "n_iter_", "batch_sizes_",
                        "gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_", "constant_features_",
-                       "bias_", "scale_")
+                       "bias_", "scale_", "n_features_in_")
 
 
 def model_formula(model) -> str | None:

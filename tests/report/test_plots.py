@@ -119,6 +119,17 @@ def test_trajectory_points_and_fitted_curves(data):
         xs, ys = ln.get_data()
         assert np.allclose(ys, np.polyval(coef, xs))
         assert xs.min() == pytest.approx(cov.loc[rows, "age"].min())
+    # pooled=True adds the same fit over every site (dashed); a site with fewer than 10 rows gets a line
+    ax = plots.trajectory(X, cov, feature=f, x="age", ax=_ax(), pooled=True)
+    (pooled,) = [ln for ln in ax.lines if ln.get_gid() == "pooled"]
+    xs, ys = pooled.get_data()
+    assert np.allclose(ys, np.polyval(np.polyfit(cov["age"], X[f], 2), xs))
+    small = cov.copy()
+    small.loc[small.index[small["site"] == levels[0]][9:], "site"] = levels[1]  # 9 rows left
+    ax = plots.trajectory(X, small, feature=f, x="age", ax=_ax())
+    rows = (small["site"] == levels[0]).to_numpy()
+    xs, ys = ax.lines[0].get_data()
+    assert np.allclose(ys, np.polyval(np.polyfit(small.loc[rows, "age"], X.loc[rows, f], 1), xs))
 
 
 def test_trajectory_needs_numeric_x(data):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -22,7 +23,8 @@ from featharm.report._build import fmt  # noqa: E402
 from featharm.report._stats import preservation, sha256_file  # noqa: E402
 
 SECTIONS = ["Data summary", "Covariate balance", "Site effects before and after harmonization",
-            "Preservation of biology", "Model parameters", "Warnings", "Provenance"]
+            "Preservation of biology", "Age trends before and after", "Model parameters", "Methods text",
+            "Warnings", "Provenance"]
 DATE = "2026-01-02T03:04:05+00:00"
 
 
@@ -125,7 +127,11 @@ def test_ixi_report_is_self_contained(ixi):
     # nothing is fetched: every src/href is an embedded image or an in-page anchor
     refs = re.findall(r'(?:src|href)="([^"]*)"', text)
     assert refs and all(r.startswith(("data:", "#")) for r in refs)
-    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert "<link" not in text.lower()
+    # two scripts, both inline: the feature explorer's data (JSON) and the page's own small script
+    assert re.findall(r"<script[^>]*>", text, flags=re.I) == ['<script type="application/json" id="fx-data">',
+                                                              "<script>"]
+    assert len(text.encode()) < 3_000_000
 
 
 # ------------------------------------------------------------------------------------------ warnings, escaping
@@ -170,7 +176,13 @@ def test_refit_forgets_old_warnings(small):
 
 def test_feature_and_site_names_are_escaped(odd):
     text = odd[-1].html
-    assert "<script" not in text.lower()
+    assert text.lower().count("<script") == 2  # the report's own: its JSON data and its inline script
+    data = re.search(r'<script type="application/json" id="fx-data">(.*?)</script>', text, flags=re.S).group(1)
+    assert "<" not in data and ">" not in data and "&" not in data  # inert inside the script element
+    parsed = json.loads(data)
+    assert "<img src=x onerror=alert(2)>" in parsed["sites"]
+    assert "<script>alert(1)</script>" in parsed["features"]
+    text = text.replace(data, "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "a&amp;b&#34;c" in text
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
@@ -273,3 +285,32 @@ def test_a_constructor_covariate_table_is_shown_by_its_shape(small):
     rep = hm.report(X, cov, date=DATE)
     assert f"DataFrame of {len(cov)} rows × {cov.shape[1]} columns" in rep.html
     assert "Empty DataFrame" not in rep.html and repr(cov).splitlines()[1] not in rep.html
+
+
+def test_explorer_box_statistics_decode_to_matplotlib_boxplot_stats(small):
+    """The explorer's packed numbers are Tukey box statistics: decoded, they equal matplotlib's own
+    ``boxplot_stats`` per site (to the 16-bit resolution of the feature's range), before and after."""
+    from matplotlib import cbook
+
+    from featharm.report._stats import EXPLORER_LEVELS, explorer_data
+
+    X, cov = small
+    X = X.copy()
+    X.iloc[:5, 1] = np.nan  # missing cells: left out of that feature's statistics
+    Xh = fh.ComBat(batch="site", formula="age + sex").fit_transform(X, cov)
+    order = [X.columns[2], X.columns[1], X.columns[0]]
+    d = explorer_data(X, Xh, cov, "site", order)
+    assert d["features"] == order and d["sites"] == sorted(cov["site"].unique())
+    m = len(d["sites"])
+    for which, data in (("before", X), ("after", Xh)):
+        codes = np.frombuffer(base64.b64decode(d[which]), dtype="<u2").reshape(len(order), m, 5)
+        assert codes.max() <= EXPLORER_LEVELS
+        for j, f in enumerate(order):
+            vals = d["lo"][j] + codes[j] / EXPLORER_LEVELS * d["span"][j]
+            for i, site in enumerate(d["sites"]):
+                y = data.loc[cov["site"] == site, f].dropna().to_numpy()
+                st = cbook.boxplot_stats(y, whis=1.5)[0]
+                expected = [st["whislo"], st["q1"], st["med"], st["q3"], st["whishi"]]
+                assert np.allclose(vals[i], expected, atol=d["span"][j] / EXPLORER_LEVELS)
+                assert (d["n"][j][i] if isinstance(d["n"][0], list) else d["n"][i]) == y.size
+    assert isinstance(d["n"][0], list)  # the counts differ by feature (missing cells)

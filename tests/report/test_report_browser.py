@@ -8,101 +8,16 @@ into a failure through FEATHARM_REQUIRE_REFERENCES).
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import shutil
-import subprocess
-import time
-
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+from _cdp import CHROMIUM, DevTools  # noqa: E402
 
 import featharm as fh  # noqa: E402
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--remote-debugging-pipe"]
-
-
-class DevTools:
-    """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3 in, fd 4 out)."""
-
-    def __init__(self, profile_dir):
-        to_child_r, self._w = os.pipe()
-        self._r, from_child_w = os.pipe()
-
-        def fds():  # runs in the child: its fd 3 reads our commands, its fd 4 carries the answers
-            os.dup2(to_child_r, 3)
-            os.dup2(from_child_w, 4)
-
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
-                                     preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buf = b""
-        self._id = 0
-        self.events: list[dict] = []
-
-    def _read(self, deadline):
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer from chromium")
-            ready, _, _ = select.select([self._r], [], [], left)
-            if ready:
-                chunk = os.read(self._r, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("chromium closed the DevTools pipe")
-                self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def send(self, method, params=None, session=None, timeout=30.0):
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self._read(deadline)
-            if m.get("id") == self._id:
-                if "error" in m:
-                    raise RuntimeError(f"{method}: {m['error']}")
-                return m.get("result", {})
-            self.events.append(m)
-
-    def wait_for(self, method, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        for m in self.events:
-            if m.get("method") == method:
-                return m
-        while True:
-            m = self._read(deadline)
-            self.events.append(m)
-            if m.get("method") == method:
-                return m
-
-    def close(self):
-        try:
-            self.send("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 - the browser may already be gone
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._r)
-        os.close(self._w)
 
 
 @pytest.fixture(scope="module")
@@ -115,37 +30,120 @@ def report_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def many_sites_file(tmp_path_factory):
+    from featharm.datasets._many_sites import make_fcon1000_like
+
+    from featharm.exceptions import SmallBatchWarning
+
+    sim = make_fcon1000_like(23, 700, 12, random_state=2)
+    with pytest.warns(SmallBatchWarning):  # the sites cut to 3 and 8 subjects
+        hm = fh.ComBat(batch="site", formula="age + sex").fit(sim.X, sim.covariates)
+    path = tmp_path_factory.mktemp("browser23") / "report.html"
+    hm.report(sim.X, sim.covariates, classification=False).save_as_html(path)
+    return path
+
+
 @pytest.mark.slow
 def test_report_loads_in_chromium(report_file, tmp_path):
     cdp = DevTools(tmp_path / "profile")
     try:
-        target = cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            cdp.send(f"{domain}.enable", session=session)
-        cdp.send("Page.navigate", {"url": report_file.as_uri()}, session=session)
-        cdp.wait_for("Page.loadEventFired", timeout=60)
-        images = cdp.send("Runtime.evaluate", {
-            "expression": "Promise.all(Array.from(document.images).map(i => i.decode().then("
-                          "() => [i.naturalWidth, i.naturalHeight], e => 'failed: ' + e)))",
-            "awaitPromise": True, "returnByValue": True}, session=session, timeout=60)["result"]["value"]
-        title = cdp.send("Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
-                         session=session)["result"]["value"]
-        text = cdp.send("Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True},
-                        session=session)["result"]["value"]
-        alerts = cdp.send("Runtime.evaluate", {"expression": "document.querySelectorAll('script').length",
-                                               "returnByValue": True}, session=session)["result"]["value"]
+        session = cdp.open_page(report_file.as_uri())
+        images = cdp.evaluate("Promise.all(Array.from(document.images).map(i => i.decode().then("
+                              "() => [i.naturalWidth, i.naturalHeight], e => 'failed: ' + e)))", session)
+        title = cdp.evaluate("document.title", session)
+        text = cdp.evaluate("document.body.innerText", session)
+        scripts = cdp.evaluate("Array.from(document.scripts).map(s => s.id || s.type || 'inline')", session)
+        explorer = cdp.evaluate("document.querySelectorAll('#fx-plot svg rect').length", session)
     finally:
         cdp.close()
     assert title == "featharm harmonization report"
     assert len(images) >= 7
     assert all(isinstance(v, list) and v[0] > 0 and v[1] > 0 for v in images), images
-    errors = [e for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") in ("error", "assert"))
-              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")]
-    assert errors == []
+    assert cdp.errors() == []
     urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
-    assert alerts == 0 and "<script>alert(1)</script>" in text  # the feature name is shown as text
-    for section in ("Data summary", "Covariate balance", "Preservation of biology", "Provenance"):
+    # only the report's own scripts (its data block and its inline script); the feature name is shown as text
+    assert scripts == ["fx-data", "inline"] and "<script>alert(1)</script>" in text
+    for section in ("Data summary", "Covariate balance", "Preservation of biology", "Methods text", "Provenance"):
         assert section in text
+    assert explorer == 2 * 3 + 2  # 3 sites x (before, after) boxes + the 2 panel frames
+
+
+@pytest.mark.slow
+def test_tables_sort_filter_and_the_feature_explorer(many_sites_file, tmp_path):
+    """Clicking a header sorts the rows (numbers as numbers), the filter box hides rows, the explorer redraws
+    another feature with one row per site, sections fold, and nothing is logged as an error."""
+    cdp = DevTools(tmp_path / "profile")
+    try:
+        session = cdp.open_page(many_sites_file.as_uri())
+        # the per-site subjects table of the data summary: sort by "subjects", descending on the second click
+        sort = cdp.evaluate("""(() => {
+            const t = document.querySelector('#data table.data');
+            const th = Array.from(t.tHead.rows[0].cells).find(c => c.textContent === 'subjects');
+            const col = th.cellIndex, read = () => Array.from(t.tBodies[0].rows).map(r => +r.cells[col].textContent);
+            th.click(); const up = read(); th.click(); const down = read();
+            return [up, down, th.getAttribute('aria-sort')];
+        })()""", session)
+        filt = cdp.evaluate("""(() => {
+            const t = document.querySelector('#data table.data.filterable');
+            const box = t.parentNode.previousElementSibling.querySelector('input');
+            box.value = 'AnnArbor'; box.dispatchEvent(new Event('input'));
+            const shown = Array.from(t.tBodies[0].rows).filter(r => !r.hidden).map(r => r.cells[0].textContent);
+            return [shown, t.tBodies[0].rows.length];
+        })()""", session)
+        fx = cdp.evaluate("""(() => {
+            const sel = document.getElementById('fx-select');
+            const n0 = sel.options.length, first = document.querySelector('#fx-plot svg title').textContent;
+            sel.value = '3'; sel.dispatchEvent(new Event('change'));
+            const svg = document.querySelector('#fx-plot svg');
+            return [n0, first, svg.querySelector('title').textContent, svg.querySelectorAll('rect').length,
+                    document.querySelector('#fx .fx-static').hidden, sel.options[3].textContent,
+                    sel.options[0].textContent];
+        })()""", session)
+        fold = cdp.evaluate("""(() => {
+            const d = document.querySelector('#balance details'), img = document.querySelector('#balance figure img');
+            const before = img.checkVisibility(); d.open = false;
+            return [before, d.open, img.checkVisibility()];
+        })()""", session)
+        methods = cdp.evaluate("document.getElementById('methods-text').textContent", session)
+    finally:
+        cdp.close()
+    assert cdp.errors() == []
+    up, down, state = sort
+    assert up == sorted(up) and down == sorted(up, reverse=True) and state == "descending"
+    assert len(up) == 23 and min(up) == 3  # numbers sorted as numbers (3 before 10)
+    shown, total = filt
+    assert total == 23 and shown and all("AnnArbor" in s for s in shown)
+    n_options, first, now, rects, static_hidden, option, option0 = fx
+    assert n_options == 12 and static_hidden  # every feature; the static image replaced by the drawing
+    assert first.startswith(option0 + ":") and now.startswith(option + ":") and option != option0
+    assert rects == 2 * 23 + 2  # one box per site and panel, plus the panel frames
+    assert fold == [True, False, False]  # a section folds away
+    assert "23 sites" in methods and "Johnson WE, Li C, Rabinovic A (2007)" in methods
+
+
+@pytest.mark.slow
+def test_static_content_without_javascript(many_sites_file, tmp_path):
+    """With JavaScript off every table is complete, the explorer shows its first feature as an image and no
+    control that needs a script is visible."""
+    cdp = DevTools(tmp_path / "profile")
+    try:
+        session = cdp.open_page(many_sites_file.as_uri(), javascript=False)
+        # Runtime.evaluate still runs with page scripts disabled (DevTools evaluations are not page scripts)
+        state = cdp.evaluate("""(() => ({
+            rows: document.querySelector('#data table.data').tBodies[0].rows.length,
+            filters: document.querySelectorAll('p.filter').length,
+            svg: document.querySelectorAll('#fx-plot svg').length,
+            staticShown: getComputedStyle(document.querySelector('#fx .fx-static')).display !== 'none',
+            staticImg: document.querySelector('#fx .fx-static img').naturalWidth,
+            selectShown: getComputedStyle(document.querySelector('#fx .fx-controls')).display !== 'none',
+            methods: document.getElementById('methods-text').textContent.length,
+            open: Array.from(document.querySelectorAll('section > details')).every(d => d.open),
+        }))()""", session)
+    finally:
+        cdp.close()
+    assert cdp.errors() == []
+    assert state["rows"] == 23 and state["filters"] == 0 and state["svg"] == 0
+    assert state["staticShown"] and state["staticImg"] > 0 and not state["selectShown"]
+    assert state["methods"] > 200 and state["open"]
