@@ -190,17 +190,31 @@ def _subjects(n) -> str:
     return n if isinstance(n, str) else f"{n} subjects"
 
 
-def _eb_words(params: dict) -> str:
+def _groups_words(model) -> str | None:
+    """'thickness (34 features), volume (14 features)' for a model with priors per measure group, else None
+    (one pool)."""
+    groups = getattr(model, "feature_groups_", None)
+    if groups is None or not len(groups):
+        return None
+    counts = pd.Series(groups).value_counts(sort=False)
+    if len(counts) < 2:
+        return None
+    return ", ".join(f"{g} ({n} features)" for g, n in counts.items())
+
+
+def _eb_words(params: dict, model=None) -> str:
     if "eb" not in params:
         return ""
+    groups = _groups_words(model) if model is not None else None
+    pool = f"one pair of priors per site and measure: {groups}" if groups else "pooled over features"
     if not params.get("eb"):
         out = "The site effects were estimated per site without empirical-Bayes shrinkage"
     elif params.get("parametric", True):
         out = ("The site effects were estimated with parametric empirical Bayes (per site, a normal prior on the "
-               "additive and an inverse-gamma prior on the multiplicative effects, pooled over features)")
+               f"additive and an inverse-gamma prior on the multiplicative effects, {pool})")
     else:
         out = ("The site effects were estimated with non-parametric empirical Bayes (Monte-Carlo integration over "
-               "the other features' estimates)")
+               + (f"the other features of the same measure: {groups})" if groups else "the other features' estimates)"))
     if params.get("mean_only"):
         out += "; only the additive effects were removed (mean_only)"
     if params.get("ref_batch") is not None:
@@ -283,8 +297,9 @@ def methods_text(model, X=None, covariates=None, *, n_subjects=None, references:
              f"{n_feat} features, harmonized feature by feature.",
              _fill(fam.model, fill) if fam else
              f"The covariates {fill['formula']} were preserved and site effects removed.",
-             _eb_words(params)]
-    options = ", ".join(f"{k} = {_value(v)}" for k, v in params.items())
+             _eb_words(params, model)]
+    # the options that decide the numbers (not the thread count or a covariate lookup table)
+    options = ", ".join(f"{k} = {_value(v)}" for k, v in params.items() if k not in ("n_jobs", "covariates"))
     parts.append(f"All options of {name}: {options}.")
     if fam is None:
         parts.append(f"(featharm has no specific methods wording for {name}; the ComBat references are given. "

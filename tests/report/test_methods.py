@@ -40,8 +40,11 @@ def test_methods_text_names_everything(sim, cls, kw, title, own):
     text = methods_text(hm, sim.X, sim.covariates)
     para, refs = text.split("\n\nReferences\n")
     assert f"featharm {__version__}" in para and f"with {title} (" in para
-    for name, value in hm.get_params(deep=False).items():  # every option, by name and value
-        assert f"{name} = {_value(value)}" in para
+    for name, value in hm.get_params(deep=False).items():  # every option deciding the numbers, by name and value
+        if name in ("n_jobs", "covariates"):  # threads and a covariate lookup table change no number
+            assert f" {name} = " not in para and f": {name} = " not in para
+        else:
+            assert f"{name} = {_value(value)}" in para
     assert f"'{kw['formula']}'" in para
     counts = sim.covariates["site"].value_counts()
     assert (f"{len(sim.X)} subjects ({counts.min()} to {counts.max()} per site) from 3 sites (batch variable "
@@ -152,3 +155,20 @@ def test_report_on_a_model_without_eb_priors(sim):
     assert "EB check: _Reportable has no per-site empirical-Bayes priors to check." in rep.html
     assert "EB check per site" not in rep.html
     assert "no specific methods wording for _Reportable" in rep.html and f"{len(sim.X)} subjects" in rep.html
+
+
+def test_methods_text_states_the_priors_per_measure_group(sim):
+    """With priors per measure group the paragraph says so, with each measure's number of features; one pool
+    (``priors="pool"``, or one measure) keeps the pooled wording."""
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=7, unbalanced=False, random_state=4)
+    X, cov = s.X.copy(), s.covariates
+    X.columns = ["lh_a_thickness", "lh_b_thickness", "lh_c_thickness", "lh_d_thickness", "Left-A", "Left-B",
+                 "Left-C"]
+    grouped = fh.ComBat(batch="site", formula="age", priors="group").fit(X, cov)
+    text = methods_text(grouped, references=False)
+    assert "one pair of priors per site and measure: thickness (4 features), volume (3 features)" in text
+    assert "pooled over features" not in text
+    nonpar = fh.ComBat(batch="site", formula="age", parametric=False).fit(X, cov)
+    assert "other features of the same measure: thickness (4 features)" in methods_text(nonpar)
+    pooled = fh.ComBat(batch="site", formula="age", priors="pool").fit(X, cov)
+    assert "pooled over features" in methods_text(pooled) and "per site and measure" not in methods_text(pooled)
