@@ -234,6 +234,6 @@ def cmd_extend(args) -> int:
         new = extend(model, s)
         st.write("model", model_bytes(new))
     if not args.quiet:
-        print(f"added batch(es) {', '.join(s.batches)} to {args.model} ({len(new.batches_)} batches now) -> "
+        print(f"added batch(es) {', '.join(map(repr, s.batches))} to {args.model} ({len(new.batches_)} batches now) -> "
               f"{args.out}")
     return 0

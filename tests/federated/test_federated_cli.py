@@ -45,7 +45,7 @@ def test_protocol_end_to_end(ixi, tmp_path, capsys):
     shown = capsys.readouterr().out
     n_iop = int((df["site"] == "IOP").sum())
     assert f"batch 'IOP': sums over {n_iop} subjects" in shown
-    assert f"sex[T.M]                 {int(((df.site == 'IOP') & (df.sex == 'M')).sum())} subjects" in shown
+    assert "'sex[T.M]'".ljust(24) + f" {int(((df.site == 'IOP') & (df.sex == 'M')).sum())} subjects" in shown
     model = tmp_path / "model.fhm"
     assert run("federated", "combine", tmp_path / "IOP.fhs", tmp_path / "Guys.fhs", tmp_path / "HH.fhs",
                "--plan", plan, "--out", model) == 0
@@ -153,7 +153,7 @@ def test_gam_protocol_end_to_end(ixi, tmp_path, capsys):
                    "participant_id", "--plan", plan, "--out", tmp_path / f"{s}.fhs", "--quiet") == 0
     assert run("federated", "show", tmp_path / "HH.fhs") == 0
     shown = capsys.readouterr().out
-    assert "smooth term(s) age over [19, 87]: 5 spline column(s)" in shown and "s(age) column sums" in shown
+    assert "smooth term(s) 'age' over [19, 87]: 5 spline column(s)" in shown and "s(age) column sums" in shown
     model = tmp_path / "model.fhm"
     assert run("federated", "combine", tmp_path / "IOP.fhs", tmp_path / "Guys.fhs", tmp_path / "HH.fhs",
                "--plan", plan, "--out", model, "--quiet") == 0
