@@ -111,6 +111,8 @@ PLAN_SCHEMA = 2  # the newest schema read; a ComBat plan is written as schema 1,
 SUMMARY_SCHEMA = 2  # likewise for summaries (a ComBat-GAM summary has the spline columns among its covariates)
 MAX_PLAN_BYTES = 64 * 2**20   # room for 327,684 vertex names
 MAX_BATCHES = 100_000
+MAX_LEVELS = 1_000  # levels of one categorical covariate
+MAX_DESIGN_COLUMNS = 1_000  # covariate columns of the plan's design (checked from the formula before it is built)
 _OPTIONS = ("ref_batch", "parametric", "mean_only", "eb")
 # ComBat-GAM: the plan's frozen spline basis (cubic B-splines, knots evenly spaced over --smooth-range)
 SPLINE_DEGREE = 3
@@ -281,6 +283,10 @@ def plan(*, batch: str, batches, features, formula: str | None = None, levels: d
     for var, lev in levels.items():
         if not isinstance(var, str):
             raise FederatedError(f"covariate names must be text; got {var!r}.")
+        if hasattr(lev, "__len__") and len(lev) > MAX_LEVELS:
+            raise FederatedError(f"covariate {var!r} has {len(lev):,} levels; a plan takes at most {MAX_LEVELS:,} per "
+                                 "covariate (each level is a column of every summary). Merge rare levels, or model it "
+                                 "as continuous.")
         lv = _names(lev, f"the levels of covariate {var!r} (--levels {var}=...)", minimum=2)
         clean_levels[var] = tuple(sorted(lv))
     text = _fm.clean_formula(formula) if formula is not None else ""
@@ -419,7 +425,15 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
     if undeclared:
         raise FederatedError(f"formula {formula!r} codes {undeclared[0]!r} as categorical (C()); list its levels "
                              f"in the plan (--levels {undeclared[0]}=A,B,...).")
-    n = max([len(v) for v in levels.values()] + [2]) * 3 + 3
+    most = _most_columns(parsed, levels)
+    if most > MAX_DESIGN_COLUMNS:
+        raise FederatedError(f"formula {formula[:80]!r}{'...' if len(formula) > 80 else ''} with the plan's levels "
+                             f"can give up to {most:,} covariate columns; a plan takes at most {MAX_DESIGN_COLUMNS:,} "
+                             "(each is summed per batch and feature). Drop interactions or merge levels.")
+    # the trial table holds every level at least twice (a covariate with more levels than half its rows would be
+    # taken for an id column): linear in the levels (at most 2 * MAX_LEVELS + 3 rows), its design at most
+    # MAX_DESIGN_COLUMNS wide
+    n = max([len(v) for v in levels.values()] + [2]) * 2 + 3
     design, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 1.0, 3.0), exclude=(batch,))
     if design.spec and design.spec.get("state"):
         other, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 7.0, 20.0), exclude=(batch,))
@@ -432,6 +446,35 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
                 "knots=[...], lower_bound=..., upper_bound=...) with every knot and bound given.")
     design.ranges = {}  # ranges of the prototype mean nothing; a federated model records none
     return design
+
+
+def _most_columns(parsed, levels: dict) -> int:
+    """An upper bound of the design's columns, from the parsed formula alone (nothing built): per term, the
+    product of its factors' widths (a categorical factor its number of levels, a basis its size), less one for
+    a term of categorical factors only (the intercept, in its span, is not a column)."""
+    total = 0
+    for term in parsed.terms:
+        width, categorical = 1, True
+        for node in term:
+            is_cat = node[0] == "C" or (node[0] == "col" and node[1] in levels)
+            categorical = categorical and is_cat
+            if is_cat:
+                w = len(levels.get(node[1], ())) or 1
+            elif node[0] == "call" and node[1] == "bs":
+                kw = node[3]
+                w = int(kw["df"]) if isinstance(kw.get("df"), int) else len(kw.get("knots", [])) + int(
+                    kw.get("degree", 3) if isinstance(kw.get("degree", 3), int) else 3)
+            elif node[0] == "call" and node[1] == "poly":
+                w = _fm.poly_degree(node)
+            else:
+                w = 1
+            width *= max(int(w), 1)
+            if width > MAX_DESIGN_COLUMNS + 1:
+                return width
+        total += width - categorical
+        if total > MAX_DESIGN_COLUMNS:
+            break
+    return total
 
 
 # ---------------------------------------------------------------------------------------- plan files
@@ -459,9 +502,9 @@ def _read_bounded(path, what: str, limit: int) -> bytes:
     if st.st_size > limit:
         raise FederatedFileError(f"{shown} has {st.st_size:,} bytes; a {what} has at most {limit:,}.")
     with open(path, "rb") as fh:
-        raw = fh.read(limit + 1)
-    if len(raw) > limit:
-        raise FederatedFileError(f"{shown} grew beyond {limit:,} bytes while being read.")
+        raw = fh.read(st.st_size + 1)  # not limit + 1: read() sets aside all it may return
+    if len(raw) > st.st_size:
+        raise FederatedFileError(f"{shown} grew while being read; give a file that is not being written.")
     return raw
 
 

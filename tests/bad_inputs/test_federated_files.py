@@ -128,3 +128,29 @@ def test_show_quotes_what_comes_from_the_file(capsys, tmp_path):
     assert [ln for ln in out.splitlines() if ln.startswith("batch ")] == [
         "batch 'b0': sums over 20 subjects", "batch 'b1\\x1b[2J': sums over 20 subjects"]
     assert repr(f"sex[T.{evil_level}]") in out and repr("y\x1b[31m") in out
+
+
+@pytest.mark.parametrize("edit, needles", [
+    # 20,000 levels in a 0.2 MB plan: a trial table of every level times every column would need gigabytes
+    (lambda d: {**d, "formula": "age + sex", "levels": {"sex": sorted(f"L{i:06d}" for i in range(20_000))}},
+     ["'sex' has 20,000 levels", f"at most {fh.federated.MAX_LEVELS:,}"]),
+    # 40 x 40 levels in an interaction: 1,600 covariate columns, refused from the formula before any is built
+    (lambda d: {**d, "formula": "age + g:h", "levels": {"g": [f"g{i:02d}" for i in range(40)],
+                                                         "h": [f"h{i:02d}" for i in range(40)]}},
+     ["up to 1,600 covariate columns", f"at most {fh.federated.MAX_DESIGN_COLUMNS:,}"]),
+    (lambda d: {**d, "formula": "(" + " + ".join(f"a{i}" for i in range(16)) + ")**16"},
+     [f"more than {fh.formula.MAX_TERMS} terms"]),
+    (lambda d: {**d, "formula": "*".join(f"a{i}" for i in range(14))}, [f"more than {fh.formula.MAX_TERMS} terms"]),
+], ids=["levels", "columns", "power", "star"])
+def test_plan_of_unbounded_size_is_refused_fast_and_small(capsys, tmp_path, site, edit, needles):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(edit(json.loads((site / "plan.json").read_text()))))
+    out = tmp_path / "s.fhs"
+    tracemalloc.start()
+    try:
+        expect_refusal(capsys, ["federated", "combine", site / "site.fhs", "--plan", bad, "--out", out],
+                       needles=["bad.json", "not a valid featharm plan", *needles], inputs=[bad], outputs=[out])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
