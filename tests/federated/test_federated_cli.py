@@ -3,6 +3,10 @@ split by scanner into three sites (Guys, HH, IOP), as in the README's worked exa
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -125,6 +129,51 @@ def test_errors_write_nothing(ixi, tmp_path, capsys):
     capsys.readouterr()
     cases.append((["federated", "summarize", d / "IOP.csv", "--covariates", d / "IOP_cov.csv", "--id",
                    "participant_id", "--plan", big, "--out", out], "batch 'IOP' of 'site' has 67 subject"))
+    # a summary altered after it was written: a sum made non-finite, or a count lowered, for combine; and for
+    # extend, a late site's summary whose plan digest was edited
+    early = tmp_path / "early.json"
+    assert run("federated", "plan", "--batch", "site", "--batches", "Guys,HH", "--formula", "age + sex", "--levels",
+               "sex=F,M", "--features-file", d / "features.txt", "--out", early, "--quiet") == 0
+    for s in SITES:
+        assert run("federated", "summarize", d / f"{s}.csv", "--covariates", d / f"{s}_cov.csv", "--id",
+                   "participant_id", "--plan", early, "--out", tmp_path / f"early_{s}.fhs", "--quiet") == 0
+    early_model = tmp_path / "early.fhm"
+    assert run("federated", "combine", tmp_path / "early_Guys.fhs", tmp_path / "early_HH.fhs", "--plan", early,
+               "--out", early_model, "--quiet") == 0
+    capsys.readouterr()
+
+    def tampered(src, name, array=None, manifest=None):
+        dst = tmp_path / name
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
+            for member in zi.namelist():
+                data = zi.read(member)
+                if array and member == f"arrays/{array[0]}.npy":
+                    a = np.load(io.BytesIO(data))
+                    buf = io.BytesIO()
+                    np.save(buf, array[1](a.copy()), allow_pickle=False)
+                    data = buf.getvalue()
+                if manifest and member == "manifest.json":
+                    data = json.dumps(manifest(json.loads(data))).encode()
+                zo.writestr(member, data)
+        return dst
+
+    def nan_first(a):
+        a.flat[0] = np.nan
+        return a
+
+    bad_sum = tampered(fhs[1], "nan_sum.fhs", ("sy", nan_first))
+    bad_count = tampered(fhs[2], "low_count.fhs", ("counts", lambda a: a - a + 3))
+    bad_digest = tampered(tmp_path / "early_IOP.fhs", "digest.fhs", manifest=lambda m: {**m, "plan_digest": "0" * 64})
+    cases += [
+        (["federated", "combine", fhs[0], bad_sum, fhs[2], "--plan", plan, "--out", out], "nan_sum.fhs.*altered"),
+        (["federated", "combine", fhs[0], fhs[1], bad_count, "--plan", plan, "--out", out], "low_count.fhs"),
+        (["federated", "extend", early_model, bad_digest, "--out", out], "digest.fhs.*altered.*plan_digest"),
+        (["federated", "extend", early_model, tampered(tmp_path / "early_IOP.fhs", "nan_late.fhs", ("sxy", nan_first)),
+          "--out", out], "nan_late.fhs.*altered"),
+    ]
+    # the untampered files do go through (the cases above fail for the tampering, not for anything else)
+    assert run("federated", "extend", early_model, tmp_path / "early_IOP.fhs", "--out", tmp_path / "ok.fhm",
+               "--quiet") == 0
     import re
 
     for argv, match in cases:
