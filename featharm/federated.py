@@ -705,6 +705,16 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
         raise MissingValueError(f"batch column {p.batch!r} is empty in {int(bser.isna().sum())} row(s); every "
                                 "subject needs its batch.")
     labels = bser.astype(str).to_numpy()
+    for v in dict.fromkeys([*p.design.variables, *p.smooth]):
+        if v in cov.columns and cov[v].isna().any():
+            from ._validation import show_rows
+
+            na = cov[v].isna().to_numpy()
+            raise MissingValueError(
+                f"covariate {v!r} is empty at {int(na.sum())} row(s) ({show_rows(cov.index, na)}); every subject "
+                f"of a summary needs every covariate of the plan. Fill them, or leave those subjects out of the "
+                f"data you summarize (summarize has no --missing-covariates option: its sums cover exactly the "
+                f"rows it is given). Nothing was written.")
     for v in p.design.variables:
         if v not in cov.columns:
             raise ColumnNotFoundError(f"the covariates lack the column {v!r} that the plan's formula "

@@ -123,6 +123,15 @@ def test_errors_write_nothing(ixi, tmp_path, capsys):
     pd.read_csv(d / "IOP.csv").drop(columns=feats[3]).to_csv(bad, index=False)
     cases.append((["federated", "summarize", bad, "--covariates", d / "IOP_cov.csv", "--id", "participant_id",
                    "--plan", plan, "--out", out], f"lack 1 feature.*{feats[3]}"))
+    # a subject without a covariate value: the hint fits summarize (which has no --missing-covariates option)
+    for col in ("age", "sex"):
+        holes = pd.read_csv(d / "IOP_cov.csv")
+        holes.loc[4, col] = np.nan
+        holes.to_csv(tmp_path / f"holes_{col}.csv", index=False)
+        cases.append((["federated", "summarize", d / "IOP.csv", "--covariates", tmp_path / f"holes_{col}.csv", "--id",
+                       "participant_id", "--plan", plan, "--out", out],
+                      f"covariate '{col}' is empty at 1 row.*{holes.participant_id[4]}.*leave those subjects out.*"
+                      "no --missing-covariates option"))
     # a batch too small for min_count 80 (IOP has 67 subjects)
     big = tmp_path / "big.json"
     assert run(*base, "--min-count", "80", "--out", big, "--quiet") == 0
@@ -180,6 +189,7 @@ def test_errors_write_nothing(ixi, tmp_path, capsys):
         assert run(*argv) != 0
         err = capsys.readouterr().err
         assert re.search(match, err), (argv, err)
+        assert "--missing-covariates exclude" not in err
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
