@@ -281,3 +281,36 @@ def test_gam_errors_write_nothing(ixi, tmp_path, capsys):
         assert re.search(match, err), err
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ============================================================================================ the README
+def test_readme_worked_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's federated worked example, as written: its Python block, then every command of its bash
+    block in order (the late site IOP is summarized with the plan and added with extend)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("Worked example: the bundled IXI data split by scanner")
+    py = re.search(r"```python\n(.*?)```", text[start:], flags=re.S).group(1)
+    sh = re.search(r"```bash\n(.*?)```", text[start:], flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(py, "README.md", "exec"), {})
+    commands = [shlex.split(c, comments=True) for c in sh.replace("\\\n", " ").splitlines()]
+    commands = [c for c in commands if c]
+    assert commands and all(c[0] == "featharm" for c in commands)
+    assert ["featharm", "federated", "extend", "model.fhm", "IOP.fhs", "--out", "model2.fhm"] in commands
+    for c in commands:
+        assert main(c[1:]) == 0, c
+    shown = capsys.readouterr().out
+    assert "batch 'HH': sums over 179 subjects" in shown and "'sex[T.M]'".ljust(24) + " 86 subjects" in shown
+    # the late site is harmonized as ComBat on the early sites with IOP estimated against it
+    df = fh.datasets.load_ixi()
+    feats = fh.datasets.ixi_feature_columns(df)
+    early, iop = df[df.site != "IOP"], df[df.site == "IOP"]
+    want = fh.ComBat(batch="site", formula="age + sex").fit(early[feats], early)
+    ref = want.transform(iop[feats], iop, new_sites="estimate", min_new_site_size=10)
+    got = pd.read_csv(tmp_path / "IOP_harmonized.csv")[feats]
+    assert np.max(np.abs(got.to_numpy() - ref.to_numpy()) / want._arr["sigma"]) <= 1e-10
+    assert (tmp_path / "gam_plan.json").is_file()
