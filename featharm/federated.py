@@ -37,9 +37,12 @@ sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxx�
 functions of those sums); with missing values, per (batch, feature) cell with missing rows, ``Σx`` and ``Σxxᵀ``
 over those rows. No array has a subject axis. :func:`summarize` refuses (:class:`DisclosureError`, nothing
 written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
-a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a feature observed in
-1..min_count-1 subjects of a batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects
-of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing
+a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a cell of the categorical
+covariates of an interaction held by 1..min_count-1 subjects of a batch, any covariate column that is not zero for
+only 1..min_count-1 subjects of a batch (a fixed-knot ``bs()`` column, a mostly-zero covariate) or takes two
+values one of which so few subjects have (a 0/1 covariate), a feature observed in 1..min_count-1 subjects of a
+batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects of a batch (a B-spline is
+zero outside its knot interval). Known residual disclosure: where a feature is missing
 for a few subjects of a batch, the covariate sums over those rows describe those few subjects' covariates (not
 their features); :func:`describe_summary` (``featharm federated show``) lists these cells. With ComBat-GAM, a
 batch's spline column sums are a smoothed histogram of its smooth covariate over the plan's knots (``show``
@@ -54,7 +57,9 @@ and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>` (ComBa
 
 Files: the plan is a small JSON file (:func:`save_plan` / :func:`load_plan`); a summary (``.fhs``) is the model
 file's container (:mod:`featharm.persistence`: JSON manifest + ``.npy`` arrays, no pickle, schema-versioned),
-read with the same bounded, validating reader (:func:`load_summary`).
+read with the same bounded, validating reader (:func:`load_summary`). A plan holds at most :data:`MAX_LEVELS`
+levels per covariate and :data:`MAX_DESIGN_COLUMNS` covariate columns (bounded from the parsed formula before
+the design is built; the formula itself at most :data:`featharm.formula.MAX_TERMS` terms).
 """
 
 from __future__ import annotations
@@ -678,10 +683,11 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
 
     ``data``: subjects × columns holding every planned feature (other columns are ignored); ``covariates``:
     the batch column and the formula's covariates, same rows and index as ``data`` (``None``: they are
-    columns of ``data``). Refuses (:class:`DisclosureError`, naming the batch and level) a batch with fewer
-    than ``plan.min_count`` subjects, a categorical level with 1..min_count-1 subjects in a batch, a feature
-    observed in 1..min_count-1 subjects of a batch.
-    """
+    columns of ``data``). Refuses (:class:`DisclosureError`, naming the batch and level or column) a batch with
+    fewer than ``plan.min_count`` subjects, a categorical level or interaction cell with 1..min_count-1 subjects
+    in a batch, a covariate column not zero for (or, two-valued, at one value for) 1..min_count-1 subjects of a
+    batch, a feature observed in 1..min_count-1 subjects of a batch. A subject without a covariate value is an
+    error (fill it or leave the subject out: the sums cover exactly the rows given)."""
     p = _as_plan(plan)
     if not isinstance(data, pd.DataFrame):
         raise InputError(f"summarize needs the data as a DataFrame; got {type(data).__name__}.")
