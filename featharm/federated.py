@@ -467,8 +467,12 @@ def _most_columns(parsed, levels: dict) -> int:
                 w = len(levels.get(node[1], ())) or 1
             elif node[0] == "call" and node[1] == "bs":
                 kw = node[3]
-                w = int(kw["df"]) if isinstance(kw.get("df"), int) else len(kw.get("knots", [])) + int(
-                    kw.get("degree", 3) if isinstance(kw.get("degree", 3), int) else 3)
+
+                def whole(v, most):  # a literal of the formula (int or float), within what bs() accepts
+                    return int(min(max(float(v), 0.0), most)) if isinstance(v, (int, float)) else most
+
+                degree = whole(kw.get("degree", 3), 10)
+                w = whole(kw["df"], MAX_DESIGN_COLUMNS + 1) if "df" in kw else len(kw.get("knots", [])) + degree
             elif node[0] == "call" and node[1] == "poly":
                 w = _fm.poly_degree(node)
             else:
