@@ -477,12 +477,8 @@ def _most_columns(parsed, levels: dict) -> int:
                 w = _fm.poly_degree(node)
             else:
                 w = 1
-            width *= max(int(w), 1)
-            if width > MAX_DESIGN_COLUMNS + 1:
-                return width
+            width *= max(int(w), 1)  # at most 10 factors of at most MAX_LEVELS each (the parser's limits)
         total += width - categorical
-        if total > MAX_DESIGN_COLUMNS:
-            break
     return total
 
 
