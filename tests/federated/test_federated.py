@@ -533,3 +533,21 @@ def test_summary_with_too_few_subjects_or_a_zip_bomb_is_refused(tmp_path):
     with pytest.raises(FederatedFileError, match="declare"):
         fed.load_summary(bad)
     assert a["counts"][0] == rows.sum()
+
+
+@pytest.mark.parametrize("formula", [
+    "age", "age + sex", "age*sex", "sex*dx", "age*sex*dx", "sex:dx", "age:sex", "age:sex:dx + sex",
+    'C(dx, Treatment("TD"))*sex + age', "(age + sex + dx + I(age / 10))**3",
+    "bs(age, knots=[40, 60], lower_bound=0, upper_bound=100)*sex", "bs(age, knots=[50], degree=2, lower_bound=0, "
+    "upper_bound=100):dx + sex",
+])
+def test_column_bound_holds_and_is_tight_for_main_effects(formula):
+    """The plan refuses a formula from an upper bound of its columns computed before the design is built: it
+    must never be below the columns the design then has (else a plan could exceed MAX_DESIGN_COLUMNS)."""
+    levels = {"sex": ["F", "M"], "dx": ["ASD", "OCD", "TD"]}
+    used = {k: v for k, v in levels.items() if k in formula}
+    p = _plan1(formula, used)
+    bound = fed._most_columns(featharm.formula.parse_formula(p.formula), p.levels)
+    assert len(p.design.columns) <= bound
+    if ":" not in formula and "*" not in formula:
+        assert len(p.design.columns) == bound
