@@ -37,9 +37,12 @@ sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxx�
 functions of those sums); with missing values, per (batch, feature) cell with missing rows, ``Σx`` and ``Σxxᵀ``
 over those rows. No array has a subject axis. :func:`summarize` refuses (:class:`DisclosureError`, nothing
 written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
-a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a feature observed in
-1..min_count-1 subjects of a batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects
-of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing
+a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a cell of the categorical
+covariates of an interaction held by 1..min_count-1 subjects of a batch, any covariate column that is not zero for
+only 1..min_count-1 subjects of a batch (a fixed-knot ``bs()`` column, a mostly-zero covariate) or takes two
+values one of which so few subjects have (a 0/1 covariate), a feature observed in 1..min_count-1 subjects of a
+batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects of a batch (a B-spline is
+zero outside its knot interval). Known residual disclosure: where a feature is missing
 for a few subjects of a batch, the covariate sums over those rows describe those few subjects' covariates (not
 their features); :func:`describe_summary` (``featharm federated show``) lists these cells. With ComBat-GAM, a
 batch's spline column sums are a smoothed histogram of its smooth covariate over the plan's knots (``show``
@@ -54,15 +57,19 @@ and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>` (ComBa
 
 Files: the plan is a small JSON file (:func:`save_plan` / :func:`load_plan`); a summary (``.fhs``) is the model
 file's container (:mod:`featharm.persistence`: JSON manifest + ``.npy`` arrays, no pickle, schema-versioned),
-read with the same bounded, validating reader (:func:`load_summary`).
+read with the same bounded, validating reader (:func:`load_summary`). A plan holds at most :data:`MAX_LEVELS`
+levels per covariate and :data:`MAX_DESIGN_COLUMNS` covariate columns (bounded from the parsed formula before
+the design is built; the formula itself at most :data:`featharm.formula.MAX_TERMS` terms).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass, field
@@ -109,6 +116,8 @@ PLAN_SCHEMA = 2  # the newest schema read; a ComBat plan is written as schema 1,
 SUMMARY_SCHEMA = 2  # likewise for summaries (a ComBat-GAM summary has the spline columns among its covariates)
 MAX_PLAN_BYTES = 64 * 2**20   # room for 327,684 vertex names
 MAX_BATCHES = 100_000
+MAX_LEVELS = 1_000  # levels of one categorical covariate
+MAX_DESIGN_COLUMNS = 1_000  # covariate columns of the plan's design (checked from the formula before it is built)
 _OPTIONS = ("ref_batch", "parametric", "mean_only", "eb")
 # ComBat-GAM: the plan's frozen spline basis (cubic B-splines, knots evenly spaced over --smooth-range)
 SPLINE_DEGREE = 3
@@ -117,6 +126,8 @@ PENALTY = "integrated squared second derivative"
 MAX_SMOOTH_DF = 100
 MAX_SMOOTH_TERMS = 20
 MAX_RANGE = 1e12  # a smooth range's bounds are at most this in magnitude
+_VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,39}")  # a summary's featharm_version
+_CREATED_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?", re.ASCII)  # its optional time
 _GAM_KEYS = ("criterion", "shared_smoothing", "df", "degree", "knot_rule", "penalty", "smooth")
 
 
@@ -289,6 +300,10 @@ def plan(*, batch: str, batches, features, formula: str | None = None, levels: d
     for var, lev in levels.items():
         if not isinstance(var, str):
             raise FederatedError(f"covariate names must be text; got {var!r}.")
+        if hasattr(lev, "__len__") and len(lev) > MAX_LEVELS:
+            raise FederatedError(f"covariate {var!r} has {len(lev):,} levels; a plan takes at most {MAX_LEVELS:,} per "
+                                 "covariate (each level is a column of every summary). Merge rare levels, or model it "
+                                 "as continuous.")
         lv = _names(lev, f"the levels of covariate {var!r} (--levels {var}=...)", minimum=2)
         clean_levels[var] = tuple(sorted(lv))
     text = _fm.clean_formula(formula) if formula is not None else ""
@@ -427,7 +442,15 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
     if undeclared:
         raise FederatedError(f"formula {formula!r} codes {undeclared[0]!r} as categorical (C()); list its levels "
                              f"in the plan (--levels {undeclared[0]}=A,B,...).")
-    n = max([len(v) for v in levels.values()] + [2]) * 3 + 3
+    most = _most_columns(parsed, levels)
+    if most > MAX_DESIGN_COLUMNS:
+        raise FederatedError(f"formula {formula[:80]!r}{'...' if len(formula) > 80 else ''} with the plan's levels "
+                             f"can give up to {most:,} covariate columns; a plan takes at most {MAX_DESIGN_COLUMNS:,} "
+                             "(each is summed per batch and feature). Drop interactions or merge levels.")
+    # the trial table holds every level at least twice (a covariate with more levels than half its rows would be
+    # taken for an id column): linear in the levels (at most 2 * MAX_LEVELS + 3 rows), its design at most
+    # MAX_DESIGN_COLUMNS wide
+    n = max([len(v) for v in levels.values()] + [2]) * 2 + 3
     design, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 1.0, 3.0), exclude=(batch,))
     if design.spec and design.spec.get("state"):
         other, _ = CovariateDesign.fit(formula, _prototype(variables, levels, n, 7.0, 20.0), exclude=(batch,))
@@ -440,6 +463,35 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
                 "knots=[...], lower_bound=..., upper_bound=...) with every knot and bound given.")
     design.ranges = {}  # ranges of the prototype mean nothing; a federated model records none
     return design
+
+
+def _most_columns(parsed, levels: dict) -> int:
+    """An upper bound of the design's columns, from the parsed formula alone (nothing built): per term, the
+    product of its factors' widths (a categorical factor its number of levels, a basis its size), less one for
+    a term of categorical factors only (the intercept, in its span, is not a column)."""
+    total = 0
+    for term in parsed.terms:
+        width, categorical = 1, True
+        for node in term:
+            is_cat = node[0] == "C" or (node[0] == "col" and node[1] in levels)
+            categorical = categorical and is_cat
+            if is_cat:
+                w = len(levels.get(node[1], ())) or 1
+            elif node[0] == "call" and node[1] == "bs":
+                kw = node[3]
+
+                def whole(v, most):  # a literal of the formula (int or float), within what bs() accepts
+                    return int(min(max(float(v), 0.0), most)) if isinstance(v, (int, float)) else most
+
+                degree = whole(kw.get("degree", 3), 10)
+                w = whole(kw["df"], MAX_DESIGN_COLUMNS + 1) if "df" in kw else len(kw.get("knots", [])) + degree
+            elif node[0] == "call" and node[1] == "poly":
+                w = _fm.poly_degree(node)
+            else:
+                w = 1
+            width *= max(int(w), 1)  # at most 10 factors of at most MAX_LEVELS each (the parser's limits)
+        total += width - categorical
+    return total
 
 
 # ---------------------------------------------------------------------------------------- plan files
@@ -467,9 +519,9 @@ def _read_bounded(path, what: str, limit: int) -> bytes:
     if st.st_size > limit:
         raise FederatedFileError(f"{shown} has {st.st_size:,} bytes; a {what} has at most {limit:,}.")
     with open(path, "rb") as fh:
-        raw = fh.read(limit + 1)
-    if len(raw) > limit:
-        raise FederatedFileError(f"{shown} grew beyond {limit:,} bytes while being read.")
+        raw = fh.read(st.st_size + 1)  # not limit + 1: read() sets aside all it may return
+    if len(raw) > st.st_size:
+        raise FederatedFileError(f"{shown} grew while being read; give a file that is not being written.")
     return raw
 
 
@@ -648,10 +700,11 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
 
     ``data``: subjects × columns holding every planned feature (other columns are ignored); ``covariates``:
     the batch column and the formula's covariates, same rows and index as ``data`` (``None``: they are
-    columns of ``data``). Refuses (:class:`DisclosureError`, naming the batch and level) a batch with fewer
-    than ``plan.min_count`` subjects, a categorical level with 1..min_count-1 subjects in a batch, a feature
-    observed in 1..min_count-1 subjects of a batch.
-    """
+    columns of ``data``). Refuses (:class:`DisclosureError`, naming the batch and level or column) a batch with
+    fewer than ``plan.min_count`` subjects, a categorical level or interaction cell with 1..min_count-1 subjects
+    in a batch, a covariate column not zero for (or, two-valued, at one value for) 1..min_count-1 subjects of a
+    batch, a feature observed in 1..min_count-1 subjects of a batch. A subject without a covariate value is an
+    error (fill it or leave the subject out: the sums cover exactly the rows given)."""
     p = _as_plan(plan)
     if not isinstance(data, pd.DataFrame):
         raise InputError(f"summarize needs the data as a DataFrame; got {type(data).__name__}.")
@@ -675,6 +728,16 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
         raise MissingValueError(f"batch column {p.batch!r} is empty in {int(bser.isna().sum())} row(s); every "
                                 "subject needs its batch.")
     labels = bser.astype(str).to_numpy()
+    for v in dict.fromkeys([*p.design.variables, *p.smooth]):
+        if v in cov.columns and cov[v].isna().any():
+            from ._validation import show_rows
+
+            na = cov[v].isna().to_numpy()
+            raise MissingValueError(
+                f"covariate {v!r} is empty at {int(na.sum())} row(s) ({show_rows(cov.index, na)}); every subject "
+                f"of a summary needs every covariate of the plan. Fill them, or leave those subjects out of the "
+                f"data you summarize (summarize has no --missing-covariates option: its sums cover exactly the "
+                f"rows it is given). Nothing was written.")
     for v in p.design.variables:
         if v not in cov.columns:
             raise ColumnNotFoundError(f"the covariates lack the column {v!r} that the plan's formula "
@@ -698,7 +761,7 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
     site_batches = sorted(set(labels.tolist()))
     codes = np.searchsorted(np.asarray(site_batches, dtype=object), labels.astype(object)).astype(np.int64)
     Z = _spline_block(p, cov, labels) if p.method == "gam" else None
-    _check_disclosure(p, site_batches, codes, cov, Y, Z)
+    _check_disclosure(p, site_batches, codes, cov, Y, Z, X)
     if Z is not None:
         X = np.hstack([X, Z])
     stats = SuffStats(len(site_batches), X.shape[1], Y.shape[1]).update(X, Y, codes)
@@ -745,7 +808,48 @@ def _feature_block(data: pd.DataFrame, features) -> np.ndarray:
     return Y
 
 
-def _check_disclosure(p: Plan, batches, codes, cov, Y, Z=None) -> None:
+def _numeric_width(node, state: dict) -> int:
+    """How many design columns a numerical factor gives (a B-spline or polynomial basis several)."""
+    if node[0] == "call" and node[1] == "bs":
+        st = state[_fm.render(node)]
+        return len(st["knots"]) - int(st["degree"]) - 2
+    if node[0] == "call" and node[1] == "poly":
+        return _fm.poly_degree(node)
+    return 1
+
+
+def _column_parts(design: CovariateDesign) -> list:
+    """For each design column, from the design's spec (not from its name): ``(cell, numeric)`` where ``cell``
+    is the tuple of ``(variable, level)`` of its categorical factors (the column is zero outside that cell) and
+    ``numeric`` the names of its numerical factors (``()``: the column is the 0/1 indicator of the cell)."""
+    spec = design.spec or {}
+    factors = {fa["name"]: fa for fa in spec.get("factors", [])}
+    out = []
+    for block in spec.get("blocks", []):
+        parts = []
+        for name, reduced in block:
+            fa = factors[name]
+            if fa["kind"] == "categorical":
+                lev = design.levels[fa["variable"]]
+                ref = 0 if fa["reference"] is None else lev.index(fa["reference"])
+                parts.append([((fa["variable"], lv), None) for k, lv in enumerate(lev) if not (reduced and k == ref)])
+            else:
+                parts.append([(None, name)] * _numeric_width(fa["node"], spec["state"]))
+        for rev in itertools.product(*reversed(parts)):  # the first factor varies fastest, as the design's columns
+            combo = rev[::-1]
+            out.append((tuple(c[0] for c in combo if c[0] is not None),
+                        tuple(c[1] for c in combo if c[1] is not None)))
+    if len(out) != len(design.columns):  # cannot happen for a plan's design; never guess
+        raise FederatedError(f"the plan's design has {len(design.columns)} columns but its spec describes "
+                             f"{len(out)}; remake the plan.")
+    return out
+
+
+def _cell_text(cell) -> str:
+    return " and ".join(f"{v} = {lv!r}" for v, lv in cell)
+
+
+def _check_disclosure(p: Plan, batches, codes, cov, Y, Z=None, X=None) -> None:
     k = p.min_count
     fix = (f"Nothing was written. Merge it with another batch of the same scanner, leave it out of the harmonization, "
            f"or (if your data-sharing agreement allows it) ask the coordinator for a plan with a lower min_count "
@@ -766,6 +870,49 @@ def _check_disclosure(p: Plan, batches, codes, cov, Y, Z=None) -> None:
                         f"batch {b!r} has {c} subject(s) with {v} = {level!r}, fewer than the plan's min_count of "
                         f"{k}: the sums of the {v} = {level!r} column would describe those few people's features. "
                         f"{fix}")
+    lower = (f"Nothing was written. Leave those subjects out, or ask the coordinator for a plan that merges levels or "
+             f"drops that term, or (only if your data officer agrees) one with a lower min_count (--min-count, now "
+             f"{k}).")
+    parts = _column_parts(p.design)
+    # every cell of categorical covariates that share a term: the sums over a cell follow from the sums of the
+    # columns of the term (the baseline cells by difference), so each cell is 0 or at least min_count subjects
+    for group in dict.fromkeys(tuple(sorted({v for v, _ in cell})) for cell, _ in parts):
+        if len(group) < 2:
+            continue  # a single covariate's levels are checked above
+        key = pd.DataFrame({"\0batch": codes, **{v: cov[v].astype(str).to_numpy() for v in group}})
+        sizes = key.groupby(["\0batch", *group], sort=True).size()
+        few = sizes[(sizes > 0) & (sizes < k)]
+        if len(few):
+            (i, *lv), c = few.index[0], int(few.iloc[0])
+            raise DisclosureError(
+                f"batch {batches[i]!r} has {c} subject(s) with {_cell_text(zip(group, lv))} (a cell of the "
+                f"interaction {':'.join(group)} of formula {p.formula!r}), fewer than the plan's min_count of {k}: "
+                f"the sums of the interaction's columns would describe those few people's features. {lower}")
+    if X is not None and X.shape[1]:
+        # any covariate column: the sums Σxy over the subjects where it is not zero; and a column that takes two
+        # values in a batch (a 0/1 covariate, I(...) of one) gives the sums over the subjects at each value
+        for i, b in enumerate(batches):
+            Xi = X[codes == i]
+            nz = np.count_nonzero(Xi, axis=0)
+            S = np.sort(Xi, axis=0)
+            distinct = 1 + np.count_nonzero(np.diff(S, axis=0), axis=0)
+            at_low = np.count_nonzero(S == S[:1], axis=0)
+            two = distinct == 2
+            small_two = two & (np.minimum(at_low, len(Xi) - at_low) < k)
+            bad = ((nz > 0) & (nz < k)) | small_two
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                col = p.design.columns[j]
+                if 0 < nz[j] < k:
+                    what = f"is not zero for only {nz[j]} subject(s)"
+                else:
+                    c, val = ((at_low[j], S[0, j]) if at_low[j] < len(Xi) - at_low[j]
+                              else (len(Xi) - at_low[j], S[-1, j]))
+                    what = (f"takes only two values, and {c} subject(s) have the value {val:g} (from the sums of a "
+                            "two-valued column one can work out the sums over the subjects at each value)")
+                raise DisclosureError(
+                    f"batch {b!r}: covariate column {col!r} of formula {p.formula!r} {what}, fewer than the plan's "
+                    f"min_count of {k}: its sums (Σx, Σxy) would describe those few people's features. {lower}")
     if Z is not None:  # a spline column is zero outside its knot interval: its sums are over the subjects inside
         inside = np.zeros((len(batches), Z.shape[1]), dtype=np.int64)
         np.add.at(inside, codes, (Z != 0).astype(np.int64))
@@ -865,6 +1012,13 @@ def load_summary(path, plan=None) -> Summary:
         keys = {"format", "schema_version", "featharm_version", "plan", "plan_digest", "batches", "arrays"}
         if set(man) - keys - {"created"} or keys - set(man):
             raise reader.damaged(f"its manifest has the entries {sorted(man)[:10]}", f"{sorted(keys)}")
+        ver = man["featharm_version"]
+        if not (isinstance(ver, str) and _VERSION_TEXT.fullmatch(ver)):
+            raise reader.damaged(f"featharm_version is {str(ver)[:40]!r}",
+                                 "a version such as '0.1.0' (at most 40 letters, digits and . + - _ !)")
+        if "created" in man and not (isinstance(man["created"], str) and _CREATED_TEXT.fullmatch(man["created"])):
+            raise reader.damaged(f"created is {str(man['created'])[:40]!r}",
+                                 "a UTC time such as '2026-01-31T12:00:00+00:00'")
         p = plan_from_dict(man["plan"], f"the plan inside {shown}")
         if man["plan_digest"] != p.digest:
             raise reader.damaged(f"plan_digest {str(man['plan_digest'])[:16]!r}... does not match its plan",
@@ -915,8 +1069,7 @@ def load_summary(path, plan=None) -> Summary:
             raise FederatedFileError(f"summary {shown} holds batch {b!r} with {int(stats.counts[i])} subject(s), "
                                      f"fewer than its plan's min_count of {p.min_count}; featharm never writes such "
                                      "a summary (altered?).")
-    s = Summary(p, list(batches), stats, source=str(path),
-                featharm_version=str(man.get("featharm_version", "unknown")))
+    s = Summary(p, list(batches), stats, source=str(path), featharm_version=man["featharm_version"])
     if plan is not None:
         _check_follows(s, _as_plan(plan))
     return s
@@ -965,18 +1118,27 @@ def _check_follows(s: Summary, p: Plan) -> None:
                          f"{'; '.join(diffs) or 'the plans differ'}. The site must summarize again with this plan.")
 
 
+def _q(text) -> str:
+    """Text from a file, for printing: quoted, every control character (escape codes, new lines) escaped."""
+    return repr(str(text))
+
+
 def describe_summary(s: Summary) -> list[str]:
-    """What a summary discloses, line by line (``featharm federated show``): which sums, over how many subjects."""
+    """What a summary discloses, line by line (``featharm federated show``): which sums, over how many subjects.
+
+    Everything printed that comes from the file (names, levels, formula, version) is quoted with its control
+    characters escaped, so a tampered file cannot add lines or terminal escape codes to the listing."""
     st = s.stats
     p = s.plan
     cols = p.design.columns
-    lines = [f"{s.source or 'summary'}: featharm federated summary (schema {p.schema_version}), written by featharm "
-             f"{s.featharm_version}",
+    parts = _column_parts(p.design)
+    lines = [f"{_q(s.source) if s.source else 'summary'}: featharm federated summary (schema {p.schema_version}), "
+             f"written by featharm {_q(s.featharm_version)}",
              f"  plan digest  {p.digest}",
-             f"  batch column {p.batch!r}; formula {p.formula or '(none)'}; {len(cols)} covariate column(s): "
-             f"{', '.join(cols) or '-'}"]
+             f"  batch column {_q(p.batch)}; formula {_q(p.formula) if p.formula else '(none)'}; {len(cols)} "
+             f"covariate column(s): {', '.join(map(_q, cols)) or '-'}"]
     if p.method == "gam":
-        terms = ", ".join(f"{t} over [{lo:g}, {hi:g}]" for t, (lo, hi) in p.smooth_range.items())
+        terms = ", ".join(f"{_q(t)} over [{lo:g}, {hi:g}]" for t, (lo, hi) in p.smooth_range.items())
         lines.append(f"  ComBat-GAM   smooth term(s) {terms}: "
                      f"{p.df - 1} spline column(s) each (cubic B-splines, knots evenly spaced over the range), "
                      f"smoothing by {p.smooth_method}{' shared by all features' if p.shared_smoothing else ''}")
@@ -986,7 +1148,11 @@ def describe_summary(s: Summary) -> list[str]:
               "  n (subjects); Σx (covariate columns) and Σxxᵀ (their cross-products); per feature the number of",
               "  observed values, Σy, Σxy (each covariate column times the feature) and Σy²; all taken around the",
               "  batch's mean covariates and features and a pilot regression slope (stored with them; functions of",
-              "  the same sums)."]
+              "  the same sums).",
+              "  A column of categorical levels is zero outside its level (or cell of an interaction): its Σxy sums",
+              "  over only the subjects listed below. summarize refused any covariate column that is not zero for",
+              f"  1 to {p.min_count - 1} subjects of a batch, or takes two values one of which 1 to {p.min_count - 1} "
+              "subjects have."]
     if p.method == "gam":
         lines += ["  The covariate columns include each smooth term's spline columns s(VAR)[j] (the B-spline values",
                   "  at the subject's VAR): their sums form a smoothed histogram of VAR over the plan's knots (listed",
@@ -994,26 +1160,43 @@ def describe_summary(s: Summary) -> list[str]:
                   f"  over only the subjects inside: summarize refuses a column with 1 to {p.min_count - 1} such "
                   "subjects."]
     lines.append("")
+    width = max([24] + [len(_q(c)) for c in cols])
     for i, b in enumerate(s.batches):
         n = int(st.counts[i])
         planned = "" if b in p.batches else "  (not in the plan's batches: for `federated extend` only)"
-        lines.append(f"batch {b!r}: sums over {n} subjects{planned}")
-        xbar = st.x_shift[i] + st.sx[i] / max(n, 1)
-        for v, lev in sorted(p.levels.items()):  # a level indicator's sum is the level's count
-            others = [f"{v}[T.{lv}]" for lv in lev]
-            shown_cols = [c for c in others if c in cols]
-            for c in shown_cols:
-                lines.append(f"  {c:<24} {int(round(xbar[cols.index(c)] * n))} subjects")
-            if len(shown_cols) == len(lev) - 1:
-                rest = n - sum(int(round(xbar[cols.index(c)] * n)) for c in shown_cols)
-                base = next(lv for lv in lev if f"{v}[T.{lv}]" not in cols)
-                label = f"{v} = {base!r} (baseline)"
-                lines.append(f"  {label:<24} {rest} subjects")
+        lines.append(f"batch {_q(b)}: sums over {n} subjects{planned}")
+        sums = (st.x_shift[i] + st.sx[i] / max(n, 1)) * n  # Σx of each column
+        known = {}  # cell -> its number of subjects, where a column is the cell's 0/1 indicator
+        for j, (cell, numeric) in enumerate(parts):
+            if cell and not numeric:
+                known[frozenset(cell)] = int(round(sums[j]))
+        for v, lev in sorted(p.levels.items()):  # a baseline level: the batch less the other levels
+            others = [known.get(frozenset({(v, lv)})) for lv in lev]
+            if others.count(None) == 1:
+                known.setdefault(frozenset({(v, lev[others.index(None)])}), n - sum(c for c in others if c is not None))
+        for j, (cell, numeric) in enumerate(parts):
+            if not cell:
+                continue
+            c = known.get(frozenset(cell))
+            if not numeric:
+                lines.append(f"  {_q(cols[j]):<{width}} {c} subjects")
+            elif c is not None:
+                lines.append(f"  {_q(cols[j]):<{width}} sums over the {c} subjects with {_cell_text(cell)}")
+            else:
+                lines.append(f"  {_q(cols[j]):<{width}} sums over the subjects with {_cell_text(cell)} (0 or at "
+                             f"least {p.min_count}; their number is not among the sums)")
+        shown_cells = {frozenset(cell) for cell, numeric in parts if cell and not numeric}
+        for v, lev in sorted(p.levels.items()):
+            for lv in lev:
+                cell = frozenset({(v, lv)})
+                if cell not in shown_cells and cell in known:
+                    label = f"{v} = {lv!r} (baseline)"
+                    lines.append(f"  {_q(label)[1:-1]:<{width}} {known[cell]} subjects")
         start = len(cols)
-        for b in p.bases:
-            sums = xbar[start:start + b.n_columns] * n
-            start += b.n_columns
-            lines.append(f"  s({b.name}) column sums  {', '.join(f'{v:.1f}' for v in sums)}")
+        for basis in p.bases:
+            spline = sums[start:start + basis.n_columns]
+            start += basis.n_columns
+            lines.append(f"  s({_q(basis.name)[1:-1]}) column sums  {', '.join(f'{v:.1f}' for v in spline)}")
         obs = st.n_obs[i]
         inc = np.flatnonzero(obs < n)
         if inc.size:
@@ -1021,7 +1204,7 @@ def describe_summary(s: Summary) -> list[str]:
                          f"({int(obs[inc].min())} to {int(obs[inc].max())}); Σx and Σxxᵀ over their subjects "
                          "without a value:")
             for v in inc:
-                lines.append(f"    {p.features[v]}: {int(obs[v])} observed, covariate sums over {n - int(obs[v])} "
+                lines.append(f"    {_q(p.features[v])}: {int(obs[v])} observed, covariate sums over {n - int(obs[v])} "
                              "subject(s) without a value")
         else:
             lines.append(f"  every feature observed in all {n} subjects")

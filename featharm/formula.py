@@ -55,6 +55,8 @@ _ALLOWED = ("column names (`in backticks` for any other name), numbers, + - * : 
             + ", ".join(f"{f}()" for f in [*FUNCTIONS, *STATEFUL]) + ", and s(column) for ComBatGAM")
 _MAX_LENGTH = 10_000
 _MAX_DEPTH = 50
+MAX_TERMS = 1_000  # terms a formula may expand to (a*b*c... and (a+b+...)**k grow exponentially); far above real use
+MAX_TERM_FACTORS = 10  # factors in one interaction term (its full-rank coding considers every subset of them)
 
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
@@ -148,7 +150,7 @@ class _Parser:
             terms = self.product()
         while True:
             if self.accept("+"):
-                terms = _union(terms, self.product())
+                terms = self.bounded(_union(terms, self.product()))
             elif self.accept("-"):
                 removed = self.product()
                 self.removal(removed)
@@ -171,18 +173,18 @@ class _Parser:
         while True:
             if self.accept("*"):
                 right = self.inter()
-                terms = _union(_union(terms, right), _interact(terms, right))
+                terms = self.bounded(_union(_union(terms, right), self.interact(terms, right)))
             elif self.accept("/"):
                 right = self.inter()
                 left_all = tuple(dict.fromkeys(f for t in terms for f in t))
-                terms = _union(terms, _interact([left_all], right))
+                terms = self.bounded(_union(terms, self.interact([left_all], right)))
             else:
                 return terms
 
     def inter(self):
         terms = self.power()
         while self.accept(":"):
-            terms = _interact(terms, self.power())
+            terms = self.interact(terms, self.power())
         return terms
 
     def power(self):
@@ -193,8 +195,36 @@ class _Parser:
                 self.fail("'**' between terms takes a positive whole number", tok)
             base = terms
             for _ in range(int(tok.text) - 1):
-                terms = _union(terms, _interact(terms, base))
+                grown = self.bounded(_union(terms, self.interact(terms, base)))
+                if len(grown) == len(terms):  # every interaction is there: a higher power adds nothing
+                    break
+                terms = grown
         return terms
+
+    def bounded(self, terms):
+        """``terms``, or a FormulaError if there are more than MAX_TERMS of them."""
+        if len(terms) > MAX_TERMS:
+            raise FormulaError(f"formula {self.text[:80]!r}{'...' if len(self.text) > 80 else ''} expands to more "
+                               f"than {MAX_TERMS} terms, the most featharm accepts (interactions such as a*b*c*... "
+                               "or (a+b+...)**k multiply); write the terms the model needs.")
+        return terms
+
+    def interact(self, a, b):
+        """The interactions of the terms ``a`` with ``b``, stopping as soon as there are too many."""
+        seen, out = set(), []
+        for ta in a:
+            for tb in b:
+                t = tuple(dict.fromkeys(ta + tb))
+                if len(t) > MAX_TERM_FACTORS:
+                    raise FormulaError(
+                        f"formula {self.text[:80]!r}{'...' if len(self.text) > 80 else ''} has an interaction of "
+                        f"{len(t)} factors; featharm accepts at most {MAX_TERM_FACTORS} in one term.")
+                k = frozenset(t)
+                if k not in seen:
+                    seen.add(k)
+                    out.append(t)
+                    self.bounded(out)
+        return out
 
     def atom(self):
         tok = self.tok
@@ -462,14 +492,6 @@ def _union(a, b):
             seen.add(frozenset(t))
             out.append(t)
     return out
-
-
-def _interact(a, b):
-    out = []
-    for ta in a:
-        for tb in b:
-            out.append(tuple(dict.fromkeys(ta + tb)))
-    return _union([], out)
 
 
 # ---------------------------------------------------------------------------------------- rendering

@@ -194,7 +194,7 @@ def cmd_summarize(args) -> int:
         s = summarize(source.frame, cov, p)
         st.write("summary", s.to_bytes())
     if not args.quiet:
-        sizes = ", ".join(f"{b} ({int(n)})" for b, n in zip(s.batches, s.stats.counts))
+        sizes = ", ".join(f"{b!r} ({int(n)})" for b, n in zip(s.batches, s.stats.counts))
         late = [b for b in s.batches if b not in set(p.batches)]
         print(f"summarized {int(s.stats.counts.sum())} subjects in {len(s.batches)} batch(es): {sizes}; "
               f"{len(p.features)} features -> {args.out}. Check what it discloses with: featharm federated show "
@@ -239,6 +239,6 @@ def cmd_extend(args) -> int:
         new = extend(model, s)
         st.write("model", model_bytes(new))
     if not args.quiet:
-        print(f"added batch(es) {', '.join(s.batches)} to {args.model} ({len(new.batches_)} batches now) -> "
+        print(f"added batch(es) {', '.join(map(repr, s.batches))} to {args.model} ({len(new.batches_)} batches now) -> "
               f"{args.out}")
     return 0

@@ -83,7 +83,13 @@ def test_lying_npy_header_is_refused(capsys, tmp_path, site):
     (lambda m: {**m, "plan": {**m["plan"], "features": m["plan"]["features"][::-1]}}, ["plan_digest"]),
     (lambda m: {**m, "batches": ["site01", "site01"]}, ["batches"]),
     (lambda m: {**m, "extra": 1}, ["manifest"]),
-], ids=["formula_code", "features_changed", "batches", "extra_entry"])
+    (lambda m: {**m, "featharm_version": "0.1.0\nbatch 'x': sums over 999 subjects"}, ["featharm_version"]),
+    (lambda m: {**m, "featharm_version": "\x1b[2J0.1.0"}, ["featharm_version"]),
+    (lambda m: {**m, "featharm_version": 1}, ["featharm_version"]),
+    (lambda m: {**m, "created": {"when": "now"}}, ["created"]),
+    (lambda m: {**m, "created": "2026-01-01T00:00:00\nfake line"}, ["created"]),
+], ids=["formula_code", "features_changed", "batches", "extra_entry", "version_new_line", "version_escape",
+        "version_number", "created_object", "created_new_line"])
 def test_tampered_manifest_is_refused(capsys, tmp_path, site, edit, needles):
     bad = rewrite(site / "site.fhs", tmp_path / "bad.fhs", edit)
     _refuse(capsys, tmp_path, site, bad, ["bad.fhs", *needles])
@@ -100,3 +106,51 @@ def test_hostile_plan_is_refused(capsys, tmp_path, site):
             bad.write_text(json.dumps({**plan, "formula": "age + __class__"}))
         expect_refusal(capsys, ["federated", "combine", site / "site.fhs", "--plan", bad, "--out", out],
                        needles=needles, inputs=[bad], outputs=[out])
+
+
+def test_show_quotes_what_comes_from_the_file(capsys, tmp_path):
+    """Names in a summary are the sites' text: a level or batch holding a new line or a terminal escape code is
+    printed quoted and escaped, so a summary cannot add lines to (or hide lines of) what `show` lists."""
+    evil_level, evil_batch = "M\nbatch 'b0': sums over 999 subjects", "b1\x1b[2J"
+    rng = np.random.default_rng(3)
+    n = 40
+    cov = pd.DataFrame({"site": ["b0"] * 20 + [evil_batch] * 20, "age": rng.uniform(20, 80, n),
+                        "sex": (["F"] * 10 + [evil_level] * 10) * 2})
+    X = pd.DataFrame(rng.normal(size=(n, 2)), columns=["x", "y\x1b[31m"])
+    p = fh.federated.plan(batch="site", batches=["b0", evil_batch], formula="age + sex",
+                          levels={"sex": ["F", evil_level]}, features=list(X.columns))
+    fh.federated.summarize(X, cov, p).save(tmp_path / "s.fhs")
+    from featharm.cli import main
+
+    assert main(["federated", "show", str(tmp_path / "s.fhs")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "999" not in out.splitlines()[0]
+    assert [ln for ln in out.splitlines() if ln.startswith("batch ")] == [
+        "batch 'b0': sums over 20 subjects", "batch 'b1\\x1b[2J': sums over 20 subjects"]
+    assert repr(f"sex[T.{evil_level}]") in out and repr("y\x1b[31m") in out
+
+
+@pytest.mark.parametrize("edit, needles", [
+    # 20,000 levels in a 0.2 MB plan: a trial table of every level times every column would need gigabytes
+    (lambda d: {**d, "formula": "age + sex", "levels": {"sex": sorted(f"L{i:06d}" for i in range(20_000))}},
+     ["'sex' has 20,000 levels", f"at most {fh.federated.MAX_LEVELS:,}"]),
+    # 40 x 40 levels in an interaction: 1,600 covariate columns, refused from the formula before any is built
+    (lambda d: {**d, "formula": "age + g:h", "levels": {"g": [f"g{i:02d}" for i in range(40)],
+                                                         "h": [f"h{i:02d}" for i in range(40)]}},
+     ["up to 1,600 covariate columns", f"at most {fh.federated.MAX_DESIGN_COLUMNS:,}"]),
+    (lambda d: {**d, "formula": "(" + " + ".join(f"a{i}" for i in range(16)) + ")**16"},
+     [f"more than {fh.formula.MAX_TERMS} terms"]),
+    (lambda d: {**d, "formula": "*".join(f"a{i}" for i in range(14))}, [f"more than {fh.formula.MAX_TERMS} terms"]),
+], ids=["levels", "columns", "power", "star"])
+def test_plan_of_unbounded_size_is_refused_fast_and_small(capsys, tmp_path, site, edit, needles):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(edit(json.loads((site / "plan.json").read_text()))))
+    out = tmp_path / "s.fhs"
+    tracemalloc.start()
+    try:
+        expect_refusal(capsys, ["federated", "combine", site / "site.fhs", "--plan", bad, "--out", out],
+                       needles=["bad.json", "not a valid featharm plan", *needles], inputs=[bad], outputs=[out])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20

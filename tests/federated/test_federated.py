@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 import warnings
 import zipfile
 
@@ -227,7 +228,7 @@ def test_show_lists_what_is_disclosed():
         n = int((cov["site"] == f"b{i}").sum())
         males = int(((cov["site"] == f"b{i}") & (cov["sex"] == "M")).sum())
         assert f"batch 'b{i}': sums over {n} subjects" in text
-        assert f"sex[T.M]                 {males} subjects" in text
+        assert "'sex[T.M]'".ljust(24) + f" {males} subjects" in text
         assert f"sex = 'F' (baseline)     {n - males} subjects" in text
     assert "Σxy" in text and "without a value" in text
 
@@ -273,6 +274,80 @@ def test_summarize_refuses_small_batches_levels_and_features():
     x.iloc[5:, 3] = np.nan
     with pytest.raises(DisclosureError, match="feature 'roi_3' has 5 observed value.*'b0'"):
         fed.summarize(x, cov[rows], p)
+
+
+def _one_batch(n=60, seed=11):
+    rng = np.random.default_rng(seed)
+    cov = pd.DataFrame({"site": ["b0"] * n, "age": rng.uniform(20, 60, n), "sex": ["F"] * 30 + ["M"] * 30,
+                        "dx": ["ASD"] * 15 + ["TD"] * 15 + ["ASD"] * 28 + ["TD"] * 2})
+    X = pd.DataFrame(rng.normal(size=(n, 3)), columns=["x", "y", "z"])
+    return X, cov
+
+
+def _plan1(formula, levels=None):
+    return fed.plan(batch="site", batches=["b0", "b1"], formula=formula, levels=levels or {}, features=["x", "y", "z"])
+
+
+def test_summarize_refuses_an_interaction_cell_of_few_subjects():
+    X, cov = _one_batch()  # every level has >= 15 subjects, but only 2 are (M, TD)
+    p = _plan1("sex*dx", {"sex": ["F", "M"], "dx": ["ASD", "TD"]})
+    with pytest.raises(DisclosureError, match=r"batch 'b0' has 2 subject\(s\) with dx = 'TD' and sex = 'M'.*"
+                                              r"interaction dx:sex.*merges levels or drops that term"):
+        fed.summarize(X, cov, p)
+    # the baseline cell (F, ASD) has no column of its own, but its sums follow by difference: checked too
+    c = cov.copy()
+    c["dx"] = ["ASD"] * 3 + ["TD"] * 27 + ["ASD"] * 15 + ["TD"] * 15
+    with pytest.raises(DisclosureError, match=r"3 subject\(s\) with dx = 'ASD' and sex = 'F'"):
+        fed.summarize(X, c, p)
+    assert fed.summarize(X, cov, _plan1("sex + dx", p.levels)).stats.counts[0] == 60  # no interaction: allowed
+    c["dx"] = ["TD"] * 30 + ["ASD"] * 15 + ["TD"] * 15  # an empty cell discloses nothing: allowed
+    assert fed.summarize(X, c, p).stats.counts[0] == 60
+
+
+def test_summarize_refuses_a_spline_column_of_few_subjects():
+    X, cov = _one_batch()
+    c = cov.copy()
+    c.loc[:2, "age"] = [85.0, 86.0, 87.0]  # the B-splines over (60, 100] are not zero for these 3 only
+    p = _plan1("bs(age, knots=[40, 60, 80], lower_bound=0, upper_bound=100)")
+    nz = np.count_nonzero(p.design.transform(c), axis=0)
+    assert nz[-1] == 3 and nz.max() == 60
+    col = p.design.columns[int(np.flatnonzero((nz > 0) & (nz < 10))[0])]  # the first such column is named
+    with pytest.raises(DisclosureError, match=r"batch 'b0': covariate column " + re.escape(repr(col)) +
+                       r".*not zero for only 3 subject"):
+        fed.summarize(X, c, p)
+    assert fed.summarize(X, cov, p).stats.counts[0] == 60  # every age below 60: that column is zero for all
+
+
+def test_summarize_refuses_a_mostly_zero_or_two_valued_covariate():
+    X, cov = _one_batch()
+    c = cov.assign(dose=[0.0] * 56 + [1.5, 2.0, 3.0, 4.0], smoker=[1] * 57 + [0] * 3)
+    with pytest.raises(DisclosureError, match=r"column 'dose'.*not zero for only 4 subject"):
+        fed.summarize(X, c, _plan1("age + dose"))
+    # a 0/1 covariate: Σy - Σxy is the sum over the 3 subjects at 0
+    with pytest.raises(DisclosureError, match=r"column 'smoker'.*two values, and 3 subject\(s\) have the value 0"):
+        fed.summarize(X, c, _plan1("age + smoker"))
+    c["dose"] = np.r_[np.zeros(45), np.linspace(1, 2, 15)]
+    c["smoker"] = [1] * 40 + [0] * 20
+    assert fed.summarize(X, c, _plan1("age + dose + smoker")).stats.counts[0] == 60
+
+
+def test_show_counts_the_subjects_of_every_level_and_interaction_column():
+    X, cov = _one_batch()
+    cov["dx"] = ["ASD"] * 15 + ["TD"] * 15 + ["ASD"] * 18 + ["TD"] * 12
+    p = _plan1('age*sex + C(dx, Treatment("TD")) + C(dx, Treatment("TD")):sex', {"sex": ["F", "M"], "dx": ["ASD", "TD"]})
+    text = "\n".join(fed.describe_summary(fed.summarize(X, cov, p)))
+    cols = p.design.columns
+    want = {"sex[T.M]": 30, "C(dx, Treatment('TD'))[T.ASD]": 33, "C(dx, Treatment('TD'))[T.ASD]:sex[T.M]": 18}
+    assert set(want) <= set(cols)
+    width = max(24, *(len(repr(c)) for c in cols))
+    for c, k in want.items():
+        assert repr(c).ljust(width) + f" {k} subjects" in text
+    assert repr("age:sex[T.M]").ljust(width) + " sums over the 30 subjects with sex = 'M'" in text
+    assert "sex = 'F' (baseline)".ljust(width) + " 30 subjects" in text
+    assert "dx = 'TD' (baseline)".ljust(width) + " 27 subjects" in text
+    p = _plan1("age:sex", {"sex": ["F", "M"]})  # full-rank coding, no 0/1 column: the count is not in the sums
+    text = "\n".join(fed.describe_summary(fed.summarize(X, cov, p)))
+    assert repr("age:sex[F]").ljust(24) + " sums over the subjects with sex = 'F' (0 or at least 10;" in text
 
 
 def test_summarize_refuses_data_that_do_not_follow_the_plan():
@@ -490,3 +565,21 @@ def test_priors_per_measure_group_follow_the_plan(tmp_path):
     d["priors"] = "pool"
     with pytest.raises(featharm.exceptions.FederatedFileError, match="priors"):
         fed.plan_from_dict(d)
+
+
+@pytest.mark.parametrize("formula", [
+    "age", "age + sex", "age*sex", "sex*dx", "age*sex*dx", "sex:dx", "age:sex", "age:sex:dx + sex",
+    'C(dx, Treatment("TD"))*sex + age', "(age + sex + dx + I(age / 10))**3",
+    "bs(age, knots=[40, 60], lower_bound=0, upper_bound=100)*sex", "bs(age, knots=[50], degree=2, lower_bound=0, "
+    "upper_bound=100):dx + sex",
+])
+def test_column_bound_holds_and_is_tight_for_main_effects(formula):
+    """The plan refuses a formula from an upper bound of its columns computed before the design is built: it
+    must never be below the columns the design then has (else a plan could exceed MAX_DESIGN_COLUMNS)."""
+    levels = {"sex": ["F", "M"], "dx": ["ASD", "OCD", "TD"]}
+    used = {k: v for k, v in levels.items() if k in formula}
+    p = _plan1(formula, used)
+    bound = fed._most_columns(featharm.formula.parse_formula(p.formula), p.levels)
+    assert len(p.design.columns) <= bound
+    if ":" not in formula and "*" not in formula:
+        assert len(p.design.columns) == bound

@@ -3,6 +3,10 @@ split by scanner into three sites (Guys, HH, IOP), as in the README's worked exa
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,7 +49,7 @@ def test_protocol_end_to_end(ixi, tmp_path, capsys):
     shown = capsys.readouterr().out
     n_iop = int((df["site"] == "IOP").sum())
     assert f"batch 'IOP': sums over {n_iop} subjects" in shown
-    assert f"sex[T.M]                 {int(((df.site == 'IOP') & (df.sex == 'M')).sum())} subjects" in shown
+    assert "'sex[T.M]'".ljust(24) + f" {int(((df.site == 'IOP') & (df.sex == 'M')).sum())} subjects" in shown
     model = tmp_path / "model.fhm"
     assert run("federated", "combine", tmp_path / "IOP.fhs", tmp_path / "Guys.fhs", tmp_path / "HH.fhs",
                "--plan", plan, "--out", model) == 0
@@ -119,18 +123,73 @@ def test_errors_write_nothing(ixi, tmp_path, capsys):
     pd.read_csv(d / "IOP.csv").drop(columns=feats[3]).to_csv(bad, index=False)
     cases.append((["federated", "summarize", bad, "--covariates", d / "IOP_cov.csv", "--id", "participant_id",
                    "--plan", plan, "--out", out], f"lack 1 feature.*{feats[3]}"))
+    # a subject without a covariate value: the hint fits summarize (which has no --missing-covariates option)
+    for col in ("age", "sex"):
+        holes = pd.read_csv(d / "IOP_cov.csv")
+        holes.loc[4, col] = np.nan
+        holes.to_csv(tmp_path / f"holes_{col}.csv", index=False)
+        cases.append((["federated", "summarize", d / "IOP.csv", "--covariates", tmp_path / f"holes_{col}.csv", "--id",
+                       "participant_id", "--plan", plan, "--out", out],
+                      f"covariate '{col}' is empty at 1 row.*{holes.participant_id[4]}.*leave those subjects out.*"
+                      "no --missing-covariates option"))
     # a batch too small for min_count 80 (IOP has 67 subjects)
     big = tmp_path / "big.json"
     assert run(*base, "--min-count", "80", "--out", big, "--quiet") == 0
     capsys.readouterr()
     cases.append((["federated", "summarize", d / "IOP.csv", "--covariates", d / "IOP_cov.csv", "--id",
                    "participant_id", "--plan", big, "--out", out], "batch 'IOP' of 'site' has 67 subject"))
+    # a summary altered after it was written: a sum made non-finite, or a count lowered, for combine; and for
+    # extend, a late site's summary whose plan digest was edited
+    early = tmp_path / "early.json"
+    assert run("federated", "plan", "--batch", "site", "--batches", "Guys,HH", "--formula", "age + sex", "--levels",
+               "sex=F,M", "--features-file", d / "features.txt", "--out", early, "--quiet") == 0
+    for s in SITES:
+        assert run("federated", "summarize", d / f"{s}.csv", "--covariates", d / f"{s}_cov.csv", "--id",
+                   "participant_id", "--plan", early, "--out", tmp_path / f"early_{s}.fhs", "--quiet") == 0
+    early_model = tmp_path / "early.fhm"
+    assert run("federated", "combine", tmp_path / "early_Guys.fhs", tmp_path / "early_HH.fhs", "--plan", early,
+               "--out", early_model, "--quiet") == 0
+    capsys.readouterr()
+
+    def tampered(src, name, array=None, manifest=None):
+        dst = tmp_path / name
+        with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w") as zo:
+            for member in zi.namelist():
+                data = zi.read(member)
+                if array and member == f"arrays/{array[0]}.npy":
+                    a = np.load(io.BytesIO(data))
+                    buf = io.BytesIO()
+                    np.save(buf, array[1](a.copy()), allow_pickle=False)
+                    data = buf.getvalue()
+                if manifest and member == "manifest.json":
+                    data = json.dumps(manifest(json.loads(data))).encode()
+                zo.writestr(member, data)
+        return dst
+
+    def nan_first(a):
+        a.flat[0] = np.nan
+        return a
+
+    bad_sum = tampered(fhs[1], "nan_sum.fhs", ("sy", nan_first))
+    bad_count = tampered(fhs[2], "low_count.fhs", ("counts", lambda a: a - a + 3))
+    bad_digest = tampered(tmp_path / "early_IOP.fhs", "digest.fhs", manifest=lambda m: {**m, "plan_digest": "0" * 64})
+    cases += [
+        (["federated", "combine", fhs[0], bad_sum, fhs[2], "--plan", plan, "--out", out], "nan_sum.fhs.*altered"),
+        (["federated", "combine", fhs[0], fhs[1], bad_count, "--plan", plan, "--out", out], "low_count.fhs"),
+        (["federated", "extend", early_model, bad_digest, "--out", out], "digest.fhs.*altered.*plan_digest"),
+        (["federated", "extend", early_model, tampered(tmp_path / "early_IOP.fhs", "nan_late.fhs", ("sxy", nan_first)),
+          "--out", out], "nan_late.fhs.*altered"),
+    ]
+    # the untampered files do go through (the cases above fail for the tampering, not for anything else)
+    assert run("federated", "extend", early_model, tmp_path / "early_IOP.fhs", "--out", tmp_path / "ok.fhm",
+               "--quiet") == 0
     import re
 
     for argv, match in cases:
         assert run(*argv) != 0
         err = capsys.readouterr().err
         assert re.search(match, err), (argv, err)
+        assert "--missing-covariates exclude" not in err
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -153,7 +212,7 @@ def test_gam_protocol_end_to_end(ixi, tmp_path, capsys):
                    "participant_id", "--plan", plan, "--out", tmp_path / f"{s}.fhs", "--quiet") == 0
     assert run("federated", "show", tmp_path / "HH.fhs") == 0
     shown = capsys.readouterr().out
-    assert "smooth term(s) age over [19, 87]: 5 spline column(s)" in shown and "s(age) column sums" in shown
+    assert "smooth term(s) 'age' over [19, 87]: 5 spline column(s)" in shown and "s(age) column sums" in shown
     model = tmp_path / "model.fhm"
     assert run("federated", "combine", tmp_path / "IOP.fhs", tmp_path / "Guys.fhs", tmp_path / "HH.fhs",
                "--plan", plan, "--out", model, "--quiet") == 0
@@ -222,3 +281,36 @@ def test_gam_errors_write_nothing(ixi, tmp_path, capsys):
         assert re.search(match, err), err
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ============================================================================================ the README
+def test_readme_worked_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's federated worked example, as written: its Python block, then every command of its bash
+    block in order (the late site IOP is summarized with the plan and added with extend)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index("Worked example: the bundled IXI data split by scanner")
+    py = re.search(r"```python\n(.*?)```", text[start:], flags=re.S).group(1)
+    sh = re.search(r"```bash\n(.*?)```", text[start:], flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(py, "README.md", "exec"), {})
+    commands = [shlex.split(c, comments=True) for c in sh.replace("\\\n", " ").splitlines()]
+    commands = [c for c in commands if c]
+    assert commands and all(c[0] == "featharm" for c in commands)
+    assert ["featharm", "federated", "extend", "model.fhm", "IOP.fhs", "--out", "model2.fhm"] in commands
+    for c in commands:
+        assert main(c[1:]) == 0, c
+    shown = capsys.readouterr().out
+    assert "batch 'HH': sums over 179 subjects" in shown and "'sex[T.M]'".ljust(24) + " 86 subjects" in shown
+    # the late site is harmonized as ComBat on the early sites with IOP estimated against it
+    df = fh.datasets.load_ixi()
+    feats = fh.datasets.ixi_feature_columns(df)
+    early, iop = df[df.site != "IOP"], df[df.site == "IOP"]
+    want = fh.ComBat(batch="site", formula="age + sex").fit(early[feats], early)
+    ref = want.transform(iop[feats], iop, new_sites="estimate", min_new_site_size=10)
+    got = pd.read_csv(tmp_path / "IOP_harmonized.csv")[feats]
+    assert np.max(np.abs(got.to_numpy() - ref.to_numpy()) / want._arr["sigma"]) <= 1e-10
+    assert (tmp_path / "gam_plan.json").is_file()

@@ -226,7 +226,7 @@ def test_show_lists_the_spline_sums():
     rows = site_rows(cov, [0, 1])
     s = fed.summarize(X[rows], cov[rows], p)
     text = "\n".join(fed.describe_summary(s))
-    assert "smooth term(s) age over [20, 85]: 9 spline column(s)" in text and "REML" in text
+    assert "smooth term(s) 'age' over [20, 85]: 9 spline column(s)" in text and "REML" in text
     for i in (0, 1):
         b = p.bases[0].transform(cov.loc[cov["site"] == f"b{i}", "age"].to_numpy()).sum(axis=0)
         assert f"s(age) column sums  {', '.join(f'{v:.1f}' for v in b)}" in text
@@ -274,7 +274,7 @@ def test_summarize_refuses_values_outside_the_range():
         fed.summarize(X[rows], cov[rows], p)
     c = cov[rows].copy()
     c.iloc[0, c.columns.get_loc("age")] = np.nan
-    with pytest.raises(InputError, match="smooth covariate column 'age' has missing"):
+    with pytest.raises(InputError, match="covariate 'age' is empty at 1 row.*leave those subjects out"):
         fed.summarize(X[rows], c, p)
     with pytest.raises(InputError, match="'age'"):
         fed.summarize(X[rows], cov[rows].drop(columns="age"), p)

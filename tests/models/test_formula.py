@@ -194,3 +194,21 @@ def test_old_model_with_an_injected_formula_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match="__import__"):
         fh.load_model(bad)
     assert not marker.exists()
+
+
+def test_expansion_is_capped_before_the_terms_are_built():
+    """(a+b+...)**k and a*b*c*... grow exponentially: the parser stops at MAX_TERMS terms (or MAX_TERM_FACTORS
+    factors in one interaction) with a FormulaError naming the limit, instead of building them all."""
+    from featharm import formula as fm
+
+    names = [f"a{i}" for i in range(16)]
+    for text in (f"({' + '.join(names)})**16", "*".join(names[:14]), f"({' + '.join(names[:12])})**5"):
+        with pytest.raises(FormulaError, match=f"more than {fm.MAX_TERMS} terms"):
+            parse_formula(text)
+    with pytest.raises(FormulaError, match=f"at most {fm.MAX_TERM_FACTORS} in one term"):
+        parse_formula(":".join(names[:11]))
+    # just under the limits, and a huge power of a small sum (a higher power adds nothing once all are there)
+    assert len(parse_formula("*".join(names[:9])).terms) == 2**9 - 1
+    assert len(parse_formula(":".join(names[:10])).terms) == 1
+    assert len(parse_formula("(a + b + c)**1000000000").terms) == 7
+    assert len(parse_formula(f"({' + '.join(names[:12])})**3").terms) == 12 + 66 + 220
