@@ -121,7 +121,7 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
              classification: bool = True, harmonizer=None, groups: str | None = None, balance_columns=None,
              random_state=None, fligner_ties: str = "r", classifier: str = "lda",
              classification_components: int | None = None,
-             classification_stop_after: int | None = STOP_AFTER) -> DiagnosticsResult:
+             classification_stop_after: int | None = STOP_AFTER, n_jobs: int | None = None) -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
     Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): the per-feature tests,
@@ -176,6 +176,9 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     classification_stop_after : int or None, default 10
         Besag–Clifford sequential stopping of the classification null: a p-value is decided once this many
         permuted statistics reach the observed one (None: all ``classification_permutations``).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------
