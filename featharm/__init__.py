@@ -19,6 +19,8 @@ _LAZY_NAMES = {
     # through the models package, which registers every family before a file is read
     "load_model": "models", "save_model": "models",
     "set_scheduler": "_dask", "get_scheduler": "_dask",
+    "TravelingSubjects": "models",
+    "LongComBatGAM": "models",
 }
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "LongComBat",
     "CovBat",
     "ComBatLS",
+    "TravelingSubjects",
     "BaseHarmonizer",
     "CovariateDesign",
     "load_model",
@@ -42,6 +45,7 @@ __all__ = [
     "plots",
     "report",
     "mixed",
+    "LongComBatGAM",
 ]
 
 

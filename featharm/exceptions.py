@@ -41,6 +41,7 @@ __all__ = [
     "FreeSurferWarning",
     "UnmatchedIdWarning",
     "LevelNameWarning",
+    "DisconnectedSitesError",
 ]
 
 
@@ -94,6 +95,11 @@ class UnseenLevelError(InputError):
 
 class ConfoundingError(InputError):
     """The design is rank deficient: a covariate is confounded with batch or with other covariates."""
+
+
+class DisconnectedSitesError(ConfoundingError):
+    """Traveling-subject data whose sites are not all linked by shared subjects: the biases of sites in
+    different groups cannot be compared (the message names the sites not connected to the rest)."""
 
 
 class FormulaError(InputError):

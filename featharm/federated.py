@@ -1,4 +1,5 @@
-"""Federated ComBat in one round: sites that cannot share their rows send one summary each (``docs/methods.md`` §5.2).
+"""Federated ComBat (and ComBat-GAM) in one round: sites that cannot share their rows send one summary each
+(``docs/methods.md`` §5.2).
 
 The protocol::
 
@@ -16,7 +17,19 @@ the feature names and order, the ComBat options and ``min_count``. The covariate
 whose state would be computed from the rows (``center``, ``scale``/``standardize``, ``bs`` without every knot
 and bound given) are refused: each site would compute a different state. Write them with fixed numbers
 (``I(age - 50)``, ``I((age - 50) / 10)``). A categorical covariate is one listed in ``levels``; every other
-covariate is continuous. ComBat-GAM is not supported yet.
+covariate is continuous.
+
+**ComBat-GAM** (``method="gam"``): quantile knots would be computed from each site's own rows, so the plan fixes
+each smooth term's basis from a range instead (``smooth_range={"age": (5, 90)}``, ``--smooth-range age=5,90``):
+cubic B-splines with ``df - 4`` interior knots evenly spaced over the range (``df`` as ComBatGAM's, default 10),
+boundary knots at its ends, penalty the integrated squared second derivative. The plan file (schema 2) holds the
+knots as plain numbers, checked on read against that rule. A smooth term is a continuous covariate given in
+``smooth`` (a plain term of it in the formula is replaced by its spline) or as ``s(VAR)`` in the formula. Each
+site evaluates the basis on its rows (a value outside the range is an :class:`OutOfRangeError` naming the
+covariate, value, batch and row) and summarizes with the spline columns among the covariate columns; combine
+fits :meth:`ComBatGAM.from_statistics <featharm.ComBatGAM.from_statistics>` with the plan's bases (smoothing by
+REML or GCV from the cross-products). ``ComBatGAM(**plan.model_params()).fit`` on the pooled rows
+(``knots="uniform"``, ``smooth_bounds`` at the plan's ranges) is the centralized equivalent.
 
 **The summary** of a site holds, for each of its batches ``i`` (:class:`featharm._core.suffstats.SuffStats`,
 sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxxᵀ``; per feature the observed count,
@@ -24,16 +37,20 @@ sums taken around a shift, §1.9): ``n_i``; the covariate sums ``Σx``, ``Σxx�
 functions of those sums); with missing values, per (batch, feature) cell with missing rows, ``Σx`` and ``Σxxᵀ``
 over those rows. No array has a subject axis. :func:`summarize` refuses (:class:`DisclosureError`, nothing
 written) a batch with fewer than ``min_count`` subjects, a categorical level held by 1..min_count-1 subjects of
-a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features) and a feature observed in
-1..min_count-1 subjects of a batch. Known residual disclosure: where a feature is missing for a few subjects
-of a batch, the covariate sums over those rows describe those few subjects' covariates (not their features);
-:func:`describe_summary` (``featharm federated show``) lists these cells.
+a batch (a column of ``Σxyᵀ`` would be the sum of those few subjects' features), a feature observed in
+1..min_count-1 subjects of a batch and (ComBat-GAM) a spline column that is not zero for 1..min_count-1 subjects
+of a batch (a B-spline is zero outside its knot interval). Known residual disclosure: where a feature is missing
+for a few subjects of a batch, the covariate sums over those rows describe those few subjects' covariates (not
+their features); :func:`describe_summary` (``featharm federated show``) lists these cells. With ComBat-GAM, a
+batch's spline column sums are a smoothed histogram of its smooth covariate over the plan's knots (``show``
+prints them).
 
 **Combine** checks every summary against the plan (same plan digest; else which of batches, levels, features,
 options differ), refuses a batch in two summaries (naming both), a batch the plan does not list, a planned
 batch without a summary, and a planned level no site holds; then merges the statistics
 (:meth:`SuffStats.combine`: canonical order, so any order of the summaries gives the same model, bit for bit)
-and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>`: the centralized fit to rounding.
+and fits :meth:`ComBat.from_statistics <featharm.ComBat.from_statistics>` (ComBat-GAM:
+``ComBatGAM.from_statistics``): the centralized fit to rounding.
 
 Files: the plan is a small JSON file (:func:`save_plan` / :func:`load_plan`); a summary (``.fhs``) is the model
 file's container (:mod:`featharm.persistence`: JSON manifest + ``.npy`` arrays, no pickle, schema-versioned),
@@ -47,12 +64,14 @@ import json
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from . import formula as _fm
+from ._core.splines import SplineBasis
 from ._core.suffstats import ARRAYS, SuffStats
 from ._version import __version__
 from .design import CovariateDesign
@@ -65,6 +84,7 @@ from .exceptions import (
     InputError,
     MissingValueError,
     NonNumericFeatureError,
+    OutOfRangeError,
 )
 
 __all__ = [
@@ -85,11 +105,19 @@ __all__ = [
 DEFAULT_MIN_COUNT = 10
 PLAN_FORMAT = "featharm-federated-plan"
 SUMMARY_FORMAT = "featharm-federated-summary"
-PLAN_SCHEMA = 1
-SUMMARY_SCHEMA = 1
+PLAN_SCHEMA = 2  # the newest schema read; a ComBat plan is written as schema 1, a ComBat-GAM plan as 2
+SUMMARY_SCHEMA = 2  # likewise for summaries (a ComBat-GAM summary has the spline columns among its covariates)
 MAX_PLAN_BYTES = 64 * 2**20   # room for 327,684 vertex names
 MAX_BATCHES = 100_000
 _OPTIONS = ("ref_batch", "parametric", "mean_only", "eb")
+# ComBat-GAM: the plan's frozen spline basis (cubic B-splines, knots evenly spaced over --smooth-range)
+SPLINE_DEGREE = 3
+KNOT_RULE = "uniform"
+PENALTY = "integrated squared second derivative"
+MAX_SMOOTH_DF = 100
+MAX_SMOOTH_TERMS = 20
+MAX_RANGE = 1e12  # a smooth range's bounds are at most this in magnitude
+_GAM_KEYS = ("criterion", "shared_smoothing", "df", "degree", "knot_rule", "penalty", "smooth")
 
 
 def _show(values, k: int = 5) -> str:
@@ -114,14 +142,41 @@ class Plan:
     min_count: int = DEFAULT_MIN_COUNT
     method: str = "combat"
     design: CovariateDesign = field(default=None, repr=False)
+    # ComBat-GAM only (method "gam"): smooth terms, their bases (fixed by the ranges), criterion
+    smooth_range: dict = field(default_factory=dict)  # smooth term -> (lower, upper), in the terms' order
+    df: int = 10
+    smooth_method: str = "REML"
+    shared_smoothing: bool = False
+    bases: tuple = field(default=(), repr=False)  # SplineBasis of each smooth term
+
+    @property
+    def smooth(self) -> tuple:
+        """The smooth terms (method "gam"), in model order; ``()`` for ComBat."""
+        return tuple(b.name for b in self.bases)
+
+    @property
+    def n_columns(self) -> int:
+        """Covariate columns of a summary: the linear design's, then (ComBat-GAM) every smooth term's basis."""
+        return len(self.design.columns) + sum(b.n_columns for b in self.bases)
+
+    @property
+    def schema_version(self) -> int:
+        """Schema of the plan and summary files: 1 for ComBat (as before ComBat-GAM), 2 for ComBat-GAM."""
+        return 2 if self.method == "gam" else 1
 
     def to_dict(self) -> dict:
         """The plan as JSON data (what :func:`save_plan` writes, less the format and schema entries)."""
-        return {"batch": self.batch, "batches": list(self.batches), "formula": self.formula,
-                "levels": {k: list(v) for k, v in sorted(self.levels.items())}, "features": list(self.features),
-                "options": {"ref_batch": self.ref_batch, "parametric": self.parametric, "mean_only": self.mean_only,
-                            "eb": self.eb},
-                "min_count": self.min_count, "method": self.method}
+        d = {"batch": self.batch, "batches": list(self.batches), "formula": self.formula,
+             "levels": {k: list(v) for k, v in sorted(self.levels.items())}, "features": list(self.features),
+             "options": {"ref_batch": self.ref_batch, "parametric": self.parametric, "mean_only": self.mean_only,
+                         "eb": self.eb},
+             "min_count": self.min_count, "method": self.method}
+        if self.method == "gam":
+            d["gam"] = {"criterion": self.smooth_method, "shared_smoothing": self.shared_smoothing, "df": self.df,
+                        "degree": SPLINE_DEGREE, "knot_rule": KNOT_RULE, "penalty": PENALTY,
+                        "smooth": [{"name": b.name, "range": [float(v) for v in self.smooth_range[b.name]],
+                                    "knots": b.knots.tolist()} for b in self.bases]}
+        return d
 
     @property
     def digest(self) -> str:
@@ -130,9 +185,21 @@ class Plan:
         return hashlib.sha256(text.encode("ascii")).hexdigest()
 
     def model_params(self) -> dict:
-        """The :class:`~featharm.ComBat` parameters of the plan."""
-        return {"batch": self.batch, "formula": self.formula or None, "eb": self.eb, "parametric": self.parametric,
-                "mean_only": self.mean_only, "ref_batch": self.ref_batch}
+        """The :class:`~featharm.ComBat` parameters of the plan (:class:`~featharm.ComBatGAM`'s for method "gam":
+        ``ComBatGAM(**plan.model_params()).fit`` on the pooled rows is the centralized equivalent)."""
+        d = {"batch": self.batch, "formula": self.formula or None, "eb": self.eb, "parametric": self.parametric,
+             "mean_only": self.mean_only, "ref_batch": self.ref_batch}
+        if self.method == "gam":
+            d.update(smooth=list(self.smooth), df=self.df, method=self.smooth_method,
+                     shared_smoothing=self.shared_smoothing, knots=KNOT_RULE,
+                     smooth_bounds={t: tuple(float(v) for v in r) for t, r in self.smooth_range.items()})
+        return d
+
+    def model_class(self):
+        """:class:`~featharm.ComBat`, or :class:`~featharm.ComBatGAM` for method "gam"."""
+        from .models import ComBat, ComBatGAM
+
+        return ComBatGAM if self.method == "gam" else ComBat
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Plan) and self.to_dict() == other.to_dict()
@@ -163,20 +230,30 @@ def _names(value, what: str, *, minimum: int = 1) -> list[str]:
 
 def plan(*, batch: str, batches, features, formula: str | None = None, levels: dict | None = None,
          ref_batch: str | None = None, parametric: bool = True, mean_only: bool = False, eb: bool = True,
-         min_count: int = DEFAULT_MIN_COUNT, method: str = "combat", smooth=None, smooth_range=None) -> Plan:
+         min_count: int = DEFAULT_MIN_COUNT, method: str = "combat", smooth=None, smooth_range=None,
+         df: int = 10, smooth_method: str = "REML", shared_smoothing: bool = False) -> Plan:
     """The coordinator's plan (see the module docstring): validated, with the covariate design built from it.
 
     ``batches``: every batch level that will take part (the levels of ``batch`` at the sites, as text);
     ``levels``: ``{covariate: [levels]}`` for each categorical covariate of ``formula`` (order does not matter:
     they are coded as featharm codes them, sorted, the first the baseline unless ``C(x, Treatment("L"))``);
     ``features``: the feature columns, in order; the options are ComBat's; ``min_count``: the fewest subjects a
-    summary may hold sums over (batch, categorical level within a batch, observed values of a feature).
+    summary may hold sums over (batch, categorical level within a batch, observed values of a feature, and for
+    ComBat-GAM the subjects where a spline column is not zero).
+
+    ``method="gam"`` plans ComBat-GAM: ``smooth`` lists the covariates with smooth effects (a continuous
+    covariate of the formula, whose linear term the spline replaces, or one the formula lacks; ``s(age)`` in the
+    formula counts too), and ``smooth_range={"age": (lo, hi)}`` gives each one's range, which fixes its basis:
+    cubic B-splines with ``df - 4`` interior knots evenly spaced over ``[lo, hi]`` (``df`` as
+    :class:`~featharm.ComBatGAM`'s, default 10), boundary knots at ``lo`` and ``hi``. Every site's values must lie
+    in the range. ``smooth_method`` (``"REML"`` or ``"GCV"``) and ``shared_smoothing`` are ComBatGAM's ``method``
+    and ``shared_smoothing``.
     """
-    if method != "combat" or smooth or smooth_range:
-        raise FederatedError(
-            f"federated ComBat-GAM (method {method!r}, smooth terms {list(smooth or [])}) is not supported yet: "
-            "only linear covariates (method 'combat'). Model age linearly or with fixed-knot terms, e.g. "
-            "bs(age, knots=[40, 60], lower_bound=5, upper_bound=95), or harmonize centrally.")
+    if method not in ("combat", "gam"):
+        raise FederatedError(f"method must be 'combat' (linear covariates) or 'gam' (ComBat-GAM); got {method!r}.")
+    if method == "combat" and (smooth or smooth_range):
+        raise FederatedError(f"smooth terms {list(smooth or smooth_range)[:3]} need method 'gam' "
+                             "(--method gam --smooth VAR --smooth-range VAR=LO,HI).")
     if not isinstance(batch, str) or not batch.strip():
         raise FederatedError(f"the batch column must be a column name; got {batch!r}.")
     batch_levels = sorted(_names(batches, "the batch levels (--batches)", minimum=2))
@@ -203,14 +280,108 @@ def plan(*, batch: str, batches, features, formula: str | None = None, levels: d
         lv = _names(lev, f"the levels of covariate {var!r} (--levels {var}=...)", minimum=2)
         clean_levels[var] = tuple(sorted(lv))
     text = _fm.clean_formula(formula) if formula is not None else ""
+    gam = {}
+    if method == "gam":
+        text, terms = _gam_terms(text, smooth, clean_levels, batch)
+        gam = _gam_plan(terms, smooth_range, df, smooth_method, shared_smoothing)
     design = _plan_design(text, clean_levels, batch)
-    overlap = sorted(set(feats) & ({batch} | set(design.variables)))
+    overlap = sorted(set(feats) & ({batch} | set(design.variables) | set(gam.get("smooth_range", {}))))
     if overlap:
         raise FederatedError(f"{overlap[0]!r} is both a feature and the batch column or a covariate of the "
                              "formula; a column is one or the other.")
     return Plan(batch=batch, batches=tuple(batch_levels), formula=design.formula, levels=clean_levels,
                 features=tuple(feats), ref_batch=ref_batch, parametric=bool(parametric),
-                mean_only=bool(mean_only), eb=bool(eb), min_count=int(min_count), method="combat", design=design)
+                mean_only=bool(mean_only), eb=bool(eb), min_count=int(min_count), method=method, design=design,
+                **gam)
+
+
+def _gam_terms(text: str, smooth, levels: dict, batch: str) -> tuple[str, list]:
+    """The linear formula and the smooth terms of a ComBat-GAM plan: ``smooth`` then the formula's ``s()``
+    terms; a plain main-effect term of a smooth covariate is replaced by its spline."""
+    given = _names(smooth if smooth is not None else [], "the smooth terms (--smooth)", minimum=0)
+    parsed = _fm.parse_formula(text)
+    for t in parsed.terms:
+        if any(node[0] == "smooth" for node in t) and len(t) > 1:
+            raise FederatedError(f"term {':'.join(_fm.render(n) for n in t)!r} of formula {text!r}: a smooth term "
+                                 "must be a top-level s(VAR) (no interactions); write e.g. 'sex + s(age)'.")
+    terms = list(dict.fromkeys(given + parsed.smooth_terms()))
+    if not terms:
+        raise FederatedError("method 'gam' needs at least one smooth term: --smooth VAR (a continuous covariate) or "
+                             "s(VAR) in the formula.")
+    if len(terms) > MAX_SMOOTH_TERMS:
+        raise FederatedError(f"at most {MAX_SMOOTH_TERMS} smooth terms; got {len(terms)}.")
+    for t in terms:
+        if t == batch:
+            raise FederatedError(f"the batch column {batch!r} cannot be a smooth term.")
+        if t in levels:
+            raise FederatedError(f"{t!r} is categorical (the plan lists its levels); a smooth term needs a continuous "
+                                 f"covariate. Drop --levels {t}=... or the smooth term.")
+    keep = [t for t in parsed.terms if not any(n[0] == "smooth" for n in t)
+            and not (len(t) == 1 and t[0][0] == "col" and t[0][1] in terms)]
+    linear = " + ".join(":".join(_fm.render(n) for n in t) for t in keep)
+    for t in keep:
+        used = sorted({v for n in t for v in _fm.node_variables(n)} & set(terms))
+        if used:
+            raise FederatedError(
+                f"smooth covariate {used[0]!r} is also in the linear term {':'.join(_fm.render(n) for n in t)!r} of "
+                f"formula {text!r}; its effect is its spline alone. Remove it from that term (the spline replaces a "
+                f"plain {used[0]!r} term).")
+    return linear, terms
+
+
+def _finite_number(v) -> bool:
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and bool(np.isfinite(v)) and abs(float(v)) <= MAX_RANGE)
+
+
+def _gam_plan(terms: list, smooth_range, df, smooth_method, shared_smoothing) -> dict:
+    """The ComBat-GAM entries of the :class:`Plan`: ranges, options and the basis fixed by each range."""
+    if smooth_range is None:
+        smooth_range = {}
+    if not isinstance(smooth_range, dict):
+        raise FederatedError(f"smooth_range must map each smooth term to (lower, upper); got "
+                             f"{type(smooth_range).__name__}.")
+    lacking = [t for t in terms if t not in smooth_range]
+    if lacking:
+        t = lacking[0]
+        raise FederatedError(
+            f"smooth term {t!r} has no range: the basis cannot come from each site's own rows (quantile knots would "
+            f"differ between sites, so the sites would code {t} differently); the plan fixes it from a range "
+            f"instead. Give --smooth-range {t}=LO,HI (Python: smooth_range={{{t!r}: (lo, hi)}}) covering every "
+            "site's values.")
+    extra = sorted(map(str, set(smooth_range) - set(terms)))
+    if extra:
+        raise FederatedError(f"--smooth-range names {extra[0]!r}, which is not a smooth term of the plan "
+                             f"({', '.join(terms)}); add --smooth {extra[0]} or drop its range.")
+    ranges = {}
+    for t in terms:
+        r = smooth_range[t]
+        if (isinstance(r, (str, bytes)) or not hasattr(r, "__len__") or len(r) != 2
+                or not all(_finite_number(v) for v in r) or not float(r[0]) < float(r[1])):
+            raise FederatedError(f"the range of smooth term {t!r} must be two finite numbers LO < HI (at most "
+                                 f"{MAX_RANGE:g} in magnitude), e.g. --smooth-range {t}=5,90; got {r!r}.")
+        ranges[t] = (float(r[0]), float(r[1]))
+    if isinstance(df, bool) or not isinstance(df, (int, np.integer)) or not 5 <= df <= MAX_SMOOTH_DF:
+        raise FederatedError(f"df (the B-spline basis size of each smooth term, as ComBatGAM's) must be a whole "
+                             f"number from 5 to {MAX_SMOOTH_DF}; got {df!r}.")
+    if smooth_method not in ("REML", "GCV"):
+        raise FederatedError(f"the smoothing criterion must be 'REML' or 'GCV'; got {smooth_method!r}.")
+    if not isinstance(shared_smoothing, (bool, np.bool_)):
+        raise FederatedError(f"shared_smoothing must be true or false; got {shared_smoothing!r}.")
+    bases = tuple(SplineBasis.from_range(t, lo, hi, int(df), SPLINE_DEGREE) for t, (lo, hi) in ranges.items())
+    for b in bases:  # a range so narrow that the knots merge or the penalty overflows gives no usable basis
+        inner = b.knots[SPLINE_DEGREE:-SPLINE_DEGREE]
+        usable = bool((np.diff(inner) > 0).all())
+        if usable:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                usable = bool(np.isfinite(b.penalty()).all())
+        if not usable:
+            lo, hi = ranges[b.name]
+            raise FederatedError(f"the range [{lo:g}, {hi:g}] of smooth term {b.name!r} is too narrow for {df - 3} "
+                                 "distinct knot intervals; give the range of its values in its own units.")
+    return {"smooth_range": ranges, "df": int(df), "smooth_method": smooth_method,
+            "shared_smoothing": bool(shared_smoothing), "bases": bases}
 
 
 def _prototype(variables, levels: dict, n: int, lo: float, hi: float) -> pd.DataFrame:
@@ -228,8 +399,10 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
     """The covariate design of the plan, from the plan alone: the same at every site."""
     parsed = _fm.parse_formula(formula)
     if parsed.smooth_terms():
-        raise FederatedError(f"formula {formula!r} has the smooth term s({parsed.smooth_terms()[0]}): federated "
-                             "ComBat-GAM is not supported yet. Use linear or fixed-knot terms.")
+        t = parsed.smooth_terms()[0]
+        raise FederatedError(f"formula {formula!r} has the smooth term s({t}): plan ComBat-GAM for it "
+                             f"(--method gam --smooth-range {t}=LO,HI; Python: method='gam', "
+                             f"smooth_range={{{t!r}: (lo, hi)}}).")
     variables = parsed.variables()
     if batch in variables:
         raise FederatedError(f"formula {formula!r} uses the batch column {batch!r} as a covariate; the batch is "
@@ -260,7 +433,7 @@ def _plan_design(formula: str, levels: dict, batch: str) -> CovariateDesign:
 # ---------------------------------------------------------------------------------------- plan files
 def plan_bytes(p: Plan) -> bytes:
     """The plan file's content: indented JSON with sorted keys (the same plan gives the same bytes)."""
-    d = {"format": PLAN_FORMAT, "schema_version": PLAN_SCHEMA, **p.to_dict()}
+    d = {"format": PLAN_FORMAT, "schema_version": p.schema_version, **p.to_dict()}
     return (json.dumps(d, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -300,6 +473,8 @@ def plan_from_dict(d, source: str = "the plan") -> Plan:
     if not isinstance(d, dict):
         raise bad("the content", f"is a {type(d).__name__}", "a JSON object")
     keys = {"batch", "batches", "formula", "levels", "features", "options", "min_count", "method"}
+    if d.get("method") == "gam":
+        keys.add("gam")
     missing, extra = sorted(keys - set(d)), sorted(set(d) - keys)
     if missing:
         raise bad("the plan", f"lacks {missing}", f"the entries {sorted(keys)}")
@@ -322,16 +497,65 @@ def plan_from_dict(d, source: str = "the plan") -> Plan:
     for k, v in d["levels"].items():
         if not isinstance(v, list):
             raise bad(f"levels[{k!r}]", f"is {type(v).__name__}", "a list of levels")
+    gam = _gam_from_dict(d["gam"], bad) if "gam" in d else {}
     try:
         p = plan(batch=d["batch"], batches=d["batches"], features=d["features"], formula=d["formula"],
                  levels=d["levels"], ref_batch=opts["ref_batch"], parametric=opts["parametric"],
-                 mean_only=opts["mean_only"], eb=opts["eb"], min_count=d["min_count"], method=d["method"])
+                 mean_only=opts["mean_only"], eb=opts["eb"], min_count=d["min_count"], method=d["method"], **gam)
     except (FederatedError, FormulaError, InputError) as exc:
         raise FederatedFileError(f"{source} is not a valid featharm plan: {exc}") from None
+    if "gam" in d:
+        for j, (given, made) in enumerate(zip(d["gam"]["smooth"], p.to_dict()["gam"]["smooth"])):
+            if given["knots"] != made["knots"]:
+                raise bad(f"gam.smooth[{j}].knots", "are not the knots its range and df give",
+                          f"{made['knots'][:6]}... ({len(made['knots'])} knots: the boundary knots repeated "
+                          f"{SPLINE_DEGREE + 1} times, the interior ones evenly spaced)")
     if p.to_dict() != d:  # e.g. unsorted levels or batches: a file featharm did not write
         raise FederatedFileError(f"{source} is not in canonical form (batches and levels sorted, formula as "
                                  "featharm writes it); remake it with `featharm federated plan`.")
     return p
+
+
+def _gam_from_dict(g, bad) -> dict:
+    """The ComBat-GAM arguments of :func:`plan` from a plan file's ``gam`` entry, each value checked."""
+    if not isinstance(g, dict):
+        raise bad("gam", f"is {type(g).__name__}", "an object")
+    if set(g) != set(_GAM_KEYS):
+        raise bad("gam", f"has the entries {sorted(g)[:8]}", f"exactly {sorted(_GAM_KEYS)}")
+    if not isinstance(g["criterion"], str):
+        raise bad("gam.criterion", f"is {g['criterion']!r}", "'REML' or 'GCV'")
+    if not isinstance(g["shared_smoothing"], bool):
+        raise bad("gam.shared_smoothing", f"is {g['shared_smoothing']!r}", "true or false")
+    df = g["df"]
+    if isinstance(df, bool) or not isinstance(df, int) or not 5 <= df <= MAX_SMOOTH_DF:
+        raise bad("gam.df", f"is {df!r}", f"a whole number from 5 to {MAX_SMOOTH_DF}")
+    for key, want in (("degree", SPLINE_DEGREE), ("knot_rule", KNOT_RULE), ("penalty", PENALTY)):
+        if g[key] != want or type(g[key]) is not type(want):
+            raise bad(f"gam.{key}", f"is {g[key]!r}", repr(want))
+    terms = g["smooth"]
+    if not isinstance(terms, list) or not 1 <= len(terms) <= MAX_SMOOTH_TERMS:
+        raise bad("gam.smooth", f"is {type(terms).__name__} of {len(terms) if isinstance(terms, list) else '?'}",
+                  f"a list of 1 to {MAX_SMOOTH_TERMS} smooth terms")
+    names, ranges = [], {}
+    for j, t in enumerate(terms):
+        entry = f"gam.smooth[{j}]"
+        if not isinstance(t, dict) or set(t) != {"name", "range", "knots"}:
+            raise bad(entry, f"is {str(t)[:60]}", '{"name": ..., "range": [LO, HI], "knots": [...]}')
+        if not isinstance(t["name"], str) or t["name"] in ranges:
+            raise bad(f"{entry}.name", f"is {t['name']!r}", "the name of a covariate, once")
+        r, k = t["range"], t["knots"]
+        if not (isinstance(r, list) and len(r) == 2 and all(_finite_number(v) for v in r) and r[0] < r[1]):
+            raise bad(f"{entry}.range", f"is {str(r)[:60]}", f"[LO, HI], finite numbers (at most {MAX_RANGE:g} in "
+                      "magnitude) with LO < HI")
+        if (not isinstance(k, list) or len(k) != df + SPLINE_DEGREE + 1
+                or not all(_finite_number(v) for v in k) or any(b < a for a, b in zip(k, k[1:]))
+                or k[0] != r[0] or k[-1] != r[1]):
+            raise bad(f"{entry}.knots", f"are {str(k)[:60]}", f"{df + SPLINE_DEGREE + 1} finite, sorted knots from "
+                      "LO to HI (df + 4)")
+        names.append(t["name"])
+        ranges[t["name"]] = (r[0], r[1])
+    return {"smooth": names, "smooth_range": ranges, "df": df, "smooth_method": g["criterion"],
+            "shared_smoothing": g["shared_smoothing"]}
 
 
 def load_plan(path) -> Plan:
@@ -356,7 +580,11 @@ def load_plan(path) -> Plan:
         raise FederatedFileError(f"{shown} uses plan schema {version}, newer than this featharm ({__version__}) "
                                  f"reads ({PLAN_SCHEMA}); upgrade featharm.")
     body = {k: v for k, v in d.items() if k not in ("format", "schema_version")}
-    return plan_from_dict(body, shown)
+    p = plan_from_dict(body, shown)
+    if version != p.schema_version:
+        raise FederatedFileError(f"{shown} is damaged: schema_version is {version}, but a {p.method!r} plan has "
+                                 f"schema {p.schema_version}; remake it with `featharm federated plan`.")
+    return p
 
 
 def _as_plan(p) -> Plan:
@@ -386,7 +614,8 @@ class Summary:
         """The ``.fhs`` file's content (reproducible bytes, as model files)."""
         from .persistence import container_bytes
 
-        manifest = {"format": SUMMARY_FORMAT, "schema_version": SUMMARY_SCHEMA, "featharm_version": __version__,
+        manifest = {"format": SUMMARY_FORMAT, "schema_version": self.plan.schema_version,
+                    "featharm_version": __version__,
                     "plan": self.plan.to_dict(), "plan_digest": self.plan.digest, "batches": list(self.batches)}
         return container_bytes(manifest, self.stats.to_arrays())
 
@@ -451,9 +680,37 @@ def summarize(data: pd.DataFrame, covariates: pd.DataFrame | None, plan) -> Summ
     X = p.design.transform(cov)
     site_batches = sorted(set(labels.tolist()))
     codes = np.searchsorted(np.asarray(site_batches, dtype=object), labels.astype(object)).astype(np.int64)
-    _check_disclosure(p, site_batches, codes, cov, Y)
+    Z = _spline_block(p, cov, labels) if p.method == "gam" else None
+    _check_disclosure(p, site_batches, codes, cov, Y, Z)
+    if Z is not None:
+        X = np.hstack([X, Z])
     stats = SuffStats(len(site_batches), X.shape[1], Y.shape[1]).update(X, Y, codes)
     return Summary(p, site_batches, stats)
+
+
+def _spline_block(p: Plan, cov: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """The plan's spline basis of every smooth term at this site's rows; a value outside the plan's range is an
+    :class:`OutOfRangeError` naming the covariate, the value, its batch and row (nothing is written)."""
+    from ._validation import numeric_covariate
+
+    blocks = []
+    for b in p.bases:
+        x = numeric_covariate(cov, b.name, "smooth covariate", fix="Every site provides the plan's smooth covariates.",
+                              dtype_fix="the plan models it by a spline")
+        lo, hi = b.bounds
+        out = (x < lo) | (x > hi)
+        if out.any():
+            rows = np.flatnonzero(out)
+            worst = rows[np.argmax(np.maximum(lo - x[rows], x[rows] - hi))]
+            where = sorted(set(labels[rows].tolist()))
+            raise OutOfRangeError(
+                f"smooth covariate {b.name!r} has {rows.size} value(s) outside the plan's range [{lo:g}, {hi:g}] in "
+                f"batch(es) {_show(where, 3)} of {p.batch!r} (e.g. {x[worst]:g} in batch {labels[worst]!r}, row "
+                f"{cov.index[worst]!r}). The plan's spline basis is not defined there. Nothing was written: ask the "
+                f"coordinator for a plan whose range covers this site's values (--smooth-range {b.name}=LO,HI), or "
+                "leave those subjects out.")
+        blocks.append(b.transform(x))
+    return np.hstack(blocks)
 
 
 def _feature_block(data: pd.DataFrame, features) -> np.ndarray:
@@ -471,7 +728,7 @@ def _feature_block(data: pd.DataFrame, features) -> np.ndarray:
     return Y
 
 
-def _check_disclosure(p: Plan, batches, codes, cov, Y) -> None:
+def _check_disclosure(p: Plan, batches, codes, cov, Y, Z=None) -> None:
     k = p.min_count
     fix = (f"Nothing was written. Merge it with another batch of the same scanner, leave it out of the harmonization, "
            f"or (if your data-sharing agreement allows it) ask the coordinator for a plan with a lower min_count "
@@ -492,6 +749,21 @@ def _check_disclosure(p: Plan, batches, codes, cov, Y) -> None:
                         f"batch {b!r} has {c} subject(s) with {v} = {level!r}, fewer than the plan's min_count of "
                         f"{k}: the sums of the {v} = {level!r} column would describe those few people's features. "
                         f"{fix}")
+    if Z is not None:  # a spline column is zero outside its knot interval: its sums are over the subjects inside
+        inside = np.zeros((len(batches), Z.shape[1]), dtype=np.int64)
+        np.add.at(inside, codes, (Z != 0).astype(np.int64))
+        few = (inside > 0) & (inside < k)
+        if few.any():
+            i, j = (int(x[0]) for x in np.nonzero(few))
+            b, c = _basis_of_column(p, j)
+            lo, hi = b.knots[c + 1], b.knots[c + SPLINE_DEGREE + 2]  # the support of the kept B-spline c + 1
+            raise DisclosureError(
+                f"batch {batches[i]!r} has {inside[i, j]} subject(s) with {b.name} in ({lo:g}, {hi:g}), where the "
+                f"spline column {b.column_names()[c]} is not zero; fewer than the plan's min_count of {k}: the sums "
+                f"of that column would describe those few people's features. Nothing was written. Leave those "
+                f"subjects out, or ask the coordinator for a plan with fewer knots (--df, now {p.df}) or a range that "
+                f"ends nearer these values (--smooth-range), or (if your data-sharing agreement allows it) a lower "
+                f"min_count.")
     if np.isnan(Y).any():
         obs = np.stack([np.count_nonzero(~np.isnan(Y[codes == i]), axis=0) for i in range(len(batches))])
         few = (obs > 0) & (obs < k)
@@ -502,6 +774,15 @@ def _check_disclosure(p: Plan, batches, codes, cov, Y) -> None:
                 f"the plan's min_count of {k}: its sums would describe too few people. Leave those values empty "
                 f"too (a batch with no value of a feature discloses nothing about it), or drop the feature from "
                 f"the plan. Nothing was written.")
+
+
+def _basis_of_column(p: Plan, j: int):
+    """The basis and its column index of spline column ``j`` (counted over the spline columns)."""
+    for b in p.bases:
+        if j < b.n_columns:
+            return b, j
+        j -= b.n_columns
+    raise IndexError(j)
 
 
 # ---------------------------------------------------------------------------------------- summary files
@@ -575,7 +856,10 @@ def load_summary(path, plan=None) -> Summary:
         if (not isinstance(batches, list) or not batches or len(batches) > MAX_BATCHES
                 or not all(isinstance(b, str) and b for b in batches) or batches != sorted(set(batches))):
             raise reader.damaged("its batches are not a sorted list of distinct batch levels", "that")
-        m, q, pf = len(batches), len(p.design.columns), len(p.features)
+        if version != p.schema_version:
+            raise reader.damaged(f"schema_version is {version} for a {p.method!r} plan",
+                                 f"{p.schema_version} (what featharm writes for that plan)")
+        m, q, pf = len(batches), p.n_columns, len(p.features)
         dims = {"batch": m, "column": q, "feature": pf, "cell": (0, m * pf)}
         meta = man["arrays"]
         if not isinstance(meta, dict) or set(meta) != set(_SPECS):
@@ -642,19 +926,23 @@ def _check_follows(s: Summary, p: Plan) -> None:
         return
     a, b = s.plan.to_dict(), p.to_dict()
     diffs = []
-    for key in ("batch", "batches", "formula", "levels", "features", "options", "min_count", "method"):
-        if a[key] != b[key]:
+    for key in ("batch", "batches", "formula", "levels", "features", "options", "min_count", "method", "gam"):
+        if a.get(key) != b.get(key):
             if key == "features":
                 extra = [f for f in a[key] if f not in set(b[key])]
                 lack = [f for f in b[key] if f not in set(a[key])]
                 what = (f"features (it has {_show(extra, 3)} not planned, lacks {_show(lack, 3)})" if extra or lack
                         else "feature order")
+            elif key == "gam" and a.get(key) and b.get(key):
+                ga, gb = ({**g, "smooth": [(t["name"], t["range"]) for t in g["smooth"]]} for g in (a[key], b[key]))
+                pairs = [f"{k}: {ga[k]!r} vs {gb[k]!r}" for k in _GAM_KEYS if ga[k] != gb[k]]
+                what = f"smooth terms ({', '.join(pairs)})"
             elif key in ("options", "levels"):
                 ks = sorted(set(a[key]) | set(b[key]))
                 pairs = [f"{k}: {a[key].get(k)!r} vs {b[key].get(k)!r}" for k in ks if a[key].get(k) != b[key].get(k)]
                 what = f"{key} ({', '.join(pairs)})"
             else:
-                what = f"{key} ({str(a[key])[:60]} vs {str(b[key])[:60]})"
+                what = f"{key} ({str(a.get(key))[:60]} vs {str(b.get(key))[:60]})"
             diffs.append(what)
     raise FederatedError(f"{s.name} was made with another plan (digest {s.plan.digest[:12]} vs {p.digest[:12]}): "
                          f"{'; '.join(diffs) or 'the plans differ'}. The site must summarize again with this plan.")
@@ -665,19 +953,30 @@ def describe_summary(s: Summary) -> list[str]:
     st = s.stats
     p = s.plan
     cols = p.design.columns
-    lines = [f"{s.source or 'summary'}: featharm federated summary (schema {SUMMARY_SCHEMA}), written by featharm "
+    lines = [f"{s.source or 'summary'}: featharm federated summary (schema {p.schema_version}), written by featharm "
              f"{s.featharm_version}",
              f"  plan digest  {p.digest}",
              f"  batch column {p.batch!r}; formula {p.formula or '(none)'}; {len(cols)} covariate column(s): "
-             f"{', '.join(cols) or '-'}",
-             f"  {len(p.features)} feature(s): {_show(p.features, 4)}",
-             f"  min_count    {p.min_count}",
-             "It discloses, for each batch below, only sums over that batch's subjects (no row of any subject):",
-             "  n (subjects); Σx (covariate columns) and Σxxᵀ (their cross-products); per feature the number of",
-             "  observed values, Σy, Σxy (each covariate column times the feature) and Σy²; all taken around the",
-             "  batch's mean covariates and features and a pilot regression slope (stored with them; functions of",
-             "  the same sums).",
-             ""]
+             f"{', '.join(cols) or '-'}"]
+    if p.method == "gam":
+        terms = ", ".join(f"{t} over [{lo:g}, {hi:g}]" for t, (lo, hi) in p.smooth_range.items())
+        lines.append(f"  ComBat-GAM   smooth term(s) {terms}: "
+                     f"{p.df - 1} spline column(s) each (cubic B-splines, knots evenly spaced over the range), "
+                     f"smoothing by {p.smooth_method}{' shared by all features' if p.shared_smoothing else ''}")
+    lines += [f"  {len(p.features)} feature(s): {_show(p.features, 4)}",
+              f"  min_count    {p.min_count}",
+              "It discloses, for each batch below, only sums over that batch's subjects (no row of any subject):",
+              "  n (subjects); Σx (covariate columns) and Σxxᵀ (their cross-products); per feature the number of",
+              "  observed values, Σy, Σxy (each covariate column times the feature) and Σy²; all taken around the",
+              "  batch's mean covariates and features and a pilot regression slope (stored with them; functions of",
+              "  the same sums)."]
+    if p.method == "gam":
+        lines += ["  The covariate columns include each smooth term's spline columns s(VAR)[j] (the B-spline values",
+                  "  at the subject's VAR): their sums form a smoothed histogram of VAR over the plan's knots (listed",
+                  "  per batch below), and each is zero outside its support (4 knot intervals), so its Σxy sums",
+                  f"  over only the subjects inside: summarize refuses a column with 1 to {p.min_count - 1} such "
+                  "subjects."]
+    lines.append("")
     for i, b in enumerate(s.batches):
         n = int(st.counts[i])
         planned = "" if b in p.batches else "  (not in the plan's batches: for `federated extend` only)"
@@ -693,6 +992,11 @@ def describe_summary(s: Summary) -> list[str]:
                 base = next(lv for lv in lev if f"{v}[T.{lv}]" not in cols)
                 label = f"{v} = {base!r} (baseline)"
                 lines.append(f"  {label:<24} {rest} subjects")
+        start = len(cols)
+        for b in p.bases:
+            sums = xbar[start:start + b.n_columns] * n
+            start += b.n_columns
+            lines.append(f"  s({b.name}) column sums  {', '.join(f'{v:.1f}' for v in sums)}")
         obs = st.n_obs[i]
         inc = np.flatnonzero(obs < n)
         if inc.size:
@@ -712,14 +1016,14 @@ def describe_summary(s: Summary) -> list[str]:
 
 # ============================================================================================== combine, extend
 def combine(summaries, plan):
-    """The fitted :class:`~featharm.ComBat` from the sites' summaries (objects or ``.fhs`` paths) and the plan.
+    """The fitted :class:`~featharm.ComBat` (:class:`~featharm.ComBatGAM` for a ``"gam"`` plan) from the sites'
+    summaries (objects or ``.fhs`` paths) and the plan.
 
     Checks that each summary follows the plan, that no batch is in two summaries, that every planned batch
     has one and no other batch appears, and that every planned categorical level is held by some batch.
-    The result equals ``ComBat(**plan.model_params()).fit`` on the pooled rows to rounding and does not depend
-    on the order of ``summaries`` (bit for bit)."""
-    from .models import ComBat
-
+    The result equals ``ComBat(**plan.model_params()).fit`` (``ComBatGAM``, whose parameters then fix the same
+    basis: ``knots="uniform"`` and ``smooth_bounds`` at the plan's ranges) on the pooled rows to rounding and
+    does not depend on the order of ``summaries`` (bit for bit)."""
     p = _as_plan(plan)
     items = [_as_summary(s, p) for s in summaries]
     if not items:
@@ -745,8 +1049,12 @@ def combine(summaries, plan):
     pieces = [_expand(s, [index[b] for b in s.batches], m) for s in items]
     stats = SuffStats.combine(pieces)
     _check_levels_held(p, stats)
-    return ComBat.from_statistics(stats, batches=list(p.batches), design=p.design, feature_names=list(p.features),
-                                  **p.model_params())
+    if p.method == "gam":
+        return p.model_class().from_statistics(stats, batches=list(p.batches), design=p.design,
+                                               bases=list(p.bases), feature_names=list(p.features),
+                                               **p.model_params())
+    return p.model_class().from_statistics(stats, batches=list(p.batches), design=p.design,
+                                           feature_names=list(p.features), **p.model_params())
 
 
 def _expand(s: Summary, rows: list, m: int) -> SuffStats:
@@ -784,19 +1092,29 @@ def _check_levels_held(p: Plan, stats: SuffStats) -> None:
 
 def extend(model, summary, plan=None):
     """A copy of the combined ``model`` with the batches of a late site's ``summary`` (object or path) added,
-    each estimated against the frozen model (``new_sites="estimate"``); the other batches are unchanged."""
-    from .models import ComBat
+    each estimated against the frozen model (``new_sites="estimate"``); the other batches are unchanged.
+    ``model`` is a :class:`~featharm.ComBat`, or a :class:`~featharm.ComBatGAM` for a ``"gam"`` plan."""
+    from .models import ComBat, ComBatGAM
     from .models._from_stats import extend_with_statistics
 
-    if not isinstance(model, ComBat) or type(model) is not ComBat:
-        raise FederatedError(f"extend needs a fitted ComBat (a combined federated model); got "
+    if type(model) not in (ComBat, ComBatGAM):
+        raise FederatedError(f"extend needs a fitted ComBat or ComBatGAM (a combined federated model); got "
                              f"{type(model).__name__}.")
     model._check_fitted()
     s = _as_summary(summary, _as_plan(plan) if plan is not None else None)
     p = s.plan
+    if type(model) is not p.model_class():
+        raise FederatedError(f"{s.name} was made with a {p.method!r} plan, but the model is a "
+                             f"{type(model).__name__}. Summarize with the plan the model was combined from.")
     params = model.get_params()
     want = p.model_params()
     diff = [k for k in want if k != "formula" and params.get(k) != want[k]]
+    if p.method == "gam":
+        def basis(b):
+            return b.name, b.degree, b.knots.tolist()
+
+        if [basis(b) for b in model.smooth_bases_] != [basis(b) for b in p.bases]:
+            diff.append("spline bases (knots)")
     if list(map(str, model.feature_names_in_)) != list(p.features):
         diff.append("features")
     mine, theirs = model.design_.to_dict(), p.design.to_dict()

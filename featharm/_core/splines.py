@@ -5,6 +5,9 @@ exactly as at fit time: the full knot vector (boundary knots repeated ``degree +
 at quantiles of the training values), the degree, and the training range. It is plain JSON
 (:meth:`SplineBasis.to_dict`), so a saved model never pickles.
 
+Interior knots sit at quantiles of the training values by default; ``knots="uniform"`` spaces them evenly
+between the boundary knots (with fixed bounds the basis is then a function of the bounds alone).
+
 The basis drops the first B-spline (the B-splines sum to one, so the constant is spanned by the batch
 indicators of the design) and therefore has ``df - 1`` columns, as statsmodels' ``BSplines`` with
 ``include_intercept=False``. The penalty is the integrated squared second derivative
@@ -23,7 +26,7 @@ from scipy.interpolate import BSpline
 
 from ..exceptions import InputError, OutOfRangeError
 
-__all__ = ["SplineBasis"]
+__all__ = ["SplineBasis", "uniform_knots"]
 
 
 def _quantile_knots(x: np.ndarray, n_inner: int) -> np.ndarray:
@@ -31,6 +34,12 @@ def _quantile_knots(x: np.ndarray, n_inner: int) -> np.ndarray:
     probs = np.linspace(0.0, 1.0, n_inner + 2)[1:-1]
     # percent form as statsmodels/patsy compute it, so knots agree bit for bit with neuroHarmonize
     return np.asarray([np.percentile(x, 100.0 * p) for p in probs], dtype=np.float64)
+
+
+def uniform_knots(lo: float, hi: float, n_inner: int) -> np.ndarray:
+    """``n_inner`` interior knots evenly spaced over ``[lo, hi]``: ``lo + j (hi - lo) / (n_inner + 1)``,
+    ``j = 1..n_inner`` (``numpy.linspace``). They depend on the bounds alone, not on the values."""
+    return np.linspace(float(lo), float(hi), int(n_inner) + 2)[1:-1]
 
 
 class SplineBasis:
@@ -58,12 +67,15 @@ class SplineBasis:
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def from_data(cls, x, name: str, df: int = 10, degree: int = 3, bounds=None) -> "SplineBasis":
+    def from_data(cls, x, name: str, df: int = 10, degree: int = 3, bounds=None,
+                  knots: str = "quantile") -> "SplineBasis":
         """Place ``df - degree - 1`` interior knots at quantiles of ``x``; boundary knots at its range.
 
         ``bounds=(lo, hi)`` moves the boundary knots (they must contain every value of ``x``), so that
         later values in ``[lo, hi]`` are inside the basis. Tied quantiles (e.g. integer ages) are merged,
-        which lowers the number of basis columns.
+        which lowers the number of basis columns. ``knots="uniform"`` spaces the interior knots evenly
+        between the boundary knots instead (:func:`uniform_knots`): with both bounds given, the basis does
+        not depend on ``x`` at all (what a federated plan fixes before any site has summarized its rows).
         """
         x = np.asarray(x, dtype=np.float64)
         lo, hi = float(x.min()), float(x.max())
@@ -83,10 +95,32 @@ class SplineBasis:
         n_inner = int(df) - int(degree) - 1
         if n_inner < 0:
             raise InputError(f"df={df} is too small for a degree-{degree} spline; use df >= {degree + 1}.")
-        inner = _quantile_knots(x, n_inner)
+        if knots == "uniform":
+            inner = uniform_knots(lo, hi, n_inner)
+        elif knots == "quantile":
+            inner = _quantile_knots(x, n_inner)
+        else:
+            raise InputError(f"knots must be 'quantile' or 'uniform'; got {knots!r}.")
         inner = np.unique(inner[(inner > lo) & (inner < hi)])
         knots = np.concatenate([[lo] * (degree + 1), inner, [hi] * (degree + 1)])
         return cls(name, knots, degree, (x.min(), x.max()))
+
+    @classmethod
+    def from_range(cls, name: str, lo: float, hi: float, df: int = 10, degree: int = 3) -> "SplineBasis":
+        """The basis fixed by a range alone: boundary knots at ``lo`` and ``hi``, ``df - degree - 1`` interior
+        knots evenly spaced between them (:func:`uniform_knots`); ``from_data(x, knots="uniform",
+        bounds=(lo, hi))`` gives the same knots for any ``x`` inside the range. No training values are
+        known, so the range is recorded as the data range."""
+        lo, hi = float(lo), float(hi)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise InputError(f"the range of smooth term {name!r} must be finite numbers with lower < upper; got "
+                             f"[{lo:g}, {hi:g}].")
+        n_inner = int(df) - int(degree) - 1
+        if n_inner < 0:
+            raise InputError(f"df={df} is too small for a degree-{degree} spline; use df >= {degree + 1}.")
+        inner = uniform_knots(lo, hi, n_inner)
+        knots = np.concatenate([[lo] * (degree + 1), inner, [hi] * (degree + 1)])
+        return cls(name, knots, degree, (lo, hi))
 
     # ----------------------------------------------------------------------------- properties
     @property

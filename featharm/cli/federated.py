@@ -1,5 +1,5 @@
-"""``featharm federated plan|summarize|show|combine|extend``: ComBat across sites that cannot share their rows,
-in one round (see :mod:`featharm.federated` and docs/methods.md §5.2)."""
+"""``featharm federated plan|summarize|show|combine|extend``: ComBat (or ComBat-GAM) across sites that cannot share
+their rows, in one round (see :mod:`featharm.federated` and docs/methods.md §5.2)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = fs.add_parser("plan", help="write the plan every site follows (coordinator)",
                       description="Write the plan: batch levels, covariate coding, features and their order, "
-                                  "options. A small JSON file sent to every site.")
+                                  "options and, for ComBat-GAM, the spline basis of each smooth term (fixed by "
+                                  "its --smooth-range). A small JSON file sent to every site.")
     p.add_argument("--batch", required=True, metavar="COL", help="batch (site/scanner) column")
     p.add_argument("--batches", required=True, metavar="A,B,...", help="every batch level that takes part")
     p.add_argument("--formula", metavar="FORMULA", help='covariates whose effects are kept, e.g. "age + sex"')
@@ -35,9 +36,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mean-only", action="store_true", help="adjust the batch means only")
     p.add_argument("--no-eb", action="store_true", help="no empirical Bayes shrinkage")
     p.add_argument("--method", default="combat", choices=["combat", "gam"],
-                   help="'combat' (default); 'gam' is not supported yet in federated mode")
-    p.add_argument("--smooth", action="append", default=[], metavar="VAR", help=argparse.SUPPRESS)
-    p.add_argument("--smooth-range", action="append", default=[], metavar="VAR=LO,HI", help=argparse.SUPPRESS)
+                   help="'combat' (default: linear covariates) or 'gam' (ComBat-GAM: smooth terms, --smooth)")
+    p.add_argument("--smooth", action="append", default=[], metavar="VAR",
+                   help="gam: a continuous covariate with a smooth (spline) effect (repeat per covariate); a plain "
+                        "VAR term of --formula becomes smooth, s(VAR) in --formula is one too")
+    p.add_argument("--smooth-range", action="append", default=[], metavar="VAR=LO,HI",
+                   help="gam: the range of smooth covariate VAR (one per smooth term, required), covering every "
+                        "site's values; it fixes the basis: cubic B-splines with DF - 4 interior knots evenly "
+                        "spaced over [LO, HI]")
+    p.add_argument("--df", type=int, default=10, metavar="DF",
+                   help="gam: B-spline basis size per smooth term, as ComBatGAM's df (default 10: 9 columns)")
+    p.add_argument("--smooth-method", default="REML", choices=["REML", "GCV"],
+                   help="gam: criterion for each feature's smoothing parameter (default REML)")
+    p.add_argument("--shared-smoothing", action="store_true",
+                   help="gam: one smoothing parameter for all features")
     p.add_argument("--min-count", type=int, default=10, metavar="K",
                    help="fewest subjects a summary may sum over: per batch, per categorical level in a batch, per "
                         "observed feature in a batch (default 10)")
@@ -66,8 +78,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_show)
 
     c = fs.add_parser("combine", help="fit the model from the summaries (coordinator)",
-                      description="Check the summaries against the plan, fit ComBat from them and write an "
-                                  "ordinary model file for 'featharm apply'.")
+                      description="Check the summaries against the plan, fit ComBat (ComBat-GAM for a gam plan) "
+                                  "from them and write an ordinary model file for 'featharm apply'.")
     c.add_argument("summaries", nargs="+", metavar="SUMMARY", help="the sites' summary files")
     c.add_argument("--plan", required=True, metavar="PLAN", help="the plan the sites used")
     c.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.fhm)")
@@ -126,18 +138,41 @@ def cmd_plan(args) -> int:
         if var.strip() in levels:
             raise InputError(f"--levels names {var.strip()!r} twice; give its levels once.")
         levels[var.strip()] = _split(rest, f"--levels {var.strip()}=")
+    ranges = {}
+    for item in args.smooth_range:
+        var, sep, rest = item.partition("=")
+        bounds = rest.split(",")
+        try:
+            lo, hi = (float(v) for v in bounds) if sep and var.strip() and len(bounds) == 2 else (None, None)
+        except ValueError:
+            lo = hi = None
+        if lo is None:
+            raise InputError(f"--smooth-range {item!r}: write VAR=LO,HI with two numbers (e.g. --smooth-range "
+                             "age=5,90).")
+        if var.strip() in ranges:
+            raise InputError(f"--smooth-range names {var.strip()!r} twice; give its range once.")
+        ranges[var.strip()] = (lo, hi)
+    gam_only = [flag for flag, given in (("--smooth", args.smooth), ("--smooth-range", ranges),
+                                         ("--df", args.df != 10), ("--smooth-method", args.smooth_method != "REML"),
+                                         ("--shared-smoothing", args.shared_smoothing)) if given]
+    if args.method != "gam" and gam_only:
+        raise InputError(f"{gam_only[0]} applies to ComBat-GAM: add --method gam (with --smooth VAR "
+                         "--smooth-range VAR=LO,HI).")
+    gam = dict(smooth=args.smooth, smooth_range=ranges, df=args.df, smooth_method=args.smooth_method,
+               shared_smoothing=args.shared_smoothing) if args.method == "gam" else {}
     feats = args.features if args.features else _features_file(args.features_file)
     inputs = [("--features-file", args.features_file)] if args.features_file else []
     with _stage(args, "plan", args.out, inputs) as st:
         p = plan(batch=args.batch, batches=_split(args.batches, "--batches"), formula=args.formula, levels=levels,
                  features=feats, ref_batch=args.ref_batch, parametric=not args.nonparametric,
-                 mean_only=args.mean_only, eb=not args.no_eb, min_count=args.min_count, method=args.method,
-                 smooth=args.smooth, smooth_range=args.smooth_range)
+                 mean_only=args.mean_only, eb=not args.no_eb, min_count=args.min_count, method=args.method, **gam)
         st.write("plan", plan_bytes(p))
     if not args.quiet:
+        smooth = "".join(f", s({t}) over [{lo:g}, {hi:g}] ({p.df - 1} spline columns)"
+                         for t, (lo, hi) in p.smooth_range.items())
         print(f"plan: {len(p.batches)} batches of {p.batch!r}, formula {p.formula or '(none)'} "
-              f"({len(p.design.columns)} covariate column(s)), {len(p.features)} features, min_count {p.min_count}, "
-              f"digest {p.digest[:12]} -> {args.out}")
+              f"({len(p.design.columns)} covariate column(s)){smooth}, {len(p.features)} features, min_count "
+              f"{p.min_count}, digest {p.digest[:12]} -> {args.out}")
     return 0
 
 

@@ -22,12 +22,17 @@ METHODS: dict[str, str] = {
     "combatls": "ComBatLS",
     "gam": "ComBatGAM",
     "longitudinal": "LongComBat",
+    "traveling": "TravelingSubjects",
+    "longgam": "LongComBatGAM",
 }
 
 # --method NAME -> options it cannot do without (the estimator's default would guess a column name).
 REQUIRED: dict[str, dict[str, str]] = {
     "longitudinal": {"--subject": "--method longitudinal needs --subject COL: the column identifying each "
                                   "scan's subject."},
+    "traveling": {"--subject": "--method traveling needs --subject COL: the column identifying the traveling "
+                               "subject of each scan."},
+    "longgam": {"--subject": "--method longgam needs --subject COL: the column identifying each scan's subject."},
 }
 
 
@@ -78,23 +83,24 @@ _COMBAT_EB = ("combat", "combatls", "covbat", "gam")  # built on ComBat's step: 
 OPTIONS: tuple[Option, ...] = (
     Option("--batch", "batch", "batch (site/scanner) column", argparse_kw=dict(metavar="COL", required=True)),
     Option("--formula", "formula", 'covariates to preserve, e.g. "age + sex"', argparse_kw=dict(metavar="RHS")),
-    Option("--no-eb", "eb", "no empirical Bayes shrinkage", switch=False),
-    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged", _COMBAT_EB,
+    Option("--no-eb", "eb", "no empirical Bayes shrinkage", (*_COMBAT_EB, "longitudinal", "longgam"), switch=False),
+    Option("--ref-batch", "ref_batch", "reference batch: its rows are left unchanged", (*_COMBAT_EB, "traveling"),
            argparse_kw=dict(metavar="LEVEL")),
     Option("--nonparametric", "parametric", "non-parametric empirical Bayes", _COMBAT_EB, switch=False),
     Option("--mean-only", "mean_only", "adjust location only", _COMBAT_EB, switch=True),
     Option("--missing-covariates", "missing_covariates", "rows missing the batch or a --formula covariate: "
            "'error' (default) or 'exclude' them (their features come back empty)", ("combat", "covbat"),
            argparse_kw=dict(choices=["error", "exclude"])),
-    Option("--subject", "subject", "subject id column (random effect)", ("longitudinal",),
+    Option("--subject", "subject", "subject id column (longitudinal, longgam: random effect; traveling: the "
+           "traveling subject)", ("longitudinal", "longgam", "traveling"),
            columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
-    Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal",),
+    Option("--time", "time", "numeric time column (for --random-slope)", ("longitudinal", "longgam"),
            columns=lambda v: [v], argparse_kw=dict(metavar="COL")),
     Option("--random-slope", "random_slope", "random slope on --time as well as a random intercept",
            ("longitudinal",), switch=True),
     Option("--standardize", "standardize", "residual standardization (default reml = longCombat)",
-           ("longitudinal",), argparse_kw=dict(choices=["reml", "msr", "marginal"])),
-    Option("--smooth", "smooth", "covariate column(s) with smooth (spline) effects, e.g. age", ("gam",),
+           ("longitudinal", "longgam"), argparse_kw=dict(choices=["reml", "msr", "marginal"])),
+    Option("--smooth", "smooth", "covariate column(s) with smooth (spline) effects, e.g. age", ("gam", "longgam"),
            columns=list, argparse_kw=dict(nargs="+", metavar="COL")),
     Option("--smooth-method", "method", "criterion for the smoothing parameter (default REML)", ("gam",),
            argparse_kw=dict(choices=["REML", "GCV"])),
@@ -106,6 +112,8 @@ OPTIONS: tuple[Option, ...] = (
            "--percent-var)", ("covbat",), argparse_kw=dict(type=int, metavar="K")),
     Option("--scale-formula", "scale_formula", 'covariates of the log-SD, e.g. "age + sex" (default: constant '
            "SD)", ("combatls",), columns=_columns_of_formula, argparse_kw=dict(metavar="RHS")),
+    Option("--scale", "scale", "also correct each site's gain (multiplicative effect), estimated by maximum "
+           "likelihood from the traveling subjects", ("traveling",), switch=True),
     Option("--n-jobs", "n_jobs", "BLAS threads (default: chosen per call from the problem size and the CPUs "
            "free; -1: every usable CPU); not saved with the model", argparse_kw=dict(metavar="N", type=int)),
 )

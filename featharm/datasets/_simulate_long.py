@@ -108,3 +108,98 @@ def make_longitudinal(n_subjects: int = 300, n_sites: int = 4, n_features: int =
         truth=pd.DataFrame(truth, index=ids, columns=cols),
         gamma=pd.DataFrame(gamma, index=sites, columns=cols), delta=pd.DataFrame(delta, index=sites, columns=cols),
         icc=icc)
+
+
+@dataclass
+class LifespanSimulation(LongitudinalSimulation):
+    """What :func:`make_lifespan` returns: :class:`LongitudinalSimulation` plus the true age curves.
+
+    Attributes
+    ----------
+    curve : DataFrame
+        The nonlinear part of the true age effect at every scan (scans × features; included in ``truth``).
+    sigma : float
+        Within-subject noise SD (``sqrt(1 - icc)``).
+    """
+
+    curve: pd.DataFrame = None
+    sigma: float = 1.0
+
+
+def lifespan_shape(age) -> np.ndarray:
+    """Two nonlinear lifespan shapes (columns) of age in years, each ~unit range over 8-90 years: a rise to a
+    peak in young adulthood then a decline (a gamma-like curve), and an accelerating decline in old age."""
+    a = np.asarray(age, dtype=np.float64)
+    rise = (a / 25.0) * np.exp(1.0 - a / 25.0)  # peak 1 at 25 years
+    late = np.exp((a - 90.0) / 15.0)  # ~0 before 50, 1 at 90
+    return np.column_stack([rise, late])
+
+
+def make_lifespan(n_subjects: int = 1000, n_sites: int = 4, n_features: int = 40, *, visits=(1, 2, 3, 4, 5),
+                  icc: float = 0.66, switch_prob: float = 0.3, curve_sd: float = 1.0, gamma_sd: float = 0.5,
+                  log_delta_sd: float = 0.3, random_state=None) -> LifespanSimulation:
+    """Simulate a lifespan study with follow-up scans: nonlinear age effects, a subject random intercept and
+    site effects, the site changing within subjects.
+
+    Sites recruit different age ranges (overlapping windows spread over 8-85 years at baseline, +-10 years around each centre), so a site's
+    mean residual is confounded with the curvature a linear age term misses. Each subject has 1-5 visits
+    (``visits``) 1-3 years apart; with probability ``switch_prob`` it moves to another site from a random
+    later visit on. Per feature
+    ``y = alpha + f(age) + beta_sex sex + u + gamma_site sigma + delta_site sigma eps``, with
+    ``f = b_lin age + c1 rise(age) + c2 late(age)`` (:func:`lifespan_shape`; ``c ~ N(0, curve_sd)`` in units
+    of the marginal SD), ``u ~ N(0, tau2)``, ``tau2 / (tau2 + sigma2) = icc``, ``tau2 + sigma2 = 1``. Site
+    shifts and scales are normalized as in :func:`make_longitudinal`, so the harmonized target is ``truth``.
+
+    Returns
+    -------
+    LifespanSimulation
+    """
+    rng = np.random.default_rng(random_state)
+    nv = rng.choice(np.asarray(visits), size=n_subjects)
+    subj = np.repeat(np.arange(n_subjects), nv)
+    visit = np.concatenate([np.arange(k) for k in nv])
+    n = subj.size
+    gaps = rng.uniform(1.0, 3.0, size=n) * (visit > 0)
+    time = np.zeros(n)
+    for k in range(1, int(nv.max())):  # cumulative follow-up time within each subject
+        at = visit == k
+        time[at] = time[np.flatnonzero(at) - 1] + gaps[at]
+    base = rng.integers(0, n_sites, size=n_subjects)
+    centre = np.linspace(20.0, 70.0, n_sites)[base]  # site i recruits around its own age range
+    age0 = np.clip(centre + rng.uniform(-10.0, 10.0, size=n_subjects), 8.0, 85.0)
+    sex = rng.choice(["F", "M"], size=n_subjects)
+    moves = rng.random(n_subjects) < switch_prob
+    new = (base + rng.integers(1, max(n_sites, 2), size=n_subjects)) % n_sites
+    at = np.array([rng.integers(1, k) if k > 1 else 1 for k in nv])
+    site = np.where(moves[subj] & (visit >= at[subj]), new[subj], base[subj])
+    age = age0[subj] + time
+    male = (sex[subj] == "M").astype(float)
+
+    p = n_features
+    tau2, sigma2 = icc, 1.0 - icc
+    alpha = rng.uniform(2.0, 4.0, size=p)
+    b_lin = rng.normal(-0.01, 0.004, size=p)
+    b_sex = rng.normal(0.1, 0.05, size=p)
+    coef = rng.normal(0.0, curve_sd, size=(2, p))
+    curve = lifespan_shape(age) @ coef
+    u = rng.normal(0.0, np.sqrt(tau2), size=(n_subjects, p))
+    eps = rng.normal(0.0, np.sqrt(sigma2), size=(n, p))
+    counts = np.bincount(site, minlength=n_sites).astype(float)
+    gamma = rng.normal(0.0, gamma_sd, size=(n_sites, p))
+    gamma -= (counts @ gamma) / n
+    delta = np.exp(rng.normal(0.0, log_delta_sd, size=(n_sites, p)))
+    delta /= np.sqrt((counts @ delta**2) / n)
+    fixed = alpha + np.outer(age, b_lin) + curve + np.outer(male, b_sex)
+    truth = fixed + u[subj] + eps
+    obs = fixed + u[subj] + np.sqrt(sigma2) * gamma[site] + delta[site] * eps
+
+    ids = pd.Index([f"scan{i:05d}" for i in range(n)], name="scan")
+    cols = [f"roi{j:03d}" for j in range(p)]
+    sites = [f"site{k + 1:02d}" for k in range(n_sites)]
+    cov = pd.DataFrame({"subject": [f"sub{s:04d}" for s in subj], "site": np.asarray(sites)[site],
+                        "age": age, "sex": sex[subj], "time": time}, index=ids)
+    return LifespanSimulation(
+        X=pd.DataFrame(obs, index=ids, columns=cols), covariates=cov,
+        truth=pd.DataFrame(truth, index=ids, columns=cols),
+        gamma=pd.DataFrame(gamma, index=sites, columns=cols), delta=pd.DataFrame(delta, index=sites, columns=cols),
+        icc=icc, curve=pd.DataFrame(curve, index=ids, columns=cols), sigma=float(np.sqrt(sigma2)))

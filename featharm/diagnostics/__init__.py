@@ -11,7 +11,9 @@ Public API (names and columns are stable; see each docstring for the exact colum
 * :func:`permanova`, :func:`pc_covariance_tests`, :func:`site_classification`, :func:`site_mixing`
   (silhouette, kBET, iLISI) — multivariate checks;
 * :func:`biology_preservation` — covariate effect sizes before/after harmonization and their summary;
-* :func:`covariate_balance` — which covariates differ by site (warns when one is confounded with site).
+* :func:`covariate_balance` — which covariates differ by site (warns when one is confounded with site);
+* :func:`traveling_subject_reliability` — on traveling-subject data (the same people at several sites): the
+  within-subject between-site SD, ICC and between-site / repeat variance, before and after harmonization.
 
 Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): per-feature tests on each
 feature's observed rows, multivariate checks on the rows without a missing feature, ``n`` in every table.
@@ -36,6 +38,7 @@ from .preservation import Preservation, biology_preservation
 from .residuals import Residuals, site_residuals
 from .suite import diagnose
 from .univariate import site_effect_sizes, test_site_effects
+from .traveling import TravelingSubjectReliability, traveling_subject_reliability
 
 __all__ = [
     "diagnose",
@@ -51,6 +54,8 @@ __all__ = [
     "biology_preservation",
     "Preservation",
     "covariate_balance",
+    "traveling_subject_reliability",
+    "TravelingSubjectReliability",
 ]
 
 

@@ -9,6 +9,8 @@ from .gam import ComBatGAM
 from .longitudinal import LongComBat
 from .covbat import CovBat
 from .combatls import ComBatLS
+from .traveling import TravelingSubjects
+from .longgam import LongComBatGAM
 
 __all__ = ["BaseHarmonizer", "ComBat", "ComBatGAM", "LongComBat", "CovBat", "ComBatLS", "load_model",
-           "save_model"]
+           "save_model", "TravelingSubjects", "LongComBatGAM"]

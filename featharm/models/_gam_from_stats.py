@@ -76,7 +76,8 @@ def freeze_gam_design(model, covariates: pd.DataFrame) -> FrozenGAMDesign:
     terms = _check_terms(model, frozen.design)
     bounds = model.smooth_bounds or {}
     xs = [model._smooth_values(covariates, t) for t in terms]
-    bases = [SplineBasis.from_data(x, t, df=model.df, degree=3, bounds=bounds.get(t)) for x, t in zip(xs, terms)]
+    bases = [SplineBasis.from_data(x, t, df=model.df, degree=3, bounds=bounds.get(t), knots=model.knots)
+             for x, t in zip(xs, terms)]
     Z = np.hstack([b.transform(x) for b, x in zip(bases, xs)])
     return FrozenGAMDesign(frozen.batches, frozen.design, frozen.codes, np.hstack([frozen.X, Z]), bases)
 

@@ -84,6 +84,11 @@ class ComBatGAM(BaseHarmonizer):
     smooth_bounds : dict or None, default None
         ``{column: (lower, upper)}``: boundary knots wider than the training range, so later values in
         ``[lower, upper]`` need no extrapolation (neuroHarmonize's ``smooth_term_bounds``).
+    knots : {"quantile", "uniform"}, default "quantile"
+        Placement of the ``df - 4`` interior knots: at quantiles of the training values, or evenly spaced
+        between the boundary knots. With ``"uniform"`` and both bounds of a term given in ``smooth_bounds``,
+        the basis depends on those bounds alone, not on the rows: the fixed basis of a federated plan
+        (``featharm federated plan --method gam --smooth-range``), so this is its centralized equivalent.
     extrapolate : {None, "linear"}, default None
         At transform time, a smooth covariate outside the fitted range is an
         :class:`~featharm.exceptions.OutOfRangeError` (naming the column, the value and the range); with
@@ -170,7 +175,8 @@ class ComBatGAM(BaseHarmonizer):
     _warn_sparse_cells = ComBat._warn_sparse_cells
 
     def __init__(self, *, batch="site", formula=None, smooth=None, df=10, method="REML",
-                 shared_smoothing=False, smooth_bounds=None, extrapolate=None, eb=True, parametric=True,
+                 shared_smoothing=False, smooth_bounds=None, knots="quantile", extrapolate=None, eb=True,
+                 parametric=True,
                  mean_only=False, mean_only_form="sva", ref_batch=None, tol=1e-4, max_iter=1000,
                  compat=None, random_state=0, covariates=None, n_jobs=None):
         self.batch = batch
@@ -180,6 +186,7 @@ class ComBatGAM(BaseHarmonizer):
         self.method = method
         self.shared_smoothing = shared_smoothing
         self.smooth_bounds = smooth_bounds
+        self.knots = knots
         self.extrapolate = extrapolate
         self.eb = eb
         self.parametric = parametric
@@ -219,6 +226,7 @@ class ComBatGAM(BaseHarmonizer):
         check_option("method", self.method, ("REML", "GCV"), owner)
         check_option("extrapolate", self.extrapolate, (None, "linear"), owner)
         check_option("shared_smoothing", self.shared_smoothing, (True, False), owner)
+        check_option("knots", self.knots, ("quantile", "uniform"), owner)
         rs = self.random_state
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, (int, np.integer))):
             raise InputError(f"The 'random_state' parameter of {owner} must be an integer or None. "
@@ -227,6 +235,9 @@ class ComBatGAM(BaseHarmonizer):
         if self.compat == "neuroHarmonize":
             if self.df != 10:
                 raise InputError("compat='neuroHarmonize' uses neuroHarmonize's basis (df=10); leave df at 10.")
+            if self.knots != "quantile":
+                raise InputError("compat='neuroHarmonize' uses neuroHarmonize's basis (knots at quantiles); leave "
+                                 "knots at 'quantile'.")
             if self.shared_smoothing:
                 raise InputError("shared_smoothing applies to the default fit; compat='neuroHarmonize' picks "
                                  "each feature's penalty by its own k-fold search. Use one or the other.")
@@ -267,7 +278,7 @@ class ComBatGAM(BaseHarmonizer):
         elif isinstance(smooth, (list, tuple)) and all(isinstance(s, str) for s in smooth):
             terms = list(smooth)
         else:
-            raise InputError(f"The 'smooth' parameter of ComBatGAM must be a column name or a list of column "
+            raise InputError(f"The 'smooth' parameter of {self._owner()} must be a column name or a list of column "
                              f"names, e.g. ['age']. Got {smooth!r} instead.")
         parsed = parse_formula(self.formula)  # featharm's grammar: s(column) is a smooth term
         for t in parsed.terms:
@@ -317,7 +328,7 @@ class ComBatGAM(BaseHarmonizer):
             raise FormulaError(f"the batch column {self.batch!r} cannot be a smooth term.")
         bounds = self.smooth_bounds or {}
         xs = [self._smooth_values(prep.covariates, t) for t in terms]
-        self._bases = [SplineBasis.from_data(x, t, df=self.df, degree=3, bounds=bounds.get(t))
+        self._bases = [SplineBasis.from_data(x, t, df=self.df, degree=3, bounds=bounds.get(t), knots=self.knots)
                        for x, t in zip(xs, terms)]
         Z = np.hstack([b.transform(x) for b, x in zip(self._bases, xs)])
         penalties = [b.penalty() for b in self._bases]

@@ -252,11 +252,8 @@ class LongComBat(BaseHarmonizer):
         S = len(self._subject_levels)
         ns = np.bincount(g, minlength=S)
         if (ns < 2).all():
-            raise InputError(
-                f"every subject in {self.subject!r} has a single scan, so the subject random effect cannot be "
-                "separated from the residual; use ComBat for cross-sectional data."
-            )
-        if (ns < 2).any():
+            self._single_scans_only()
+        elif (ns < 2).any():
             single = [self._subject_levels[i] for i in np.flatnonzero(ns < 2)]
             warn(
                 f"{len(single)} of {S} subjects have a single scan (e.g. {_show(single, 3)}); they inform the "
@@ -278,10 +275,7 @@ class LongComBat(BaseHarmonizer):
         if prep.mask is not None:  # NaN cells: each feature's mixed model on its observed scans (§1.8)
             self._fit_location_missing(prep, B, W, g, t, Z, counts, ref)
         else:
-            if self.random_slope:
-                fit = fit_random_slope(Y, W, g, t, reml=True)
-            else:
-                fit = fit_random_intercept(Y, W, g, reml=True)
+            fit = self._mixed_fit(Y, W, g, t)
             self._arr.update(self._standardize_fit(Y, W, g, Z, prep.codes, counts, fit))
             self._delta_raw = self._arr.pop("delta_raw")
             self._mark_constant(np.abs(self._arr["alpha"]), prep=prep)
@@ -294,6 +288,25 @@ class LongComBat(BaseHarmonizer):
                 "subject effect kept). Check that the subject column is right and subjects have repeat scans.",
                 SingularFitWarning,
             )
+
+    def _single_scans_only(self) -> None:
+        """Every subject has one scan: the subject effect cannot be told from the residual."""
+        raise InputError(
+            f"every subject in {self.subject!r} has a single scan, so the subject random effect cannot be "
+            "separated from the residual; use ComBat for cross-sectional data."
+        )
+
+    def _mixed_fit(self, Y, W, g, t) -> MixedFit:
+        """The REML mixed model of every column of ``Y`` (complete) on the fixed design ``W = [B | X]``."""
+        if self.random_slope:
+            return fit_random_slope(Y, W, g, t, reml=True)
+        return fit_random_intercept(Y, W, g, reml=True)
+
+    def _mixed_fit_observed(self, Y, W, g, mask, droppable: int, t) -> MixedFit:
+        """:meth:`_mixed_fit` of every column of ``Y`` on its observed rows (``mask`` True = missing); the first
+        ``droppable`` columns of ``W`` (batch indicators) are dropped where they have no observed row."""
+        return fit_observed(Y, W, g, mask, droppable=droppable, time=t, random_slope=bool(self.random_slope),
+                            reml=True)
 
     def _standardize_fit(self, Y, W, g, Z, codes, counts, fit) -> dict:
         """longCombat's steps 2–5 from the mixed-model fit of complete features: grand mean, batch effects,
@@ -353,12 +366,10 @@ class LongComBat(BaseHarmonizer):
         if not inc.all():
             # features without NaN: the complete-data computation on the whole table (the same calls on the
             # same shapes, so the same numbers to the last bit); the NaN columns are replaced below
-            fit_c = fit_random_slope(Y0, W, g, t, reml=True) if self.random_slope else \
-                fit_random_intercept(Y0, W, g, reml=True)
+            fit_c = self._mixed_fit(Y0, W, g, t)
             full = self._standardize_fit(Y0, W, g, Z, codes, counts, fit_c)
         cols = np.flatnonzero(inc)
-        fit = fit_observed(Y[:, cols], W, g, mask[:, cols], droppable=m, time=t,
-                           random_slope=bool(self.random_slope), reml=True)
+        fit = self._mixed_fit_observed(Y[:, cols], W, g, mask[:, cols], m, t)
         r = fit.ranef_cov.shape[1]
         fit_all = MixedFit(beta=np.zeros((W.shape[1], p)), sigma2=np.ones(p), ranef_cov=np.zeros((p, r, r)),
                            loglik=np.zeros(p), blup=np.zeros((fit.blup.shape[0], r, p)),

@@ -669,6 +669,13 @@ def model_section(model, batch, figs: Figures) -> Section:
                             "delta* mean": d.mean(axis=1).to_numpy(), "delta* min": d.min(axis=1).to_numpy(),
                             "delta* max": d.max(axis=1).to_numpy()})
         s.tables.append(table(est, "Site effects on the standardized scale, summarized over features"))
+    if hasattr(model, "bias_") and hasattr(model, "scale_"):  # TravelingSubjects: biases in feature units
+        b, g = model.bias_, model.scale_
+        est = pd.DataFrame({str(batch): [str(v) for v in b.index], "bias mean": b.mean(axis=1).to_numpy(),
+                            "bias sd": b.std(axis=1).to_numpy(), "gain min": g.min(axis=1).to_numpy(),
+                            "gain max": g.max(axis=1).to_numpy()})
+        s.tables.append(table(est, "Site biases (feature units) and gains measured on the traveling subjects, "
+                                   "summarized over features"))
     s.stats.append(("features passed through (no variance)", str(len(list(getattr(model, "constant_features_", []))))))
     if hasattr(model, "gamma_hat_") and hasattr(model, "priors_"):
         figs.add(s, plots.eb_diagnostics(model), "Empirical-Bayes priors", "Histograms of the per-site estimates "

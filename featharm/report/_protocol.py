@@ -52,7 +52,8 @@ class ReportableModel(Protocol):
 #: ``smooth``), the classification's subject grouping (``subject``), the fit's warnings and the
 #: empirical-Bayes estimates it shows.
 OPTIONAL_ATTRIBUTES = ("formula", "smooth", "subject", "fit_warnings_", "priors_", "n_iter_", "batch_sizes_",
-                       "gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_", "constant_features_")
+                       "gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_", "constant_features_",
+                       "bias_", "scale_")
 
 
 def model_formula(model) -> str | None:

@@ -179,7 +179,8 @@ def test_refit_warnings_are_kept(sim):
 def test_public_namespace_is_the_documented_api():
     names = {"diagnose", "DiagnosticsResult", "test_site_effects", "site_effect_sizes", "site_residuals",
              "Residuals", "permanova", "pc_covariance_tests", "site_classification", "biology_preservation",
-             "Preservation", "covariate_balance", "site_mixing"}
+             "Preservation", "covariate_balance", "site_mixing",
+             "traveling_subject_reliability", "TravelingSubjectReliability"}
     assert set(dg.__all__) == names and sorted(dir(dg)) == sorted(names)
     for name in ("np", "pd", "stats", "COLUMNS", "TESTS", "DEFAULT_TESTS", "TABLES", "MULTIVARIATE_COLUMNS",
                  "CLASSIFICATION_COLUMNS", "PRESERVATION_COLUMNS", "PRESERVATION_SUMMARY_COLUMNS", "BALANCE_COLUMNS",

@@ -322,9 +322,9 @@ def test_combine_refuses():
 
 def test_plan_refuses():
     feats = ["a", "b"]
-    with pytest.raises(FederatedError, match="not supported yet"):
+    with pytest.raises(FederatedError, match="'age' has no range"):  # ComBat-GAM: tests/federated/test_federated_gam.py
         fed.plan(batch="site", batches=["A", "B"], features=feats, formula="age", method="gam", smooth=["age"])
-    with pytest.raises(FederatedError, match="not supported yet"):
+    with pytest.raises(FederatedError, match=r"s\(age\): plan ComBat-GAM for it \(--method gam"):
         fed.plan(batch="site", batches=["A", "B"], features=feats, formula="s(age) + sex", levels={"sex": ["F", "M"]})
     with pytest.raises(FederatedError, match=r"center\(age\).*I\(age - 50\)"):
         fed.plan(batch="site", batches=["A", "B"], features=feats, formula="center(age)")

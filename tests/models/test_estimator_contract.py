@@ -39,6 +39,9 @@ FAMILIES = {
     "LongComBat": (fh.LongComBat, dict(subject="subject", time="time", formula="age + sex + time")),
     "CovBat": (fh.CovBat, dict(formula="age + sex")),
     "ComBatLS": (fh.ComBatLS, dict(formula="age + sex", scale_formula="age")),
+    # fitted on the subjects scanned at several sites; age changes between a subject's scans
+    "TravelingSubjects": (fh.TravelingSubjects, dict(subject="subject", formula="age")),
+    "LongComBatGAM": (fh.LongComBatGAM, dict(subject="subject", time="time", formula="sex", smooth=["age"])),
 }
 
 # One invalid value of EVERY constructor parameter: the shared ones, then each family's own (the test below
@@ -52,10 +55,13 @@ _COMMON_BAD = {
 _FAMILY_BAD = {
     "ComBat": {},
     "ComBatGAM": dict(smooth=5, df=3, method="ML", shared_smoothing="no", smooth_bounds=[0, 1],
-                      extrapolate="cubic", random_state="seed"),
+                      extrapolate="cubic", random_state="seed", knots="even"),
     "LongComBat": dict(subject=7, time=1.5, random_slope="no", standardize="z", n_iter=-1),
     "CovBat": dict(percent_var=1.5, n_components=0, std_var="no", score_eb=2, score_parametric="no"),
     "ComBatLS": dict(scale_formula=3, fit_tol=0.0, fit_max_iter=0),
+    "TravelingSubjects": dict(subject=7, scale="no"),
+    "LongComBatGAM": dict(subject=7, time=1.5, smooth=5, df=3, smooth_bounds=[0, 1], extrapolate="cubic",
+                          standardize="z", n_iter=-1),
 }
 
 
@@ -68,6 +74,16 @@ def bad_values(name):
 COMMON_ATTRIBUTES = ["batches_", "batch_sizes_", "n_features_in_", "feature_names_in_", "design_", "alpha_",
                      "beta_", "batch_coef_", "sigma_", "gamma_hat_", "delta_hat_", "gamma_star_",
                      "delta_star_", "priors_", "n_iter_", "constant_features_", "fit_warnings_"]
+# Families without ComBat's empirical-Bayes step publish their own estimates instead of gamma*/delta*/priors.
+NO_EB_ATTRIBUTES = {
+    "TravelingSubjects": ["batches_", "batch_sizes_", "n_features_in_", "feature_names_in_", "design_", "alpha_",
+                          "beta_", "sigma_", "bias_", "bias_se_", "noise_sd_", "scale_", "constant_features_",
+                          "fit_warnings_"],
+}
+
+
+def attributes(name):
+    return NO_EB_ATTRIBUTES.get(name, COMMON_ATTRIBUTES)
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +137,14 @@ def test_shared_parameter_names_and_defaults(name):
     for k, v in shared.items():
         if k in params:
             assert params[k] == v, (name, k)
-    assert params["batch"] == "site" and "formula" in params and "eb" in params
+    assert params["batch"] == "site" and "formula" in params and ("eb" in params or name in NO_EB_ATTRIBUTES)
 
 
 @families
 def test_clone_get_params_set_params_repr(name, fitted):
-    est = make(name, eb=False)
+    option = "scale" if name == "TravelingSubjects" else "eb"  # a switch off by default there (no EB)
+    value = option == "scale"
+    est = make(name, **{option: value})
     params = est.get_params()
     c = clone(est)
     assert c is not est and c.get_params() == params
@@ -135,7 +153,7 @@ def test_clone_get_params_set_params_repr(name, fitted):
         est.set_params(not_a_param=1)
     # repr shows the non-default parameters and evaluates back to an equal estimator
     r = repr(est)
-    assert r.startswith(name + "(") and "eb=False" in r
+    assert r.startswith(name + "(") and f"{option}={value}" in r
     assert eval(r, {name: FAMILIES[name][0]}).get_params() == params
     # cloning a fitted model copies the parameters, not the fit
     c2 = clone(fitted[name])
@@ -176,16 +194,19 @@ def test_fit_returns_self_and_publishes_common_attributes(name, data):
     X, cov = data
     est = make(name)
     assert est.fit(X, cov) is est
-    for attr in COMMON_ATTRIBUTES:
+    for attr in attributes(name):
         assert hasattr(est, attr), (name, attr)
     assert est.n_features_in_ == X.shape[1]
     assert list(est.feature_names_in_) == list(X.columns)
     assert list(est.batches_) == sorted(cov["site"].unique())
     assert est.batch_sizes_.sum() == len(X)
-    for attr in ("gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_"):
+    site_tables = ("bias_", "bias_se_", "noise_sd_", "scale_") if name in NO_EB_ATTRIBUTES else \
+        ("gamma_hat_", "delta_hat_", "gamma_star_", "delta_star_")
+    for attr in site_tables:
         tab = getattr(est, attr)
         assert list(tab.index) == list(est.batches_) and list(tab.columns) == list(X.columns)
-    assert list(est.priors_.columns) == ["gamma_bar", "tau2", "a_prior", "b_prior"]
+    if name not in NO_EB_ATTRIBUTES:
+        assert list(est.priors_.columns) == ["gamma_bar", "tau2", "a_prior", "b_prior"]
     assert list(est.get_feature_names_out()) == list(X.columns)
 
 
@@ -235,11 +256,13 @@ def test_failed_fit_leaves_the_model_unfitted(name, data):
     half-fitted model behind: transform then says 'not fitted', not a KeyError."""
     X, cov = data
     est = make(name).fit(X, cov)
-    X1 = X.copy()
+    X1, cov1 = X.copy(), cov
     X1.iloc[:, 1:] = 1.0
+    if name == "TravelingSubjects":  # no EB; fails instead when no subject links the sites (each scan its own)
+        X1, cov1 = X, cov.assign(subject=[f"s{i}" for i in range(len(cov))])
     with pytest.raises(ValueError), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est.fit(X1, cov)
+        est.fit(X1, cov1)
     assert not [k for k in vars(est) if k.endswith("_")]
     with pytest.raises(NotFittedError):
         est.transform(X, cov)
@@ -351,7 +374,7 @@ def test_save_load_round_trip_is_exact(name, data, fitted, tmp_path):
     est.save(path)
     loaded = fh.load_model(path)
     assert type(loaded) is type(est) and loaded.get_params() == est.get_params()
-    for attr in COMMON_ATTRIBUTES:
+    for attr in attributes(name):
         a, b = getattr(est, attr), getattr(loaded, attr)
         if isinstance(a, (pd.Series, pd.DataFrame)):
             assert a.equals(b), attr
@@ -369,6 +392,9 @@ NON_DEFAULT = {
     "LongComBat": dict(random_slope=True, standardize="marginal", eb=False, n_iter=10),
     "CovBat": dict(n_components=2, score_eb=True, std_var=False),
     "ComBatLS": dict(ref_batch="site03", eb=False, fit_tol=1e-6),
+    "TravelingSubjects": dict(ref_batch="site02", scale=True),
+    "LongComBatGAM": dict(smooth_bounds={"age": (0, 120)}, extrapolate="linear", df=8, standardize="marginal",
+                          eb=False, n_iter=10),
 }
 
 
@@ -418,11 +444,12 @@ def test_docstring_documents_every_parameter(name):
         if re.match(r"^    \S", line):  # a parameter line (descriptions are indented further)
             documented |= {n.strip() for n in line.split(" : ")[0].split(",")}
     assert sorted(set(cls().get_params()) - documented) == []
-    attributes = _section(doc, "Attributes")
-    assert [a for a in COMMON_ATTRIBUTES if a not in attributes] == []
+    documented_attributes = _section(doc, "Attributes")
+    assert [a for a in attributes(name) if a not in documented_attributes] == []
 
 
-@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal"])
+@pytest.mark.parametrize("module", ["combat", "gam", "covbat", "combatls", "longitudinal", "traveling",
+                                    "longgam"])
 def test_model_docstring_examples_run(module):
     """The Examples sections run as doctests: on the bundled IXI data, LongComBat's on simulated repeated
     scans (IXI is cross-sectional)."""
