@@ -429,6 +429,26 @@ def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> 
 
 
 # ------------------------------------------------------------------------------------- classification
+def _with_smooth_bounds(h, cov: pd.DataFrame):
+    """A harmonizer with smooth (spline) terms gets, for every smooth term without bounds of its own, the
+    range of that covariate over all the rows as its boundary knots (``smooth_bounds``), so that a test fold's
+    youngest or oldest subject is inside the basis of the model fitted on the other folds (otherwise an
+    ``OutOfRangeError``). The bounds use covariate values only, never the site labels: no leakage."""
+    params = h.get_params()
+    terms_of = getattr(h, "_terms", None)
+    if "smooth_bounds" not in params or terms_of is None:
+        return h
+    bounds = dict(params["smooth_bounds"] or {})
+    for term in terms_of()[0]:
+        if term in bounds or term not in cov:
+            continue
+        x = pd.to_numeric(cov[term], errors="coerce").to_numpy(dtype=float)
+        x = x[np.isfinite(x)]
+        if x.size and x.min() < x.max():
+            bounds[term] = (float(x.min()), float(x.max()))
+    return h.set_params(smooth_bounds=bounds or params["smooth_bounds"])
+
+
 def _fold_harmonizer(harmonizer, P: Prepared):
     """``run(train, test)``: a clone of ``harmonizer`` fitted on the training rows and applied to both (arrays).
     The feature and covariate tables are built once, for all folds (the feature table without a copy: a
@@ -438,9 +458,10 @@ def _fold_harmonizer(harmonizer, P: Prepared):
     X = pd.DataFrame(P.Y, index=P.index, columns=P.features, copy=False)
     cov = P.covariates.copy()
     cov[P.batch] = np.array([str(lv) for lv in P.levels], dtype=object)[P.codes]
+    template = _with_smooth_bounds(clone(harmonizer), cov)
 
     def run(train, test):
-        h = clone(harmonizer)
+        h = clone(template)
         tr = h.fit_transform(X.iloc[train], cov.iloc[train]).to_numpy()
         te = h.transform(X.iloc[test], cov.iloc[test]).to_numpy()
         return tr, te
@@ -552,7 +573,9 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     C : float, default 1.0
         Inverse L2 penalty of the logistic regression (``classifier="logistic"`` only).
     harmonizer : featharm harmonizer, optional
-        E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold.
+        E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold. A model
+        with smooth terms (``ComBatGAM``, ``LongComBatGAM``) gets the whole table's range of each smooth
+        covariate as its ``smooth_bounds`` (unless given), so no test fold falls outside its basis.
     groups : str, optional
         Subject column for repeated scans: folds keep all scans of a subject together (stratified group
         k-fold), and when every subject stays at one site the null permutes the sites of whole subjects.

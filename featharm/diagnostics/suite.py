@@ -154,6 +154,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         :func:`site_classification`). Any object with ``get_params`` (``sklearn.base.clone`` copies it),
         ``fit_transform(X, covariates)`` and ``transform(X, covariates)`` returning the features works.
         Warnings featharm raises in these refits are kept in ``refit_warnings`` of the result.
+        A model with smooth terms (``ComBatGAM``, ``LongComBatGAM``) is refitted with the whole table's
+        range of each smooth covariate as its ``smooth_bounds`` (unless given), so no test fold falls outside it.
     groups : str, optional
         Subject column of the classification's grouped CV (all scans of a subject in one fold); default
         ``random`` with ``model="lmm"``, else none.

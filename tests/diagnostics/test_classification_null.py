@@ -286,3 +286,23 @@ def test_diagnostics_n_jobs_reaches_the_blas_and_keeps_the_numbers(monkeypatch):
         pd.testing.assert_frame_equal(one[k], two[k])
     with pytest.raises(fh.exceptions.InputError, match="'n_jobs' parameter of permanova"):
         dg.permanova(X, cov, n_jobs=0)
+
+
+def test_refits_of_a_smooth_model_cover_every_fold():
+    """A ComBatGAM refitted inside the folds gets the whole table's age range as its boundary knots: a test
+    fold holding the youngest or oldest subject no longer raises OutOfRangeError, and the user's own bounds
+    are kept."""
+    from featharm.diagnostics.multivariate import _with_smooth_bounds
+
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=8, unbalanced=False, random_state=4)
+    X, cov = s.X, s.covariates
+    gam = fh.ComBatGAM(formula="sex", smooth="age", df=6)
+    Xh = gam.fit_transform(X, cov)
+    t = dg.site_classification(Xh, cov, formula="age + sex", harmonizer=gam, n_permutations=0, random_state=0,
+                               n_repeats=1)
+    assert np.isfinite(t.value).all()
+    h = _with_smooth_bounds(fh.ComBatGAM(formula="sex", smooth="age"), cov)
+    assert h.smooth_bounds == {"age": (cov.age.min(), cov.age.max())}
+    own = _with_smooth_bounds(fh.ComBatGAM(formula="sex", smooth="age", smooth_bounds={"age": (0, 120)}), cov)
+    assert own.smooth_bounds == {"age": (0, 120)}
+    assert _with_smooth_bounds(fh.ComBat(formula="age"), cov).get_params() == fh.ComBat(formula="age").get_params()
