@@ -95,12 +95,14 @@ def run_peer(X, cov, features):
 def case(name, X, cov, Xh, model, args):
     """Time the defaults and the variants of one data set; print one line each."""
     from featharm.diagnostics import diagnose
+    from featharm.diagnostics._parallel import diagnostics_threads
 
     base = dict(formula="age + sex", random_state=0)
     harm = dict(X_harmonized=Xh, harmonizer=model)
     variants = [
         ("defaults, raw", {}),
         ("defaults, raw + harmonized (model refitted in the folds)", harm),
+        ("  the same on one thread (n_jobs=1)", {**harm, "n_jobs": 1}),
         ("  no PERMANOVA permutations (n_permutations=0)", {**harm, "n_permutations": 0}),
         ("  no classification null (classification_permutations=0)", {**harm, "classification_permutations": 0}),
         ("  no site classification (classification=False)", {**harm, "classification": False}),
@@ -111,6 +113,7 @@ def case(name, X, cov, Xh, model, args):
     print(f"\n{name}: n = {X.shape[0]}, p = {X.shape[1]}, sites = {cov['site'].nunique()}")
     results = {}
     for label, kw in variants:
+        thr = kw.get("n_jobs") or diagnostics_threads(X.shape[0] * X.shape[1])  # featharm's choice just before
         med, mn, la, res = timed(lambda kw=kw: diagnose(X, cov, **base, **kw), args.repeat)
         results[label] = (med, res)
         clf = res["site_classification"] if "site_classification" in res else None
@@ -118,8 +121,8 @@ def case(name, X, cov, Xh, model, args):
         if clf is not None:
             extra = "; classification permutations run " + ", ".join(
                 f"{d} {int(n)}" for d, n in clf.groupby("data", sort=False).n_permutations.max().items())
-        print(f"  {label:75s} median {med:6.2f} s (min {mn:6.2f}), load {la}{extra}", flush=True)
-    d = [results[label][0] for label, _ in variants]
+        print(f"  {label:75s} median {med:6.2f} s (min {mn:6.2f}), load {la}, threads {thr}{extra}", flush=True)
+    d = [results[label][0] for label, _ in variants if "n_jobs" not in label]
     print(f"  what each default costs (raw + harmonized): PERMANOVA's 999 permutations {d[1] - d[2]:.2f} s, the "
           f"classification null {d[1] - d[3]:.2f} s, the classification's CV without its null {d[3] - d[4]:.2f} s, "
           f"everything else {d[4] - (d[1] - d[2]):.2f} s")

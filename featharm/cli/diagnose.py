@@ -56,6 +56,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--id", metavar="COL", help="id column (joins DATA, --covariates and --harmonized)")
     g.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    g.add_argument("--n-jobs", type=int, metavar="N",
+                   help="threads (default: one on a small table, else the CPUs the rest of the machine leaves "
+                        "free; -1: every usable CPU); the results do not depend on it")
     g.set_defaults(func=cmd_diagnose)
     return g
 
@@ -111,5 +114,5 @@ def _diagnose(args):
                       classification=not args.no_classification, n_splits=args.n_splits, harmonizer=harmonizer,
                       random_state=args.seed, classifier=args.classifier,
                       classification_components=args.classification_components,
-                      classification_stop_after=args.stop_after or None)
+                      classification_stop_after=args.stop_after or None, n_jobs=args.n_jobs)
     return result, feats, data

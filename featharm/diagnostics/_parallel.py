@@ -6,6 +6,13 @@ several cores. As many threads as the BLAS is allowed (so ``OPENBLAS_NUM_THREADS
 limit keeps the diagnostics on one core), at most the CPUs available and :data:`MAX_THREADS`; meanwhile the
 BLAS itself runs single-threaded, so the two kinds of threads do not compete. Results are assembled in
 block order: the numbers do not depend on the number of threads.
+
+How many: :func:`sized_by_features` sets the BLAS threads of a whole diagnostics call with
+:func:`featharm._threads.choose_blas_threads`, which counts the CPUs that the rest of the machine leaves free
+(so a shared, busy machine keeps one thread). The diagnostics are hundreds of passes over the table
+(permutations, CV folds), not one as a model fit, so they are threaded from :data:`THREADED` elements
+(rows × features) on, a much smaller table than the models' ``SMALL_PROBLEM``; below it one thread.
+``n_jobs`` (the functions' parameter) overrides the choice as in the models.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import contextlib
 import os
 
 MAX_THREADS = 4
+# rows × features from which a diagnostics call may use more than one thread (5,000 × 50; IXI's 556 × 68 stays serial)
+THREADED = 250_000
 
 
 def _cpus() -> int:
@@ -53,21 +62,43 @@ def workers():
         yield lambda fn, items: list(ex.map(fn, items))
 
 
+def work_size(n_elements: int) -> int:
+    """The problem size the diagnostics report to featharm's thread rule for a table of ``n_elements``
+    values: from :data:`THREADED` on, at least the models' ``SMALL_PROBLEM`` (so the rule counts free CPUs)."""
+    from .._threads import SMALL_PROBLEM
+
+    return int(n_elements) if n_elements < THREADED else max(int(n_elements), SMALL_PROBLEM)
+
+
+def diagnostics_threads(n_elements: int, n_jobs=None, **machine) -> int:
+    """The threads of a diagnostics call on a table of ``n_elements`` values: ``n_jobs`` if given (as in
+    :func:`featharm._threads.choose_blas_threads`), else one below :data:`THREADED` elements and otherwise
+    the free CPUs that :func:`~featharm._threads.choose_blas_threads` counts for a large problem.
+    ``machine``: that function's keyword arguments describing the machine (for tests)."""
+    from .._threads import choose_blas_threads
+
+    return choose_blas_threads(work_size(n_elements), n_jobs, **machine)
+
+
 def sized_by_features(fn):
-    """Decorator: run ``fn(X, ...)`` under featharm's BLAS policy sized by ``X`` (one BLAS thread below
-    :data:`featharm._threads.SMALL_PROBLEM` elements, as the models; :func:`featharm._threads.blas_threads_for`),
-    which also keeps :func:`workers` to one thread there. On a shared or small machine the diagnostics' many
-    medium-sized products lose more to waiting for a busy core than they gain from a second one."""
+    """Decorator: run ``fn(X, ..., n_jobs=None)`` with the BLAS threads of :func:`diagnostics_threads`
+    (which :func:`workers` then uses for its blocks): one thread on a small table, on a large one as many
+    as the machine has free (a shared, busy machine keeps one: the many medium-sized products lose more to
+    waiting for a busy core than they gain from a second one). ``n_jobs`` is the caller's keyword (default
+    None: featharm chooses)."""
     import functools
 
     import numpy as np
 
-    from .._threads import blas_threads_for
+    from .._threads import blas_threads_for, check_n_jobs
 
     @functools.wraps(fn)
     def wrapper(X, *args, **kwargs):
+        n_jobs = kwargs.get("n_jobs")
+        check_n_jobs(n_jobs, fn.__name__)
         shape = np.shape(X) if hasattr(X, "shape") else ()
-        with blas_threads_for(int(np.prod(shape)) if len(shape) == 2 else 0):
+        size = int(np.prod(shape)) if len(shape) == 2 else 0
+        with blas_threads_for(work_size(size), n_jobs):
             return fn(X, *args, **kwargs)
 
     return wrapper

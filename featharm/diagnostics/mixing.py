@@ -245,7 +245,7 @@ def mixing_table(P: Prepared, r_add: np.ndarray, *, n_components: int | None = D
 def site_mixing(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
                 n_components: int | None = DEFAULT_COMPONENTS, neighbours: int = DEFAULT_NEIGHBOURS,
                 perplexity: float = DEFAULT_PERPLEXITY, alpha: float = 0.05,
-                sample_size: int | None = DEFAULT_SAMPLE, random_state=None) -> pd.DataFrame:
+                sample_size: int | None = DEFAULT_SAMPLE, random_state=None, n_jobs: int | None = None) -> pd.DataFrame:
     """Site-mixing metrics of a feature table: silhouette, kBET acceptance rate and iLISI.
 
     Computed on the first ``n_components`` principal components of the column-standardized additive
@@ -272,6 +272,9 @@ def site_mixing(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site
         mean is estimated without bias), else over all rows. None: all rows (time grows as n²).
     random_state : int or Generator, optional
         Seeds that sample.
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------

@@ -259,7 +259,7 @@ def _prepared_additive(X, covariates, batch, formula, owner, residuals=None):
 
 @sized_by_features
 def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", formula: str | None = None,
-              n_permutations: int = 999, random_state=None) -> pd.DataFrame:
+              n_permutations: int = 999, random_state=None, n_jobs: int | None = None) -> pd.DataFrame:
     """PERMANOVA / MDMR of site on the column-standardized additive residuals (Euclidean distances).
 
     With missing values (NaN cells) it runs on the rows without a missing feature (``n`` in the table; the
@@ -278,6 +278,9 @@ def permanova(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
       p-value ComBatFamQC reports (``MDMR::mdmr`` uses it for n >= 200 and permutations below; the analytic
       null is an approximation that its authors recommend from n = 200 on; prefer the permutation p-value
       for smaller samples).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------
@@ -369,7 +372,7 @@ def pillai(T: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> tuple[float,
 
 @sized_by_features
 def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
-                        formula: str | None = None, n_components: int | None = None) -> pd.DataFrame:
+                        formula: str | None = None, n_components: int | None = None, n_jobs: int | None = None) -> pd.DataFrame:
     """MANOVA (Pillai's trace) and Box's M of site on the top principal components of the additive residuals.
 
     The additive residuals are column-standardized (as ComBatFamQC's PCA) and their first
@@ -381,6 +384,9 @@ def pc_covariance_tests(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     ----------
     n_components : int, optional
         Default ``min(10, V, smallest site size - 2)`` (Box's M needs more rows than components per site).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------
@@ -423,17 +429,44 @@ def pc_tests_table(P: Prepared, r_add: np.ndarray, n_components: int | None) -> 
 
 
 # ------------------------------------------------------------------------------------- classification
-def _fold_harmonize(harmonizer, P: Prepared, codes, train, test):
-    """Fit a clone of ``harmonizer`` on the training rows (with ``codes`` as the site) and apply it to both."""
+def _with_smooth_bounds(h, cov: pd.DataFrame):
+    """A harmonizer with smooth (spline) terms gets, for every smooth term without bounds of its own, the
+    range of that covariate over all the rows as its boundary knots (``smooth_bounds``), so that a test fold's
+    youngest or oldest subject is inside the basis of the model fitted on the other folds (otherwise an
+    ``OutOfRangeError``). The bounds use covariate values only, never the site labels: no leakage."""
+    params = h.get_params()
+    terms_of = getattr(h, "_terms", None)
+    if "smooth_bounds" not in params or terms_of is None:
+        return h
+    bounds = dict(params["smooth_bounds"] or {})
+    for term in terms_of()[0]:
+        if term in bounds or term not in cov:
+            continue
+        x = pd.to_numeric(cov[term], errors="coerce").to_numpy(dtype=float)
+        x = x[np.isfinite(x)]
+        if x.size and x.min() < x.max():
+            bounds[term] = (float(x.min()), float(x.max()))
+    return h.set_params(smooth_bounds=bounds or params["smooth_bounds"])
+
+
+def _fold_harmonizer(harmonizer, P: Prepared):
+    """``run(train, test)``: a clone of ``harmonizer`` fitted on the training rows and applied to both (arrays).
+    The feature and covariate tables are built once, for all folds (the feature table without a copy: a
+    harmonizer never modifies its input)."""
     from sklearn.base import clone
 
-    X = pd.DataFrame(P.Y, index=P.index, columns=P.features)
+    X = pd.DataFrame(P.Y, index=P.index, columns=P.features, copy=False)
     cov = P.covariates.copy()
-    cov[P.batch] = np.array([str(lv) for lv in P.levels], dtype=object)[codes]
-    h = clone(harmonizer)
-    tr = h.fit_transform(X.iloc[train], cov.iloc[train]).to_numpy()
-    te = h.transform(X.iloc[test], cov.iloc[test]).to_numpy()
-    return tr, te
+    cov[P.batch] = np.array([str(lv) for lv in P.levels], dtype=object)[P.codes]
+    template = _with_smooth_bounds(clone(harmonizer), cov)
+
+    def run(train, test):
+        h = clone(template)
+        tr = h.fit_transform(X.iloc[train], cov.iloc[train]).to_numpy()
+        te = h.transform(X.iloc[test], cov.iloc[test]).to_numpy()
+        return tr, te
+
+    return run
 
 
 def _cv_scores(Y, Xc, codes, m, splits, C, fold_data=None):
@@ -495,7 +528,7 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
                         formula: str | None = None, n_splits: int = 5, n_repeats: int = 2,
                         n_permutations: int = 100, C: float = 1.0, harmonizer=None, groups: str | None = None,
                         random_state=None, classifier: str = "lda", n_components: int | None = None,
-                        stop_after: int | None = STOP_AFTER) -> pd.DataFrame:
+                        stop_after: int | None = STOP_AFTER, n_jobs: int | None = None) -> pd.DataFrame:
     """Can the site be predicted from the features? Cross-validated classification against a permutation null.
 
     Repeated stratified k-fold CV on all rows, or with missing values (NaN cells) on the rows without a
@@ -540,7 +573,9 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
     C : float, default 1.0
         Inverse L2 penalty of the logistic regression (``classifier="logistic"`` only).
     harmonizer : featharm harmonizer, optional
-        E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold.
+        E.g. ``featharm.ComBat(batch="site", formula="age + sex")``: fitted inside each training fold. A model
+        with smooth terms (``ComBatGAM``, ``LongComBatGAM``) gets the whole table's range of each smooth
+        covariate as its ``smooth_bounds`` (unless given), so no test fold falls outside its basis.
     groups : str, optional
         Subject column for repeated scans: folds keep all scans of a subject together (stratified group
         k-fold), and when every subject stays at one site the null permutes the sites of whole subjects.
@@ -552,6 +587,9 @@ def site_classification(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str
         Principal components of the LDA (default 20, capped as above).
     stop_after : int or None, default 10
         Besag–Clifford's h; None runs all ``n_permutations``.
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------
@@ -679,8 +717,9 @@ def _logistic_null(P, splits, C, harmonizer, rng, n_permutations, stop_after, g,
     if harmonizer is not None:
         with progress(len(splits), "site classification: refitting the harmonizer in the folds") as bar:
             fold_data = []
+            refit = _fold_harmonizer(harmonizer, P)
             for tr, te in splits:
-                fold_data.append(_fold_harmonize(harmonizer, P, P.codes, tr, te))
+                fold_data.append(refit(tr, te))
                 bar.update()
     const = P.constant
     P = _without_constant(P)
@@ -722,11 +761,12 @@ def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, 
     with progress(len(splits), "site classification: fold decompositions") as bar:
         raw = RawFolds(Pc.Y, Pc.Xc) if harmonizer is None else None
         W = np.hstack([np.ones((P.n, 1)), P.Xc])
+        refit = _fold_harmonizer(harmonizer, P) if harmonizer is not None else None
         for tr, te in splits:
             if raw is not None:
                 folds.append(raw.fold(tr, te, k))
             else:
-                a, b = _fold_harmonize(harmonizer, P, P.codes, tr, te)
+                a, b = refit(tr, te)
                 if const.any():
                     a, b = a[:, ~const], b[:, ~const]
                 folds.append(table_fold(a, b, W[tr], W[te], k))

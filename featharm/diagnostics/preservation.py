@@ -140,7 +140,7 @@ def preservation_tables(P: Prepared, Yh: np.ndarray, alpha: float = 0.05) -> Pre
 
 @sized_by_features
 def biology_preservation(X_raw: pd.DataFrame, X_harmonized: pd.DataFrame, covariates: pd.DataFrame, *,
-                         batch: str = "site", formula: str, alpha: float = 0.05) -> Preservation:
+                         batch: str = "site", formula: str, alpha: float = 0.05, n_jobs: int | None = None) -> Preservation:
     """Covariate effects (t, partial R², Cohen's d) before and after harmonization, and their concordance.
 
     For every design column of ``formula`` (age, sex[T.M], diagnosis levels ...) and every feature:
@@ -156,6 +156,9 @@ def biology_preservation(X_raw: pd.DataFrame, X_harmonized: pd.DataFrame, covari
         The covariates whose effects should be kept, e.g. ``"age + sex + diagnosis"``.
     alpha : float, default 0.05
         BH-FDR level for the significance counts.
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------

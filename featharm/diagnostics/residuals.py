@@ -88,7 +88,7 @@ def _col_blocks(n: int, V: int, nbytes: int = 2 * 2**20):
 
 @sized_by_features
 def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
-                   formula: str | None = None, model: str = "ols", random: str | None = None) -> Residuals:
+                   formula: str | None = None, model: str = "ols", random: str | None = None, n_jobs: int | None = None) -> Residuals:
     """Additive and full residuals of ``y ~ covariates + site`` for every feature (§6.1).
 
     Parameters
@@ -106,6 +106,9 @@ def site_residuals(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "s
         the additive residuals then also remove the subject's intercept, as ComBatFamQC does.
     random : str, optional
         Grouping column of the random intercept (``model="lmm"`` only).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------

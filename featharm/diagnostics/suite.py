@@ -121,7 +121,7 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
              classification: bool = True, harmonizer=None, groups: str | None = None, balance_columns=None,
              random_state=None, fligner_ties: str = "r", classifier: str = "lda",
              classification_components: int | None = None,
-             classification_stop_after: int | None = STOP_AFTER) -> DiagnosticsResult:
+             classification_stop_after: int | None = STOP_AFTER, n_jobs: int | None = None) -> DiagnosticsResult:
     """Run the site-effect diagnostics on the raw data and, if given, on the harmonized data.
 
     Feature tables with missing (NaN) cells are accepted (``docs/methods.md`` §6.9): the per-feature tests,
@@ -154,6 +154,8 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
         :func:`site_classification`). Any object with ``get_params`` (``sklearn.base.clone`` copies it),
         ``fit_transform(X, covariates)`` and ``transform(X, covariates)`` returning the features works.
         Warnings featharm raises in these refits are kept in ``refit_warnings`` of the result.
+        A model with smooth terms (``ComBatGAM``, ``LongComBatGAM``) is refitted with the whole table's
+        range of each smooth covariate as its ``smooth_bounds`` (unless given), so no test fold falls outside it.
     groups : str, optional
         Subject column of the classification's grouped CV (all scans of a subject in one fold); default
         ``random`` with ``model="lmm"``, else none.
@@ -176,6 +178,9 @@ def diagnose(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site", 
     classification_stop_after : int or None, default 10
         Besag–Clifford sequential stopping of the classification null: a p-value is decided once this many
         permuted statistics reach the observed one (None: all ``classification_permutations``).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------

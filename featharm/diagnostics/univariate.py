@@ -7,6 +7,8 @@ never over features).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -135,6 +137,17 @@ def _median_deviations(A: np.ndarray, codes: np.ndarray, m: int, ties: str = "r"
     return dev
 
 
+@functools.lru_cache(maxsize=8)
+def _fk_scores(n: int) -> np.ndarray:
+    """Fligner–Killeen's normal scores ``Φ⁻¹((1 + R/(n + 1))/2)`` of every possible mid-rank ``R`` of ``n``
+    values (whole and half numbers, at index ``2R``): the same arguments, so the same doubles, as evaluating
+    ``norm.ppf`` on the ranks, once per ``n`` instead of once per cell."""
+    R = np.arange(2 * n + 1) / 2.0
+    out = stats.norm.ppf((1.0 + R / (n + 1)) / 2.0)
+    out.setflags(write=False)
+    return out
+
+
 def fligner_killeen(A: np.ndarray, codes: np.ndarray, onehot: np.ndarray, counts: np.ndarray, ties: str = "r"):
     """Fligner–Killeen test (median-centred, normal scores; R ``fligner.test``): ``(X2, df, p)``.
 
@@ -144,7 +157,7 @@ def fligner_killeen(A: np.ndarray, codes: np.ndarray, onehot: np.ndarray, counts
     n, m = A.shape[0], onehot.shape[1]
     dev = _median_deviations(A, codes, m, ties)
     R, _ = rank_columns(dev)
-    a = stats.norm.ppf((1.0 + R / (n + 1)) / 2.0)
+    a = _fk_scores(n)[(2.0 * R).astype(np.intp)]
     abar = a.mean(axis=0)
     var = ((a - abar) ** 2).sum(axis=0) / (n - 1)
     gs = group_sums(onehot, a)
@@ -401,7 +414,7 @@ def _test_arrays(P: Prepared, chosen, *, model, random, n_permutations, random_s
 @sized_by_features
 def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
                       formula: str | None = None, tests=None, model: str = "ols", random: str | None = None,
-                      n_permutations: int = 999, random_state=None, fligner_ties: str = "r") -> pd.DataFrame:
+                      n_permutations: int = 999, random_state=None, fligner_ties: str = "r", n_jobs: int | None = None) -> pd.DataFrame:
     """Per-feature tests of the site effect, one row per feature × test (``docs/methods.md`` §6.1–6.4, 6.7).
 
     The model ``y ~ covariates + site`` is fitted to every feature (one QR for all). Location tests use
@@ -443,6 +456,9 @@ def test_site_effects(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str =
         distances equal (reproduces R/ComBatFamQC to rounding, with residuals in R's arithmetic);
         ``"exact"`` always ties them, as exact arithmetic does (independent of rounding noise; differs
         from R by up to ~1e-5 relative in the p-value).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------
@@ -538,8 +554,11 @@ def _site_table(P: Prepared, n: np.ndarray, shift: np.ndarray, lvr: np.ndarray) 
 
 @sized_by_features
 def site_effect_sizes(X: pd.DataFrame, covariates: pd.DataFrame, *, batch: str = "site",
-                      formula: str | None = None, model: str = "ols", random: str | None = None) -> pd.DataFrame:
+                      formula: str | None = None, model: str = "ols", random: str | None = None, n_jobs: int | None = None) -> pd.DataFrame:
     """Per-site effect sizes of every feature: standardized shift and log variance ratio (§6.2–6.3).
+    n_jobs : int, optional
+        Threads (as in the models): None (default) lets featharm choose: one on a small table, else the CPUs
+        the rest of the machine leaves free; -1 all CPUs. The results do not depend on it.
 
     Returns
     -------

@@ -50,6 +50,10 @@ def test_diagnose_user_errors(files, capsys):
     assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--tests", "levenne", "--out",
                  str(d / "o3"), "--no-classification", "--n-permutations", "0"]) == 2
     assert "levenne" in capsys.readouterr().err
+    assert main(["diagnose", str(d / "data.csv"), "--batch", "site", "--out", str(d / "o4"), "--n-jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'n_jobs'" in err and len(err.strip().splitlines()) == 1
+    assert not (d / "o4").exists()
 
 
 def test_diagnose_with_model_refits_in_folds(files, tmp_path):

@@ -242,3 +242,67 @@ def test_classifier_options_are_checked():
         dg.site_classification(X, cov, stop_after=0)
     with pytest.raises(fh.exceptions.InputError, match="n_components"):
         dg.diagnose(X, cov, classification_components=-1)
+
+
+# ------------------------------------------------------------------------- threads of a diagnostics call
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+
+def test_diagnostics_thread_rule():
+    """One thread below ``THREADED`` elements (IXI's 556 × 68); from there on, the free CPUs, as a large model
+    problem gets them; ``n_jobs`` as given."""
+    machine = dict(cpus=2, host_cpus=2, env_limit=None, current=None)
+    assert _parallel.diagnostics_threads(556 * 68, others=0.0, **machine) == 1
+    assert _parallel.diagnostics_threads(5000 * 400, others=0.0, **machine) == 2
+    assert _parallel.diagnostics_threads(5000 * 400, others=1.0, **machine) == 1   # the other core is busy
+    assert _parallel.diagnostics_threads(5000 * 400, others=0.0, **{**machine, "env_limit": 1}) == 1
+    assert _parallel.diagnostics_threads(556 * 68, n_jobs=2, others=1.0, **machine) == 2
+    assert _parallel.diagnostics_threads(5000 * 400, n_jobs=-1, others=1.0, **machine) == 2
+
+
+def test_diagnostics_n_jobs_reaches_the_blas_and_keeps_the_numbers(monkeypatch):
+    """``n_jobs`` sets the BLAS threads during the call (which the per-block threads follow) and is restored
+    after; the tables are identical with one and two threads; a bad value is an InputError naming it."""
+    seen = []
+    original = _parallel.n_threads
+
+    def spy():
+        seen.append(_blas_threads())
+        return original()
+
+    monkeypatch.setattr(_parallel, "n_threads", spy)
+    X, cov = _sites(12, n=120, V=30)
+    before = _blas_threads()
+    one = dg.diagnose(X, cov, formula="age", random_state=0, n_permutations=199, n_jobs=1)
+    assert seen and all(s == [1] for s in seen)
+    seen.clear()
+    two = dg.diagnose(X, cov, formula="age", random_state=0, n_permutations=199, n_jobs=2)
+    assert seen and all(s == [2] for s in seen)
+    assert _blas_threads() == before
+    for k in one:
+        pd.testing.assert_frame_equal(one[k], two[k])
+    with pytest.raises(fh.exceptions.InputError, match="'n_jobs' parameter of permanova"):
+        dg.permanova(X, cov, n_jobs=0)
+
+
+def test_refits_of_a_smooth_model_cover_every_fold():
+    """A ComBatGAM refitted inside the folds gets the whole table's age range as its boundary knots: a test
+    fold holding the youngest or oldest subject no longer raises OutOfRangeError, and the user's own bounds
+    are kept."""
+    from featharm.diagnostics.multivariate import _with_smooth_bounds
+
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=8, unbalanced=False, random_state=4)
+    X, cov = s.X, s.covariates
+    gam = fh.ComBatGAM(formula="sex", smooth="age", df=6)
+    Xh = gam.fit_transform(X, cov)
+    t = dg.site_classification(Xh, cov, formula="age + sex", harmonizer=gam, n_permutations=0, random_state=0,
+                               n_repeats=1)
+    assert np.isfinite(t.value).all()
+    h = _with_smooth_bounds(fh.ComBatGAM(formula="sex", smooth="age"), cov)
+    assert h.smooth_bounds == {"age": (cov.age.min(), cov.age.max())}
+    own = _with_smooth_bounds(fh.ComBatGAM(formula="sex", smooth="age", smooth_bounds={"age": (0, 120)}), cov)
+    assert own.smooth_bounds == {"age": (0, 120)}
+    assert _with_smooth_bounds(fh.ComBat(formula="age"), cov).get_params() == fh.ComBat(formula="age").get_params()
