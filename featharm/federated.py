@@ -126,8 +126,6 @@ PENALTY = "integrated squared second derivative"
 MAX_SMOOTH_DF = 100
 MAX_SMOOTH_TERMS = 20
 MAX_RANGE = 1e12  # a smooth range's bounds are at most this in magnitude
-_VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,39}")  # a summary's featharm_version
-_CREATED_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?", re.ASCII)  # its optional time
 _GAM_KEYS = ("criterion", "shared_smoothing", "df", "degree", "knot_rule", "penalty", "smooth")
 
 
@@ -990,7 +988,7 @@ def load_summary(path, plan=None) -> Summary:
         raise FederatedFileError(f"{shown} is not a regular file (a folder, pipe or device); give the .fhs file.")
     with reader.open() as zf:
         raw = reader.read_member(zf, zf.getinfo("manifest.json"), MAX_PLAN_BYTES)
-        from .persistence import _json_depth
+        from .persistence import CREATED_TEXT, VERSION_TEXT, _json_depth
 
         if _json_depth(raw) > 12:
             raise reader.damaged("manifest.json nests too deep", "the manifest of a summary")
@@ -1013,10 +1011,10 @@ def load_summary(path, plan=None) -> Summary:
         if set(man) - keys - {"created"} or keys - set(man):
             raise reader.damaged(f"its manifest has the entries {sorted(man)[:10]}", f"{sorted(keys)}")
         ver = man["featharm_version"]
-        if not (isinstance(ver, str) and _VERSION_TEXT.fullmatch(ver)):
+        if not (isinstance(ver, str) and VERSION_TEXT.fullmatch(ver)):
             raise reader.damaged(f"featharm_version is {str(ver)[:40]!r}",
                                  "a version such as '0.1.0' (at most 40 letters, digits and . + - _ !)")
-        if "created" in man and not (isinstance(man["created"], str) and _CREATED_TEXT.fullmatch(man["created"])):
+        if "created" in man and not (isinstance(man["created"], str) and CREATED_TEXT.fullmatch(man["created"])):
             raise reader.damaged(f"created is {str(man['created'])[:40]!r}",
                                  "a UTC time such as '2026-01-31T12:00:00+00:00'")
         p = plan_from_dict(man["plan"], f"the plan inside {shown}")

@@ -75,6 +75,18 @@ __all__ = ["save_model", "load_model", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 
+# A file's featharm_version and its optional created time (model files and federated summaries): short text
+# of these forms only, so that what `featharm info` or `featharm federated show` prints cannot be spoofed.
+VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,39}")
+CREATED_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?", re.ASCII)
+
+
+def printable(text) -> str:
+    """``text`` from a file, for a terminal: every control character (new line, escape code) written as its
+    Python escape, the rest as it is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 # The model families a file may name: class name -> class. Each family registers itself when its class is
 # created (BaseHarmonizer.__init_subclass__ calls register), so this module imports no model.
 FAMILIES: dict[str, type] = {}
@@ -367,9 +379,10 @@ class _Reader:
         if extra:
             raise self.damaged(f"its manifest has unexpected entries {extra[:5]}",
                                f"only {[*required, 'featharm_version', 'created']}")
-        for key in ("featharm_version", "created"):
-            if key in manifest and not isinstance(manifest[key], str):
-                raise self.damaged(f"{key} is {_describe(manifest[key])}", "a string")
+        for key, form, expected in (("featharm_version", VERSION_TEXT, "a version such as '0.2.0'"),
+                                    ("created", CREATED_TEXT, "a UTC time such as '2026-12-06T08:00:00+00:00'")):
+            if key in manifest and not (isinstance(manifest[key], str) and form.fullmatch(manifest[key])):
+                raise self.damaged(f"{key} is {_describe(manifest[key])}", expected)
         for key in ("params", "state", "arrays"):
             if not isinstance(manifest[key], dict):
                 raise self.damaged(f"{key} is {_describe(manifest[key])}", "a JSON object")

@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def cmd_info(args) -> int:
     from ..models import load_model
     from ..models._base import model_facts
-    from ..persistence import read_manifest
+    from ..persistence import printable, read_manifest
 
     model = load_model(args.model)  # checks the whole file (a damaged one is a one-line error)
     manifest = read_manifest(args.model)
@@ -34,10 +34,10 @@ def cmd_info(args) -> int:
     for k, v in facts:
         if k == "warnings at fit" and log:  # one line each
             lines.append(f"  {k:<{width}}  {len(log)}")
-            lines += [f"    {w['category']}: {w['message']}" for w in log]
-        else:
-            lines.append(f"  {k:<{width}}  {v}")
+            lines += [f"    {printable(w['category'])}: {printable(w['message'])}" for w in log]
+        else:  # names, levels and texts come from the file: control characters are shown escaped
+            lines.append(f"  {k:<{width}}  {printable(v)}")
     if args.features:
-        lines += ["features:"] + [f"  {f}" for f in model.feature_names_in_]
+        lines += ["features:"] + [f"  {printable(f)}" for f in model.feature_names_in_]
     print("\n".join(lines))
     return 0

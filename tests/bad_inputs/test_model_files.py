@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import featharm
 from featharm.cli import main
 
 from .conftest import expect_refusal, fitted_model
@@ -710,3 +711,22 @@ def test_json_of_a_real_model_is_what_the_cases_edit(models):
     assert "subjects" in manifest(models["longitudinal"][0])["state"]
     assert manifest(models["covbat"][0])["arrays"]["pca_loadings"]["shape"][1] >= 3
     assert manifest(models["combatls"][0])["state"]["scale_design"]["columns"] == []
+
+
+def test_info_cannot_be_made_to_print_lines_or_escape_codes(tmp_path, capsys):
+    """A model file's version and time must have their plain forms (else the file is refused before anything is
+    printed); names from the file are printed with their control characters escaped, one fact per line."""
+    s = featharm.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=4, random_state=3)
+    X = s.X.rename(columns={s.X.columns[0]: "roi\x1b[2J\nsites  fake"})
+    good = tmp_path / "m.fhm"
+    featharm.ComBat(batch="site").fit(X, s.covariates).save(good)
+    assert main(["info", str(good), "--features"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "roi\\x1b[2J\\nsites  fake" in out
+    assert not any(line.startswith("sites  fake") for line in out.splitlines())
+    for key, value in (("featharm_version", "0.2\n  sites  3 (fake)"), ("featharm_version", "\x1b[31m0.2"),
+                       ("created", "yesterday\n"), ("created", 5)):
+        bad = rewrite(good, tmp_path / f"bad_{key}.fhm", lambda m, k=key, v=value: {**m, k: v})
+        assert main(["info", str(bad)]) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and key in cap.err and len(cap.err.splitlines()) == 1

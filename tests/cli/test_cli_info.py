@@ -90,3 +90,4 @@ def test_info_refuses_a_damaged_model_before_printing(tmp_path, capsys):
     assert main(["info", str(bad)]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith("featharm: error:") and len(cap.err.splitlines()) == 1
+
