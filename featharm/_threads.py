@@ -18,7 +18,8 @@ the CPUs this process may use (:func:`usable_cpus`: its CPU affinity, and a cgro
 at most what ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` and the BLAS's current
 setting (a threadpoolctl limit around the call) allow, minus the CPUs other processes are using
 (:func:`other_load`: the larger of the threads ready to run at that moment in ``/proc/loadavg``, less this
-process's own, and the 1-minute load average less this process's own CPU use over the last minute). A
+process's own, and the other processes' CPU use over about the last minute: the machine's busy time in
+``/proc/stat`` less this process's, or without it the 1-minute load average less this process's CPU use). A
 multi-threaded BLAS waits at every product for its slowest thread: on a 2-core machine with one other busy
 process, a ComBat fit with two BLAS threads took 2.7 times as long as with one (issue 19), while on an idle
 machine two threads save a third at most (``benchmarks/README.md``, "BLAS threads"). ``n_jobs`` on a model
@@ -153,7 +154,7 @@ def other_runnable() -> float:
     return float(max(0, running - max(own, 1)))
 
 
-_cpu_marks: list[tuple[float, float]] = []  # (monotonic time, CPU seconds of this process) at recent calls
+_cpu_marks: list[tuple] = []  # (monotonic time, CPU seconds of this process, of the whole machine) at recent calls
 
 
 def _process_cpu() -> float:
@@ -161,30 +162,68 @@ def _process_cpu() -> float:
     return t.user + t.system  # every thread of this process (not its children)
 
 
-_cpu_marks.append((time.monotonic(), _process_cpu()))  # at import
+def _machine_cpu() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (every CPU: all but idle and I/O wait time, from
+    the first line of ``/proc/stat``); None where unknown (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [float(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _mark() -> tuple:
+    return (time.monotonic(), _process_cpu(), _machine_cpu())
+
+
+_cpu_marks.append(_mark())  # at import
+
+
+def _window(window: float) -> tuple[tuple, tuple]:
+    """The reference mark (the newest at least ``window`` seconds old, else the oldest) and now; a mark is
+    added at most every 5 seconds, so the list stays short."""
+    now = _mark()
+    while len(_cpu_marks) > 1 and now[0] - _cpu_marks[1][0] >= window:
+        _cpu_marks.pop(0)
+    ref = _cpu_marks[0]
+    if now[0] - _cpu_marks[-1][0] >= 5.0:
+        _cpu_marks.append(now)
+    return ref, now
 
 
 def own_cpu_rate(window: float = 60.0) -> float:
-    """CPUs this process kept busy on average over about the last ``window`` seconds (since import if less).
+    """CPUs this process kept busy on average over about the last ``window`` seconds (since import if less)."""
+    ref, now = _window(window)
+    dt = now[0] - ref[0]
+    return (now[1] - ref[1]) / dt if dt > 0.5 else 0.0
 
-    The reference is the newest mark at least ``window`` seconds old (else the oldest); a mark is added at
-    most every 5 seconds, so the list stays short.
-    """
-    now, cpu = time.monotonic(), _process_cpu()
-    while len(_cpu_marks) > 1 and now - _cpu_marks[1][0] >= window:
-        _cpu_marks.pop(0)
-    t0, c0 = _cpu_marks[0]
-    if now - _cpu_marks[-1][0] >= 5.0:
-        _cpu_marks.append((now, cpu))
-    return (cpu - c0) / (now - t0) if now - t0 > 0.5 else 0.0
+
+def others_cpu_rate(window: float = 60.0) -> float | None:
+    """CPUs the other processes kept busy on average over the same window as :func:`own_cpu_rate`: the
+    machine's busy CPU time less this process's, per second (``/proc/stat``). None where the machine's time is
+    unknown, or over less than 2 seconds (too short to say)."""
+    ref, now = _window(window)
+    dt = now[0] - ref[0]
+    if now[2] is None or len(ref) < 3 or ref[2] is None or dt < 2.0:
+        return None
+    return max(0.0, ((now[2] - ref[2]) - (now[1] - ref[1])) / dt)
 
 
 def other_load() -> float:
     """The CPUs other processes are busy on: the larger of the threads ready to run at this moment
-    (:func:`other_runnable`) and the 1-minute load average less this process's own CPU use over about the
-    same minute (:func:`own_cpu_rate`). The first sees a competitor that has just started; the second a
-    machine whose load comes and goes (other test suites, builds), which an instant may catch idle."""
+    (:func:`other_runnable`) and their CPU use over about the last minute. The first sees a competitor that has
+    just started; the second a machine whose load comes and goes (other test suites, builds), which an instant
+    may catch idle. The last minute is measured (:func:`others_cpu_rate`: the machine's busy time less this
+    process's since a mark about a minute old); only without such a measure (not Linux, or a process a few
+    seconds old) is it the 1-minute load average less this process's own CPU use. The load average lags: after
+    this process kept both CPUs busy it stays high for a minute, and the difference then took this process's
+    own recent work for another process's."""
     now = other_runnable()
+    measured = others_cpu_rate()
+    if measured is not None:
+        return max(now, measured, 0.0)
     try:
         recent = os.getloadavg()[0] - own_cpu_rate()
     except (AttributeError, OSError):  # Windows

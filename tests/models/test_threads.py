@@ -143,6 +143,7 @@ def test_other_runnable_counts_other_processes_only(monkeypatch):
 
 
 def test_other_load_takes_the_larger_of_now_and_the_last_minute(monkeypatch):
+    monkeypatch.setattr(_threads, "others_cpu_rate", lambda: None)    # no measure: the load average's estimate
     monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)      # an instant when nothing else runs
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (2.5, 2.0, 1.5))
     monkeypatch.setattr(_threads, "own_cpu_rate", lambda: 1.0)         # this process: one busy CPU
@@ -154,6 +155,29 @@ def test_other_load_takes_the_larger_of_now_and_the_last_minute(monkeypatch):
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
     monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)
     assert _threads.other_load() == 0.0
+
+
+def test_other_load_measures_the_other_processes_over_the_last_minute(monkeypatch):
+    """With the machine's busy time (/proc/stat), the last minute's load of the others is measured: the
+    machine's CPU time less this process's. After this process kept both CPUs busy the load average stays high
+    for a minute; that is not another process's load."""
+    t, cpu, machine = [1000.0], [50.0], [500.0]
+    monkeypatch.setattr(_threads.time, "monotonic", lambda: t[0])
+    monkeypatch.setattr(_threads, "_process_cpu", lambda: cpu[0])
+    monkeypatch.setattr(_threads, "_machine_cpu", lambda: machine[0])
+    monkeypatch.setattr(_threads, "_cpu_marks", [(1000.0, 50.0, 500.0)])
+    monkeypatch.setattr(_threads, "other_runnable", lambda: 0.0)
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (1.8, 1.0, 0.5))  # lagging after our own burst
+    t[0], cpu[0], machine[0] = 1010.0, 70.0, 520.0   # this process kept 2 CPUs busy, nothing else ran
+    assert _threads.others_cpu_rate() == pytest.approx(0.0)
+    assert _threads.other_load() == 0.0
+    assert _threads.choose_blas_threads(10**8, cpus=2, host_cpus=2, env_limit=None, current=None) == 2
+    t[0], cpu[0], machine[0] = 1020.0, 70.0, 535.0   # then another process kept 1.5 CPUs busy for 10 s
+    assert _threads.others_cpu_rate() == pytest.approx(15.0 / 20.0)
+    monkeypatch.setattr(_threads, "other_runnable", lambda: 1.0)  # one of its threads is ready to run now
+    assert _threads.other_load() == 1.0
+    monkeypatch.setattr(_threads, "_machine_cpu", lambda: None)  # not Linux: the load average's estimate
+    assert _threads.others_cpu_rate() is None
 
 
 def test_own_cpu_rate_sees_this_process_compute(monkeypatch):
