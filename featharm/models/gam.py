@@ -250,6 +250,16 @@ class ComBatGAM(BaseHarmonizer):
                 raise InputError(
                     f"compat='neuroHarmonize' needs an integer random_state (neuroHarmonize's seed); got {rs!r}."
                 )
+        if not self._terms()[0]:
+            raise InputError(
+                "ComBatGAM needs at least one smooth term: pass smooth=['age'] (command line: --smooth age), "
+                "or write s(age) in the formula. Without one, use featharm.ComBat."
+            )
+        self._check_smooth_bounds(owner)
+
+    def _check_smooth_bounds(self, owner: str) -> list[str]:
+        """Check ``smooth_bounds`` ({term: (lower, upper)}, finite numbers or None, smooth terms only); the smooth
+        terms. (Shared with :class:`~featharm.LongComBatGAM`.)"""
         if self.smooth_bounds is not None and not isinstance(self.smooth_bounds, dict):
             raise InputError(f"The 'smooth_bounds' parameter of {owner} must be a dict "
                              f"{{column: (lower, upper)}} or None. Got {self.smooth_bounds!r} instead.")
@@ -263,14 +273,10 @@ class ComBatGAM(BaseHarmonizer):
                 raise InputError(f"The 'smooth_bounds' parameter of {owner} must map each smooth term to "
                                  f"(lower, upper), finite numbers or None. Got {term!r}: {b!r} instead.")
         terms, _ = self._terms()
-        if not terms:
-            raise InputError(
-                "ComBatGAM needs at least one smooth term: pass smooth=['age'] (command line: --smooth age), "
-                "or write s(age) in the formula. Without one, use featharm.ComBat."
-            )
         extra = sorted(set(self.smooth_bounds or {}) - set(terms))
         if extra:
             raise InputError(f"smooth_bounds names {extra}, which are not smooth terms {terms}.")
+        return terms
 
     def _terms(self) -> tuple[list[str], str | None]:
         """The smooth terms (``smooth`` plus ``s()`` terms of the formula) and the linear formula."""

@@ -171,6 +171,7 @@ class LongComBatGAM(LongComBat):
     _smooth_values = ComBatGAM._smooth_values
     _linear_extrapolation = ComBatGAM._linear_extrapolation
     _smooth_design = ComBatGAM._smooth_design
+    _check_smooth_bounds = ComBatGAM._check_smooth_bounds
     smooth_effect = ComBatGAM.smooth_effect
 
     # ------------------------------------------------------------------------------ checks
@@ -179,22 +180,7 @@ class LongComBatGAM(LongComBat):
         owner = self._owner()
         check_option("extrapolate", self.extrapolate, (None, "linear"), owner)
         check_integer("df", self.df, owner, minimum=5)
-        if self.smooth_bounds is not None and not isinstance(self.smooth_bounds, dict):
-            raise InputError(f"The 'smooth_bounds' parameter of {owner} must be a dict "
-                             f"{{column: (lower, upper)}} or None. Got {self.smooth_bounds!r} instead.")
-
-        def bound(v):
-            return v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                                 and bool(np.isfinite(v)))
-
-        for term, b in (self.smooth_bounds or {}).items():
-            if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(bound(v) for v in b)):
-                raise InputError(f"The 'smooth_bounds' parameter of {owner} must map each smooth term to "
-                                 f"(lower, upper), finite numbers or None. Got {term!r}: {b!r} instead.")
-        terms, _ = self._terms()
-        extra = sorted(set(self.smooth_bounds or {}) - set(terms))
-        if extra:
-            raise InputError(f"smooth_bounds names {extra}, which are not smooth terms {terms}.")
+        terms = self._check_smooth_bounds(owner)
         for col in (self.subject, self.batch):
             if col in terms:
                 raise FormulaError(f"the {'subject' if col == self.subject else 'batch'} column {col!r} cannot be "
