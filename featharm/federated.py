@@ -69,7 +69,6 @@ import itertools
 import json
 import math
 import os
-import re
 import stat
 import warnings
 from dataclasses import dataclass, field

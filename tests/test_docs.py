@@ -36,7 +36,7 @@ if hasattr(tokenize, "FSTRING_MIDDLE"):  # Python >= 3.12 splits f-strings into 
 
 _NUM = r"\d+(?:\.\d+)*"
 SECTION = re.compile(rf"§\s?({_NUM})")
-SECTION_RANGE = re.compile(rf"§\s?(\d+)\.(\d+)\s*[–-]\s*(?:§\s?)?(\d+)\.(\d+)")
+SECTION_RANGE = re.compile(r"§\s?(\d+)\.(\d+)\s*[–-]\s*(?:§\s?)?(\d+)\.(\d+)")
 SECTION_LIST = re.compile(rf"§\s?{_NUM}(?:\s*[–-]\s*{_NUM})?((?:,\s*(?:§\s?)?\d+\.\d+)+)")
 SECTION_ITEM = re.compile(rf"§\s?({_NUM}),?\s+(step|pitfall)\s+(\d+)", re.IGNORECASE)
 STEP = re.compile(r"\bS([1-8])\b")

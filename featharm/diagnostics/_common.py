@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .._validation import _show, align_covariates, batch_levels, check_features, encode_batches, get_batch, rows_of
 from ..design import CovariateDesign, batch_indicators, check_full_rank

@@ -14,7 +14,7 @@ from ._permutation import STOP_AFTER
 from ._common import complete_rows
 from ._results import TABLES, DiagnosticsResult, missingness_table
 from .balance import covariate_balance
-from .multivariate import (CLASSIFIERS, MULTIVARIATE_COLUMNS, _check_classifier_options, check_cv_sites,
+from .multivariate import (MULTIVARIATE_COLUMNS, _check_classifier_options, check_cv_sites,
                            classification_table, multivariate_data, pc_tests_table, permanova_table,
                            unavailable_classification, unavailable_table)
 from .mixing import mixing_table

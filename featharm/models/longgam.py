@@ -22,7 +22,7 @@ import pandas as pd
 from .._core import smooth_mixed
 from .._core.splines import SplineBasis
 from .._validation import check_integer, check_option
-from ..exceptions import FormulaError, InputError, SingleScanWarning, warn
+from ..exceptions import FormulaError, SingleScanWarning, warn
 from ..mixed import MixedFit
 from .._schema import DamagedState, Stored
 from .gam import ComBatGAM, _check_basis

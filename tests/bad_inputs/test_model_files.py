@@ -350,7 +350,7 @@ def test_unexpected_state_entry(capsys, tmp_path, family_model):
 
 @pytest.mark.parametrize("change,needles", [
     (lambda b: "site01", ["state.batches", "a list"]),
-    (lambda b: [b[0], b[0], *b[2:]], ["state.batches", f"repeats"]),
+    (lambda b: [b[0], b[0], *b[2:]], ["state.batches", "repeats"]),
     (lambda b: [b[0], 2, *b[2:]], ["state.batches[1]"]),
     (lambda b: [], ["state.batches", "empty"]),
 ], ids=["not-a-list", "duplicated", "mixed-types", "empty"])

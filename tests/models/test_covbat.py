@@ -21,7 +21,6 @@ import featharm
 from featharm.exceptions import InputError, UnseenBatchError
 
 from test_parity_r import OUTPUTS, CheckComBatR, load_small_cs
-from test_properties import make_data
 
 
 class CheckCovBatR(CheckComBatR):

@@ -13,11 +13,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import featharm
-from featharm._core.suffstats import SuffStats
 from featharm.exceptions import InputError
 from featharm.models._gam_from_stats import freeze_gam_design
 from test_from_statistics import make_volumes, output_error, stored_errors, summarize
