@@ -87,6 +87,16 @@ def make_longitudinal(n_subjects: int = 300, n_sites: int = 4, n_features: int =
     b_age = rng.normal(-0.01, 0.004, size=p)
     b_sex = rng.normal(0.1, 0.05, size=p)
     b_time = rng.normal(-0.03, 0.01, size=p)
+    fixed = alpha + np.outer(age, b_age) + np.outer(male, b_sex) + np.outer(time, b_time)
+    tables = _observe(rng, fixed, subj=subj, site=site, n_subjects=n_subjects, n_sites=n_sites, tau2=tau2,
+                      sigma2=sigma2, gamma_sd=gamma_sd, log_delta_sd=log_delta_sd, age=age, sex=sex, time=time)
+    return LongitudinalSimulation(**tables, icc=icc)
+
+
+def _observe(rng, fixed, *, subj, site, n_subjects, n_sites, tau2, sigma2, gamma_sd, log_delta_sd, age, sex, time):
+    """The scans of both simulators from their fixed effects (scans × features): subject intercepts, noise, site
+    shifts and scales (centred and scaled over the scans), as the tables of a :class:`LongitudinalSimulation`."""
+    n, p = fixed.shape
     u = rng.normal(0.0, np.sqrt(tau2), size=(n_subjects, p))
     eps = rng.normal(0.0, np.sqrt(sigma2), size=(n, p))
     counts = np.bincount(site, minlength=n_sites).astype(float)
@@ -94,20 +104,17 @@ def make_longitudinal(n_subjects: int = 300, n_sites: int = 4, n_features: int =
     gamma -= (counts @ gamma) / n
     delta = np.exp(rng.normal(0.0, log_delta_sd, size=(n_sites, p)))
     delta /= np.sqrt((counts @ delta**2) / n)
-    fixed = alpha + np.outer(age, b_age) + np.outer(male, b_sex) + np.outer(time, b_time)
     truth = fixed + u[subj] + eps
     obs = fixed + u[subj] + np.sqrt(sigma2) * gamma[site] + delta[site] * eps
-
     ids = pd.Index([f"scan{i:05d}" for i in range(n)], name="scan")
     cols = [f"roi{j:03d}" for j in range(p)]
     sites = [f"site{k + 1:02d}" for k in range(n_sites)]
     cov = pd.DataFrame({"subject": [f"sub{s:04d}" for s in subj], "site": np.asarray(sites)[site],
                         "age": age, "sex": sex[subj], "time": time}, index=ids)
-    return LongitudinalSimulation(
-        X=pd.DataFrame(obs, index=ids, columns=cols), covariates=cov,
-        truth=pd.DataFrame(truth, index=ids, columns=cols),
-        gamma=pd.DataFrame(gamma, index=sites, columns=cols), delta=pd.DataFrame(delta, index=sites, columns=cols),
-        icc=icc)
+    return dict(X=pd.DataFrame(obs, index=ids, columns=cols), covariates=cov,
+                truth=pd.DataFrame(truth, index=ids, columns=cols),
+                gamma=pd.DataFrame(gamma, index=sites, columns=cols),
+                delta=pd.DataFrame(delta, index=sites, columns=cols))
 
 
 @dataclass
@@ -182,24 +189,9 @@ def make_lifespan(n_subjects: int = 1000, n_sites: int = 4, n_features: int = 40
     b_sex = rng.normal(0.1, 0.05, size=p)
     coef = rng.normal(0.0, curve_sd, size=(2, p))
     curve = lifespan_shape(age) @ coef
-    u = rng.normal(0.0, np.sqrt(tau2), size=(n_subjects, p))
-    eps = rng.normal(0.0, np.sqrt(sigma2), size=(n, p))
-    counts = np.bincount(site, minlength=n_sites).astype(float)
-    gamma = rng.normal(0.0, gamma_sd, size=(n_sites, p))
-    gamma -= (counts @ gamma) / n
-    delta = np.exp(rng.normal(0.0, log_delta_sd, size=(n_sites, p)))
-    delta /= np.sqrt((counts @ delta**2) / n)
     fixed = alpha + np.outer(age, b_lin) + curve + np.outer(male, b_sex)
-    truth = fixed + u[subj] + eps
-    obs = fixed + u[subj] + np.sqrt(sigma2) * gamma[site] + delta[site] * eps
-
-    ids = pd.Index([f"scan{i:05d}" for i in range(n)], name="scan")
-    cols = [f"roi{j:03d}" for j in range(p)]
-    sites = [f"site{k + 1:02d}" for k in range(n_sites)]
-    cov = pd.DataFrame({"subject": [f"sub{s:04d}" for s in subj], "site": np.asarray(sites)[site],
-                        "age": age, "sex": sex[subj], "time": time}, index=ids)
-    return LifespanSimulation(
-        X=pd.DataFrame(obs, index=ids, columns=cols), covariates=cov,
-        truth=pd.DataFrame(truth, index=ids, columns=cols),
-        gamma=pd.DataFrame(gamma, index=sites, columns=cols), delta=pd.DataFrame(delta, index=sites, columns=cols),
-        icc=icc, curve=pd.DataFrame(curve, index=ids, columns=cols), sigma=float(np.sqrt(sigma2)))
+    tables = _observe(rng, fixed, subj=subj, site=site, n_subjects=n_subjects, n_sites=n_sites, tau2=tau2,
+                      sigma2=sigma2, gamma_sd=gamma_sd, log_delta_sd=log_delta_sd, age=age, sex=sex, time=time)
+    return LifespanSimulation(**tables, icc=icc, curve=pd.DataFrame(curve, index=tables["X"].index,
+                                                                   columns=tables["X"].columns),
+                              sigma=float(np.sqrt(sigma2)))
