@@ -14,6 +14,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "checked completely before anything is printed.")
     i.add_argument("model", metavar="MODEL", help="model file")
     i.add_argument("--features", action="store_true", help="list every feature, one per line, after the summary")
+    i.add_argument("--methods", action="store_true",
+                   help="print instead a methods paragraph for a paper (featharm version, model and every option, "
+                        "formula, numbers of sites, subjects and features, references), as in the report")
     i.set_defaults(func=cmd_info)
     return i
 
@@ -24,6 +27,12 @@ def cmd_info(args) -> int:
     from ..persistence import printable, read_manifest
 
     model = load_model(args.model)  # checks the whole file (a damaged one is a one-line error)
+    if args.methods:
+        from ..report import methods_text
+
+        # names from the file (batch column, formula) with their control characters escaped, line by line
+        print("\n".join(printable(line) for line in methods_text(model).split("\n")))
+        return 0
     manifest = read_manifest(args.model)
     facts = model_facts(model)
     facts.insert(1, ("written by", f"featharm {manifest.get('featharm_version') or '(unknown version)'}"

@@ -91,3 +91,17 @@ def test_info_refuses_a_damaged_model_before_printing(tmp_path, capsys):
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.startswith("featharm: error:") and len(cap.err.splitlines()) == 1
 
+
+
+def test_info_methods_prints_the_papers_methods_paragraph(tmp_path, capsys):
+    """``featharm info MODEL --methods``: the report's methods paragraph, from the model file alone."""
+    from featharm.report import methods_text
+
+    s = fh.datasets.make_multisite(n_subjects=150, n_sites=3, n_features=6, unbalanced=False, random_state=2)
+    model = fh.ComBat(batch="site", formula="age + sex").fit(s.X, s.covariates)
+    path = tmp_path / "m.fhm"
+    model.save(path)
+    assert main(["info", str(path), "--methods"]) == 0
+    out = capsys.readouterr().out
+    assert out == methods_text(fh.load_model(path)) + "\n"
+    assert "150 subjects" in out and "3 sites" in out and "'age + sex'" in out and "\n\nReferences\n" in out
