@@ -7,6 +7,8 @@ value or site, and how to fix it.
 
 from __future__ import annotations
 
+import threading
+
 __all__ = [
     "FeatharmError",
     "InputError",
@@ -241,16 +243,34 @@ def warn(message: str, category: type[Warning] = FeatharmWarning) -> None:
             break
         frame = frame.f_back
         level += 1
-    for log in _WARNING_LOGS:  # record_warnings(): kept for the model's fit_warnings_ and the report
+    for log in _logs():  # record_warnings(): kept for the model's fit_warnings_ and the report
         log.append({"category": category.__name__, "message": str(message)})
     warnings.warn(message, category, stacklevel=level)
 
 
-_WARNING_LOGS: list[list] = []
+_LOGS = threading.local()  # each thread's stack of record_warnings() lists
+
+
+def _logs() -> list[list]:
+    """This thread's active :class:`record_warnings` lists (innermost last). Per thread: two models fitted at
+    the same time in two threads of one process keep their own ``fit_warnings_``."""
+    logs = getattr(_LOGS, "stack", None)
+    if logs is None:
+        logs = _LOGS.stack = []
+    return logs
+
+
+def add_to_records(entries) -> None:
+    """Add warnings recorded in another thread (``{"category", "message"}`` dicts, e.g. a
+    :class:`record_warnings` list filled there) to this thread's active records, in order, without issuing
+    them again."""
+    for log in _logs():
+        log.extend(dict(e) for e in entries)
 
 
 class record_warnings:  # noqa: N801 (used as a context manager)
-    """Context manager collecting the warnings featharm issues through :func:`warn` inside it.
+    """Context manager collecting the warnings featharm issues through :func:`warn` inside it, in this
+    thread (see :func:`add_to_records` for work done on other threads).
 
     The warnings are still issued as usual (filters apply); the context value is a list of
     ``{"category": class name, "message": text}`` dicts, in order. Used to keep a model's
@@ -259,11 +279,12 @@ class record_warnings:  # noqa: N801 (used as a context manager)
 
     def __enter__(self) -> list:
         self.log: list = []
-        _WARNING_LOGS.append(self.log)
+        _logs().append(self.log)
         return self.log
 
     def __exit__(self, *exc) -> None:
-        for i in range(len(_WARNING_LOGS) - 1, -1, -1):  # by identity (equal lists may be nested)
-            if _WARNING_LOGS[i] is self.log:
-                del _WARNING_LOGS[i]
+        logs = _logs()
+        for i in range(len(logs) - 1, -1, -1):  # by identity (equal lists may be nested)
+            if logs[i] is self.log:
+                del logs[i]
                 break

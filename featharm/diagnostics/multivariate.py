@@ -3,6 +3,7 @@ top principal components, and cross-validated site classification."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ from scipy import stats
 
 from .._progress import Progress
 from .._validation import check_option
-from ..exceptions import InputError
+from ..exceptions import InputError, add_to_records, record_warnings
 from ._common import Prepared, complete_rows, group_sums, prepare
 from ._parallel import _serial, sized_by_features, workers
 from ._permutation import STOP_AFTER, CellPermuter, cv_cells, sequential_null
@@ -761,17 +762,29 @@ def _lda_null(P, splits, n_splits, harmonizer, rng, n_permutations, stop_after, 
     with progress(len(splits), "site classification: fold decompositions") as bar:
         raw = RawFolds(Pc.Y, Pc.Xc) if harmonizer is None else None
         W = np.hstack([np.ones((P.n, 1)), P.Xc])
-        refit = _fold_harmonizer(harmonizer, P) if harmonizer is not None else None
-        for tr, te in splits:
-            if raw is not None:
+        if raw is not None:
+            for tr, te in splits:
                 folds.append(raw.fold(tr, te, k))
-            else:
-                a, b = refit(tr, te)
+                bar.update()
+        else:  # the harmonizer refitted in every fold: the folds are independent, on the diagnostics' threads
+            refit = _fold_harmonizer(harmonizer, P)
+            caller = threading.get_ident()
+
+            def build(split):
+                tr, te = split
+                with record_warnings() as log:  # this thread's: handed to the caller's records below
+                    a, b = refit(tr, te)
                 if const.any():
                     a, b = a[:, ~const], b[:, ~const]
-                folds.append(table_fold(a, b, W[tr], W[te], k))
-                del a, b
-            bar.update()
+                return table_fold(a, b, W[tr], W[te], k), log, threading.get_ident()
+
+            with workers() as pmap:
+                built = pmap(build, splits)
+            for fold, log, ident in built:  # in fold order, whatever the threads did: reproducible records
+                if ident != caller:
+                    add_to_records(log)
+                folds.append(fold)
+                bar.update()
 
     def cv(labels, pmap=_serial):  # labels (B, n) -> (folds, 2, B): balanced accuracy and AUC per fold and vector
         if raw is not None:

@@ -306,3 +306,59 @@ def test_refits_of_a_smooth_model_cover_every_fold():
     own = _with_smooth_bounds(fh.ComBatGAM(formula="sex", smooth="age", smooth_bounds={"age": (0, 120)}), cov)
     assert own.smooth_bounds == {"age": (0, 120)}
     assert _with_smooth_bounds(fh.ComBat(formula="age"), cov).get_params() == fh.ComBat(formula="age").get_params()
+
+
+def test_warning_records_are_per_thread():
+    """record_warnings collects the warnings of its own thread: a warning issued meanwhile in another thread
+    (another model's fit) is not in it. add_to_records hands another thread's list over, in order."""
+    import threading
+    import warnings
+
+    from featharm.exceptions import FeatharmWarning, add_to_records, record_warnings, warn
+
+    inside, warned = threading.Event(), threading.Event()
+    seen = {}
+
+    def recorder():
+        with record_warnings() as log:
+            inside.set()
+            warned.wait(10)
+        seen["log"] = log
+
+    def other():
+        inside.wait(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warn("from the other thread", FeatharmWarning)
+        warned.set()
+
+    threads = [threading.Thread(target=recorder), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen["log"] == []
+    with record_warnings() as outer:
+        add_to_records([{"category": "SmallBatchWarning", "message": "a"}, {"category": "X", "message": "b"}])
+    assert [w["message"] for w in outer] == ["a", "b"]
+
+
+def test_fold_refits_on_threads_give_the_same_tables_and_warnings(monkeypatch):
+    """The harmonizer's refits in the CV folds run on the diagnostics' threads: with two threads the tables
+    and the recorded refit warnings (in fold order) are those of one thread."""
+    s = fh.datasets.make_multisite(n_subjects=240, n_sites=4, n_features=10, unbalanced=False, random_state=6)
+    keep = ~((s.covariates.site == "site04").to_numpy() & (np.cumsum(s.covariates.site == "site04") > 11))
+    X, cov = s.X[keep], s.covariates[keep]  # site04 keeps 11 rows: 8 or 9 in each training fold
+    model = fh.ComBat(batch="site", formula="age + sex")
+    Xh = model.fit_transform(X, cov)
+    kw = dict(formula="age + sex", X_harmonized=Xh, harmonizer=model, random_state=0, n_permutations=0,
+              classification_permutations=20)
+    with pytest.warns(fh.exceptions.SmallBatchWarning):
+        one = dg.diagnose(X, cov, n_jobs=1, **kw)
+    monkeypatch.setattr(_parallel, "n_threads", lambda: 2)
+    with pytest.warns(fh.exceptions.SmallBatchWarning):
+        two = dg.diagnose(X, cov, n_jobs=2, **kw)
+    assert one.refit_warnings and one.refit_warnings == two.refit_warnings
+    assert len(one.refit_warnings) >= 10  # every fold's fit warned about the small site
+    for k in one:
+        pd.testing.assert_frame_equal(one[k], two[k])
