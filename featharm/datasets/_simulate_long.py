@@ -66,9 +66,7 @@ def make_longitudinal(n_subjects: int = 300, n_sites: int = 4, n_features: int =
     LongitudinalSimulation
     """
     rng = np.random.default_rng(random_state)
-    nv = rng.choice(np.asarray(visits), size=n_subjects)
-    subj = np.repeat(np.arange(n_subjects), nv)
-    visit = np.concatenate([np.arange(k) for k in nv])
+    nv, subj, visit = _visits(rng, n_subjects, visits)
     n = subj.size
     time = visit + rng.uniform(-0.2, 0.2, size=n) * (visit > 0)
     age0 = rng.uniform(20, 80, size=n_subjects)
@@ -91,6 +89,12 @@ def make_longitudinal(n_subjects: int = 300, n_sites: int = 4, n_features: int =
     tables = _observe(rng, fixed, subj=subj, site=site, n_subjects=n_subjects, n_sites=n_sites, tau2=tau2,
                       sigma2=sigma2, gamma_sd=gamma_sd, log_delta_sd=log_delta_sd, age=age, sex=sex, time=time)
     return LongitudinalSimulation(**tables, icc=icc)
+
+
+def _visits(rng, n_subjects: int, visits):
+    """Each subject's number of scans (drawn from ``visits``), and per scan its subject and visit number."""
+    nv = rng.choice(np.asarray(visits), size=n_subjects)
+    return nv, np.repeat(np.arange(n_subjects), nv), np.concatenate([np.arange(k) for k in nv])
 
 
 def _observe(rng, fixed, *, subj, site, n_subjects, n_sites, tau2, sigma2, gamma_sd, log_delta_sd, age, sex, time):
@@ -162,9 +166,7 @@ def make_lifespan(n_subjects: int = 1000, n_sites: int = 4, n_features: int = 40
     LifespanSimulation
     """
     rng = np.random.default_rng(random_state)
-    nv = rng.choice(np.asarray(visits), size=n_subjects)
-    subj = np.repeat(np.arange(n_subjects), nv)
-    visit = np.concatenate([np.arange(k) for k in nv])
+    nv, subj, visit = _visits(rng, n_subjects, visits)
     n = subj.size
     gaps = rng.uniform(1.0, 3.0, size=n) * (visit > 0)
     time = np.zeros(n)

@@ -499,16 +499,7 @@ class ComBatGAM(BaseHarmonizer):
 
     def _check_state(self, state):
         dims = super()._check_state(state)
-        bases = state["smooth_bases"]
-        terms = self._terms()[0]
-        if not isinstance(bases, list) or not bases:
-            raise DamagedState("state.smooth_bases", f"is {describe(bases)}",
-                               "a list with the spline basis of each smooth term")
-        names = [_check_basis(b, f"state.smooth_bases[{i}]") for i, b in enumerate(bases)]
-        if names != terms:
-            raise DamagedState("state.smooth_bases", f"are for the terms {names}",
-                               f"the smooth terms of the parameters, {terms}")
-        dims["basis"] = sum(len(b["knots"]) - b["degree"] - 2 for b in bases)
+        dims["basis"] = check_bases_state(state["smooth_bases"], self._terms()[0], allow_empty=False)
         return dims
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -520,6 +511,19 @@ class ComBatGAM(BaseHarmonizer):
     def from_neuroharmonize(cls, model: dict, *, feature_names=None, batch: str = "SITE") -> "ComBatGAM":
         """A fitted :class:`ComBatGAM` from a neuroHarmonize GAM model; see :func:`from_neuroharmonize`."""
         return from_neuroharmonize(model, feature_names=feature_names, batch=batch)
+
+
+def check_bases_state(bases, terms: list[str], *, allow_empty: bool) -> int:
+    """A model file's ``state.smooth_bases`` (ComBatGAM, LongComBatGAM): a list with the saved spline basis of
+    each smooth term, in the order of ``terms``; the number of spline columns."""
+    if not isinstance(bases, list) or (not bases and not allow_empty):
+        raise DamagedState("state.smooth_bases", f"is {describe(bases)}",
+                           "a list with the spline basis of each smooth term")
+    names = [_check_basis(b, f"state.smooth_bases[{i}]") for i, b in enumerate(bases)]
+    if names != terms:
+        raise DamagedState("state.smooth_bases", f"are for the terms {names}",
+                           f"the smooth terms of the parameters, {terms}")
+    return sum(len(b["knots"]) - b["degree"] - 2 for b in bases)
 
 
 def _check_basis(b, entry: str) -> str:

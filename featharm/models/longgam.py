@@ -24,8 +24,8 @@ from .._core.splines import SplineBasis
 from .._validation import check_integer, check_option
 from ..exceptions import FormulaError, SingleScanWarning, warn
 from ..mixed import MixedFit
-from .._schema import DamagedState, Stored
-from .gam import ComBatGAM, _check_basis
+from .._schema import Stored
+from .gam import ComBatGAM, check_bases_state
 from .longitudinal import LongComBat
 
 __all__ = ["LongComBatGAM"]
@@ -303,16 +303,7 @@ class LongComBatGAM(LongComBat):
 
     def _check_state(self, state):
         dims = super()._check_state(state)
-        bases = state["smooth_bases"]
-        terms = self._terms()[0]
-        if not isinstance(bases, list):
-            raise DamagedState("state.smooth_bases", "is not a list",
-                               "a list with the spline basis of each smooth term")
-        names = [_check_basis(b, f"state.smooth_bases[{i}]") for i, b in enumerate(bases)]
-        if names != terms:
-            raise DamagedState("state.smooth_bases", f"are for the terms {names}",
-                               f"the smooth terms of the parameters, {terms}")
-        dims["basis"] = sum(len(b["knots"]) - b["degree"] - 2 for b in bases)
+        dims["basis"] = check_bases_state(state["smooth_bases"], self._terms()[0], allow_empty=True)
         return dims
 
     def _set_state(self, state, arrays) -> None:

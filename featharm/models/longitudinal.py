@@ -273,7 +273,6 @@ class LongComBat(BaseHarmonizer):
                      SingleScanWarning)
         Y = prep.Y
         n, p = Y.shape
-        m = B.shape[1]
         W = np.hstack([B, prep.X])
         Z = np.column_stack([np.ones(n), t]) if self.random_slope else None
         if prep.mask is not None:  # NaN cells: each feature's mixed model on its observed scans (§1.8)
