@@ -11,7 +11,7 @@ from scipy.linalg.blas import dgemm
 
 from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
 
-__all__ = ["GramSolver", "residual_ss", "batch_residual_ss", "residual_blocks", "sub_gemm"]
+__all__ = ["GramSolver", "residual_ss", "within_fit", "within_steps", "within_blocks", "batch_residual_ss", "residual_blocks", "sub_gemm"]
 
 
 class GramSolver:
@@ -82,6 +82,164 @@ def residual_ss(Y: np.ndarray, W: np.ndarray, coef: np.ndarray, onehot: np.ndarr
     sub_gemm(W, coef, R, -1.0)
     np.square(R, out=R)
     return dgemm(1.0, onehot, R, trans_a=1)
+
+
+def within_fit(Y: np.ndarray, batch_rows: np.ndarray, X: np.ndarray, codes: np.ndarray,
+               progress=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """S1 and the within-batch residual sums of squares of every feature on ``W = [B | X]``.
+
+    ``B`` is ``batch_rows[codes]`` (the m batch columns: indicators, or with a reference batch its column of
+    ones), ``X`` (n × q) the covariates. Returns ``(coef, ss)``: the least-squares coefficients ((m + q) × p,
+    batch columns first, as :class:`GramSolver` gives them) and the per-batch residual sums of squares
+    (m × p, as :func:`batch_residual_ss`). Returns None when the covariates centred within batches are
+    numerically rank deficient (the caller then solves the normal equations of ``W``).
+
+    This is the within-batch (fixed-effects) form of the same least squares: with ``x̄_i``/``ȳ_i`` the
+    batch means and ``X_c = X - x̄_b`` the covariates centred within their batch (orthogonal to every batch
+    column), ``beta = (X_c'X_c)^-1 X_c'Y``, the batch coefficients are ``ȳ_i - x̄_i beta`` (mapped through
+    ``batch_rows``) and the residuals ``y - ȳ_b - x_c beta``. It needs the per-batch sums and a q-column
+    product instead of an (m + q)-column GEMM, and it is more accurate than the normal equations of ``W``,
+    whose batch columns are nearly collinear with an uncentred covariate such as age.
+
+    A column-major table is read once: each block of features is gathered with its rows in batch order
+    (each batch a contiguous range) and everything is computed from that cache-resident copy. A row-major
+    table is read twice, a batch's rows at a time: the per-batch sums and ``X_c'Y``, then the residuals.
+    The blocks do not depend on the threads and every sum has a fixed order, so the result is the same to
+    the bit for any number of threads; a column holding NaN gives NaN (in that column only). ``progress`` (optional)
+    is called :func:`within_steps` times.
+    """
+    n, p = Y.shape
+    m = batch_rows.shape[0]
+    order = np.argsort(codes, kind="stable")  # rows grouped by batch, in their order within a batch
+    bounds = np.searchsorted(codes[order], np.arange(m + 1))
+    counts = np.diff(bounds)
+    if (counts == 0).any():
+        return None
+    Xs = np.asarray(X, dtype=np.float64)[order]
+    q = Xs.shape[1]
+    xbar = np.add.reduceat(Xs, bounds[:-1], axis=0) / counts[:, None] if q else np.zeros((m, 0))
+    Xcs = Xs - np.repeat(xbar, counts, axis=0)  # centred within batches, rows in batch order (n × q)
+    factor = None
+    if q:
+        try:
+            factor = sla.cho_factor(Xcs.T @ Xcs, lower=False, check_finite=False)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.isfinite(factor[0]).all():
+            return None
+    mapped = not np.array_equal(batch_rows, np.eye(m))
+    to_coef = np.linalg.inv(batch_rows) if mapped else None  # exact here: entries 0 and ±1
+    coef = np.empty((m + q, p))
+
+    def store(cols, ybar, beta):
+        """The coefficients of the features ``cols`` from their batch means (m × w) and ``beta`` (q × w)."""
+        a = ybar - xbar @ beta if q else ybar  # the indicator coefficients
+        coef[:m, cols] = to_coef @ a if mapped else a
+        if q:
+            coef[m:, cols] = beta
+
+    if row_major(Y):
+        ss = _within_rows(Y, codes, order, bounds, Xcs, factor, store, progress)
+    else:
+        ss = _within_columns(Y, order, bounds, Xcs, factor, store, progress)
+    return coef, ss
+
+
+def within_steps(Y: np.ndarray, m: int) -> int:
+    """How many times :func:`within_fit` calls its ``progress`` (blocks of features, or twice per batch)."""
+    return 2 * m if row_major(Y) else len(within_blocks(Y))
+
+
+def within_blocks(Y: np.ndarray) -> list[slice]:
+    """The blocks of features of :func:`within_fit` on a column-major table (~``BLOCK_BYTES`` of float64 each)."""
+    n, p = Y.shape
+    size = max(1, min(p, BLOCK_BYTES // (8 * n)))
+    return [slice(s, min(p, s + size)) for s in range(0, p, size)]
+
+
+def _within_columns(Y, order, bounds, Xcs, factor, store, progress):
+    """:func:`within_fit` of a column-major table: one pass over blocks of features."""
+    n, p = Y.shape
+    m = bounds.size - 1
+    q = Xcs.shape[1]
+    counts = np.diff(bounds)
+    starts = bounds[:-1]
+    inv_counts = 1.0 / counts[:, None]
+    Xct = np.ascontiguousarray(Xcs.T)  # q × n
+    Yt = Y.T  # p × n, C order (a view)
+    blocks = within_blocks(Y)
+    size = blocks[0].stop - blocks[0].start
+    ss = np.empty((m, p))
+
+    def part(blocks):
+        T = np.empty((size, n))  # a block, rows in batch order, feature × row (C order)
+        raw = T if Y.dtype == np.float64 else np.empty((size, n), dtype=Y.dtype)
+        F = np.empty((size, n))  # the fitted values
+        sums = np.empty((size, m))
+        for cols in blocks:
+            w = cols.stop - cols.start
+            t, f = T[:w], F[:w]
+            np.take(Yt[cols], order, axis=1, out=raw[:w], mode="wrap")
+            if raw is not T:
+                np.copyto(t, raw[:w])
+            s = np.add.reduceat(t, starts, axis=1, out=sums[:w])  # w × m (pairwise sums)
+            ybar = s.T * inv_counts  # m × w
+            if q:
+                beta = sla.cho_solve(factor, Xct @ t.T, check_finite=False)  # q × w
+                np.matmul(beta.T, Xct, out=f)
+                f += np.repeat(ybar.T, counts, axis=1)
+            else:
+                beta = None
+                f[...] = np.repeat(ybar.T, counts, axis=1)
+            store(cols, ybar, beta)
+            t -= f
+            np.square(t, out=t)
+            ss[:, cols] = np.add.reduceat(t, starts, axis=1, out=sums[:w]).T
+            if progress is not None:
+                progress()
+
+    run_blocks(part, blocks, Y.size)
+    return ss
+
+
+def _within_rows(Y, codes, order, bounds, Xcs, factor, store, progress):
+    """:func:`within_fit` of a row-major table: the batches' rows a block at a time, twice (the sums, then the
+    residuals); the batches are dealt between the threads and each batch's sums are kept apart, so that they
+    are added in batch order whatever the threads."""
+    n, p = Y.shape
+    m = bounds.size - 1
+    q = Xcs.shape[1]
+    counts = np.diff(bounds)
+    size = block_size(Y)
+    sums = np.zeros((m, p))
+    cross = np.zeros((m, q, p))  # X_c'Y of each batch's rows
+
+    def part(batches):
+        R = np.empty((size, p))
+        raw = R if Y.dtype == np.float64 else np.empty((size, p), dtype=Y.dtype)
+        row = np.empty(p)
+        for i in batches:
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            for start in range(lo, hi, size):
+                stop = min(hi, start + size)
+                r = R[:stop - start]
+                np.take(Y, order[start:stop], axis=0, out=raw[:stop - start], mode="wrap")
+                if raw is not R:
+                    np.copyto(r, raw[:stop - start])
+                sums[i] += np.add.reduce(r, axis=0, out=row)
+                if q:
+                    cross[i] += Xcs[start:stop].T @ r
+            if progress is not None:
+                progress()
+
+    by_size = [int(i) for i in np.argsort(-counts, kind="stable")]  # largest batches first
+    run_blocks(part, by_size, Y.size)
+    ybar = sums / counts[:, None]
+    beta = sla.cho_solve(factor, np.add.reduce(cross, axis=0), check_finite=False) if q else None
+    store(slice(None), ybar, beta)
+    Xc = np.empty_like(Xcs)
+    Xc[order] = Xcs  # back in the rows' own order
+    return _batch_residual_ss_rows(Y, ybar, Xc, beta if q else np.zeros((0, p)), codes, progress)
 
 
 def batch_residual_ss(Y: np.ndarray, batch_fit: np.ndarray, X: np.ndarray, coef_x: np.ndarray,

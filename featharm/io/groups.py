@@ -30,6 +30,7 @@ has the same column names as the volumes, so a table of those needs a groups fil
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,14 +59,12 @@ _SUFFIX = {
     "meancurv": "meancurv", "gauscurv": "gauscurv", "foldind": "foldind", "curvind": "curvind",
 }
 
-# ABCD 5.x: the second token of smri_/dmri_ names
-_ABCD = [
-    (re.compile(r"^smri_thick_"), "thickness"), (re.compile(r"^smri_area_"), "area"),
-    (re.compile(r"^smri_vol_"), "volume"), (re.compile(r"^smri_sulc_"), "sulc"),
-    (re.compile(r"^smri_t1w"), "t1w"), (re.compile(r"^smri_t2w"), "t2w"),
-    (re.compile(r"^dmri_dtifa"), "fa"), (re.compile(r"^dmri_dtimd"), "md"),
-    (re.compile(r"^dmri_dtild"), "ld"), (re.compile(r"^dmri_dtitd"), "td"),
-]
+# ABCD 5.x: the second token of smri_/dmri_ names (one pattern: one match per name)
+_ABCD_GROUPS = {"smri_thick_": "thickness", "smri_area_": "area", "smri_vol_": "volume", "smri_sulc_": "sulc",
+                "smri_t1w": "t1w", "smri_t2w": "t2w", "dmri_dtifa": "fa", "dmri_dtimd": "md", "dmri_dtild": "ld",
+                "dmri_dtitd": "td"}
+_ABCD = re.compile("^(" + "|".join(map(re.escape, _ABCD_GROUPS)) + ")")
+_WHOLE_BRAIN_VOL = re.compile(r"[A-Za-z0-9-]*Vol")
 
 # ENIGMA's global and subcortical names (featharm.io.freesurfer.enigma reads them)
 _ENIGMA = {"lthickness": "thickness", "rthickness": "thickness", "lsurfarea": "area", "rsurfarea": "area"}
@@ -82,11 +81,16 @@ _ASEG_MIDLINE = {s.lower() for s in (
 
 def measure_of(name) -> str:
     """The measure group of one feature name (:data:`MEASURE_GROUPS`; ``"other"`` when not recognized)."""
-    text = str(name).strip()
+    return _measure_of_text(str(name))
+
+
+@functools.lru_cache(maxsize=2**16)
+def _measure_of_text(name: str) -> str:
+    text = name.strip()
     low = text.lower()
-    for pattern, group in _ABCD:
-        if pattern.match(low):
-            return group
+    abcd = _ABCD.match(low)
+    if abcd:
+        return _ABCD_GROUPS[abcd.group(1)]
     if "_" in low:
         suffix = low.rsplit("_", 1)[1]
         if suffix in _SUFFIX:
@@ -97,7 +101,7 @@ def measure_of(name) -> str:
         return "volume"
     if low.startswith(("left-", "right-")) or low in _ASEG_MIDLINE:
         return "volume"
-    if re.fullmatch(r"[A-Za-z0-9-]*Vol", text):  # aseg.stats whole-brain measures: TotalGrayVol, lhCortexVol
+    if _WHOLE_BRAIN_VOL.fullmatch(text):  # aseg.stats whole-brain measures: TotalGrayVol, lhCortexVol
         return "volume"
     return OTHER
 

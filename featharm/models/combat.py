@@ -221,18 +221,30 @@ class ComBat(BaseHarmonizer):
         Y = prep.Y
         n, p = Y.shape
         m = B.shape[1]
-        W = np.hstack([B, prep.X])
-        qr = ols.GramSolver(W)
-        coef = qr.solve(Y)  # one GEMM for all features (a long inner dimension wants it whole)
         batch_rows = batch_indicators(np.arange(m), m, ref)
-        batch_fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
-        with Progress(ols.residual_blocks(Y, m), "fitting location/scale") as bar:
-            ss = ols.batch_residual_ss(Y, batch_fit, prep.X, coef[m:], prep.codes, progress=bar.update)
+        coef, ss = self._batch_ols(Y, np.hstack([B, prep.X]), batch_rows, prep.X, prep.codes)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:], batch_coef=coef[:m],
                          gamma_hat=st.gamma_hat, delta_hat=st.delta_hat)
         self._delta_raw = st.delta_raw
         self._mark_constant(np.abs(st.alpha), prep=prep)
+
+    @staticmethod
+    def _batch_ols(Y, W, batch_rows, X, codes):
+        """S1 and the per-batch residual sums of squares of every column of ``Y`` (NaN columns give NaN):
+        the within-batch least squares in one read of the table (:func:`featharm._core.ols.within_fit`), or
+        the normal equations of ``W`` and a residual pass when the centred covariates are rank deficient."""
+        m = batch_rows.shape[0]
+        with Progress(ols.within_steps(Y, m), "fitting location/scale") as bar:
+            done = ols.within_fit(Y, batch_rows, X, codes, progress=bar.update)
+        if done is not None:
+            return done
+        with Progress(ols.residual_blocks(Y, m), "fitting location/scale") as bar:
+            coef = ols.GramSolver(W).solve(Y)
+            fit = batch_rows @ coef[:m]  # fitted batch part for a row of each batch (m × p)
+            with np.errstate(invalid="ignore"):  # (NaN columns of the missing-value path)
+                ss = ols.batch_residual_ss(Y, fit, X, coef[m:], codes, progress=bar.update)
+        return coef, ss
 
     # ------------------------------------------------------------------------------ missing values (§1.8)
     def _fit_location_missing(self, prep, B: np.ndarray, counts: np.ndarray, ref) -> None:
@@ -256,12 +268,7 @@ class ComBat(BaseHarmonizer):
         if ddof == 0 and not inc.all():
             # features without NaN: _fit_location's computation, run as there on the whole table (the same
             # calls on the same shapes, so the same numbers to the last bit); the NaN columns are replaced below
-            coef_c = ols.GramSolver(W).solve(Y)
-            fit_c = batch_rows @ coef_c[:m]
-            ss_c = np.full((m, p), np.nan)
-            for blk in iter_blocks(p, n):
-                if not inc[blk].all():
-                    ss_c[:, blk] = ols.batch_residual_ss(Y[:, blk], fit_c[:, blk], Xf, coef_c[m:, blk], codes, onehot)
+            coef_c, ss_c = self._batch_ols(Y, W, batch_rows, prep.X, codes)
             full = (coef_c, eb.standardized_moments(coef_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only))
             sf_ss = ss_c
         cols = np.arange(p) if full is None else np.flatnonzero(inc)  # with compat="sva": every feature
