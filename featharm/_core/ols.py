@@ -10,6 +10,7 @@ import scipy.linalg as sla
 from scipy.linalg.blas import dgemm
 
 from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
+from .parallel import run_parallel
 
 __all__ = ["GramSolver", "residual_ss", "within_fit", "within_steps", "within_blocks", "batch_residual_ss", "residual_blocks", "sub_gemm"]
 
@@ -202,17 +203,22 @@ def _within_columns(Y, order, bounds, Xcs, factor, store, progress):
     return ss
 
 
+CROSS_BYTES = 64 * 2**20  # up to this size, a row-major table's X_c'Y is kept per batch (m × q × p values)
+
+
 def _within_rows(Y, codes, order, bounds, Xcs, factor, store, progress):
     """:func:`within_fit` of a row-major table: the batches' rows a block at a time, twice (the sums, then the
-    residuals); the batches are dealt between the threads and each batch's sums are kept apart, so that they
-    are added in batch order whatever the threads."""
+    residuals). The batches are dealt between the threads and each batch's ``X_c'Y`` is kept apart, so that
+    they are added in batch order whatever the threads; when those m × q × p values would take more than
+    :data:`CROSS_BYTES`, one thread adds them up in batch order instead."""
     n, p = Y.shape
     m = bounds.size - 1
     q = Xcs.shape[1]
     counts = np.diff(bounds)
     size = block_size(Y)
     sums = np.zeros((m, p))
-    cross = np.zeros((m, q, p))  # X_c'Y of each batch's rows
+    apart = m * q * p * 8 <= CROSS_BYTES
+    cross = np.zeros((m if apart else 1, q, p))  # X_c'Y of each batch's rows (or of all rows)
 
     def part(batches):
         R = np.empty((size, p))
@@ -220,6 +226,7 @@ def _within_rows(Y, codes, order, bounds, Xcs, factor, store, progress):
         row = np.empty(p)
         for i in batches:
             lo, hi = int(bounds[i]), int(bounds[i + 1])
+            acc = cross[i if apart else 0]
             for start in range(lo, hi, size):
                 stop = min(hi, start + size)
                 r = R[:stop - start]
@@ -228,12 +235,14 @@ def _within_rows(Y, codes, order, bounds, Xcs, factor, store, progress):
                     np.copyto(r, raw[:stop - start])
                 sums[i] += np.add.reduce(r, axis=0, out=row)
                 if q:
-                    cross[i] += Xcs[start:stop].T @ r
+                    acc += Xcs[start:stop].T @ r
             if progress is not None:
                 progress()
 
-    by_size = [int(i) for i in np.argsort(-counts, kind="stable")]  # largest batches first
-    run_blocks(part, by_size, Y.size)
+    if apart:
+        run_blocks(part, [int(i) for i in np.argsort(-counts, kind="stable")], Y.size)  # largest batches first
+    else:
+        run_parallel(part, [list(range(m))])
     ybar = sums / counts[:, None]
     beta = sla.cho_solve(factor, np.add.reduce(cross, axis=0), check_finite=False) if q else None
     store(slice(None), ybar, beta)

@@ -80,6 +80,31 @@ def test_the_same_bits_for_one_or_two_threads(monkeypatch, layout):
         assert np.array_equal(coef, out[0][0]) and np.array_equal(ss, out[0][1])
 
 
+def test_a_row_major_table_with_many_cross_products_adds_them_in_one_thread(monkeypatch):
+    # X_c'Y kept per batch (m × q × p values) unless that is large: then one accumulator, in batch order
+    Y, X, codes, m = _case(n=600, p=90, m=9)
+    A = np.ascontiguousarray(Y)
+    rows = batch_indicators(np.arange(m), m)
+    apart = ols.within_fit(A, rows, X, codes)
+    monkeypatch.setattr(ols, "CROSS_BYTES", 0)
+    monkeypatch.setattr(ols.np, "zeros", _recording(ols.np.zeros, shapes := []))
+    outs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("FEATHARM_THREADS", threads)
+        outs.append(ols.within_fit(A, rows, X, codes))
+    assert (1, 2, 90) in shapes and (m, 2, 90) not in shapes  # one accumulator, not one per batch
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[0][0], apart[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(outs[0][1], apart[1], rtol=1e-13)
+
+
+def _recording(zeros, shapes):
+    def wrapped(shape, *args, **kwargs):
+        shapes.append(tuple(shape) if isinstance(shape, tuple) else (shape,))
+        return zeros(shape, *args, **kwargs)
+    return wrapped
+
+
 @pytest.mark.parametrize("layout", ["F", "C"])
 def test_float32_is_read_in_float64(layout):
     Y, X, codes, m = _case()
