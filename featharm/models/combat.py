@@ -6,7 +6,7 @@ import numpy as np
 from scipy.linalg.blas import dgemm
 
 from .._core import eb, missing, ols
-from .._core.blocks import column_variance, iter_blocks
+from .._core.blocks import column_variance, iter_blocks, run_blocks
 from .._progress import Progress
 from ..design import batch_indicators
 from ..exceptions import BatchError, ConfoundingError, InputError, MissingValueError, MissingValueWarning, warn
@@ -286,8 +286,9 @@ class ComBat(BaseHarmonizer):
                 "its missing rows are left out). Drop those features or that covariate."
             )
         blocks = list(iter_blocks(cols.size, n))
-        with Progress(len(blocks), "fitting location/scale (missing values)") as bar:
-            for blk in blocks:  # one pass: W'Y with the missing cells as 0, the solves, the residuals
+
+        def part(some):  # one pass: W'Y with the missing cells as 0, the solves, the residuals
+            for blk in some:  # (blocks of features are independent: shared between threads)
                 cb = cols[blk]
                 Mb = mask[:, cb]
                 Y0 = np.where(Mb, 0.0, Y[:, cb])
@@ -298,6 +299,9 @@ class ComBat(BaseHarmonizer):
                 variance[cb] = missing.observed_variance(Y0, Mb)
                 ss[:, cb] = missing.observed_residual_ss(Y0, Mb, fit, Xf, c[m:], codes, onehot)
                 bar.update()
+
+        with Progress(len(blocks), "fitting location/scale (missing values)") as bar:
+            run_blocks(part, blocks, n * cols.size)
         if full is not None:  # the features without NaN: exactly the complete-data numbers
             keep = ~inc
             coef_c, sf = full
