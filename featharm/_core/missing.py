@@ -37,6 +37,8 @@ from . import eb
 from .ols import sub_gemm
 
 __all__ = [
+    "missing_cells",
+    "cells_in",
     "observed_counts",
     "missingness_patterns",
     "ObservedGrams",
@@ -60,11 +62,27 @@ __all__ = [
 RANK_RTOL = 1e-12
 
 
-def observed_counts(mask: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``n_obs`` (m × p): observed values of every feature in every batch (batch sizes minus missing cells)."""
+def missing_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(cols, rows)`` of every missing cell, column by column and down each column (one scan of ``mask``;
+    pass it to :func:`observed_counts` and :func:`observed_grams` to scan once)."""
+    return np.nonzero(mask.T)  # mask is Fortran-ordered: its transpose is scanned in memory order
+
+
+def cells_in(cells: tuple[np.ndarray, np.ndarray], columns: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """The :func:`missing_cells` of ``mask[:, columns]`` from those of ``mask`` (p columns), in the same order."""
+    position = np.full(p, -1, dtype=np.intp)
+    position[columns] = np.arange(columns.size)
+    where = position[cells[0]]
+    keep = where >= 0
+    return where[keep], cells[1][keep]
+
+
+def observed_counts(mask: np.ndarray, codes: np.ndarray, counts: np.ndarray, cells=None) -> np.ndarray:
+    """``n_obs`` (m × p): observed values of every feature in every batch (batch sizes minus missing cells).
+    ``cells``: the :func:`missing_cells` of ``mask`` when already known."""
     m = counts.shape[0]
     p = mask.shape[1]
-    cols, rows = np.nonzero(mask.T)  # mask is Fortran-ordered: its transpose is scanned in memory order
+    cols, rows = missing_cells(mask) if cells is None else cells
     miss = np.bincount(codes[rows] * p + cols, minlength=m * p).reshape(m, p)
     return counts[:, None] - miss
 
@@ -95,7 +113,8 @@ class ObservedGrams:
     column: np.ndarray
 
 
-def observed_grams(X: np.ndarray, codes: np.ndarray, batch_rows: np.ndarray, mask: np.ndarray) -> ObservedGrams:
+def observed_grams(X: np.ndarray, codes: np.ndarray, batch_rows: np.ndarray, mask: np.ndarray,
+                   cells=None) -> ObservedGrams:
     """``W_v' W_v`` for the design ``W = [B | X]`` restricted to each feature's observed rows (``mask`` False).
 
     ``B``'s row for a row of batch ``s`` is ``batch_rows[s]`` (the identity's, or with a reference batch
@@ -106,14 +125,18 @@ def observed_grams(X: np.ndarray, codes: np.ndarray, batch_rows: np.ndarray, mas
     the missing rows. The rank on the observed rows is that of the covariates' within-batch part: ``X``'s
     cross-products after the batch means of the observed rows are taken out (the Schur complement of
     the batch block, the same for any coding of the batches); scaled by each column's spread about its
-    observed mean, an eigenvalue below :data:`RANK_RTOL` is a rank-deficient design.
+    observed mean, an eigenvalue below :data:`RANK_RTOL` is a rank-deficient design. ``cells``: the
+    :func:`missing_cells` of ``mask`` when already known (the same numbers, one scan of the mask fewer).
     """
     n, q = X.shape
     m = batch_rows.shape[0]
     k = m + q
     first, inverse = missingness_patterns(mask)
     U = first.size
-    cols, rows = np.nonzero(mask[:, first].T)  # pattern and row of every missing cell of the patterns
+    if cells is None:
+        cols, rows = np.nonzero(mask[:, first].T)  # pattern and row of every missing cell of the patterns
+    else:  # the cells of each pattern's first column, in the same order (down the column)
+        cols, rows = cells_in(cells, first, mask.shape[1])
     key = cols * m + codes[rows]
     counts = np.bincount(codes, minlength=m).astype(np.float64)
     n_obs = counts[None, :] - np.bincount(key, minlength=U * m).reshape(U, m)  # (U, m)

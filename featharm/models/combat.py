@@ -255,7 +255,8 @@ class ComBat(BaseHarmonizer):
         n, p = Y.shape
         m = B.shape[1]
         q = prep.X.shape[1]
-        n_obs = missing.observed_counts(mask, codes, counts)
+        cells = missing.missing_cells(mask)  # one scan of the mask for the counts and the Gram matrices
+        n_obs = missing.observed_counts(mask, codes, counts, cells=cells)
         self._check_observed(n_obs, q, ref)
         W = np.hstack([B, prep.X])
         onehot = np.asfortranarray(batch_indicators(codes, m))
@@ -275,7 +276,8 @@ class ComBat(BaseHarmonizer):
         coef = np.empty((m + q, p))
         ss = np.zeros((m, p))
         variance = np.empty(p)
-        grams = missing.observed_grams(prep.X, codes, batch_rows, mask[:, cols])
+        sub = mask if cols.size == p else mask[:, cols]
+        grams = missing.observed_grams(prep.X, codes, batch_rows, sub, cells=missing.cells_in(cells, cols, p))
         if grams.deficient.size:
             names = [str(self.feature_names_in_[cols[j]]) for j in grams.deficient]
             col = ([str(b) for b in self.batches_] + list(self.design_.columns))[int(grams.column[0])]
