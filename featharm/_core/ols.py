@@ -174,15 +174,15 @@ def _within_columns(Y, order, bounds, Xcs, factor, store, progress):
 
     def part(blocks):
         T = np.empty((size, n))  # a block, rows in batch order, feature × row (C order)
-        raw = T if Y.dtype == np.float64 else np.empty((size, n), dtype=Y.dtype)
-        F = np.empty((size, n))  # the fitted values
+        F = np.empty((size, n))  # the block as read, then its fitted values
         sums = np.empty((size, m))
         for cols in blocks:
             w = cols.stop - cols.start
             t, f = T[:w], F[:w]
-            np.take(Yt[cols], order, axis=1, out=raw[:w], mode="wrap")
-            if raw is not T:
-                np.copyto(t, raw[:w])
+            # the block is copied in memory order first (float32 to float64 on the way), then gathered in batch
+            # order from that cache-resident copy: a gather straight from main memory waits on every cache line
+            np.copyto(f, Yt[cols])
+            np.take(f, order, axis=1, out=t, mode="wrap")
             s = np.add.reduceat(t, starts, axis=1, out=sums[:w])  # w × m (pairwise sums)
             ybar = s.T * inv_counts  # m × w
             if q:
