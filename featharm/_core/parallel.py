@@ -13,7 +13,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["SMALL_PROBLEM", "block_workers", "run_parallel"]
+__all__ = ["SMALL_PROBLEM", "block_workers", "one_blas_thread", "run_parallel"]
 
 SMALL_PROBLEM = 4_000_000  # rows × features (32 MB of float64): below it, one thread (and one BLAS thread)
 
@@ -59,6 +59,15 @@ def block_workers(n_elements: int) -> int:
     return max(1, min(os.cpu_count() or 1, _blas_thread_count()))
 
 
+def one_blas_thread():
+    """A context in which the BLAS runs on one thread: for a computation whose last bits would otherwise depend
+    on how many threads the BLAS splits it over (a QR, an SVD, a product with a long inner dimension)."""
+    try:
+        return _get_controller().limit(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return contextlib.nullcontext()
+
+
 def run_parallel(fn, parts: list) -> list:
     """``[fn(part) for part in parts]``, each part in a thread of its own (one part: in this thread).
 
@@ -66,11 +75,7 @@ def run_parallel(fn, parts: list) -> list:
     BLAS's threads (and give the same result, to the bit, whatever the number of workers). ``fn`` must release the GIL for its heavy work (NumPy's element-wise operations,
     ``take`` and ``matmul`` do).
     """
-    try:
-        limit = _get_controller().limit(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover
-        limit = contextlib.nullcontext()
-    with limit:
+    with one_blas_thread():
         if len(parts) <= 1:
             return [fn(part) for part in parts]
         with ThreadPoolExecutor(len(parts)) as pool:

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..exceptions import ConfoundingError
-from .blocks import column_variance, iter_blocks
+from .blocks import column_variance, iter_blocks, run_blocks
 
 __all__ = ["fit_penalized", "penalty_transform", "fit_penalized_observed",
            "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
@@ -154,12 +154,19 @@ def _projections(Y: np.ndarray, Q: np.ndarray, U: np.ndarray):
     """``Q'Y``, ``c = U'(I - H_u) y = U'y`` (U is orthogonal to the span of W_u) and
     ``r_perp = ||(I - H_u) y||^2 - ||c||^2`` of every column of ``Y``."""
     n, p = Y.shape
-    QtY = Q.T @ Y
-    c = U.T @ Y
+    QtY = np.empty((Q.shape[1], p))
+    c = np.empty((U.shape[1], p))
     r_perp = np.empty(p)
-    for blk in iter_blocks(p, n):
-        Rb = Y[:, blk] - Q @ QtY[:, blk]
-        r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
+
+    def part(some):  # blocks of features, dealt between threads with one BLAS thread each: the numbers
+        for blk in some:  # do not depend on the number of threads
+            Yb = Y[:, blk]
+            QtY[:, blk] = Q.T @ Yb
+            c[:, blk] = U.T @ Yb
+            Rb = Yb - Q @ QtY[:, blk]
+            r_perp[blk] = np.einsum("ij,ij->j", Rb, Rb)
+
+    run_blocks(part, list(iter_blocks(p, n)), Y.size)
     r_perp = np.maximum(r_perp - np.sum(c * c, axis=0), 0.0)
     return QtY, c, r_perp
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._core import eb, missing, ols
 from .._core.location_scale import fit_location_scale, scale_rank_deficient
-from .._core.blocks import iter_blocks
+from .._core.blocks import iter_blocks, run_blocks
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
@@ -199,9 +199,13 @@ class ComBatLS(BaseHarmonizer):
         # OLS start (and the constant-feature check, on the OLS residual SD as ComBat)
         coef = np.empty((W.shape[1], p))
         ss_ols = np.empty((m, p))
-        for blk in blocks:
-            coef[:, blk] = qr.solve(Y[:, blk])
-            ss_ols[:, blk] = ols.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+
+        def ols_start(some):  # blocks of features are independent: dealt between threads, one BLAS thread
+            for blk in some:  # each (the numbers then do not depend on the number of threads)
+                coef[:, blk] = qr.solve(Y[:, blk])
+                ss_ols[:, blk] = ols.residual_ss(Y[:, blk], qr.W, coef[:, blk], onehot)
+
+        run_blocks(ols_start, blocks, Y.size)
         alpha = pooled_alpha(coef)
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n))
         self._delta_raw = np.ones((m, p))
@@ -213,14 +217,21 @@ class ComBatLS(BaseHarmonizer):
         n_iter, failed = 0, False
         kept = np.flatnonzero(~const)
         kept_blocks = list(iter_blocks(kept.size, n))
-        with Progress(len(kept_blocks), "fitting location-scale models") as bar:
-            for blk in kept_blocks:
+        iters = np.zeros(len(kept_blocks), dtype=np.intp)
+
+        def location_scale(some):
+            for i, blk in some:
                 cols = kept[blk]
                 b, c, d, it = fit_location_scale(Y[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
                                                  coef=coef[:, cols])
                 coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
-                n_iter, failed = max(n_iter, abs(it)), failed or it < 0
+                iters[i] = it
                 bar.update()
+
+        with Progress(len(kept_blocks), "fitting location-scale models") as bar:
+            run_blocks(location_scale, list(enumerate(kept_blocks)), n * kept.size)
+        if iters.size:
+            n_iter, failed = int(np.abs(iters).max()), bool((iters < 0).any())
         if failed:
             warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
                  f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
@@ -229,13 +240,17 @@ class ComBatLS(BaseHarmonizer):
         # z of the training rows, standardized by each subject's pooled-batch prediction: site moments
         g_hat, ss = np.zeros((m, p)), np.zeros((m, p))
         sigma = self._arr["sigma"].copy()
-        for blk in blocks:
-            lin = S @ scale_coef[:, blk]
-            Z = (Y[:, blk] - alpha[blk] - prep.X @ coef[m:, blk]) / np.exp(lin)
-            g_hat[:, blk] = (onehot.T @ Z) / counts[:, None]
-            Z -= g_hat[prep.codes, blk]
-            ss[:, blk] = onehot.T @ (Z * Z)
-            sigma[blk] = np.where(const[blk], sigma[blk], np.exp(lin.mean(axis=0)))
+
+        def moments(some):
+            for blk in some:
+                lin = S @ scale_coef[:, blk]
+                Z = (Y[:, blk] - alpha[blk] - prep.X @ coef[m:, blk]) / np.exp(lin)
+                g_hat[:, blk] = (onehot.T @ Z) / counts[:, None]
+                Z -= g_hat[prep.codes, blk]
+                ss[:, blk] = onehot.T @ (Z * Z)
+                sigma[blk] = np.where(const[blk], sigma[blk], np.exp(lin.mean(axis=0)))
+
+        run_blocks(moments, blocks, Y.size)
         with np.errstate(divide="ignore", invalid="ignore"):
             d_raw = np.where(counts[:, None] > 1, ss / (counts - 1.0)[:, None], np.nan)
         d_hat = eb.delta_from_raw(d_raw, bool(self.mean_only))
@@ -348,8 +363,8 @@ class ComBatLS(BaseHarmonizer):
         S = self._scale_matrix(prep.covariates)
         out = np.empty((n, p), order="F")
         blocks = list(iter_blocks(p, n))
-        with Progress(len(blocks), "harmonizing") as bar:
-            for blk in blocks:  # y* = sd (z - gamma*) / sqrt(delta*) + M, z = (y - M) / sd
+        def part(some):  # blocks of features dealt between threads, one BLAS thread each
+            for blk in some:  # y* = sd (z - gamma*) / sqrt(delta*) + M, z = (y - M) / sd
                 M = D @ self._preserved_coef(blk)
                 sd = np.exp(S @ a["scale_coef"][:, blk])
                 o = out[:, blk]
@@ -358,6 +373,9 @@ class ComBatLS(BaseHarmonizer):
                 o /= np.sqrt(d_all[prep.codes, blk])
                 o += M
                 bar.update()
+
+        with Progress(len(blocks), "harmonizing") as bar:
+            run_blocks(part, blocks, Y.size)
         return self._keep_unadjusted(out, prep)
 
     # ------------------------------------------------------------------------------ learned attributes

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import blocks, eb
+from .._core.parallel import one_blas_thread
 from .._validation import check_integer, check_option
 from ..design import batch_indicators
 from ..exceptions import ConvergenceWarning, InputError, MissingValueError, MissingValueWarning, warn
@@ -177,6 +178,12 @@ class CovBat(ComBat):
     # ------------------------------------------------------------------------------ fitting
     def _fit_model(self, X, covariates) -> _Prepared:
         prep = super()._fit_model(X, covariates)  # step 1: ComBat (fills and publishes the ComBat arrays)
+        with one_blas_thread():  # the QR and SVD's last bits would depend on the BLAS's threads
+            self._fit_covariance(prep)
+        return prep
+
+    def _fit_covariance(self, prep: _Prepared) -> None:
+        """Steps 2–4: the PCA of the standardized ComBat residuals and ComBat on the scores (fills ``_arr``)."""
         a = self._arr
         keep = ~a["constant"]
         complete = self._complete_rows(prep)  # None: every row (no NaN cells among the PCA's features)
@@ -260,7 +267,6 @@ class CovBat(ComBat):
         a.update(score_alpha=st.alpha, score_sigma=st.sigma, score_gamma_hat=st.gamma_hat,
                  score_delta_hat=st.delta_hat, score_gamma_star=g_star, score_delta_star=d_star)
         self._publish()
-        return prep
 
     # ------------------------------------------------------------------------------ missing values (§1.8)
     def _complete_rows(self, prep: _Prepared) -> np.ndarray | None:
@@ -343,8 +349,12 @@ class CovBat(ComBat):
     def _harmonize(self, prep: _Prepared) -> np.ndarray:
         """ComBat, then the score step, in row blocks: scores, their adjustment and the back-projection of
         the change only ever hold a block of rows (the ComBat output is adjusted in place)."""
-        a = self._arr
         out = super()._harmonize(prep)  # ComBat output y* = e* + M, adjusted in place below
+        with one_blas_thread():  # (the same bits for any number of BLAS threads)
+            return self._harmonize_scores(prep, out)
+
+    def _harmonize_scores(self, prep: _Prepared, out: np.ndarray) -> np.ndarray:
+        a = self._arr
         # scores ((y* - M - center) / scale) L without forming e*: M = D coef is low rank
         Lw = a["pca_loadings"] / a["pca_scale"][:, None]
         D = self._preserved_design(prep)

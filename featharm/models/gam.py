@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import eb, missing, ols, penalized
-from .._core.blocks import column_variance, iter_blocks
+from .._core.blocks import column_variance, iter_blocks, run_blocks
 from .._core.splines import SplineBasis
 from .._progress import Progress
 from .._validation import check_integer, check_option, numeric_covariate
@@ -362,10 +362,13 @@ class ComBatGAM(BaseHarmonizer):
         onehot = np.asfortranarray(batch_indicators(prep.codes, m))
         ss = np.empty((m, p))
         blocks = list(iter_blocks(p, n))
-        with Progress(len(blocks), "fitting location/scale") as bar:
-            for blk in blocks:
+        def part(some):  # blocks of features, dealt between threads with one BLAS thread each
+            for blk in some:
                 ss[:, blk] = ols.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
                 bar.update()
+
+        with Progress(len(blocks), "fitting location/scale") as bar:
+            run_blocks(part, blocks, Y.size)
         batch_rows = batch_indicators(np.arange(m), m, ref)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:m + q], batch_coef=coef[:m],
