@@ -12,7 +12,8 @@ from scipy.linalg.blas import dgemm
 from .blocks import BLOCK_BYTES, block_size, layout_slices, row_major, run_blocks, to_float64
 from .parallel import run_parallel
 
-__all__ = ["GramSolver", "residual_ss", "within_fit", "within_steps", "within_blocks", "batch_residual_ss", "residual_blocks", "sub_gemm"]
+__all__ = ["GramSolver", "residual_ss", "within_fit", "within_steps", "within_blocks", "batch_residual_ss",
+           "residual_blocks", "sub_gemm"]
 
 
 class GramSolver:
