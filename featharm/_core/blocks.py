@@ -18,7 +18,7 @@ from .parallel import block_workers, run_parallel
 
 __all__ = ["BLOCK_BYTES", "iter_blocks", "column_variance", "row_major", "iter_layout_blocks", "column_range",
            "column_sum", "to_float64", "take_columns",
-           "layout_slices", "split", "run_blocks"]
+           "layout_slices", "split", "run_blocks", "crossprod"]
 
 # Bytes of float64 values per block of the data-touching passes (~2 MB): a block and two or three
 # temporaries of its size stay in a core's L2/L3 cache, where the element-wise steps run at several times
@@ -96,6 +96,30 @@ def run_blocks(fn, blocks: list, n_elements: int) -> list:
     """``fn(part)`` for the blocks dealt between :func:`~featharm._core.parallel.block_workers` threads; one result
     per part. Results that depend only on each block's own data are the same for any number of threads."""
     return run_parallel(fn, split(blocks, block_workers(n_elements)))
+
+
+def crossprod(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A.T @ B`` (k × p) of ``A`` (n × k) and ``B`` (n × p) over a long shared dimension n, the same to the bit
+    for any number of threads.
+
+    A multi-threaded BLAS splits such a product along n when the output is thin, so its last bits depend on
+    how many threads it runs on (and featharm picks that number from the machine's load). Here ``B`` is cut
+    into fixed blocks of columns (one block up to 8 MB, so a small product is the single call ``A.T @ B``),
+    each product runs on one BLAS thread, and the blocks are dealt between featharm's threads: the blocks
+    depend only on the shapes. (The operands are never swapped: a BLAS rounds ``(B.T @ A).T`` differently.)
+    """
+    A = np.asarray(A)
+    B = np.asarray(B)
+    n, p = B.shape
+    out = np.empty((p, A.shape[1]), dtype=np.result_type(A, B)).T  # k × p, each block's columns contiguous
+    At = A.T
+
+    def part(blocks):
+        for cols in blocks:
+            out[:, cols] = At @ B[:, cols]
+
+    run_blocks(part, list(iter_blocks(p, n)), n * p)
+    return out
 
 
 def column_range(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
