@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import optimize, stats
 from scipy.linalg import solve_triangular
 
+from ._core.blocks import crossprod
 from .exceptions import ConvergenceWarning, InputError, warn
 
 __all__ = ["MixedFit", "fit_random_intercept", "fit_random_slope", "fit_observed", "site_lrt", "batch_lrt"]
@@ -170,10 +171,10 @@ class _InterceptStats:
             rows = inv == j
             Sj, Tj = Sx[rows], T[rows]
             self.A[j] = Sj.T @ Sj
-            self.C[j] = Sj.T @ Tj
+            self.C[j] = crossprod(Sj, Tj)
             self.qq[j] = np.einsum("sp,sp->p", Tj, Tj)
         self.XtX = Q.T @ Q
-        self.XtY = Q.T @ Y  # k × p
+        self.XtY = crossprod(Q, Y)  # k × p
         self.yty = np.einsum("np,np->p", Y, Y)
 
     def weights(self, lam: np.ndarray) -> np.ndarray:
@@ -280,7 +281,7 @@ class _SlopeStats:
         self.ZtX = _group_sums(np.einsum("na,nk->nak", Z, Q).reshape(n, 2 * k), g, S).reshape(S, 2, k)
         self.Zty = np.stack([_group_sums(Y, g, S), _group_sums(Y * t[:, None], g, S)], axis=1)  # S × 2 × p
         self.XtX = Q.T @ Q
-        self.XtY = Q.T @ Y
+        self.XtY = crossprod(Q, Y)
         self.yty = np.einsum("np,np->p", Y, Y)
         self._outer = None
 
@@ -464,8 +465,8 @@ def _fit_intercept_masked(Y, obs, X, g, S, reml):
     sd = np.sqrt((D * D).sum(axis=0) / n_v)
     sd = np.where(sd > 0, sd, 1.0)
     Yc = D / sd  # 0 in the missing cells
-    XtX = (of.T @ (Q[:, :, None] * Q[:, None, :]).reshape(n, k * k)).reshape(p, k, k)
-    XtY = Q.T @ Yc
+    XtX = crossprod(of, (Q[:, :, None] * Q[:, None, :]).reshape(n, k * k)).reshape(p, k, k)
+    XtY = crossprod(Q, Yc)
     yty = np.einsum("np,np->p", Yc, Yc)
     ns = _group_sums(of, g, S)  # S × p
     T = _group_sums(Yc, g, S)

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.linalg.blas import dgemm
 
 from . import eb
+from .blocks import crossprod
 from .ols import sub_gemm
 
 __all__ = [
@@ -280,10 +281,10 @@ def grouped_moments(Z: np.ndarray, mask: np.ndarray, codes: np.ndarray, n_obs: n
     onehot[np.arange(codes.size), codes] = 1.0
     Z0 = np.where(mask, 0.0, Z)
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = (onehot.T @ Z0) / n_obs
+        g = crossprod(onehot, Z0) / n_obs
         D = Z0 - np.where(n_obs > 0, g, 0.0)[codes]
         np.copyto(D, 0.0, where=mask)
-        delta_raw = np.where(n_obs > 1, (onehot.T @ (D * D)) / (n_obs - 1.0), np.nan)
+        delta_raw = np.where(n_obs > 1, crossprod(onehot, D * D) / (n_obs - 1.0), np.nan)
     present = n_obs > 0
     gamma_hat = np.where(present, g, np.nan)
     delta_hat = np.where(present, eb.delta_from_raw(delta_raw, mean_only), np.nan)

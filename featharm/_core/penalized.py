@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..exceptions import ConfoundingError
-from .blocks import column_variance, iter_blocks, run_blocks
+from .blocks import column_variance, crossprod, iter_blocks, run_blocks
 
 __all__ = ["fit_penalized", "penalty_transform", "fit_penalized_observed",
            "fit_kfold_neuroharmonize", "select_lambda", "criterion", "penalty_reparam"]
@@ -342,7 +342,7 @@ def fit_kfold_neuroharmonize(Y, Wlin, Z, penalties, seed, progress=None):
             S[starts[j]:starts[j + 1], starts[j]:starts[j + 1]] = 2.0 * a * P
         S_grid.append(S)
     G = W.T @ W
-    WY = W.T @ Y
+    WY = crossprod(W, Y)
     rng = np.random.default_rng(seed)
     coef = np.empty((k, p))
     lam = np.empty(p)

@@ -45,6 +45,7 @@ from scipy import sparse
 
 from ..exceptions import ConfoundingError
 from . import penalized
+from .blocks import crossprod
 
 __all__ = ["SmoothMixedFit", "fit_smooth_mixed", "fit_smooth_mixed_observed", "LOG_RHO_GRID", "RHO_STEPS", "LAMBDA_STEPS"]
 
@@ -131,10 +132,10 @@ class _Stats:
             rows = inv == j
             Sj, Tj = self.Sx[rows], T[rows]
             self.A[j] = Sj.T @ Sj
-            self.C[j] = Sj.T @ Tj
+            self.C[j] = crossprod(Sj, Tj)
             self.qq[j] = np.einsum("sp,sp->p", Tj, Tj)
         self.MtM = M.T @ M
-        self.MtY = M.T @ Y
+        self.MtY = crossprod(M, Y)
         self.yty = np.einsum("np,np->p", Y, Y)
 
     def gram(self, rho: np.ndarray, f):
@@ -203,8 +204,8 @@ class _MaskedStats(_Stats):
         self.sd = np.where(sd > 0, sd, 1.0)
         Yc = D / self.sd  # 0 in the missing cells
         self.dof = n_v - ku
-        self.MtM = (of.T @ (M[:, :, None] * M[:, None, :]).reshape(n, kk * kk)).reshape(p, kk, kk)
-        self.MtY = M.T @ Yc
+        self.MtM = crossprod(of, (M[:, :, None] * M[:, None, :]).reshape(n, kk * kk)).reshape(p, kk, kk)
+        self.MtY = crossprod(M, Yc)
         self.yty = np.einsum("np,np->p", Yc, Yc)
         ns = _group_sums(of, g, S)  # S × p
         self.ns = ns

@@ -157,7 +157,8 @@ class SuffStats:
             raise MissingValueError(f"feature {col} has an infinite value in row {row} of the block; only NaN marks "
                                     "a missing value.")
         if self.center and self._pilot is None and self.q and r:
-            self._pilot = _pilot_slopes(X, Y, codes)
+            with _one_blas_thread():  # its bits must not depend on the BLAS's threads
+                self._pilot = _pilot_slopes(X, Y, codes)
             if self._pilot is not None:  # batches seen before there was a pilot: move them onto it
                 for i in np.flatnonzero(self._x_set & ~self.y_slope.any(axis=(1, 2))):
                     _BatchView.of(self, int(i)).shifted(self.x_shift[i], self.y_shift[i], self._pilot).store(self, int(i))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .blocks import crossprod
+
 __all__ = ["TwoWayFit", "site_contrasts", "site_components", "within_subject", "fit_two_way", "cell_means",
            "group_sums", "dependent_columns", "GainFit", "fit_gain"]
 
@@ -137,7 +139,7 @@ def fit_two_way(Y: np.ndarray, subject: np.ndarray, site: np.ndarray, n_subjects
     Yt, _ = within_subject(Y, subject, n_subjects)
     G = Zt.T @ Zt
     factor = cho_factor(G, lower=True, check_finite=True)
-    theta = cho_solve(factor, Zt.T @ Yt)  # c × p
+    theta = cho_solve(factor, crossprod(Zt, Yt))  # c × p
     Ginv = cho_solve(factor, np.eye(c))
     k1 = n_sites - 1
     m = C @ theta[:k1]
@@ -221,7 +223,7 @@ def fit_gain(Y: np.ndarray, subject: np.ndarray, site: np.ndarray, n_subjects: i
         T = (Y - a[site]) / G[site]
         if q:
             Tt, _ = within_subject(T, subject, n_subjects)
-            b = cho_solve(factor, Xt.T @ Tt)
+            b = cho_solve(factor, crossprod(Xt, Tt))
             XB = Xk @ b
             F = cell_means(T - XB, subject, n_subjects)[0][subject] + XB
         else:

@@ -9,7 +9,8 @@ import pandas as pd
 
 from .._core import eb, missing, ols
 from .._core.location_scale import fit_location_scale, scale_rank_deficient
-from .._core.blocks import iter_blocks, run_blocks
+from .._core.blocks import crossprod, iter_blocks, run_blocks
+from .._core.parallel import one_blas_thread
 from .._progress import Progress
 from .._validation import check_integer, check_positive_number
 from ..design import CovariateDesign, batch_indicators, check_full_rank
@@ -289,11 +290,12 @@ class ComBatLS(BaseHarmonizer):
         Y0 = np.where(mask, 0.0, Y)
         onehot = np.asfortranarray(batch_indicators(codes, m))
         # OLS start (and the constant-feature check on the OLS residual SD), on the observed rows
-        coef = missing.observed_coef(grams, np.arange(p), W.T @ Y0)
+        coef = missing.observed_coef(grams, np.arange(p), crossprod(W, Y0))
         present = n_obs > 0
         fit = np.where(present, batch_rows @ np.where(present, coef[:m], 0.0), np.nan)
-        ss_ols = missing.observed_residual_ss(np.asfortranarray(Y0), mask, fit, np.asfortranarray(X), coef[m:],
-                                              codes, onehot)
+        with one_blas_thread():  # a whole-table product: its bits must not depend on the BLAS's threads
+            ss_ols = missing.observed_residual_ss(np.asfortranarray(Y0), mask, fit, np.asfortranarray(X), coef[m:],
+                                                  codes, onehot)
         alpha = missing.pooled_mean(coef[:m], n_obs, counts, ref)
         n_v = n_obs.sum(axis=0)
         self._arr.update(alpha=alpha, sigma=np.sqrt(ss_ols.sum(axis=0) / n_v), n_obs=n_obs.astype(np.float64))
@@ -309,14 +311,21 @@ class ComBatLS(BaseHarmonizer):
         absent[:, :m] = ~present.T
         start = np.nan_to_num(coef, nan=0.0)
         kept_blocks = list(iter_blocks(kept.size, n))
-        with Progress(len(kept_blocks), "fitting location-scale models (missing values)") as bar:
-            for blk in kept_blocks:
+        iters = np.zeros(len(kept_blocks), dtype=np.intp)
+
+        def location_scale(some):  # fixed blocks on one BLAS thread each: the same bits for any threads
+            for i, blk in some:
                 cols = kept[blk]
                 b, c, d, it = fit_location_scale(Y0[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
                                                  coef=start[:, cols], observed=~mask[:, cols], absent=absent[cols])
                 coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
-                n_iter, failed = max(n_iter, abs(it)), failed or it < 0
+                iters[i] = it
                 bar.update()
+
+        with Progress(len(kept_blocks), "fitting location-scale models (missing values)") as bar:
+            run_blocks(location_scale, list(enumerate(kept_blocks)), n * kept.size)
+        if iters.size:
+            n_iter, failed = int(np.abs(iters).max()), bool((iters < 0).any())
         coef[:m][~present] = np.nan  # a batch without observed values of a feature has no coefficient there
         if failed:
             warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "

@@ -418,9 +418,13 @@ class ComBatGAM(BaseHarmonizer):
             c_c, l_c, e_c = penalized.fit_penalized(Y0, Wfix, Z, penalties, terms, shared=False,
                                                     batch_name=str(self.batch), **opts)
             ss_c = np.full((m, p), np.nan)
-            for blk in iter_blocks(p, n):
-                if not inc[blk].all():
-                    ss_c[:, blk] = ols.residual_ss(Y0[:, blk], W, c_c[:, blk], onehot)
+
+            def complete_part(some):  # as _fit_location: fixed blocks, one BLAS thread each
+                for blk in some:
+                    if not inc[blk].all():
+                        ss_c[:, blk] = ols.residual_ss(Y0[:, blk], W, c_c[:, blk], onehot)
+
+            run_blocks(complete_part, list(iter_blocks(p, n)), Y.size)
             full = eb.standardized_moments(c_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only)
             keep = ~inc
             coef[:, keep], lam[keep], edf[keep], ss[:, keep] = c_c[:, keep], l_c[keep], e_c[keep], ss_c[:, keep]
@@ -431,13 +435,17 @@ class ComBatGAM(BaseHarmonizer):
                 names=self.feature_names_in_[cols], **opts)
             bar.update()
         coef[:, cols] = c_m
-        for blk in iter_blocks(cols.size, n):  # observed squared residuals (absent batches: no rows)
-            cb = cols[blk]
-            R = np.array(Y0[:, cb], order="F", copy=True)
-            ols.sub_gemm(W, np.nan_to_num(c_m[:, blk], nan=0.0), R, -1.0)
-            np.copyto(R, 0.0, where=mask[:, cb])
-            np.square(R, out=R)
-            ss[:, cb] = onehot.T @ R
+
+        def observed_part(some):  # observed squared residuals (absent batches: no rows); one BLAS thread each
+            for blk in some:
+                cb = cols[blk]
+                R = np.array(Y0[:, cb], order="F", copy=True)
+                ols.sub_gemm(W, np.nan_to_num(c_m[:, blk], nan=0.0), R, -1.0)
+                np.copyto(R, 0.0, where=mask[:, cb])
+                np.square(R, out=R)
+                ss[:, cb] = onehot.T @ R
+
+        run_blocks(observed_part, list(iter_blocks(cols.size, n)), n * cols.size)
         st = missing.standardized_moments(coef, ss, n_obs, counts, batch_rows, ref=ref, mean_only=mean_only)
         variance = missing.observed_variance(Y0, mask)
         if full is not None:  # the features without NaN: exactly the complete-data numbers

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._core import eb, missing
-from .._core.blocks import column_variance
+from .._core.blocks import column_variance, crossprod
 from .._validation import _show, batch_levels, check_integer, check_option, covariate_column, numeric_covariate
 from ..design import batch_indicators
 from ..formula import formula_columns
@@ -333,9 +333,9 @@ class LongComBat(BaseHarmonizer):
         with np.errstate(divide="ignore", invalid="ignore"):
             R /= sigma
         onehot = batch_indicators(codes, m)
-        gamma_hat = (onehot.T @ R) / counts[:, None]
+        gamma_hat = crossprod(onehot, R) / counts[:, None]
         R -= gamma_hat[codes]
-        delta_raw = (onehot.T @ (R * R)) / (counts - 1.0)[:, None]
+        delta_raw = crossprod(onehot, R * R) / (counts - 1.0)[:, None]
         delta_hat = eb.delta_from_raw(delta_raw)
         return dict(alpha=alpha, sigma=sigma, beta=coef[m:], batch_coef=coef[:m], gamma_hat=gamma_hat,
                     delta_hat=delta_hat, batch_effect=batch_effect, residual_var=fit.sigma2,
