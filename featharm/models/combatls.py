@@ -213,30 +213,8 @@ class ComBatLS(BaseHarmonizer):
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
         self._mark_constant(np.abs(alpha), prep=prep)
         const = self._arr["constant"]
-        scale_coef = np.zeros((S.shape[1], p))
-        dev = np.full(p, np.nan)
-        n_iter, failed = 0, False
-        kept = np.flatnonzero(~const)
-        kept_blocks = list(iter_blocks(kept.size, n))
-        iters = np.zeros(len(kept_blocks), dtype=np.intp)
-
-        def location_scale(some):
-            for i, blk in some:
-                cols = kept[blk]
-                b, c, d, it = fit_location_scale(Y[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
-                                                 coef=coef[:, cols])
-                coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
-                iters[i] = it
-                bar.update()
-
-        with Progress(len(kept_blocks), "fitting location-scale models") as bar:
-            run_blocks(location_scale, list(enumerate(kept_blocks)), n * kept.size)
-        if iters.size:
-            n_iter, failed = int(np.abs(iters).max()), bool((iters < 0).any())
-        if failed:
-            warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
-                 f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
-                 "fit_max_iter, or simplify scale_formula.", ConvergenceWarning)
+        scale_coef, dev, n_iter = self._location_scale(Y, W, S, coef, np.flatnonzero(~const),
+                                                       "fitting location-scale models")
         alpha = pooled_alpha(coef)
         # z of the training rows, standardized by each subject's pooled-batch prediction: site moments
         g_hat, ss = np.zeros((m, p)), np.zeros((m, p))
@@ -260,6 +238,37 @@ class ComBatLS(BaseHarmonizer):
                          delta_hat=d_hat, scale_coef=scale_coef, deviance=dev,
                          fit_n_iter=np.array([n_iter], dtype=float))
         self._delta_raw = d_raw
+
+    def _location_scale(self, Y, W, S, coef, kept, label, mask=None, absent=None):
+        """The location-scale fit of the ``kept`` features from the start ``coef`` (updated in place), in fixed
+        blocks of features dealt between threads with one BLAS thread each, so the numbers do not depend on
+        the number of threads. With ``mask`` (True = missing), each feature on its observed rows and
+        ``absent`` (features × columns of ``W``) its batch columns without one. Returns the scale coefficients,
+        the deviances (NaN where not fitted) and the most iterations a block took; warns when one did not
+        converge."""
+        n, p = Y.shape
+        scale_coef = np.zeros((S.shape[1], p))
+        dev = np.full(p, np.nan)
+        kept_blocks = list(iter_blocks(kept.size, n))
+        iters = np.zeros(len(kept_blocks), dtype=np.intp)
+
+        def part(some):
+            for i, blk in some:
+                cols = kept[blk]
+                extra = {} if mask is None else dict(observed=~mask[:, cols], absent=absent[cols])
+                b, c, d, it = fit_location_scale(Y[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
+                                                 coef=coef[:, cols], **extra)
+                coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
+                iters[i] = it
+                bar.update()
+
+        with Progress(len(kept_blocks), label) as bar:
+            run_blocks(part, list(enumerate(kept_blocks)), n * kept.size)
+        if (iters < 0).any():
+            warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
+                 f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
+                 "fit_max_iter, or simplify scale_formula.", ConvergenceWarning)
+        return scale_coef, dev, int(np.abs(iters).max()) if iters.size else 0
 
     def _fit_location_missing(self, prep: _Prepared, B: np.ndarray, counts: np.ndarray, ref, S: np.ndarray) -> None:
         """The location–scale fit with NaN cells (§1.8): every feature's mean and scale models on its observed
@@ -303,34 +312,13 @@ class ComBatLS(BaseHarmonizer):
         self._arr.update(gamma_hat=np.zeros((m, p)), delta_hat=np.ones((m, p)))
         self._mark_constant(np.abs(alpha), missing.observed_variance(Y0, mask))
         const = self._arr["constant"]
-        scale_coef = np.zeros((S.shape[1], p))
-        dev = np.full(p, np.nan)
-        n_iter, failed = 0, False
-        kept = np.flatnonzero(~const)
         absent = np.zeros((p, W.shape[1]), dtype=bool)
         absent[:, :m] = ~present.T
-        start = np.nan_to_num(coef, nan=0.0)
-        kept_blocks = list(iter_blocks(kept.size, n))
-        iters = np.zeros(len(kept_blocks), dtype=np.intp)
-
-        def location_scale(some):  # fixed blocks on one BLAS thread each: the same bits for any threads
-            for i, blk in some:
-                cols = kept[blk]
-                b, c, d, it = fit_location_scale(Y0[:, cols], W, S, tol=self.fit_tol, max_iter=self.fit_max_iter,
-                                                 coef=start[:, cols], observed=~mask[:, cols], absent=absent[cols])
-                coef[:, cols], scale_coef[:, cols], dev[cols] = b, c, d
-                iters[i] = it
-                bar.update()
-
-        with Progress(len(kept_blocks), "fitting location-scale models (missing values)") as bar:
-            run_blocks(location_scale, list(enumerate(kept_blocks)), n * kept.size)
-        if iters.size:
-            n_iter, failed = int(np.abs(iters).max()), bool((iters < 0).any())
+        coef = np.nan_to_num(coef, nan=0.0)  # the start
+        scale_coef, dev, n_iter = self._location_scale(Y0, W, S, coef, np.flatnonzero(~const),
+                                                       "fitting location-scale models (missing values)",
+                                                       mask=mask, absent=absent)
         coef[:m][~present] = np.nan  # a batch without observed values of a feature has no coefficient there
-        if failed:
-            warn(f"the location-scale fit did not converge within fit_max_iter={self.fit_max_iter} iterations "
-                 f"(deviance change still above fit_tol={self.fit_tol}); the last iterate is used. Raise "
-                 "fit_max_iter, or simplify scale_formula.", ConvergenceWarning)
         alpha = missing.pooled_mean(coef[:m], n_obs, counts, ref)
         # z of the training rows, standardized by each subject's pooled-batch prediction: site moments over
         # each feature's observed cells
