@@ -48,6 +48,7 @@ from pathlib import Path
 from .exceptions import OutputError
 
 __all__ = ["Output", "staged_outputs", "StagedOutputs", "check_outputs", "Interrupted", "signals_interrupt",
+           "quiet_pyarrow", "check_interrupted",
            "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".featharm-tmp"
@@ -323,6 +324,7 @@ class StagedOutputs:
         umask = os.umask(0)
         os.umask(umask)
         done: list = []  # (output, backup path or None)
+        check_interrupted()  # a signal whose exception was swallowed: nothing is committed
         with _signals_held():
             try:
                 for key, o in self.outputs.items():
@@ -437,8 +439,42 @@ class Interrupted(BaseException):
         self.name = signal.Signals(signum).name
 
 
+_PENDING: int | None = None  # the signal signals_interrupt received, if any
+
+
 def _raise(signum, frame):
+    global _PENDING
+    _PENDING = signum  # kept: the exception can be swallowed on its way up (a bare `except:` in a library)
     raise Interrupted(signum)
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` again if a signal arrived under :func:`signals_interrupt`, even though its
+    exception was swallowed (a signal during an import can meet a library's bare ``except:``; seen: a SIGTERM'd
+    ``featharm harmonize`` ran to its end). Called before outputs are committed and when a command returns."""
+    if _PENDING is not None:
+        raise Interrupted(_PENDING)
+
+
+_INTERRUPTING = False  # signals_interrupt is active
+_PYARROW_QUIET = False  # and it turned pyarrow's own signal handlers off
+
+
+def quiet_pyarrow() -> None:
+    """Inside :func:`signals_interrupt`, turn pyarrow's own signal handlers off (once pyarrow is imported).
+
+    While a pyarrow read runs, pyarrow takes SIGINT and SIGTERM from Python's handler and hands the signal back
+    when the read ends; one that arrives as a read finishes can be lost (``featharm harmonize`` then ran to its
+    end after a SIGTERM, in about 1 of 15 tries). Without them, Python's handler stays and the signal
+    interrupts once the block being parsed is done. Called where featharm starts pyarrow's reads."""
+    global _PYARROW_QUIET
+    if _INTERRUPTING and not _PYARROW_QUIET:
+        import sys
+
+        pa = sys.modules.get("pyarrow")
+        if pa is not None and hasattr(pa, "enable_signal_handlers"):
+            pa.enable_signal_handlers(False)
+            _PYARROW_QUIET = True
 
 
 @contextlib.contextmanager
@@ -450,14 +486,26 @@ def signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _INTERRUPTING, _PYARROW_QUIET, _PENDING
     old = {}
     for sig in _HELD:
         current = signal.getsignal(sig)
         if current in (signal.SIG_DFL, signal.default_int_handler):
             old[sig] = current
             signal.signal(sig, _raise)
+    outer = _INTERRUPTING
+    _INTERRUPTING = True
+    if not outer:
+        _PENDING = None
+    quiet_pyarrow()
     try:
         yield
     finally:
+        _INTERRUPTING = outer
+        if _PYARROW_QUIET and not outer:  # pyarrow's default again
+            import sys
+
+            sys.modules["pyarrow"].enable_signal_handlers(True)
+            _PYARROW_QUIET = False
         for sig, handler in old.items():
             signal.signal(sig, handler)

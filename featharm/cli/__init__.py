@@ -78,7 +78,13 @@ def main(argv=None) -> int:
     try:
         with _staging.signals_interrupt(), _progress.enable(not getattr(args, "quiet", False)), \
                 np.errstate(all="ignore"):
-            return args.func(args)
+            try:
+                code = args.func(args)
+            except BaseException:  # after a signal whose exception a library swallowed, the signal is the cause
+                _staging.check_interrupted()
+                raise
+            _staging.check_interrupted()  # such a signal, with the command otherwise done
+            return code
     except (_staging.Interrupted, KeyboardInterrupt) as exc:  # SIGTERM (kill, timeout, SLURM), Ctrl-C
         _staging.discard_all()
         name, signum = (exc.name, exc.signum) if isinstance(exc, _staging.Interrupted) else ("SIGINT", 2)

@@ -32,6 +32,9 @@ def pool():
     """The pyarrow memory pool of the big reads and writes: jemalloc returning freed memory at once (else
     the system allocator), so that the memory parsing took is the operating system's again for the model."""
     global _POOL
+    from .._staging import quiet_pyarrow
+
+    quiet_pyarrow()  # under the command line's signal handlers: a SIGTERM during a read is never lost
     if _POOL is None:
         import pyarrow as pa
 

@@ -399,6 +399,9 @@ def _read_parquet_fast(path: Path, numeric) -> SourceTable | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .._staging import quiet_pyarrow
+
+    quiet_pyarrow()
     try:
         schema = pq.read_schema(path)
         meta = schema.pandas_metadata or {}
