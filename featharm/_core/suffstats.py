@@ -39,7 +39,7 @@ import numpy as np
 from scipy.linalg.blas import dgemm
 
 from ..exceptions import InputError, MissingValueError
-from .parallel import _get_controller
+from .parallel import one_blas_thread
 
 __all__ = ["SuffStats", "LocationFit", "location_fit", "frozen_moments", "within_covariates", "total_variance"]
 
@@ -157,7 +157,7 @@ class SuffStats:
             raise MissingValueError(f"feature {col} has an infinite value in row {row} of the block; only NaN marks "
                                     "a missing value.")
         if self.center and self._pilot is None and self.q and r:
-            with _one_blas_thread():  # its bits must not depend on the BLAS's threads
+            with one_blas_thread():  # its bits must not depend on the BLAS's threads
                 self._pilot = _pilot_slopes(X, Y, codes)
             if self._pilot is not None:  # batches seen before there was a pilot: move them onto it
                 for i in np.flatnonzero(self._x_set & ~self.y_slope.any(axis=(1, 2))):
@@ -168,7 +168,7 @@ class SuffStats:
         # The products of a batch's rows are skinny (an inner or outer dimension of q + 1): a multi-threaded
         # BLAS gains nothing on them and, on a busy machine, loses up to 50 times to waking its threads (2,000
         # × 20,000: 6 times slower than the in-memory fit). One BLAS thread; the same numbers.
-        with _one_blas_thread():
+        with one_blas_thread():
             for rows in np.split(order, bounds):
                 if rows.size:
                     self._add_rows(int(codes[rows[0]]), X[rows], Y[rows], has_nan)
@@ -356,16 +356,6 @@ class SuffStats:
             sx[bi[hit], pos[vi[hit]]] -= self.miss_sx[hit]
             sxx[bi[hit], pos[vi[hit]]] -= self.miss_sxx[hit]
         return sx, sxx
-
-
-def _one_blas_thread():
-    """The BLAS on one thread for the block (nothing when threadpoolctl is missing)."""
-    import contextlib
-
-    try:
-        return _get_controller().limit(limits=1, user_api="blas")
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return contextlib.nullcontext()
 
 
 def _pilot_slopes(X: np.ndarray, Y: np.ndarray, codes: np.ndarray) -> np.ndarray | None:

@@ -360,6 +360,7 @@ class ComBatLS(BaseHarmonizer):
         S = self._scale_matrix(prep.covariates)
         out = np.empty((n, p), order="F")
         blocks = list(iter_blocks(p, n))
+
         def part(some):  # blocks of features dealt between threads, one BLAS thread each
             for blk in some:  # y* = sd (z - gamma*) / sqrt(delta*) + M, z = (y - M) / sd
                 M = D @ self._preserved_coef(blk)

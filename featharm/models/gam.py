@@ -362,13 +362,8 @@ class ComBatGAM(BaseHarmonizer):
         onehot = np.asfortranarray(batch_indicators(prep.codes, m))
         ss = np.empty((m, p))
         blocks = list(iter_blocks(p, n))
-        def part(some):  # blocks of features, dealt between threads with one BLAS thread each
-            for blk in some:
-                ss[:, blk] = ols.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
-                bar.update()
-
         with Progress(len(blocks), "fitting location/scale") as bar:
-            run_blocks(part, blocks, Y.size)
+            _residual_ss(Y, W, coef, onehot, blocks, ss, bar.update)
         batch_rows = batch_indicators(np.arange(m), m, ref)
         st = eb.standardized_moments(coef, ss, counts, batch_rows, ref=ref, mean_only=bool(self.mean_only))
         self._arr.update(alpha=st.alpha, sigma=st.sigma, beta=coef[m:m + q], batch_coef=coef[:m],
@@ -418,13 +413,7 @@ class ComBatGAM(BaseHarmonizer):
             c_c, l_c, e_c = penalized.fit_penalized(Y0, Wfix, Z, penalties, terms, shared=False,
                                                     batch_name=str(self.batch), **opts)
             ss_c = np.full((m, p), np.nan)
-
-            def complete_part(some):  # as _fit_location: fixed blocks, one BLAS thread each
-                for blk in some:
-                    if not inc[blk].all():
-                        ss_c[:, blk] = ols.residual_ss(Y0[:, blk], W, c_c[:, blk], onehot)
-
-            run_blocks(complete_part, list(iter_blocks(p, n)), Y.size)
+            _residual_ss(Y0, W, c_c, onehot, [blk for blk in iter_blocks(p, n) if not inc[blk].all()], ss_c)
             full = eb.standardized_moments(c_c, ss_c, counts, batch_rows, ref=ref, mean_only=mean_only)
             keep = ~inc
             coef[:, keep], lam[keep], edf[keep], ss[:, keep] = c_c[:, keep], l_c[keep], e_c[keep], ss_c[:, keep]
@@ -664,3 +653,15 @@ def from_neuroharmonize(model: dict, *, feature_names=None, batch: str = "SITE")
     }
     est._set_state(state, arrays)
     return est
+
+
+def _residual_ss(Y, W, coef, onehot, blocks, ss, progress=None) -> None:
+    """:func:`featharm._core.ols.residual_ss` of the ``blocks`` of features of ``Y`` into ``ss`` (m × p); the blocks
+    are dealt between threads with one BLAS thread each, so the numbers do not depend on the number of threads."""
+    def part(some):
+        for blk in some:
+            ss[:, blk] = ols.residual_ss(Y[:, blk], W, coef[:, blk], onehot)
+            if progress is not None:
+                progress()
+
+    run_blocks(part, blocks, Y.size)
